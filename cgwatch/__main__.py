@@ -1,0 +1,5 @@
+import sys
+
+from cgwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,177 @@
+"""``cgwatch`` command line. Bad input: one line on stderr, exit 2; never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+
+from cgwatch.errors import CgwatchError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise CgwatchError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_engine_flags(p: argparse.ArgumentParser) -> None:
+    from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES
+    from cgwatch.engine.control import ACTIONS_HELP
+    from cgwatch.workload import WorkloadSpec
+
+    w = WorkloadSpec()
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="tiny", help="preset (tiny, llama-1b, llama-8b; random weights) "
+                   "or a local Hugging Face checkpoint folder (Llama, Mistral, Qwen2)")
+    m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    m.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
+    m.add_argument("--max-seq", type=int, default=1024, help="KV cache positions per request (default 1024)")
+    m.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    m.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("CUDA graphs")
+    g.add_argument("--cudagraph-capture-sizes", default=",".join(map(str, DEFAULT_CAPTURE_SIZES)),
+                   help="batch-size buckets to capture (default %(default)s)")
+    g.add_argument("--max-cudagraph-capture-size", type=int, default=None, help="drop capture sizes above this")
+    g.add_argument("--max-padding-ratio", type=float, default=0.5,
+                   help="run eager when (bucket - batch) / bucket would exceed this (default 0.5)")
+    g.add_argument("--mode", choices=("graph", "eager"), default="graph", help="start in graph or eager mode")
+    g.add_argument("--enforce-eager", action="store_true", help="same as --mode eager")
+    g.add_argument("--graph-pool", choices=("shared", "private"), default="shared",
+                   help="one memory pool for all graphs (default) or one per graph")
+    g.add_argument("--fail-capture-bucket", type=int, action="append", default=[], metavar="N",
+                   help="fault injection for testing: bucket N's capture performs a host sync and fails")
+    wl = p.add_argument_group("workload")
+    wl.add_argument("--arrival", default=w.arrival, help="poisson:RATE (new requests per step), fixed:B, "
+                    "or replay:PATH (a batch size per step) (default %(default)s)")
+    wl.add_argument("--prompt-len", default=w.prompt_len, help="fixed:N | uniform:A:B | lognormal:MEDIAN:SIGMA")
+    wl.add_argument("--output-len", default=w.output_len, help="decode steps per request, same forms")
+    wl.add_argument("--max-concurrency", type=int, default=w.max_concurrency, help="KV slots = cap on live requests")
+    r = p.add_argument_group("run")
+    r.add_argument("--steps", type=int, default=None, help="stop after N decode steps (default: until Ctrl-C)")
+    r.add_argument("--at", action="append", default=[], metavar="STEP:ACTION",
+                   help=f"before decode step STEP: {ACTIONS_HELP} (repeatable)")
+    r.add_argument("--record", metavar="PATH", help="write a trace file")
+    r.add_argument("--profile-steps", metavar="A:B",
+                   help="cudaProfilerStart/Stop around steps A..B (nsys --capture-range=cudaProfilerApi)")
+    r.add_argument("--no-nvtx", action="store_true", help="no NVTX ranges")
+    r.add_argument("--sample-interval", type=float, default=0.25, help="seconds between NVML/host samples")
+
+
+def _engine_config(a):
+    from cgwatch.engine.buckets import parse_sizes
+    from cgwatch.engine.control import parse_scheduled, parse_step_range
+    from cgwatch.engine.loop import EngineConfig
+    from cgwatch.workload import WorkloadSpec
+
+    if a.steps is not None and a.steps < 1:
+        raise CgwatchError(f"--steps must be >= 1, got {a.steps}")
+    if a.sample_interval <= 0:
+        raise CgwatchError("--sample-interval must be > 0")
+    return EngineConfig(
+        model=a.model, device=a.device, dtype=a.dtype, max_seq=a.max_seq,
+        capture_sizes=tuple(parse_sizes(a.cudagraph_capture_sizes)),
+        max_capture_size=a.max_cudagraph_capture_size, max_padding_ratio=a.max_padding_ratio,
+        mode="eager" if a.enforce_eager else a.mode, pool=a.graph_pool, temperature=a.temperature, seed=a.seed,
+        workload=WorkloadSpec(arrival=a.arrival, prompt_len=a.prompt_len, output_len=a.output_len,
+                              max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed),
+        schedule=tuple(parse_scheduled(s) for s in a.at),
+        profile_steps=parse_step_range(a.profile_steps) if a.profile_steps else None,
+        fail_capture=tuple(a.fail_capture_bucket), nvtx=not a.no_nvtx, sample_interval_s=a.sample_interval)
+
+
+def cmd_run(a) -> int:
+    if not a.headless:
+        raise CgwatchError("the live TUI is not in this build yet: run with --headless "
+                           "(and open the trace with 'cgwatch report')")
+    from cgwatch.engine.loop import Engine
+    from cgwatch.headless import StatusLine
+    from cgwatch.sinks import Fanout
+    from cgwatch.trace import TraceWriter
+
+    cfg = _engine_config(a)
+    fanout = Fanout()
+    engine = Engine(cfg, fanout)
+    h = engine.header()
+    writer = TraceWriter(a.record, h) if a.record else None
+    if writer:
+        fanout.add(writer.write)
+    status = StatusLine()
+    fanout.add(status)
+    print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}), mode {cfg.mode}, "
+          f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if writer else ""))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    outcome = "completed"
+    try:
+        engine.run(a.steps, stop.is_set)
+        if stop.is_set():
+            outcome = "interrupted"
+    except CgwatchError:
+        outcome = "error"
+        raise
+    except Exception as e:  # a crash inside the loop: keep what was recorded, say what happened
+        from cgwatch import records as R
+        outcome = "error"
+        fanout(R.alert(engine.now(), f"run stopped by {type(e).__name__}: {e}", level="error"))
+        raise CgwatchError(f"run stopped by {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    finally:
+        summary = engine.close() | {"outcome": outcome, "t": round(engine.now(), 6)}
+        if writer:
+            writer.close(summary)
+        status.print_line(time.monotonic())
+        print(f"{outcome}: {summary['steps']} steps, {summary['tokens']} tokens in {summary['duration_s']:.1f} s"
+              + (f"; trace {a.record} (cgwatch report {a.record})" if writer else ""))
+    return 0
+
+
+def cmd_report(a) -> int:
+    from cgwatch.report import build_report, format_report
+    from cgwatch.trace import read_trace
+
+    rep = build_report(read_trace(a.trace))
+    if a.json:
+        json.dump(rep, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_report(rep) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cgwatch import __version__
+
+    p = _Parser(prog="cgwatch", description="Watch and tune CUDA graphs in an LLM decode loop.")
+    p.add_argument("--version", action="version", version=f"cgwatch {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run the decode loop and measure every step")
+    run.add_argument("--headless", action="store_true", help="no TUI: a status line every second")
+    _add_engine_flags(run)
+    run.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="per-bucket table and totals of a trace")
+    rep.add_argument("trace", help="a trace file written by 'cgwatch run --record'")
+    rep.add_argument("--json", action="store_true", help="machine-readable output")
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        a = build_parser().parse_args(argv)
+        return a.func(a)
+    except CgwatchError as e:
+        print(f"cgwatch: {e}", file=sys.stderr)
+        return EXIT_USAGE if not isinstance(e.__cause__, Exception) else 1
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Where graphs are captured, checked, measured, replayed and released: one graph per batch-size bucket.
+
+Capture follows vLLM/SGLang: warm up on a side stream, capture largest bucket first into one shared
+memory pool so smaller graphs reuse the big graph's blocks (``pool="private"`` gives each graph its own
+pool, for comparison). A bucket whose capture fails is disabled with its cause; the others go on.
+Each graph is checked against eager on the same inputs right after capture.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from cgwatch import capture_errors
+from cgwatch.engine.step import DecodeState
+from cgwatch.measure import graph_stats
+from cgwatch.measure.nvml import Nvml
+from cgwatch.nvtx_ranges import Nvtx
+
+WARMUP_ITERS = 2
+
+
+@dataclass
+class BucketGraph:
+    size: int
+    ok: bool
+    graph: torch.cuda.CUDAGraph | None = None
+    capture_s: float = 0.0
+    pool_bytes: int | None = None    # allocator segments this capture added (shared) / its pool (private)
+    nvml_bytes: int | None = None    # NVML used-memory delta across the capture (driver-side memory too)
+    kernels: int | None = None       # kernel nodes in the graph
+    check: dict | None = None        # {"tokens_equal": bool, "rel_err": float}
+    cause: str | None = None
+    hint: str | None = None
+    error: str | None = None
+    outputs: tuple = field(default=(), repr=False)
+
+    def event_fields(self) -> dict:
+        return {"bucket": self.size, "ok": self.ok, "capture_s": round(self.capture_s, 4),
+                "pool_bytes": self.pool_bytes, "nvml_bytes": self.nvml_bytes, "kernels": self.kernels,
+                "check": self.check, "cause": self.cause, "hint": self.hint, "error": self.error}
+
+
+class _InjectedFault(Exception):
+    pass
+
+
+class GraphManager:
+    def __init__(self, state: DecodeState, nvml: Nvml, nvtx: Nvtx, pool: str = "shared",
+                 fail_buckets: tuple[int, ...] = ()):
+        if pool not in ("shared", "private"):
+            raise ValueError(pool)
+        self.state, self.nvml, self.nvtx, self.pool_mode = state, nvml, nvtx, pool
+        self.fail_buckets = set(fail_buckets)   # fault injection: these captures hit a real host sync
+        self.graphs: dict[int, BucketGraph] = {}
+        self.pool = None
+
+    # -- capture -------------------------------------------------------------------------------
+    def capture(self, sizes: list[int], on_bucket: Callable[[BucketGraph], None] = lambda b: None) -> dict:
+        """Capture every size, largest first. Returns the round's summary (for a capture_done event)."""
+        t0 = time.perf_counter()
+        self.pool = torch.cuda.graph_pool_handle() if self.pool_mode == "shared" else None
+        snap = self.state.snapshot()
+        with torch.inference_mode():
+            for size in sorted(sizes, reverse=True):
+                b = self._capture_one(size, snap)
+                self.graphs[size] = b
+                on_bucket(b)
+        self.state.restore(snap)
+        torch.cuda.synchronize()
+        return {"sizes": self.ok_sizes(), "failed": self.failed_sizes(), "pool": self.pool_mode,
+                "pool_bytes": self.total_pool_bytes(), "seconds": round(time.perf_counter() - t0, 4)}
+
+    def _capture_one(self, size: int, snap) -> BucketGraph:
+        st = self.state
+        st.set_slots(list(range(min(size, st.scratch))), size)
+        torch.cuda.synchronize()
+        pool_before = graph_stats.pool_bytes(self.pool) if self.pool is not None else 0
+        nvml_before = self.nvml.used_bytes()
+        t0 = time.perf_counter()
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(WARMUP_ITERS):
+                    st.restore(snap)
+                    st.decode(size)
+            torch.cuda.current_stream().wait_stream(stream)
+            st.restore(snap)
+            graph = _new_graph()
+            with self.nvtx.range(f"capture_b{size}"):
+                with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                    outputs = st.decode(size)
+                    if size in self.fail_buckets:
+                        outputs[1].sum().item()   # injected fault: a real host sync inside capture
+            if hasattr(graph, "instantiate"):
+                graph.instantiate()   # keep_graph=True defers it to the first replay; count it here
+            torch.cuda.synchronize()
+        except Exception as exc:  # capture failed: disable this bucket, keep going
+            torch.cuda.synchronize()
+            cause, hint = capture_errors.classify(exc)
+            return BucketGraph(size, ok=False, capture_s=time.perf_counter() - t0, cause=cause, hint=hint,
+                               error=capture_errors.first_line(exc))
+        capture_s = time.perf_counter() - t0
+        b = BucketGraph(size, ok=True, graph=graph, capture_s=capture_s, outputs=outputs)
+        pool_after = graph_stats.pool_bytes(graph.pool())
+        if self.pool_mode == "shared":
+            b.pool_bytes = None if pool_after is None or pool_before is None else pool_after - pool_before
+        else:
+            b.pool_bytes = pool_after
+        nvml_after = self.nvml.used_bytes()
+        b.nvml_bytes = None if nvml_after is None or nvml_before is None else nvml_after - nvml_before
+        b.kernels = graph_stats.kernel_nodes(graph)
+        b.check = self._check(b, snap)
+        return b
+
+    def _check(self, b: BucketGraph, snap) -> dict:
+        """Replay vs eager on the same inputs: greedy tokens equal? relative error of the logits."""
+        st = self.state
+        st.restore(snap)
+        eager_logits = st.decode(b.size)[0].clone()
+        st.restore(snap)
+        b.graph.replay()
+        graph_logits = b.outputs[0]
+        rel = (graph_logits - eager_logits).norm() / eager_logits.norm().clamp_min(1e-30)
+        equal = torch.equal(graph_logits.argmax(-1), eager_logits.argmax(-1))
+        st.restore(snap)
+        return {"tokens_equal": bool(equal), "rel_err": float(rel)}
+
+    # -- use -----------------------------------------------------------------------------------
+    def replay(self, size: int) -> None:
+        self.graphs[size].graph.replay()
+
+    def ok_sizes(self) -> list[int]:
+        return sorted(s for s, b in self.graphs.items() if b.ok)
+
+    def failed_sizes(self) -> list[int]:
+        return sorted(s for s, b in self.graphs.items() if not b.ok)
+
+    def total_pool_bytes(self) -> int | None:
+        if not self.graphs:
+            return 0
+        if self.pool_mode == "shared":
+            return graph_stats.pool_bytes(self.pool) if self.pool is not None else 0
+        sizes = [b.pool_bytes for b in self.graphs.values() if b.ok]
+        return None if any(s is None for s in sizes) else sum(sizes)
+
+    def release(self) -> int:
+        """Drop every graph and its pool; returns the bytes the allocator gave back."""
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_reserved()
+        for b in self.graphs.values():
+            if b.graph is not None:
+                b.graph.reset()
+            b.graph, b.outputs = None, ()
+        self.graphs.clear()
+        self.pool = None
+        torch.cuda.empty_cache()
+        return before - torch.cuda.memory_reserved()
+
+
+def _new_graph() -> torch.cuda.CUDAGraph:
+    try:
+        return torch.cuda.CUDAGraph(keep_graph=True)   # keeps the cudaGraph_t so kernels can be counted
+    except TypeError:                                  # older torch
+        return torch.cuda.CUDAGraph()

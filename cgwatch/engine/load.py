@@ -1,0 +1,96 @@
+"""Where a model comes from: a built-in preset with random weights, or a local Hugging Face folder
+(config.json + *.safetensors; Llama, Mistral and Qwen2 families)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from cgwatch.engine.model import PRESETS, ModelArgs, Transformer, build_random, empty_model
+from cgwatch.errors import CgwatchError
+
+SUPPORTED_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+def load_model(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> tuple[Transformer, dict]:
+    """Returns the model and a JSON-ready description for the trace header."""
+    if name in PRESETS:
+        model = build_random(PRESETS[name], device, dtype, seed)
+        return model, {"name": name, "source": "preset (random weights)", **model.args.describe()}
+    path = Path(name)
+    if not path.exists():
+        raise CgwatchError(f"unknown model {name!r}: use a preset ({', '.join(PRESETS)}) "
+                           "or the path of a local Hugging Face checkpoint folder")
+    model = load_hf(path, device, dtype)
+    return model, {"name": path.name, "source": str(path.resolve()), **model.args.describe()}
+
+
+def args_from_hf_config(cfg: dict, where: str = "config.json") -> ModelArgs:
+    arch = (cfg.get("architectures") or [None])[0]
+    if arch not in SUPPORTED_ARCHS:
+        raise CgwatchError(f"{where}: architecture {arch!r} is not supported "
+                           f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+    scaling = cfg.get("rope_scaling")
+    if scaling and scaling.get("rope_type", scaling.get("type")) not in ("llama3", "default"):
+        raise CgwatchError(f"{where}: rope_scaling {scaling.get('rope_type', scaling.get('type'))!r} "
+                           "is not supported (llama3 or none)")
+    if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
+        scaling = None
+    try:
+        n_heads = cfg["num_attention_heads"]
+        return ModelArgs(
+            dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
+            n_kv_heads=cfg.get("num_key_value_heads") or n_heads, ffn_dim=cfg["intermediate_size"],
+            vocab_size=cfg["vocab_size"], norm_eps=cfg.get("rms_norm_eps", 1e-5),
+            rope_theta=cfg.get("rope_theta", 10000.0), rope_scaling=scaling,
+            qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            explicit_head_dim=cfg.get("head_dim"))
+    except KeyError as e:
+        raise CgwatchError(f"{where}: missing field {e.args[0]!r}") from None
+
+
+def load_hf(path: Path, device: torch.device, dtype: torch.dtype) -> Transformer:
+    from safetensors import safe_open
+
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise CgwatchError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CgwatchError(f"{cfg_path}: unreadable ({e})") from None
+    args = args_from_hf_config(cfg, str(cfg_path))
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CgwatchError(f"no *.safetensors files in {path} (only safetensors checkpoints are supported)")
+    model = empty_model(args, device, dtype)
+    params = dict(model.named_parameters())
+    loaded: set[str] = set()
+    with torch.no_grad():
+        for f in files:
+            try:
+                with safe_open(str(f), framework="pt", device="cpu") as st:
+                    for key in st.keys():
+                        name = key.removeprefix("model.")
+                        p = params.get(name)
+                        if p is None:
+                            continue   # e.g. rotary inv_freq buffers
+                        t = st.get_tensor(key)
+                        if t.shape != p.shape:
+                            raise CgwatchError(f"{f.name}: {key} has shape {tuple(t.shape)}, "
+                                               f"config.json implies {tuple(p.shape)}")
+                        p.copy_(t)
+                        loaded.add(name)
+            except CgwatchError:
+                raise
+            except Exception as e:
+                raise CgwatchError(f"{f}: not a readable safetensors file ({e})") from None
+    if args.tie_embeddings:
+        loaded.add("lm_head.weight")
+    missing = sorted(set(params) - loaded)
+    if missing:
+        raise CgwatchError(f"{path}: checkpoint lacks {len(missing)} weights, e.g. {', '.join(missing[:3])}")
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,272 @@
+"""The engine: the decode loop that ties workload, model, graphs and measurements together and emits
+records (records.py) to its sinks. It never imports a view.
+
+One ``step()``: apply pending commands, ask the workload who is live, prefill newcomers (eager), pick
+the bucket (buckets.py), run the step (graph replay or eager), hand the step record to the GPU timer,
+and emit the records whose GPU time is known.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import queue
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import torch
+
+import cgwatch
+from cgwatch import records as R
+from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, DispatchTable, check_ratio, effective_sizes
+from cgwatch.engine.control import Command
+from cgwatch.engine.graphs import BucketGraph, GraphManager
+from cgwatch.engine.load import load_model
+from cgwatch.engine.step import DecodeState
+from cgwatch.errors import CgwatchError
+from cgwatch.measure.gpu_timer import StepTimer
+from cgwatch.measure.host import HostStats
+from cgwatch.measure.nvml import Nvml
+from cgwatch.measure.sampler import Sampler
+from cgwatch.nvtx_ranges import Nvtx, step_range_name
+from cgwatch.workload import Workload, WorkloadSpec
+
+
+@dataclass
+class EngineConfig:
+    model: str = "tiny"
+    device: str = "auto"                  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"                   # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    max_seq: int = 1024
+    capture_sizes: tuple[int, ...] = DEFAULT_CAPTURE_SIZES
+    max_capture_size: int | None = None
+    max_padding_ratio: float = 0.5
+    mode: str = "graph"                   # graph | eager
+    pool: str = "shared"                  # shared | private (one pool per graph, for comparison)
+    temperature: float = 0.0
+    seed: int = 0
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    schedule: tuple[tuple[int, Command], ...] = ()   # (step, command): --at
+    profile_steps: tuple[int, int] | None = None     # cudaProfilerStart/Stop around these steps
+    fail_capture: tuple[int, ...] = ()               # fault injection: these buckets' captures fail
+    nvtx: bool = True
+    sample_interval_s: float = 0.25
+    max_inflight: int = 2
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["workload"] = asdict(self.workload)
+        d["schedule"] = [[s, c.name, c.value] for s, c in self.schedule]
+        return d
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CgwatchError("--device cuda: no CUDA device is available (torch "
+                           f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+    return dev
+
+
+class Engine:
+    def __init__(self, cfg: EngineConfig, emit: Callable[[dict], None]):
+        self.cfg, self.emit = cfg, emit
+        if cfg.mode not in ("graph", "eager"):
+            raise CgwatchError(f"--mode must be graph or eager, got {cfg.mode!r}")
+        if cfg.dtype != "auto" and cfg.dtype not in _DTYPES:
+            raise CgwatchError(f"--dtype must be auto, {', '.join(_DTYPES)}; got {cfg.dtype!r}")
+        check_ratio(cfg.max_padding_ratio)
+        self.device = resolve_device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.cuda.set_device(self.device)
+        self.dtype = _DTYPES.get(cfg.dtype) or (torch.bfloat16 if self.cuda else torch.float32)
+        self.workload = Workload(cfg.workload)
+        self.max_batch = cfg.workload.max_concurrency
+        self.t0 = time.perf_counter()
+        self.model, self.model_info = load_model(cfg.model, self.device, self.dtype, cfg.seed)
+        if cfg.max_seq < 8:
+            raise CgwatchError(f"--max-seq must be >= 8, got {cfg.max_seq}")
+        self.model.setup_caches(self.max_batch, cfg.max_seq)
+        self.state = DecodeState(self.model, self.max_batch, cfg.temperature, cfg.seed)
+        self.nvml = Nvml(self.device if self.cuda else None)
+        self.nvtx = Nvtx(cfg.nvtx)
+        self.timer = StepTimer(self.device, cfg.max_inflight)
+        self.graphs = GraphManager(self.state, self.nvml, self.nvtx, cfg.pool, cfg.fail_capture) if self.cuda else None
+        self.sampler = Sampler(self.nvml, HostStats(self.device), self._busy_ms, self.now, emit,
+                               cfg.sample_interval_s)
+        self.graph_mode = cfg.mode == "graph"
+        self.max_padding_ratio = cfg.max_padding_ratio
+        self.sizes, self.dropped_sizes = effective_sizes(cfg.capture_sizes, cfg.max_capture_size, self.max_batch)
+        self.table = self._table()
+        self.schedule = sorted(cfg.schedule, key=lambda sc: sc[0])
+        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self.i = 0
+        self.tokens = 0
+        self.started = False
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def _busy_ms(self) -> float | None:
+        return self.timer.busy_ms if self.cuda else None
+
+    def _table(self) -> DispatchTable:
+        failed = self.graphs.failed_sizes() if self.graphs else ()
+        sizes = (self.graphs.ok_sizes() + list(failed)) if (self.graphs and self.graphs.graphs) else self.sizes
+        return DispatchTable(self.max_batch, sizes, failed, self.max_padding_ratio, self.graph_mode, self.cuda)
+
+    def header(self) -> dict:
+        info = self.nvml.static_info()
+        gpu = info["gpu_name"] or (torch.cuda.get_device_name(self.device) if self.cuda else "cpu")
+        return {"cgwatch": cgwatch.__version__, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "host": socket.gethostname(), "pid": os.getpid(), "python": platform.python_version(),
+                "gpu": gpu, "driver": info["driver"], "gpu_mem_total_bytes": info["mem_total_bytes"],
+                "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."), "backend": "pytorch",
+                "model": self.model_info, "config": self.cfg.describe(), "workload": self.workload.describe(),
+                "nvtx": self.nvtx.available, "nvml": self.nvml.available}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Capture graphs (graph mode on CUDA) and start the sampler. Call once, after the header is out."""
+        self.started = True
+        self.t0 = time.perf_counter()   # t = 0 is the start of the run, after the model loaded
+        if self.dropped_sizes:
+            self.emit(R.event(R.EV_INFO, self.now(), message=f"capture sizes {self.dropped_sizes} dropped: above "
+                              f"max capture size / --max-concurrency {self.max_batch}"))
+        if not self.cuda:
+            if self.graph_mode:
+                self.emit(R.alert(self.now(), "CUDA graphs need CUDA: no GPU here, running eager on the CPU",
+                                  level="info"))
+        elif self.graph_mode:
+            self._capture(self.sizes)
+        self.sampler.start()
+
+    def close(self) -> dict:
+        """Finish in-flight steps, stop sampling, release graphs. Returns the end-record summary."""
+        for rec, ms in self.timer.drain():
+            rec["gpu_ms"] = ms
+            self.emit(rec)
+        self.sampler.stop()
+        self.emit(self.sampler.sample())
+        if self.graphs is not None:
+            self.graphs.release()
+        return {"steps": self.i, "tokens": self.tokens, "duration_s": round(self.now(), 4)}
+
+    # -- commands --------------------------------------------------------------------------------
+    def submit(self, cmd: Command) -> None:
+        """Thread-safe: the command runs before the next step."""
+        self.commands.put(cmd)
+
+    def _apply(self, cmd: Command) -> None:
+        t = self.now()
+        if cmd.name == "mode":
+            want = cmd.value == "graph"
+            if want == self.graph_mode:
+                return
+            self.graph_mode = want
+            self.emit(R.event(R.EV_MODE, t, mode=cmd.value))
+            if want and self.cuda and not (self.graphs and self.graphs.graphs):
+                self._capture(self.sizes)
+        elif cmd.name == "recapture":
+            sizes, dropped = effective_sizes(cmd.value, self.cfg.max_capture_size, self.max_batch)
+            self.emit(R.event(R.EV_RECAPTURE, t, sizes=sizes, old=self.sizes, dropped=dropped))
+            self.sizes = sizes
+            if self.cuda and (self.graph_mode or self.graphs.graphs):
+                self._release()
+                self._capture(sizes)
+        elif cmd.name == "padding":
+            self.max_padding_ratio = cmd.value
+            self.emit(R.event(R.EV_PADDING, t, value=cmd.value))
+        elif cmd.name == "mark":
+            self.emit(R.event(R.EV_MARK, t, text=cmd.value))
+        self.table = self._table()
+
+    def _release(self) -> None:
+        self._emit_done(self.timer.drain())   # graphs in flight must finish before they go
+        freed = self.graphs.release()
+        self.emit(R.event(R.EV_RELEASE, self.now(), freed_bytes=freed))
+
+    def _capture(self, sizes: list[int]) -> None:
+        def on_bucket(b: BucketGraph) -> None:
+            self.emit(R.event(R.EV_CAPTURE, self.now(), **b.event_fields()))
+            if not b.ok:
+                self.emit(R.alert(self.now(), f"bucket {b.size} capture failed ({b.cause}): {b.error}; "
+                                  f"batches for it run eager. Hint: {b.hint}", level="error", bucket=b.size))
+            elif b.check and not b.check["tokens_equal"]:
+                self.emit(R.alert(self.now(), f"bucket {b.size}: graph tokens differ from eager "
+                                  f"(logits rel err {b.check['rel_err']:.2e})", bucket=b.size))
+        self._emit_done(self.timer.drain())
+        done = self.graphs.capture(sizes, on_bucket)
+        self.emit(R.event(R.EV_CAPTURE_DONE, self.now(), **done))
+        self.table = self._table()
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _emit_done(self, done: list) -> None:
+        for rec, ms in done:
+            rec["gpu_ms"] = ms if ms is None else round(ms, 4)
+            self.emit(rec)
+
+    def step(self) -> bool:
+        """One decode step. False when the workload has ended."""
+        i = self.i
+        while self.schedule and self.schedule[0][0] <= i:
+            self.commands.put(self.schedule.pop(0)[1])
+        while not self.commands.empty():
+            self._apply(self.commands.get())
+        plan = self.workload.next_step()
+        if plan is None:
+            return False
+        if plan.admitted:
+            self._prefill(plan.admitted, i)
+        active = plan.active
+        batch = len(active)
+        d = self.table[batch]
+        prof = self.cfg.profile_steps
+        if prof and i == prof[0] and self.cuda:
+            torch.cuda.profiler.start()
+        t0 = time.perf_counter()
+        self.nvtx.push(step_range_name(d.bucket))
+        self.timer.start()
+        self.state.set_slots(active, d.bucket or batch)
+        if d.bucket is not None:
+            self.graphs.replay(d.bucket)
+        else:
+            self.state.decode(batch)
+        host_us = (time.perf_counter() - t0) * 1e6
+        self.nvtx.pop()
+        rec = R.step(i, t0 - self.t0, batch, d.target, d.bucket, d.reason, host_us, None, batch)
+        self._emit_done(self.timer.stop(rec))
+        if prof and i == prof[1] and self.cuda:
+            torch.cuda.profiler.stop()
+        self.i = i + 1
+        self.tokens += batch
+        return True
+
+    def _prefill(self, admitted, i: int) -> None:
+        t0 = time.perf_counter()
+        with self.nvtx.range("prefill"):
+            for a in admitted:
+                self.state.prefill(a.slot, a.prompt_len)
+        self.emit({"type": R.PREFILL, "t": round(t0 - self.t0, 6), "i": i, "requests": len(admitted),
+                   "tokens": sum(a.prompt_len for a in admitted),
+                   "host_ms": round((time.perf_counter() - t0) * 1e3, 4)})
+
+    def run(self, max_steps: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Step until max_steps, the workload ends, or should_stop() (checked every step)."""
+        with torch.inference_mode():
+            if not self.started:
+                self.start()
+            while (max_steps is None or self.i < max_steps) and not should_stop():
+                if not self.step():
+                    break

@@ -1,0 +1,244 @@
+"""A Llama-architecture decoder (RMSNorm, RoPE, GQA, SwiGLU) with a static, slot-indexed KV cache.
+
+Shapes follow Hugging Face's Llama so real checkpoints load without permutation (checkpoint.py).
+The KV cache has one row per request slot plus a scratch row (index ``max_slots``): padding rows of a
+graph point at the scratch row, so they never touch a live request's KV.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    vocab_size: int
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = field(default=None, hash=False)  # HF "llama3" scaling, or None
+    qkv_bias: bool = False          # Qwen2
+    tie_embeddings: bool = False    # Llama-3.2-1B ties lm_head to the embedding
+    explicit_head_dim: int | None = None  # configs whose head_dim != dim // n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.explicit_head_dim or self.dim // self.n_heads
+
+    def n_params(self) -> int:
+        q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        per_layer = self.dim * (2 * q + 2 * kv) + 3 * self.dim * self.ffn_dim + 2 * self.dim
+        head = 0 if self.tie_embeddings else self.vocab_size * self.dim
+        return self.vocab_size * self.dim + self.n_layers * per_layer + self.dim + head
+
+    def describe(self) -> dict:
+        return asdict(self) | {"head_dim": self.head_dim, "params": self.n_params()}
+
+
+_LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
+
+# Built-in shapes, random weights, no download.
+PRESETS: dict[str, ModelArgs] = {
+    "tiny": ModelArgs(dim=512, n_layers=8, n_heads=8, n_kv_heads=8, ffn_dim=1536, vocab_size=32000),
+    "llama-1b": ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=8192, vocab_size=128256,
+                          rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE, tie_embeddings=True),
+    "llama-8b": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=128256,
+                          rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE),
+}
+
+
+def rope_tables(args: ModelArgs, max_seq: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [max_seq, head_dim] in float32 (HF's rotate_half layout)."""
+    hd = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    sc = args.rope_scaling
+    if sc and sc.get("rope_type", sc.get("type")) == "llama3":
+        factor, lo, hi = sc["factor"], sc["low_freq_factor"], sc["high_freq_factor"]
+        old = sc["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old / wavelen - lo) / (hi - lo)
+        scaled = torch.where(wavelen > old / lo, inv_freq / factor, inv_freq)
+        mid = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = torch.where((wavelen <= old / lo) & (wavelen >= old / hi), mid, scaled)
+    freqs = torch.outer(torch.arange(max_seq, dtype=torch.float64), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().float().to(device), emb.sin().float().to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., heads, T, hd]; cos/sin broadcastable [..., 1, T, hd]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class KVCache(nn.Module):
+    """One layer's cache: [max_slots + 1, kv_heads, max_seq, head_dim]; the last row is scratch."""
+
+    def __init__(self, max_slots: int, max_seq: int, n_kv_heads: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (max_slots + 1, n_kv_heads, max_seq, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        hd, bias = args.head_dim, args.qkv_bias
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, hd
+        self.q_proj = nn.Linear(args.dim, args.n_heads * hd, bias=bias)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=bias)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=bias)
+        self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=False)
+        self.cache: KVCache | None = None
+
+    def _qkv(self, x: torch.Tensor):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    def decode(self, x, cos, sin, slot_ids, pos, mask):
+        """One token per row. x [B, 1, dim]; cos/sin [B, 1, 1, hd]; mask [B, 1, 1, S]."""
+        q, k, v = self._qkv(x)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        cache = self.cache
+        cache.k[slot_ids, :, pos] = k[:, :, 0]
+        cache.v[slot_ids, :, pos] = v[:, :, 0]
+        keys, values = cache.k.index_select(0, slot_ids), cache.v.index_select(0, slot_ids)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(x.shape[0], 1, -1))
+
+    def prefill(self, x, cos, sin, slot: int):
+        """A whole prompt for one slot. x [1, T, dim]; cos/sin [1, 1, T, hd]."""
+        q, k, v = self._qkv(x)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        t = x.shape[1]
+        self.cache.k[slot, :, :t] = k[0]
+        self.cache.v[slot, :, :t] = v[0]
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(1, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(args.ffn_dim, args.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.self_attn = Attention(args)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.mlp = MLP(args)
+
+    def decode(self, x, cos, sin, slot_ids, pos, mask):
+        x = x + self.self_attn.decode(self.input_layernorm(x), cos, sin, slot_ids, pos, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def prefill(self, x, cos, sin, slot):
+        x = x + self.self_attn.prefill(self.input_layernorm(x), cos, sin, slot)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.max_slots = self.max_seq = 0
+
+    def setup_caches(self, max_slots: int, max_seq: int) -> None:
+        """Allocate the static KV cache (max_slots rows + 1 scratch row) and the RoPE tables."""
+        p = self.embed_tokens.weight
+        self.max_slots, self.max_seq = max_slots, max_seq
+        for layer in self.layers:
+            layer.self_attn.cache = KVCache(max_slots, max_seq, self.args.n_kv_heads, self.args.head_dim,
+                                            p.dtype, p.device)
+        cos, sin = rope_tables(self.args, max_seq, p.device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("positions", torch.arange(max_seq, device=p.device), persistent=False)
+
+    def decode(self, tokens: torch.Tensor, slot_ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """tokens, slot_ids, pos: [B] int64 on the model's device. Returns float32 logits [B, vocab]."""
+        x = self.embed_tokens(tokens).unsqueeze(1)
+        dtype = x.dtype
+        cos = self.rope_cos[pos].to(dtype)[:, None, None, :]
+        sin = self.rope_sin[pos].to(dtype)[:, None, None, :]
+        mask = (self.positions[None, :] <= pos[:, None])[:, None, None, :]
+        for layer in self.layers:
+            x = layer.decode(x, cos, sin, slot_ids, pos, mask)
+        return self.lm_head(self.norm(x))[:, 0].float()
+
+    def prefill(self, tokens: torch.Tensor, slot: int) -> torch.Tensor:
+        """tokens [T] int64 for one slot, written to cache positions 0..T-1. Returns last logits [vocab]."""
+        t = tokens.shape[0]
+        x = self.embed_tokens(tokens)[None]
+        cos = self.rope_cos[:t].to(x.dtype)[None, None]
+        sin = self.rope_sin[:t].to(x.dtype)[None, None]
+        for layer in self.layers:
+            x = layer.prefill(x, cos, sin, slot)
+        return self.lm_head(self.norm(x[:, -1]))[0].float()
+
+
+def empty_model(args: ModelArgs, device, dtype) -> Transformer:
+    """Uninitialised weights allocated straight on ``device`` in ``dtype``."""
+    with torch.device("meta"):
+        model = Transformer(args)
+    model = model.to(dtype).to_empty(device=device)
+    if args.tie_embeddings:   # to_empty unties shared parameters
+        model.lm_head.weight = model.embed_tokens.weight
+    return model
+
+
+def build_random(args: ModelArgs, device, dtype, seed: int = 0) -> Transformer:
+    """Random weights, drawn on the target device (no fp32 copy on the host), scaled so activations
+    and logits stay in a sane range."""
+    model = empty_model(args, device, dtype)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layernorm.weight") or name == "norm.weight":
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, 1.0 / math.sqrt(p.shape[-1]), generator=gen)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,72 @@
+"""Where a decode step runs: the function that graphs capture and eager mode calls directly.
+
+All per-request state lives on the device, indexed by KV slot, so a step needs no host sync:
+``next_token[slot]`` (the token to feed), ``pos[slot]`` (its position). The only input a step reads
+is ``slot_buf[:n]`` (static, shared by all graphs); rows past the real batch hold the scratch slot, so
+padding rows read and write only the scratch KV row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cgwatch.engine.model import Transformer
+
+
+def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Greedy (temperature 0) or temperature sampling, without a host sync (gpt-fast's exponential trick)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / noise).argmax(dim=-1)
+
+
+class DecodeState:
+    """Device-side per-slot state and the static slot-id input of every step."""
+
+    def __init__(self, model: Transformer, max_batch: int, temperature: float = 0.0, seed: int = 0):
+        device = model.embed_tokens.weight.device
+        self.model, self.device, self.temperature = model, device, temperature
+        self.scratch = model.max_slots                     # the extra KV row padding rows use
+        n = model.max_slots + 1
+        self.next_token = torch.zeros(n, dtype=torch.long, device=device)
+        self.pos = torch.zeros(n, dtype=torch.long, device=device)
+        self.slot_buf = torch.full((max_batch,), self.scratch, dtype=torch.long, device=device)
+        self.cuda = device.type == "cuda"
+        self.prompt_gen = torch.Generator(device=device).manual_seed(seed)
+
+    def set_slots(self, slots: list[int], rows: int) -> None:
+        """Write the batch's slot ids into ``slot_buf[:rows]``, padding with the scratch slot."""
+        ids = slots + [self.scratch] * (rows - len(slots)) if rows > len(slots) else slots
+        if self.cuda:
+            src = torch.tensor(ids, dtype=torch.long, pin_memory=True)
+            self.slot_buf[:rows].copy_(src, non_blocking=True)
+        else:
+            self.slot_buf[:rows].copy_(torch.tensor(ids, dtype=torch.long))
+
+    def decode(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token for each of ``slot_buf[:rows]``: logits [rows, vocab] (float32) and the sampled tokens."""
+        ids = self.slot_buf[:rows]
+        pos = self.pos[ids]
+        logits = self.model.decode(self.next_token[ids], ids, pos)
+        new = sample(logits, self.temperature)
+        self.next_token[ids] = new
+        self.pos[ids] = pos + 1
+        self.pos[self.scratch:].zero_()   # padding rows always write scratch position 0
+        return logits, new
+
+    def prefill(self, slot: int, prompt_len: int) -> None:
+        """Eager prefill of a random prompt into ``slot``; its first sampled token becomes next_token."""
+        vocab = self.model.args.vocab_size
+        prompt = torch.randint(vocab, (prompt_len,), device=self.device, generator=self.prompt_gen)
+        logits = self.model.prefill(prompt, slot)
+        self.next_token[slot:slot + 1] = sample(logits[None], self.temperature)
+        self.pos[slot:slot + 1].fill_(prompt_len)
+
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.next_token.clone(), self.pos.clone()
+
+    def restore(self, snap: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.next_token.copy_(snap[0])
+        self.pos.copy_(snap[1])

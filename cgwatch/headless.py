@@ -1,0 +1,64 @@
+"""The headless view: one status line a second from the record stream (a sink like any other)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from cgwatch import records as R
+
+
+class StatusLine:
+    def __init__(self, out: TextIO = sys.stdout, every_s: float = 1.0):
+        self.out, self.every_s = out, every_s
+        self._reset(time.monotonic())
+        self.alerts = 0
+
+    def _reset(self, now: float) -> None:
+        self.since, self.steps, self.graph, self.tokens, self.rows, self.padded = now, 0, 0, 0, 0, 0
+        self.batch, self.last_i, self.util = 0, -1, None
+
+    def __call__(self, rec: dict) -> None:
+        kind = rec["type"]
+        if kind == R.STEP:
+            self.steps += 1
+            self.tokens += rec["tokens"]
+            self.batch, self.last_i = rec["batch"], rec["i"]
+            if rec["bucket"] is not None:
+                self.graph += 1
+                self.rows += rec["bucket"]
+                self.padded += rec["padded"]
+            now = time.monotonic()
+            if now - self.since >= self.every_s:
+                self.print_line(now)
+        elif kind == R.SAMPLE:
+            self.util = rec.get("gpu_util")
+        elif kind == R.EVENT and rec["kind"] in (R.EV_ALERT, R.EV_MODE, R.EV_RECAPTURE, R.EV_CAPTURE_DONE):
+            self.out.write(f"[{rec['t']:8.2f}s] {describe_event(rec)}\n")
+            self.out.flush()
+
+    def print_line(self, now: float) -> None:
+        dt = now - self.since
+        hit = f"{100 * self.graph / self.steps:5.1f}%" if self.steps else "  n/a"
+        pad = f"{100 * self.padded / self.rows:4.1f}%" if self.rows else " n/a"
+        util = "n/a" if self.util is None else f"{self.util}%"
+        self.out.write(f"step {self.last_i + 1:>7} | {self.steps / dt:7.1f} steps/s | {self.tokens / dt:9.0f} tok/s | "
+                       f"batch {self.batch:>3} | graph {hit} | pad {pad} | gpu util {util}\n")
+        self.out.flush()
+        self._reset(now)
+
+
+def describe_event(rec: dict) -> str:
+    k = rec["kind"]
+    if k == R.EV_ALERT:
+        return f"{rec.get('level', 'warn').upper()}: {rec['message']}"
+    if k == R.EV_MODE:
+        return f"mode -> {rec['mode']}"
+    if k == R.EV_RECAPTURE:
+        return f"recapture {rec['old']} -> {rec['sizes']}"
+    if k == R.EV_CAPTURE_DONE:
+        mib = "n/a" if rec.get("pool_bytes") is None else f"{rec['pool_bytes'] / 2**20:.1f} MiB"
+        failed = f", failed {rec['failed']}" if rec.get("failed") else ""
+        return f"captured {rec['sizes']}{failed} in {rec['seconds']:.2f} s, {rec['pool']} pool {mib}"
+    return k

@@ -1,0 +1,72 @@
+"""The event schema: every record the engine emits, as plain dicts.
+
+Data flows one way: engine -> records -> sinks (trace file, socket, Prometheus) -> views.
+Each record is a JSON-ready dict with a ``type`` key; docs/TRACE_FORMAT.md describes the fields.
+Times: ``t`` is seconds since the run started (host monotonic clock); durations carry their unit
+in the key name (``_ms``, ``_us``, ``_s``, ``_bytes``). A value that could not be measured is
+``None`` (JSON null), shown as "n/a" -- never a made-up number.
+"""
+
+from __future__ import annotations
+
+# Record types
+HEADER = "header"    # first record of a trace: format, version, run metadata
+STEP = "step"        # one decode step
+PREFILL = "prefill"  # eager prefill of newly admitted requests
+SAMPLE = "sample"    # periodic NVML / host / allocator sample
+EVENT = "event"      # something happened: capture, alert, mode switch, recapture, mark, ...
+END = "end"          # last record of a cleanly closed trace
+
+# Why a step ran eager (``reason`` of a step record); None when a graph served it.
+REASON_EAGER_MODE = "eager_mode"        # the user chose eager mode
+REASON_OVER_MAX = "over_max"            # batch above the largest capture size
+REASON_PADDING = "padding_ratio"        # padding would exceed --max-padding-ratio
+REASON_BUCKET_FAILED = "bucket_failed"  # the bucket's capture failed; it is disabled
+REASON_NO_CUDA = "no_cuda"              # graphs need CUDA; this run has none
+REASON_NO_GRAPHS = "no_graphs"          # graph mode, but no bucket is captured (empty size list)
+EAGER_REASONS = (REASON_EAGER_MODE, REASON_OVER_MAX, REASON_PADDING, REASON_BUCKET_FAILED,
+                 REASON_NO_CUDA, REASON_NO_GRAPHS)
+
+# Event kinds (``kind`` of an event record)
+EV_CAPTURE = "capture"          # one bucket captured (or failed to): per-bucket measurements
+EV_CAPTURE_DONE = "capture_done"  # a capture round finished: sizes, pool bytes, seconds
+EV_ALERT = "alert"              # something the user must see (level warn/error)
+EV_MODE = "mode"                # eager/graph switch
+EV_RECAPTURE = "recapture"      # recapture requested with a new size list
+EV_RELEASE = "release"          # old graphs and pool released
+EV_PADDING = "max_padding_ratio"  # --max-padding-ratio changed
+EV_MARK = "mark"                # a user mark
+EV_INFO = "info"                # anything else worth a line in the log
+
+
+def step(i: int, t: float, batch: int, target: int | None, bucket: int | None, reason: str | None,
+         host_us: float, gpu_ms: float | None, tokens: int) -> dict:
+    """A decode step.
+
+    ``target``: the smallest capture size >= batch in the size list in force (None above the
+    largest, or with no sizes) -- the bucket that should serve this batch. ``bucket``: the graph
+    that did serve it (None: eager, and ``reason`` says why).
+    ``padded`` rows = bucket - batch on a graph step, 0 on an eager one. ``host_us``: host clock
+    from step start until the last launch returned (no sync). ``gpu_ms``: CUDA events around the
+    step, read once they completed; None on the CPU, where ops run synchronously and ``host_us``
+    is the step time.
+    """
+    return {"type": STEP, "i": i, "t": round(t, 6), "batch": batch, "target": target,
+            "bucket": bucket,
+            "mode": "eager" if bucket is None else "graph", "reason": reason,
+            "padded": 0 if bucket is None else bucket - batch,
+            "host_us": round(host_us, 2),
+            "gpu_ms": None if gpu_ms is None else round(gpu_ms, 4), "tokens": tokens}
+
+
+def step_ms(rec: dict) -> float:
+    """A step's duration: GPU time where measured, else host time (CPU runs are synchronous)."""
+    return rec["gpu_ms"] if rec["gpu_ms"] is not None else rec["host_us"] / 1000.0
+
+
+def event(kind: str, t: float, **fields) -> dict:
+    return {"type": EVENT, "kind": kind, "t": round(t, 6), **fields}
+
+
+def alert(t: float, message: str, level: str = "warn", **fields) -> dict:
+    return event(EV_ALERT, t, level=level, message=message, **fields)

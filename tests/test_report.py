@@ -1,0 +1,297 @@
+import json
+import math
+import random
+
+import pytest
+
+from cgwatch import records as R
+from cgwatch.report import build_report, format_report, percentile
+from cgwatch.trace import Trace, TraceWriter, read_trace
+
+SIZES = [1, 2, 4, 8, 16]
+MIB = 2 ** 20
+
+
+def capture(t, bucket, ok, pool=None, nvml=None, kernels=None, check=None, cause=None, cs=0.5):
+    return R.event(R.EV_CAPTURE, t, bucket=bucket, ok=ok, capture_s=cs, pool_bytes=pool,
+                   nvml_bytes=nvml, kernels=kernels, check=check, cause=cause,
+                   error=None if ok else f"RuntimeError: {cause}")
+
+
+def synthetic_records(seed: int = 7, n: int = 3000) -> list[dict]:
+    """A known mix: graph steps with padding, eager steps for several reasons, over-max, a failed
+    bucket (4), a bucket that failed on recapture (8), a captured-but-untargeted bucket (16)."""
+    rng = random.Random(seed)
+    recs = [
+        capture(0.1, 1, True, 1 * MIB, 2 * MIB, 100, {"tokens_equal": True, "rel_err": 0.0}),
+        capture(0.2, 2, True, 3 * MIB, 4 * MIB, 110, {"tokens_equal": True, "rel_err": 3.1e-3}),
+        capture(0.3, 4, False, cause="OOM"),
+        capture(0.4, 8, True, 8 * MIB, None, 130, {"tokens_equal": False, "rel_err": 0.2}, cs=1.5),
+        capture(0.5, 16, True, 16 * MIB, 17 * MIB, 140, None),
+        R.event(R.EV_CAPTURE_DONE, 0.6, sizes=SIZES, failed=[4], pool_bytes=40 * MIB,
+                seconds=2.0, pool="shared"),
+    ]
+    t = 1.0
+    for i in range(n):
+        if i == n // 2:  # a recapture: bucket 2 again (new numbers), bucket 8 now fails
+            recs += [R.event(R.EV_RECAPTURE, t, sizes=SIZES),
+                     capture(t, 2, True, 5 * MIB, 6 * MIB, 111, {"tokens_equal": True, "rel_err": 1e-3}),
+                     capture(t, 8, False, cause="illegal memory access"),
+                     R.event(R.EV_CAPTURE_DONE, t, sizes=SIZES, failed=[4, 8], pool_bytes=None,
+                             seconds=1.0, pool="shared")]
+        if i % 200 == 0:
+            recs.append({"type": "prefill", "t": t, "i": i, "requests": 3, "tokens": 100 + i % 7,
+                         "ms": 12.5})
+        if i % 50 == 0:
+            recs.append({"type": "sample", "t": t, "gpu_util": None if i % 100 else 80 + i % 13})
+        if i % 500 == 0:
+            recs.append(R.alert(t, f"alert {i}", "error" if i % 1000 else "warn"))
+        if i == 700:
+            recs.append(R.event(R.EV_MODE, t, mode="eager"))
+        if i == 800:
+            recs.append(R.event(R.EV_MODE, t, mode="graph"))
+            recs.append(R.event(R.EV_MARK, t, text="warm"))
+        batch = rng.randint(1, 20)
+        target = next((s for s in SIZES if s >= batch), None)
+        failed = {4} | ({8} if i >= n // 2 else set())
+        if 700 <= i < 800:
+            bucket, reason = None, R.REASON_EAGER_MODE
+        elif target is None:
+            bucket, reason = None, R.REASON_OVER_MAX
+        elif target in failed:
+            bucket, reason = None, R.REASON_BUCKET_FAILED
+        elif batch == 9:  # pretend 9 -> 16 is too much padding
+            bucket, reason = None, R.REASON_PADDING
+        else:
+            bucket, reason = target, None
+        gpu_ms = round(rng.uniform(2.0, 6.0), 4) if bucket else round(rng.uniform(8.0, 20.0), 4)
+        host_us = rng.uniform(20, 60) if bucket else rng.uniform(300, 900)
+        recs.append(R.step(i, t, batch, target, bucket, reason, host_us, gpu_ms, batch))
+        t += gpu_ms / 1000 + 0.0005
+    return recs
+
+
+def nearest_rank(values: list[float], p: float):
+    """Independent definition: the smallest value with at least p% of the values <= it."""
+    if not values:
+        return None
+    s = sorted(values)
+    return next(v for v in s if sum(x <= v for x in s) * 100 >= p * len(s))
+
+
+def expected(recs: list[dict]) -> dict:
+    """Recompute the report's numbers straight from the raw records."""
+    steps = [r for r in recs if r["type"] == "step"]
+    rows = {}
+    for target in {r["target"] for r in steps} | {r["bucket"] for r in recs if r.get("kind") == "capture"}:
+        mine = [r for r in steps if r["target"] == target]
+        graph = [r for r in mine if r["bucket"] is not None]
+        eager = [r for r in mine if r["bucket"] is None]
+        dur = lambda r: r["gpu_ms"] if r["gpu_ms"] is not None else r["host_us"] / 1000
+        caps = [r for r in recs if r.get("kind") == "capture" and r["bucket"] == target]
+        oks = [c for c in caps if c["ok"]]
+        misses = {}
+        for r in eager:
+            misses[r["reason"]] = misses.get(r["reason"], 0) + 1
+        rows[target] = {
+            "steps": len(mine), "graph_steps": len(graph),
+            "hit_pct": 100 * len(graph) / len(mine) if mine else None,
+            "padding_waste_pct": (100 * sum(r["bucket"] - r["batch"] for r in graph)
+                                  / sum(r["bucket"] for r in graph)) if graph else None,
+            "graph_p50_ms": nearest_rank([dur(r) for r in graph], 50),
+            "graph_p99_ms": nearest_rank([dur(r) for r in graph], 99),
+            "eager_p50_ms": nearest_rank([dur(r) for r in eager], 50),
+            "eager_p99_ms": nearest_rank([dur(r) for r in eager], 99),
+            "host_us_graph_p50": nearest_rank([r["host_us"] for r in graph], 50),
+            "host_us_eager_p50": nearest_rank([r["host_us"] for r in eager], 50),
+            "graph_mib": oks[-1]["pool_bytes"] / MIB if oks and oks[-1]["pool_bytes"] is not None else None,
+            "nvml_mib": oks[-1]["nvml_bytes"] / MIB if oks and oks[-1]["nvml_bytes"] is not None else None,
+            "capture_s": oks[-1]["capture_s"] if oks else None,
+            "kernels": oks[-1]["kernels"] if oks else None,
+            "status": "-" if not caps else "ok" if caps[-1]["ok"] else f"failed: {caps[-1]['cause']}",
+            "misses": misses,
+        }
+    total_graph = [r for r in steps if r["bucket"] is not None]
+    duration = steps[-1]["t"] - steps[0]["t"] + (steps[-1]["gpu_ms"] if steps[-1]["gpu_ms"] is not None
+                                                 else steps[-1]["host_us"] / 1000) / 1000
+    gpu = [r["gpu_ms"] for r in steps if r["gpu_ms"] is not None]
+    utils = [r["gpu_util"] for r in recs if r["type"] == "sample" and r.get("gpu_util") is not None]
+    dones = [r for r in recs if r.get("kind") == "capture_done"]
+    prefills = [r for r in recs if r["type"] == "prefill"]
+    totals = {
+        "steps": len(steps), "graph_steps": len(total_graph),
+        "graph_hit_rate_pct": 100 * len(total_graph) / len(steps),
+        "tokens": sum(r["tokens"] for r in steps), "duration_s": duration,
+        "tokens_per_s": sum(r["tokens"] for r in steps) / duration,
+        "gpu_busy_pct": 100 * sum(gpu) / (duration * 1000) if gpu else None,
+        "nvml_util_pct": sum(utils) / len(utils) if utils else None,
+        "graph_pool_mib": (dones[-1]["pool_bytes"] / MIB
+                           if dones and dones[-1]["pool_bytes"] is not None else None),
+        "padding_waste_pct": 100 * sum(r["bucket"] - r["batch"] for r in total_graph) / sum(r["bucket"] for r in total_graph),
+        "prefills": len(prefills), "prefill_tokens": sum(r["tokens"] for r in prefills),
+        "mode_switches": sum(r.get("kind") == "mode" for r in recs),
+        "recaptures": sum(r.get("kind") == "recapture" for r in recs),
+    }
+    return {"rows": rows, "totals": totals}
+
+
+_CLEAN = {"type": "end", "t": 9}
+
+
+def _trace(recs, header=None, end=_CLEAN, truncated_at=None) -> Trace:
+    head = {"type": "header", "format": "cgwatch-trace", "version": 1, "model": "tiny",
+            "gpu": "NVIDIA H100", "torch": "2.13", **(header or {})}
+    return Trace(header=head, records=recs, end=end,
+                 truncated_at=truncated_at, path="x.jsonl")
+
+
+def _close(a, b):
+    if a is None or b is None:
+        return a is b
+    return a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
+def test_percentile_nearest_rank():
+    vals = [15, 20, 35, 40, 50]  # the classic nearest-rank example
+    assert [percentile(vals, p) for p in (5, 30, 40, 50, 100)] == [15, 20, 20, 35, 50]
+    assert percentile([], 50) is None
+    assert percentile([7.0], 99) == 7.0
+    hundred = list(range(1, 101))
+    assert percentile(hundred, 50) == 50 and percentile(hundred, 99) == 99
+    assert percentile(list(range(1, 1001)), 99) == 990
+    for n in range(1, 40):
+        vals = sorted(random.Random(n).uniform(0, 1) for _ in range(n))
+        for p in (1, 25, 50, 90, 99, 100):
+            assert percentile(vals, p) == nearest_rank(vals, p)
+
+
+def test_report_matches_independent_recompute():
+    recs = synthetic_records()
+    rep = build_report(_trace(recs))
+    exp = expected(recs)
+    json.dumps(rep)  # JSON-ready
+
+    got_rows = {b["bucket"]: b for b in rep["buckets"]}
+    assert set(got_rows) == set(exp["rows"]) == {1, 2, 4, 8, 16, None}
+    assert [b["bucket"] for b in rep["buckets"]] == [1, 2, 4, 8, 16, None]  # over max last
+    for bucket, want in exp["rows"].items():
+        got = got_rows[bucket]
+        for key, value in want.items():
+            assert _close(got[key], value) if not isinstance(value, (str, dict)) else got[key] == value, \
+                (bucket, key, got[key], value)
+    for key, value in exp["totals"].items():
+        assert _close(rep["totals"][key], value), (key, rep["totals"][key], value)
+
+    # hand-known facts of the mix
+    r = got_rows
+    assert r[None]["label"] == ">16" and r[None]["graph_steps"] == 0 and r[None]["hit_pct"] == 0.0
+    assert set(r[None]["misses"]) <= {"over_max", "eager_mode"} and r[None]["status"] == "-"
+    assert r[None]["padding_waste_pct"] is None and r[None]["graph_p50_ms"] is None
+    assert r[4]["status"] == "failed: OOM" and r[4]["graph_steps"] == 0 and r[4]["graph_mib"] is None
+    assert r[4]["check"] is None and r[4]["capture_s"] is None
+    assert r[8]["status"] == "failed: illegal memory access"
+    assert r[8]["graph_mib"] == 8.0 and r[8]["capture_s"] == 1.5 and r[8]["check"] == "MISMATCH 2.0e-01"
+    assert r[8]["nvml_mib"] is None
+    assert r[2]["graph_mib"] == 5.0 and r[2]["nvml_mib"] == 6.0 and r[2]["kernels"] == 111
+    assert r[2]["check"] == "ok 1.0e-03" and r[1]["check"] == "ok 0.0e+00" and r[16]["check"] is None
+    assert r[1]["padding_waste_pct"] == 0.0 and r[1]["hit_pct"] > 80
+    assert r[16]["steps"] > 0 and "padding_ratio" in r[16]["misses"]
+    assert set(r[2]["misses"]) == {"eager_mode"}
+    assert rep["totals"]["graph_pool_mib"] is None  # the latest capture_done has no pool bytes
+    assert rep["totals"]["prefills"] == 15 and rep["totals"]["mode_switches"] == 2
+    assert rep["totals"]["recaptures"] == 1
+    assert len(rep["alerts"]) == 6 and rep["alerts"][1] == {"t": rep["alerts"][1]["t"], "level": "error",
+                                                            "message": "alert 500"}
+    assert [(e["kind"], e["text"]) for e in rep["events"]] == [
+        ("mode", "mode=eager"), ("mode", "mode=graph"), ("mark", "warm"),
+        ("recapture", "sizes=[1, 2, 4, 8, 16]")]
+    assert rep["header"]["model"] == "tiny" and rep["warnings"] == []
+
+
+def test_hand_computed_small_trace():
+    recs = [
+        capture(0.0, 4, True, 2 * MIB, None, 50, {"tokens_equal": True, "rel_err": 3.1e-3}),
+        R.step(0, 1.000, 3, 4, 4, None, 40.0, 2.0, 3),      # 1 padded row of 4
+        R.step(1, 1.010, 2, 4, 4, None, 60.0, 4.0, 2),      # 2 padded rows of 4
+        R.step(2, 1.020, 4, 4, None, "padding_ratio", 500.0, 10.0, 4),
+        R.step(3, 1.040, 9, None, None, "over_max", 700.0, 14.0, 9),
+        {"type": "sample", "t": 1.0, "gpu_util": 50}, {"type": "sample", "t": 1.1, "gpu_util": 70},
+        {"type": "sample", "t": 1.2, "gpu_util": None},
+        {"type": "prefill", "t": 0.9, "i": 0, "requests": 3, "tokens": 30, "ms": 5.0},
+    ]
+    rep = build_report(_trace(recs))
+    b4, over = rep["buckets"]
+    assert (b4["label"], b4["steps"], b4["graph_steps"]) == ("4", 3, 2)
+    assert b4["hit_pct"] == pytest.approx(200 / 3)
+    assert b4["padding_waste_pct"] == pytest.approx(37.5)        # 3 padded / 8 computed rows
+    assert (b4["graph_p50_ms"], b4["graph_p99_ms"]) == (2.0, 4.0)
+    assert (b4["eager_p50_ms"], b4["host_us_graph_p50"], b4["host_us_eager_p50"]) == (10.0, 40.0, 500.0)
+    assert b4["misses"] == {"padding_ratio": 1} and b4["graph_mib"] == 2.0 and b4["check"] == "ok 3.1e-03"
+    assert over["label"] == ">4" and over["misses"] == {"over_max": 1} and over["status"] == "-"
+    t = rep["totals"]
+    assert t["duration_s"] == pytest.approx(0.054)                # 1.040 - 1.000 + 14 ms
+    assert t["tokens"] == 18 and t["tokens_per_s"] == pytest.approx(18 / 0.054)
+    assert t["gpu_busy_pct"] == pytest.approx(100 * 30 / 54)
+    assert t["nvml_util_pct"] == 60 and t["padding_waste_pct"] == pytest.approx(37.5)
+    assert t["graph_hit_rate_pct"] == 50 and t["graph_pool_mib"] is None
+    assert (t["prefills"], t["prefill_tokens"]) == (1, 30)
+
+
+def test_cpu_run_has_no_gpu_busy(tmp_path):
+    path = tmp_path / "cpu.jsonl"
+    with TraceWriter(path, {"model": "tiny", "gpu": None, "torch": "2.13"}) as w:
+        for i in range(100):
+            w.write(R.step(i, i * 0.01, 2, 2, None, R.REASON_NO_CUDA, 9000.0 + i, None, 2))
+        w.write({"type": "sample", "t": 0.5, "gpu_util": None, "cpu_pct": 100.0})
+    rep = build_report(read_trace(path))
+    t = rep["totals"]
+    assert t["gpu_busy_pct"] is None and t["nvml_util_pct"] is None
+    assert t["duration_s"] == pytest.approx(0.99 + 9.099 / 1000)
+    (row,) = rep["buckets"]
+    assert row["label"] == "2" and row["misses"] == {"no_cuda": 100} and row["hit_pct"] == 0
+    assert row["eager_p50_ms"] == pytest.approx(9.049)  # host time: 50th of 9000..9099 us
+    text = format_report(rep)
+    assert "gpu busy         n/a" in text
+
+
+def test_empty_and_eager_only_traces():
+    rep = build_report(_trace([], end=None))
+    assert rep["buckets"] == [] and rep["totals"]["duration_s"] is None
+    assert rep["totals"]["tokens_per_s"] is None and rep["totals"]["graph_hit_rate_pct"] is None
+    assert rep["warnings"] == ["no end record: the run did not finish cleanly"]
+    assert "no buckets" in format_report(rep)
+    rep = build_report(_trace([R.step(0, 0.0, 3, None, None, "no_graphs", 100.0, None, 3)]))
+    assert rep["buckets"][0]["label"] == "eager"
+
+
+def test_format_report():
+    recs = synthetic_records(n=1200)
+    rep = build_report(_trace(recs, truncated_at=12345))
+    text = format_report(rep)
+    lines = text.splitlines()
+    assert lines[0].startswith("cgwatch report: tiny on NVIDIA H100, torch 2.13, ")
+    assert max(len(line) for line in lines) <= 120
+    rows = {line.split()[0]: line for line in lines if line.strip() and line.split()[0] in
+            {"1", "2", "4", "8", "16", ">16"}}
+    assert set(rows) == {"1", "2", "4", "8", "16", ">16"}
+    assert "failed: OOM" in rows["4"] and "n/a" in rows["4"]
+    assert "failed: illegal memory" in rows["8"] and "failed: illegal memory access" not in rows["8"]
+    assert "  8: illegal memory access" in text  # clipped in the table, whole below it
+    assert "ok 1.0e-03" in rows["2"] and rows["2"].rstrip().endswith("ok")
+    assert "MISMATCH 2.0e-01" in rows["8"]
+    assert rows[">16"].split()[1] == str(rep["buckets"][-1]["steps"]) and rows[">16"].rstrip().endswith("-")
+    b2 = rep["buckets"][1]
+    assert f"{b2['hit_pct']:.1f}" in rows["2"] and f"{b2['graph_mib']:.1f}" in rows["2"]
+    assert "totals:" in text and f"{rep['totals']['steps']:,}" in text
+    assert "alerts:" in text and "ERROR  alert 500" in text
+    assert "events:" in text and "mark       warm" in text
+    assert "warning: trace truncated at byte 12345" in text
+    assert "eager steps by reason:" in text and "over_max" in text
+    assert "graph pool       n/a\n" in text  # the latest capture_done had no pool bytes
+
+
+def test_format_report_caps_long_lists():
+    recs = [R.alert(i * 0.1, f"a{i}") for i in range(30)]
+    text = format_report(build_report(_trace(recs)))
+    assert "a19" in text and "a20" not in text and "... 10 more" in text
+
