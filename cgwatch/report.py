@@ -24,7 +24,8 @@ Percentiles are nearest-rank: the value at rank ceil(p/100 * n) of the n sorted 
 an observed value); None with no values.
 
 Totals:
-  duration_s         last step t - first step t + the last step's step_ms / 1000
+  duration_s         last step t - first step t + the last step's step_ms / 1000 (first/last
+                     by t)
   tokens_per_s       sum of step tokens / duration_s
   gpu_busy_pct       100 * sum(gpu_ms) / (duration_s * 1000); None if no step has gpu_ms
   nvml_util_pct      mean of the non-None gpu_util of sample records
@@ -126,9 +127,11 @@ def build_report(trace: Trace) -> dict:
                 gpu_ms_any = True
             tokens += rec["tokens"]
             n_steps += 1
-            if first_t is None:
-                first_t = rec["t"]
-            last_t, last_ms = rec["t"], ms
+            t = rec["t"]  # steps are emitted when their GPU time is read: use min/max t
+            if first_t is None or t < first_t:
+                first_t = t
+            if last_t is None or t >= last_t:
+                last_t, last_ms = t, ms
         elif typ == R.SAMPLE:
             if rec.get("gpu_util") is not None:
                 util_sum += rec["gpu_util"]
@@ -145,7 +148,7 @@ def build_report(trace: Trace) -> dict:
                 if rec.get("ok"):
                     last_ok[b] = rec
             elif kind == R.EV_CAPTURE_DONE:
-                sizes_seen.update(rec.get("sizes") or ())
+                sizes_seen.update(rec.get("sizes") or (), rec.get("failed") or ())
                 pool_bytes = rec.get("pool_bytes")
             elif kind == R.EV_ALERT:
                 alerts.append({"t": rec.get("t"), "level": rec.get("level", "warn"),
@@ -231,11 +234,11 @@ def _p(v: float | None) -> str:
 def _ms(v: float | None) -> str:
     if v is None:
         return NA
-    return f"{v:.3f}" if v < 10 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
 
 
 def _us(v: float | None) -> str:
-    return NA if v is None else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+    return NA if v is None else f"{v:.1f}" if v < 100 else f"{v:.0f}"
 
 
 def _name(v: object) -> str:
@@ -264,13 +267,16 @@ def _clip(s: str, n: int) -> str:
 
 
 def format_report(rep: dict) -> str:
+    """The report as plain text (no trailing newline), lines within 120 columns."""
     h, t = rep["header"], rep["totals"]
-    dur = NA if t["duration_s"] is None else f"{t['duration_s']:.2f} s"
-    lines = [f"cgwatch report: {_name(h.get('model'))} on {_name(h.get('gpu'))}, "
+    d = t["duration_s"]
+    dur = NA if d is None else f"{d:.3f} s" if d < 10 else f"{d:.1f} s"
+    dtype = f" ({h['dtype']})" if h.get("dtype") else ""
+    lines = [f"cgwatch report: {_name(h.get('model'))}{dtype} on {_name(h.get('gpu'))}, "
              f"torch {_name(h.get('torch'))}, {dur}", ""]
 
-    head = [("", "bucket"), ("", "steps"), ("hit", "%"), ("pad", "waste %"),
-            ("graph ms", "p50/p99"), ("eager ms", "p50/p99"), ("launch µs", "graph/eager"),
+    head = [("", "bucket"), ("", "steps"), ("hit", "%"), ("pad", "waste%"),
+            ("graph ms", "p50/p99"), ("eager ms", "p50/p99"), ("launch µs", "g/e"),
             ("graph", "MiB"), ("capture", "s"), ("", "kernels"), ("", "check"), ("", "status")]
     rows = []
     for b in rep["buckets"]:
@@ -282,7 +288,12 @@ def format_report(rep: dict) -> str:
             _f(b["graph_mib"], ".1f"), _f(b["capture_s"], ".2f"),
             NA if b["kernels"] is None else str(b["kernels"]),
             b["check"] or NA, b["status"]])
-    lines += _table(head, rows, left={10, 11}) if rows else ["(no buckets: no steps, no captures)"]
+    if rows:
+        lines += _table(head, rows, left={10, 11})
+        lines.append("(pad waste%: padded share of the rows graphs computed; launch µs: host p50, "
+                     "graph/eager steps)")
+    else:
+        lines.append("(no buckets: no steps, no captures)")
 
     failed = [b for b in rep["buckets"] if b["status"].startswith("failed")]
     misses = [b for b in rep["buckets"] if b["misses"]]
@@ -316,4 +327,4 @@ def format_report(rep: dict) -> str:
                 lines.append(f"  ... {len(items) - MAX_LIST} more")
     if rep["warnings"]:
         lines += [""] + [f"warning: {w}" for w in rep["warnings"]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)

@@ -49,14 +49,14 @@ def _dumps(rec: dict) -> str:
 class TraceWriter:
     """Writes one trace file. Thread-safe; ``write`` is cheap enough for the per-step hot path.
 
-    ``t0`` is the run's time origin on the ``time.monotonic()`` clock (default: now); it only sets
-    the end record's ``t`` when the summary gives none. A write after close is dropped silently
+    ``t0`` is the run's time origin on the ``time.perf_counter()`` clock (the engine's; default:
+    now); it only sets the end record's ``t`` when the summary gives none. A write after close is dropped silently
     (a sampler thread may race the close).
     """
 
     def __init__(self, path: str | os.PathLike, header: dict, t0: float | None = None):
         self.path = os.fspath(path)
-        self._t0 = time.monotonic() if t0 is None else t0
+        self._t0 = time.perf_counter() if t0 is None else t0
         self._lock = threading.Lock()
         self._closed = False
         self._last_flush = 0.0
@@ -108,7 +108,7 @@ class TraceWriter:
                 return
             self._closed = True
             try:
-                end = {"type": END, "t": round(time.monotonic() - self._t0, 6)}
+                end = {"type": END, "t": round(time.perf_counter() - self._t0, 6)}
                 end.update((k, v) for k, v in (summary or {}).items() if k != "type")
                 self._put(_dumps(end))
                 self._flush_locked(time.monotonic())

@@ -32,19 +32,20 @@ def args_from_hf_config(cfg: dict, where: str = "config.json") -> ModelArgs:
     if arch not in SUPPORTED_ARCHS:
         raise CgwatchError(f"{where}: architecture {arch!r} is not supported "
                            f"(supported: {', '.join(SUPPORTED_ARCHS)})")
-    scaling = cfg.get("rope_scaling")
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in ("llama3", "default"):
-        raise CgwatchError(f"{where}: rope_scaling {scaling.get('rope_type', scaling.get('type'))!r} "
-                           "is not supported (llama3 or none)")
-    if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
-        scaling = None
+    # transformers < 5 writes rope_theta + rope_scaling; >= 5 writes one rope_parameters dict
+    rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    theta = cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ("llama3", "default"):
+        raise CgwatchError(f"{where}: rope scaling {kind!r} is not supported (llama3 or none)")
+    scaling = rope if kind == "llama3" else None
     try:
         n_heads = cfg["num_attention_heads"]
         return ModelArgs(
             dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
             n_kv_heads=cfg.get("num_key_value_heads") or n_heads, ffn_dim=cfg["intermediate_size"],
             vocab_size=cfg["vocab_size"], norm_eps=cfg.get("rms_norm_eps", 1e-5),
-            rope_theta=cfg.get("rope_theta", 10000.0), rope_scaling=scaling,
+            rope_theta=float(theta), rope_scaling=scaling,
             qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             explicit_head_dim=cfg.get("head_dim"))

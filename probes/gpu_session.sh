@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One GPU session on the device machine: GPU tests, overhead benchmark, sample trace, report.
+# Run from the repo root with the nvtx wheel carried in .whl/ (see README "GPU work").
+# Writes everything under $OUT; prints a short table last.
+set -u
+OUT=${OUT:-/tmp/cgwatch-out}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+STEPS=${STEPS:-all}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 -c 'import torch, nvtx, pynvml; print("torch", torch.__version__, "cuda", torch.version.cuda)'; } | tee "$OUT/env.txt"
+
+if [[ $STEPS == all || $STEPS == *tests* ]]; then
+  timeout 420 python3 -m pytest -m gpu -v -p no:cacheprovider tests/ 2>&1 | tail -40 > "$OUT/gpu_tests.txt"
+  tail -15 "$OUT/gpu_tests.txt"
+fi
+if [[ $STEPS == all || $STEPS == *bench* ]]; then
+  timeout 300 python3 probes/bench_overhead.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" | tail -8
+fi
+if [[ $STEPS == all || $STEPS == *trace* ]]; then
+  timeout 240 python3 -m cgwatch run --headless --model llama-1b --arrival poisson:0.25 --steps 4000 \
+    --at 1500:eager --at 1800:graph --at 2500:recapture=1,2,4,8,16,24,32,40,48,56,64 --at 3000:mark=after-recapture \
+    --record "$OUT/llama1b_poisson.jsonl" > "$OUT/trace_run.txt" 2>&1; echo "run rc=$?"
+  tail -5 "$OUT/trace_run.txt"
+  python3 -m cgwatch report "$OUT/llama1b_poisson.jsonl" | tee "$OUT/report.txt"
+fi
