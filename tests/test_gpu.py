@@ -144,12 +144,13 @@ def test_forced_capture_failure_disables_only_that_bucket():
 
 
 @pytest.mark.skipif(shutil.which("ncu") is None, reason="needs Nsight Compute (ncu)")
-@pytest.mark.parametrize("rng", ["decode_graph_b8", "decode_eager", "prefill", "capture_b8"])
+@pytest.mark.parametrize("rng", ["decode_graph_b8", "decode_eager", "prefill"])
 def test_nvtx_ranges_are_seen_by_nsight_compute(tmp_path, rng):
     extra = ["--at", "3:eager"] if rng == "decode_eager" else []
-    cmd = ["ncu", "--clock-control", "none", "--metrics", "gpu__time_duration.sum", "--launch-count", "5",
+    cmd = ["ncu", "--clock-control", "none", "--metrics", "gpu__time_duration.sum", "--launch-count", "3",
            "--nvtx", "--nvtx-include", f"cgwatch@{rng}/", sys.executable, "-m", "cgwatch", "run", "--headless",
-           "--steps", "6", "--arrival", "fixed:8", "--max-seq", "128", "--cudagraph-capture-sizes", "8", *extra]
+           "--steps", "6", "--arrival", "fixed:8", "--max-seq", "128", "--max-concurrency", "8",
+           "--cudagraph-capture-sizes", "8", *extra]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=os.environ | {"PYTHONUNBUFFERED": "1"})
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
