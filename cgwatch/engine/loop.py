@@ -68,11 +68,21 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CgwatchError("--device cuda: no CUDA device is available (torch "
-                           f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CgwatchError(f"bad --device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CgwatchError("--device cuda: no CUDA device is available (torch "
+                               f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise CgwatchError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device("cuda", index)
+    if dev.type != "cpu":
+        raise CgwatchError(f"bad --device {name!r}: expected auto, cpu, cuda or cuda:N")
     return dev
 
 
