@@ -92,10 +92,7 @@ class GraphManager:
             st.restore(snap)
             graph = _new_graph()
             with self.nvtx.range(f"capture_b{size}"):
-                with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                    outputs = st.decode(size)
-                    if size in self.fail_buckets:
-                        outputs[1].sum().item()   # injected fault: a real host sync inside capture
+                outputs = self._capture_into(graph, size)
             if hasattr(graph, "instantiate"):
                 graph.instantiate()   # keep_graph=True defers it to the first replay; count it here
             torch.cuda.synchronize()
@@ -116,6 +113,30 @@ class GraphManager:
         b.kernels = graph_stats.kernel_nodes(graph)
         b.check = self._check(b, snap)
         return b
+
+    def _capture_into(self, graph: torch.cuda.CUDAGraph, size: int):
+        """Capture one step on a fresh stream. Unlike ``torch.cuda.graph``, a failure here leaves no
+        stream switched and no allocator routing into the pool, so the next bucket captures cleanly."""
+        st = self.state
+        stream = torch.cuda.Stream()
+        prev = torch.cuda.current_stream()
+        stream.wait_stream(prev)
+        try:
+            with torch.cuda.stream(stream):
+                graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+                try:
+                    outputs = st.decode(size)
+                    if size in self.fail_buckets:
+                        outputs[1].sum().item()   # injected fault: a real host sync inside capture
+                finally:
+                    try:
+                        graph.capture_end()
+                    except Exception:
+                        _end_allocate_to_pool(graph)
+                        raise
+        finally:
+            prev.wait_stream(stream)
+        return outputs
 
     def _check(self, b: BucketGraph, snap) -> dict:
         """Replay vs eager on the same inputs: greedy tokens equal? relative error of the logits."""
@@ -160,6 +181,14 @@ class GraphManager:
         self.pool = None
         torch.cuda.empty_cache()
         return before - torch.cuda.memory_reserved()
+
+
+def _end_allocate_to_pool(graph: torch.cuda.CUDAGraph) -> None:
+    """A capture_end that raised skipped the allocator's endAllocateToPool: do it here."""
+    try:
+        torch._C._cuda_endAllocateToPool(torch.cuda.current_device(), graph.pool())
+    except Exception:
+        pass
 
 
 def _new_graph() -> torch.cuda.CUDAGraph:
