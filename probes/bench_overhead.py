@@ -75,8 +75,11 @@ def bench(model: str, bs: int, steps: int, rounds: int, eager_steps: int) -> dic
         loop, bare, bare_in = [], [], []
         for _ in range(rounds):
             loop.append(timed(cgwatch_steps, 1) / steps)
+            snap = st.snapshot()   # bare replays advance positions the workload knows nothing of
             bare.append(timed(bare_replay, steps))
+            st.restore(snap)
             bare_in.append(timed(bare_with_input, steps))
+            st.restore(snap)
         graph_steps = [r for r in recs if r["type"] == "step" and r["bucket"] == bs][20:]
         out |= {"graph_loop_ms": statistics.median(loop), "bare_replay_ms": statistics.median(bare),
                 "bare_replay_input_ms": statistics.median(bare_in),

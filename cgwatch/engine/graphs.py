@@ -57,6 +57,9 @@ class GraphManager:
         self.fail_buckets = set(fail_buckets)   # fault injection: these captures hit a real host sync
         self.graphs: dict[int, BucketGraph] = {}
         self.pool = None
+        # One capture stream for every capture: the allocator reuses a freed block only on the stream
+        # it was allocated on, so a stream per capture would defeat the shared pool.
+        self.stream = torch.cuda.Stream()
 
     # -- capture -------------------------------------------------------------------------------
     def capture(self, sizes: list[int], on_bucket: Callable[[BucketGraph], None] = lambda b: None) -> dict:
@@ -79,17 +82,17 @@ class GraphManager:
         st.set_slots(list(range(min(size, st.scratch))), size)
         torch.cuda.synchronize()
         pool_before = graph_stats.pool_bytes(self.pool) if self.pool is not None else 0
-        nvml_before = self.nvml.used_bytes()
         t0 = time.perf_counter()
         try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
                 for _ in range(WARMUP_ITERS):
                     st.restore(snap)
                     st.decode(size)
-            torch.cuda.current_stream().wait_stream(stream)
+            torch.cuda.current_stream().wait_stream(self.stream)
             st.restore(snap)
+            torch.cuda.synchronize()
+            nvml_before = self.nvml.used_bytes()   # after warm-up: its allocations are not graph memory
             graph = _new_graph()
             with self.nvtx.range(f"capture_b{size}"):
                 outputs = self._capture_into(graph, size)
@@ -115,10 +118,10 @@ class GraphManager:
         return b
 
     def _capture_into(self, graph: torch.cuda.CUDAGraph, size: int):
-        """Capture one step on a fresh stream. Unlike ``torch.cuda.graph``, a failure here leaves no
+        """Capture one step on the capture stream. Unlike ``torch.cuda.graph``, a failure here leaves no
         stream switched and no allocator routing into the pool, so the next bucket captures cleanly."""
         st = self.state
-        stream = torch.cuda.Stream()
+        stream = self.stream
         prev = torch.cuda.current_stream()
         stream.wait_stream(prev)
         try:
