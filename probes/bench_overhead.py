@@ -40,17 +40,28 @@ def timed(fn, n: int) -> float:
     return (time.perf_counter() - t) * 1e3 / n
 
 
-def bench(model: str, bs: int, steps: int, rounds: int, eager_steps: int) -> dict:
+def host_us_per_replay(graph, n: int) -> float:
+    """Median host time of one graph.replay() call while the GPU stays busy (back-pressure included)."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        graph.replay()
+        times.append((time.perf_counter() - t) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def bench(model: str, bs: int, steps: int, rounds: int, eager_steps: int, max_inflight: int) -> dict:
     tmp = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False).name
     recs: list[dict] = []
     fan = Fanout(recs.append)
-    cfg = EngineConfig(model=model, max_seq=1024, capture_sizes=(bs,), sample_interval_s=0.25,
+    cfg = EngineConfig(model=model, max_seq=1024, capture_sizes=(bs,), sample_interval_s=0.25, max_inflight=max_inflight,
                        workload=WorkloadSpec(arrival=f"fixed:{bs}", prompt_len="fixed:8", output_len="fixed:1015",
                                              max_concurrency=max(bs, 1), max_seq=1024))
     eng = Engine(cfg, fan)
     writer = TraceWriter(tmp, eng.header())
     fan.add(writer.write)
-    out = {"model": model, "batch": bs}
+    out = {"model": model, "batch": bs, "max_inflight": max_inflight}
     with torch.inference_mode():
         eng.start()
         for _ in range(20):
@@ -80,6 +91,9 @@ def bench(model: str, bs: int, steps: int, rounds: int, eager_steps: int) -> dic
             st.restore(snap)
             bare_in.append(timed(bare_with_input, steps))
             st.restore(snap)
+        snap = st.snapshot()
+        out["bare_replay_host_us_p50"] = host_us_per_replay(graph, steps)
+        st.restore(snap)
         graph_steps = [r for r in recs if r["type"] == "step" and r["bucket"] == bs][20:]
         out |= {"graph_loop_ms": statistics.median(loop), "bare_replay_ms": statistics.median(bare),
                 "bare_replay_input_ms": statistics.median(bare_in),
@@ -118,6 +132,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--eager-steps", type=int, default=40)
+    ap.add_argument("--max-inflight", type=int, default=EngineConfig.max_inflight)
     ap.add_argument("--json")
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -125,7 +140,7 @@ def main() -> None:
     rows = []
     for model in a.models.split(","):
         for bs in map(int, a.batches.split(",")):
-            rows.append(bench(model, bs, a.steps, a.rounds, a.eager_steps))
+            rows.append(bench(model, bs, a.steps, a.rounds, a.eager_steps, a.max_inflight))
             torch.cuda.empty_cache()
     card = torch.cuda.get_device_name()
     if a.json:
@@ -133,12 +148,13 @@ def main() -> None:
             json.dump({"card": card, "torch": torch.__version__, "rows": rows}, f, indent=2)
     print(f"card: {card}, torch {torch.__version__}")
     print("| model | batch | eager ms/step | graph ms/step (cgwatch loop) | speedup | bare replay ms | "
-          "cgwatch overhead | overhead vs replay+input | graph host µs p50 | kernels eager/graph | HBM floor ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "cgwatch overhead | overhead vs replay+input | step host µs p50 | bare replay() host µs p50 | "
+          "kernels eager/graph | HBM floor ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['batch']} | {r['eager_loop_ms']:.3f} | {r['graph_loop_ms']:.3f} | "
               f"{r['graph_speedup']:.2f}x | {r['bare_replay_ms']:.3f} | {r['overhead_pct']:+.2f}% | "
-              f"{r['overhead_vs_input_pct']:+.2f}% | {r['graph_host_us_p50']:.1f} | "
+              f"{r['overhead_vs_input_pct']:+.2f}% | {r['graph_host_us_p50']:.1f} | {r['bare_replay_host_us_p50']:.1f} | "
               f"{r['eager_kernels']}/{r['graph_kernels']} | {r['hbm_floor_ms']:.3f} |")
 
 

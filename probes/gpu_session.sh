@@ -21,6 +21,9 @@ if [[ $STEPS == all || $STEPS == *tests* ]]; then
 fi
 if [[ $STEPS == all || $STEPS == *bench* ]]; then
   timeout 300 python3 probes/bench_overhead.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" | tail -8
+  if [[ -n ${BENCH_INFLIGHT1:-} ]]; then
+    timeout 200 python3 probes/bench_overhead.py --max-inflight 1 --json "$OUT/bench_inflight1.json" 2>&1 | tail -6
+  fi
 fi
 if [[ $STEPS == all || $STEPS == *trace* ]]; then
   timeout 240 python3 -m cgwatch run --headless --model llama-1b --arrival poisson:0.25 --steps 4000 \

@@ -126,7 +126,8 @@ class GraphManager:
         stream.wait_stream(prev)
         try:
             with torch.cuda.stream(stream):
-                graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+                pool = self.pool if self.pool is not None else torch.cuda.graph_pool_handle()
+                graph.capture_begin(pool=pool, capture_error_mode="thread_local")
                 try:
                     outputs = st.decode(size)
                     if size in self.fail_buckets:
@@ -135,7 +136,7 @@ class GraphManager:
                     try:
                         graph.capture_end()
                     except Exception:
-                        _end_allocate_to_pool(graph)
+                        _end_allocate_to_pool(pool)
                         raise
         finally:
             prev.wait_stream(stream)
@@ -186,12 +187,13 @@ class GraphManager:
         return before - torch.cuda.memory_reserved()
 
 
-def _end_allocate_to_pool(graph: torch.cuda.CUDAGraph) -> None:
-    """A capture_end that raised skipped the allocator's endAllocateToPool: do it here."""
+def _end_allocate_to_pool(pool) -> None:
+    """A capture_end that raised skipped the allocator's endAllocateToPool: do it here, or every
+    later capture into the pool fails with 'already recording to mempool_id'."""
     try:
-        torch._C._cuda_endAllocateToPool(torch.cuda.current_device(), graph.pool())
+        torch._C._cuda_endAllocateToPool(torch.cuda.current_device(), pool)
     except Exception:
-        pass
+        pass   # an older torch without the binding: the next capture reports its own error
 
 
 def _new_graph() -> torch.cuda.CUDAGraph:

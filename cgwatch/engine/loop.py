@@ -25,7 +25,7 @@ from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, DispatchTable, check_r
 from cgwatch.engine.control import Command
 from cgwatch.engine.graphs import BucketGraph, GraphManager
 from cgwatch.engine.load import load_model
-from cgwatch.engine.step import DecodeState
+from cgwatch.engine.step import STAGING_BUFFERS, DecodeState
 from cgwatch.errors import CgwatchError
 from cgwatch.measure.gpu_timer import StepTimer
 from cgwatch.measure.host import HostStats
@@ -94,6 +94,8 @@ class Engine:
         if cfg.dtype != "auto" and cfg.dtype not in _DTYPES:
             raise CgwatchError(f"--dtype must be auto, {', '.join(_DTYPES)}; got {cfg.dtype!r}")
         check_ratio(cfg.max_padding_ratio)
+        if not 1 <= cfg.max_inflight < STAGING_BUFFERS - 1:
+            raise CgwatchError(f"max_inflight must be 1..{STAGING_BUFFERS - 2}")
         self.device = resolve_device(cfg.device)
         self.cuda = self.device.type == "cuda"
         if self.cuda:

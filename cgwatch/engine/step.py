@@ -12,6 +12,8 @@ import torch
 
 from cgwatch.engine.model import Transformer
 
+STAGING_BUFFERS = 8   # > the loop's max steps in flight + 1
+
 
 def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Greedy (temperature 0) or temperature sampling, without a host sync (gpt-fast's exponential trick)."""
@@ -34,16 +36,26 @@ class DecodeState:
         self.pos = torch.zeros(n, dtype=torch.long, device=device)
         self.slot_buf = torch.full((max_batch,), self.scratch, dtype=torch.long, device=device)
         self.cuda = device.type == "cuda"
+        # Pinned staging buffers for the slot ids, used round-robin: a buffer is reused only after
+        # the copy out of it finished (the loop keeps at most max_inflight steps pending).
+        self._staging = [torch.empty(max_batch, dtype=torch.long, pin_memory=True).numpy()
+                         for _ in range(STAGING_BUFFERS)] if self.cuda else []
+        self._next_staging = 0
         self.prompt_gen = torch.Generator(device=device).manual_seed(seed)
 
     def set_slots(self, slots: list[int], rows: int) -> None:
         """Write the batch's slot ids into ``slot_buf[:rows]``, padding with the scratch slot."""
-        ids = slots + [self.scratch] * (rows - len(slots)) if rows > len(slots) else slots
-        if self.cuda:
-            src = torch.tensor(ids, dtype=torch.long, pin_memory=True)
-            self.slot_buf[:rows].copy_(src, non_blocking=True)
-        else:
+        n = len(slots)
+        if not self.cuda:
+            ids = slots + [self.scratch] * (rows - n)
             self.slot_buf[:rows].copy_(torch.tensor(ids, dtype=torch.long))
+            return
+        k = self._next_staging
+        self._next_staging = (k + 1) % STAGING_BUFFERS
+        buf = self._staging[k]
+        buf[:n] = slots
+        buf[n:rows] = self.scratch
+        self.slot_buf[:rows].copy_(torch.from_numpy(buf[:rows]), non_blocking=True)
 
     def decode(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One token for each of ``slot_buf[:rows]``: logits [rows, vocab] (float32) and the sampled tokens."""
