@@ -57,6 +57,7 @@ class GraphManager:
         self.fail_buckets = set(fail_buckets)   # fault injection: these captures hit a real host sync
         self.graphs: dict[int, BucketGraph] = {}
         self.pool = None
+        self.pools: list = []
         # One capture stream for every capture: the allocator reuses a freed block only on the stream
         # it was allocated on, so a stream per capture would defeat the shared pool.
         self.stream = torch.cuda.Stream()
@@ -66,15 +67,23 @@ class GraphManager:
         """Capture every size, largest first. Returns the round's summary (for a capture_done event)."""
         t0 = time.perf_counter()
         self.pool = torch.cuda.graph_pool_handle() if self.pool_mode == "shared" else None
+        self.pools = [self.pool] if self.pool is not None else []
         snap = self.state.snapshot()
         with torch.inference_mode():
             for size in sorted(sizes, reverse=True):
                 b = self._capture_one(size, snap)
                 self.graphs[size] = b
                 on_bucket(b)
+                if not b.ok and self.pool is not None:
+                    # A failed capture leaves the pool marked as recording (torch skips the
+                    # allocators' end-of-capture bookkeeping when cudaStreamEndCapture fails), and
+                    # every later capture into it would fail: go on in a fresh pool and stream.
+                    self.pool = torch.cuda.graph_pool_handle()
+                    self.pools.append(self.pool)
+                    self.stream = torch.cuda.Stream()
         self.state.restore(snap)
         torch.cuda.synchronize()
-        return {"sizes": self.ok_sizes(), "failed": self.failed_sizes(), "pool": self.pool_mode,
+        return {"sizes": self.ok_sizes(), "failed": self.failed_sizes(), "pool": self.pool_mode, "pools": len(self.pools) or None,
                 "pool_bytes": self.total_pool_bytes(), "seconds": round(time.perf_counter() - t0, 4)}
 
     def _capture_one(self, size: int, snap) -> BucketGraph:
@@ -169,7 +178,8 @@ class GraphManager:
         if not self.graphs:
             return 0
         if self.pool_mode == "shared":
-            return graph_stats.pool_bytes(self.pool) if self.pool is not None else 0
+            sizes = [graph_stats.pool_bytes(p) for p in self.pools]
+            return None if any(s is None for s in sizes) else sum(sizes)
         sizes = [b.pool_bytes for b in self.graphs.values() if b.ok]
         return None if any(s is None for s in sizes) else sum(sizes)
 
@@ -182,7 +192,7 @@ class GraphManager:
                 b.graph.reset()
             b.graph, b.outputs = None, ()
         self.graphs.clear()
-        self.pool = None
+        self.pool, self.pools = None, []
         torch.cuda.empty_cache()
         return before - torch.cuda.memory_reserved()
 
