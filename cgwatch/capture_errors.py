@@ -17,7 +17,7 @@ _CLASSES = (
      "indexing): keep the step on the GPU"),
     ("unjoined side-stream work", ("unjoined",),
      "work forked to another stream during capture must be joined back (stream.wait_stream) before it ends"),
-    ("capture invalidated", ("invalidated", "cudaerrorstreamcaptureinvalidated"),
+    ("capture invalidated", ("invalidated", "previous error during capture", "cudaerrorstreamcaptureinvalidated"),
      "a capture-unsafe call (often from another thread, or a sync) invalidated the capture"),
     ("cpu tensor", ("expected all tensors to be on the same device", "cpu tensor"),
      "every tensor the step touches must live on the GPU"),

@@ -1,0 +1,97 @@
+"""The command line on the CPU: real runs, and bad input -> one line, non-zero exit, no traceback."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cgwatch.trace import read_trace
+
+SMALL = ["--max-seq", "64", "--max-concurrency", "4", "--prompt-len", "uniform:4:8", "--output-len", "uniform:4:8"]
+
+
+def cgwatch(*args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "cgwatch", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(out, *needles):
+    assert out.returncode != 0
+    err = out.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("cgwatch: ") and "Traceback" not in err
+    for n in needles:
+        assert n in err, err
+
+
+def test_headless_run_records_a_trace_that_report_reads(tmp_path):
+    trace = tmp_path / "run.jsonl"
+    out = cgwatch("run", "--headless", "--steps", "6", "--record", str(trace), "--at", "3:mark=hi", *SMALL)
+    assert out.returncode == 0, out.stderr
+    assert "completed: 6 steps" in out.stdout
+    t = read_trace(trace)
+    assert t.end["outcome"] == "completed" and t.end["steps"] == 6
+    assert sum(r["type"] == "step" for r in t.records) == 6
+    rep = cgwatch("report", str(trace))
+    assert rep.returncode == 0 and "CUDA graphs need CUDA" in rep.stdout and "no_cuda" in rep.stdout
+    js = json.loads(cgwatch("report", str(trace), "--json").stdout)
+    assert js["totals"]["steps"] == 6 and js["totals"]["gpu_busy_pct"] is None
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--steps", "2"], "--headless"),
+    (["run", "--headless", "--steps", "0"], "--steps"),
+    (["run", "--headless", "--cudagraph-capture-sizes", "a,b"], "capture size"),
+    (["run", "--headless", "--arrival", "bogus"], "bogus"),
+    (["run", "--headless", "--prompt-len", "uniform:9:3"], "uniform:9:3"),
+    (["run", "--headless", "--model", "no-such-model"], "unknown model"),
+    (["run", "--headless", "--max-padding-ratio", "2"], "padding"),
+    (["run", "--headless", "--at", "5:explode"], "explode"),
+    (["run", "--headless", "--profile-steps", "9:3"], "profile-steps"),
+    (["run", "--headless", "--device", "cuda"], "no CUDA"),
+    (["run", "--headless", "--record", "/no/such/dir/t.jsonl"], "does not exist"),
+    (["run", "--headless", "--arrival", "replay:/no/such/file"], "/no/such/file"),
+    (["run", "--headless", "--dtype", "int3"], "--dtype"),
+    (["run", "--no-such-flag"], "unrecognized"),
+    (["report", "/no/such/trace"], "no such trace"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_clear_line(args, needle):
+    assert_one_line_error(cgwatch(*args), needle)
+
+
+def test_report_on_corrupt_and_truncated_traces(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    assert cgwatch("run", "--headless", "--steps", "4", "--record", str(trace), *SMALL).returncode == 0
+    lines = trace.read_bytes().splitlines(keepends=True)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"".join(lines[:3]) + b"{not json\n" + b"".join(lines[3:]))
+    offset = sum(len(l) for l in lines[:3])
+    assert_one_line_error(cgwatch("report", str(bad)), f"byte {offset}")
+    cut = tmp_path / "cut.jsonl"
+    data = b"".join(lines[:-1])
+    cut.write_bytes(data[:-7])                      # a crash mid-record
+    rep = cgwatch("report", str(cut))
+    assert rep.returncode == 0 and "truncated" in rep.stdout
+    text = tmp_path / "x.jsonl"
+    text.write_text("hello\n")
+    assert_one_line_error(cgwatch("report", str(text)), "not a cgwatch trace")
+
+
+def test_ctrl_c_closes_the_trace_cleanly(tmp_path):
+    trace = tmp_path / "int.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "cgwatch", "run", "--headless", "--record", str(trace), *SMALL],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:                 # wait until steps are being recorded
+        if trace.exists() and b'"type":"step"' in trace.read_bytes():
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "interrupted" in out
+    t = read_trace(trace)
+    assert t.end is not None and t.end["outcome"] == "interrupted" and t.truncated_at is None
