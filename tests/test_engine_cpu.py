@@ -42,27 +42,26 @@ def test_decode_with_kv_cache_matches_full_recompute():
         torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
 
 
-@torch.inference_mode()
-def test_reusing_a_finished_slot_leaves_live_rows_alone():
+def two_requests_three_steps():
     st, model = make_state()
     st.prefill(0, 5)
     st.prefill(1, 9)
     for _ in range(3):
         st.set_slots([0, 1], 2)
         st.decode(2)
+    return st, model
+
+
+@torch.inference_mode()
+def test_reusing_a_finished_slot_leaves_live_rows_alone():
+    st, model = two_requests_three_steps()
     live_kv, live_pos, live_tok = kv(model, 1, 12).clone(), int(st.pos[1]), int(st.next_token[1])
     st.prefill(0, 20)                  # request in slot 0 finished; a new one takes the slot
     assert torch.equal(kv(model, 1, 12), live_kv)
     assert (int(st.pos[1]), int(st.next_token[1])) == (live_pos, live_tok)
     st.set_slots([1], 1)
     reused = st.decode(1)[0]
-    # the same step for slot 1 in a fresh engine where slot 0 was never reused
-    st2, model2 = make_state()
-    st2.prefill(0, 5)
-    st2.prefill(1, 9)
-    for _ in range(3):
-        st2.set_slots([0, 1], 2)
-        st2.decode(2)
+    st2, _ = two_requests_three_steps()   # the same step where slot 0 was never reused
     st2.set_slots([1], 1)
     torch.testing.assert_close(st2.decode(1)[0], reused)
 
