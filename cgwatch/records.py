@@ -37,6 +37,9 @@ EV_RELEASE = "release"          # old graphs and pool released
 EV_PADDING = "max_padding_ratio"  # --max-padding-ratio changed
 EV_MARK = "mark"                # a user mark
 EV_INFO = "info"                # anything else worth a line in the log
+EV_STATE = "state"              # the engine's controllable state, after start and after every command
+EV_RATE = "rate"                # workload arrival rate changed
+EV_PAUSE = "pause"              # loop paused / resumed (``paused``: bool)
 
 
 def step(i: int, t: float, batch: int, target: int | None, bucket: int | None, reason: str | None,

@@ -127,11 +127,43 @@ def test_schedule_applies_commands_between_steps():
     sched = tuple(parse_scheduled(s) for s in ("5:eager", "8:padding=0.25", "10:recapture=1,4", "12:mark=here"))
     eng, recs, _ = run_engine(15, schedule=sched)
     ev = [(r["kind"], r.get("mode") or r.get("sizes") or r.get("value") or r.get("text"))
-          for r in recs if r["type"] == R.EVENT and r["kind"] != R.EV_ALERT and r["kind"] != R.EV_INFO]
+          for r in recs if r["type"] == R.EVENT and r["kind"] not in (R.EV_ALERT, R.EV_INFO, R.EV_STATE)]
     assert ev == [("mode", "eager"), ("max_padding_ratio", 0.25), ("recapture", [1, 4]), ("mark", "here")]
     steps = {r["i"]: r for r in recs if r["type"] == R.STEP}
     assert all(steps[i]["target"] in (1, 4, None) for i in range(10, 15))
     assert eng.max_padding_ratio == 0.25
+
+
+def test_commands_are_acknowledged_with_the_new_state_or_an_error():
+    from cgwatch.engine.control import Command, command_from_message
+    eng, recs, _ = run_engine(2)
+    replies = []
+    for msg in ({"cmd": "rate", "value": 2.0}, {"cmd": "mode", "value": "eager"}, {"cmd": "pause"},
+                {"cmd": "resume"}, {"cmd": "padding", "value": 0.1}, {"cmd": "recapture", "value": [2, 8]}):
+        c = command_from_message(msg)
+        eng.submit(Command(c.name, c.value, replies.append))
+    eng.submit(Command("rate", -1.0, replies.append))          # invalid: refused, engine goes on
+    eng.apply_pending()
+    assert [r["ok"] for r in replies] == [True] * 6 + [False]
+    last = replies[5]["state"]
+    assert last["rate"] == 2.0 and last["mode"] == "eager" and last["max_padding_ratio"] == 0.1
+    assert last["sizes"] == [2, 8] and last["paused"] is False
+    assert "rate" in replies[6]["error"]
+    states = [r for r in recs if r["type"] == R.EVENT and r["kind"] == R.EV_STATE]
+    assert len(states) == 1 + 6                                  # at start, then one per applied command
+    pauses = [r["paused"] for r in recs if r["type"] == R.EVENT and r["kind"] == R.EV_PAUSE]
+    assert pauses == [True, False]
+
+
+def test_malformed_client_commands_are_refused():
+    import pytest
+    from cgwatch.engine.control import command_from_message
+    from cgwatch.errors import CgwatchError
+    for msg in ({}, {"cmd": "mode", "value": "fast"}, {"cmd": "recapture", "value": "a,b"},
+                {"cmd": "padding", "value": "x"}, {"cmd": "padding", "value": True}, {"cmd": "rm -rf"},
+                {"cmd": "mark", "value": ""}, {"cmd": "padding", "value": 3}):
+        with pytest.raises(CgwatchError):
+            command_from_message(msg)
 
 
 def test_same_seed_same_steps():

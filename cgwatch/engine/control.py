@@ -3,18 +3,22 @@ schedule now, and from clients of the daemon later. One parser, one set of comma
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 from cgwatch.engine.buckets import check_ratio, parse_sizes
 from cgwatch.errors import CgwatchError
 
-ACTIONS_HELP = "eager | graph | recapture=1,2,4,8 | padding=0.25 | mark=TEXT"
+ACTIONS_HELP = "eager | graph | recapture=1,2,4,8 | padding=0.25 | rate=0.5 | pause | resume | mark=TEXT"
+NAMES = ("mode", "recapture", "padding", "rate", "pause", "mark")
 
 
 @dataclass(frozen=True)
 class Command:
-    name: str            # "mode", "recapture", "padding", "mark"
+    name: str            # one of NAMES
     value: object = None
+    reply: Callable[[dict], None] | None = field(default=None, compare=False, repr=False)
+    # called once the command ran: {"ok": True, "state": {...}} or {"ok": False, "error": "..."}
 
 
 def parse_action(text: str) -> Command:
@@ -30,7 +34,30 @@ def parse_action(text: str) -> Command:
             raise CgwatchError(f"bad padding ratio {arg!r}: expected a number between 0 and 1") from None
     if name == "mark" and arg:
         return Command("mark", arg)
+    if name == "rate" and arg:
+        try:
+            return Command("rate", float(arg))
+        except ValueError:
+            raise CgwatchError(f"bad rate {arg!r}: expected new requests per step, e.g. 0.5") from None
+    if name in ("pause", "resume") and not arg:
+        return Command("pause", name == "pause")
     raise CgwatchError(f"bad action {text!r}: expected {ACTIONS_HELP}")
+
+
+def command_from_message(msg: dict) -> Command:
+    """A client's JSON command -> Command (validated with the same rules as --at)."""
+    name, value = msg.get("cmd"), msg.get("value")
+    if name == "mode" and value in ("eager", "graph"):
+        return Command("mode", value)
+    if name == "recapture" and isinstance(value, (list, str)):
+        return parse_action("recapture=" + (value if isinstance(value, str) else ",".join(map(str, value))))
+    if name in ("padding", "rate") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return parse_action(f"{name}={value}")
+    if name in ("pause", "resume") and value is None:
+        return Command("pause", name == "pause")
+    if name == "mark" and isinstance(value, str) and value:
+        return Command("mark", value[:200])
+    raise CgwatchError(f"unknown or malformed command {msg.get('cmd')!r} (value {value!r})")
 
 
 def parse_scheduled(text: str) -> tuple[int, Command]:

@@ -124,6 +124,7 @@ class Engine:
         self.i = 0
         self.tokens = 0
         self.started = False
+        self.paused = False
 
     # -- helpers ---------------------------------------------------------------------------------
     def now(self) -> float:
@@ -162,6 +163,7 @@ class Engine:
                                   level="info"))
         elif self.graph_mode:
             self._capture(self.sizes)
+        self.emit(R.event(R.EV_STATE, self.now(), **self.control_state()))
         self.sampler.start()
 
     def close(self) -> dict:
@@ -180,7 +182,28 @@ class Engine:
         """Thread-safe: the command runs before the next step."""
         self.commands.put(cmd)
 
+    def control_state(self) -> dict:
+        g = self.graphs
+        return {"mode": "graph" if self.graph_mode else "eager", "cuda": self.cuda, "sizes": list(self.sizes),
+                "captured": g.ok_sizes() if g else [], "failed": g.failed_sizes() if g else [],
+                "max_padding_ratio": self.max_padding_ratio, "rate": self.workload.rate,
+                "arrival": self.workload.kind, "paused": self.paused}
+
     def _apply(self, cmd: Command) -> None:
+        """Run one command between steps, emit what happened and the new state, answer the sender."""
+        try:
+            self._run_command(cmd)
+        except CgwatchError as e:
+            if cmd.reply:
+                cmd.reply({"ok": False, "error": str(e)})
+            return
+        self.table = self._table()
+        state = self.control_state()
+        self.emit(R.event(R.EV_STATE, self.now(), **state))
+        if cmd.reply:
+            cmd.reply({"ok": True, "state": state})
+
+    def _run_command(self, cmd: Command) -> None:
         t = self.now()
         if cmd.name == "mode":
             want = cmd.value == "graph"
@@ -198,11 +221,19 @@ class Engine:
                 self._release()
                 self._capture(sizes)
         elif cmd.name == "padding":
-            self.max_padding_ratio = cmd.value
+            self.max_padding_ratio = check_ratio(cmd.value)
             self.emit(R.event(R.EV_PADDING, t, value=cmd.value))
+        elif cmd.name == "rate":
+            self.workload.set_rate(cmd.value)
+            self.emit(R.event(R.EV_RATE, t, rate=cmd.value))
+        elif cmd.name == "pause":
+            if cmd.value != self.paused:
+                self.paused = cmd.value
+                self.emit(R.event(R.EV_PAUSE, t, paused=cmd.value))
         elif cmd.name == "mark":
             self.emit(R.event(R.EV_MARK, t, text=cmd.value))
-        self.table = self._table()
+        else:
+            raise CgwatchError(f"unknown command {cmd.name!r}")
 
     def _release(self) -> None:
         self._emit_done(self.timer.drain())   # graphs in flight must finish before they go
@@ -229,13 +260,17 @@ class Engine:
             rec["gpu_ms"] = ms if ms is None else round(ms, 4)
             self.emit(rec)
 
-    def step(self) -> bool:
-        """One decode step. False when the workload has ended."""
-        i = self.i
-        while self.schedule and self.schedule[0][0] <= i:
+    def apply_pending(self) -> None:
+        """Run the commands queued so far (and scheduled ones that are due)."""
+        while self.schedule and self.schedule[0][0] <= self.i:
             self.commands.put(self.schedule.pop(0)[1])
         while not self.commands.empty():
             self._apply(self.commands.get())
+
+    def step(self) -> bool:
+        """One decode step. False when the workload has ended."""
+        i = self.i
+        self.apply_pending()
         plan = self.workload.next_step()
         if plan is None:
             return False
@@ -280,5 +315,12 @@ class Engine:
             if not self.started:
                 self.start()
             while (max_steps is None or self.i < max_steps) and not should_stop():
+                if self.paused:   # idle, but still answer commands (resume among them)
+                    self._emit_done(self.timer.drain())
+                    try:
+                        self._apply(self.commands.get(timeout=0.05))
+                    except queue.Empty:
+                        pass
+                    continue
                 if not self.step():
                     break
