@@ -85,10 +85,16 @@ def _engine_config(a):
         fail_capture=tuple(a.fail_capture_bucket), nvtx=not a.no_nvtx, sample_interval_s=a.sample_interval)
 
 
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 def cmd_run(a) -> int:
     if not a.headless:
-        raise CgwatchError("the live TUI is not in this build yet: run with --headless "
-                           "(and open the trace with 'cgwatch report')")
+        return _run_with_tui(a)
     from cgwatch.engine.loop import Engine
     from cgwatch.headless import StatusLine
     from cgwatch.sinks import Fanout
@@ -101,13 +107,12 @@ def cmd_run(a) -> int:
     writer = TraceWriter(a.record, h) if a.record else None
     if writer:
         fanout.add(writer.write)
+    metrics = _start_metrics(a.prometheus, fanout)
     status = StatusLine()
     fanout.add(status)
     print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}), mode {cfg.mode}, "
           f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if writer else ""))
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     outcome = "completed"
     try:
         engine.run(a.steps, stop.is_set)
@@ -125,10 +130,88 @@ def cmd_run(a) -> int:
         summary = engine.close() | {"outcome": outcome, "t": round(engine.now(), 6)}
         if writer:
             writer.close(summary)
+        if metrics:
+            metrics.close()
         status.print_line(time.monotonic())
         print(f"{outcome}: {summary['steps']} steps, {summary['tokens']} tokens in {summary['duration_s']:.1f} s"
               + (f"; trace {a.record} (cgwatch report {a.record})" if writer else ""))
     return 0
+
+
+def _start_metrics(port, fanout):
+    if port is None:
+        return None
+    from cgwatch.metrics import Metrics
+    m = Metrics()
+    m.serve(port)
+    fanout.add(m)
+    return m
+
+
+def _run_with_tui(a) -> int:
+    """``cgwatch run``: a daemon child on a private socket, the TUI attached; quitting stops both."""
+    import subprocess
+
+    from cgwatch.client import LiveSource
+    from cgwatch.daemon import default_socket_path
+    from cgwatch.tui.app import run_tui
+
+    _engine_config(a)                                   # bad flags fail here, before anything starts
+    sock = default_socket_path()
+    log_path = sock.removesuffix(".sock") + ".log"
+    child_args = [x for x in a.argv[1:] if x != "--headless"]
+    cmd = [sys.executable, "-m", "cgwatch", "daemon", *child_args, "--listen", f"unix:{sock}"]
+    with open(log_path, "w") as log:
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        line = child.stdout.readline()                  # "cgwatch daemon listening on ..." once ready
+        if "listening on" not in line:
+            child.wait(timeout=10)
+            last = (open(log_path).read().strip().splitlines() or ["the daemon exited"])[-1]
+            raise CgwatchError(last.removeprefix("cgwatch: "))
+        threading.Thread(target=child.stdout.read, daemon=True).start()   # keep its pipe drained
+        run_tui(LiveSource(f"unix:{sock}", token=None))
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    if a.record:
+        print(f"trace {a.record} (cgwatch report {a.record}); daemon log {log_path}")
+    return 0
+
+
+def cmd_daemon(a) -> int:
+    from cgwatch.daemon import run_daemon
+
+    cfg = _engine_config(a)
+    summary = run_daemon(cfg, listen=a.listen, token=a.token, record=a.record, prometheus_port=a.prometheus,
+                         max_steps=a.steps, stop=_stop_on_signals())
+    print(f"daemon stopped: {summary['steps']} steps, {summary['tokens']} tokens", flush=True)
+    return 0
+
+
+def cmd_attach(a) -> int:
+    from cgwatch.client import LiveSource
+    from cgwatch.tui.app import run_tui
+
+    return run_tui(LiveSource(a.addr, token=a.token))
+
+
+def cmd_replay(a) -> int:
+    from cgwatch.replay import ReplaySource
+    from cgwatch.tui.app import run_tui
+
+    if a.sample == (a.trace is not None):
+        raise CgwatchError("give a trace file or --sample (the bundled H100 trace), not both")
+    if a.sample:
+        from cgwatch.samples import sample_path
+        a.trace = sample_path()
+    if not 0.25 <= a.speed <= 16:
+        raise CgwatchError(f"--speed must be between 0.25 and 16, got {a.speed}")
+    return run_tui(ReplaySource(a.trace, speed=a.speed))
 
 
 def cmd_report(a) -> int:
@@ -150,10 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cgwatch", description="Watch and tune CUDA graphs in an LLM decode loop.")
     p.add_argument("--version", action="version", version=f"cgwatch {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="run the decode loop and measure every step")
+    run = sub.add_parser("run", help="run the decode loop with the live TUI (or --headless)")
     run.add_argument("--headless", action="store_true", help="no TUI: a status line every second")
     _add_engine_flags(run)
+    run.add_argument("--prometheus", type=int, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT")
     run.set_defaults(func=cmd_run)
+    d = sub.add_parser("daemon", help="run the decode loop and serve it to TUIs and scripts")
+    _add_engine_flags(d)
+    d.add_argument("--listen", metavar="ADDR", help="unix:PATH (default: a private socket) or HOST:PORT")
+    d.add_argument("--token", help="required for control; required to bind anything but loopback")
+    d.add_argument("--prometheus", type=int, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT")
+    d.set_defaults(func=cmd_daemon)
+    at = sub.add_parser("attach", help="attach the TUI to a running daemon")
+    at.add_argument("addr", help="unix:PATH, a socket path, or HOST:PORT")
+    at.add_argument("--token", help="the daemon's control token")
+    at.set_defaults(func=cmd_attach)
+    rp = sub.add_parser("replay", help="replay a trace in the TUI")
+    rp.add_argument("trace", nargs="?", help="a trace file")
+    rp.add_argument("--sample", action="store_true", help="the H100 sample trace shipped with cgwatch")
+    rp.add_argument("--speed", type=float, default=1.0, help="playback speed, 0.25..16 (default 1)")
+    rp.set_defaults(func=cmd_replay)
     rep = sub.add_parser("report", help="per-bucket table and totals of a trace")
     rep.add_argument("trace", help="a trace file written by 'cgwatch run --record'")
     rep.add_argument("--json", action="store_true", help="machine-readable output")
@@ -163,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else argv
         a = build_parser().parse_args(argv)
+        a.argv = argv
         return a.func(a)
     except CgwatchError as e:
         print(f"cgwatch: {e}", file=sys.stderr)

@@ -1,0 +1,245 @@
+"""Folds the record stream into what the screen shows. O(1) per record; the widgets read it at
+most 10x/s. No Textual here, so it can be tested (and checked against report.py) on its own.
+
+Bucket rows follow report.py's definitions (steps grouped by ``target``; hit = a graph served
+the step; padding waste = padded rows / rows the graphs computed), with p50/p99 over the last
+``PCT_WINDOW`` steps of each kind per bucket instead of the whole run.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from cgwatch import records as R
+from cgwatch.report import MIB, percentile
+from cgwatch.source import ACK
+
+from .eventlog import describe_ack, describe_record
+
+CHART_POINTS = 200   # points per chart
+RATE_WINDOW_S = 2.0  # steps/s and tokens/s over this much trace time
+PCT_WINDOW = 512     # step times kept per bucket and kind for p50/p99
+LOG_LINES = 1000     # log lines kept (the widget keeps its own copy)
+
+
+class BucketStats:
+    __slots__ = ("steps", "graph_steps", "padded", "computed", "graph_ms", "eager_ms",
+                 "capture", "last_ok")
+
+    def __init__(self) -> None:
+        self.steps = self.graph_steps = self.padded = self.computed = 0
+        self.graph_ms: deque[float] = deque(maxlen=PCT_WINDOW)
+        self.eager_ms: deque[float] = deque(maxlen=PCT_WINDOW)
+        self.capture: dict | None = None   # last capture event
+        self.last_ok: dict | None = None   # last successful capture event
+
+
+class ViewState:
+    def __init__(self) -> None:
+        self.status: dict = {}   # the source's latest on_status; survives a reset
+        self.generation = 0      # bumped on every reset, so widgets know to clear
+        self.reset()
+
+    def reset(self, header: dict | None = None) -> None:
+        """Forget everything but the connection status: a header starts (or restarts) a run."""
+        self.generation += 1
+        self.header: dict = header or {}
+        self.engine: dict = {}           # controllable state: last ``state`` event or ack.state
+        self.mode_seen: str | None = None
+        self.no_cuda = False
+        cfg = self.header.get("config") or {}
+        self.in_force: set[int] = set(cfg.get("capture_sizes") or ())
+        self.buckets: dict[int | None, BucketStats] = {}
+        self.pool_bytes: int | None = None
+        self.steps = self.graph_steps = self.tokens = self.padded = self.computed = 0
+        self.t_last: float = 0.0
+        self._t_first_step: float | None = None
+        self._last_ms = 0.0
+        self._win: deque[tuple[float, int]] = deque()
+        self._win_tokens = 0
+        self.series = {k: deque(maxlen=CHART_POINTS)
+                       for k in ("graph_ms", "eager_ms", "host_us", "batch", "gpu_util", "gpu_busy")}
+        self.log: deque[tuple[float, str, str]] = deque(maxlen=LOG_LINES)  # (t, style, text)
+        self.log_seq = 0         # lines ever logged since the reset (widgets append the new ones)
+
+    # -- folding -----------------------------------------------------------------------------------
+    def fold(self, rec: dict) -> None:
+        typ = rec.get("type")
+        t = rec.get("t")
+        if isinstance(t, (int, float)) and t > self.t_last:
+            self.t_last = float(t)
+        if typ == R.STEP:
+            self._step(rec)
+        elif typ == R.SAMPLE:
+            if rec.get("gpu_util") is not None:
+                self.series["gpu_util"].append(float(rec["gpu_util"]))
+            if rec.get("gpu_busy") is not None:
+                self.series["gpu_busy"].append(100.0 * rec["gpu_busy"])
+        elif typ == R.EVENT:
+            self._event(rec)
+        elif typ == ACK:
+            if rec.get("ok") and isinstance(rec.get("state"), dict):
+                self._set_engine(rec["state"])
+            self.add_log(*describe_ack(rec))
+            return
+        elif typ == R.HEADER:
+            self.reset(rec)
+            return
+        line = describe_record(rec)
+        if line:
+            self.add_log(*line)
+
+    def add_log(self, style: str, text: str) -> None:
+        self.log.append((self.t_last, style, text))
+        self.log_seq += 1
+
+    def _step(self, rec: dict) -> None:
+        ms = R.step_ms(rec)
+        row = self._row(rec.get("target"))
+        row.steps += 1
+        self.steps += 1
+        tokens = rec.get("tokens") or 0
+        self.tokens += tokens
+        if rec.get("bucket") is not None:
+            row.graph_steps += 1
+            row.padded += rec["padded"]
+            row.computed += rec["bucket"]
+            row.graph_ms.append(ms)
+            self.graph_steps += 1
+            self.padded += rec["padded"]
+            self.computed += rec["bucket"]
+        else:
+            row.eager_ms.append(ms)
+            if rec.get("reason") == R.REASON_NO_CUDA:
+                self.no_cuda = True
+        # charts: graph and eager share the step axis (0 where the other kind ran)
+        graph = rec.get("bucket") is not None
+        self.series["graph_ms"].append(ms if graph else 0.0)
+        self.series["eager_ms"].append(0.0 if graph else ms)
+        self.series["host_us"].append(rec.get("host_us") or 0.0)
+        self.series["batch"].append(rec.get("batch") or 0)
+        # rates over the last RATE_WINDOW_S of trace time
+        t = rec["t"]
+        if self._t_first_step is None:
+            self._t_first_step = t
+        if t >= self.t_last:
+            self._last_ms = ms
+        self._win.append((t, tokens))
+        self._win_tokens += tokens
+        while self._win and self._win[0][0] <= self.t_last - RATE_WINDOW_S:
+            self._win_tokens -= self._win.popleft()[1]
+
+    def _event(self, rec: dict) -> None:
+        kind = rec.get("kind")
+        if kind == R.EV_CAPTURE:
+            row = self._row(rec["bucket"])
+            row.capture = rec
+            if rec.get("ok"):
+                row.last_ok = rec
+        elif kind == R.EV_CAPTURE_DONE:
+            self.pool_bytes = rec.get("pool_bytes")
+            self.in_force = set(rec.get("sizes") or ()) | set(rec.get("failed") or ())
+        elif kind == R.EV_RECAPTURE:
+            self.in_force = set(rec.get("sizes") or ())
+        elif kind == R.EV_MODE:
+            self.mode_seen = rec.get("mode")
+        elif kind == R.EV_STATE:
+            self._set_engine({k: v for k, v in rec.items() if k not in ("type", "kind", "t")})
+        elif kind == R.EV_ALERT and "need CUDA" in str(rec.get("message", "")):
+            self.no_cuda = True
+
+    def _set_engine(self, state: dict) -> None:
+        self.engine = dict(state)
+        if state.get("sizes") is not None:
+            self.in_force = set(state["sizes"])
+        if state.get("cuda") is False:
+            self.no_cuda = True
+
+    def _row(self, key: int | None) -> BucketStats:
+        row = self.buckets.get(key)
+        if row is None:
+            row = self.buckets[key] = BucketStats()
+        return row
+
+    # -- derived values (read by widgets) ------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.status.get("connected", True)
+
+    @property
+    def mode(self) -> str | None:
+        """The engine's mode: last state, else the last mode event, else the configured one."""
+        return (self.engine.get("mode") or self.mode_seen
+                or (self.header.get("config") or {}).get("mode"))
+
+    @property
+    def mode_text(self) -> str:
+        return "eager only: no CUDA" if self.no_cuda else (self.mode or "n/a")
+
+    @property
+    def sizes(self) -> list[int]:
+        """The capture sizes in force (for the recapture dialog)."""
+        return sorted(self.in_force)
+
+    @property
+    def rate(self) -> float | None:
+        """The workload's arrival rate (req/step): last state, else the header's workload."""
+        rate = self.engine.get("rate")
+        return rate if rate is not None else (self.header.get("workload") or {}).get("rate")
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.status.get("paused") or self.engine.get("paused"))
+
+    def rates(self) -> tuple[float | None, float | None]:
+        """(steps/s, tokens/s) over the last RATE_WINDOW_S of trace time."""
+        if not self._win or self._t_first_step is None:
+            return None, None
+        span = min(RATE_WINDOW_S, self.t_last - self._t_first_step + self._last_ms / 1000.0)
+        if span <= 0:
+            return None, None
+        return len(self._win) / span, self._win_tokens / span
+
+    def bucket_rows(self) -> list[dict]:
+        """One dict per bucket, sorted, over-max last (see report.py for the definitions)."""
+        largest = max((k for k in self.buckets if k is not None), default=None)
+        if self.in_force:
+            largest = max(largest or 0, max(self.in_force))
+        out = []
+        for key in sorted(self.buckets, key=lambda k: (k is None, k or 0)):
+            row = self.buckets[key]
+            graph, eager = sorted(row.graph_ms), sorted(row.eager_ms)
+            ok = row.last_ok or {}
+            pool = ok.get("pool_bytes")
+            out.append({
+                "key": key,
+                "label": str(key) if key is not None else (f">{largest}" if largest else "eager"),
+                "steps": row.steps, "hits": row.graph_steps,
+                "hit_pct": 100.0 * row.graph_steps / row.steps if row.steps else None,
+                "padding_waste_pct": 100.0 * row.padded / row.computed if row.computed else None,
+                "graph_p50_ms": percentile(graph, 50), "graph_p99_ms": percentile(graph, 99),
+                "eager_p50_ms": percentile(eager, 50), "eager_p99_ms": percentile(eager, 99),
+                "graph_mib": None if pool is None else pool / MIB,
+                "capture_s": ok.get("capture_s"),
+                "status": self._bucket_status(key, row),
+            })
+        return out
+
+    def _bucket_status(self, key: int | None, row: BucketStats) -> str:
+        if key is None:
+            return "-"
+        if key not in self.in_force:
+            return "released" if row.last_ok else "not in sizes"
+        if row.capture is not None and not row.capture.get("ok"):
+            return f"failed: {row.capture.get('cause') or row.capture.get('error') or 'unknown'}"
+        if self.no_cuda:
+            return "disabled: no CUDA"
+        if self.mode == "eager":
+            return "disabled: eager mode"
+        return "ok" if row.capture is not None else "-"
+
+    def totals(self) -> dict:
+        return {"steps": self.steps, "graph_steps": self.graph_steps, "tokens": self.tokens,
+                "hit_pct": 100.0 * self.graph_steps / self.steps if self.steps else None,
+                "padding_waste_pct": 100.0 * self.padded / self.computed if self.computed else None,
+                "graph_pool_mib": None if self.pool_bytes is None else self.pool_bytes / MIB}
