@@ -148,6 +148,11 @@ def _start_metrics(port, fanout):
     return m
 
 
+def _need_terminal(what: str) -> None:
+    if not (sys.stdin.isatty() and sys.__stderr__.isatty()):   # Textual draws on stderr
+        raise CgwatchError(f"{what} needs a terminal for the TUI; use 'cgwatch run --headless' or a terminal")
+
+
 def _run_with_tui(a) -> int:
     """``cgwatch run``: a daemon child on a private socket, the TUI attached; quitting stops both."""
     import subprocess
@@ -157,6 +162,7 @@ def _run_with_tui(a) -> int:
     from cgwatch.tui.app import run_tui
 
     _engine_config(a)                                   # bad flags fail here, before anything starts
+    _need_terminal("cgwatch run")
     sock = default_socket_path()
     log_path = sock.removesuffix(".sock") + ".log"
     child_args = [x for x in a.argv[1:] if x != "--headless"]
@@ -197,6 +203,7 @@ def cmd_attach(a) -> int:
     from cgwatch.client import LiveSource
     from cgwatch.tui.app import run_tui
 
+    _need_terminal("cgwatch attach")
     return run_tui(LiveSource(a.addr, token=a.token))
 
 
@@ -211,7 +218,11 @@ def cmd_replay(a) -> int:
         a.trace = sample_path()
     if not 0.25 <= a.speed <= 16:
         raise CgwatchError(f"--speed must be between 0.25 and 16, got {a.speed}")
-    return run_tui(ReplaySource(a.trace, speed=a.speed))
+    source = ReplaySource(a.trace, speed=a.speed)
+    _need_terminal("cgwatch replay")
+    for w in source.warnings:
+        print(f"cgwatch: {w}", file=sys.stderr)
+    return run_tui(source)
 
 
 def cmd_report(a) -> int:

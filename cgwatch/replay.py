@@ -8,7 +8,9 @@ Commands (see source.py) run synchronously in the caller's thread and answer thr
 ``on_record`` with an ``ack``; playback acks carry ``playback`` ({position_s, duration_s, speed,
 paused}), never ``state`` (that is the engine's controllable state, which a replay does not have).
 A backward seek re-emits the header and replays the trace up to the target at once, so views
-reset and rebuild; a forward seek or ``next`` emits the skipped records at once.
+reset and rebuild; a forward seek or ``next`` emits the skipped records at once. Reaching the end
+(by playing or seeking) pauses, and the status text says "end of trace"; ``resume`` there is
+refused until a backward seek.
 
 Time: by default a background thread plays against ``time.monotonic``. For tests, pass
 ``clock=`` (a callable returning seconds): then no thread starts and ``poll()`` plays up to the
@@ -146,8 +148,10 @@ class ReplaySource(Source):
             self._i = 0
             self._on_record(self.header)
         self.pos = target
-        self._at_end = False
         self._emit_until(target)
+        self._at_end = self._i >= len(self.records) and target >= self.duration_s
+        if self._at_end:
+            self.paused = True
 
     def _playback(self) -> dict:
         return {"position_s": round(self.pos, 3), "duration_s": round(self.duration_s, 3),

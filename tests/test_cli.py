@@ -41,7 +41,8 @@ def test_headless_run_records_a_trace_that_report_reads(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["run", "--steps", "2"], "--headless"),
+    (["run", "--steps", "2"], "needs a terminal"),
+    (["replay", "--sample"], "needs a terminal"),
     (["run", "--headless", "--steps", "0"], "--steps"),
     (["run", "--headless", "--cudagraph-capture-sizes", "a,b"], "capture size"),
     (["run", "--headless", "--arrival", "bogus"], "bogus"),

@@ -63,7 +63,7 @@ def describe_ack(ack: dict) -> tuple[str, str]:
     if cmd == "mode" and "mode" in state:
         result = state["mode"]
     elif cmd == "recapture" and "sizes" in state:
-        result = _sizes(state.get("captured", state["sizes"]))
+        result = _sizes(state["sizes"])
         if state.get("failed"):
             result += f", failed {_sizes(state['failed'])}"
     elif cmd == "rate" and "rate" in state:

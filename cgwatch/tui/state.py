@@ -192,9 +192,11 @@ class ViewState:
         return bool(self.status.get("paused") or self.engine.get("paused"))
 
     def rates(self) -> tuple[float | None, float | None]:
-        """(steps/s, tokens/s) over the last RATE_WINDOW_S of trace time."""
-        if not self._win or self._t_first_step is None:
+        """(steps/s, tokens/s) over the last RATE_WINDOW_S of trace time (0 once steps stop)."""
+        if self._t_first_step is None:
             return None, None
+        if not self._win:
+            return 0.0, 0.0
         span = min(RATE_WINDOW_S, self.t_last - self._t_first_step + self._last_ms / 1000.0)
         if span <= 0:
             return None, None

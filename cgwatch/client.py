@@ -1,0 +1,301 @@
+"""Clients of the daemon: ``LiveSource`` (what a view reads from, source.py) and ``connect`` (a small
+blocking connection for scripts and tests).
+
+Every (re)connection starts with a fresh snapshot: ``snapshot_begin``, then the trace header record,
+the retained history, ``snapshot_end``, then live records. A view that sees a ``header`` record should
+reset what it built, because the history that follows repeats what it may have seen before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections import deque
+
+from cgwatch import records as R
+from cgwatch.errors import CgwatchError
+from cgwatch.protocol import (DROPPED, HELLO, PROTOCOL_VERSION, LineReader, ProtocolError, decode, encode,
+                              open_connection)
+from cgwatch.source import ACK, PLAYBACK_COMMANDS, RecordCallback, Source, StatusCallback, ack
+
+CONNECT_TIMEOUT_S = 2.0
+RETRY_S = (0.5, 0.5, 0.5, 1.0)   # waits between connection attempts; the last repeats
+
+
+def _reason(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _check_hello(msg: dict | None) -> str | None:
+    """None if ``msg`` is a hello we speak; else what is wrong, in words."""
+    if not msg or msg.get("type") != HELLO:
+        return "not a cgwatch daemon (no hello)"
+    if msg.get("protocol") != PROTOCOL_VERSION:
+        return (f"the daemon speaks protocol {msg.get('protocol')!r} (cgwatch {msg.get('cgwatch')}), this cgwatch "
+                f"speaks {PROTOCOL_VERSION}: use matching versions")
+    return None
+
+
+class LiveSource(Source):
+    """A live run behind a daemon. Records, acks and ``dropped`` notices go to ``on_record`` from a
+    background thread (local acks, for commands that never left, from a short-lived thread of their
+    own); callbacks never run concurrently. A lost connection is retried forever (``reconnect``),
+    except after the run's ``end`` record or a protocol mismatch."""
+
+    def __init__(self, addr: str, token: str | None = None, reconnect: bool = True):
+        self.addr, self.token, self.reconnect = addr, token, reconnect
+        self.title = f"live {addr}"
+        self.connected = False
+        self._ids = itertools.count(1)
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._cb_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._on_record: RecordCallback | None = None
+        self._on_status: StatusCallback | None = None
+        self._dropped_before = 0   # dropped on earlier connections
+        self._dropped_now = 0      # the current connection's count (the daemon counts per connection)
+        self._paused = False
+        self._control: str | None = None
+        self._end: dict | None = None
+
+    # -- Source ------------------------------------------------------------------------------
+    def start(self, on_record: RecordCallback, on_status: StatusCallback) -> None:
+        self._on_record, self._on_status = on_record, on_status
+        self._thread = threading.Thread(target=self._run, name="cgwatch-live", daemon=True)
+        self._thread.start()
+
+    def send(self, cmd: str, value: object = None) -> int:
+        req_id = next(self._ids)
+        if cmd in PLAYBACK_COMMANDS:
+            self._local_ack(ack(req_id, cmd, False, error="not available on a live run"))
+            return req_id
+        msg = {"cmd": cmd, "value": value, "id": req_id}
+        if self.token:
+            msg["token"] = self.token
+        with self._send_lock:
+            sock = self._sock
+            error = None if sock else "not connected"
+            if sock:
+                try:
+                    sock.sendall(encode(msg))
+                except OSError as e:
+                    error = f"not connected: {_reason(e)}"
+        if error:
+            self._local_ack(ack(req_id, cmd, False, error=error))
+        return req_id
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._send_lock:
+            if self._sock is not None:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)   # wakes the reader
+                except OSError:
+                    pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+
+    # -- callbacks ---------------------------------------------------------------------------
+    def _deliver(self, msg: dict) -> None:
+        if self._on_record is not None:
+            with self._cb_lock:
+                self._on_record(msg)
+
+    def _local_ack(self, msg: dict) -> None:
+        # never on the caller's thread: a view calling send() from its UI thread may not accept
+        # callbacks there (Textual's call_from_thread refuses its own thread)
+        threading.Thread(target=self._deliver, args=(msg,), name="cgwatch-ack", daemon=True).start()
+
+    def _status(self, connected: bool, text: str) -> None:
+        self.connected = connected
+        if self._on_status is not None and not self._stop.is_set():
+            with self._cb_lock:
+                self._on_status({"connected": connected, "text": text,
+                                 "dropped": self._dropped_before + self._dropped_now,
+                                 "position_s": None, "duration_s": None, "speed": None, "paused": self._paused,
+                                 "control": self._control})
+
+    # -- the connection thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        attempt, last_text = 0, None
+        while not self._stop.is_set():
+            try:
+                sock = open_connection(self.addr, CONNECT_TIMEOUT_S)
+            except (OSError, CgwatchError) as e:
+                text = f"cannot connect to {self.addr}: {_reason(e)}" + ("; retrying" if self.reconnect else "")
+                if text != last_text:   # one status per kind of failure, not one per attempt
+                    self._status(False, text)
+                    last_text = text
+                if not self.reconnect or isinstance(e, CgwatchError):
+                    return
+                self._stop.wait(RETRY_S[min(attempt, len(RETRY_S) - 1)])
+                attempt += 1
+                continue
+            attempt, last_text = 0, None
+            final, reason = self._session(sock)
+            if self._stop.is_set():
+                return
+            if final:
+                self._status(False, reason)
+                return
+            if not self.reconnect:
+                self._status(False, f"daemon lost: {reason}")
+                return
+            self._status(False, f"daemon lost: {reason}; reconnecting")
+            last_text = None
+            self._stop.wait(RETRY_S[0])
+
+    def _session(self, sock: socket.socket) -> tuple[bool, str]:
+        """Read one connection to its end. Returns (final: do not reconnect, reason)."""
+        reader = LineReader(sock.recv)
+        with self._send_lock:
+            self._sock = sock
+        if self._stop.is_set():   # close() ran while we connected
+            sock.close()
+            return True, "closed"
+        try:
+            sock.settimeout(CONNECT_TIMEOUT_S)
+            try:
+                line = reader.readline()
+                hello = decode(line) if line is not None else None
+            except ProtocolError:
+                hello = None
+            wrong = _check_hello(hello)
+            if wrong:
+                return True, wrong
+            sock.settimeout(None)
+            self._control, self._dropped_now, self._end = hello.get("control"), 0, None
+            note = "; read-only (the daemon wants a token)" if self._control == "token" and not self.token else ""
+            self._status(True, f"connected to {self.addr} (cgwatch {hello.get('cgwatch')}){note}")
+            while True:
+                try:
+                    line = reader.readline()
+                    if line is None:
+                        break
+                    msg = decode(line)
+                except ProtocolError:
+                    continue   # a line we cannot read: skip it
+                self._note(msg)
+                self._deliver(msg)
+                if msg.get("type") == DROPPED:
+                    self._status(True, f"connected to {self.addr}; view fell behind, records dropped")
+            if self._end is not None:
+                return True, f"run ended ({self._end.get('outcome', 'no outcome')}); daemon closed"
+            return False, "connection closed by the daemon"
+        except OSError as e:
+            return False, _reason(e)
+        finally:
+            with self._send_lock:
+                self._sock = None
+            sock.close()
+            self._dropped_before += self._dropped_now
+            self._dropped_now = 0
+
+    def _note(self, msg: dict) -> None:
+        kind = msg.get("type")
+        if kind == DROPPED and isinstance(msg.get("count"), int):
+            self._dropped_now = msg["count"]
+        elif kind == R.END:
+            self._end = msg
+        elif kind == R.EVENT and msg.get("kind") == R.EV_STATE:
+            self._paused = bool(msg.get("paused"))
+
+
+# ---- a blocking connection for scripts and tests ----
+
+class Connection:
+    """One blocking connection. ``hello`` is the daemon's greeting (read by ``connect``)."""
+
+    def __init__(self, sock: socket.socket, token: str | None = None):
+        self.sock, self.token = sock, token
+        self.hello: dict | None = None
+        self.closed = False                    # the daemon closed the connection
+        self._reader = LineReader(sock.recv)
+        self._ids = itertools.count(1)
+        self._backlog: deque[dict] = deque()   # messages read while waiting for an ack
+
+    def send(self, cmd: str, value: object = None, **extra) -> int:
+        """Send a command; returns its id. ``extra`` fields override (e.g. token=...)."""
+        req_id = next(self._ids)
+        msg = {"cmd": cmd, "value": value, "id": req_id}
+        if self.token:
+            msg["token"] = self.token
+        msg.update(extra)
+        self.sock.sendall(encode(msg))
+        return req_id
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _read(self, timeout: float | None) -> dict | None:
+        if self.closed:
+            return None
+        self.sock.settimeout(timeout)
+        try:
+            line = self._reader.readline()
+        except (socket.timeout, TimeoutError):
+            return None
+        if line is None:
+            self.closed = True
+            return None
+        return decode(line)
+
+    def recv(self, timeout: float | None = 5.0) -> dict | None:
+        """The next message; None after ``timeout`` seconds, or once the daemon closed the connection
+        (then ``closed`` is true)."""
+        if self._backlog:
+            return self._backlog.popleft()
+        return self._read(timeout)
+
+    def wait_ack(self, req_id: int, timeout: float = 5.0) -> dict:
+        """The ack for ``req_id``; other messages stay queued for ``recv``. TimeoutError if none comes,
+        ConnectionError if the daemon closes first."""
+        for i, msg in enumerate(self._backlog):
+            if msg.get("type") == ACK and msg.get("id") == req_id:
+                del self._backlog[i]
+                return msg
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self._read(left)
+            if msg is None:
+                if self.closed:
+                    raise ConnectionError(f"the daemon closed the connection before acking command {req_id}")
+                break
+            if msg.get("type") == ACK and msg.get("id") == req_id:
+                return msg
+            self._backlog.append(msg)
+        raise TimeoutError(f"no ack for command {req_id} within {timeout} s")
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(addr: str, token: str | None = None, timeout: float = 5.0) -> Connection:
+    """Connect and read the hello (CgwatchError if the daemon speaks another protocol)."""
+    conn = Connection(open_connection(addr, timeout), token)
+    try:
+        hello = conn.recv(timeout)   # None: closed or silent
+        wrong = _check_hello(hello)
+        if wrong:
+            raise CgwatchError(wrong)
+    except BaseException:
+        conn.close()
+        raise
+    conn.hello = hello
+    return conn

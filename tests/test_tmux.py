@@ -1,0 +1,62 @@
+"""A real terminal: `cgwatch run --model tiny` in tmux, keys g, r (edit sizes), q, read off the pane."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cgwatch.trace import read_trace
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+
+def tmux(*args):
+    return subprocess.run(["tmux", *args], capture_output=True, text=True)
+
+
+def pane(session):
+    return tmux("capture-pane", "-p", "-t", session).stdout
+
+
+def wait_for(session, pred, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = pane(session)
+        if pred(text):
+            return text
+        time.sleep(0.3)
+    raise AssertionError(f"timed out; pane:\n{pane(session)}")
+
+
+def test_run_toggle_recapture_quit_in_tmux(tmp_path):
+    session = f"cgwatch-test-{os.getpid()}"
+    trace = tmp_path / "tmux.jsonl"
+    cmd = (f"{sys.executable} -m cgwatch run --model tiny --max-seq 64 --max-concurrency 16 "
+           f"--prompt-len uniform:4:8 --output-len uniform:8:32 --record {trace}; sleep 30")
+    tmux("kill-session", "-t", session)
+    assert tmux("new-session", "-d", "-s", session, "-x", "140", "-y", "45", cmd).returncode == 0
+    tmux("resize-window", "-t", session, "-x", "140", "-y", "45")
+    try:
+        wait_for(session, lambda t: "tiny" in t and "no CUDA" in t and "sizes [1, 2, 4, 8, 16]" in t)
+        tmux("send-keys", "-t", session, "g")
+        wait_for(session, lambda t: "mode → eager" in t)
+        tmux("send-keys", "-t", session, "r")
+        wait_for(session, lambda t: "1,2,4,8,16" in t)           # the dialog, prefilled with the sizes
+        for keys in (["C-u"], ["-l", "3,12"], ["Enter"]):         # a person types, not a burst
+            time.sleep(1.0)
+            tmux("send-keys", "-t", session, *keys)
+        wait_for(session, lambda t: "sizes [3, 12]" in t)
+        wait_for(session, lambda t: any(l.split()[:1] == ["12"] for l in t.splitlines()))  # the new bucket's row
+        tmux("send-keys", "-t", session, "q")
+        wait_for(session, lambda t: "trace" in t and "cgwatch report" in t, timeout=90)
+    finally:
+        tmux("kill-session", "-t", session)
+    daemons = subprocess.run(["pgrep", "-f", f"cgwatch daemon.*{trace}"], capture_output=True, text=True)
+    assert daemons.stdout.strip() == "", "the daemon outlived the TUI"
+    t = read_trace(trace)
+    assert t.end is not None and t.truncated_at is None
+    kinds = [r.get("kind") for r in t.records if r["type"] == "event"]
+    assert "mode" in kinds and "recapture" in kinds

@@ -1,0 +1,488 @@
+"""The TUI, driven by Textual's Pilot: (a) a deterministic FakeSource that answers engine
+commands like the engine does, (b) ReplaySource on a fake clock; plus SVG snapshots."""
+
+from pathlib import Path
+
+import pytest
+
+from cgwatch import records as R
+from cgwatch.engine.buckets import dispatch
+from cgwatch.replay import ReplaySource
+from cgwatch.report import build_report
+from cgwatch.source import Source, ack
+from cgwatch.trace import TraceWriter, read_trace
+from cgwatch.tui import CgwatchApp
+from cgwatch.tui.dialogs import HelpScreen, RecaptureDialog
+from cgwatch.tui.state import ViewState
+from cgwatch.tui.widgets import Banner, BucketTable, EventLog, HeaderBar, Totals
+from textual.widgets import Input, Static
+
+pytestmark = pytest.mark.anyio   # async tests run on anyio's pytest plugin (asyncio only, below)
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_traces" / "llama1b_poisson_h100.jsonl"
+SIZE = (120, 40)
+MIB = 2 ** 20
+SIZES = [1, 2, 4, 8, 16, 32, 64]
+HEADER = {"type": "header", "format": "cgwatch-trace", "version": 1, "gpu": "NVIDIA H100 80GB HBM3",
+          "dtype": "bfloat16", "model": {"name": "llama-1b"},
+          "config": {"capture_sizes": SIZES, "mode": "graph"}, "workload": {"rate": 0.25}}
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def _state(**kw) -> dict:
+    base = {"mode": "graph", "cuda": True, "sizes": SIZES, "captured": [1, 2, 4, 16, 32, 64], "failed": [8],
+            "max_padding_ratio": 0.5, "rate": 0.25, "arrival": "poisson", "paused": False}
+    return base | kw
+
+
+def _capture(t: float, b: int, ok: bool = True, pool: int = 0) -> dict:
+    return R.event(R.EV_CAPTURE, t, bucket=b, ok=ok, capture_s=0.1 if ok else 0.02,
+                   pool_bytes=pool if ok else None, nvml_bytes=None, kernels=759 if ok else None,
+                   check={"tokens_equal": True, "rel_err": 0.001} if ok else None,
+                   cause=None if ok else "host sync", hint=None, error=None if ok else "operation not permitted")
+
+
+def synthetic_run() -> list[dict]:
+    """A fixed run: bucket 8 fails to capture, 300 steps (some over the max), an eager window at
+    steps 150-199, samples every 20 steps, a warning at step 120, a mark at step 250."""
+    recs = [dict(HEADER)]
+    for k, b in enumerate(reversed(SIZES)):
+        recs.append(_capture(0.1 + 0.1 * k, b, ok=b != 8, pool=128 * MIB if b == 64 else 0))
+        if b == 8:
+            recs.append(R.alert(0.1 + 0.1 * k, "bucket 8 capture failed (host sync): operation not permitted; "
+                                "batches for it run eager.", level="error", bucket=8))
+    recs.append(R.event(R.EV_CAPTURE_DONE, 0.9, sizes=[1, 2, 4, 16, 32, 64], failed=[8], pool="shared",
+                        pool_bytes=128 * MIB, seconds=0.8))
+    recs.append(R.event(R.EV_STATE, 0.9, **_state()))
+    graph = True
+    for i in range(300):
+        t = 1.0 + 0.01 * i
+        if i in (150, 200):
+            graph = i == 200
+            recs.append(R.event(R.EV_MODE, t, mode="graph" if graph else "eager"))
+        if i == 120:
+            recs.append(R.alert(t, "bucket 32: graph tokens differ from eager (logits rel err 1.2e-01)"))
+        if i == 250:
+            recs.append(R.event(R.EV_MARK, t, text="warm"))
+        batch = 1 + (i * 37) % 70
+        d = dispatch(batch, SIZES, failed=[8], graph_mode=graph)
+        gpu_ms = 2.5 + 0.03 * d.bucket if d.bucket else 12.0 + 0.1 * batch
+        recs.append(R.step(i, t, batch, d.target, d.bucket, d.reason, 80.0 if d.bucket else 9000.0, gpu_ms, batch))
+        if i % 20 == 19:
+            recs.append({"type": "sample", "t": t, "gpu_util": 40 + (i * 13) % 50, "gpu_busy": 0.3 + (i % 7) / 10})
+    return recs
+
+
+class FakeSource(Source):
+    """Plays ``records`` when the test says so; answers commands as the engine does (events, then
+    a state event, then the ack with the new state), and refuses playback commands."""
+
+    title = "live (fake)"
+
+    def __init__(self, records: list[dict]) -> None:
+        self.records, self.i = records, 0
+        self.sent: list[tuple] = []
+        self.state = _state()
+        self.t = 4.0
+
+    def start(self, on_record, on_status) -> None:
+        self.on_record, self.on_status = on_record, on_status
+        self.set_connected(True)
+
+    def set_connected(self, connected: bool) -> None:
+        text = "live /tmp/cgwatch.sock" if connected else "daemon lost: connection refused; reconnecting"
+        self.on_status({"connected": connected, "text": text, "dropped": 3 if connected else None,
+                        "position_s": None, "duration_s": None, "speed": None, "paused": self.state["paused"]})
+
+    def play(self, n: int | None = None) -> None:
+        end = len(self.records) if n is None else self.i + n
+        while self.i < end:
+            self.on_record(self.records[self.i])
+            self.i += 1
+
+    def send(self, cmd: str, value: object = None) -> int:
+        self.sent.append((cmd, value))
+        req = len(self.sent)
+        emit, t = self.on_record, self.t
+        if cmd in ("seek", "speed", "next"):
+            emit(ack(req, cmd, False, error="a live run cannot seek or change speed"))
+            return req
+        if cmd == "mode":
+            self.state["mode"] = value
+            emit(R.event(R.EV_MODE, t, mode=value))
+        elif cmd == "recapture":
+            emit(R.event(R.EV_RECAPTURE, t, sizes=value, old=self.state["sizes"], dropped=[]))
+            emit(R.event(R.EV_RELEASE, t, freed_bytes=128 * MIB))
+            for b in reversed(value):
+                emit(_capture(t, b, pool=64 * MIB if b == max(value) else 0))
+            emit(R.event(R.EV_CAPTURE_DONE, t, sizes=value, failed=[], pool="shared", pool_bytes=64 * MIB,
+                         seconds=0.3))
+            self.state.update(sizes=value, captured=value, failed=[])
+        elif cmd == "rate":
+            self.state["rate"] = value
+            emit(R.event(R.EV_RATE, t, rate=value))
+        elif cmd in ("pause", "resume"):
+            self.state["paused"] = cmd == "pause"
+            emit(R.event(R.EV_PAUSE, t, paused=self.state["paused"]))
+        elif cmd == "mark":
+            emit(R.event(R.EV_MARK, t, text=value))
+        emit(R.event(R.EV_STATE, t, **self.state))
+        emit(ack(req, cmd, True, state=dict(self.state)))
+        return req
+
+    def close(self) -> None:
+        pass
+
+
+def _widgets(app):
+    return (app.query_one(HeaderBar), app.query_one(BucketTable), app.query_one(EventLog))
+
+
+def _rows(app) -> dict[str, list[str]]:
+    return {r[0]: r for r in app.query_one(BucketTable).row_texts()}
+
+
+async def _live(pilot, src: FakeSource) -> None:
+    src.play()
+    pilot.app.flush()
+    await pilot.pause()
+
+
+# ---- the fold itself --------------------------------------------------------------------------------
+
+def test_state_matches_report_on_the_h100_trace():
+    trace = read_trace(SAMPLE)
+    state = ViewState()
+    state.fold(trace.header)
+    for rec in trace.records:
+        state.fold(rec)
+    rep = build_report(trace)
+    rows = {r["label"]: r for r in state.bucket_rows()}
+    assert list(rows) == [b["label"] for b in rep["buckets"]]
+    for b in rep["buckets"]:
+        row = rows[b["label"]]
+        assert (row["steps"], row["hits"]) == (b["steps"], b["graph_steps"])
+        assert row["hit_pct"] == pytest.approx(b["hit_pct"])
+        assert row["padding_waste_pct"] == pytest.approx(b["padding_waste_pct"])
+        assert row["graph_mib"] == pytest.approx(b["graph_mib"])
+        if b["steps"] <= 512:   # within the percentile window: the same numbers
+            assert row["graph_p99_ms"] == b["graph_p99_ms"]
+        assert row["status"] == "ok"
+    t = state.totals()
+    assert t["hit_pct"] == pytest.approx(rep["totals"]["graph_hit_rate_pct"])
+    assert t["padding_waste_pct"] == pytest.approx(rep["totals"]["padding_waste_pct"])
+    assert t["graph_pool_mib"] == pytest.approx(rep["totals"]["graph_pool_mib"])
+    assert state.mode_text == "graph" and state.sizes == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]
+    steps_s, tok_s = state.rates()
+    assert 50 < steps_s < 200 and tok_s > 1000
+
+
+def test_state_no_cuda_and_over_max():
+    state = ViewState()
+    state.fold(dict(HEADER))
+    state.fold(R.alert(0.0, "CUDA graphs need CUDA: no GPU here, running eager on the CPU", level="info"))
+    state.fold(R.step(0, 0.1, 3, 4, None, R.REASON_NO_CUDA, 900.0, None, 3))
+    state.fold(R.step(1, 0.2, 70, None, None, R.REASON_NO_CUDA, 900.0, None, 70))
+    assert state.mode_text == "eager only: no CUDA"
+    rows = {r["label"]: r for r in state.bucket_rows()}
+    assert rows["4"]["status"] == "disabled: no CUDA" and rows["4"]["eager_p50_ms"] == 0.9
+    assert rows[">64"]["steps"] == 1 and rows[">64"]["status"] == "-"
+
+
+# ---- (a) the live screen, FakeSource -----------------------------------------------------------------
+
+async def test_live_screen_shows_the_records():
+    src = FakeSource(synthetic_run())
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await _live(pilot, src)
+        header, table, log = _widgets(app)
+        assert header.run_text == "llama-1b · NVIDIA H100 80GB HBM3 · bfloat16"
+        assert header.mode_text == "graph"
+        assert "live /tmp/cgwatch.sock · dropped 3" == header.conn_text
+        assert header.rate_text == "100.0 steps/s · 3,565 tok/s · t 4.0 s"   # the last 2 s of trace time
+        rows = _rows(app)
+        assert list(rows) == ["1", "2", "4", "8", "16", "32", "64", ">64"]
+        assert rows["8"][-1] == "failed: host sync" and rows["8"][3] == "0.0"
+        assert rows["64"][-1] == "ok" and rows["64"][7] == "128.0"
+        assert rows[">64"][2] == "0"
+        text = "\n".join(log.texts())
+        assert "ERROR bucket 8 capture failed" in text and "WARN bucket 32" in text
+        assert "mode → eager" in text and "mark: warm" in text
+        assert "graph pool 128.0 MiB" in str(app.query_one(Totals).render())
+
+
+async def test_g_toggles_mode_from_the_acknowledged_state():
+    src = FakeSource(synthetic_run())
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await _live(pilot, src)
+        await pilot.press("g")
+        assert src.sent == [("mode", "eager")]
+        header, _, log = _widgets(app)
+        assert header.mode_text == "eager"
+        assert _rows(app)["16"][-1] == "disabled: eager mode"
+        assert log.texts()[-1].endswith("mode ok → eager")
+        await pilot.press("g")
+        assert src.sent[-1] == ("mode", "graph") and header.mode_text == "graph"
+
+
+async def test_r_recaptures_with_the_typed_sizes():
+    src = FakeSource(synthetic_run())
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await _live(pilot, src)
+        await pilot.press("r")
+        assert isinstance(app.screen, RecaptureDialog)
+        box = app.screen.query_one(Input)
+        assert box.value == "1,2,4,8,16,32,64"   # prefilled with the sizes in force
+        box.value = ""
+        await pilot.press(*"1,4,16", "enter")
+        assert not isinstance(app.screen, RecaptureDialog)
+        assert src.sent == [("recapture", [1, 4, 16])]
+        rows = _rows(app)
+        assert [rows[b][-1] for b in ("1", "4", "16")] == ["ok", "ok", "ok"]
+        assert rows["16"][7] == "64.0"
+        assert [rows[b][-1] for b in ("2", "8", "32", "64")] == ["released", "not in sizes", "released", "released"]
+        assert list(rows)[-1] == ">64"   # as report.py: the largest size seen
+        assert "sizes [1, 4, 16]" in str(app.query_one(Totals).render())
+        texts = app.query_one(EventLog).texts()
+        assert any("recapture [1,2,4,8,16,32,64] → [1,4,16]" in t for t in texts)
+        assert texts[-1].endswith("recapture ok → [1,4,16]")
+
+
+async def test_r_with_invalid_sizes_shows_the_error_and_sends_nothing():
+    src = FakeSource(synthetic_run())
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await _live(pilot, src)
+        await pilot.press("r")
+        app.screen.query_one(Input).value = ""
+        await pilot.press(*"1,x", "enter")
+        assert isinstance(app.screen, RecaptureDialog)
+        assert "bad capture size list '1,x'" in str(app.screen.query_one("#error", Static).render())
+        app.screen.query_one(Input).value = "0,4"
+        await pilot.press("enter")
+        assert "sizes must be >= 1" in str(app.screen.query_one("#error", Static).render())
+        await pilot.press("escape")
+        assert not isinstance(app.screen, RecaptureDialog)
+        assert src.sent == []
+
+
+async def test_p_rate_and_mark_keys():
+    src = FakeSource(synthetic_run())
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await _live(pilot, src)
+        header, _, log = _widgets(app)
+        await pilot.press("p")
+        assert src.sent[-1] == ("pause", None) and header.mode_text == "graph · engine paused"
+        assert log.texts()[-2].endswith("engine paused")
+        await pilot.press("p")
+        assert src.sent[-1] == ("resume", None) and header.mode_text == "graph"
+        await pilot.press("+")
+        assert src.sent[-1] == ("rate", 0.3125)
+        assert log.texts()[-1].endswith("rate ok → 0.312 req/step")
+        await pilot.press("-")
+        assert src.sent[-1] == ("rate", 0.25)   # from the acknowledged 0.3125
+        await pilot.press("m")
+        cmd, text = src.sent[-1]
+        assert cmd == "mark" and text.startswith("mark ")
+        assert log.texts()[-2].endswith(f"mark: {text}")
+
+
+async def test_live_source_refuses_playback_keys():
+    src = FakeSource(synthetic_run())
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await _live(pilot, src)
+        await pilot.press("right", "]", "n")
+        assert src.sent == [("seek", 10), ("speed", 2.0), ("next", "alert")]
+        texts = app.query_one(EventLog).texts()
+        assert all(t.endswith("refused: a live run cannot seek or change speed") for t in texts[-3:])
+
+
+async def test_disconnect_banner_keeps_the_data_and_a_header_resets():
+    src = FakeSource(synthetic_run())
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await _live(pilot, src)
+        rows = _rows(app)
+        banner = app.query_one(Banner)
+        assert not banner.display
+        src.set_connected(False)
+        await pilot.pause()
+        assert banner.display and "daemon lost" in str(banner.render())
+        assert "connection refused" in str(banner.render())
+        assert _rows(app) == rows   # the last data stays
+        assert "connection lost" in app.query_one(EventLog).texts()[-1]
+        src.set_connected(True)
+        src.records, src.i = synthetic_run()[:30], 0   # the reconnect resends history from the header
+        src.play()
+        app.flush()
+        await pilot.pause()
+        assert not banner.display
+        assert sum(int(r[1]) for r in _rows(app).values()) == app.state.steps < 30
+        assert "mode → eager" not in "\n".join(app.query_one(EventLog).texts())
+
+
+async def test_a_flood_from_a_thread_is_drawn_in_batches(monkeypatch):
+    import threading
+    import time
+
+    redraws = []
+    show = HeaderBar.show
+    monkeypatch.setattr(HeaderBar, "show", lambda self, state: (redraws.append(1), show(self, state)))
+    flood = [dict(HEADER)] + [R.step(i, i * 2e-4, 16, 16, 16, None, 80.0, 3.0, 16) for i in range(20000)]
+    src = FakeSource(flood)
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        t0 = time.monotonic()
+        threading.Thread(target=src.play).start()
+        while app.state.steps < 20000 and time.monotonic() - t0 < 10:
+            await pilot.pause(0.05)
+        elapsed = time.monotonic() - t0
+        assert app.state.steps == 20000
+        assert len(redraws) <= 10 * elapsed + 5   # the 10 Hz timer, not one redraw per record
+        assert _rows(app)["16"][1] == "20,000"
+
+
+async def test_help_screen():
+    src = FakeSource(synthetic_run())
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("?")
+        assert isinstance(app.screen, HelpScreen)
+        assert "recapture" in "\n".join(app.screen.lines)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        assert src.sent == []
+
+
+# ---- (b) replay ----------------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _replay(path, **kw) -> tuple[CgwatchApp, ReplaySource, Clock]:
+    clock = Clock()
+    src = ReplaySource(path, clock=clock, **kw)
+    return CgwatchApp(src), src, clock
+
+
+async def test_replay_pause_speed_seek_keys():
+    app, src, clock = _replay(SAMPLE, start_paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        header, table, log = _widgets(app)
+        assert "×1 0.0/42.4 s paused" in header.conn_text
+        await pilot.press("right", "right")
+        assert "×1 20.0/42.4 s paused" in header.conn_text
+        assert header.mode_text == "eager"   # 18.4-26.0 s ran eager
+        assert _rows(app)["64"][-1] == "disabled: eager mode" and _rows(app)["64"][6] != "n/a/n/a"
+        assert log.texts()[-1].endswith("seek ok → 20.0 s")
+        await pilot.press("left")   # backward: header re-emitted, the view rebuilt up to 10 s
+        assert header.mode_text == "graph" and "10.0/42.4 s" in header.conn_text
+        assert [t.split("s  ", 1)[1] for t in log.texts()] == [
+            "captured [1,2,4,8,16,32,64] in 1.64 s, pool 134.0 MiB", "seek ok → 10.0 s"]
+        assert app.state.steps == sum(1 for r in src.records if r["type"] == "step" and r["t"] <= 10.0)
+        await pilot.press("]")
+        assert "×2 10.0/42.4 s paused" in header.conn_text
+        await pilot.press("p")   # play: 1 wall second at x2
+        clock.now += 1.0
+        src.poll()
+        app.flush()
+        await pilot.pause()
+        assert "×2 12.0/42.4 s" in header.conn_text and "paused" not in header.conn_text
+        assert 11.8 < app.state.t_last <= 12.0
+        await pilot.press("p")
+        assert header.conn_text.endswith("paused")
+        await pilot.press("[", "[", "[")
+        assert "×0.25" in header.conn_text
+        await pilot.press("[")
+        assert "speed refused: speed must be between 0.25 and 16, got 0.125" in log.texts()[-1]
+        await pilot.press("g", "r")
+        await pilot.press("enter")   # the dialog's prefilled sizes
+        assert [t.split("s  ", 1)[1] for t in log.texts()[-2:]] == [
+            "mode refused: replay is read-only", "recapture refused: replay is read-only"]
+
+
+async def test_replay_next_mark_and_alert():
+    app, src, clock = _replay(SAMPLE, start_paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        header, table, log = _widgets(app)
+        await pilot.press("n")   # this trace has no alerts
+        assert log.texts()[-1].endswith("next refused: no further alert")
+        await pilot.press("N")
+        assert "35.5/42.4 s" in header.conn_text
+        assert log.texts()[-2].endswith("mark: after-recapture")
+        rows = _rows(app)
+        assert list(rows) == ["1", "2", "4", "8", "16", "24", "32", "40", "48", "56", "64"]
+        assert rows["56"][7] == "56.0" and rows["24"][-1] == "ok"
+
+
+async def test_replay_next_alert_on_a_generated_trace(tmp_path):
+    path = tmp_path / "synthetic.jsonl"
+    recs = synthetic_run()
+    w = TraceWriter(path, {k: v for k, v in recs[0].items() if k not in ("type", "format", "version")})
+    for rec in recs[1:]:
+        w.write(rec)
+    w.close({"t": 4.0, "outcome": "completed"})
+    app, src, clock = _replay(path, start_paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        header, table, log = _widgets(app)
+        await pilot.press("n")
+        assert "0.4/4.0 s" in header.conn_text   # the capture failure alert
+        assert _rows(app)["8"][-1] == "failed: host sync"
+        await pilot.press("n")
+        assert "2.2/4.0 s" in header.conn_text and "WARN bucket 32" in log.texts()[-2]
+        await pilot.press("n")
+        assert log.texts()[-1].endswith("no further alert")
+        await pilot.press("right")   # to the end
+        assert "end of trace" in header.conn_text and "run ended (completed)" in log.texts()[-2]
+
+
+async def test_replay_real_time_thread():
+    """The default threaded ReplaySource: records arrive from its thread and are drawn in batches."""
+    src = ReplaySource(SAMPLE, speed=16)
+    app = CgwatchApp(src)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if app.state.steps > 500:
+                    break
+            assert app.state.steps > 500
+            assert "×16" in app.query_one(HeaderBar).conn_text
+    finally:
+        src.close()
+
+
+# ---- snapshots ---------------------------------------------------------------------------------------
+
+def test_snapshot_live(snap_compare):
+    src = FakeSource(synthetic_run())
+
+    async def run_before(pilot):
+        await _live(pilot, src)
+
+    assert snap_compare(CgwatchApp(src), terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_replay(snap_compare):
+    app, src, _ = _replay(SAMPLE, start_paused=True)
+
+    async def run_before(pilot):
+        src.send("seek", 27.0)
+        app.flush()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
