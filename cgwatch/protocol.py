@@ -13,6 +13,7 @@ import json
 import socket
 from typing import Callable
 
+from cgwatch import jsonl
 from cgwatch.errors import CgwatchError
 
 PROTOCOL_VERSION = 1
@@ -33,18 +34,7 @@ class LineTooLong(ProtocolError):
     """A line over the limit: it is discarded (the reader skips to the next newline)."""
 
 
-def _jsonable(obj: object) -> object:
-    item = getattr(obj, "item", None)   # numpy/torch scalars
-    if callable(item):
-        try:
-            return item()
-        except Exception:
-            pass
-    return str(obj)
-
-
-_encode = json.JSONEncoder(separators=(",", ":"), default=_jsonable).encode
-_decode = json.JSONDecoder().decode
+_encode, _decode = jsonl.dumps, jsonl.loads
 
 
 def encode(msg: dict) -> bytes:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from . import jsonl
 from .errors import CgwatchError
 from .records import END, HEADER
 
@@ -27,19 +28,7 @@ class TraceError(CgwatchError):
     """A trace file that cannot be read: missing, not a trace, too new, or corrupt."""
 
 
-def _jsonable(obj: object) -> object:
-    """json.dumps fallback: numpy/torch scalars via .item(), anything else as its str()."""
-    item = getattr(obj, "item", None)
-    if callable(item):
-        try:
-            return item()
-        except Exception:
-            pass
-    return str(obj)
-
-
-_encode = json.JSONEncoder(separators=(",", ":"), default=_jsonable).encode  # built once: faster
-_decode = json.JSONDecoder().decode
+_encode, _decode = jsonl.dumps, jsonl.loads
 
 
 def _dumps(rec: dict) -> str:
