@@ -32,6 +32,10 @@ if [[ $STEPS == all || $STEPS == *trace* ]]; then
   tail -5 "$OUT/trace_run.txt"
   python3 -m cgwatch report "$OUT/llama1b_poisson.jsonl" | tee "$OUT/report.txt"
 fi
+if [[ $STEPS == all || $STEPS == *live* ]]; then   # a client drives the daemon through the protocol
+  timeout 300 python3 probes/live_session.py --model llama-1b --steps 3000 --record "$OUT/llama1b_live.jsonl" \
+    2>&1 | tee "$OUT/live.txt" | tail -9
+fi
 if [[ $STEPS == all || $STEPS == *smoke* ]]; then   # the largest preset, and --profile-steps
   timeout 240 python3 -m cgwatch run --headless --model llama-8b --arrival fixed:8 --steps 300 --profile-steps 100:120 \
     --record "$OUT/llama8b_fixed8.jsonl" > "$OUT/llama8b.txt" 2>&1; echo "llama-8b rc=$?"; tail -2 "$OUT/llama8b.txt"
