@@ -184,9 +184,14 @@ def _run_with_tui(a) -> int:
                 child.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()
+    if child.returncode == 0:
+        os.unlink(log_path)                             # keep the daemon's log only when it failed
+    else:
+        print(f"cgwatch: the daemon exited with code {child.returncode}; its log: {log_path}", file=sys.stderr)
     if a.record:
-        print(f"trace {a.record} (cgwatch report {a.record}); daemon log {log_path}")
-    return 0
+        print(f"trace {a.record} (cgwatch report {a.record})")
+    return 0 if child.returncode == 0 else 1
 
 
 def cmd_daemon(a) -> int:
@@ -203,6 +208,12 @@ def cmd_attach(a) -> int:
     from cgwatch.client import LiveSource
     from cgwatch.tui.app import run_tui
 
+    from cgwatch.client import connect
+
+    try:                                   # a typo fails now; a daemon lost later is reconnected to
+        connect(a.addr, token=a.token, timeout=5).close()
+    except OSError as e:
+        raise CgwatchError(f"cannot reach a daemon at {a.addr}: {e.strerror or e}") from None
     _need_terminal("cgwatch attach")
     return run_tui(LiveSource(a.addr, token=a.token))
 

@@ -57,6 +57,10 @@ def test_headless_run_records_a_trace_that_report_reads(tmp_path):
     (["run", "--headless", "--dtype", "int3"], "--dtype"),
     (["run", "--no-such-flag"], "unrecognized"),
     (["report", "/no/such/trace"], "no such trace"),
+    (["attach", "unix:/no/such.sock"], "cannot reach a daemon"),
+    (["attach", "127.0.0.1:1"], "cannot reach a daemon"),
+    (["replay", "/no/such/trace"], "no such trace"),
+    (["daemon", "--listen", "0.0.0.0:7071"], "not loopback"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input_is_one_clear_line(args, needle):
