@@ -25,7 +25,8 @@ from .dialogs import HelpScreen, RecaptureDialog
 from .state import ViewState
 from .widgets import Banner, BucketTable, Charts, EventLog, HeaderBar, Totals
 
-REFRESH_S = 0.1   # at most 10 redraws a second
+REFRESH_S = 0.1        # at most 10 redraws a second
+SLOW_REFRESH_S = 0.5   # the bucket table and totals: at most 2 a second, unless something was logged
 RATE_STEP = 1.25  # + / - multiply / divide the workload rate by this
 
 # key, action, footer label, key shown, help text
@@ -66,6 +67,7 @@ class CgwatchApp(App):
         self.refresh_s = refresh_s
         self._inbox: deque[dict] = deque()
         self._dirty = True
+        self._slow_dirty, self._slow_at, self._slow_marker = True, 0.0, None
 
     def compose(self) -> ComposeResult:
         yield HeaderBar()
@@ -112,9 +114,17 @@ class CgwatchApp(App):
                 fold(rec)
             self._dirty = True
         if self._dirty:
-            self._dirty = False
+            self._dirty, self._slow_dirty = False, True
             state = self.state
-            for widget in (HeaderBar, Banner, Charts, BucketTable, Totals, EventLog):
+            for widget in (HeaderBar, Banner, Charts, EventLog):
+                self.query_one(widget).show(state)
+        # The bucket table and totals are the costly redraws: at most every SLOW_REFRESH_S, and at once
+        # when something was logged (an ack, an event) or the view was reset.
+        now, state = time.monotonic(), self.state
+        marker = (state.generation, state.log_seq)
+        if self._slow_dirty and (now - self._slow_at >= SLOW_REFRESH_S or marker != self._slow_marker):
+            self._slow_dirty, self._slow_at, self._slow_marker = False, now, marker
+            for widget in (BucketTable, Totals):
                 self.query_one(widget).show(state)
 
     # -- commands out ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal
 from textual.reactive import reactive
 from textual.widget import Widget
-from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
+from textual.widgets import DataTable, Label, RichLog, Static
 
 from .state import LOG_LINES, ViewState
 
@@ -69,7 +69,37 @@ class Banner(Static):
         lost = not state.connected
         self.set_class(lost, "-shown")
         if lost:   # the source says why (and whether it retries); the data below is the last seen
-            self.update(f"⚠ {state.status.get('text') or 'daemon lost … reconnecting'} · showing the last data")
+            self.update(f"⚠ {state.status.get('text') or 'daemon lost … reconnecting'} · showing the last data",
+                        layout=False)
+
+
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def bars(values: list[float], width: int, height: int, gaps: bool = False) -> list[str]:
+    """A sparkline as ``height`` text rows, top first: values bucketed into ``width`` columns (max of
+    each bucket), scaled from the smallest to the largest shown (the smallest draws as ▁). With
+    ``gaps``, 0 means "no value" and stays blank. Plain text, so a redraw costs a few string joins
+    instead of Textual's per-cell Sparkline rendering (the TUI's largest redraw cost)."""
+    if width <= 0 or not values:
+        return [" " * max(width, 0)] * height
+    n = len(values)
+    cols = [max(values[i * n // width:max((i + 1) * n // width, i * n // width + 1)]) for i in range(min(width, n))]
+    shown = [v for v in cols if v > 0] if gaps else cols
+    lo, hi = (min(shown), max(shown)) if shown else (0.0, 0.0)
+    full = 8 * height
+    levels = [0 if gaps and v <= 0 else
+              (full // 2 if hi == lo else 1 + round((v - lo) / (hi - lo) * (full - 1))) for v in cols]
+    return [("".join(_BLOCKS[min(max(lv - 8 * row, 0), 8)] for lv in levels)).ljust(width)
+            for row in range(height - 1, -1, -1)]
+
+
+class Bars(Static):
+    """The chart area of one series (see ``bars``)."""
+
+    def show(self, values: list[float], gaps: bool = False) -> None:
+        rows = bars(values, self.size.width, self.size.height or 3, gaps)
+        self.update(Text("\n".join(rows), style="#2a7fd4", no_wrap=True), layout=False)
 
 
 class Chart(Horizontal):
@@ -78,7 +108,7 @@ class Chart(Horizontal):
     DEFAULT_CSS = """
     Chart { height: 3; }
     Chart > Label { width: 19; height: 3; }
-    Chart > Sparkline { width: 1fr; height: 3; }
+    Chart > Bars { width: 1fr; height: 3; }
     """
 
     def __init__(self, key: str, name: str, fmt_value=fmt_ms, gaps: bool = False, **kw) -> None:
@@ -88,7 +118,7 @@ class Chart(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield Label(self.title)
-        yield Sparkline([])
+        yield Bars()
 
     def show(self, state: ViewState) -> None:
         values = list(state.series[self.key])
@@ -97,8 +127,8 @@ class Chart(Horizontal):
         top, low = (max(real), min(real)) if real else (None, None)
         self.query_one(Label).update(f"{self.title:<11}{self.fmt_value(now):>7}\n"
                                      f"{'max':>11}{self.fmt_value(top):>7}\n"
-                                     f"{'min':>11}{self.fmt_value(low):>7}")
-        self.query_one(Sparkline).data = values
+                                     f"{'min':>11}{self.fmt_value(low):>7}", layout=False)   # fixed size
+        self.query_one(Bars).show(values, self.gaps)
 
 
 class Charts(Grid):
@@ -185,7 +215,7 @@ class Totals(Static):
         pool = fmt(t["graph_pool_mib"]) + (" MiB" if t["graph_pool_mib"] is not None else "")
         self.update(f"graph pool {pool} · sizes {state.sizes} · {t['steps']:,} steps, "
                     f"hit {fmt(t['hit_pct'])}% · pad waste {fmt(t['padding_waste_pct'])}% · "
-                    f"{t['tokens']:,} tokens")
+                    f"{t['tokens']:,} tokens", layout=False)   # one line, fixed height
 
 
 class EventLog(RichLog):
