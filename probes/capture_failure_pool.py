@@ -1,3 +1,10 @@
+"""Why the engine moves to a fresh pool after a failed capture (H100, torch 2.11, 2026-11-27).
+
+A capture that fails (here: a host sync inside it) makes torch's capture_end raise before it ends the
+allocators' recording into the pool; ending the device allocator's recording by hand is not enough,
+and every later capture into the same pool fails with "beginAllocateToPool: already recording to
+mempool_id". Run on a GPU: python3 probes/capture_failure_pool.py
+"""
 import torch, traceback
 dev = torch.cuda.current_device()
 pool = torch.cuda.graph_pool_handle()
