@@ -41,6 +41,7 @@ import time
 from collections import deque
 
 from cgwatch import records as R
+from cgwatch.measure.host import cpu_seconds_by_pid
 
 SAMPLE_EVERY_S = 0.25
 FOLD_EVERY_S = 0.1          # CgwatchApp's REFRESH_S
@@ -55,20 +56,7 @@ def _pct(sorted_vals: list, p: float):
     return sorted_vals[k]
 
 
-def _cpu_by_pid(exclude: set[int]) -> dict[int, float]:
-    """CPU seconds (user + system) of every process but ``exclude``. Per-process times are exact
-    (the scheduler's runtime); /proc/stat's machine totals are tick-sampled and alias with a
-    periodic loop, so the competition is summed process by process instead."""
-    import psutil
-    out = {}
-    for p in psutil.process_iter():
-        if p.pid not in exclude:
-            try:
-                t = p.cpu_times()
-                out[p.pid] = t.user + t.system
-            except psutil.Error:
-                pass
-    return out
+_cpu_by_pid = cpu_seconds_by_pid   # cgwatch/measure/host.py
 
 
 def _others_pct(before: dict[int, float], after: dict[int, float], wall: float) -> float:

@@ -43,6 +43,7 @@ from cgwatch import jsonl
 from cgwatch import records as R
 from cgwatch.samples import sample_path
 from cgwatch.trace import read_trace
+from cgwatch.measure.host import cpu_seconds_by_pid
 
 COLS, ROWS = 140, 45
 POS_RE = re.compile(r"×([\d.]+) ([\d.]+)/([\d.]+) s")
@@ -97,18 +98,7 @@ class TraceIndex:
                 bisect_right(self.t_steps, b) - bisect_right(self.t_steps, a))
 
 
-def cpu_by_pid(exclude: set[int]) -> dict[int, float]:
-    """CPU seconds (user + system) of every process but ``exclude`` (per-process times are exact;
-    /proc/stat's machine totals are tick-sampled, so the competition is summed process by process)."""
-    out = {}
-    for p in psutil.process_iter():
-        if p.pid not in exclude:
-            try:
-                t = p.cpu_times()
-                out[p.pid] = t.user + t.system
-            except psutil.Error:
-                pass
-    return out
+cpu_by_pid = cpu_seconds_by_pid   # cgwatch/measure/host.py
 
 
 class Session:
