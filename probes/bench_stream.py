@@ -56,7 +56,6 @@ def _pct(sorted_vals: list, p: float):
     return sorted_vals[k]
 
 
-_cpu_by_pid = cpu_seconds_by_pid   # cgwatch/measure/host.py
 
 
 def _others_pct(before: dict[int, float], after: dict[int, float], wall: float) -> float:
@@ -171,7 +170,7 @@ def run_case(rate: float | None, nclients: int, duration: float, sock_dir: str, 
         i = n_samples = 0
         max_late = 0.0
         ours = {os.getpid(), *(p.pid for p in procs)}
-        others0 = _cpu_by_pid(ours)
+        others0 = cpu_seconds_by_pid(ours)
         cpu0 = os.times()
         t0 = mono()
         end = t0 + duration
@@ -202,7 +201,7 @@ def run_case(rate: float | None, nclients: int, duration: float, sock_dir: str, 
                 next_sample += SAMPLE_EVERY_S
         t1 = mono()
         cpu1 = os.times()
-        others1 = _cpu_by_pid(ours)
+        others1 = cpu_seconds_by_pid(ours)
         server = daemon.client_stats()
         daemon.publish({"type": R.END, "outcome": "completed", "t": round(t1 - base, 6)})
         daemon.close(drain_s=20.0)

@@ -98,7 +98,6 @@ class TraceIndex:
                 bisect_right(self.t_steps, b) - bisect_right(self.t_steps, a))
 
 
-cpu_by_pid = cpu_seconds_by_pid   # cgwatch/measure/host.py
 
 
 class Session:
@@ -184,11 +183,11 @@ def position(text: str) -> tuple[float, float] | None:
 def measure(s: Session, window: float, index: TraceIndex, label: str, command: str) -> dict:
     pos0 = position(s.pane())
     ours = {os.getpid(), s.tui.pid, s.server.pid}
-    oth0 = cpu_by_pid(ours)
+    oth0 = cpu_seconds_by_pid(ours)
     cpu0, srv0, w0 = sum(s.tui.cpu_times()[:2]), sum(s.server.cpu_times()[:2]), time.monotonic()
     time.sleep(window)
     cpu1, srv1, w1 = sum(s.tui.cpu_times()[:2]), sum(s.server.cpu_times()[:2]), time.monotonic()
-    oth1 = cpu_by_pid(ours)
+    oth1 = cpu_seconds_by_pid(ours)
     screen = s.pane()
     pos1 = position(screen)
     wall = w1 - w0
