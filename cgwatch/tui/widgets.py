@@ -97,9 +97,13 @@ def bars(values: list[float], width: int, height: int, gaps: bool = False) -> li
 class Bars(Static):
     """The chart area of one series (see ``bars``)."""
 
+    _shown = None
+
     def show(self, values: list[float], gaps: bool = False) -> None:
-        rows = bars(values, self.size.width, self.size.height or 3, gaps)
-        self.update(Text("\n".join(rows), style="#2a7fd4", no_wrap=True), layout=False)
+        text = "\n".join(bars(values, self.size.width, self.size.height or 3, gaps))
+        if text != self._shown:   # an unchanged chart is not redrawn
+            self._shown = text
+            self.update(Text(text, style="#2a7fd4", no_wrap=True), layout=False)
 
 
 class Chart(Horizontal):
@@ -115,6 +119,7 @@ class Chart(Horizontal):
         super().__init__(**kw)
         self.key, self.title, self.fmt_value = key, name, fmt_value
         self.gaps = gaps   # 0 means "no value here" (graph/eager share the step axis)
+        self._label = None
 
     def compose(self) -> ComposeResult:
         yield Label(self.title)
@@ -125,9 +130,11 @@ class Chart(Horizontal):
         real = [v for v in values if v] if self.gaps else values
         now = real[-1] if real else None
         top, low = (max(real), min(real)) if real else (None, None)
-        self.query_one(Label).update(f"{self.title:<11}{self.fmt_value(now):>7}\n"
-                                     f"{'max':>11}{self.fmt_value(top):>7}\n"
-                                     f"{'min':>11}{self.fmt_value(low):>7}", layout=False)   # fixed size
+        label = (f"{self.title:<11}{self.fmt_value(now):>7}\n"
+                 f"{'max':>11}{self.fmt_value(top):>7}\n{'min':>11}{self.fmt_value(low):>7}")
+        if label != self._label:
+            self._label = label
+            self.query_one(Label).update(label, layout=False)   # fixed size: no layout pass
         self.query_one(Bars).show(values, self.gaps)
 
 
