@@ -5,7 +5,7 @@ allocators' recording into the pool; ending the device allocator's recording by 
 and every later capture into the same pool fails with "beginAllocateToPool: already recording to
 mempool_id". Run on a GPU: python3 probes/capture_failure_pool.py
 """
-import torch, traceback
+import torch
 dev = torch.cuda.current_device()
 pool = torch.cuda.graph_pool_handle()
 s = torch.cuda.Stream()

@@ -4,7 +4,6 @@ GPU-busy fraction from the step events (completed GPU step time over wall time i
 from __future__ import annotations
 
 import threading
-import time
 from typing import Callable
 
 from cgwatch import records as R

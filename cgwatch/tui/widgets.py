@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Grid, Horizontal
 from textual.reactive import reactive
 from textual.widget import Widget
-from textual.widgets import DataTable, Label, RichLog, Static
+from textual.widgets import DataTable, RichLog, Static
 
 from .state import LOG_LINES, ViewState
 
@@ -94,70 +92,53 @@ def bars(values: list[float], width: int, height: int, gaps: bool = False) -> li
             for row in range(height - 1, -1, -1)]
 
 
-class Bars(Static):
-    """The chart area of one series (see ``bars``)."""
+class Charts(Static):
+    """Six labelled charts of the last 200 steps / samples, drawn as one text block: one widget
+    render per frame instead of twelve (per-widget cost dominates Textual's redraw)."""
 
+    DEFAULT_CSS = """
+    Charts { height: 11; border: round $primary 50%; border-title-color: $text-muted; padding: 0 1; }
+    """
+    # (series key, title, value format, gaps: 0 = no value here, as graph/eager share the step axis)
+    SERIES = (("graph_ms", "graph ms", fmt_ms, True), ("gpu_util", "gpu util %", lambda v: fmt(v, ".0f"), False),
+              ("eager_ms", "eager ms", fmt_ms, True), ("gpu_busy", "gpu busy %", lambda v: fmt(v, ".0f"), False),
+              ("host_us", "launch µs", lambda v: fmt(v, ".0f"), False), ("batch", "batch", lambda v: fmt(v, ".0f"), False))
+    LABEL_W, GUTTER = 19, 2
     _shown = None
-
-    def show(self, values: list[float], gaps: bool = False) -> None:
-        text = "\n".join(bars(values, self.size.width, self.size.height or 3, gaps))
-        if text != self._shown:   # an unchanged chart is not redrawn
-            self._shown = text
-            self.update(Text(text, style="#2a7fd4", no_wrap=True), layout=False)
-
-
-class Chart(Horizontal):
-    """A labelled sparkline of one series: the label gives the latest value and the max shown."""
-
-    DEFAULT_CSS = """
-    Chart { height: 3; }
-    Chart > Label { width: 19; height: 3; }
-    Chart > Bars { width: 1fr; height: 3; }
-    """
-
-    def __init__(self, key: str, name: str, fmt_value=fmt_ms, gaps: bool = False, **kw) -> None:
-        super().__init__(**kw)
-        self.key, self.title, self.fmt_value = key, name, fmt_value
-        self.gaps = gaps   # 0 means "no value here" (graph/eager share the step axis)
-        self._label = None
-
-    def compose(self) -> ComposeResult:
-        yield Label(self.title)
-        yield Bars()
-
-    def show(self, state: ViewState) -> None:
-        values = list(state.series[self.key])
-        real = [v for v in values if v] if self.gaps else values
-        now = real[-1] if real else None
-        top, low = (max(real), min(real)) if real else (None, None)
-        label = (f"{self.title:<11}{self.fmt_value(now):>7}\n"
-                 f"{'max':>11}{self.fmt_value(top):>7}\n{'min':>11}{self.fmt_value(low):>7}")
-        if label != self._label:
-            self._label = label
-            self.query_one(Label).update(label, layout=False)   # fixed size: no layout pass
-        self.query_one(Bars).show(values, self.gaps)
-
-
-class Charts(Grid):
-    DEFAULT_CSS = """
-    Charts { grid-size: 2 3; grid-columns: 1fr 1fr; grid-gutter: 0 2; height: 11;
-             border: round $primary 50%; border-title-color: $text-muted; padding: 0 1; }
-    """
-
-    def compose(self) -> ComposeResult:
-        yield Chart("graph_ms", "graph ms", gaps=True)
-        yield Chart("gpu_util", "gpu util %", lambda v: fmt(v, ".0f"))
-        yield Chart("eager_ms", "eager ms", gaps=True)
-        yield Chart("gpu_busy", "gpu busy %", lambda v: fmt(v, ".0f"))
-        yield Chart("host_us", "launch µs", lambda v: fmt(v, ".0f"))
-        yield Chart("batch", "batch", lambda v: fmt(v, ".0f"))
 
     def on_mount(self) -> None:
         self.border_title = "last 200 steps / samples"
 
+    def _chart(self, state: ViewState, key: str, title: str, fmt_value, gaps: bool, width: int) -> list[tuple]:
+        values = list(state.series[key])
+        real = [v for v in values if v] if gaps else values
+        now = real[-1] if real else None
+        top, low = (max(real), min(real)) if real else (None, None)
+        labels = (f"{title:<11}{fmt_value(now):>7}", f"{'max':>11}{fmt_value(top):>7}",
+                  f"{'min':>11}{fmt_value(low):>7}")
+        rows = bars(values, max(width - self.LABEL_W, 0), 3, gaps)
+        return [(label.ljust(self.LABEL_W), row) for label, row in zip(labels, rows)]
+
     def show(self, state: ViewState) -> None:
-        for chart in self.query(Chart):
-            chart.show(state)
+        col_w = max((self.content_size.width - self.GUTTER) // 2, self.LABEL_W)
+        charts = [self._chart(state, *series, col_w) for series in self.SERIES]
+        lines = []
+        for left, right in zip(charts[0::2], charts[1::2]):
+            for (ll, lb), (rl, rb) in zip(left, right):
+                lines.append((ll, lb.ljust(col_w - self.LABEL_W) + " " * self.GUTTER, rl, rb))
+        key = "\n".join("".join(parts) for parts in lines)
+        if key == self._shown:   # nothing changed: no redraw
+            return
+        self._shown = key
+        text = Text(no_wrap=True)
+        for i, (ll, lb, rl, rb) in enumerate(lines):
+            text.append(ll)
+            text.append(lb, "#2a7fd4")
+            text.append(rl)
+            text.append(rb, "#2a7fd4")
+            if i < len(lines) - 1:
+                text.append("\n")
+        self.update(text, layout=False)   # fixed size: no layout pass
 
 
 COLUMNS = (("bucket", "bucket"), ("steps", "steps"), ("hits", "hits"), ("hit", "hit %"),
