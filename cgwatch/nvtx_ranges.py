@@ -10,6 +10,7 @@ every call is a no-op and ``available`` is False.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import lru_cache
 
 try:
     import nvtx as _nvtx
@@ -19,6 +20,7 @@ except ImportError:
 DOMAIN = "cgwatch"
 
 
+@lru_cache(maxsize=None)   # called every step: build each name once
 def step_range_name(bucket: int | None) -> str:
     return "decode_eager" if bucket is None else f"decode_graph_b{bucket}"
 

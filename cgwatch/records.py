@@ -24,8 +24,6 @@ REASON_PADDING = "padding_ratio"        # padding would exceed --max-padding-rat
 REASON_BUCKET_FAILED = "bucket_failed"  # the bucket's capture failed; it is disabled
 REASON_NO_CUDA = "no_cuda"              # graphs need CUDA; this run has none
 REASON_NO_GRAPHS = "no_graphs"          # graph mode, but no bucket is captured (empty size list)
-EAGER_REASONS = (REASON_EAGER_MODE, REASON_OVER_MAX, REASON_PADDING, REASON_BUCKET_FAILED,
-                 REASON_NO_CUDA, REASON_NO_GRAPHS)
 
 # Event kinds (``kind`` of an event record)
 EV_CAPTURE = "capture"          # one bucket captured (or failed to): per-bucket measurements

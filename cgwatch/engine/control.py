@@ -10,12 +10,11 @@ from cgwatch.engine.buckets import check_ratio, parse_sizes
 from cgwatch.errors import CgwatchError
 
 ACTIONS_HELP = "eager | graph | recapture=1,2,4,8 | padding=0.25 | rate=0.5 | pause | resume | mark=TEXT"
-NAMES = ("mode", "recapture", "padding", "rate", "pause", "mark")
 
 
 @dataclass(frozen=True)
 class Command:
-    name: str            # one of NAMES
+    name: str            # mode | recapture | padding | rate | pause | mark
     value: object = None
     reply: Callable[[dict], None] | None = field(default=None, compare=False, repr=False)
     # called once the command ran: {"ok": True, "state": {...}} or {"ok": False, "error": "..."}
