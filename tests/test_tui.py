@@ -486,3 +486,12 @@ def test_snapshot_replay(snap_compare):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_bars_scale_columns_and_gaps():
+    from cgwatch.tui.widgets import bars
+    assert bars([1, 2, 3, 4, 5, 6, 7, 8, 9], 9, 1) == ["▁▂▃▄▅▅▆▇█"]       # smallest ▁, largest █
+    assert bars([0, 5, 0, 10], 4, 2, gaps=True) == ["   █", " ▁ █"]          # 0 = no value: blank
+    assert bars([3, 3, 3], 5, 2) == ["     ", "███  "]                        # flat: half height
+    assert bars(list(range(1, 201)), 50, 3)[0][-1] == "█"                      # 200 points, max of each column
+    assert bars([], 4, 2) == ["    ", "    "]

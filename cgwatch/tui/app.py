@@ -2,8 +2,8 @@
 
 Records and status changes arrive on the source's thread and go, in order, into one inbox (a
 deque: appends are thread-safe and never block the source). A 10 Hz timer folds the inbox into
-``ViewState`` and redraws once, so a fast stream costs one redraw per tick; a status change also
-posts a message so that a lost connection shows at once. Every key sends a command through
+``ViewState`` and redraws once, so a fast stream costs one redraw per tick; a status that changes
+"connected" also posts a message so that a lost connection shows at once. Every key sends a command through
 ``source.send``; what the screen shows changes only with the answers (``ack`` records and
 ``state`` events), never by guessing locally.
 """
@@ -68,6 +68,7 @@ class CgwatchApp(App):
         self._inbox: deque[dict] = deque()
         self._dirty = True
         self._slow_dirty, self._slow_at, self._slow_marker = True, 0.0, None
+        self._connected_seen: bool | None = None   # last "connected" a status carried (source thread)
 
     def compose(self) -> ComposeResult:
         yield HeaderBar()
@@ -87,7 +88,10 @@ class CgwatchApp(App):
     # -- data in -----------------------------------------------------------------------------------
     def _on_status(self, status: dict) -> None:   # any thread
         self._inbox.append({"type": STATUS, "status": status})
-        self.post_message(StatusChanged())
+        connected = status.get("connected", True)
+        if connected != self._connected_seen:   # a lost / regained connection shows at once; the
+            self._connected_seen = connected      # rest (replay position, ...) at the next tick
+            self.post_message(StatusChanged())
 
     @on(StatusChanged)
     def _status_changed(self) -> None:

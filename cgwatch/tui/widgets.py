@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
-from textual.reactive import reactive
+from textual.geometry import Region
+from textual.strip import Strip
 from textual.widget import Widget
-from textual.widgets import DataTable, RichLog, Static
+from textual.widgets import RichLog, Static
 
 from .state import LOG_LINES, ViewState
 
@@ -28,16 +33,70 @@ def _name(v: object) -> str:
     return NA if v is None else str(v)
 
 
-class HeaderBar(Widget):
+Span = tuple[str, str | None]   # text and a Rich style string (None: the widget's own style)
+
+
+class TextLines(Widget):
+    """A fixed block of styled lines drawn through Textual's line API (``render_line``).
+
+    ``set_lines`` turns each line's spans into a ``Strip`` of Rich segments and refreshes only the
+    lines that changed, so a redraw skips Textual's Content parse / wrap / format of the whole
+    block, the largest per-frame cost left once the charts were plain text (probes/bench_tui_cpu.py).
+    Lines are not wrapped: what does not fit is cut at the widget's width."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self._lines: tuple[tuple[Span, ...], ...] = ()
+        self._strips: list[Strip] = []
+        self._drawn: dict[int, tuple[int, Style, Strip]] = {}   # y -> (width, base style, strip drawn)
+
+    def set_lines(self, lines: list[list[Span]]) -> None:
+        new = tuple(tuple(line) for line in lines)
+        old = self._lines
+        if new == old:
+            return
+        self._lines = new
+        self._strips = [Strip([Segment(t, _style(st)) for t, st in line if t]) for line in new]
+        if len(new) != len(old):
+            self._drawn = {}
+            self.refresh(layout=True)   # the height follows the line count
+            return
+        width = self.content_size.width   # refresh regions are relative to the content area
+        changed = [y for y, (a, b) in enumerate(zip(old, new)) if a != b]
+        for y in changed:
+            self._drawn.pop(y, None)
+        self.refresh(*(Region(0, y, width, 1) for y in changed))   # one call: one style-cache reset
+
+    def plain_lines(self) -> list[str]:
+        """The lines as plain text (for tests)."""
+        return ["".join(t for t, _ in line) for line in self._lines]
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        return len(self._lines)
+
+    def render_line(self, y: int) -> Strip:
+        width, base = self.content_size.width, self.rich_style
+        drawn = self._drawn.get(y)
+        if drawn is not None and drawn[0] == width and drawn[1] == base:
+            return drawn[2]
+        strip = (self._strips[y].crop_extend(0, width, base).apply_style(base) if y < len(self._strips)
+                 else Strip.blank(width, base))
+        self._drawn[y] = (width, base, strip)
+        return strip
+
+
+@lru_cache(maxsize=256)
+def _style(spec: str | None) -> Style | None:
+    return None if spec is None else Style.parse(spec)
+
+
+class HeaderBar(TextLines):
     """Two lines: what runs (model, GPU, dtype, mode), then how fast and where from."""
 
     DEFAULT_CSS = """
     HeaderBar { height: 2; background: $panel; padding: 0 1; }
     """
-    run_text = reactive("")    # model · GPU · dtype
-    mode_text = reactive("")   # graph | eager | eager only: no CUDA
-    rate_text = reactive("")   # steps/s, tokens/s
-    conn_text = reactive("")   # the source's status text (live or replay), dropped count
+    run_text = mode_text = rate_text = conn_text = ""
 
     def show(self, state: ViewState) -> None:
         h = state.header
@@ -47,12 +106,10 @@ class HeaderBar(Widget):
         self.rate_text = f"{fmt(steps)} steps/s · {fmt(tokens, ',.0f')} tok/s · t {state.t_last:.1f} s"
         dropped = state.status.get("dropped")
         self.conn_text = (state.status.get("text") or "") + (f" · dropped {dropped:,}" if dropped else "")
-
-    def render(self) -> Text:
         mode_style = "bold green" if self.mode_text.startswith("graph") else "bold yellow"
-        return Text.assemble(
-            ("cgwatch ", "bold"), self.run_text, "  mode ", (self.mode_text, mode_style), "\n",
-            self.rate_text, "   ", (self.conn_text, "italic"))
+        self.set_lines([[("cgwatch ", "bold"), (self.run_text, None), ("  mode ", None),
+                         (self.mode_text, mode_style)],
+                        [(self.rate_text, None), ("   ", None), (self.conn_text, "italic")]])
 
 
 class Banner(Static):
@@ -86,13 +143,19 @@ def bars(values: list[float], width: int, height: int, gaps: bool = False) -> li
     shown = [v for v in cols if v > 0] if gaps else cols
     lo, hi = (min(shown), max(shown)) if shown else (0.0, 0.0)
     full = 8 * height
-    levels = [0 if gaps and v <= 0 else
-              (full // 2 if hi == lo else 1 + round((v - lo) / (hi - lo) * (full - 1))) for v in cols]
-    return [("".join(_BLOCKS[min(max(lv - 8 * row, 0), 8)] for lv in levels)).ljust(width)
-            for row in range(height - 1, -1, -1)]
+    levels = "".join(chr(0 if gaps and v <= 0 else
+                         (full // 2 if hi == lo else 1 + round((v - lo) / (hi - lo) * (full - 1))))
+                     for v in cols)
+    return [levels.translate(_row_glyphs(row)).ljust(width) for row in range(height - 1, -1, -1)]
 
 
-class Charts(Static):
+@lru_cache(maxsize=16)
+def _row_glyphs(row: int) -> dict[int, str]:
+    """str.translate table: a level (0..64, in eighths of a row) to the glyph of text row ``row``."""
+    return {lv: _BLOCKS[min(max(lv - 8 * row, 0), 8)] for lv in range(65)}
+
+
+class Charts(TextLines):
     """Six labelled charts of the last 200 steps / samples, drawn as one text block: one widget
     render per frame instead of twelve (per-widget cost dominates Textual's redraw)."""
 
@@ -104,7 +167,6 @@ class Charts(Static):
               ("eager_ms", "eager ms", fmt_ms, True), ("gpu_busy", "gpu busy %", lambda v: fmt(v, ".0f"), False),
               ("host_us", "launch µs", lambda v: fmt(v, ".0f"), False), ("batch", "batch", lambda v: fmt(v, ".0f"), False))
     LABEL_W, GUTTER = 19, 2
-    _shown = None
 
     def on_mount(self) -> None:
         self.border_title = "last 200 steps / samples"
@@ -119,41 +181,34 @@ class Charts(Static):
         rows = bars(values, max(width - self.LABEL_W, 0), 3, gaps)
         return [(label.ljust(self.LABEL_W), row) for label, row in zip(labels, rows)]
 
+    _state: ViewState | None = None
+
+    def on_resize(self) -> None:
+        """The bars fill the width: redraw at the new one (also the first layout, after the first show)."""
+        if self._state is not None:
+            self.show(self._state)
+
     def show(self, state: ViewState) -> None:
+        self._state = state
         col_w = max((self.content_size.width - self.GUTTER) // 2, self.LABEL_W)
         charts = [self._chart(state, *series, col_w) for series in self.SERIES]
         lines = []
         for left, right in zip(charts[0::2], charts[1::2]):
             for (ll, lb), (rl, rb) in zip(left, right):
                 lines.append((ll, lb.ljust(col_w - self.LABEL_W) + " " * self.GUTTER, rl, rb))
-        key = "\n".join("".join(parts) for parts in lines)
-        if key == self._shown:   # nothing changed: no redraw
-            return
-        self._shown = key
-        text = Text(no_wrap=True)
-        for i, (ll, lb, rl, rb) in enumerate(lines):
-            text.append(ll)
-            text.append(lb, "#2a7fd4")
-            text.append(rl)
-            text.append(rb, "#2a7fd4")
-            if i < len(lines) - 1:
-                text.append("\n")
-        self.update(text, layout=False)   # fixed size: no layout pass
+        self.set_lines([[(ll, None), (lb, "#2a7fd4"), (rl, None), (rb, "#2a7fd4")] for ll, lb, rl, rb in lines])
 
 
-COLUMNS = (("bucket", "bucket"), ("steps", "steps"), ("hits", "hits"), ("hit", "hit %"),
-           ("pad", "pad waste %"), ("graph", "graph ms p50/p99"), ("eager", "eager ms p50/p99"),
-           ("mib", "graph MiB"), ("cap", "capture s"), ("status", "status"))
+COLUMNS = ("bucket", "steps", "hits", "hit %", "pad waste %", "graph ms p50/p99", "eager ms p50/p99",
+           "graph MiB", "capture s", "status")
 
 
-def row_cells(r: dict) -> tuple:
-    numbers = (r["label"], f"{r['steps']:,}", f"{r['hits']:,}", fmt(r["hit_pct"]),
-               fmt(r["padding_waste_pct"]),
-               f"{fmt_ms(r['graph_p50_ms'])}/{fmt_ms(r['graph_p99_ms'])}",
-               f"{fmt_ms(r['eager_p50_ms'])}/{fmt_ms(r['eager_p99_ms'])}",
-               fmt(r["graph_mib"]), fmt(r["capture_s"], ".2f"))
-    return (*(Text(n, justify="right") for n in numbers),
-            Text(r["status"], _status_style(r["status"])))
+def row_cells(r: dict) -> tuple[str, ...]:
+    return (r["label"], f"{r['steps']:,}", f"{r['hits']:,}", fmt(r["hit_pct"]),
+            fmt(r["padding_waste_pct"]),
+            f"{fmt_ms(r['graph_p50_ms'])}/{fmt_ms(r['graph_p99_ms'])}",
+            f"{fmt_ms(r['eager_p50_ms'])}/{fmt_ms(r['eager_p99_ms'])}",
+            fmt(r["graph_mib"]), fmt(r["capture_s"], ".2f"), r["status"])
 
 
 def _status_style(status: str) -> str:
@@ -161,36 +216,37 @@ def _status_style(status: str) -> str:
             else "yellow" if status.startswith("disabled") else "dim")
 
 
-class BucketTable(DataTable):
-    """Per-bucket rows; cells are updated in place, the rows rebuilt only when buckets change."""
+class BucketTable(TextLines):
+    """Per-bucket rows: numbers right-aligned, status coloured, every other row shaded."""
 
     DEFAULT_CSS = """
-    BucketTable { height: auto; max-height: 16; }
+    BucketTable { height: auto; max-height: 16; padding: 0 1; }
     """
-    can_focus = False   # the arrow keys seek, they do not move a cursor
-
-    def on_mount(self) -> None:
-        self.cursor_type = "none"
-        self.zebra_stripes = True
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
+    GAP = "  "
+    SHADE = "on #1f2630"
+    _rows: list[tuple[str, ...]] = []
 
     def show(self, state: ViewState) -> None:
-        rows = state.bucket_rows()
-        keys = [str(r["key"]) for r in rows]
-        if keys != [k.value for k in self.rows]:
-            self.clear()
-            for key, r in zip(keys, rows):
-                self.add_row(*row_cells(r), key=key)
-            return
-        for key, r in zip(keys, rows):
-            for (col, _), cell in zip(COLUMNS, row_cells(r)):
-                if self.get_cell(key, col) != cell:
-                    self.update_cell(key, col, cell)
+        rows = self._rows = [row_cells(r) for r in state.bucket_rows()]
+        widths = [max(len(c) for c in col) for col in zip(COLUMNS, *rows)]
+        lines = [[(self._line(COLUMNS, widths), "bold")]]
+        for i, cells in enumerate(rows):
+            shade = self.SHADE if i % 2 else None
+            status_style = _status_style(cells[-1]) + (" " + shade if shade else "")
+            lines.append([(self._line(cells[:-1], widths) + self.GAP, shade),
+                          (cells[-1].ljust(widths[-1]), status_style)])
+        self.set_lines(lines)
+
+    def _line(self, cells, widths) -> str:
+        """Cells right-aligned to the column widths; the status column (the last) left-aligned."""
+        out = [c.rjust(w) for c, w in zip(cells, widths)]
+        if len(cells) == len(widths):
+            out[-1] = cells[-1].ljust(widths[-1])
+        return self.GAP.join(out)
 
     def row_texts(self) -> list[list[str]]:
         """The rows as plain strings (for tests)."""
-        return [[str(c).strip() for c in self.get_row(k)] for k in self.rows]
+        return [list(r) for r in self._rows]
 
 
 class Totals(Static):
