@@ -279,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("trace", help="a trace file written by 'cgwatch run --record'")
     rep.add_argument("--json", action="store_true", help="machine-readable output")
     rep.set_defaults(func=cmd_report)
+    # Analysis commands: each module registers its own subcommand (add_parser) and runs it (run).
+    from cgwatch import bench, check, export, recommend
+    for mod in (bench, check, recommend, export):
+        mod.add_parser(sub)
     return p
 
 

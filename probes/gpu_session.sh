@@ -41,3 +41,17 @@ if [[ $STEPS == all || $STEPS == *smoke* ]]; then   # the largest preset, and --
     --record "$OUT/llama8b_fixed8.jsonl" > "$OUT/llama8b.txt" 2>&1; echo "llama-8b rc=$?"; tail -2 "$OUT/llama8b.txt"
   python3 -m cgwatch report "$OUT/llama8b_fixed8.jsonl" | head -14
 fi
+if [[ $STEPS == all || $STEPS == *probes* ]]; then   # issue 4: standalone probes
+  timeout 120 python3 probes/launch_overhead.py --json "$OUT/launch_overhead.json" 2>&1 | tail -4
+  timeout 120 python3 probes/linear_latency.py --json "$OUT/linear_latency.json" 2>&1 | tail -6
+  timeout 200 python3 probes/graph_memory.py --model llama-1b --json "$OUT/graph_memory.json" 2>&1 | tail -6
+fi
+if [[ $STEPS == all || $STEPS == *benchcmd* ]]; then   # issue 4: cgwatch bench, eager vs graph vs compile
+  for m in ${BENCH_MODELS:-tiny llama-1b}; do
+    timeout ${BENCH_TIMEOUT:-400} python3 -m cgwatch bench --model $m --batch-sizes ${BENCH_SIZES:-1,2,4,8,16,32,64} \
+      ${BENCH_FLAGS:---with-compile} --record "$OUT/bench_$m.jsonl" --json > "$OUT/bench_$m.json" 2> "$OUT/bench_$m.err"
+    echo "bench $m rc=$?"; tail -3 "$OUT/bench_$m.err"
+    python3 -c "import json,sys; from cgwatch.bench import format_result; r=json.load(open(sys.argv[1])); print(format_result(r))" \
+      "$OUT/bench_$m.json" 2>&1 | tee "$OUT/bench_$m.txt"
+  done
+fi

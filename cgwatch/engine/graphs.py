@@ -63,14 +63,17 @@ class GraphManager:
         self.stream = torch.cuda.Stream()
 
     # -- capture -------------------------------------------------------------------------------
-    def capture(self, sizes: list[int], on_bucket: Callable[[BucketGraph], None] = lambda b: None) -> dict:
-        """Capture every size, largest first. Returns the round's summary (for a capture_done event)."""
+    def capture(self, sizes: list[int], on_bucket: Callable[[BucketGraph], None] = lambda b: None,
+                largest_first: bool = True) -> dict:
+        """Capture every size, largest first (as vLLM and SGLang do: smaller graphs then reuse the
+        larger ones' blocks in a shared pool; ``largest_first=False`` is for probes/graph_memory.py).
+        Returns the round's summary (for a capture_done event)."""
         t0 = time.perf_counter()
         self.pool = torch.cuda.graph_pool_handle() if self.pool_mode == "shared" else None
         self.pools = [self.pool] if self.pool is not None else []
         snap = self.state.snapshot()
         with torch.inference_mode():
-            for size in sorted(sizes, reverse=True):
+            for size in sorted(sizes, reverse=largest_first):
                 b = self._capture_one(size, snap)
                 self.graphs[size] = b
                 on_bucket(b)

@@ -1,0 +1,155 @@
+"""``cgwatch bench``: how much CUDA graphs buy on this model and GPU, per batch size.
+
+The measuring is in engine/bench.py; this module is the command: flags, the trace, and the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from cgwatch.errors import CgwatchError
+
+NA = "n/a"
+MODES = ("eager", "graph", "compile")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="eager vs CUDA graph (vs torch.compile) step latency and throughput per batch size")
+    p.add_argument("--model", default="tiny", help="preset (tiny, llama-1b, llama-8b) or a local HF checkpoint folder")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="comma-separated (default %(default)s)")
+    p.add_argument("--steps", type=int, default=100, help="timed steps per batch size and mode (default 100)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
+    p.add_argument("--tokens", type=int, default=128, help="decode length of the throughput run (default 128)")
+    p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per request (default 32)")
+    p.add_argument("--max-seq", type=int, default=1024, help="KV cache positions per request (default 1024)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--with-compile", action="store_true",
+                   help='also torch.compile(mode="reduce-overhead") as a third column (CUDA only)')
+    p.add_argument("--record", metavar="PATH", help="trace file (default: bench-MODEL-TIME.jsonl here)")
+    p.add_argument("--no-record", action="store_true", help="write no trace")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
+    p.add_argument("--no-nvtx", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise CgwatchError(f"bad --batch-sizes {text!r}: expected integers like 1,2,4,8") from None
+    if not sizes or min(sizes) < 1:
+        raise CgwatchError(f"bad --batch-sizes {text!r}: sizes must be >= 1")
+    return sizes
+
+
+def run(a) -> int:
+    from cgwatch.engine.bench import Bench, BenchConfig, check_config
+    from cgwatch.sinks import Fanout
+    from cgwatch.trace import TraceWriter
+
+    cfg = BenchConfig(model=a.model, batch_sizes=_sizes(a.batch_sizes), steps=a.steps, warmup=a.warmup,
+                      tokens=a.tokens, prompt_len=a.prompt_len, max_seq=a.max_seq, device=a.device,
+                      dtype=a.dtype, seed=a.seed, with_compile=a.with_compile, nvtx=not a.no_nvtx)
+    check_config(cfg)
+    fan = Fanout()
+    bench = Bench(cfg, fan)
+    path = None if a.no_record else (a.record or time.strftime(f"bench-{_slug(a.model)}-%Y%m%d-%H%M%S.jsonl"))
+    writer = TraceWriter(path, bench.header()) if path else None
+    if writer:
+        fan.add(writer.write)
+    say = (lambda s: print(f"cgwatch bench: {s}", file=sys.stderr, flush=True))
+    try:
+        result = bench.run(progress=say)
+    finally:
+        summary = bench.close()
+        if writer:
+            writer.close(summary | {"bench": locals().get("result")})
+    result["trace"] = path
+    if a.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_result(result) + "\n")
+    return 0
+
+
+def _slug(model: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in model.rstrip("/").rsplit("/", 1)[-1])
+
+
+# -- tables ----------------------------------------------------------------------------------------
+def _f(v, spec: str) -> str:
+    return NA if v is None else format(v, spec)
+
+
+def _cell(m: dict | None, key: str, spec: str) -> str:
+    if not m or "error" in m:
+        return NA
+    return _f(m.get(key), spec)
+
+
+def _speedup(row: dict, mode: str) -> str:
+    e, m = row.get("eager"), row.get(mode)
+    if not e or not m or "p50_ms" not in m or "p50_ms" not in e:
+        return NA
+    return f"{e['p50_ms'] / m['p50_ms']:.2f}x"
+
+
+def format_result(res: dict) -> str:
+    rows = res["rows"]
+    modes = [m for m in MODES if any(r.get(m) is not None for r in rows) or (m != "compile" and m in rows[0])]
+    bw = res.get("bandwidth_bytes_per_s")
+    model = res["model"].get("name") if isinstance(res["model"], dict) else res["model"]
+    lines = [f"cgwatch bench · {model} · {res['gpu']} · {res['dtype']} · max_seq {res['max_seq']} · "
+             f"prompt {res['prompt_len']} · {res['steps']} timed steps after {res['warmup']} warm-up · "
+             f"throughput over {res['tokens']} tokens",
+             f"step time = {'CUDA events around each step' if bw else 'host time (CPU: ops are synchronous)'}; "
+             f"HBM floor = (weights + KV read at the mean context) / {_f(bw and bw / 1e12, '.2f')} TB/s measured copy"]
+    head = ["batch"]
+    for m in modes:
+        head += [f"{m} ms mean/p50/p99"]
+    head += [f"{m} speedup" for m in modes if m != "eager"]
+    head += [f"{m} launch µs" for m in modes] + ["kernels " + "/".join(modes)]
+    table = []
+    for r in rows:
+        cells = [str(r["batch"])]
+        for m in modes:
+            x = r.get(m)
+            cells.append(NA if not x or "error" in x else
+                         f"{x['mean_ms']:.3f}/{x['p50_ms']:.3f}/{x['p99_ms']:.3f}")
+        cells += [_speedup(r, m) for m in modes if m != "eager"]
+        cells += [_cell(r.get(m), "host_us_p50", ".0f") for m in modes]
+        cells.append("/".join(_cell(r.get(m), "kernels", "d") for m in modes))
+        table.append(cells)
+    lines += ["", _table(head, table)]
+    head2 = ["batch"] + [f"{m} tok/s" for m in modes] + ["HBM floor ms", "graph / floor"]
+    if "compile" in modes:
+        head2 += ["compile s", "cudagraph skips"]
+    table2 = []
+    for r in rows:
+        g = r.get("graph")
+        cells = [str(r["batch"])] + [_cell(r.get(m), "tokens_per_s", ",.0f") for m in modes]
+        floor = r.get("floor_ms")
+        cells += [_f(floor, ".3f"), NA if not floor or not g or "p50_ms" not in g else f"{g['p50_ms'] / floor:.1f}x"]
+        if "compile" in modes:
+            c = r.get("compile") or {}
+            cells += [_f(c.get("compile_s"), ".1f"), _f(c.get("cudagraph_skips"), "d")]
+        table2.append(cells)
+    lines += ["", _table(head2, table2)]
+    errors = {f"{m} (batch {r['batch']})": r[m]["error"] for r in rows for m in modes
+              if isinstance(r.get(m), dict) and "error" in r[m]}
+    lines += [f"{k}: {v}" for k, v in errors.items()]
+    if res.get("trace"):
+        lines.append(f"trace: {res['trace']} (cgwatch report / replay / recommend --costs)")
+    return "\n".join(lines)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    out = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
+    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)

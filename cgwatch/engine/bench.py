@@ -1,0 +1,303 @@
+"""Where ``cgwatch bench`` measures: eager vs CUDA graph (vs torch.compile) per batch size, on the
+real engine.
+
+One ``Engine`` (model, static KV cache, every batch size captured in one shared pool, each graph
+checked against eager). ``--batch-sizes`` b requests sit in slots 0..b-1, prefilled with a
+``prompt_len``-token prompt, and each mode decodes them from the same saved state:
+
+- latency: ``warmup`` steps, then ``steps`` timed ones, each through ``Engine.step`` -- the step
+  records, NVTX ranges and CUDA-event GPU times are the engine's own. Mean / median / P99 of the
+  step's GPU time (on the CPU: its host time), and the median host launch time.
+- throughput: ``tokens`` consecutive steps, synchronised at both ends: b * tokens / wall seconds.
+- kernels per step: the captured graph's kernel nodes; eager: kernels one step launches (profiler).
+- ``with_compile``: ``DecodeState.decode`` under ``torch.compile(mode="reduce-overhead")`` (inductor
+  fuses, then cudagraph trees record a graph per shape), timed the same way with CUDA events around
+  each call; its first call per batch size (compile + record) is reported as compile seconds.
+- HBM floor: (weight bytes + the KV bytes a step must read at the mean context) / the measured
+  copy bandwidth (measure/bandwidth.py).
+
+All records go to ``emit`` (a trace file: ``report``, ``replay`` and ``recommend --costs`` read it);
+phase boundaries are marks, and the end record carries the result rows.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from cgwatch import records as R
+from cgwatch.engine.control import Command
+from cgwatch.engine.loop import Engine, EngineConfig
+from cgwatch.errors import CgwatchError
+from cgwatch.measure import graph_stats
+from cgwatch.measure.bandwidth import copy_bandwidth
+from cgwatch.workload import StepPlan, WorkloadSpec
+
+
+@dataclass
+class BenchConfig:
+    model: str = "tiny"
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    steps: int = 100          # timed steps per batch size and mode
+    warmup: int = 10
+    tokens: int = 128         # decode length of the throughput run
+    prompt_len: int = 32
+    max_seq: int = 1024
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    with_compile: bool = False
+    nvtx: bool = True
+    modes: tuple[str, ...] = field(default=("eager", "graph"))
+
+
+class FixedSlots:
+    """The bench's workload: the same ``batch`` slots every step, nobody joins or leaves.
+    Duck-types the parts of ``workload.Workload`` the engine reads."""
+
+    kind, rate, live, queued = "bench", 0.0, 0, 0
+
+    def __init__(self, max_batch: int) -> None:
+        self.max_batch, self.batch, self._step = max_batch, 1, 0
+
+    def next_step(self) -> StepPlan:
+        self._step += 1
+        return StepPlan(self._step - 1, 0, [], [], list(range(self.batch)))
+
+    def set_rate(self, rate: float) -> None:
+        raise CgwatchError("the bench workload has no arrival rate")
+
+    def describe(self) -> dict:
+        return {"arrival": "bench", "kind": "bench", "max_concurrency": self.max_batch}
+
+
+def check_config(c: BenchConfig) -> None:
+    if not c.batch_sizes or min(c.batch_sizes) < 1:
+        raise CgwatchError("--batch-sizes must be integers >= 1")
+    for name in ("steps", "tokens", "prompt_len"):
+        if getattr(c, name) < 1:
+            raise CgwatchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
+    if c.warmup < 0:
+        raise CgwatchError(f"--warmup must be >= 0, got {c.warmup}")
+    need = c.prompt_len + max(c.warmup + c.steps, c.tokens) + 1
+    if need > c.max_seq:
+        raise CgwatchError(f"--max-seq {c.max_seq} is too short: prompt {c.prompt_len} + "
+                           f"max(warmup + steps, tokens) needs {need} positions")
+
+
+def _stats(values: list[float]) -> dict:
+    v = sorted(values)
+    return {"mean_ms": statistics.fmean(v), "p50_ms": statistics.median(v),
+            "p99_ms": v[min(len(v) - 1, round(0.99 * (len(v) - 1)))], "n": len(v)}
+
+
+class Bench:
+    def __init__(self, cfg: BenchConfig, emit: Callable[[dict], None]):
+        check_config(cfg)
+        self.cfg = cfg
+        self.steps: list[dict] = []   # every step record, for the statistics
+
+        def tap(rec: dict) -> None:
+            if rec.get("type") == R.STEP:
+                self.steps.append(rec)
+            emit(rec)
+
+        sizes = tuple(sorted(set(cfg.batch_sizes)))
+        self.sizes = sizes
+        self.max_batch = sizes[-1]
+        probe = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                             ("cpu" if cfg.device == "auto" else cfg.device))
+        ecfg = EngineConfig(model=cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq=cfg.max_seq,
+                            capture_sizes=sizes, max_padding_ratio=0.0,
+                            mode="graph" if probe.type == "cuda" else "eager", seed=cfg.seed, nvtx=cfg.nvtx,
+                            workload=WorkloadSpec(arrival=f"fixed:{self.max_batch}", max_concurrency=self.max_batch,
+                                                  max_seq=cfg.max_seq, seed=cfg.seed))
+        self.engine = eng = Engine(ecfg, tap)
+        eng.workload = self.slots = FixedSlots(self.max_batch)
+        self.cuda = eng.cuda
+
+    def header(self) -> dict:
+        h = self.engine.header()
+        h["bench"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.cfg).items()}
+        return h
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self, progress: Callable[[str], None] = lambda s: None) -> dict:
+        eng, cfg = self.engine, self.cfg
+        with torch.inference_mode():
+            eng.start()   # captures every size (graph mode on CUDA)
+            bandwidth = copy_bandwidth(eng.device)
+            for slot in range(self.max_batch):   # the same prompts for every mode and batch size
+                eng.state.prefill(slot, cfg.prompt_len)
+            self._sync()
+            saved = eng.state.snapshot()
+            compiled = self._compiled() if cfg.with_compile and self.cuda else None
+            rows = []
+            for b in self.sizes:
+                self.slots.batch = b
+                row = {"batch": b}
+                for mode in cfg.modes:
+                    if mode == "graph" and not self.cuda:
+                        row[mode] = None
+                        continue
+                    progress(f"batch {b}: {mode}")
+                    row[mode] = self._measure_engine(b, mode, saved)
+                if cfg.with_compile:
+                    progress(f"batch {b}: compile")
+                    row["compile"] = self._measure_compiled(b, compiled, saved) if compiled else \
+                        {"error": "torch.compile reduce-overhead needs CUDA"}
+                row["floor_ms"] = self._floor_ms(b, bandwidth)
+                rows.append(row)
+                eng.emit(R.event(R.EV_INFO, eng.now(), message=f"bench batch {b}: " + _row_text(row), bench=row))
+            eng.state.restore(saved)
+        return {"rows": rows, "bandwidth_bytes_per_s": bandwidth, "model": eng.model_info,
+                "device": str(eng.device), "dtype": str(eng.dtype).removeprefix("torch."),
+                "gpu": eng.header()["gpu"], "torch": torch.__version__, "max_seq": cfg.max_seq,
+                "prompt_len": cfg.prompt_len, "steps": cfg.steps, "warmup": cfg.warmup, "tokens": cfg.tokens}
+
+    def close(self) -> dict:
+        return self.engine.close()
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def _mark(self, text: str) -> None:
+        self.engine.emit(R.event(R.EV_MARK, self.engine.now(), text=text))
+
+    def _set_mode(self, mode: str) -> None:
+        eng = self.engine
+        if ("graph" if eng.graph_mode else "eager") != mode:
+            eng._apply(Command("mode", mode))
+
+    def _measure_engine(self, b: int, mode: str, saved) -> dict:
+        """Latency and throughput of batch ``b`` in ``mode``, through the engine's own step."""
+        eng, cfg = self.engine, self.cfg
+        self._set_mode(mode)
+        eng.state.restore(saved)
+        for _ in range(cfg.warmup):
+            eng.step()
+        eng._emit_done(eng.timer.drain())
+        self._mark(f"bench b={b} {mode}: {cfg.steps} timed steps")
+        first = len(self.steps)
+        for _ in range(cfg.steps):
+            eng.step()
+        eng._emit_done(eng.timer.drain())
+        timed = [r for r in self.steps[first:] if r["batch"] == b]
+        out = _stats([R.step_ms(r) for r in timed])
+        out["host_us_p50"] = statistics.median(r["host_us"] for r in timed)
+        out["served"] = sorted({r["mode"] for r in timed})   # a failed capture falls back to eager
+        out["kernels"] = self._kernels(b, mode)
+        if mode == "graph":
+            g = eng.graphs.graphs.get(b)
+            out["capture_s"] = g.capture_s if g else None
+        eng.state.restore(saved)
+        self._mark(f"bench b={b} {mode}: {cfg.tokens}-token throughput")
+        self._sync()
+        t0 = time.perf_counter()
+        for _ in range(cfg.tokens):
+            eng.step()
+        self._sync()
+        wall = time.perf_counter() - t0
+        eng._emit_done(eng.timer.drain())
+        out["tokens_per_s"] = b * cfg.tokens / wall
+        return out
+
+    def _kernels(self, b: int, mode: str) -> int | None:
+        eng = self.engine
+        if not self.cuda:
+            return None
+        if mode == "graph":
+            g = eng.graphs.graphs.get(b)
+            return g.kernels if g and g.ok else None
+        snap = eng.state.snapshot()
+        n = graph_stats.eager_kernels(lambda: eng.state.decode(b))
+        eng.state.restore(snap)
+        return n
+
+    # -- torch.compile ---------------------------------------------------------------------------
+    def _compiled(self):
+        st = self.engine.state
+        for t in (st.next_token, st.pos, st.slot_buf):   # mutated in place: static addresses for
+            torch._dynamo.mark_static_address(t)          # cudagraph trees (else it skips graphs)
+        return torch.compile(st.decode, mode="reduce-overhead")
+
+    def _measure_compiled(self, b: int, compiled, saved) -> dict:
+        cfg, st = self.cfg, self.engine.state
+        from torch._dynamo.utils import counters
+        skips0 = counters["inductor"]["cudagraph_skips"]
+        st.restore(saved)
+        st.set_slots(list(range(b)), b)
+
+        def call():
+            torch.compiler.cudagraph_mark_step_begin()
+            compiled(b)
+
+        self._mark(f"bench b={b} compile: first call (compile + record)")
+        self._sync()
+        t0 = time.perf_counter()
+        try:
+            call()
+            self._sync()
+        except Exception as e:   # inductor / dynamo failure: reported, the bench goes on
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            return {"error": f"{type(e).__name__}: {first}"}
+        compile_s = time.perf_counter() - t0
+        for _ in range(cfg.warmup):
+            call()
+        st.restore(saved)
+        self._mark(f"bench b={b} compile: {cfg.steps} timed calls")
+        pairs, host = [], []
+        for _ in range(cfg.steps):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            h = time.perf_counter()
+            s.record()
+            call()
+            e.record()
+            host.append((time.perf_counter() - h) * 1e6)
+            pairs.append((s, e))
+        self._sync()
+        out = _stats([s.elapsed_time(e) for s, e in pairs])
+        out["host_us_p50"] = statistics.median(host)
+        st.restore(saved)
+        self._sync()
+        t0 = time.perf_counter()
+        for _ in range(cfg.tokens):
+            call()
+        self._sync()
+        out["tokens_per_s"] = b * cfg.tokens / (time.perf_counter() - t0)
+        out["compile_s"] = compile_s
+        out["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips0
+        snap = st.snapshot()
+        out["kernels"] = graph_stats.eager_kernels(call)   # kernels inside one replay are not seen by
+        st.restore(snap)                                    # the profiler: see docs; often None/low
+        st.restore(saved)
+        return out
+
+    # -- HBM floor -------------------------------------------------------------------------------
+    def _floor_ms(self, b: int, bandwidth: float | None) -> float | None:
+        if not bandwidth:
+            return None
+        m = self.engine.model
+        a = m.args
+        elt = m.embed_tokens.weight.element_size()
+        weights = sum(p.numel() * p.element_size() for p in m.parameters())
+        # a step gathers b rows of the embedding table, so it is not read in full -- unless it is
+        # also the lm_head (tied), which reads all of it; parameters() counts a tied table once
+        weights -= 0 if a.tie_embeddings else m.embed_tokens.weight.numel() * elt
+        ctx = self.cfg.prompt_len + self.cfg.warmup + self.cfg.steps / 2   # mean position while timed
+        kv = b * a.n_layers * 2 * a.n_kv_heads * a.head_dim * ctx * elt
+        return (weights + kv) / bandwidth * 1e3
+
+
+def _row_text(row: dict) -> str:
+    parts = []
+    for mode in ("eager", "graph", "compile"):
+        m = row.get(mode)
+        if m and "p50_ms" in m:
+            parts.append(f"{mode} {m['p50_ms']:.3f} ms")
+    return ", ".join(parts) or "n/a"
