@@ -1,14 +1,446 @@
-"""`cgwatch export`: being built (issue 4)."""
+"""``cgwatch export``: a trace as Chrome Trace Event JSON (Perfetto UI, chrome://tracing) or CSV.
+
+Perfetto layout (one process, pid 1, named after the model and GPU; ``ts`` and ``dur`` in µs, ts 0 =
+the run's t = 0):
+
+- track "host: decode loop" (tid 1): one complete slice (``X``) per decode step, ``dur`` = host_us,
+  named by the rows the step computed, "graph b32" (the bucket, as the NVTX range) or
+  "eager b40 (over_max)" (the batch); one slice per prefill, "prefill 3 req", ``dur`` = host_ms.
+- track "GPU: decode steps" (tid 2): one slice per step whose gpu_ms was measured. The trace holds
+  the GPU duration (CUDA events) and the host time t at which the step's start event was enqueued,
+  but not when the GPU began. The GPU runs the steps on one stream in order, so slice i is placed at
+  max(t_i, end of slice i-1): never later than the truth (unmeasured work on the stream, such as
+  eager prefill, only delays it more), and slices on the track cannot overlap. Each slice's args say
+  so (``start: lower bound``) and give ``queued_us``, the wait behind the previous step so placed.
+- track "CUDA graphs" (tid 3): one slice per bucket capture ("capture b64", or "... failed
+  (cause)"), ``dur`` = capture_s, placed to end at the event's t (it is reported after the
+  replay-vs-eager check, so this is at most the check's time late); instants for capture_done,
+  recapture and release.
+- track "events" (tid 4): instants for mode switches, marks, padding-ratio and rate changes, pause,
+  state, info, other event kinds and the end record. Track "alerts" (tid 5): one instant per alert.
+- counters (``C``): "host launch" (us), "batch" (rows, padded: stacked they make the rows computed),
+  and from samples, where measured: GPU util, GPU memory util, GPU memory used, GPU power, SM clock,
+  GPU busy (CUDA events), host CPU, host RSS, torch allocated / reserved. A null is skipped, never
+  drawn as a number.
+
+Slices on one track never overlap: records are put back in t order (the engine and the sampler
+thread write them a little out of order), and a slice that would start before the previous one on
+its track ended starts at that end instead (only rounding of t can do that on the host track; the
+shift is in its args as ``shifted_us``).
+
+CSV: a header and one row per step record, the schema's columns first (records.step), then any
+other step field in the trace; null is an empty cell.
+
+Both stream through the trace; a truncated tail is skipped, like every reader does.
+"""
 
 from __future__ import annotations
 
-from cgwatch.errors import CgwatchError
+import csv
+import heapq
+import json
+import math
+import os
+import sys
+import tempfile
+from collections import Counter
+from contextlib import contextmanager
+from typing import IO, Iterable, Iterator
 
+from cgwatch import records as R
+from cgwatch.errors import CgwatchError
+from cgwatch.trace import iter_records, read_header
+
+FORMATS = {"perfetto": ".perfetto.json", "csv": ".csv"}
+REORDER_WINDOW_S = 10.0   # records are released in t order once the trace has moved this far past them
+NAME_MAX = 80             # longer event names are cut; args keep the full text
+
+PID = 1
+HOST, GPU, GRAPHS, EVENTS, ALERTS = 1, 2, 3, 4, 5
+TRACKS = {   # tid -> thread name (sorted in this order)
+    HOST: "host: decode loop",
+    GPU: "GPU: decode steps (start = lower bound)",
+    GRAPHS: "CUDA graphs",
+    EVENTS: "events",
+    ALERTS: "alerts",
+}
+GPU_PLACEMENT = ("GPU slice i starts at max(t_i, end of GPU slice i-1): t_i is when the step's start "
+                 "event was enqueued on the host, the GPU runs steps in order on one stream, and only "
+                 "the duration (CUDA events) is recorded; a lower bound on the real start")
+CAPTURE_PLACEMENT = "ends at the capture event's t (reported after the replay check)"
+
+# The step schema's fields, in the order records.step writes them (the CSV's first columns).
+STEP_COLUMNS = tuple(k for k in R.step(0, 0.0, 1, None, None, None, 0.0, None, 1) if k != "type")
+STEP_ARGS = ("i", "batch", "bucket", "target", "padded", "reason", "tokens", "host_us", "gpu_ms")
+GRAPH_EVENTS = (R.EV_CAPTURE_DONE, R.EV_RECAPTURE, R.EV_RELEASE)
+
+MIB = 1 << 20
+# sample field -> (counter name, arg key, scale); Perfetto names the track "<name> <key>"
+SAMPLE_COUNTERS = {
+    "gpu_util": ("GPU util", "pct", 1),
+    "mem_util": ("GPU memory util", "pct", 1),
+    "mem_used_bytes": ("GPU memory used", "MiB", 1 / MIB),
+    "power_w": ("GPU power", "W", 1),
+    "sm_clock_mhz": ("SM clock", "MHz", 1),
+    "gpu_busy": ("GPU busy (CUDA events)", "pct", 100),
+    "cpu_pct": ("host CPU", "pct", 1),
+    "rss_bytes": ("host RSS", "MiB", 1 / MIB),
+    "torch_allocated_bytes": ("torch allocated", "MiB", 1 / MIB),
+    "torch_reserved_bytes": ("torch reserved", "MiB", 1 / MIB),
+}
+
+
+# ---- the command ----
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="(being built)")
+    p = sub.add_parser("export", help="a trace as Perfetto / chrome://tracing JSON, or CSV (one row per step)")
+    p.add_argument("trace", help="a trace file written by 'cgwatch run --record'")
+    p.add_argument("--format", required=True, choices=tuple(FORMATS), help="perfetto (Chrome Trace Event JSON) or csv")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output file, '-' for stdout (default: the trace's name with .perfetto.json / .csv)")
     p.set_defaults(func=run)
 
 
 def run(a) -> int:
-    raise CgwatchError("'cgwatch export' is not built yet")
+    header = read_header(a.trace)          # missing, unreadable or not a trace: TraceError, one line
+    out = a.output or default_output(a.trace, a.format)
+    if out != "-" and os.path.exists(out) and os.path.samefile(out, a.trace):
+        raise CgwatchError(f"output {out} is the trace itself; choose another with -o")
+    with _output(out) as f:
+        if a.format == "perfetto":
+            summary = export_perfetto(a.trace, header, f)
+        else:
+            summary = export_csv(a.trace, f)
+    if out != "-":
+        print(f"cgwatch export: {summary} -> {out}", file=sys.stderr)
+    return 0
+
+
+def default_output(trace: str, fmt: str) -> str:
+    base = trace[: -len(".jsonl")] if trace.endswith(".jsonl") else trace
+    return base + FORMATS[fmt]
+
+
+@contextmanager
+def _output(out: str) -> Iterator[IO[str]]:
+    """stdout for '-'; else a temporary file next to OUT, renamed onto it only when the export
+    succeeded (a failed export leaves no half-written file)."""
+    if out == "-":
+        yield sys.stdout
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)),
+                                   prefix=f".{os.path.basename(out)}.", suffix=".tmp")
+    except OSError as e:
+        raise CgwatchError(f"cannot write {out}: {e.strerror or e}") from None
+    try:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)   # mkstemp makes it private; give it a new file's mode
+        with open(fd, "w", encoding="utf-8", newline="") as f:
+            yield f
+        os.replace(tmp, out)
+    except OSError as e:
+        _unlink(tmp)
+        raise CgwatchError(f"cannot write {out}: {e.strerror or e}") from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# ---- CSV ----
+
+def export_csv(trace: str, out: IO[str]) -> str:
+    """One row per step record. Two streaming passes: the first finds step fields beyond the schema."""
+    extra: dict[str, None] = {}
+    for rec in iter_records(trace):
+        if rec["type"] == R.STEP:
+            extra.update((k, None) for k in rec if k != "type" and k not in STEP_COLUMNS)
+    columns = STEP_COLUMNS + tuple(extra)
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(columns)
+    rows = 0
+    for rec in iter_records(trace):
+        if rec["type"] == R.STEP:
+            w.writerow([_cell(rec.get(c)) for c in columns])
+            rows += 1
+    return f"{rows:,} step rows, {len(columns)} columns"
+
+
+def _cell(v) -> object:
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"))
+    return v
+
+
+# ---- record order ----
+
+class _InOrder:
+    """Iterate records in t order, holding back at most REORDER_WINDOW_S of trace time. A record
+    later than that (never seen in practice) is passed on when it comes and counted in ``late``."""
+
+    def __init__(self, records: Iterable[dict], window_s: float = REORDER_WINDOW_S):
+        self.records, self.window_s = records, window_s
+        self.late = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        heap: list[tuple[float, int, dict]] = []
+        newest = released = -math.inf
+        for seq, rec in enumerate(self.records):
+            t = rec.get("t")
+            t = t if _is_number(t) else max(newest, 0.0)   # no t: keep its place in the file
+            if t < released:
+                self.late += 1
+            heapq.heappush(heap, (t, seq, rec))
+            newest = max(newest, t)
+            while heap and heap[0][0] < newest - self.window_s:
+                released = heap[0][0]
+                yield heapq.heappop(heap)[2]
+        while heap:
+            yield heapq.heappop(heap)[2]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# ---- Perfetto ----
+
+def export_perfetto(trace: str, header: dict, out: IO[str]) -> str:
+    ordered = _InOrder(iter_records(trace))
+    w = _PerfettoWriter(out, header)
+    for rec in ordered:
+        w.add(rec)
+    w.close(trace, header, late=ordered.late)
+    c = w.counts
+    parts = [f"{w.events:,} events", f"{c['step']:,} steps", f"{c['gpu']:,} GPU slices",
+             f"{c['prefill']:,} prefills", f"{c['capture']:,} captures", f"{c['counter']:,} counter values"]
+    if w.end is None:
+        parts.append("no end record: partial trace")
+    if ordered.late:
+        parts.append(f"{ordered.late} records out of order")
+    return ", ".join(parts)
+
+
+def _us(seconds: float) -> float:
+    return round(seconds * 1e6, 3)
+
+
+def _num(rec: dict, key: str) -> float:
+    """A field that places or sizes a slice: it must be a finite number."""
+    v = rec.get(key)
+    if not _is_number(v):
+        raise ValueError(f"{key} is {v!r}, not a number")
+    return v
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= NAME_MAX else text[: NAME_MAX - 3] + "..."
+
+
+def _args(rec: dict, skip: tuple = ("type", "kind", "t")) -> dict:
+    """A record's fields as slice/instant args; null (not measured) is left out."""
+    return {k: v for k, v in rec.items() if k not in skip and v is not None}
+
+
+def _json_safe(v):
+    """NaN / infinity (valid in a trace, not in JSON) as strings; args only, never ts/dur."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def step_name(rec: dict) -> str:
+    """Named by the rows the step computed: the bucket on a graph step, the batch on an eager one."""
+    if rec.get("bucket") is not None:
+        return f"graph b{rec['bucket']}"
+    return f"eager b{rec['batch']}" + (f" ({rec['reason']})" if rec.get("reason") else "")
+
+
+class _PerfettoWriter:
+    """Writes Chrome Trace Event JSON as records come (in t order), one event per line."""
+
+    def __init__(self, out: IO[str], header: dict):
+        self.out = out
+        self.events = 0
+        self.counts: Counter = Counter()
+        self.named: set[int] = set()
+        self.end: dict | None = None
+        self.host_end = self.gpu_end = self.graphs_end = -math.inf   # µs, last slice end per track
+        out.write('{"traceEvents":[\n')
+        self._meta("process_name", 0, {"name": _process_name(header)})
+
+    # -- raw events --
+    def _emit(self, ev: dict) -> None:
+        try:
+            line = json.dumps(ev, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            line = json.dumps(_json_safe(ev), separators=(",", ":"), allow_nan=False)
+        self.out.write(line if self.events == 0 else ",\n" + line)
+        self.events += 1
+
+    def _meta(self, name: str, tid: int, args: dict) -> None:
+        self._emit({"ph": "M", "name": name, "pid": PID, "tid": tid, "args": args})
+
+    def _track(self, tid: int) -> int:
+        if tid not in self.named:   # named when first used: a CPU trace has no GPU track
+            self.named.add(tid)
+            self._meta("thread_name", tid, {"name": TRACKS[tid]})
+            self._meta("thread_sort_index", tid, {"sort_index": tid})
+        return tid
+
+    def _slice(self, tid: int, cat: str, name: str, ts: float, dur: float, args: dict) -> None:
+        self._emit({"ph": "X", "cat": cat, "name": name, "pid": PID, "tid": self._track(tid),
+                    "ts": ts, "dur": dur, "args": args})
+        self.counts[cat] += 1
+
+    def _instant(self, tid: int, cat: str, name: str, t: float, args: dict) -> None:
+        self._emit({"ph": "i", "s": "t", "cat": cat, "name": _short(name), "pid": PID,
+                    "tid": self._track(tid), "ts": _us(t), "args": args})
+        self.counts["instant"] += 1
+        self.counts[f"instant {cat}"] += 1
+
+    def _counter(self, name: str, t: float, values: dict) -> None:
+        self._emit({"ph": "C", "name": name, "pid": PID, "tid": HOST, "ts": _us(t), "args": values})
+        self.counts["counter"] += len(values)
+
+    # -- records --
+    def add(self, rec: dict) -> None:
+        kind = rec["type"] if rec["type"] != R.EVENT else rec.get("kind")
+        try:
+            if rec["type"] == R.STEP:
+                self._step(rec)
+            elif rec["type"] == R.PREFILL:
+                self._prefill(rec)
+            elif rec["type"] == R.SAMPLE:
+                self._sample(rec)
+            elif rec["type"] == R.EVENT:
+                self._event(rec)
+            elif rec["type"] == R.END:
+                self.end = rec
+                self._instant(EVENTS, "end", f"end ({rec.get('outcome') or rec.get('error') or 'closed'})",
+                              _num(rec, "t"), _args(rec))
+            else:
+                self.counts["skipped"] += 1    # a record type this version does not know
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+            raise CgwatchError(f"bad {kind} record at t={rec.get('t')}: {what}") from None
+
+    def _step(self, rec: dict) -> None:
+        t, host_us, name = _num(rec, "t"), _num(rec, "host_us"), step_name(rec)
+        t_us = _us(t)
+        args = {k: rec[k] for k in STEP_ARGS if rec.get(k) is not None}
+        ts = max(t_us, self.host_end)
+        if ts > t_us:
+            args["shifted_us"] = round(ts - t_us, 3)
+        dur = round(host_us, 3)
+        self._slice(HOST, "step", name, ts, dur, args)
+        self.host_end = ts + dur
+        self._counter("host launch", t, {"us": host_us})
+        self._counter("batch", t, {"rows": _num(rec, "batch"), "padded": _num(rec, "padded")})
+        if _is_number(rec.get("gpu_ms")):
+            self._gpu_step(rec, name, t_us)
+
+    def _gpu_step(self, rec: dict, name: str, t_us: float) -> None:
+        ts = max(t_us, self.gpu_end)   # lower bound (module docstring)
+        dur = round(rec["gpu_ms"] * 1000, 3)
+        args = {"i": rec["i"], "batch": rec["batch"], "bucket": rec.get("bucket"), "gpu_ms": rec["gpu_ms"],
+                "start": "lower bound", "enqueued_us": t_us, "queued_us": round(ts - t_us, 3)}
+        self._slice(GPU, "gpu", name, ts, dur, {k: v for k, v in args.items() if v is not None})
+        self.gpu_end = ts + dur
+
+    def _prefill(self, rec: dict) -> None:
+        t_us = _us(_num(rec, "t"))
+        ts = max(t_us, self.host_end)
+        args = _args(rec)
+        if ts > t_us:
+            args["shifted_us"] = round(ts - t_us, 3)
+        dur = round(_num(rec, "host_ms") * 1000, 3)
+        self._slice(HOST, "prefill", f"prefill {rec['requests']} req", ts, dur, args)
+        self.host_end = ts + dur
+
+    def _sample(self, rec: dict) -> None:
+        t = _num(rec, "t")
+        for field, (name, key, scale) in SAMPLE_COUNTERS.items():
+            v = rec.get(field)
+            if _is_number(v):
+                self._counter(name, t, {key: round(v * scale, 3) if scale != 1 else v})
+
+    def _event(self, rec: dict) -> None:
+        kind, t = rec.get("kind"), _num(rec, "t")
+        if kind == R.EV_CAPTURE:
+            self._capture(rec)
+        elif kind == R.EV_ALERT:
+            self._instant(ALERTS, "alert", f"{rec.get('level', 'warn')}: {rec.get('message', '')}", t, _args(rec))
+        else:
+            tid = GRAPHS if kind in GRAPH_EVENTS else EVENTS
+            self._instant(tid, str(kind), event_name(rec), t, _args(rec))
+
+    def _capture(self, rec: dict) -> None:
+        dur = round(_num(rec, "capture_s") * 1e6, 3)
+        t_us = _us(_num(rec, "t"))
+        ts = max(round(t_us - dur, 3), self.graphs_end)
+        name = f"capture b{rec['bucket']}"
+        if not rec.get("ok", True):
+            name += f" failed ({rec.get('cause') or 'error'})"
+        self._slice(GRAPHS, "capture", _short(name), ts, dur, _args(rec) | {"placed": CAPTURE_PLACEMENT})
+        self.graphs_end = ts + dur
+
+    def close(self, trace: str, header: dict, late: int) -> None:
+        meta = {"source": os.path.abspath(trace), "format": header.get("format"), "version": header.get("version"),
+                **{k: header.get(k) for k in ("cgwatch", "started", "gpu", "dtype", "torch", "device")},
+                "model": (header.get("model") or {}).get("name"),
+                "complete": self.end is not None, "outcome": (self.end or {}).get("outcome"),
+                "time_origin": "ts 0 = the run's t = 0 (µs)", "gpu_placement": GPU_PLACEMENT,
+                "capture_placement": CAPTURE_PLACEMENT, "late_records": late,
+                "counts": dict(self.counts) | {"events": self.events}}
+        self.out.write('\n],\n"displayTimeUnit":"ms",\n"metadata":')
+        self.out.write(json.dumps(_json_safe(meta), separators=(",", ":"), allow_nan=False))
+        self.out.write("}\n")
+
+
+def _process_name(header: dict) -> str:
+    model = (header.get("model") or {}).get("name") or "?"
+    return f"cgwatch: {model} on {header.get('gpu') or '?'}"
+
+
+def event_name(rec: dict) -> str:
+    """An instant's name: what the event says, in a few words (args keep every field)."""
+    kind = rec.get("kind")
+    if kind == R.EV_CAPTURE_DONE:
+        done, failed = len(rec.get("sizes") or []), len(rec.get("failed") or [])
+        return f"capture round done: {done} graphs" + (f", {failed} failed" if failed else "")
+    if kind == R.EV_RECAPTURE:
+        return f"recapture {rec.get('sizes')}"
+    if kind == R.EV_RELEASE:
+        freed = rec.get("freed_bytes")
+        return "release graphs" + (f" ({freed / MIB:.0f} MiB)" if _is_number(freed) else "")
+    if kind == R.EV_MODE:
+        return f"mode {rec.get('mode')}"
+    if kind == R.EV_MARK:
+        return f"mark: {rec.get('text')}"
+    if kind == R.EV_PADDING:
+        return f"max padding ratio {rec.get('value')}"
+    if kind == R.EV_RATE:
+        return f"arrival rate {rec.get('rate')}"
+    if kind == R.EV_STATE:
+        return f"state: {rec.get('mode')}, sizes {rec.get('sizes')}"
+    if kind == R.EV_PAUSE:
+        return "pause" if rec.get("paused") else "resume"
+    for key in ("message", "text", "label"):
+        if rec.get(key):
+            return str(rec[key])
+    return str(kind)
