@@ -386,6 +386,10 @@ def run(a) -> int:
     for t in (trace,) if cost_trace is trace else (trace, cost_trace):
         for w in t.warnings():
             print(f"cgwatch: {t.path}: {w}", file=sys.stderr)
+    for what in ("model", "gpu", "dtype"):   # costs of another model or card answer another question
+        mine, theirs = _name(trace.header.get(what)), _name(cost_trace.header.get(what))
+        if mine != theirs:
+            print(f"cgwatch: warning: --costs {what} is {theirs}, the trace's is {mine}", file=sys.stderr)
     result = build_recommendation(trace, cost_trace, a.memory_budget, a.max_buckets, a.max_padding_ratio)
     if a.json:
         json.dump(result, sys.stdout, indent=2)

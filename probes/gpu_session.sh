@@ -19,7 +19,7 @@ if [[ $STEPS == all || $STEPS == *tests* ]]; then
   timeout 420 python3 -m pytest -m gpu -v -p no:cacheprovider tests/ 2>&1 | tail -40 > "$OUT/gpu_tests.txt"
   tail -15 "$OUT/gpu_tests.txt"
 fi
-if [[ $STEPS == all || $STEPS == *bench* ]]; then
+if [[ $STEPS == all || $STEPS == *overhead* ]]; then   # probes/bench_overhead.py
   timeout 300 python3 probes/bench_overhead.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" | tail -8
   if [[ -n ${BENCH_INFLIGHT1:-} ]]; then
     timeout 200 python3 probes/bench_overhead.py --max-inflight 1 --json "$OUT/bench_inflight1.json" 2>&1 | tail -6
@@ -46,7 +46,7 @@ if [[ $STEPS == all || $STEPS == *probes* ]]; then   # issue 4: standalone probe
   timeout 120 python3 probes/linear_latency.py --json "$OUT/linear_latency.json" 2>&1 | tail -6
   timeout 200 python3 probes/graph_memory.py --model llama-1b --json "$OUT/graph_memory.json" 2>&1 | tail -6
 fi
-if [[ $STEPS == all || $STEPS == *benchcmd* ]]; then   # issue 4: cgwatch bench, eager vs graph vs compile
+if [[ $STEPS == all || $STEPS == *sweep* ]]; then   # issue 4: cgwatch bench (STEPS=sweep), eager vs graph vs compile
   for m in ${BENCH_MODELS:-tiny llama-1b}; do
     timeout ${BENCH_TIMEOUT:-400} python3 -m cgwatch bench --model $m --batch-sizes ${BENCH_SIZES:-1,2,4,8,16,32,64} \
       ${BENCH_FLAGS:---with-compile} --record "$OUT/bench_$m.jsonl" --json > "$OUT/bench_$m.json" 2> "$OUT/bench_$m.err"

@@ -245,3 +245,16 @@ def test_bad_input_is_one_line(tmp_path, capsys, make, flags, needle):
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cgwatch: ") and needle in lines[0]
+
+
+def test_costs_from_another_model_are_flagged(tmp_path, capsys):
+    mix = write_trace(tmp_path / "mix.jsonl", mix_records(), ratio=0.5)
+    costs = write_trace(tmp_path / "costs.jsonl", cost_records())
+    assert main(["recommend", mix, "--costs", costs, "--memory-budget", "100", "--max-buckets", "2"]) == 0
+    assert capsys.readouterr().err == ""   # same model, GPU and dtype: no warning
+    other = tmp_path / "other.jsonl"
+    with TraceWriter(other, {"model": {"name": "llama-1b"}, "gpu": "toy-gpu", "config": {}}) as w:
+        for rec in cost_records():
+            w.write(rec)
+    assert main(["recommend", mix, "--costs", str(other), "--memory-budget", "100", "--max-buckets", "2"]) == 0
+    assert "warning: --costs model is llama-1b, the trace's is toy" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""``cgwatch bench`` on the CPU (eager only) and, under ``-m gpu``, eager vs graph vs compile."""
+
+import json
+
+import pytest
+import torch
+
+from cgwatch import records as R
+from cgwatch.bench import format_result
+from cgwatch.cli import main
+from cgwatch.report import build_report
+from cgwatch.trace import read_trace
+
+SMALL = ["--model", "tiny", "--steps", "3", "--warmup", "1", "--tokens", "3", "--max-seq", "48",
+         "--prompt-len", "8", "--no-nvtx"]
+
+
+def bench_json(capsys, tmp_path, *extra):
+    trace = tmp_path / "bench.jsonl"
+    assert main(["bench", *SMALL, "--record", str(trace), "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out), trace
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path (a GPU run measures graphs too)")
+def test_cpu_bench_measures_eager_and_says_graphs_need_cuda(capsys, tmp_path):
+    res, trace = bench_json(capsys, tmp_path, "--batch-sizes", "2,1", "--device", "cpu")
+    assert [r["batch"] for r in res["rows"]] == [1, 2]
+    for r in res["rows"]:
+        e = r["eager"]
+        assert e["n"] == 3 and e["served"] == ["eager"]
+        assert 0 < e["p50_ms"] <= e["p99_ms"] and e["tokens_per_s"] > 0
+        assert r["graph"] is None and r["floor_ms"] is None   # no CUDA: no graph, no bandwidth
+    assert res["trace"] == str(trace)
+    # the trace is a normal one: 1 warm-up + 3 timed + 3 throughput steps per batch size
+    tr = read_trace(trace)
+    steps = [r for r in tr.records if r["type"] == R.STEP]
+    assert [s["batch"] for s in steps] == [1] * 7 + [2] * 7
+    assert tr.header["bench"]["batch_sizes"] == [2, 1] and tr.end["bench"]["rows"] == res["rows"]
+    marks = [r["text"] for r in tr.records if r.get("kind") == R.EV_MARK]
+    assert marks[0] == "bench b=1 eager: 3 timed steps"
+    rep = build_report(tr)
+    assert rep["totals"]["steps"] == 14
+    text = format_result(res)
+    assert "eager ms mean/p50/p99" in text and "n/a" in text
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--batch-sizes", "1,x"], "bad --batch-sizes '1,x'"),
+    (["--batch-sizes", "0"], "sizes must be >= 1"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--max-seq", "10"], "--max-seq 10 is too short"),
+    (["--model", "no-such-model"], "no-such-model"),
+])
+def test_bench_bad_input_is_one_line(capsys, tmp_path, flags, needle):
+    code = main(["bench", *SMALL, "--no-record", "--device", "cpu", *flags])
+    err = capsys.readouterr().err
+    assert code != 0 and needle in err and err.count("\n") == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_bench_graph_and_compile_columns(capsys, tmp_path):
+    res, trace = bench_json(capsys, tmp_path, "--batch-sizes", "1,4", "--with-compile")
+    for r in res["rows"]:
+        g, c = r["graph"], r["compile"]
+        assert g["served"] == ["graph"] and g["kernels"] > 0 and g["capture_s"] > 0
+        assert r["eager"]["served"] == ["eager"] and r["eager"]["kernels"] > 0
+        assert "error" not in c and c["compile_s"] > 0 and c["n"] == 3
+        assert r["floor_ms"] > 0
+    assert res["bandwidth_bytes_per_s"] > 1e11
+    rep = build_report(read_trace(trace))
+    assert {b["bucket"] for b in rep["buckets"] if b["graph_steps"]} == {1, 4}
