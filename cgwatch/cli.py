@@ -21,31 +21,47 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
+    from cgwatch.backends import BACKENDS, DEFAULT_BACKEND
+    from cgwatch.backends.vllm_config import CUDAGRAPH_MODES
     from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES
     from cgwatch.engine.control import ACTIONS_HELP
     from cgwatch.workload import WorkloadSpec
 
     w = WorkloadSpec()
     m = p.add_argument_group("model")
-    m.add_argument("--model", default="tiny", help="preset (tiny, llama-1b, llama-8b; random weights) "
-                   "or a local Hugging Face checkpoint folder (Llama, Mistral, Qwen2)")
+    m.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                   help="pytorch: cgwatch's own decode loop (default); vllm: a real vLLM engine "
+                        "(pip install 'cgwatch[vllm]', docs/VLLM.md)")
+    m.add_argument("--model", default=None, help="preset (tiny, llama-1b, llama-8b; random weights; default tiny) "
+                   "or a local Hugging Face checkpoint folder (Llama, Mistral, Qwen2); with --backend vllm: "
+                   "any model vLLM takes (HF id or path)")
     m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     m.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
-    m.add_argument("--max-seq", type=int, default=1024, help="KV cache positions per request (default 1024)")
+    m.add_argument("--max-seq", type=int, default=1024,
+                   help="KV cache positions per request (default 1024; vLLM's max_model_len)")
     m.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     m.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("CUDA graphs")
-    g.add_argument("--cudagraph-capture-sizes", default=",".join(map(str, DEFAULT_CAPTURE_SIZES)),
-                   help="batch-size buckets to capture (default %(default)s)")
+    g.add_argument("--cudagraph-capture-sizes", default=None,
+                   help=f"batch-size buckets to capture (default {','.join(map(str, DEFAULT_CAPTURE_SIZES))}; "
+                        "with --backend vllm: vLLM's default list)")
     g.add_argument("--max-cudagraph-capture-size", type=int, default=None, help="drop capture sizes above this")
-    g.add_argument("--max-padding-ratio", type=float, default=0.5,
-                   help="run eager when (bucket - batch) / bucket would exceed this (default 0.5)")
+    g.add_argument("--max-padding-ratio", type=float, default=None,
+                   help="run eager when (bucket - batch) / bucket would exceed this (default 0.5; pytorch backend)")
     g.add_argument("--mode", choices=("graph", "eager"), default="graph", help="start in graph or eager mode")
     g.add_argument("--enforce-eager", action="store_true", help="same as --mode eager")
-    g.add_argument("--graph-pool", choices=("shared", "private"), default="shared",
-                   help="one memory pool for all graphs (default) or one per graph")
+    g.add_argument("--graph-pool", choices=("shared", "private"), default=None,
+                   help="one memory pool for all graphs (default) or one per graph (pytorch backend)")
     g.add_argument("--fail-capture-bucket", type=int, action="append", default=[], metavar="N",
                    help="fault injection for testing: bucket N's capture performs a host sync and fails")
+    v = p.add_argument_group("vLLM (--backend vllm)")
+    v.add_argument("--cudagraph-mode", type=str.upper, choices=CUDAGRAPH_MODES, default=None, metavar="MODE",
+                   help=f"vLLM's compilation_config.cudagraph_mode: {', '.join(CUDAGRAPH_MODES)} "
+                        "(default: vLLM's, FULL_AND_PIECEWISE)")
+    v.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help="share of GPU memory vLLM may use (default: vLLM's, 0.9)")
+    v.add_argument("--max-num-seqs", type=int, default=None,
+                   help="vLLM's cap on sequences per step (default: --max-concurrency)")
     wl = p.add_argument_group("workload")
     wl.add_argument("--arrival", default=w.arrival, help="poisson:RATE (new requests per step), fixed:B, "
                     "or replay:PATH (a batch size per step) (default %(default)s)")
@@ -63,26 +79,76 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--sample-interval", type=float, default=0.25, help="seconds between NVML/host samples")
 
 
-def _engine_config(a):
-    from cgwatch.engine.buckets import parse_sizes
-    from cgwatch.engine.control import parse_scheduled, parse_step_range
-    from cgwatch.engine.loop import EngineConfig
-    from cgwatch.workload import WorkloadSpec
+_VLLM_ONLY = ("cudagraph_mode", "gpu_memory_utilization", "max_num_seqs")
 
+
+def _common_checks(a) -> None:
     if a.steps is not None and a.steps < 1:
         raise CgwatchError(f"--steps must be >= 1, got {a.steps}")
     if a.sample_interval <= 0:
         raise CgwatchError("--sample-interval must be > 0")
+
+
+def _engine_config(a):
+    """The engine config for the chosen backend: EngineConfig (pytorch) or VllmEngineConfig (vllm)."""
+    _common_checks(a)
+    if a.backend == "vllm":
+        return _vllm_config(a)
+    from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, parse_sizes
+    from cgwatch.engine.control import parse_scheduled, parse_step_range
+    from cgwatch.engine.loop import EngineConfig
+    from cgwatch.workload import WorkloadSpec
+
+    for name in _VLLM_ONLY:
+        if getattr(a, name) is not None:
+            raise CgwatchError(f"--{name.replace('_', '-')} applies to --backend vllm only")
+    sizes = DEFAULT_CAPTURE_SIZES if a.cudagraph_capture_sizes is None else parse_sizes(a.cudagraph_capture_sizes)
     return EngineConfig(
-        model=a.model, device=a.device, dtype=a.dtype, max_seq=a.max_seq,
-        capture_sizes=tuple(parse_sizes(a.cudagraph_capture_sizes)),
-        max_capture_size=a.max_cudagraph_capture_size, max_padding_ratio=a.max_padding_ratio,
-        mode="eager" if a.enforce_eager else a.mode, pool=a.graph_pool, temperature=a.temperature, seed=a.seed,
+        model=a.model or "tiny", device=a.device, dtype=a.dtype, max_seq=a.max_seq,
+        capture_sizes=tuple(sizes),
+        max_capture_size=a.max_cudagraph_capture_size,
+        max_padding_ratio=0.5 if a.max_padding_ratio is None else a.max_padding_ratio,
+        mode="eager" if a.enforce_eager else a.mode, pool=a.graph_pool or "shared", temperature=a.temperature,
+        seed=a.seed,
         workload=WorkloadSpec(arrival=a.arrival, prompt_len=a.prompt_len, output_len=a.output_len,
                               max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed),
         schedule=tuple(parse_scheduled(s) for s in a.at),
         profile_steps=parse_step_range(a.profile_steps) if a.profile_steps else None,
         fail_capture=tuple(a.fail_capture_bucket), nvtx=not a.no_nvtx, sample_interval_s=a.sample_interval)
+
+
+def _vllm_config(a):
+    """--backend vllm: flags checked (one line each), the workload spec checked, vLLM installed and in
+    the tested range (checked without importing it); vLLM itself is imported by the engine."""
+    from cgwatch.backends.vllm_config import VllmEngineConfig
+    from cgwatch.backends.vllm_version import require_vllm
+    from cgwatch.engine.buckets import parse_sizes
+    from cgwatch.engine.control import parse_scheduled
+    from cgwatch.workload import Workload, WorkloadSpec
+
+    unavailable = [(a.device != "auto", "--device (vLLM picks its GPU: use CUDA_VISIBLE_DEVICES)"),
+                   (a.max_padding_ratio is not None, "--max-padding-ratio (vLLM pads every batch up to the next "
+                                                     "capture size)"),
+                   (a.graph_pool is not None, "--graph-pool (vLLM captures into one shared pool)"),
+                   (bool(a.fail_capture_bucket), "--fail-capture-bucket"),
+                   (a.profile_steps is not None, "--profile-steps (use vLLM's own profiler)")]
+    for given, what in unavailable:
+        if given:
+            raise CgwatchError(f"{what} is not available with --backend vllm")
+    if not a.model:
+        raise CgwatchError("--backend vllm needs --model HF_ID_OR_PATH (e.g. meta-llama/Llama-3.2-1B)")
+    workload = WorkloadSpec(arrival=a.arrival, prompt_len=a.prompt_len, output_len=a.output_len,
+                            max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed)
+    cfg = VllmEngineConfig(
+        model=a.model, dtype=a.dtype, max_seq=a.max_seq,
+        capture_sizes=None if a.cudagraph_capture_sizes is None else tuple(parse_sizes(a.cudagraph_capture_sizes)),
+        max_capture_size=a.max_cudagraph_capture_size, cudagraph_mode=a.cudagraph_mode,
+        mode="eager" if a.enforce_eager else a.mode, gpu_memory_utilization=a.gpu_memory_utilization,
+        max_num_seqs=a.max_num_seqs, temperature=a.temperature, seed=a.seed, workload=workload,
+        schedule=tuple(parse_scheduled(s) for s in a.at), sample_interval_s=a.sample_interval)
+    Workload(workload)          # bad arrival / lengths / replay file: fail now, not after vLLM's start-up
+    require_vllm()
+    return cfg
 
 
 def _stop_on_signals() -> threading.Event:
@@ -95,14 +161,14 @@ def _stop_on_signals() -> threading.Event:
 def cmd_run(a) -> int:
     if not a.headless:
         return _run_with_tui(a)
-    from cgwatch.engine.loop import Engine
+    from cgwatch.backends import make_engine
     from cgwatch.headless import StatusLine
     from cgwatch.sinks import Fanout
     from cgwatch.trace import TraceWriter
 
     cfg = _engine_config(a)
     fanout = Fanout()
-    engine = Engine(cfg, fanout)
+    engine = make_engine(cfg, fanout)
     h = engine.header()
     writer = TraceWriter(a.record, h) if a.record else None
     if writer:
@@ -110,7 +176,8 @@ def cmd_run(a) -> int:
     metrics = _start_metrics(a.prometheus, fanout)
     status = StatusLine()
     fanout.add(status)
-    print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}), mode {cfg.mode}, "
+    backend = f", vLLM {h['vllm']}" if h.get("backend") == "vllm" else ""
+    print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}{backend}), mode {cfg.mode}, "
           f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if writer else ""))
     stop = _stop_on_signals()
     outcome = "completed"
@@ -161,7 +228,7 @@ def _run_with_tui(a) -> int:
     from cgwatch.daemon import default_socket_path
     from cgwatch.tui.app import run_tui
 
-    _engine_config(a)                                   # bad flags fail here, before anything starts
+    cfg = _engine_config(a)                             # bad flags fail here, before anything starts
     _need_terminal("cgwatch run")
     sock = default_socket_path()
     log_path = sock.removesuffix(".sock") + ".log"
@@ -169,6 +236,9 @@ def _run_with_tui(a) -> int:
     cmd = [sys.executable, "-m", "cgwatch", "daemon", *child_args, "--listen", f"unix:{sock}"]
     with open(log_path, "w") as log:
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    if getattr(cfg, "backend", "pytorch") == "vllm":
+        print(f"cgwatch: starting vLLM with {cfg.model} (load, compile and graph capture take a while; "
+              f"its log: {log_path})", flush=True)
     try:
         line = child.stdout.readline()                  # "cgwatch daemon listening on ..." once ready
         if "listening on" not in line:

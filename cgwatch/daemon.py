@@ -403,11 +403,11 @@ class Daemon:
 
 def run_daemon(cfg, listen: str | None, token: str | None, record: str | None, prometheus_port: int | None,
                max_steps: int | None, stop: threading.Event, announce: Callable[[str], None] = print) -> dict:
-    """Run the engine in this thread and serve it: Engine + Fanout + optional TraceWriter + Daemon
-    + optional Prometheus metrics. Announces ``cgwatch daemon listening on <addr>`` once clients can
+    """Run the engine in this thread and serve it: the engine of ``cfg``'s backend (backends.make_engine)
+    + Fanout + optional TraceWriter + Daemon + optional Prometheus metrics. Announces ``cgwatch daemon listening on <addr>`` once clients can
     connect; returns the engine summary (with ``outcome``) when ``stop`` is set, ``max_steps`` ran or
     the workload ended. The trace gets its end record, clients get the ``end`` record."""
-    from cgwatch.engine.loop import Engine
+    from cgwatch.backends import make_engine
     from cgwatch.metrics import Metrics
     from cgwatch.sinks import Fanout
     from cgwatch.trace import TraceWriter
@@ -416,7 +416,7 @@ def run_daemon(cfg, listen: str | None, token: str | None, record: str | None, p
     writer = metrics = engine = None
     try:
         fanout = Fanout()
-        engine = Engine(cfg, fanout)
+        engine = make_engine(cfg, fanout)   # cgwatch's own loop or vLLM (cgwatch/backends)
         meta = engine.header()
         if record:
             writer = TraceWriter(record, meta)

@@ -60,5 +60,6 @@ def describe_event(rec: dict) -> str:
     if k == R.EV_CAPTURE_DONE:
         mib = "n/a" if rec.get("pool_bytes") is None else f"{rec['pool_bytes'] / 2**20:.1f} MiB"
         failed = f", failed {rec['failed']}" if rec.get("failed") else ""
-        return f"captured {rec['sizes']}{failed} in {rec['seconds']:.2f} s, {rec['pool']} pool {mib}"
+        secs = "n/a" if rec.get("seconds") is None else f"{rec['seconds']:.2f}"
+        return f"captured {rec['sizes']}{failed} in {secs} s, {rec.get('pool') or 'n/a'} pool {mib}"
     return k

@@ -24,6 +24,7 @@ REASON_PADDING = "padding_ratio"        # padding would exceed --max-padding-rat
 REASON_BUCKET_FAILED = "bucket_failed"  # the bucket's capture failed; it is disabled
 REASON_NO_CUDA = "no_cuda"              # graphs need CUDA; this run has none
 REASON_NO_GRAPHS = "no_graphs"          # graph mode, but no bucket is captured (empty size list)
+REASON_VLLM_NO_GRAPH = "vllm_no_graph"  # vLLM backend: graphs on and the batch fits, but vLLM ran eager
 
 # Event kinds (``kind`` of an event record)
 EV_CAPTURE = "capture"          # one bucket captured (or failed to): per-bucket measurements
@@ -38,6 +39,7 @@ EV_INFO = "info"                # anything else worth a line in the log
 EV_STATE = "state"              # the engine's controllable state, after start and after every command
 EV_RATE = "rate"                # workload arrival rate changed
 EV_PAUSE = "pause"              # loop paused / resumed (``paused``: bool)
+EV_RESTART = "restart"          # vLLM backend: the engine was rebuilt with another config (docs/VLLM.md)
 
 
 def step(i: int, t: float, batch: int, target: int | None, bucket: int | None, reason: str | None,

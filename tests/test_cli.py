@@ -100,3 +100,12 @@ def test_ctrl_c_closes_the_trace_cleanly(tmp_path):
     assert "interrupted" in out
     t = read_trace(trace)
     assert t.end is not None and t.end["outcome"] == "interrupted" and t.truncated_at is None
+
+
+def test_headless_describes_events_with_missing_numbers():
+    from cgwatch import records as R
+    from cgwatch.headless import describe_event
+    done = R.event(R.EV_CAPTURE_DONE, 1.0, sizes=[1, 8], failed=[], pool=None, pool_bytes=None, seconds=None)
+    assert describe_event(done) == "captured [1, 8] in n/a s, n/a pool n/a"
+    done.update(seconds=1.5, pool="shared", pool_bytes=2 ** 21)
+    assert describe_event(done) == "captured [1, 8] in 1.50 s, shared pool 2.0 MiB"
