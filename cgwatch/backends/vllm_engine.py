@@ -38,7 +38,7 @@ from cgwatch.backends.vllm_config import NO_PADDING_RATIO, VllmEngineConfig, dro
 from cgwatch.backends.vllm_log import CaptureTap, QuietStepLogs
 from cgwatch.backends.vllm_stats import StatsCollector, StepMapper
 from cgwatch.backends.vllm_version import import_vllm
-from cgwatch.engine.control import Command
+from cgwatch.engine.control import CommandTaker
 from cgwatch.errors import CgwatchError
 from cgwatch.workload import Workload
 
@@ -72,7 +72,7 @@ class _Request:
     finished: bool = False
 
 
-class VllmEngine:
+class VllmEngine(CommandTaker):
     def __init__(self, cfg: VllmEngineConfig, emit: Callable[[dict], None]):
         self.workload = Workload(cfg.workload)   # bad workload specs fail before vLLM's slow import
         self.vllm = import_vllm()          # checked and imported: a one-line CgwatchError otherwise
@@ -94,8 +94,7 @@ class VllmEngine:
         self.collector = StatsCollector()
         self.tap = CaptureTap().install()
         self.quiet = QuietStepLogs().install()
-        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self.schedule = sorted(cfg.schedule, key=lambda sc: sc[0])
+        self._init_commands(cfg.schedule)
         self.requests: dict[int, _Request] = {}      # workload slot -> request
         self.by_id: dict[str, _Request] = {}
         self.resubmits = 0
@@ -282,62 +281,34 @@ class VllmEngine:
         self.quiet.uninstall()
         return {"steps": self.i, "tokens": self.tokens, "duration_s": round(self.now(), 4)}
 
-    # -- commands ----------------------------------------------------------------------------------
-    def submit(self, cmd: Command) -> None:
-        self.commands.put(cmd)
+    # -- commands (the mechanism, and rate / pause / mark: control.CommandTaker) -------------------
+    def _previous(self) -> tuple:
+        return self.graph_mode, self.want_sizes, self._describe_config()
 
-    def apply_pending(self) -> None:
-        while self.schedule and self.schedule[0][0] <= self.i:
-            self.commands.put(self.schedule.pop(0)[1])
-        while not self.commands.empty():
-            self._apply(self.commands.get())
-
-    def _apply(self, cmd: Command) -> None:
-        try:
-            self._run_command(cmd)
-        except CgwatchError as e:
-            if cmd.reply:
-                cmd.reply({"ok": False, "error": str(e)})
+    def _cmd_mode(self, mode: str, t: float) -> None:
+        want = mode == "graph"
+        if want == self.graph_mode:
             return
-        state = self.control_state()
-        self.emit(R.event(R.EV_STATE, self.now(), **state))
-        if cmd.reply:
-            cmd.reply({"ok": True, "state": state})
+        previous = self._previous()
+        self.graph_mode = want
+        self.emit(R.event(R.EV_MODE, t, mode=mode))
+        self._restart_or_note(f"{mode} mode", previous)
 
-    def _run_command(self, cmd: Command) -> None:
-        t = self.now()
-        previous = (self.graph_mode, self.want_sizes, self._describe_config())
-        if cmd.name == "mode":
-            want = cmd.value == "graph"
-            if want == self.graph_mode:
-                return
-            self.graph_mode = want
-            self.emit(R.event(R.EV_MODE, t, mode=cmd.value))
-            self._restart_or_note(f"{cmd.value} mode", previous)
-        elif cmd.name == "recapture":
-            sizes, dropped = drop_above(cmd.value, self.cfg.max_capture_size)
-            if not sizes:
-                raise CgwatchError(f"no capture size is <= --max-cudagraph-capture-size {self.cfg.max_capture_size}")
-            self.emit(R.event(R.EV_RECAPTURE, t, sizes=list(sizes), old=list(self.sizes), dropped=dropped))
-            self.want_sizes = list(sizes)
-            if self.graph_mode:
-                self._restart_or_note(f"capture sizes {list(sizes)}", previous)
-            else:
-                self.sizes = list(sizes)      # in force from the next graph-mode restart on
-                self.mapper = StepMapper(self.sizes, self.graph_mode, self.cudagraph_mode)
-        elif cmd.name == "padding":
-            raise CgwatchError(NO_PADDING_RATIO)
-        elif cmd.name == "rate":
-            self.workload.set_rate(cmd.value)
-            self.emit(R.event(R.EV_RATE, t, rate=cmd.value))
-        elif cmd.name == "pause":
-            if cmd.value != self.paused:
-                self.paused = cmd.value
-                self.emit(R.event(R.EV_PAUSE, t, paused=cmd.value))
-        elif cmd.name == "mark":
-            self.emit(R.event(R.EV_MARK, t, text=cmd.value))
+    def _cmd_recapture(self, value: list[int], t: float) -> None:
+        previous = self._previous()
+        sizes, dropped = drop_above(value, self.cfg.max_capture_size)
+        if not sizes:
+            raise CgwatchError(f"no capture size is <= --max-cudagraph-capture-size {self.cfg.max_capture_size}")
+        self.emit(R.event(R.EV_RECAPTURE, t, sizes=list(sizes), old=list(self.sizes), dropped=dropped))
+        self.want_sizes = list(sizes)
+        if self.graph_mode:
+            self._restart_or_note(f"capture sizes {list(sizes)}", previous)
         else:
-            raise CgwatchError(f"unknown command {cmd.name!r}")
+            self.sizes = list(sizes)      # in force from the next graph-mode restart on
+            self.mapper = StepMapper(self.sizes, self.graph_mode, self.cudagraph_mode)
+
+    def _cmd_padding(self, value: float, t: float) -> None:
+        raise CgwatchError(NO_PADDING_RATIO)
 
     def _restart_or_note(self, why: str, previous: tuple) -> None:
         """Restart for ``why``; if that fails, go back to ``previous`` (mode, sizes, description) and

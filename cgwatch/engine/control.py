@@ -73,3 +73,67 @@ def parse_step_range(text: str) -> tuple[int, int]:
     if not (sep and a.isdigit() and b.isdigit()) or int(a) > int(b):
         raise CgwatchError(f"bad --profile-steps {text!r}: expected A:B with A <= B, e.g. 100:200")
     return int(a), int(b)
+
+
+class CommandTaker:
+    """How an engine takes commands, shared by cgwatch's loop (engine/loop.py) and the vLLM adapter
+    (backends/vllm_engine.py): queued from any thread (``submit``) or by ``--at`` schedule, run
+    between steps (``apply_pending``), each answered with the engine's new state.
+
+    rate, pause and mark mean the same on every engine and live here; an engine implements the
+    commands that differ as ``_cmd_mode(value, t)``, ``_cmd_recapture(value, t)`` and
+    ``_cmd_padding(value, t)``. It provides ``emit``, ``now()``, ``control_state()``, ``workload``,
+    ``paused``, ``i``, and calls ``_init_commands(schedule)`` in its constructor."""
+
+    ENGINE_COMMANDS = ("mode", "recapture", "padding")
+
+    def _init_commands(self, schedule) -> None:
+        import queue
+        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self.schedule = sorted(schedule, key=lambda sc: sc[0])
+
+    def submit(self, cmd: Command) -> None:
+        """Thread-safe: the command runs before the next step."""
+        self.commands.put(cmd)
+
+    def apply_pending(self) -> None:
+        """Run the commands queued so far (and scheduled ones that are due)."""
+        while self.schedule and self.schedule[0][0] <= self.i:
+            self.commands.put(self.schedule.pop(0)[1])
+        while not self.commands.empty():
+            self._apply(self.commands.get())
+
+    def _apply(self, cmd: Command) -> None:
+        """Run one command between steps, emit what happened and the new state, answer the sender."""
+        from cgwatch import records as R
+        try:
+            self._run_command(cmd)
+        except CgwatchError as e:
+            if cmd.reply:
+                cmd.reply({"ok": False, "error": str(e)})
+            return
+        self._commands_changed()
+        state = self.control_state()
+        self.emit(R.event(R.EV_STATE, self.now(), **state))
+        if cmd.reply:
+            cmd.reply({"ok": True, "state": state})
+
+    def _commands_changed(self) -> None:
+        """After a command ran: refresh what depends on the engine's state (a hook)."""
+
+    def _run_command(self, cmd: Command) -> None:
+        from cgwatch import records as R
+        t = self.now()
+        if cmd.name in self.ENGINE_COMMANDS:
+            getattr(self, f"_cmd_{cmd.name}")(cmd.value, t)
+        elif cmd.name == "rate":
+            self.workload.set_rate(cmd.value)
+            self.emit(R.event(R.EV_RATE, t, rate=cmd.value))
+        elif cmd.name == "pause":
+            if cmd.value != self.paused:
+                self.paused = cmd.value
+                self.emit(R.event(R.EV_PAUSE, t, paused=cmd.value))
+        elif cmd.name == "mark":
+            self.emit(R.event(R.EV_MARK, t, text=cmd.value))
+        else:
+            raise CgwatchError(f"unknown command {cmd.name!r}")

@@ -22,7 +22,7 @@ import torch
 import cgwatch
 from cgwatch import records as R
 from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, DispatchTable, check_ratio, effective_sizes
-from cgwatch.engine.control import Command
+from cgwatch.engine.control import Command, CommandTaker
 from cgwatch.engine.graphs import BucketGraph, GraphManager
 from cgwatch.engine.load import load_model
 from cgwatch.engine.step import STAGING_BUFFERS, DecodeState
@@ -86,7 +86,7 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-class Engine:
+class Engine(CommandTaker):
     def __init__(self, cfg: EngineConfig, emit: Callable[[dict], None]):
         self.cfg, self.emit = cfg, emit
         if cfg.mode not in ("graph", "eager"):
@@ -119,8 +119,7 @@ class Engine:
         self.max_padding_ratio = cfg.max_padding_ratio
         self.sizes, self.dropped_sizes = effective_sizes(cfg.capture_sizes, cfg.max_capture_size, self.max_batch)
         self.table = self._table()
-        self.schedule = sorted(cfg.schedule, key=lambda sc: sc[0])
-        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._init_commands(cfg.schedule)
         self.i = 0
         self.tokens = 0
         self.started = False
@@ -177,11 +176,7 @@ class Engine:
             self.graphs.release()
         return {"steps": self.i, "tokens": self.tokens, "duration_s": round(self.now(), 4)}
 
-    # -- commands --------------------------------------------------------------------------------
-    def submit(self, cmd: Command) -> None:
-        """Thread-safe: the command runs before the next step."""
-        self.commands.put(cmd)
-
+    # -- commands (the mechanism: control.CommandTaker) -------------------------------------------
     def control_state(self) -> dict:
         g = self.graphs
         return {"mode": "graph" if self.graph_mode else "eager", "cuda": self.cuda, "sizes": list(self.sizes),
@@ -189,51 +184,29 @@ class Engine:
                 "max_padding_ratio": self.max_padding_ratio, "rate": self.workload.rate,
                 "arrival": self.workload.kind, "paused": self.paused}
 
-    def _apply(self, cmd: Command) -> None:
-        """Run one command between steps, emit what happened and the new state, answer the sender."""
-        try:
-            self._run_command(cmd)
-        except CgwatchError as e:
-            if cmd.reply:
-                cmd.reply({"ok": False, "error": str(e)})
-            return
+    def _commands_changed(self) -> None:
         self.table = self._table()
-        state = self.control_state()
-        self.emit(R.event(R.EV_STATE, self.now(), **state))
-        if cmd.reply:
-            cmd.reply({"ok": True, "state": state})
 
-    def _run_command(self, cmd: Command) -> None:
-        t = self.now()
-        if cmd.name == "mode":
-            want = cmd.value == "graph"
-            if want == self.graph_mode:
-                return
-            self.graph_mode = want
-            self.emit(R.event(R.EV_MODE, t, mode=cmd.value))
-            if want and self.cuda and not (self.graphs and self.graphs.graphs):
-                self._capture(self.sizes)
-        elif cmd.name == "recapture":
-            sizes, dropped = effective_sizes(cmd.value, self.cfg.max_capture_size, self.max_batch)
-            self.emit(R.event(R.EV_RECAPTURE, t, sizes=sizes, old=self.sizes, dropped=dropped))
-            self.sizes = sizes
-            if self.cuda and (self.graph_mode or self.graphs.graphs):
-                self._release()
-                self._capture(sizes)
-        elif cmd.name == "padding":
-            self.max_padding_ratio = check_ratio(cmd.value)
-            self.emit(R.event(R.EV_PADDING, t, value=cmd.value))
-        elif cmd.name == "rate":
-            self.workload.set_rate(cmd.value)
-            self.emit(R.event(R.EV_RATE, t, rate=cmd.value))
-        elif cmd.name == "pause":
-            if cmd.value != self.paused:
-                self.paused = cmd.value
-                self.emit(R.event(R.EV_PAUSE, t, paused=cmd.value))
-        elif cmd.name == "mark":
-            self.emit(R.event(R.EV_MARK, t, text=cmd.value))
-        else:
-            raise CgwatchError(f"unknown command {cmd.name!r}")
+    def _cmd_mode(self, mode: str, t: float) -> None:
+        want = mode == "graph"
+        if want == self.graph_mode:
+            return
+        self.graph_mode = want
+        self.emit(R.event(R.EV_MODE, t, mode=mode))
+        if want and self.cuda and not (self.graphs and self.graphs.graphs):
+            self._capture(self.sizes)
+
+    def _cmd_recapture(self, value: list[int], t: float) -> None:
+        sizes, dropped = effective_sizes(value, self.cfg.max_capture_size, self.max_batch)
+        self.emit(R.event(R.EV_RECAPTURE, t, sizes=sizes, old=self.sizes, dropped=dropped))
+        self.sizes = sizes
+        if self.cuda and (self.graph_mode or self.graphs.graphs):
+            self._release()
+            self._capture(sizes)
+
+    def _cmd_padding(self, ratio: float, t: float) -> None:
+        self.max_padding_ratio = check_ratio(ratio)
+        self.emit(R.event(R.EV_PADDING, t, value=ratio))
 
     def _release(self) -> None:
         self._emit_done(self.timer.drain())   # graphs in flight must finish before they go
@@ -259,13 +232,6 @@ class Engine:
         for rec, ms in done:
             rec["gpu_ms"] = ms if ms is None else round(ms, 4)
             self.emit(rec)
-
-    def apply_pending(self) -> None:
-        """Run the commands queued so far (and scheduled ones that are due)."""
-        while self.schedule and self.schedule[0][0] <= self.i:
-            self.commands.put(self.schedule.pop(0)[1])
-        while not self.commands.empty():
-            self._apply(self.commands.get())
 
     def step(self) -> bool:
         """One decode step. False when the workload has ended."""
