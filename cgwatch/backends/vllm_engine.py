@@ -24,7 +24,6 @@ from __future__ import annotations
 import gc
 import os
 import platform
-import queue
 import random
 import socket
 import time
@@ -419,10 +418,7 @@ class VllmEngine(CommandTaker):
             self.start()
         while (max_steps is None or self.i < max_steps) and not should_stop():
             if self.paused:
-                try:
-                    self._apply(self.commands.get(timeout=0.05))
-                except queue.Empty:
-                    pass
+                self.wait_for_command()
                 continue
             if not self.step():
                 break

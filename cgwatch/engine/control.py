@@ -103,6 +103,14 @@ class CommandTaker:
         while not self.commands.empty():
             self._apply(self.commands.get())
 
+    def wait_for_command(self, timeout_s: float = 0.05) -> None:
+        """While paused: block up to ``timeout_s`` for a command (resume among them) and run it."""
+        import queue
+        try:
+            self._apply(self.commands.get(timeout=timeout_s))
+        except queue.Empty:
+            pass
+
     def _apply(self, cmd: Command) -> None:
         """Run one command between steps, emit what happened and the new state, answer the sender."""
         from cgwatch import records as R

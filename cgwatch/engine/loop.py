@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import queue
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -283,10 +282,7 @@ class Engine(CommandTaker):
             while (max_steps is None or self.i < max_steps) and not should_stop():
                 if self.paused:   # idle, but still answer commands (resume among them)
                     self._emit_done(self.timer.drain())
-                    try:
-                        self._apply(self.commands.get(timeout=0.05))
-                    except queue.Empty:
-                        pass
+                    self.wait_for_command()
                     continue
                 if not self.step():
                     break
