@@ -1,5 +1,6 @@
 """Real capture and replay on a CUDA GPU (`pytest -m gpu`; skipped without one)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -157,3 +158,19 @@ def test_nvtx_ranges_are_seen_by_nsight_compute(tmp_path, rng):
     assert out.returncode == 0, text[-3000:]
     profiled = [l for l in text.splitlines() if "==PROF==" in l and "Profiling" in l]
     assert profiled, text[-3000:]
+
+
+def test_graphs_survive_a_cleared_cublas_workspace_cache():
+    """torch.compile's cudagraph trees clear torch's cuBLAS workspace cache on every record; with
+    ``empty_cache`` after it, a graph whose GEMMs used a cached workspace faulted on the next replay
+    (H100, llama-1b). The capture now allocates its workspace in the graph pool. A child process, since
+    a fault poisons the CUDA context."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, os.path.join(root, "probes", "workspace_lifetime.py"),
+                        "--model", "llama-1b", "--sizes", "1,2,8", "--child", "pool"],
+                       capture_output=True, text=True, timeout=300, cwd=root,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))})
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["ok"], res
+    assert res["max_rel_err"] < 1e-2, res

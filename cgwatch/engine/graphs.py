@@ -139,6 +139,7 @@ class GraphManager:
         try:
             with torch.cuda.stream(stream):
                 pool = self.pool if self.pool is not None else torch.cuda.graph_pool_handle()
+                _clear_cublas_workspaces()   # so the capture allocates its workspace in the pool
                 graph.capture_begin(pool=pool, capture_error_mode="thread_local")
                 try:
                     outputs = st.decode(size)
@@ -198,6 +199,18 @@ class GraphManager:
         self.pool, self.pools = None, []
         torch.cuda.empty_cache()
         return before - torch.cuda.memory_reserved()
+
+
+def _clear_cublas_workspaces() -> None:
+    """Drop torch's cached cuBLAS workspaces, so the next capture allocates its own inside the graph
+    pool. A captured GEMM keeps the raw address of the workspace it used; left as it is, that is the
+    workspace the warm-up cached for the capture stream, in the ordinary allocator, and anything that
+    clears the cache later (torch.compile's cudagraph trees do, on every record) followed by
+    ``empty_cache`` unmaps it: the next replay faults with an illegal memory access (H100, llama-1b;
+    probes/workspace_lifetime.py). Inside the pool, the workspace lives as long as the graphs."""
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
 
 
 def _end_allocate_to_pool(pool) -> None:
