@@ -127,19 +127,27 @@ def format_result(res: dict) -> str:
         table.append(cells)
     lines += ["", _table(head, table)]
     head2 = ["batch"] + [f"{m} tok/s" for m in modes] + ["HBM floor ms", "graph / floor"]
+    if "graph" in modes:
+        head2 += ["graph capture s"]
     if "compile" in modes:
-        head2 += ["compile s", "cudagraph skips"]
+        head2 += ["compile first call s", "cudagraph skips"]
     table2 = []
     for r in rows:
         g = r.get("graph")
         cells = [str(r["batch"])] + [_cell(r.get(m), "tokens_per_s", ",.0f") for m in modes]
         floor = r.get("floor_ms")
         cells += [_f(floor, ".3f"), NA if not floor or not g or "p50_ms" not in g else f"{g['p50_ms'] / floor:.1f}x"]
+        if "graph" in modes:
+            cells.append(_cell(g, "capture_s", ".2f"))
         if "compile" in modes:
             c = r.get("compile") or {}
-            cells += [_f(c.get("compile_s"), ".1f"), _f(c.get("cudagraph_skips"), "d")]
+            cells += [_f(c.get("compile_s"), ".2f"), _f(c.get("cudagraph_skips"), "d")]
         table2.append(cells)
     lines += ["", _table(head2, table2)]
+    if "compile" in modes:
+        lines.append("compile first call = dynamo + inductor + cudagraph record at that size; at the second size "
+                     "dynamo recompiles with a dynamic batch dimension (automatic dynamic shapes), and later sizes "
+                     "only record a graph")
     errors = {f"{m} (batch {r['batch']})": r[m]["error"] for r in rows for m in modes
               if isinstance(r.get(m), dict) and "error" in r[m]}
     lines += [f"{k}: {v}" for k, v in errors.items()]
