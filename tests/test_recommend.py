@@ -258,3 +258,18 @@ def test_costs_from_another_model_are_flagged(tmp_path, capsys):
             w.write(rec)
     assert main(["recommend", mix, "--costs", str(other), "--memory-budget", "100", "--max-buckets", "2"]) == 0
     assert "warning: --costs model is llama-1b, the trace's is toy" in capsys.readouterr().err
+
+
+def test_bench_sample_as_costs(capsys):
+    """The shipped H100 bench sweep prices the shipped Poisson run: every bench size is measured."""
+    bench = sample_path("bench_llama1b_h100.jsonl")
+    out = recommend_json(capsys, SAMPLE, "--costs", bench, "--memory-budget", "256", "--max-buckets", "6")
+    c = out["costs"]
+    assert c["source"] == bench
+    assert sorted(int(k) for k in c["graph_ms"]["measured"]) == [1, 2, 4, 8, 16, 32, 64]
+    assert sorted(int(k) for k in c["eager_ms"]["measured"]) == [1, 2, 4, 8, 16, 32, 64]
+    rec, *others = out["lists"]
+    assert rec["fits_budget"] and rec["graphs"] <= 6
+    for x in others:
+        if x["fits_budget"] and x["graphs"] <= 6:
+            assert rec["expected_step_ms"] <= x["expected_step_ms"] + 1e-9
