@@ -9,6 +9,7 @@ import json
 import sys
 import time
 
+from cgwatch import records as R
 from cgwatch.errors import CgwatchError
 
 NA = "n/a"
@@ -62,12 +63,25 @@ def run(a) -> int:
     if writer:
         fan.add(writer.write)
     say = (lambda s: print(f"cgwatch bench: {s}", file=sys.stderr, flush=True))
+    outcome, result = "completed", None
     try:
         result = bench.run(progress=say)
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    except CgwatchError:
+        outcome = "error"
+        raise
+    except Exception as e:   # a crash mid-sweep: the trace keeps what was measured, and says why it stopped
+        outcome = "error"
+        first = str(e).splitlines()[0] if str(e) else ""
+        fan(R.alert(bench.engine.now(), f"bench stopped by {type(e).__name__}: {first}", level="error"))
+        raise CgwatchError(f"bench stopped by {type(e).__name__}: {first}"
+                           + (f" (trace so far: {path})" if path else "")) from e
     finally:
-        summary = bench.close()
+        summary = bench.close() | {"outcome": outcome, "t": round(bench.engine.now(), 6)}
         if writer:
-            writer.close(summary | {"bench": locals().get("result")})
+            writer.close(summary | {"bench": result})
     result["trace"] = path
     if a.json:
         json.dump(result, sys.stdout, indent=2)

@@ -57,6 +57,31 @@ def test_bench_bad_input_is_one_line(capsys, tmp_path, flags, needle):
     assert code != 0 and needle in err and err.count("\n") == 1
 
 
+def test_a_crash_mid_sweep_keeps_the_trace_and_says_why(capsys, tmp_path, monkeypatch):
+    """The first llama-1b sweep on the H100 died of a CUDA fault mid-run: one line, exit 1, and the
+    trace keeps every step measured so far, an error alert and an end record saying 'error'."""
+    from cgwatch.engine.bench import Bench
+    real = Bench._measure_engine
+
+    def measure(self, b, mode, saved):
+        if b == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
+        return real(self, b, mode, saved)
+
+    monkeypatch.setattr(Bench, "_measure_engine", measure)
+    trace = tmp_path / "bench.jsonl"
+    code = main(["bench", *SMALL, "--batch-sizes", "1,2", "--device", "cpu", "--record", str(trace)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1] == ("cgwatch: bench stopped by RuntimeError: CUDA error: an illegal memory access was "
+                       f"encountered (trace so far: {trace})")
+    tr = read_trace(trace)
+    assert tr.end["outcome"] == "error" and tr.end["bench"] is None
+    assert [s["batch"] for s in tr.records if s["type"] == R.STEP] == [1] * 7
+    alerts = [r for r in tr.records if r.get("kind") == R.EV_ALERT]
+    assert alerts[-1]["level"] == "error" and "illegal memory access" in alerts[-1]["message"]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_bench_graph_and_compile_columns(capsys, tmp_path):

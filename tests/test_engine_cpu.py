@@ -123,6 +123,29 @@ def test_tiny_runs_on_cpu_eager_with_no_cuda_reason():
     assert eng.header()["model"]["name"] == "tiny"
 
 
+def test_close_after_a_device_fault_keeps_the_steps_in_flight():
+    """A CUDA fault poisons the context and every event query raises: close still emits the steps
+    whose GPU times never came, without them, and says so."""
+    recs = []
+    wl = WorkloadSpec(arrival="fixed:2", max_concurrency=4, max_seq=64, seed=0)
+    eng = Engine(EngineConfig(model="tiny", device="cpu", max_seq=64, workload=wl, sample_interval_s=10), recs.append)
+    eng.run(3)
+    pending = [R.step(3 + k, 0.0, 2, 2, 2, None, 10.0, None, 2) for k in range(2)]
+    eng.timer._pending.extend((rec, None, None) for rec in pending)
+
+    def fault():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors ...")
+
+    eng.timer.drain = fault
+    eng.close()
+    alerts = [r for r in recs if r.get("kind") == R.EV_ALERT and r["level"] == "error"]
+    assert [a["message"] for a in alerts] == [
+        "GPU times of the last 2 steps lost: RuntimeError: CUDA error: an illegal memory access was encountered"]
+    steps = [r for r in recs if r["type"] == R.STEP]
+    assert [r["i"] for r in steps] == [0, 1, 2, 3, 4] and steps[-1]["gpu_ms"] is None
+    assert recs[-1]["type"] == R.SAMPLE
+
+
 def test_schedule_applies_commands_between_steps():
     sched = tuple(parse_scheduled(s) for s in ("5:eager", "8:padding=0.25", "10:recapture=1,4", "12:mark=here"))
     eng, recs, _ = run_engine(15, schedule=sched)

@@ -165,14 +165,24 @@ class Engine(CommandTaker):
         self.sampler.start()
 
     def close(self) -> dict:
-        """Finish in-flight steps, stop sampling, release graphs. Returns the end-record summary."""
-        for rec, ms in self.timer.drain():
+        """Finish in-flight steps, stop sampling, release graphs. Returns the end-record summary.
+        After a CUDA fault (the device answers nothing) it still emits every step, without GPU times."""
+        try:
+            done = self.timer.drain()
+        except Exception as e:
+            done = self.timer.abandon()
+            self.emit(R.alert(self.now(), f"GPU times of the last {len(done)} steps lost: {type(e).__name__}: "
+                              f"{(str(e).splitlines() or [''])[0]}", level="error"))
+        for rec, ms in done:
             rec["gpu_ms"] = ms
             self.emit(rec)
         self.sampler.stop()
         self.emit(self.sampler.sample())
         if self.graphs is not None:
-            self.graphs.release()
+            try:
+                self.graphs.release()
+            except Exception:
+                pass   # the same fault: the process is ending, and the driver frees the graphs with it
         return {"steps": self.i, "tokens": self.tokens, "duration_s": round(self.now(), 4)}
 
     # -- commands (the mechanism: control.CommandTaker) -------------------------------------------

@@ -54,6 +54,13 @@ class StepTimer:
             done.append((payload, ms))
         return done
 
+    def abandon(self) -> list:
+        """The pending steps without their GPU times (``None``), for when the device cannot answer: a
+        CUDA fault poisons the context and every event query after it raises."""
+        out = [(payload, None) for payload, _, _ in self._pending]
+        self._pending.clear()
+        return out
+
     def drain(self) -> list:
         if self._pending:
             self._pending[-1][2].synchronize()
