@@ -45,6 +45,7 @@ if [[ $STEPS == all || $STEPS == *probes* ]]; then   # issue 4: standalone probe
   timeout 120 python3 probes/launch_overhead.py --json "$OUT/launch_overhead.json" 2>&1 | tail -4
   timeout 120 python3 probes/linear_latency.py --json "$OUT/linear_latency.json" 2>&1 | tail -6
   timeout 200 python3 probes/graph_memory.py --model llama-1b --json "$OUT/graph_memory.json" 2>&1 | tail -6
+  timeout 200 python3 probes/workspace_lifetime.py --model llama-1b --json "$OUT/workspace_lifetime.json" 2>&1 | tail -4
 fi
 if [[ $STEPS == all || $STEPS == *sweep* ]]; then   # issue 4: cgwatch bench (STEPS=sweep), eager vs graph vs compile
   for m in ${BENCH_MODELS:-tiny llama-1b}; do
