@@ -296,3 +296,23 @@ def test_format_report_caps_long_lists():
     text = format_report(build_report(_trace(recs)))
     assert "a19" in text and "a20" not in text and "... 10 more" in text
 
+
+
+def test_bench_samples_agree_with_their_own_result():
+    """The shipped H100 bench traces: the report's per-bucket graph p50 (every graph step of that size)
+    and the bench's own timed-window p50 (in the end record) come from the same step records."""
+    from cgwatch.samples import sample_path
+    for name in ("bench_tiny_h100.jsonl", "bench_llama1b_h100.jsonl"):
+        tr = read_trace(sample_path(name))
+        rep = build_report(tr)
+        rows = {r["batch"]: r for r in tr.end["bench"]["rows"]}
+        buckets = {b["bucket"]: b for b in rep["buckets"]}
+        assert set(rows) == set(buckets) == {1, 2, 4, 8, 16, 32, 64}
+        steps = [r for r in tr.records if r["type"] == R.STEP]
+        assert rep["totals"]["steps"] == len(steps) == tr.end["steps"]
+        for b, row in rows.items():
+            assert buckets[b]["graph_steps"] == sum(1 for s in steps if s["bucket"] == b)
+            # the timed window is a subset of the bucket's graph steps: its p50 lies within their range
+            graph = sorted(R.step_ms(s) for s in steps if s["bucket"] == b)
+            assert graph[0] <= row["graph"]["p50_ms"] <= graph[-1]
+            assert abs(buckets[b]["graph_p50_ms"] - row["graph"]["p50_ms"]) < 0.1 * row["graph"]["p50_ms"]
