@@ -207,17 +207,20 @@ def test_slow_client_does_not_block_the_publisher_and_learns_what_it_missed(daem
     stats = daemon.client_stats()
     assert stats[0]["dropped"] > 0 and stats[1]["dropped"] == 0
 
+    # Whole records in order, each gap announced where it is: the sender thread may have moved some of
+    # the queue into the socket while publishing went on, so there may be more than one gap; each
+    # ``dropped`` carries the running total.
     read_snapshot(slow)
-    seen, dropped = 0, None
-    while dropped is None:
+    received, told = 0, 0
+    while received + told < N:
         msg = slow.recv(5)
         if msg["type"] == "step":
-            assert msg["i"] == seen   # whole records, in order, up to the gap
-            seen += 1
+            assert msg["i"] == received + told
+            received += 1
         else:
-            dropped = msg
-    assert dropped == {"type": "dropped", "count": stats[0]["dropped"]}
-    assert seen + dropped["count"] == N
+            assert msg["type"] == "dropped" and msg["count"] > told, msg
+            told = msg["count"]
+    assert told == stats[0]["dropped"]
     daemon.publish({"type": "step", "i": N})
     assert slow.recv(5) == {"type": "step", "i": N}   # live again after the gap
     slow.close()
