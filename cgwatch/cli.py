@@ -177,7 +177,8 @@ def cmd_run(a) -> int:
     status = StatusLine()
     fanout.add(status)
     backend = f", vLLM {h['vllm']}" if h.get("backend") == "vllm" else ""
-    print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}{backend}), mode {cfg.mode}, "
+    mode = cfg.mode + (" (eager: no CUDA)" if cfg.mode == "graph" and getattr(engine, "cuda", True) is False else "")
+    print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}{backend}), mode {mode}, "
           f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if writer else ""))
     stop = _stop_on_signals()
     outcome = "completed"
