@@ -9,16 +9,18 @@ the run's t = 0):
 - track "GPU: decode steps" (tid 2): one slice per step whose gpu_ms was measured. The trace holds
   the GPU duration (CUDA events) and the host time t at which the step's start event was enqueued,
   but not when the GPU began. The GPU runs the steps on one stream in order, so slice i is placed at
-  max(t_i, end of slice i-1): never later than the truth (unmeasured work on the stream, such as
-  eager prefill, only delays it more), and slices on the track cannot overlap. Each slice's args say
-  so (``start: lower bound``) and give ``queued_us``, the wait behind the previous step so placed.
+  max(t_i, end of slice i-1 + gap_us_i), gap_us being the measured GPU gap of a back-to-back step
+  (0 where none): never later than the truth (unmeasured work on the stream, such as eager prefill,
+  only delays it more), and slices on the track cannot overlap. Each slice's args say so (``start:
+  lower bound``) and give ``queued_us``, the wait behind the previous step so placed.
 - track "CUDA graphs" (tid 3): one slice per bucket capture ("capture b64", or "... failed
   (cause)"), ``dur`` = capture_s, placed to end at the event's t (it is reported after the
   replay-vs-eager check, so this is at most the check's time late); instants for capture_done,
   recapture and release.
 - track "events" (tid 4): instants for mode switches, marks, padding-ratio and rate changes, pause,
   state, info, other event kinds and the end record. Track "alerts" (tid 5): one instant per alert.
-- counters (``C``): "host launch" (us), "batch" (rows, padded: stacked they make the rows computed),
+- counters (``C``): "host launch" (us), "GPU gap" (us, back-to-back steps only), "batch" (rows,
+  padded: stacked they make the rows computed),
   and from samples, where measured: GPU util, GPU memory util, GPU memory used, GPU power, SM clock,
   GPU busy (CUDA events), host CPU, host RSS, torch allocated / reserved. A null is skipped, never
   drawn as a number.
@@ -71,7 +73,7 @@ CAPTURE_PLACEMENT = "ends at the capture event's t (reported after the replay ch
 
 # The step schema's fields, in the order records.step writes them (the CSV's first columns).
 STEP_COLUMNS = tuple(k for k in R.step(0, 0.0, 1, None, None, None, 0.0, None, 1) if k != "type")
-STEP_ARGS = ("i", "batch", "bucket", "target", "padded", "reason", "tokens", "host_us", "gpu_ms")
+STEP_ARGS = ("i", "batch", "bucket", "target", "padded", "reason", "tokens", "host_us", "gpu_ms", "gap_us")
 GRAPH_EVENTS = (R.EV_CAPTURE_DONE, R.EV_RECAPTURE, R.EV_RELEASE)
 
 MIB = 1 << 20
@@ -350,15 +352,18 @@ class _PerfettoWriter:
         self._slice(HOST, "step", name, ts, dur, args)
         self.host_end = ts + dur
         self._counter("host launch", t, {"us": host_us})
+        if _is_number(rec.get("gap_us")):
+            self._counter("GPU gap", t, {"us": rec["gap_us"]})
         self._counter("batch", t, {"rows": _num(rec, "batch"), "padded": _num(rec, "padded")})
         if _is_number(rec.get("gpu_ms")):
             self._gpu_step(rec, name, t_us)
 
     def _gpu_step(self, rec: dict, name: str, t_us: float) -> None:
-        ts = max(t_us, self.gpu_end)   # lower bound (module docstring)
+        gap = rec["gap_us"] if _is_number(rec.get("gap_us")) else 0.0
+        ts = max(t_us, self.gpu_end + gap)   # lower bound (module docstring)
         dur = round(rec["gpu_ms"] * 1000, 3)
         args = {"i": rec["i"], "batch": rec["batch"], "bucket": rec.get("bucket"), "gpu_ms": rec["gpu_ms"],
-                "start": "lower bound", "enqueued_us": t_us, "queued_us": round(ts - t_us, 3)}
+                "gap_us": rec.get("gap_us"), "start": "lower bound", "enqueued_us": t_us, "queued_us": round(ts - t_us, 3)}
         self._slice(GPU, "gpu", name, ts, dur, {k: v for k, v in args.items() if v is not None})
         self.gpu_end = ts + dur
 

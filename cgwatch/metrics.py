@@ -23,6 +23,7 @@ from cgwatch.errors import CgwatchError
 # Step time from 0.1 ms to 100 ms; host launch time from 10 us to 100 ms.
 STEP_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1)
 LAUNCH_BUCKETS = (0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)
+GAP_BUCKETS = (0.000001, 0.000002, 0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05)
 
 # sample field -> (gauge, scale to base unit, help)
 _SAMPLE_GAUGES = {
@@ -106,6 +107,8 @@ class Metrics:
                                  STEP_BUCKETS)
         self.launch_s = _Histogram("cgwatch_host_launch_seconds", "Host time from step start until the last "
                                    "launch returned", LAUNCH_BUCKETS)
+        self.gap_s = _Histogram("cgwatch_gpu_gap_seconds", "GPU idle between back-to-back steps: the previous "
+                                "step's end to this step's start (launch overhead the GPU waited for)", GAP_BUCKETS)
         self.plain: dict[str, float] = {}   # gauges, present once measured
         self.by_bucket: dict[str, dict[str, float]] = {name: {} for name in _BUCKET_HELP}
         self.registry.register(self)
@@ -149,6 +152,8 @@ class Metrics:
         d[()] = d.get((), 0) + rec["tokens"]
         self.step_s.observe(mode, R.step_ms(rec) / 1000.0)
         self.launch_s.observe(mode, rec["host_us"] / 1e6)
+        if rec.get("gap_us") is not None:
+            self.gap_s.observe(mode, rec["gap_us"] / 1e6)
 
     def _event(self, rec: dict) -> None:
         kind = rec.get("kind")
@@ -181,7 +186,7 @@ class Metrics:
             fam = c.family()
             if fam is not None:
                 yield fam
-        for h in (self.step_s, self.launch_s):
+        for h in (self.step_s, self.launch_s, self.gap_s):
             fam = h.family()
             if fam is not None:
                 yield fam

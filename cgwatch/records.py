@@ -52,14 +52,16 @@ def step(i: int, t: float, batch: int, target: int | None, bucket: int | None, r
     ``padded`` rows = bucket - batch on a graph step, 0 on an eager one. ``host_us``: host clock
     from step start until the last launch returned (no sync). ``gpu_ms``: CUDA events around the
     step, read once they completed; None on the CPU, where ops run synchronously and ``host_us``
-    is the step time.
+    is the step time. ``gap_us``: GPU time from the previous step's end to this step's start, while
+    the loop runs free (no prefill, command or sync in between; else None): near 0 when the host
+    keeps ahead of the GPU, the GPU idling on the host otherwise -- what launch overhead costs.
     """
     return {"type": STEP, "i": i, "t": round(t, 6), "batch": batch, "target": target,
             "bucket": bucket,
             "mode": "eager" if bucket is None else "graph", "reason": reason,
             "padded": 0 if bucket is None else bucket - batch,
             "host_us": round(host_us, 2),
-            "gpu_ms": None if gpu_ms is None else round(gpu_ms, 4), "tokens": tokens}
+            "gpu_ms": None if gpu_ms is None else round(gpu_ms, 4), "gap_us": None, "tokens": tokens}
 
 
 def step_ms(rec: dict) -> float:

@@ -14,6 +14,8 @@ step); target None is the "over max" row, labelled ``>K`` with K the largest cap
   eager_p50/p99_ms   graph / eager steps
   host_us_graph_p50, p50 of host_us (host time to launch the step) of graph / eager steps
   host_us_eager_p50
+  gap_us_graph_p50,  p50 of gap_us (GPU idle before a back-to-back step) of graph / eager steps
+  gap_us_eager_p50
   graph_mib, nvml_mib, capture_s, kernels, check
                      from the LAST successful capture event of the bucket (pool_bytes and
                      nvml_bytes in MiB); check is "ok <rel_err>" or "MISMATCH <rel_err>"
@@ -31,6 +33,9 @@ Totals:
   nvml_util_pct      mean of the non-None gpu_util of sample records
   graph_pool_mib     pool_bytes of the latest capture_done event
   padding_waste_pct  as per row, over all graph steps
+  gpu_idle_graph_pct 100 * sum(gap_us) / (sum(gap_us) + sum(gpu_ms in µs)) over the graph / eager
+  gpu_idle_eager_pct steps that have a gap: the share of back-to-back GPU time lost waiting for
+                     the host (launch overhead); None without gaps
   prefills, prefill_tokens, mode_switches, recaptures: counts (and prefill token sum)
 Any value that cannot be computed is None ("n/a" in the text report).
 """
@@ -60,7 +65,7 @@ def _pct(num: float, den: float) -> float | None:
 class _Row:
     """Per-target accumulator for the one pass over the steps."""
     __slots__ = ("steps", "graph_steps", "padded", "computed", "graph_ms", "eager_ms",
-                 "graph_host", "eager_host", "misses")
+                 "graph_host", "eager_host", "graph_gap", "eager_gap", "misses")
 
     def __init__(self) -> None:
         self.steps = self.graph_steps = self.padded = self.computed = 0
@@ -68,6 +73,8 @@ class _Row:
         self.eager_ms: list[float] = []
         self.graph_host: list[float] = []
         self.eager_host: list[float] = []
+        self.graph_gap: list[float] = []
+        self.eager_gap: list[float] = []
         self.misses: dict[str, int] = {}
 
 
@@ -100,6 +107,7 @@ def build_report(trace: Trace) -> dict:
     util_sum, util_n = 0.0, 0
     pool_bytes = None
     prefills = prefill_tokens = mode_switches = recaptures = 0
+    idle = {"graph": [0.0, 0.0], "eager": [0.0, 0.0]}   # mode -> [sum gap µs, sum gpu µs] of gapped steps
 
     for rec in trace.records:  # one pass
         typ = rec.get("type")
@@ -111,6 +119,12 @@ def build_report(trace: Trace) -> dict:
             gpu_ms = rec["gpu_ms"]
             ms = gpu_ms if gpu_ms is not None else rec["host_us"] / 1000.0  # records.step_ms
             row.steps += 1
+            gap = rec.get("gap_us")
+            if gap is not None and gpu_ms is not None:
+                acc = idle["graph" if rec["bucket"] is not None else "eager"]
+                acc[0] += gap
+                acc[1] += gpu_ms * 1000.0
+                (row.graph_gap if rec["bucket"] is not None else row.eager_gap).append(gap)
             if rec["bucket"] is not None:
                 row.graph_steps += 1
                 row.padded += rec["padded"]
@@ -168,7 +182,7 @@ def build_report(trace: Trace) -> dict:
     all_padded = all_computed = graph_steps = 0
     for b in sorted(rows, key=lambda k: (k is None, k or 0)):
         row = rows[b]
-        for values in (row.graph_ms, row.eager_ms, row.graph_host, row.eager_host):
+        for values in (row.graph_ms, row.eager_ms, row.graph_host, row.eager_host, row.graph_gap, row.eager_gap):
             values.sort()
         cap, ok = last_capture.get(b), last_ok.get(b, {})
         if cap is None:
@@ -189,6 +203,8 @@ def build_report(trace: Trace) -> dict:
             "eager_p99_ms": percentile(row.eager_ms, 99),
             "host_us_graph_p50": percentile(row.graph_host, 50),
             "host_us_eager_p50": percentile(row.eager_host, 50),
+            "gap_us_graph_p50": percentile(row.graph_gap, 50),
+            "gap_us_eager_p50": percentile(row.eager_gap, 50),
             "graph_mib": None if pool is None else pool / MIB,
             "nvml_mib": None if nvml is None else nvml / MIB,
             "capture_s": ok.get("capture_s"), "kernels": ok.get("kernels"),
@@ -209,6 +225,8 @@ def build_report(trace: Trace) -> dict:
         "nvml_util_pct": util_sum / util_n if util_n else None,
         "graph_pool_mib": None if pool_bytes is None else pool_bytes / MIB,
         "padding_waste_pct": _pct(all_padded, all_computed),
+        "gpu_idle_graph_pct": _pct(idle["graph"][0], sum(idle["graph"])),
+        "gpu_idle_eager_pct": _pct(idle["eager"][0], sum(idle["eager"])),
         "prefills": prefills, "prefill_tokens": prefill_tokens,
         "mode_switches": mode_switches, "recaptures": recaptures,
     }
@@ -314,6 +332,9 @@ def format_report(rep: dict) -> str:
               f"{_p(t['nvml_util_pct'])} (NVML utilization)",
               f"  graph pool       {_f(t['graph_pool_mib'], '.1f')}{'' if t['graph_pool_mib'] is None else ' MiB'}",
               f"  padding waste    {_p(t['padding_waste_pct'])}",
+              *([f"  gpu idle         {_p(t.get('gpu_idle_graph_pct'))} in graph, {_p(t.get('gpu_idle_eager_pct'))} "
+                 "in eager (GPU waiting for the host between back-to-back steps)"]
+                if t.get("gpu_idle_graph_pct") is not None or t.get("gpu_idle_eager_pct") is not None else []),
               f"  prefills         {t['prefills']:,} ({t['prefill_tokens']:,} tokens)",
               f"  mode switches    {t['mode_switches']}, recaptures {t['recaptures']}"]
 

@@ -56,3 +56,15 @@ if [[ $STEPS == all || $STEPS == *sweep* ]]; then   # issue 4: cgwatch bench (ST
       "$OUT/bench_$m.json" 2>&1 | tee "$OUT/bench_$m.txt"
   done
 fi
+if [[ $STEPS == all || $STEPS == *gap* ]]; then   # the GPU gap between steps, graph vs eager (fixed batch 8)
+  for m in ${GAP_MODELS:-tiny llama-1b}; do
+    timeout 200 python3 -m cgwatch run --headless --model $m --arrival fixed:8 --steps 1000 --at 500:eager \
+      --record "$OUT/gap_$m.jsonl" > "$OUT/gap_$m.txt" 2>&1; echo "gap $m rc=$?"
+    python3 -m cgwatch report "$OUT/gap_$m.jsonl" --json | python3 -c "
+import json, sys; r = json.load(sys.stdin); t = r['totals']
+print(f\"{sys.argv[1]}: gpu idle graph {t['gpu_idle_graph_pct']}% eager {t['gpu_idle_eager_pct']}%\")
+for b in r['buckets']:
+    if b['steps']: print(f\"  bucket {b['label']}: gap p50 graph {b['gap_us_graph_p50']} us, eager {b['gap_us_eager_p50']} us; launch p50 graph {b['host_us_graph_p50']} us, eager {b['host_us_eager_p50']} us; step p50 graph {b['graph_p50_ms']} ms, eager {b['eager_p50_ms']} ms\")
+" $m
+  done
+fi

@@ -282,11 +282,11 @@ def test_csv_has_one_row_per_step_with_the_trace_values(name, tmp_path, capsys):
         rows = list(csv.reader(f))
     steps = [r for r in read_trace(sample_path(name)).records if r["type"] == "step"]
     assert rows[0] == list(STEP_COLUMNS) == ["i", "t", "batch", "target", "bucket", "mode", "reason", "padded",
-                                             "host_us", "gpu_ms", "tokens"]
+                                             "host_us", "gpu_ms", "gap_us", "tokens"]
     assert len(rows) == len(steps) + 1
     for row, step in zip(rows[1:], steps):
         for col, cell in zip(rows[0], row):
-            v = step[col]
+            v = step.get(col)   # traces before a field existed: an empty cell
             if v is None:
                 assert cell == ""
             elif isinstance(v, str):
@@ -304,8 +304,8 @@ def test_csv_keeps_step_fields_beyond_the_schema(tmp_path, capsys):
     assert rc == 0, err
     rows = list(csv.reader(open(tmp_path / "extra.csv", newline="")))
     assert rows == [[*STEP_COLUMNS, "spec_tokens"],
-                    ["0", "0.1", "2", "2", "2", "graph", "", "0", "50.0", "1.5", "2", ""],
-                    ["1", "0.2", "3", "4", "", "eager", "padding_ratio", "0", "60.0", "", "3", "4"]]
+                    ["0", "0.1", "2", "2", "2", "graph", "", "0", "50.0", "1.5", "", "2", ""],
+                    ["1", "0.2", "3", "4", "", "eager", "padding_ratio", "0", "60.0", "", "", "3", "4"]]
 
 
 # ---- truncated traces, output places ----
@@ -385,3 +385,18 @@ def test_bad_input_is_one_line_and_non_zero(case, needle, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("cgwatch: ") and "Traceback" not in err, err
     assert needle in err, err
     assert list((tmp_path / "out").iterdir()) == []          # no half-written output, no temp file left
+
+
+def test_gpu_gap_places_back_to_back_steps_and_is_a_counter(tmp_path, capsys):
+    """The host enqueued step 1 while step 0 ran (t 0.1005 s, inside step 0's 2 ms); the GPU then
+    waited 30 µs for it: its slice starts at step 0's end + 30 µs, not at step 0's end."""
+    path = tmp_path / "gap.jsonl"
+    with TraceWriter(path, {"model": {"name": "tiny"}}) as w:
+        w.write(R.step(0, 0.1, 2, 2, 2, None, 50.0, 2.0, 2))
+        w.write(R.step(1, 0.1005, 2, 2, 2, None, 50.0, 2.0, 2) | {"gap_us": 30.0})
+    doc = export_json(capsys, path, tmp_path)
+    gpu = sorted((e for e in of(doc["traceEvents"], "X", "gpu")), key=lambda e: e["ts"])
+    assert [e["ts"] for e in gpu] == [100000.0, 102030.0]
+    assert gpu[1]["args"]["gap_us"] == 30.0 and "gap_us" not in gpu[0]["args"]
+    gaps = [e for e in of(doc["traceEvents"], "C") if e["name"] == "GPU gap"]
+    assert [(e["ts"], e["args"]) for e in gaps] == [(100500.0, {"us": 30.0})]

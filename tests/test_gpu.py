@@ -174,3 +174,21 @@ def test_graphs_survive_a_cleared_cublas_workspace_cache():
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert res["ok"], res
     assert res["max_rel_err"] < 1e-2, res
+
+
+def test_gpu_gap_is_measured_for_back_to_back_steps_only():
+    """gap_us: the previous step's end to this step's start, on the GPU. Steps issued back to back
+    have one (>= 0); the first step, a step after a prefill and a step after a command have none."""
+    sched = tuple(parse_scheduled(s) for s in ("20:eager", "30:graph"))
+    eng, recs = engine("tiny", arrival="fixed:3", schedule=sched)
+    eng.run(40)
+    eng.close()
+    st = steps(recs)
+    after_prefill = {r["i"] for r in recs if r["type"] == R.PREFILL}
+    for s in st:
+        if s["i"] == 0 or s["i"] in after_prefill or s["i"] in (20, 30):
+            assert s["gap_us"] is None, s
+        else:
+            assert s["gap_us"] is not None and s["gap_us"] >= 0, s
+    assert sum(s["gap_us"] is not None for s in st) >= 30
+    assert {s["mode"] for s in st if s["gap_us"] is not None} == {"graph", "eager"}

@@ -24,7 +24,7 @@ RUN = [
     R.event(R.EV_CAPTURE, 0.2, bucket=16, ok=True, capture_s=0.07, pool_bytes=None, nvml_bytes=None),
     R.event(R.EV_CAPTURE_DONE, 0.3, sizes=[8, 16], failed=[], pool_bytes=8192, seconds=0.2, pool="shared"),
     step(0, 6, 8, 8, gpu_ms=2.0),                        # graph, 2 padding rows
-    step(1, 8, 8, 8, gpu_ms=4.0),                        # graph, exact fit
+    {**step(1, 8, 8, 8, gpu_ms=4.0), "gap_us": 3.0},     # graph, exact fit, back to back
     step(2, 9, 16, None, R.REASON_PADDING, host_us=900.0, gpu_ms=20.0),
     step(3, 40, None, None, R.REASON_OVER_MAX, host_us=1500.0),   # CPU-style: host time is the step time
     R.alert(1.0, "careful"),
@@ -33,7 +33,7 @@ RUN = [
     sample(gpu_util=87, mem_used_bytes=10 * 2**30, power_w=300.5, sm_clock_mhz=1980, cpu_pct=150.0, gpu_busy=0.5),
     sample(),                                            # all n/a: the last measurements stay
     R.event(R.EV_MODE, 2.0, mode="eager"),
-    step(4, 3, 4, None, R.REASON_EAGER_MODE, gpu_ms=1.0),
+    {**step(4, 3, 4, None, R.REASON_EAGER_MODE, gpu_ms=1.0), "gap_us": 7000.0},
 ]
 
 
@@ -76,6 +76,13 @@ def test_histograms_use_step_time_in_seconds(metrics):
     assert value(m, "cgwatch_step_seconds_bucket", mode="eager", le="0.002") == 2
     assert value(m, "cgwatch_host_launch_seconds_count", mode="eager") == 3
     assert value(m, "cgwatch_host_launch_seconds_sum", mode="graph") == pytest.approx(100e-6)
+    # the GPU gap: only steps that have one (back to back)
+    assert value(m, "cgwatch_gpu_gap_seconds_count", mode="graph") == 1
+    assert value(m, "cgwatch_gpu_gap_seconds_sum", mode="graph") == pytest.approx(3e-6)
+    assert value(m, "cgwatch_gpu_gap_seconds_bucket", mode="graph", le="2e-06") == 0
+    assert value(m, "cgwatch_gpu_gap_seconds_bucket", mode="graph", le="5e-06") == 1
+    assert value(m, "cgwatch_gpu_gap_seconds_bucket", mode="eager", le="0.005") == 0
+    assert value(m, "cgwatch_gpu_gap_seconds_bucket", mode="eager", le="0.01") == 1
 
 
 def test_gauges_hold_the_last_measurement_and_none_changes_nothing(metrics):

@@ -65,7 +65,10 @@ def synthetic_records(seed: int = 7, n: int = 3000) -> list[dict]:
             bucket, reason = target, None
         gpu_ms = round(rng.uniform(2.0, 6.0), 4) if bucket else round(rng.uniform(8.0, 20.0), 4)
         host_us = rng.uniform(20, 60) if bucket else rng.uniform(300, 900)
-        recs.append(R.step(i, t, batch, target, bucket, reason, host_us, gpu_ms, batch))
+        rec = R.step(i, t, batch, target, bucket, reason, host_us, gpu_ms, batch)
+        if rng.random() < 0.8:   # back to back: a gap (a prefill or command before the others)
+            rec["gap_us"] = round(rng.uniform(0.0, 40.0) if bucket else rng.uniform(500.0, 9000.0), 1)
+        recs.append(rec)
         t += gpu_ms / 1000 + 0.0005
     return recs
 
@@ -103,6 +106,8 @@ def expected(recs: list[dict]) -> dict:
             "eager_p99_ms": nearest_rank([dur(r) for r in eager], 99),
             "host_us_graph_p50": nearest_rank([r["host_us"] for r in graph], 50),
             "host_us_eager_p50": nearest_rank([r["host_us"] for r in eager], 50),
+            "gap_us_graph_p50": nearest_rank([r["gap_us"] for r in graph if r["gap_us"] is not None], 50),
+            "gap_us_eager_p50": nearest_rank([r["gap_us"] for r in eager if r["gap_us"] is not None], 50),
             "graph_mib": oks[-1]["pool_bytes"] / MIB if oks and oks[-1]["pool_bytes"] is not None else None,
             "nvml_mib": oks[-1]["nvml_bytes"] / MIB if oks and oks[-1]["nvml_bytes"] is not None else None,
             "capture_s": oks[-1]["capture_s"] if oks else None,
@@ -117,6 +122,13 @@ def expected(recs: list[dict]) -> dict:
     utils = [r["gpu_util"] for r in recs if r["type"] == "sample" and r.get("gpu_util") is not None]
     dones = [r for r in recs if r.get("kind") == "capture_done"]
     prefills = [r for r in recs if r["type"] == "prefill"]
+
+    def idle(mode):
+        mine = [r for r in steps if (r["bucket"] is not None) == (mode == "graph")
+                and r["gap_us"] is not None and r["gpu_ms"] is not None]
+        gaps, busy = sum(r["gap_us"] for r in mine), sum(r["gpu_ms"] * 1000 for r in mine)
+        return 100 * gaps / (gaps + busy) if mine else None
+
     totals = {
         "steps": len(steps), "graph_steps": len(total_graph),
         "graph_hit_rate_pct": 100 * len(total_graph) / len(steps),
@@ -127,6 +139,7 @@ def expected(recs: list[dict]) -> dict:
         "graph_pool_mib": (dones[-1]["pool_bytes"] / MIB
                            if dones and dones[-1]["pool_bytes"] is not None else None),
         "padding_waste_pct": 100 * sum(r["bucket"] - r["batch"] for r in total_graph) / sum(r["bucket"] for r in total_graph),
+        "gpu_idle_graph_pct": idle("graph"), "gpu_idle_eager_pct": idle("eager"),
         "prefills": len(prefills), "prefill_tokens": sum(r["tokens"] for r in prefills),
         "mode_switches": sum(r.get("kind") == "mode" for r in recs),
         "recaptures": sum(r.get("kind") == "recapture" for r in recs),
@@ -218,8 +231,10 @@ def test_hand_computed_small_trace():
         {"type": "sample", "t": 1.2, "gpu_util": None},
         {"type": "prefill", "t": 0.9, "i": 0, "requests": 3, "tokens": 30, "host_ms": 5.0},
     ]
+    recs[1]["gap_us"], recs[2]["gap_us"], recs[3]["gap_us"] = 6.0, 2.0, 5000.0   # step 3 has no gap
     rep = build_report(_trace(recs))
     b4, over = rep["buckets"]
+    assert (b4["gap_us_graph_p50"], b4["gap_us_eager_p50"], over["gap_us_eager_p50"]) == (2.0, 5000.0, None)
     assert (b4["label"], b4["steps"], b4["graph_steps"]) == ("4", 3, 2)
     assert b4["hit_pct"] == pytest.approx(200 / 3)
     assert b4["padding_waste_pct"] == pytest.approx(37.5)        # 3 padded / 8 computed rows
@@ -234,6 +249,8 @@ def test_hand_computed_small_trace():
     assert t["nvml_util_pct"] == 60 and t["padding_waste_pct"] == pytest.approx(37.5)
     assert t["graph_hit_rate_pct"] == 50 and t["graph_pool_mib"] is None
     assert (t["prefills"], t["prefill_tokens"]) == (1, 30)
+    assert t["gpu_idle_graph_pct"] == pytest.approx(100 * 8 / (8 + 6000))         # steps 0 and 1
+    assert t["gpu_idle_eager_pct"] == pytest.approx(100 * 5000 / (5000 + 10000))   # step 2 only
     # steps written out of t order (emitted when their GPU time is read): same numbers
     assert build_report(_trace(recs[::-1]))["totals"] == t
 

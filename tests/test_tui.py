@@ -71,7 +71,10 @@ def synthetic_run() -> list[dict]:
         batch = 1 + (i * 37) % 70
         d = dispatch(batch, SIZES, failed=[8], graph_mode=graph)
         gpu_ms = 2.5 + 0.03 * d.bucket if d.bucket else 12.0 + 0.1 * batch
-        recs.append(R.step(i, t, batch, d.target, d.bucket, d.reason, 80.0 if d.bucket else 9000.0, gpu_ms, batch))
+        step = R.step(i, t, batch, d.target, d.bucket, d.reason, 80.0 if d.bucket else 9000.0, gpu_ms, batch)
+        if i not in (0, 150, 200):   # back to back (not after a mode switch): the GPU waited this long
+            step["gap_us"] = float(4 + i % 5) if d.bucket else float(8000 + 10 * (i % 7))
+        recs.append(step)
         if i % 20 == 19:
             recs.append({"type": "sample", "t": t, "gpu_util": 40 + (i * 13) % 50, "gpu_busy": 0.3 + (i % 7) / 10})
     return recs
@@ -193,6 +196,16 @@ def test_state_no_cuda_and_over_max():
     assert rows[">64"]["steps"] == 1 and rows[">64"]["status"] == "-"
 
 
+def _gap_p50(recs: list[dict], target: int) -> str:
+    """Independent: nearest-rank p50 of the gaps of graph / eager steps targeting ``target``."""
+    def p50(values):
+        v = sorted(values)
+        return "n/a" if not v else f"{v[(len(v) + 1) // 2 - 1]:.0f}"
+    steps = [r for r in recs if r["type"] == "step" and r["target"] == target and r["gap_us"] is not None]
+    return (p50(r["gap_us"] for r in steps if r["bucket"] is not None) + "/"
+            + p50(r["gap_us"] for r in steps if r["bucket"] is None))
+
+
 # ---- (a) the live screen, FakeSource -----------------------------------------------------------------
 
 async def test_live_screen_shows_the_records():
@@ -208,7 +221,12 @@ async def test_live_screen_shows_the_records():
         rows = _rows(app)
         assert list(rows) == ["1", "2", "4", "8", "16", "32", "64", ">64"]
         assert rows["8"][-1] == "failed: host sync" and rows["8"][3] == "0.0"
-        assert rows["64"][-1] == "ok" and rows["64"][7] == "128.0"
+        assert rows["64"][-1] == "ok" and rows["64"][8] == "128.0"
+        assert rows["64"][7] == _gap_p50(src.records, 64) and rows["8"][7].startswith("n/a/80")
+        gapped = [r for r in src.records if r["type"] == "step" and r["gap_us"] is not None]
+        idle = ["%.1f%%" % (100 * sum(r["gap_us"] for r in rs) / sum(r["gap_us"] + 1000 * r["gpu_ms"] for r in rs))
+                for rs in ([r for r in gapped if r["bucket"]], [r for r in gapped if not r["bucket"]])]
+        assert f"gpu idle g/e {idle[0]}/{idle[1]} · " in str(app.query_one(Totals).render())
         assert rows[">64"][2] == "0"
         text = "\n".join(log.texts())
         assert "ERROR bucket 8 capture failed" in text and "WARN bucket 32" in text
@@ -246,7 +264,7 @@ async def test_r_recaptures_with_the_typed_sizes():
         assert src.sent == [("recapture", [1, 4, 16])]
         rows = _rows(app)
         assert [rows[b][-1] for b in ("1", "4", "16")] == ["ok", "ok", "ok"]
-        assert rows["16"][7] == "64.0"
+        assert rows["16"][8] == "64.0"
         assert [rows[b][-1] for b in ("2", "8", "32", "64")] == ["released", "not in sizes", "released", "released"]
         assert list(rows)[-1] == ">64"   # as report.py: the largest size seen
         assert "sizes [1, 4, 16]" in str(app.query_one(Totals).render())
@@ -426,7 +444,7 @@ async def test_replay_next_mark_and_alert():
         assert log.texts()[-2].endswith("mark: after-recapture")
         rows = _rows(app)
         assert list(rows) == ["1", "2", "4", "8", "16", "24", "32", "40", "48", "56", "64"]
-        assert rows["56"][7] == "56.0" and rows["24"][-1] == "ok"
+        assert rows["56"][8] == "56.0" and rows["24"][-1] == "ok"
 
 
 async def test_replay_next_alert_on_a_generated_trace(tmp_path):

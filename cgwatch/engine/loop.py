@@ -173,9 +173,7 @@ class Engine(CommandTaker):
             done = self.timer.abandon()
             self.emit(R.alert(self.now(), f"GPU times of the last {len(done)} steps lost: {type(e).__name__}: "
                               f"{(str(e).splitlines() or [''])[0]}", level="error"))
-        for rec, ms in done:
-            rec["gpu_ms"] = ms
-            self.emit(rec)
+        self._emit_done(done)
         self.sampler.stop()
         self.emit(self.sampler.sample())
         if self.graphs is not None:
@@ -195,6 +193,7 @@ class Engine(CommandTaker):
 
     def _commands_changed(self) -> None:
         self.table = self._table()
+        self.timer.break_chain()
 
     def _cmd_mode(self, mode: str, t: float) -> None:
         want = mode == "graph"
@@ -238,8 +237,9 @@ class Engine(CommandTaker):
 
     # -- the loop --------------------------------------------------------------------------------
     def _emit_done(self, done: list) -> None:
-        for rec, ms in done:
+        for rec, ms, gap_ms in done:
             rec["gpu_ms"] = ms if ms is None else round(ms, 4)
+            rec["gap_us"] = gap_ms if gap_ms is None else round(gap_ms * 1000.0, 1)
             self.emit(rec)
 
     def step(self) -> bool:
@@ -276,6 +276,7 @@ class Engine(CommandTaker):
         return True
 
     def _prefill(self, admitted, i: int) -> None:
+        self.timer.break_chain()   # prefill work on the stream: the next step's gap is not idle time
         t0 = time.perf_counter()
         with self.nvtx.range("prefill"):
             for a in admitted:

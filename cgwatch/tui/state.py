@@ -24,12 +24,14 @@ LOG_LINES = 1000     # log lines kept (the widget keeps its own copy)
 
 class BucketStats:
     __slots__ = ("steps", "graph_steps", "padded", "computed", "graph_ms", "eager_ms",
-                 "capture", "last_ok")
+                 "graph_gap", "eager_gap", "capture", "last_ok")
 
     def __init__(self) -> None:
         self.steps = self.graph_steps = self.padded = self.computed = 0
         self.graph_ms: deque[float] = deque(maxlen=PCT_WINDOW)
         self.eager_ms: deque[float] = deque(maxlen=PCT_WINDOW)
+        self.graph_gap: deque[float] = deque(maxlen=PCT_WINDOW)   # gap_us of back-to-back steps
+        self.eager_gap: deque[float] = deque(maxlen=PCT_WINDOW)
         self.capture: dict | None = None   # last capture event
         self.last_ok: dict | None = None   # last successful capture event
 
@@ -52,6 +54,7 @@ class ViewState:
         self.buckets: dict[int | None, BucketStats] = {}
         self.pool_bytes: int | None = None
         self.steps = self.graph_steps = self.tokens = self.padded = self.computed = 0
+        self.idle = {"graph": [0.0, 0.0], "eager": [0.0, 0.0]}   # mode -> [sum gap µs, sum gpu µs]
         self.t_last: float = 0.0
         self._t_first_step: float | None = None
         self._last_ms = 0.0
@@ -100,6 +103,13 @@ class ViewState:
         self.steps += 1
         tokens = rec.get("tokens") or 0
         self.tokens += tokens
+        gap, gpu_ms = rec.get("gap_us"), rec.get("gpu_ms")
+        if gap is not None and gpu_ms is not None:   # report.py: gpu_idle_*_pct, gap_us_*_p50
+            graph_step = rec.get("bucket") is not None
+            acc = self.idle["graph" if graph_step else "eager"]
+            acc[0] += gap
+            acc[1] += gpu_ms * 1000.0
+            (row.graph_gap if graph_step else row.eager_gap).append(gap)
         if rec.get("bucket") is not None:
             row.graph_steps += 1
             row.padded += rec["padded"]
@@ -221,6 +231,8 @@ class ViewState:
                 "padding_waste_pct": 100.0 * row.padded / row.computed if row.computed else None,
                 "graph_p50_ms": percentile(graph, 50), "graph_p99_ms": percentile(graph, 99),
                 "eager_p50_ms": percentile(eager, 50), "eager_p99_ms": percentile(eager, 99),
+                "gap_us_graph_p50": percentile(sorted(row.graph_gap), 50),
+                "gap_us_eager_p50": percentile(sorted(row.eager_gap), 50),
                 "graph_mib": None if pool is None else pool / MIB,
                 "capture_s": ok.get("capture_s"),
                 "status": self._bucket_status(key, row),
@@ -244,4 +256,11 @@ class ViewState:
         return {"steps": self.steps, "graph_steps": self.graph_steps, "tokens": self.tokens,
                 "hit_pct": 100.0 * self.graph_steps / self.steps if self.steps else None,
                 "padding_waste_pct": 100.0 * self.padded / self.computed if self.computed else None,
-                "graph_pool_mib": None if self.pool_bytes is None else self.pool_bytes / MIB}
+                "graph_pool_mib": None if self.pool_bytes is None else self.pool_bytes / MIB,
+                "gpu_idle_graph_pct": _idle_pct(self.idle["graph"]),
+                "gpu_idle_eager_pct": _idle_pct(self.idle["eager"])}
+
+
+def _idle_pct(acc: list[float]) -> float | None:
+    gap, busy = acc
+    return 100.0 * gap / (gap + busy) if gap + busy else None

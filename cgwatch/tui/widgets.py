@@ -199,8 +199,10 @@ class Charts(TextLines):
         self.set_lines([[(ll, None), (lb, "#2a7fd4"), (rl, None), (rb, "#2a7fd4")] for ll, lb, rl, rb in lines])
 
 
-COLUMNS = ("bucket", "steps", "hits", "hit %", "pad waste %", "graph ms p50/p99", "eager ms p50/p99",
-           "graph MiB", "capture s", "status")
+# two header lines, as in ``cgwatch report``: the columns stay as narrow as their numbers
+COLUMNS = (("", "bucket"), ("", "steps"), ("", "hits"), ("hit", "%"), ("pad", "waste %"),
+           ("graph ms", "p50/p99"), ("eager ms", "p50/p99"), ("gpu idle", "µs g/e"), ("graph", "MiB"),
+           ("capture", "s"), ("", "status"))
 
 
 def row_cells(r: dict) -> tuple[str, ...]:
@@ -208,6 +210,7 @@ def row_cells(r: dict) -> tuple[str, ...]:
             fmt(r["padding_waste_pct"]),
             f"{fmt_ms(r['graph_p50_ms'])}/{fmt_ms(r['graph_p99_ms'])}",
             f"{fmt_ms(r['eager_p50_ms'])}/{fmt_ms(r['eager_p99_ms'])}",
+            f"{fmt(r['gap_us_graph_p50'], '.0f')}/{fmt(r['gap_us_eager_p50'], '.0f')}",
             fmt(r["graph_mib"]), fmt(r["capture_s"], ".2f"), r["status"])
 
 
@@ -228,8 +231,9 @@ class BucketTable(TextLines):
 
     def show(self, state: ViewState) -> None:
         rows = self._rows = [row_cells(r) for r in state.bucket_rows()]
-        widths = [max(len(c) for c in col) for col in zip(COLUMNS, *rows)]
-        lines = [[(self._line(COLUMNS, widths), "bold")]]
+        heads = [tuple(h[k] for h in COLUMNS) for k in (0, 1)]
+        widths = [max(len(c) for c in col) for col in zip(*heads, *rows)]
+        lines = [[(self._line(head, widths), "bold")] for head in heads]
         for i, cells in enumerate(rows):
             shade = self.SHADE if i % 2 else None
             status_style = _status_style(cells[-1]) + (" " + shade if shade else "")
@@ -257,8 +261,11 @@ class Totals(Static):
     def show(self, state: ViewState) -> None:
         t = state.totals()
         pool = fmt(t["graph_pool_mib"]) + (" MiB" if t["graph_pool_mib"] is not None else "")
+        pct = (lambda v: NA if v is None else f"{v:.1f}%")
+        g, e = t["gpu_idle_graph_pct"], t["gpu_idle_eager_pct"]
+        idle = "" if g is None and e is None else f"gpu idle g/e {pct(g)}/{pct(e)} · "   # none: CPU, old trace
         self.update(f"graph pool {pool} · sizes {state.sizes} · {t['steps']:,} steps, "
-                    f"hit {fmt(t['hit_pct'])}% · pad waste {fmt(t['padding_waste_pct'])}% · "
+                    f"hit {pct(t['hit_pct'])} · pad waste {pct(t['padding_waste_pct'])} · {idle}"
                     f"{t['tokens']:,} tokens", layout=False)   # one line, fixed height
 
 
