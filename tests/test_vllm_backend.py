@@ -41,7 +41,7 @@ def test_decode_step_on_a_graph_maps_to_a_step_record():
     it = iteration_from_stats(stats(6, 8, "FULL"), NS(num_generation_tokens=6))
     rec = StepMapper(SIZES, graph_mode=True, cudagraph_mode="FULL_AND_PIECEWISE").record(it, 3, 1.5, 0.0042)
     assert rec == {"type": "step", "i": 3, "t": 1.5, "batch": 6, "target": 8, "bucket": 8, "mode": "graph",
-                   "reason": None, "padded": 2, "host_us": 4200.0, "gpu_ms": None, "tokens": 6,
+                   "reason": None, "padded": 2, "host_us": 4200.0, "gpu_ms": None, "gap_us": None, "tokens": 6,
                    "runtime_mode": "FULL"}
     assert R.step_ms(rec) == pytest.approx(4.2)
 

@@ -102,7 +102,7 @@ def test_vllms_logger_manager_feeds_real_stats_to_cgwatch(vllm_config, tmp_path)
             w.write(rec)
         w.close({"steps": i, "tokens": 0, "duration_s": 0.1, "outcome": "completed", "t": 0.1})
     assert recs[0] == {"type": "step", "i": 0, "t": 0.0, "batch": 6, "target": 8, "bucket": 8, "mode": "graph",
-                       "reason": None, "padded": 2, "host_us": 2000.0, "gpu_ms": None, "tokens": 7,
+                       "reason": None, "padded": 2, "host_us": 2000.0, "gpu_ms": None, "gap_us": None, "tokens": 7,
                        "runtime_mode": "FULL"}
     assert recs[3]["reason"] == R.REASON_OVER_MAX and recs[3]["bucket"] is None
     assert recs[4]["type"] == "prefill" and recs[4]["tokens"] == 20 and recs[4]["decode_requests"] == 3
