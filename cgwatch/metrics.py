@@ -108,7 +108,7 @@ class Metrics:
         self.launch_s = _Histogram("cgwatch_host_launch_seconds", "Host time from step start until the last "
                                    "launch returned", LAUNCH_BUCKETS)
         self.gap_s = _Histogram("cgwatch_gpu_gap_seconds", "GPU idle between back-to-back steps: the previous "
-                                "step's end to this step's start (launch overhead the GPU waited for)", GAP_BUCKETS)
+                                "step's end to this step's start (host work between steps the GPU waited for)", GAP_BUCKETS)
         self.plain: dict[str, float] = {}   # gauges, present once measured
         self.by_bucket: dict[str, dict[str, float]] = {name: {} for name in _BUCKET_HELP}
         self.registry.register(self)

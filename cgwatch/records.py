@@ -54,7 +54,9 @@ def step(i: int, t: float, batch: int, target: int | None, bucket: int | None, r
     step, read once they completed; None on the CPU, where ops run synchronously and ``host_us``
     is the step time. ``gap_us``: GPU time from the previous step's end to this step's start, while
     the loop runs free (no prefill, command or sync in between; else None): near 0 when the host
-    keeps ahead of the GPU, the GPU idling on the host otherwise -- what launch overhead costs.
+    keeps ahead of the GPU; else the host work between steps (scheduling, bookkeeping) the GPU waited
+    for. Launch gaps inside an eager step are not in it: the events bracket the whole step, so they
+    show in its ``gpu_ms``.
     """
     return {"type": STEP, "i": i, "t": round(t, 6), "batch": batch, "target": target,
             "bucket": bucket,

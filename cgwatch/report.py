@@ -35,7 +35,7 @@ Totals:
   padding_waste_pct  as per row, over all graph steps
   gpu_idle_graph_pct 100 * sum(gap_us) / (sum(gap_us) + sum(gpu_ms in µs)) over the graph / eager
   gpu_idle_eager_pct steps that have a gap: the share of back-to-back GPU time lost waiting for
-                     the host (launch overhead); None without gaps
+                     the host between steps; None without gaps
   prefills, prefill_tokens, mode_switches, recaptures: counts (and prefill token sum)
 Any value that cannot be computed is None ("n/a" in the text report).
 """
