@@ -66,9 +66,10 @@ TRACKS = {   # tid -> thread name (sorted in this order)
     EVENTS: "events",
     ALERTS: "alerts",
 }
-GPU_PLACEMENT = ("GPU slice i starts at max(t_i, end of GPU slice i-1): t_i is when the step's start "
-                 "event was enqueued on the host, the GPU runs steps in order on one stream, and only "
-                 "the duration (CUDA events) is recorded; a lower bound on the real start")
+GPU_PLACEMENT = ("GPU slice i starts at max(t_i, end of GPU slice i-1 + gap_us_i): t_i is when the step's "
+                 "start event was enqueued on the host, the GPU runs steps in order on one stream, and only "
+                 "the duration (CUDA events) and, for back-to-back steps, the gap after the previous step "
+                 "are recorded; a lower bound on the real start")
 CAPTURE_PLACEMENT = "ends at the capture event's t (reported after the replay check)"
 
 # The step schema's fields, in the order records.step writes them (the CSV's first columns).

@@ -333,3 +333,22 @@ def test_bench_samples_agree_with_their_own_result():
             graph = sorted(R.step_ms(s) for s in steps if s["bucket"] == b)
             assert graph[0] <= row["graph"]["p50_ms"] <= graph[-1]
             assert abs(buckets[b]["graph_p50_ms"] - row["graph"]["p50_ms"]) < 0.1 * row["graph"]["p50_ms"]
+
+
+def test_gap_sample_has_gaps_on_back_to_back_steps():
+    """The shipped H100 run (llama-1b, batch 8, 500 graph then 500 eager steps): every step but the
+    first, those after a prefill and the one after the mode switch has a gap, and the report's
+    numbers come from them."""
+    from cgwatch.samples import sample_path
+    tr = read_trace(sample_path("llama1b_fixed8_gap_h100.jsonl"))
+    steps = [r for r in tr.records if r["type"] == R.STEP]
+    after_prefill = {r["i"] for r in tr.records if r["type"] == R.PREFILL}
+    switched = {r["i"] for r in steps if r["i"] > 0 and r["mode"] != steps[r["i"] - 1]["mode"]}
+    assert switched == {500}
+    for s in steps:
+        assert (s["gap_us"] is None) == (s["i"] == 0 or s["i"] in after_prefill | switched), s
+    t = build_report(tr)["totals"]
+    for mode in ("graph", "eager"):
+        mine = [s for s in steps if s["mode"] == mode and s["gap_us"] is not None]
+        gap = sum(s["gap_us"] for s in mine)
+        assert t[f"gpu_idle_{mode}_pct"] == pytest.approx(100 * gap / (gap + 1000 * sum(s["gpu_ms"] for s in mine)))
