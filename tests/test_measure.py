@@ -70,5 +70,5 @@ def test_sampler_gpu_busy_is_busy_ms_over_wall_ms():
 def test_cpu_timer_completes_at_once():
     t = StepTimer(torch.device("cpu"))
     t.start()
-    assert t.stop("rec") == [("rec", None)]
+    assert t.stop("rec") == [("rec", None, None)]   # (payload, gpu_ms, gap_ms): no events on the CPU
     assert t.drain() == []
