@@ -72,3 +72,43 @@ def test_cpu_timer_completes_at_once():
     t.start()
     assert t.stop("rec") == [("rec", None, None)]   # (payload, gpu_ms, gap_ms): no events on the CPU
     assert t.drain() == []
+
+
+class _FakeEvent:
+    """A CUDA event stand-in: record() stamps the fake stream clock; always complete."""
+    clock = [0.0]
+
+    def record(self):
+        self.at = self.clock[0]
+
+    def query(self):
+        return True
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, other):
+        return other.at - self.at
+
+
+def test_gap_chain_logic_with_fake_events():
+    """gap = previous step's end to this step's start, only for steps issued back to back."""
+    t = StepTimer(torch.device("cpu"))
+    t.cuda = True
+    t._events = lambda: (_FakeEvent(), _FakeEvent())
+    clock = _FakeEvent.clock
+
+    def step(name, start, end):
+        clock[0] = start
+        t.start()
+        clock[0] = end
+        return t.stop(name)
+
+    assert step("a", 0.0, 2.0) == [("a", 2.0, None)]          # the first step: no gap
+    assert step("b", 2.5, 4.0) == [("b", 1.5, 0.5)]           # back to back: 0.5 ms after a's end
+    t.break_chain()                                           # a prefill or a command in between
+    assert step("c", 9.0, 10.0) == [("c", 1.0, None)]
+    assert step("d", 10.0, 11.0) == [("d", 1.0, 0.0)]
+    assert t.drain() == []                                    # a sync: the next one has no gap
+    assert step("e", 12.0, 13.0) == [("e", 1.0, None)]
+    assert t.busy_ms == pytest.approx(6.5)
