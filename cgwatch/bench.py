@@ -140,7 +140,9 @@ def format_result(res: dict) -> str:
         cells.append("/".join(_cell(r.get(m), "kernels", "d") for m in modes))
         table.append(cells)
     lines += ["", _table(head, table)]
-    head2 = ["batch"] + [f"{m} tok/s" for m in modes] + ["HBM floor ms", "graph / floor"]
+    gap_modes = [m for m in modes if m != "compile"]   # torch.compile runs outside the engine's loop
+    head2 = (["batch"] + [f"{m} tok/s" for m in modes] + [f"{m} gap µs" for m in gap_modes]
+             + ["HBM floor ms", "graph / floor"])
     if "graph" in modes:
         head2 += ["graph capture s"]
     if "compile" in modes:
@@ -148,7 +150,8 @@ def format_result(res: dict) -> str:
     table2 = []
     for r in rows:
         g = r.get("graph")
-        cells = [str(r["batch"])] + [_cell(r.get(m), "tokens_per_s", ",.0f") for m in modes]
+        cells = ([str(r["batch"])] + [_cell(r.get(m), "tokens_per_s", ",.0f") for m in modes]
+                 + [_cell(r.get(m), "gap_us_p50", ".1f") for m in gap_modes])
         floor = r.get("floor_ms")
         cells += [_f(floor, ".3f"), NA if not floor or not g or "p50_ms" not in g else f"{g['p50_ms'] / floor:.1f}x"]
         if "graph" in modes:

@@ -30,6 +30,7 @@ def test_cpu_bench_measures_eager_and_says_graphs_need_cuda(capsys, tmp_path):
         assert e["n"] == 3 and e["served"] == ["eager"]
         assert 0 < e["p50_ms"] <= e["p99_ms"] and e["tokens_per_s"] > 0
         assert r["graph"] is None and r["floor_ms"] is None   # no CUDA: no graph, no bandwidth
+        assert e["gap_us_p50"] is None                         # no CUDA events: no GPU gap
     assert res["trace"] == str(trace)
     # the trace is a normal one: 1 warm-up + 3 timed + 3 throughput steps per batch size
     tr = read_trace(trace)
@@ -92,6 +93,8 @@ def test_gpu_bench_graph_and_compile_columns(capsys, tmp_path):
         assert r["eager"]["served"] == ["eager"] and r["eager"]["kernels"] > 0
         assert "error" not in c and c["compile_s"] > 0 and c["n"] == 3
         assert r["floor_ms"] > 0
+        # 3 timed steps after a warm-up step: the 3 are back to back, each has a GPU gap
+        assert g["gap_us_p50"] is not None and g["gap_us_p50"] >= 0 and r["eager"]["gap_us_p50"] >= 0
     assert res["bandwidth_bytes_per_s"] > 1e11
     rep = build_report(read_trace(trace))
     assert {b["bucket"] for b in rep["buckets"] if b["graph_steps"]} == {1, 4}

@@ -10,6 +10,7 @@ checked against eager). ``--batch-sizes`` b requests sit in slots 0..b-1, prefil
   step's GPU time (on the CPU: its host time), and the median host launch time.
 - throughput: ``tokens`` consecutive steps, synchronised at both ends: b * tokens / wall seconds.
 - kernels per step: the captured graph's kernel nodes; eager: kernels one step launches (profiler).
+- GPU gap: the median ``gap_us`` of the timed steps (the GPU idle between back-to-back steps).
 - ``with_compile``: ``DecodeState.decode`` under ``torch.compile(mode="reduce-overhead")`` (inductor
   fuses, then cudagraph trees record a graph per shape), timed the same way with CUDA events around
   each call; its first call per batch size (compile + record) is reported as compile seconds.
@@ -190,6 +191,8 @@ class Bench:
         timed = [r for r in self.steps[first:] if r["batch"] == b]
         out = _stats([R.step_ms(r) for r in timed])
         out["host_us_p50"] = statistics.median(r["host_us"] for r in timed)
+        gaps = [r["gap_us"] for r in timed if r.get("gap_us") is not None]
+        out["gap_us_p50"] = statistics.median(gaps) if gaps else None   # GPU idle between steps
         out["served"] = sorted({r["mode"] for r in timed})   # a failed capture falls back to eager
         out["kernels"] = self._kernels(b, mode)
         if mode == "graph":
