@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 
 from . import records as R
+from .errors import CgwatchError
 from .trace import Trace
 
 MIB = 2 ** 20
@@ -109,68 +110,76 @@ def build_report(trace: Trace) -> dict:
     prefills = prefill_tokens = mode_switches = recaptures = 0
     idle = {"graph": [0.0, 0.0], "eager": [0.0, 0.0]}   # mode -> [sum gap µs, sum gpu µs] of gapped steps
 
-    for rec in trace.records:  # one pass
-        typ = rec.get("type")
-        if typ == R.STEP:
-            target = rec["target"]
-            row = rows.get(target)
-            if row is None:
-                row = rows[target] = _Row()
-            gpu_ms = rec["gpu_ms"]
-            ms = gpu_ms if gpu_ms is not None else rec["host_us"] / 1000.0  # records.step_ms
-            row.steps += 1
-            gap = rec.get("gap_us")
-            if gap is not None and gpu_ms is not None:
-                acc = idle["graph" if rec["bucket"] is not None else "eager"]
-                acc[0] += gap
-                acc[1] += gpu_ms * 1000.0
-                (row.graph_gap if rec["bucket"] is not None else row.eager_gap).append(gap)
-            if rec["bucket"] is not None:
-                row.graph_steps += 1
-                row.padded += rec["padded"]
-                row.computed += rec["bucket"]
-                row.graph_ms.append(ms)
-                row.graph_host.append(rec["host_us"])
-            else:
-                row.eager_ms.append(ms)
-                row.eager_host.append(rec["host_us"])
-                reason = rec.get("reason") or "unknown"
-                row.misses[reason] = row.misses.get(reason, 0) + 1
-            if gpu_ms is not None:
-                gpu_ms_sum += gpu_ms
-                gpu_ms_any = True
-            tokens += rec["tokens"]
-            n_steps += 1
-            t = rec["t"]  # steps are emitted when their GPU time is read: use min/max t
-            if first_t is None or t < first_t:
-                first_t = t
-            if last_t is None or t >= last_t:
-                last_t, last_ms = t, ms
-        elif typ == R.SAMPLE:
-            if rec.get("gpu_util") is not None:
-                util_sum += rec["gpu_util"]
-                util_n += 1
-        elif typ == R.PREFILL:
-            prefills += 1
-            prefill_tokens += rec.get("tokens") or 0
-        elif typ == R.EVENT:
-            kind = rec.get("kind")
-            if kind == R.EV_CAPTURE:
-                b = rec["bucket"]
-                sizes_seen.add(b)
-                last_capture[b] = rec
-                if rec.get("ok"):
-                    last_ok[b] = rec
-            elif kind == R.EV_CAPTURE_DONE:
-                sizes_seen.update(rec.get("sizes") or (), rec.get("failed") or ())
-                pool_bytes = rec.get("pool_bytes")
-            elif kind == R.EV_ALERT:
-                alerts.append({"t": rec.get("t"), "level": rec.get("level", "warn"),
-                               "message": rec.get("message", "")})
-            elif kind in (R.EV_MODE, R.EV_RECAPTURE, R.EV_MARK):
-                mode_switches += kind == R.EV_MODE
-                recaptures += kind == R.EV_RECAPTURE
-                events.append({"t": rec.get("t"), "kind": kind, "text": _event_text(rec)})
+    try:
+        for rec in trace.records:  # one pass
+            typ = rec.get("type")
+            if typ == R.STEP:
+                target = rec["target"]
+                row = rows.get(target)
+                if row is None:
+                    row = rows[target] = _Row()
+                gpu_ms = rec["gpu_ms"]
+                for key in ("host_us", "gpu_ms", "gap_us"):   # numbers (or null) before any arithmetic
+                    v = rec.get(key)
+                    if not isinstance(v, (int, float)) and (v is not None or key == "host_us"):
+                        raise TypeError(f"{key} is {v!r}, not a number")
+                ms = gpu_ms if gpu_ms is not None else rec["host_us"] / 1000.0  # records.step_ms
+                row.steps += 1
+                gap = rec.get("gap_us")
+                if gap is not None and gpu_ms is not None:
+                    acc = idle["graph" if rec["bucket"] is not None else "eager"]
+                    acc[0] += gap
+                    acc[1] += gpu_ms * 1000.0
+                    (row.graph_gap if rec["bucket"] is not None else row.eager_gap).append(gap)
+                if rec["bucket"] is not None:
+                    row.graph_steps += 1
+                    row.padded += rec["padded"]
+                    row.computed += rec["bucket"]
+                    row.graph_ms.append(ms)
+                    row.graph_host.append(rec["host_us"])
+                else:
+                    row.eager_ms.append(ms)
+                    row.eager_host.append(rec["host_us"])
+                    reason = rec.get("reason") or "unknown"
+                    row.misses[reason] = row.misses.get(reason, 0) + 1
+                if gpu_ms is not None:
+                    gpu_ms_sum += gpu_ms
+                    gpu_ms_any = True
+                tokens += rec["tokens"]
+                n_steps += 1
+                t = rec["t"]  # steps are emitted when their GPU time is read: use min/max t
+                if first_t is None or t < first_t:
+                    first_t = t
+                if last_t is None or t >= last_t:
+                    last_t, last_ms = t, ms
+            elif typ == R.SAMPLE:
+                if rec.get("gpu_util") is not None:
+                    util_sum += rec["gpu_util"]
+                    util_n += 1
+            elif typ == R.PREFILL:
+                prefills += 1
+                prefill_tokens += rec.get("tokens") or 0
+            elif typ == R.EVENT:
+                kind = rec.get("kind")
+                if kind == R.EV_CAPTURE:
+                    b = rec["bucket"]
+                    sizes_seen.add(b)
+                    last_capture[b] = rec
+                    if rec.get("ok"):
+                        last_ok[b] = rec
+                elif kind == R.EV_CAPTURE_DONE:
+                    sizes_seen.update(rec.get("sizes") or (), rec.get("failed") or ())
+                    pool_bytes = rec.get("pool_bytes")
+                elif kind == R.EV_ALERT:
+                    alerts.append({"t": rec.get("t"), "level": rec.get("level", "warn"),
+                                   "message": rec.get("message", "")})
+                elif kind in (R.EV_MODE, R.EV_RECAPTURE, R.EV_MARK):
+                    mode_switches += kind == R.EV_MODE
+                    recaptures += kind == R.EV_RECAPTURE
+                    events.append({"t": rec.get("t"), "kind": kind, "text": _event_text(rec)})
+    except (KeyError, TypeError, ValueError) as e:   # a hand-edited or corrupt record: say which
+        what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        raise CgwatchError(f"bad {rec.get('type')} record (i={rec.get('i')}, t={rec.get('t')}): {what}") from None
 
     sizes_seen.update(k for k in rows if k is not None)
     for b in last_capture:

@@ -352,3 +352,15 @@ def test_gap_sample_has_gaps_on_back_to_back_steps():
         mine = [s for s in steps if s["mode"] == mode and s["gap_us"] is not None]
         gap = sum(s["gap_us"] for s in mine)
         assert t[f"gpu_idle_{mode}_pct"] == pytest.approx(100 * gap / (gap + 1000 * sum(s["gpu_ms"] for s in mine)))
+
+
+@pytest.mark.parametrize("field, value", [("gap_us", "x"), ("gpu_ms", "y"), ("host_us", None)])
+def test_a_corrupt_step_field_is_one_line(tmp_path, capsys, field, value):
+    from cgwatch.cli import main
+    path = tmp_path / "bad.jsonl"
+    with TraceWriter(path, {"model": {"name": "tiny"}}) as w:
+        w.write(R.step(0, 0.1, 2, 2, 2, None, 50.0, 1.5, 2))
+        w.write(R.step(1, 0.2, 2, 2, 2, None, 50.0, 1.5, 2) | {field: value})
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cgwatch: bad step record (i=1, t=0.2): ") and err.count("\n") == 1
