@@ -66,6 +66,20 @@ def step(i: int, t: float, batch: int, target: int | None, bucket: int | None, r
             "gpu_ms": None if gpu_ms is None else round(gpu_ms, 4), "gap_us": None, "tokens": tokens}
 
 
+_STEP_NUMBERS = (("host_us", False), ("gpu_ms", True), ("gap_us", True), ("batch", False),
+                 ("padded", True), ("tokens", False))   # (field, may be null)
+
+
+def bad_step_field(rec: dict) -> str | None:
+    """Why a step record cannot be counted (a number field that is not a number), or None. Readers
+    (report, TUI) check this before any arithmetic, so a hand-edited trace gets a clear message."""
+    for key, nullable in _STEP_NUMBERS:
+        v = rec.get(key)
+        if not isinstance(v, (int, float)) and not (v is None and nullable):
+            return f"{key} is {v!r}, not a number"
+    return None
+
+
 def step_ms(rec: dict) -> float:
     """A step's duration: GPU time where measured, else host time (CPU runs are synchronous)."""
     return rec["gpu_ms"] if rec["gpu_ms"] is not None else rec["host_us"] / 1000.0

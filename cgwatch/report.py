@@ -119,10 +119,9 @@ def build_report(trace: Trace) -> dict:
                 if row is None:
                     row = rows[target] = _Row()
                 gpu_ms = rec["gpu_ms"]
-                for key in ("host_us", "gpu_ms", "gap_us"):   # numbers (or null) before any arithmetic
-                    v = rec.get(key)
-                    if not isinstance(v, (int, float)) and (v is not None or key == "host_us"):
-                        raise TypeError(f"{key} is {v!r}, not a number")
+                bad = R.bad_step_field(rec)
+                if bad:
+                    raise ValueError(bad)
                 ms = gpu_ms if gpu_ms is not None else rec["host_us"] / 1000.0  # records.step_ms
                 row.steps += 1
                 gap = rec.get("gap_us")

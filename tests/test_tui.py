@@ -513,3 +513,13 @@ def test_bars_scale_columns_and_gaps():
     assert bars([3, 3, 3], 5, 2) == ["     ", "███  "]                        # flat: half height
     assert bars(list(range(1, 201)), 50, 3)[0][-1] == "█"                      # 200 points, max of each column
     assert bars([], 4, 2) == ["    ", "    "]
+
+
+def test_a_corrupt_step_record_is_logged_and_skipped():
+    st = ViewState()
+    st.fold(dict(HEADER))
+    st.fold(R.step(0, 1.0, 2, 2, 2, None, 50.0, 1.5, 2))
+    st.fold(R.step(1, 1.1, 2, 2, 2, None, 50.0, 1.5, 2) | {"gap_us": "x"})
+    st.fold(R.step(2, 1.2, 2, 2, 2, None, 50.0, 1.5, 2) | {"gap_us": 3.0})
+    assert st.steps == 2 and st.buckets[2].graph_steps == 2 and list(st.buckets[2].graph_gap) == [3.0]
+    assert st.log[-1][1:] == ("bold red", "skipped step record i=1: gap_us is 'x', not a number")

@@ -97,6 +97,10 @@ class ViewState:
         self.log_seq += 1
 
     def _step(self, rec: dict) -> None:
+        bad = R.bad_step_field(rec)
+        if bad:   # a hand-edited or corrupt trace: say so, count nothing from it
+            self.add_log("bold red", f"skipped step record i={rec.get('i')}: {bad}")
+            return
         ms = R.step_ms(rec)
         row = self._row(rec.get("target"))
         row.steps += 1
