@@ -21,14 +21,15 @@ def pane(session):
     return tmux("capture-pane", "-p", "-t", session).stdout
 
 
-def wait_for(session, pred, timeout=120):
+def wait_for(session, pred, timeout=120, what=""):
     deadline = time.time() + timeout
     while time.time() < deadline:
         text = pane(session)
         if pred(text):
             return text
         time.sleep(0.3)
-    raise AssertionError(f"timed out; pane:\n{pane(session)}")
+    size = tmux("display-message", "-p", "-t", session, "#{window_width}x#{window_height}").stdout.strip()
+    raise AssertionError(f"timed out waiting for {what or 'the pane'} (window {size}); pane:\n{pane(session)}")
 
 
 def test_run_toggle_recapture_quit_in_tmux(tmp_path):
@@ -44,7 +45,7 @@ def test_run_toggle_recapture_quit_in_tmux(tmp_path):
         tmux("send-keys", "-t", session, "g")
         wait_for(session, lambda t: "mode → eager" in t)
         tmux("send-keys", "-t", session, "r")
-        wait_for(session, lambda t: "1,2,4,8,16" in t)           # the dialog, prefilled with the sizes
+        wait_for(session, lambda t: "1,2,4,8,16" in t, what="the recapture dialog")   # prefilled with the sizes
         for keys in (["C-u"], ["-l", "3,12"], ["Enter"]):         # a person types, not a burst
             time.sleep(1.0)
             tmux("send-keys", "-t", session, *keys)
