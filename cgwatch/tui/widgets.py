@@ -263,10 +263,11 @@ class Totals(Static):
         pool = fmt(t["graph_pool_mib"]) + (" MiB" if t["graph_pool_mib"] is not None else "")
         pct = (lambda v: NA if v is None else f"{v:.1f}%")
         g, e = t["gpu_idle_graph_pct"], t["gpu_idle_eager_pct"]
-        idle = "" if g is None and e is None else f"gpu idle g/e {pct(g)}/{pct(e)} · "   # none: CPU, old trace
-        self.update(f"graph pool {pool} · sizes {state.sizes} · {t['steps']:,} steps, "
-                    f"hit {pct(t['hit_pct'])} · pad waste {pct(t['padding_waste_pct'])} · {idle}"
-                    f"{t['tokens']:,} tokens", layout=False)   # one line, fixed height
+        idle = "" if g is None and e is None else (   # none: a CPU run, or a trace from before the field
+            f" · gpu idle g/e {NA if g is None else f'{g:.1f}'}/{pct(e)}")
+        # one line, fixed height, within 120 columns for 7 sizes (tokens: the header has tok/s)
+        self.update(f"pool {pool} · sizes {state.sizes} · {t['steps']:,} steps, hit {pct(t['hit_pct'])} · "
+                    f"pad waste {pct(t['padding_waste_pct'])}{idle}", layout=False)
 
 
 class EventLog(RichLog):
