@@ -63,6 +63,11 @@ def _pct(num: float, den: float) -> float | None:
     return 100.0 * num / den if den else None
 
 
+def gpu_idle_pct(acc: list[float]) -> float | None:
+    """[sum of gap µs, sum of GPU step µs] of the gapped steps -> the idle share in % (the TUI too)."""
+    return _pct(acc[0], acc[0] + acc[1])
+
+
 class _Row:
     """Per-target accumulator for the one pass over the steps."""
     __slots__ = ("steps", "graph_steps", "padded", "computed", "graph_ms", "eager_ms",
@@ -233,8 +238,8 @@ def build_report(trace: Trace) -> dict:
         "nvml_util_pct": util_sum / util_n if util_n else None,
         "graph_pool_mib": None if pool_bytes is None else pool_bytes / MIB,
         "padding_waste_pct": _pct(all_padded, all_computed),
-        "gpu_idle_graph_pct": _pct(idle["graph"][0], sum(idle["graph"])),
-        "gpu_idle_eager_pct": _pct(idle["eager"][0], sum(idle["eager"])),
+        "gpu_idle_graph_pct": gpu_idle_pct(idle["graph"]),
+        "gpu_idle_eager_pct": gpu_idle_pct(idle["eager"]),
         "prefills": prefills, "prefill_tokens": prefill_tokens,
         "mode_switches": mode_switches, "recaptures": recaptures,
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 
 from cgwatch import records as R
-from cgwatch.report import MIB, percentile
+from cgwatch.report import MIB, gpu_idle_pct, percentile
 from cgwatch.source import ACK
 
 from .eventlog import describe_ack, describe_record
@@ -261,10 +261,5 @@ class ViewState:
                 "hit_pct": 100.0 * self.graph_steps / self.steps if self.steps else None,
                 "padding_waste_pct": 100.0 * self.padded / self.computed if self.computed else None,
                 "graph_pool_mib": None if self.pool_bytes is None else self.pool_bytes / MIB,
-                "gpu_idle_graph_pct": _idle_pct(self.idle["graph"]),
-                "gpu_idle_eager_pct": _idle_pct(self.idle["eager"])}
-
-
-def _idle_pct(acc: list[float]) -> float | None:
-    gap, busy = acc
-    return 100.0 * gap / (gap + busy) if gap + busy else None
+                "gpu_idle_graph_pct": gpu_idle_pct(self.idle["graph"]),
+                "gpu_idle_eager_pct": gpu_idle_pct(self.idle["eager"])}
