@@ -13,8 +13,14 @@ from cgwatch.trace import read_trace
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
 
+SOCKET = f"cgwatch-test-{os.getpid()}"   # a private tmux server: the test always starts its own
+# pytest imports readline, which exports COLUMNS=80 LINES=24; a tmux server started from here would pass
+# them to the TUI, which then draws 80x24 inside the 140x45 window. The server gets an environment without.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "TMUX")}
+
+
 def tmux(*args):
-    return subprocess.run(["tmux", *args], capture_output=True, text=True)
+    return subprocess.run(["tmux", "-L", SOCKET, *args], capture_output=True, text=True, env=CLEAN_ENV)
 
 
 def pane(session):
@@ -54,7 +60,7 @@ def test_run_toggle_recapture_quit_in_tmux(tmp_path):
         tmux("send-keys", "-t", session, "q")
         wait_for(session, lambda t: "trace" in t and "cgwatch report" in t, timeout=90)
     finally:
-        tmux("kill-session", "-t", session)
+        tmux("kill-server")
     daemons = subprocess.run(["pgrep", "-f", f"cgwatch daemon.*{trace}"], capture_output=True, text=True)
     assert daemons.stdout.strip() == "", "the daemon outlived the TUI"
     t = read_trace(trace)
