@@ -42,32 +42,74 @@ EV_PAUSE = "pause"              # loop paused / resumed (``paused``: bool)
 EV_RESTART = "restart"          # vLLM backend: the engine was rebuilt with another config (docs/VLLM.md)
 
 
-def step(i: int, t: float, batch: int, target: int | None, bucket: int | None, reason: str | None,
-         host_us: float, gpu_ms: float | None, tokens: int) -> dict:
-    """A decode step.
+# What ran a forward (``runtime_mode`` of a step record; vLLM's ``CUDAGraphMode`` names)
+RUNTIME_FULL = "FULL"            # one captured graph ran the whole forward (cgwatch's own graphs are all FULL)
+RUNTIME_PIECEWISE = "PIECEWISE"  # graphs ran the pieces between eager attention (vLLM)
+RUNTIME_NONE = "NONE"            # no graph: eager
+RUNTIME_MODES = (RUNTIME_FULL, RUNTIME_PIECEWISE, RUNTIME_NONE)
 
-    ``target``: the smallest capture size >= batch in the size list in force (None above the
-    largest, or with no sizes) -- the bucket that should serve this batch. ``bucket``: the graph
-    that did serve it (None: eager, and ``reason`` says why).
-    ``padded`` rows = bucket - batch on a graph step, 0 on an eager one. ``host_us``: host clock
+# What a forward computed (``phase`` of a step record)
+PHASE_DECODE = "decode"    # decode tokens only (one per request, or 1 + drafts with speculative decoding)
+PHASE_MIXED = "mixed"      # prompt tokens (a prefill chunk, a resumed request) and decode tokens in one forward
+PHASE_PREFILL = "prefill"  # prompt tokens only
+PHASES = (PHASE_DECODE, PHASE_MIXED, PHASE_PREFILL)
+
+
+def step(i: int, t: float, batch: int, target: int | None, bucket: int | None, reason: str | None,
+         host_us: float, gpu_ms: float | None, tokens: int, *, rows: int | None = None,
+         runtime_mode: str | None = None, phase: str = PHASE_DECODE, prompt_tokens: int = 0) -> dict:
+    """A decode step: one forward of the model.
+
+    ``batch``: requests in the forward. ``rows``: tokens the forward computed, unpadded (None: =
+    batch, as in cgwatch's own loop, one token per request; with vLLM a mixed forward's prompt
+    tokens, or speculative drafts, make rows > batch). ``target``: the smallest capture size >= rows
+    in the size list in force (None above the largest, or with no sizes) -- the bucket that should
+    serve this forward. ``bucket``: the graph that did serve it (None: eager, and ``reason`` says
+    why). ``runtime_mode``: FULL / PIECEWISE / NONE (None: FULL on a graph step, NONE on an eager
+    one). ``phase``: decode / mixed / prefill; ``prompt_tokens``: the prompt tokens among ``rows``.
+    ``padded`` rows = bucket - rows on a graph step, 0 on an eager one. ``host_us``: host clock
     from step start until the last launch returned (no sync). ``gpu_ms``: CUDA events around the
     step, read once they completed; None on the CPU, where ops run synchronously and ``host_us``
     is the step time. ``gap_us``: GPU time from the previous step's end to this step's start, while
     the loop runs free (no prefill, command or sync in between; else None): near 0 when the host
     keeps ahead of the GPU; else the host work between steps (scheduling, bookkeeping) the GPU waited
     for. Launch gaps inside an eager step are not in it: the events bracket the whole step, so they
-    show in its ``gpu_ms``.
+    show in its ``gpu_ms``. ``tokens``: tokens the forward produced.
     """
-    return {"type": STEP, "i": i, "t": round(t, 6), "batch": batch, "target": target,
+    rows = batch if rows is None else rows
+    if runtime_mode is None:
+        runtime_mode = RUNTIME_NONE if bucket is None else RUNTIME_FULL
+    return {"type": STEP, "i": i, "t": round(t, 6), "batch": batch, "rows": rows, "target": target,
             "bucket": bucket,
-            "mode": "eager" if bucket is None else "graph", "reason": reason,
-            "padded": 0 if bucket is None else bucket - batch,
+            "mode": "eager" if bucket is None else "graph", "runtime_mode": runtime_mode, "reason": reason,
+            "padded": 0 if bucket is None else bucket - rows,
             "host_us": round(host_us, 2),
-            "gpu_ms": None if gpu_ms is None else round(gpu_ms, 4), "gap_us": None, "tokens": tokens}
+            "gpu_ms": None if gpu_ms is None else round(gpu_ms, 4), "gap_us": None, "tokens": tokens,
+            "phase": phase, "prompt_tokens": prompt_tokens}
+
+
+def step_rows(rec: dict) -> int:
+    """Tokens a step computed (unpadded); traces before the field: the batch."""
+    rows = rec.get("rows")
+    return rec["batch"] if rows is None else rows
+
+
+def step_runtime_mode(rec: dict) -> str:
+    """FULL / PIECEWISE / NONE; traces before the field: FULL on a graph step, NONE on an eager one."""
+    m = rec.get("runtime_mode")
+    if m in RUNTIME_MODES:
+        return m
+    return RUNTIME_NONE if rec.get("bucket") is None else RUNTIME_FULL
+
+
+def step_phase(rec: dict) -> str:
+    """decode / mixed / prefill; traces before the field: decode."""
+    p = rec.get("phase")
+    return p if p in PHASES else PHASE_DECODE
 
 
 _STEP_NUMBERS = (("host_us", False), ("gpu_ms", True), ("gap_us", True), ("batch", False),
-                 ("padded", True), ("tokens", False))   # (field, may be null)
+                 ("padded", True), ("tokens", False), ("rows", True), ("prompt_tokens", True))   # (field, may be null)
 
 
 def bad_step_field(rec: dict) -> str | None:
