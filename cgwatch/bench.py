@@ -18,7 +18,12 @@ MODES = ("eager", "graph", "compile")
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="eager vs CUDA graph (vs torch.compile) step latency and throughput per batch size")
-    p.add_argument("--model", default="tiny", help="preset (tiny, llama-1b, llama-8b) or a local HF checkpoint folder")
+    p.add_argument("--backend", choices=("pytorch", "vllm"), default="pytorch",
+                   help="pytorch: cgwatch's own engine (default); vllm: a real vLLM engine, same table")
+    p.add_argument("--model", default="tiny", help="preset (tiny, llama-1b, llama-8b) or a local HF checkpoint folder "
+                   "(with --backend vllm also an HF id; a preset runs with vLLM's --load-format dummy)")
+    p.add_argument("--load-format", default=None, help="--backend vllm: vLLM's --load-format (dummy = random weights)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=None, help="--backend vllm: vLLM's (default 0.9)")
     p.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="comma-separated (default %(default)s)")
     p.add_argument("--steps", type=int, default=100, help="timed steps per batch size and mode (default 100)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
@@ -47,8 +52,29 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _make_bench(a, cfg, fan):
+    """cgwatch's own engine, or vLLM (backends/vllm_bench.py): the same result rows either way."""
+    from cgwatch.engine.bench import Bench
+    if a.backend == "pytorch":
+        for flag, given in (("--load-format", a.load_format), ("--gpu-memory-utilization", a.gpu_memory_utilization)):
+            if given is not None:
+                raise CgwatchError(f"{flag} applies to --backend vllm only")
+        return Bench(cfg, fan)
+    if a.with_compile:
+        raise CgwatchError("--with-compile is for --backend pytorch (vLLM compiles its model itself)")
+    if a.device != "auto":
+        raise CgwatchError("--device is not available with --backend vllm (use CUDA_VISIBLE_DEVICES)")
+    from cgwatch.backends.vllm_bench import VllmBench
+    from cgwatch.backends.vllm_version import require_vllm
+    require_vllm()
+    opts = {"load_format": a.load_format}
+    if a.gpu_memory_utilization is not None:
+        opts["gpu_memory_utilization"] = a.gpu_memory_utilization
+    return VllmBench(cfg, fan, opts)
+
+
 def run(a) -> int:
-    from cgwatch.engine.bench import Bench, BenchConfig, check_config
+    from cgwatch.engine.bench import BenchConfig, check_config
     from cgwatch.sinks import Fanout
     from cgwatch.trace import TraceWriter
 
@@ -57,7 +83,7 @@ def run(a) -> int:
                       dtype=a.dtype, seed=a.seed, with_compile=a.with_compile, nvtx=not a.no_nvtx)
     check_config(cfg)
     fan = Fanout()
-    bench = Bench(cfg, fan)
+    bench = _make_bench(a, cfg, fan)
     path = None if a.no_record else (a.record or time.strftime(f"bench-{_slug(a.model)}-%Y%m%d-%H%M%S.jsonl"))
     writer = TraceWriter(path, bench.header()) if path else None
     if writer:
@@ -118,10 +144,15 @@ def format_result(res: dict) -> str:
     modes = [m for m in MODES if any(r.get(m) is not None for r in rows) or (m != "compile" and m in rows[0])]
     bw = res.get("bandwidth_bytes_per_s")
     model = res["model"].get("name") if isinstance(res["model"], dict) else res["model"]
-    lines = [f"cgwatch bench · {model} · {res['gpu']} · {res['dtype']} · max_seq {res['max_seq']} · "
+    vllm = res.get("backend") == "vllm"
+    engine = (f"vLLM {res.get('vllm')} (model runner {res.get('model_runner')}, {res.get('cudagraph_mode')}, "
+              f"capture of all sizes {_f(res.get('capture_total_s'), '.2f')} s)" if vllm else "cgwatch engine")
+    timing = (res.get("latency") if vllm else
+              'CUDA events around each step' if bw else 'host time (CPU: ops are synchronous)')
+    lines = [f"cgwatch bench · {engine} · {model} · {res['gpu']} · {res['dtype']} · max_seq {res['max_seq']} · "
              f"prompt {res['prompt_len']} · {res['steps']} timed steps after {res['warmup']} warm-up · "
              f"throughput over {res['tokens']} tokens",
-             f"step time = {'CUDA events around each step' if bw else 'host time (CPU: ops are synchronous)'}; "
+             f"step time = {timing}; "
              f"HBM floor = (weights + KV read at the mean context) / {_f(bw and bw / 1e12, '.2f')} TB/s measured copy"]
     head = ["batch"]
     for m in modes:
@@ -141,7 +172,8 @@ def format_result(res: dict) -> str:
         table.append(cells)
     lines += ["", _table(head, table)]
     gap_modes = [m for m in modes if m != "compile"]   # torch.compile runs outside the engine's loop
-    head2 = (["batch"] + [f"{m} tok/s" for m in modes] + [f"{m} gap µs" for m in gap_modes]
+    extra = ("wall_p50_ms", "step wall ms", ".3f") if vllm else ("gap_us_p50", "gap µs", ".1f")
+    head2 = (["batch"] + [f"{m} tok/s" for m in modes] + [f"{m} {extra[1]}" for m in gap_modes]
              + ["HBM floor ms", "graph / floor"])
     if "graph" in modes:
         head2 += ["graph capture s"]
@@ -151,7 +183,7 @@ def format_result(res: dict) -> str:
     for r in rows:
         g = r.get("graph")
         cells = ([str(r["batch"])] + [_cell(r.get(m), "tokens_per_s", ",.0f") for m in modes]
-                 + [_cell(r.get(m), "gap_us_p50", ".1f") for m in gap_modes])
+                 + [_cell(r.get(m), extra[0], extra[2]) for m in gap_modes])
         floor = r.get("floor_ms")
         cells += [_f(floor, ".3f"), NA if not floor or not g or "p50_ms" not in g else f"{g['p50_ms'] / floor:.1f}x"]
         if "graph" in modes:

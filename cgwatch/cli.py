@@ -62,6 +62,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="share of GPU memory vLLM may use (default: vLLM's, 0.9)")
     v.add_argument("--max-num-seqs", type=int, default=None,
                    help="vLLM's cap on sequences per step (default: --max-concurrency)")
+    v.add_argument("--load-format", default=None, metavar="FORMAT",
+                   help="vLLM's --load-format: 'dummy' = random weights, no download (a cgwatch preset, or a "
+                        "folder holding just config.json); default: vLLM's")
     wl = p.add_argument_group("workload")
     wl.add_argument("--arrival", default=w.arrival, help="poisson:RATE (new requests per step), fixed:B, "
                     "or replay:PATH (a batch size per step) (default %(default)s)")
@@ -79,7 +82,7 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--sample-interval", type=float, default=0.25, help="seconds between NVML/host samples")
 
 
-_VLLM_ONLY = ("cudagraph_mode", "gpu_memory_utilization", "max_num_seqs")
+_VLLM_ONLY = ("cudagraph_mode", "gpu_memory_utilization", "max_num_seqs", "load_format")
 
 
 def _common_checks(a) -> None:
@@ -140,7 +143,7 @@ def _vllm_config(a):
     workload = WorkloadSpec(arrival=a.arrival, prompt_len=a.prompt_len, output_len=a.output_len,
                             max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed)
     cfg = VllmEngineConfig(
-        model=a.model, dtype=a.dtype, max_seq=a.max_seq,
+        model=a.model, load_format=a.load_format, dtype=a.dtype, max_seq=a.max_seq,
         capture_sizes=None if a.cudagraph_capture_sizes is None else tuple(parse_sizes(a.cudagraph_capture_sizes)),
         max_capture_size=a.max_cudagraph_capture_size, cudagraph_mode=a.cudagraph_mode,
         mode="eager" if a.enforce_eager else a.mode, gpu_memory_utilization=a.gpu_memory_utilization,
@@ -180,6 +183,8 @@ def cmd_run(a) -> int:
     mode = cfg.mode + (" (eager: no CUDA)" if cfg.mode == "graph" and getattr(engine, "cuda", True) is False else "")
     print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}{backend}), mode {mode}, "
           f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if writer else ""))
+    for note in h.get("vllm_notes") or ():
+        print(note)
     stop = _stop_on_signals()
     outcome = "completed"
     try:

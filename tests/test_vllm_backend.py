@@ -42,7 +42,7 @@ def test_decode_step_on_a_graph_maps_to_a_step_record():
     rec = StepMapper(SIZES, graph_mode=True, cudagraph_mode="FULL_AND_PIECEWISE").record(it, 3, 1.5, 0.0042)
     assert rec == {"type": "step", "i": 3, "t": 1.5, "batch": 6, "target": 8, "bucket": 8, "mode": "graph",
                    "reason": None, "padded": 2, "host_us": 4200.0, "gpu_ms": None, "gap_us": None, "tokens": 6,
-                   "runtime_mode": "FULL"}
+                   "runtime_mode": "FULL", "rows": 6, "phase": "decode", "prompt_tokens": 0}
     assert R.step_ms(rec) == pytest.approx(4.2)
 
 
@@ -59,16 +59,22 @@ def test_eager_decode_steps_say_why(graph_mode, cg_mode, sizes, batch, reason, t
     assert rec["runtime_mode"] == "NONE" and rec["tokens"] == batch
 
 
-def test_prefill_and_mixed_steps_become_prefill_records():
+def test_mixed_and_prefill_forwards_are_steps_with_requests_and_rows_apart():
     mapper = StepMapper(SIZES, True, "FULL_AND_PIECEWISE")
     mixed = iteration_from_stats(stats(23, 24, "PIECEWISE", ctx_req=1, ctx_tok=20, gen_req=3),
                                  NS(num_generation_tokens=4))
-    rec = mapper.record(mixed, 7, 2.0, 0.01)
-    assert rec == {"type": "prefill", "t": 2.0, "i": 7, "requests": 1, "tokens": 20, "host_ms": 10.0,
-                   "decode_requests": 3, "generated_tokens": 4, "runtime_mode": "PIECEWISE",
-                   "unpadded_tokens": 23, "padded_tokens": 24}
-    big = mapper.record(iteration_from_stats(stats(300, 300, "NONE", ctx_req=2, ctx_tok=300, gen_req=0)), 7, 2.1, 0.02)
-    assert big["type"] == "prefill" and big["padded_tokens"] is None and big["runtime_mode"] == "NONE"
+    rec = mapper.record(mixed, 7, 2.0, 0.01, gpu_ms=1.5)
+    assert rec == {"type": "step", "i": 7, "t": 2.0, "batch": 4, "rows": 23, "target": 24, "bucket": 24,
+                   "mode": "graph", "runtime_mode": "PIECEWISE", "reason": None, "padded": 1, "host_us": 10000.0,
+                   "gpu_ms": 1.5, "gap_us": None, "tokens": 4, "phase": "mixed", "prompt_tokens": 20}
+    big = mapper.record(iteration_from_stats(stats(300, 300, "NONE", ctx_req=2, ctx_tok=300, gen_req=0)), 8, 2.1, 0.02)
+    assert (big["phase"], big["batch"], big["rows"], big["bucket"], big["target"], big["reason"], big["padded"]) == \
+        ("prefill", 2, 300, None, None, R.REASON_OVER_MAX, 0)
+    # speculative decoding: 4 requests x (1 + 2 drafts) = 12 decode tokens in a FULL graph of 16: batch stays 4
+    spec = mapper.record(iteration_from_stats(stats(12, 16, "FULL", gen_req=4, gen_tok=12), NS(num_generation_tokens=9)),
+                         9, 2.2, 0.003)
+    assert (spec["phase"], spec["batch"], spec["rows"], spec["bucket"], spec["padded"], spec["tokens"]) == \
+        ("decode", 4, 12, 16, 4, 9)
 
 
 def test_stats_without_a_graph_stat_or_from_a_dummy_step_are_skipped():
@@ -160,13 +166,21 @@ def test_quiet_filter_drops_only_per_step_lines():
 # ---- version ----
 
 @pytest.mark.parametrize("text, ok", [("0.33.0", True), ("0.33.2+cu130", True), ("0.33.0rc1", True),
-                                      ("0.32.1", False), ("0.34.0", False), ("1.0.0", False), ("dev", False)])
+                                      ("0.26.0", True), ("0.26.1+cu130", True), ("0.29.3", True), ("0.32.1", True),
+                                      ("0.25.1", False), ("0.34.0", False), ("1.0.0", False), ("dev", False)])
 def test_version_check(text, ok):
     if ok:
         assert V.check_version(text) == text
     else:
-        with pytest.raises(CgwatchError, match=r"not supported.*vllm >=0.33.0,<0.34.*cgwatch\[vllm\]"):
+        with pytest.raises(CgwatchError, match=r"not supported.*vllm >=0.26.0,<0.34.*0.26.x to 0.33.x.*cgwatch\[vllm\]"):
             V.check_version(text)
+
+
+@pytest.mark.parametrize("text, v1", [("0.26.0", True), ("0.26.2", True), ("0.27.0", False), ("0.33.0", False)])
+def test_adapter_forces_the_v1_runner_only_where_v2_reports_no_graph_stats(text, v1):
+    a = V.adapter_for(text)
+    assert a.force_v1_runner is v1
+    assert bool(a.notes) is v1 and all("VLLM_USE_V2_MODEL_RUNNER=0" in n for n in a.notes)
 
 
 # ---- config ----
@@ -218,15 +232,16 @@ def err_line(capsys):
 def test_vllm_not_installed_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(V.importlib.util, "find_spec", lambda name: None)
     assert main(["run", "--headless", "--backend", "vllm", "--model", "meta-llama/Llama-3.2-1B"]) == 2
-    assert err_line(capsys) == ("cgwatch: --backend vllm needs the vllm package: pip install 'cgwatch[vllm]' "
-                                "(vllm >=0.33.0,<0.34 and the torch it pins)")
+    assert err_line(capsys) == ("cgwatch: --backend vllm needs the vllm package, >=0.26.0,<0.34 and the torch it "
+                                "pins: pip install 'cgwatch[vllm]' (vllm 0.33) or 'cgwatch[vllm026]' (vllm 0.26)")
 
 
 def test_vllm_outside_the_tested_range_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(V.importlib.util, "find_spec", lambda name: object())
-    monkeypatch.setattr(V.importlib.metadata, "version", lambda name: "0.31.0")
+    monkeypatch.setattr(V.importlib.metadata, "version", lambda name: "0.25.1")
     assert main(["daemon", "--backend", "vllm", "--model", "m"]) == 2
-    assert "vllm 0.31.0 is not supported" in err_line(capsys)
+    line = err_line(capsys)
+    assert "vllm 0.25.1 is not supported" in line and "0.26.x to 0.33.x" in line
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -328,13 +343,17 @@ def test_adapter_streams_steps_prefills_and_the_capture_total(fake):
     assert len(done) == 1 and done[0]["scope"] == "total" and done[0]["source"] == "vllm"
     assert done[0]["seconds"] == 1.25 and done[0]["pool_bytes"] == 1 << 29 and done[0]["sizes"][-1] == 32
     steps = [r for r in recs if r["type"] == "step"]
-    pre = [r for r in recs if r["type"] == "prefill"]
+    assert not [r for r in recs if r["type"] == "prefill"]          # every forward is a step record
     assert len(steps) == 40 == summary["steps"] and [s["i"] for s in steps] == list(range(40))
-    assert all(s["gpu_ms"] is None and s["host_us"] > 0 and s["runtime_mode"] == "FULL" for s in steps)
-    assert all(s["bucket"] == s["target"] and s["padded"] == s["bucket"] - s["batch"] for s in steps)
-    assert pre and all(p["tokens"] >= 4 and p["requests"] >= 1 for p in pre)
-    assert all(p["runtime_mode"] == ("PIECEWISE" if p["unpadded_tokens"] <= 32 else "NONE") for p in pre)
+    decode = [s for s in steps if s["phase"] == "decode"]
+    pre = [s for s in steps if s["phase"] != "decode"]
+    assert decode and all(s["gpu_ms"] is None and s["host_us"] > 0 and s["runtime_mode"] == "FULL" for s in decode)
+    assert all(s["bucket"] == s["target"] and s["padded"] == s["bucket"] - s["rows"] for s in decode)
+    assert all(s["rows"] == s["batch"] for s in decode)
+    assert pre and all(p["prompt_tokens"] >= 4 and p["rows"] > p["batch"] for p in pre)
+    assert all(p["runtime_mode"] == ("PIECEWISE" if p["rows"] <= 32 else "NONE") for p in pre)
     assert summary["tokens"] == sum(s["tokens"] for s in steps)
+    assert head["gpu_timing"].startswith("n/a")
     assert kinds(recs, "state")[0]["backend"] == "vllm" and any(r["type"] == "sample" for r in recs)
     assert fake.shutdowns == 1
 
@@ -357,13 +376,14 @@ def test_toggle_and_recapture_restart_vllm_and_say_so(fake):
     assert replies["padding"]["ok"] is False and "no max padding ratio" in replies["padding"]["error"]
     assert replies["recapture"]["state"]["sizes"] == [1, 2, 4, 8, 12]
     eager = [r for r in recs if r["type"] == "step" and 10 <= r["i"] < 20]
-    assert eager and all(r["reason"] == "eager_mode" and r["target"] is not None for r in eager)
+    assert eager and all(r["reason"] == "eager_mode" for r in eager)
+    assert all(r["target"] is not None for r in eager if r["phase"] == "decode")
     later = [r for r in recs if r["type"] == "step" and r["i"] >= 30]
     assert all(r["target"] in (1, 2, 4, 8, 12, None) for r in later)
     assert len(kinds(recs, "capture_done")) == 3    # the first build, back to graph, the recapture
-    # live requests are re-submitted after a restart (with their tokens so far): a prefill follows
+    # live requests are re-submitted after a restart (with their tokens so far): a prefill forward follows
     first_restart = recs.index(restarts[0])
-    assert any(r["type"] == "prefill" for r in recs[first_restart:first_restart + 5])
+    assert any(r["type"] == "step" and r["phase"] != "decode" for r in recs[first_restart:first_restart + 5])
 
 
 def test_replay_workload_aborts_what_it_retires(fake, tmp_path):
@@ -377,8 +397,8 @@ def test_replay_workload_aborts_what_it_retires(fake, tmp_path):
     llm = eng.llm
     eng.close()
     assert len(llm.aborted) == 3
-    steps = [r["batch"] for r in recs if r["type"] == "step"]
-    assert steps == [4, 4, 1, 1, 1]          # step 0 is the prefill of the first four
+    steps = [(r["phase"], r["batch"]) for r in recs if r["type"] == "step"]
+    assert steps == [("prefill", 4), ("decode", 4), ("decode", 4), ("decode", 1), ("decode", 1), ("decode", 1)]
 
 
 def test_a_failed_restart_goes_back_and_refuses_the_command(fake):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from cgwatch.backends.vllm_model import VllmModel, resolve_model
 from cgwatch.engine.control import Command
 from cgwatch.errors import CgwatchError
 from cgwatch.workload import WorkloadSpec
@@ -30,7 +31,8 @@ def parse_cudagraph_mode(text: str) -> str:
 
 @dataclass
 class VllmEngineConfig:
-    model: str                                   # Hugging Face id or local folder, as vLLM takes it
+    model: str                                   # Hugging Face id, local folder, or a cgwatch preset (vllm_model.py)
+    load_format: str | None = None               # vLLM's --load-format ("dummy": random weights); None: vLLM's
     dtype: str = "auto"                          # cgwatch names (DTYPES)
     max_seq: int = 1024                          # -> max_model_len
     capture_sizes: tuple[int, ...] | None = None  # None: vLLM's default list
@@ -46,6 +48,7 @@ class VllmEngineConfig:
     sample_interval_s: float = 0.25
     engine_args: dict = field(default_factory=dict)   # more EngineArgs fields, as given (API/tests, not the CLI)
     backend: str = field(default="vllm", init=False)
+    resolved: VllmModel = field(default=None, init=False, repr=False, compare=False)  # what vLLM gets
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -71,6 +74,9 @@ class VllmEngineConfig:
         for step, cmd in self.schedule:
             if cmd.name == "padding":
                 raise CgwatchError(f"--at {step}:padding=...: {NO_PADDING_RATIO}")
+        if self.load_format is not None and not str(self.load_format).strip():
+            raise CgwatchError("--load-format must not be empty")
+        self.resolved = resolve_model(self.model, self.load_format)
 
     @property
     def num_seqs(self) -> int:
@@ -83,19 +89,22 @@ class VllmEngineConfig:
         d["engine_args"] = {k: repr(v) if not isinstance(v, (str, int, float, bool, type(None))) else v
                             for k, v in self.engine_args.items()}
         d["max_num_seqs"] = self.num_seqs
+        d["resolved"] = asdict(self.resolved)
         return d
 
     def engine_kwargs(self, graph: bool, sizes: list[int] | tuple[int, ...] | None) -> dict:
         """``vllm.EngineArgs(**kwargs)`` for graph mode (with ``sizes``, None = vLLM's default list) or
         eager mode (``enforce_eager``: no graphs, no compilation)."""
         kw: dict = {
-            "model": self.model, "dtype": DTYPES[self.dtype], "max_model_len": self.max_seq, "seed": self.seed,
+            "model": self.resolved.path, "dtype": DTYPES[self.dtype], "max_model_len": self.max_seq, "seed": self.seed,
             "max_num_seqs": self.num_seqs, "enforce_eager": not graph,
             "cudagraph_metrics": True,                 # SchedulerStats.cudagraph_stats every step
             "enable_logging_iteration_details": True,  # SchedulerStats.iteration_details: prompt vs decode tokens
             "disable_log_stats": False,                # stat loggers run only with stats on
             "skip_tokenizer_init": True,               # cgwatch sends token ids and reads token ids
         }
+        if self.resolved.load_format is not None:
+            kw["load_format"] = self.resolved.load_format
         if self.gpu_memory_utilization is not None:
             kw["gpu_memory_utilization"] = self.gpu_memory_utilization
         if graph:

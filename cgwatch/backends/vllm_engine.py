@@ -36,7 +36,8 @@ from cgwatch import records as R
 from cgwatch.backends.vllm_config import NO_PADDING_RATIO, VllmEngineConfig, drop_above
 from cgwatch.backends.vllm_log import CaptureTap, QuietStepLogs
 from cgwatch.backends.vllm_stats import StatsCollector, StepMapper
-from cgwatch.backends.vllm_version import import_vllm
+from cgwatch.backends.vllm_timing import ForwardTimer
+from cgwatch.backends.vllm_version import adapter_for, import_vllm
 from cgwatch.engine.control import CommandTaker
 from cgwatch.errors import CgwatchError
 from cgwatch.workload import Workload
@@ -75,6 +76,7 @@ class VllmEngine(CommandTaker):
     def __init__(self, cfg: VllmEngineConfig, emit: Callable[[dict], None]):
         self.workload = Workload(cfg.workload)   # bad workload specs fail before vLLM's slow import
         self.vllm = import_vllm()          # checked and imported: a one-line CgwatchError otherwise
+        self.adapter = adapter_for(self.vllm.__version__)
         from vllm import SamplingParams
         from vllm.engine.arg_utils import EngineArgs
         from vllm.sampling_params import RequestOutputKind
@@ -91,6 +93,7 @@ class VllmEngine(CommandTaker):
             self.want_sizes = list(kept)
         self.sizes: list[int] = list(self.want_sizes or [])   # sizes in force (vLLM's resolved list)
         self.collector = StatsCollector()
+        self.timer = ForwardTimer()
         self.tap = CaptureTap().install()
         self.quiet = QuietStepLogs().install()
         self._init_commands(cfg.schedule)
@@ -125,9 +128,12 @@ class VllmEngine(CommandTaker):
         """Build the vLLM engine for the current mode and sizes (``build_s``: the seconds it took)."""
         kwargs = self.cfg.engine_kwargs(self.graph_mode, self.want_sizes)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"   # in-process: cgwatch times the steps itself
+        if self.adapter.force_v1_runner:
+            os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
         self.tap.reset()
         self.collector.drain()
         t = time.perf_counter()
+        why = None
         try:
             args = self._EngineArgs(**kwargs)
             self.llm = self._LLMEngine.from_engine_args(args, stat_loggers=[self.collector.logger_class()],
@@ -135,9 +141,14 @@ class VllmEngine(CommandTaker):
         except CgwatchError:
             raise
         except Exception as e:
+            why = _first_line(e)
+        if why is not None:            # out of the except block: its traceback (holding the half-built
+            self.llm = None            # engine's GPU memory) is gone, so the memory can be given back
+            self._release()
             raise CgwatchError(f"vLLM could not start {self.cfg.model!r} "
-                               f"({'graph' if self.graph_mode else 'eager'} mode): {_first_line(e)}") from e
+                               f"({'graph' if self.graph_mode else 'eager'} mode): {why}") from RuntimeError(why)
         self.build_s = time.perf_counter() - t
+        self.timer.install(self.llm)
         vc = self.llm.vllm_config
         cc = vc.compilation_config
         self.cudagraph_mode = str(cc.cudagraph_mode)
@@ -165,6 +176,11 @@ class VllmEngine(CommandTaker):
         except Exception:
             pass
         del llm
+        self._release()
+
+    @staticmethod
+    def _release() -> None:
+        """Give back what a stopped (or half-built) engine held: objects, process groups, cached memory."""
         gc.collect()
         try:
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
@@ -244,9 +260,13 @@ class VllmEngine(CommandTaker):
                 "gpu": gpu, "driver": info["driver"], "gpu_mem_total_bytes": info["mem_total_bytes"],
                 "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(self.device),
                 "dtype": self.model_dtype, "backend": "vllm", "vllm": self.vllm.__version__,
-                "model_runner": self.runner,
+                "model_runner": self.runner, "vllm_notes": self.adapter.notes,
+                "gpu_timing": ("CUDA events around each forward (model runner)" if self.timer.reason is None
+                               else f"n/a: {self.timer.reason}"),
                 "async_scheduling": bool(self.llm.vllm_config.scheduler_config.async_scheduling),
-                "model": {"name": self.cfg.model, "source": "vllm", "architecture": (mc.architectures or [None])[0],
+                "model": {"name": self.cfg.model, "source": f"vllm ({self.cfg.resolved.source})",
+                          "load_format": self.cfg.resolved.load_format,
+                          "architecture": (mc.architectures or [None])[0],
                           "max_model_len": mc.max_model_len, "vocab_size": self.vocab, "params": None},
                 "config": cfg, "workload": self.workload.describe(), "nvtx": False, "nvml": self.nvml.available,
                 "build_s": round(self.build_s, 3)}
@@ -261,6 +281,10 @@ class VllmEngine(CommandTaker):
     def start(self) -> None:
         self.started = True
         self.t0 = time.perf_counter()
+        for note in self.adapter.notes + ([self.cfg.resolved.note] if self.cfg.resolved.note else []):
+            self.emit(R.event(R.EV_INFO, self.now(), message=note))
+        if self.timer.reason is not None:
+            self.emit(R.event(R.EV_INFO, self.now(), message=f"GPU time of vLLM forwards is n/a: {self.timer.reason}"))
         if self.dropped_sizes:
             self.emit(R.event(R.EV_INFO, self.now(), message=f"capture sizes {self.dropped_sizes} dropped: above "
                               f"--max-cudagraph-capture-size {self.cfg.max_capture_size}"))
@@ -402,12 +426,11 @@ class VllmEngine(CommandTaker):
             wall = self._wall / len(its)
             t = self._wall_t0 - self.t0
             for it in its:
-                rec = self.mapper.record(it, self.i, t, wall)
+                rec = self.mapper.record(it, self.i, t, wall, self.timer.take(it.unpadded_tokens))
                 if len(its) > 1:
                     rec["wall_shared_by"] = len(its)
-                if rec["type"] == R.STEP:
-                    self.i += 1
-                    self.tokens += rec["tokens"]
+                self.i += 1
+                self.tokens += rec["tokens"]
                 self.emit(rec)
             self._flush_wall()
         return True

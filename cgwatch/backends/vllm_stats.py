@@ -11,18 +11,18 @@ once per engine step, a ``SchedulerStats`` whose
 
 and an ``IterationStats`` whose ``num_generation_tokens`` counts the tokens the step produced.
 
-Mapping (docs/VLLM.md has the full table):
+Mapping (docs/VLLM.md has the full table): every forward is a ``step`` record (records.step), the
+pure decode ones and the mixed prefill+decode ones (most forwards under chunked prefill) alike:
 
-* A step with no prompt tokens is a decode step -> a ``step`` record: ``batch`` = unpadded tokens
-  (= requests, one token each), ``bucket`` = padded tokens when a graph ran (None on NONE),
-  ``target`` = the smallest capture size >= batch, ``padded`` = bucket - batch, ``host_us`` = the
-  step's wall time, ``gpu_ms`` = None (vLLM does not time steps on the GPU), ``tokens`` = tokens
-  produced; plus ``runtime_mode``.
-* A step with prompt tokens (a prefill, or prefill mixed with decodes, as vLLM's chunked prefill
-  schedules them) -> a ``prefill`` record: ``requests`` / ``tokens`` = the prompt requests / tokens,
-  ``host_ms`` = the step's wall time, plus the decode requests that rode along, the tokens produced
-  and the graph the forward used (``runtime_mode``, ``unpadded_tokens``, ``padded_tokens``). It is not
-  a decode step, so it stays out of the bucket table, exactly as cgwatch's own eager prefill does.
+* ``batch`` = requests in the forward (prompt + decode requests), ``rows`` = tokens it computed
+  (unpadded; > batch when prompt chunks or speculative drafts ride along), ``prompt_tokens``,
+  ``phase`` = decode / mixed / prefill;
+* ``runtime_mode`` = FULL / PIECEWISE / NONE, ``bucket`` = the padded token count when a graph ran
+  (None on NONE), ``target`` = the smallest capture size >= rows, ``padded`` = bucket - rows;
+* ``host_us`` = the engine step's wall time, ``gpu_ms`` = CUDA events around the model runner's
+  forward (vllm_timing.py; None where not measured), ``tokens`` = tokens produced.
+
+A hit is a forward a captured graph ran (FULL or PIECEWISE); the report keeps the two apart.
 
 This module imports vllm only inside ``StatsCollector.logger_class()`` (vLLM calls it); the rest is
 plain Python over duck-typed stat objects, testable without vLLM.
@@ -102,24 +102,27 @@ class StepMapper:
             return R.REASON_OVER_MAX
         return REASON_VLLM_NO_GRAPH
 
-    def record(self, it: Iteration, i: int, t: float, wall_s: float) -> dict:
-        """The record of one iteration: ``i`` = the decode-step index (of this step, or of the next one
-        for a prefill), ``t`` = s since the run started, ``wall_s`` = the step's wall time."""
+    def record(self, it: Iteration, i: int, t: float, wall_s: float, gpu_ms: float | None = None) -> dict:
+        """The step record of one forward: ``i`` = its index, ``t`` = s since the run started,
+        ``wall_s`` = the engine step's wall time, ``gpu_ms`` = its GPU time (None: not measured)."""
         graph = it.runtime_mode != NONE_MODE
-        if it.is_prefill:
-            return {"type": R.PREFILL, "t": round(t, 6), "i": i, "requests": it.ctx_requests,
-                    "tokens": it.ctx_tokens, "host_ms": round(wall_s * 1e3, 4),
-                    "decode_requests": it.gen_requests, "generated_tokens": it.generated,
-                    "runtime_mode": it.runtime_mode, "unpadded_tokens": it.unpadded_tokens,
-                    "padded_tokens": it.padded_tokens if graph else None}
-        batch = it.unpadded_tokens
-        target = target_for(self.sizes, batch)
+        rows = it.unpadded_tokens
+        prompt = it.ctx_tokens or 0
+        if it.ctx_requests is None or it.gen_requests is None:   # no iteration details: one token a request
+            batch = rows
+        else:
+            batch = it.ctx_requests + it.gen_requests
+        if not prompt:
+            phase = R.PHASE_DECODE
+        else:
+            phase = R.PHASE_PREFILL if not it.gen_requests else R.PHASE_MIXED
+        target = target_for(self.sizes, rows)
         bucket = it.padded_tokens if graph else None
-        reason = None if graph else self.reason(batch, target)
+        reason = None if graph else self.reason(rows, target)
         tokens = it.generated if it.generated is not None else (it.gen_tokens if it.gen_tokens is not None else batch)
-        rec = R.step(i, t, batch, target, bucket, reason, wall_s * 1e6, None, tokens)
-        rec["runtime_mode"] = it.runtime_mode
-        return rec
+        mode = it.runtime_mode if it.runtime_mode in R.RUNTIME_MODES else (R.RUNTIME_FULL if graph else R.RUNTIME_NONE)
+        return R.step(i, t, batch, target, bucket, reason, wall_s * 1e6, gpu_ms, tokens, rows=rows,
+                      runtime_mode=mode, phase=phase, prompt_tokens=prompt)
 
 
 class StatsCollector:

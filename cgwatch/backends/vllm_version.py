@@ -9,12 +9,38 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
+from dataclasses import dataclass
 
 from cgwatch.errors import CgwatchError
 
-TESTED = (0, 33)                 # vLLM's stat classes are not a stable interface: pin the minor version
-SUPPORTED_SPEC = ">=0.33.0,<0.34"
-INSTALL_HINT = "pip install 'cgwatch[vllm]'"
+OLDEST, NEWEST = (0, 26), (0, 33)   # vLLM's stat classes are not a stable interface: a tested range of minors
+SUPPORTED_SPEC = ">=0.26.0,<0.34"
+INSTALL_HINT = "pip install 'cgwatch[vllm]' (vllm 0.33) or 'cgwatch[vllm026]' (vllm 0.26)"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What differs between the supported releases, as cgwatch must handle it (one field a difference,
+    each found in vLLM's own source of those releases; docs/VLLM.md lists them)."""
+    version: tuple[int, int, int]
+    # Model Runner V2 (the default from 0.26 on) fills SchedulerStats.cudagraph_stats only from 0.27:
+    # on 0.26 cgwatch runs the V1 runner (VLLM_USE_V2_MODEL_RUNNER=0) and says so at start.
+    force_v1_runner: bool
+
+    @property
+    def notes(self) -> list[str]:
+        out = []
+        if self.force_v1_runner:
+            out.append(f"vLLM {'.'.join(map(str, self.version))}: Model Runner V2 reports no CUDA graph stats, "
+                       f"so cgwatch runs the V1 runner (VLLM_USE_V2_MODEL_RUNNER=0)")
+        return out
+
+
+def adapter_for(text: str) -> Adapter:
+    """The adapter of a supported version (check_version first)."""
+    v = parse_version(text)
+    assert v is not None
+    return Adapter(version=v, force_v1_runner=v[:2] < (0, 27))
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
@@ -26,17 +52,17 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
 def check_version(text: str) -> str:
     """The version text if it is in the tested range, else a CgwatchError naming the supported versions."""
     v = parse_version(text)
-    if v is None or v[:2] != TESTED:
-        raise CgwatchError(f"vllm {text} is not supported: cgwatch's vLLM backend is tested with vllm "
-                           f"{SUPPORTED_SPEC} ({INSTALL_HINT} installs it)")
+    if v is None or not OLDEST <= v[:2] <= NEWEST:
+        raise CgwatchError(f"vllm {text} is not supported: cgwatch's vLLM backend supports vllm "
+                           f"{SUPPORTED_SPEC}, i.e. 0.26.x to 0.33.x ({INSTALL_HINT})")
     return text
 
 
 def installed_version() -> str:
     """vLLM's version from its package metadata, without importing it; a CgwatchError if it is missing."""
     if importlib.util.find_spec("vllm") is None:
-        raise CgwatchError(f"--backend vllm needs the vllm package: {INSTALL_HINT} "
-                           f"(vllm {SUPPORTED_SPEC} and the torch it pins)")
+        raise CgwatchError(f"--backend vllm needs the vllm package, {SUPPORTED_SPEC} and the torch it pins: "
+                           f"{INSTALL_HINT}")
     try:
         return importlib.metadata.version("vllm")
     except importlib.metadata.PackageNotFoundError:
@@ -55,6 +81,6 @@ def import_vllm():
         import vllm
     except Exception as e:   # ImportError, or an OSError / RuntimeError from its compiled parts
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CgwatchError(f"vllm {version} is installed but does not import ({type(e).__name__}: {first}); "
-                           f"reinstall with {INSTALL_HINT}") from e
+        raise CgwatchError(f"vllm {version} is installed but does not import ({type(e).__name__}: {first[:200]}); "
+                           f"reinstall: {INSTALL_HINT}") from e
     return vllm

@@ -286,15 +286,20 @@ class Bench:
         if not bandwidth:
             return None
         m = self.engine.model
-        a = m.args
-        elt = m.embed_tokens.weight.element_size()
         weights = sum(p.numel() * p.element_size() for p in m.parameters())
-        # a step gathers b rows of the embedding table, so it is not read in full -- unless it is
-        # also the lm_head (tied), which reads all of it; parameters() counts a tied table once
-        weights -= 0 if a.tie_embeddings else m.embed_tokens.weight.numel() * elt
         ctx = self.cfg.prompt_len + self.cfg.warmup + self.cfg.steps / 2   # mean position while timed
-        kv = b * a.n_layers * 2 * a.n_kv_heads * a.head_dim * ctx * elt
-        return (weights + kv) / bandwidth * 1e3
+        return hbm_floor_ms(m.args, m.embed_tokens.weight.element_size(), b, ctx, bandwidth, weights)
+
+
+def hbm_floor_ms(a, elt: int, b: int, ctx: float, bandwidth: float, weight_bytes: int | None = None) -> float:
+    """The least time a decode step of batch b can take: (weights + KV at context ``ctx``) / bandwidth.
+    ``weight_bytes``: the model's parameter bytes (None: from the shapes, ``a.n_params()``)."""
+    weights = a.n_params() * elt if weight_bytes is None else weight_bytes
+    # a step gathers b rows of the embedding table, so it is not read in full -- unless it is
+    # also the lm_head (tied), which reads all of it; parameters() counts a tied table once
+    weights -= 0 if a.tie_embeddings else a.vocab_size * a.dim * elt
+    kv = b * a.n_layers * 2 * a.n_kv_heads * a.head_dim * ctx * elt
+    return (weights + kv) / bandwidth * 1e3
 
 
 def _row_text(row: dict) -> str:

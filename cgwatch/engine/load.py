@@ -95,3 +95,20 @@ def load_hf(path: Path, device: torch.device, dtype: torch.dtype) -> Transformer
     if missing:
         raise CgwatchError(f"{path}: checkpoint lacks {len(missing)} weights, e.g. {', '.join(missing[:3])}")
     return model.eval().requires_grad_(False)
+
+
+def hf_config(args: ModelArgs) -> dict:
+    """The Hugging Face ``config.json`` (LlamaForCausalLM) of these shapes: what another engine (vLLM)
+    needs to build the same model; ``args_from_hf_config`` reads it back to the same ModelArgs."""
+    cfg = {"architectures": ["Qwen2ForCausalLM" if args.qkv_bias else "LlamaForCausalLM"],
+           "model_type": "qwen2" if args.qkv_bias else "llama",
+           "hidden_size": args.dim, "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
+           "num_key_value_heads": args.n_kv_heads, "intermediate_size": args.ffn_dim,
+           "vocab_size": args.vocab_size, "rms_norm_eps": args.norm_eps, "rope_theta": args.rope_theta,
+           "rope_scaling": dict(args.rope_scaling) if args.rope_scaling else None,
+           "tie_word_embeddings": args.tie_embeddings, "hidden_act": "silu", "attention_bias": args.qkv_bias,
+           "max_position_embeddings": 131072, "torch_dtype": "bfloat16",
+           "bos_token_id": 1, "eos_token_id": 2}
+    if args.explicit_head_dim:
+        cfg["head_dim"] = args.explicit_head_dim
+    return cfg

@@ -1,0 +1,203 @@
+"""The vLLM backend on a real GPU (``pytest -m gpu``; skipped without CUDA or vllm): a real vLLM engine
+(the ``tiny`` preset's shapes, ``--load-format dummy``) through cgwatch's adapter.
+
+- every forward's record agrees with the ``CUDAGraphStat`` vLLM itself reported for it;
+- mixed prefill+decode forwards are steps (phase, prompt tokens, rows != batch), with GPU times;
+- an eager/graph toggle restarts vLLM and the records follow the new mode;
+- a recapture with a new size list restarts vLLM with those sizes;
+- a graph capture that runs out of memory (the memory taken just before vLLM captures) is an alert,
+  the engine goes back to the previous config, and the command is refused in one line.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("vllm")
+
+from cgwatch import records as R  # noqa: E402
+from cgwatch.backends.vllm_config import VllmEngineConfig  # noqa: E402
+from cgwatch.backends.vllm_engine import VllmEngine  # noqa: E402
+from cgwatch.engine.control import Command  # noqa: E402
+from cgwatch.workload import WorkloadSpec  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+SIZES = (1, 2, 4, 8, 16)
+
+
+class Recorder:
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def __call__(self, rec):
+        self.records.append(rec)
+
+    def steps(self, since=0):
+        return [r for r in self.records[since:] if r["type"] == R.STEP]
+
+    def events(self, kind, since=0):
+        return [r for r in self.records[since:] if r["type"] == R.EVENT and r.get("kind") == kind]
+
+
+def take_all_free_memory() -> list:
+    """Allocate GPU memory in shrinking chunks until none is left (released when the list goes)."""
+    hog, chunk = [], 1 << 30
+    while chunk >= (2 << 20):
+        try:
+            hog.append(torch.empty(chunk, dtype=torch.uint8, device="cuda"))
+        except torch.OutOfMemoryError:
+            chunk //= 4
+    return hog
+
+
+@pytest.fixture(scope="module")
+def engine():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    rec = Recorder()
+    cfg = VllmEngineConfig(model="tiny", load_format="dummy", max_seq=512, capture_sizes=SIZES,
+                           gpu_memory_utilization=0.3, max_num_seqs=16,
+                           workload=WorkloadSpec(arrival="poisson:0.6", prompt_len="uniform:8:96",
+                                                 output_len="uniform:8:48", max_concurrency=16, max_seq=512, seed=1))
+    eng = VllmEngine(cfg, rec)
+    seen = []                                   # every Iteration vLLM's stats gave, in order
+    add = eng.collector.add
+
+    def spy(scheduler_stats, iteration_stats=None):
+        n = len(eng.collector.pending)
+        add(scheduler_stats, iteration_stats)
+        seen.extend(eng.collector.pending[n:])
+    eng.collector.add = spy
+    eng.rec, eng.seen = rec, seen
+    eng.start()
+    yield eng
+    eng.close()
+
+
+def test_every_forward_record_matches_vllms_own_cudagraph_stat(engine):
+    first = len(engine.seen)
+    since = len(engine.rec.records)
+    for _ in range(300):
+        engine.step()
+    its = engine.seen[first:]
+    steps = engine.rec.steps(since)
+    assert len(steps) == len(its) > 250
+    for it, r in zip(its, steps):
+        assert r["rows"] == it.unpadded_tokens
+        assert R.step_runtime_mode(r) == it.runtime_mode
+        if it.runtime_mode == "NONE":
+            assert r["bucket"] is None and r["padded"] == 0
+        else:
+            assert r["bucket"] == it.padded_tokens and r["padded"] == it.paddings == it.padded_tokens - it.unpadded_tokens
+        assert r["prompt_tokens"] == (it.ctx_tokens or 0)
+        assert r["batch"] == it.ctx_requests + it.gen_requests
+    decode = [r for r in steps if r["phase"] == R.PHASE_DECODE]
+    mixed = [r for r in steps if r["phase"] != R.PHASE_DECODE]
+    assert decode and mixed, "Poisson traffic gives pure decode and mixed prefill+decode forwards"
+    assert all(r["rows"] >= r["batch"] and r["prompt_tokens"] > 0 for r in mixed)
+    # FULL_AND_PIECEWISE (vLLM's default): pure decode batches within the sizes run FULL graphs
+    assert {R.step_runtime_mode(r) for r in decode if r["rows"] <= max(SIZES)} == {"FULL"}
+    assert any(R.step_runtime_mode(r) == "PIECEWISE" for r in mixed)
+    timed = [r for r in steps if r["gpu_ms"] is not None]
+    assert len(timed) >= 0.9 * len(steps) and all(r["gpu_ms"] > 0 for r in timed)
+
+
+def test_toggle_restarts_vllm_and_records_follow_the_mode(engine):
+    since = len(engine.rec.records)
+    engine.submit(Command("mode", "eager"))
+    for _ in range(40):
+        engine.step()
+    assert engine.rec.events(R.EV_RESTART, since), "the toggle restarts vLLM"
+    steps = engine.rec.steps(since)
+    assert steps and all(r["bucket"] is None and r["reason"] == R.REASON_EAGER_MODE for r in steps)
+    since = len(engine.rec.records)
+    engine.submit(Command("mode", "graph"))
+    for _ in range(60):
+        engine.step()
+    restart = engine.rec.events(R.EV_RESTART, since)
+    assert restart and restart[-1]["new"]["mode"] == "graph"
+    assert any(r["bucket"] is not None for r in engine.rec.steps(since))
+
+
+def test_recapture_restarts_vllm_with_the_new_sizes(engine):
+    since = len(engine.rec.records)
+    engine.submit(Command("recapture", [1, 3, 12]))
+    for _ in range(80):
+        engine.step()
+    restart = engine.rec.events(R.EV_RESTART, since)
+    assert restart and restart[-1]["new"]["cudagraph_capture_sizes"] == [1, 3, 12]
+    assert engine.sizes == [1, 3, 12]
+    buckets = {r["bucket"] for r in engine.rec.steps(since) if r["bucket"] is not None}
+    assert buckets and buckets <= {1, 3, 12}
+
+
+def test_a_capture_that_runs_out_of_memory_is_an_alert_and_the_engine_goes_back(engine, monkeypatch):
+    from vllm.v1.worker import gpu_model_runner
+
+    original = gpu_model_runner.GPUModelRunner.capture_model
+
+    def capture_without_memory(self, *a, **k):
+        hog = take_all_free_memory()
+        try:
+            return original(self, *a, **k)
+        finally:
+            del hog
+            torch.cuda.empty_cache()
+
+    monkeypatch.setattr(gpu_model_runner.GPUModelRunner, "capture_model", capture_without_memory)
+    before = list(engine.sizes)
+    since = len(engine.rec.records)
+    engine.submit(Command("recapture", [2, 4, 6]))
+    with pytest.raises(RuntimeError, match="could not start again"):
+        engine.step()                       # the previous config captures too: under the hog it fails again
+    alerts = [a["message"] for a in engine.rec.events(R.EV_ALERT, since)]
+    assert any("failed" in m and "memory" in m.lower() for m in alerts), alerts
+    monkeypatch.undo()
+    assert before   # the engine is gone now; the module fixture's close() still runs cleanly
+
+
+def test_a_failed_capture_restart_with_memory_back_recovers():
+    """The same failure once, then memory comes back: the engine is back on the previous sizes."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from vllm.v1.worker import gpu_model_runner
+
+    rec = Recorder()
+    cfg = VllmEngineConfig(model="tiny", load_format="dummy", max_seq=256, capture_sizes=(1, 2, 4),
+                           gpu_memory_utilization=0.3, max_num_seqs=4,
+                           workload=WorkloadSpec(arrival="fixed:4", prompt_len="fixed:8", output_len="fixed:64",
+                                                 max_concurrency=4, max_seq=256))
+    eng = VllmEngine(cfg, rec)
+    eng.start()
+    original = gpu_model_runner.GPUModelRunner.capture_model
+    calls = []
+
+    def fail_once(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            hog = take_all_free_memory()
+            try:
+                return original(self, *a, **k)
+            finally:
+                del hog
+                torch.cuda.empty_cache()
+        return original(self, *a, **k)
+
+    gpu_model_runner.GPUModelRunner.capture_model = fail_once
+    try:
+        for _ in range(5):
+            eng.step()
+        replies = []
+        eng.submit(Command("recapture", [1, 2, 3, 4], reply=replies.append))
+        eng.apply_pending()
+        assert replies and not replies[0]["ok"] and "back on the previous config" in replies[0]["error"], replies
+        alerts = [a["message"] for a in rec.events(R.EV_ALERT)]
+        assert any("failed" in m and "memory" in m.lower() for m in alerts), alerts
+        assert eng.sizes == [1, 2, 4]
+        for _ in range(10):
+            assert eng.step()
+        assert any(r["bucket"] == 4 for r in rec.steps())
+    finally:
+        gpu_model_runner.GPUModelRunner.capture_model = original
+        eng.close()
