@@ -74,7 +74,13 @@ def test_mixed_and_prefill_forwards_are_steps_with_requests_and_rows_apart():
     spec = mapper.record(iteration_from_stats(stats(12, 16, "FULL", gen_req=4, gen_tok=12), NS(num_generation_tokens=9)),
                          9, 2.2, 0.003)
     assert (spec["phase"], spec["batch"], spec["rows"], spec["bucket"], spec["padded"], spec["tokens"]) == \
-        ("decode", 4, 12, 16, 4, 9)
+        ("mixed", 4, 12, 16, 4, 9)      # without drafts configured, 3 tokens a request is recompute
+    spec = StepMapper(SIZES, True, "FULL_AND_PIECEWISE", spec_tokens=2).record(
+        iteration_from_stats(stats(12, 16, "FULL", gen_req=4, gen_tok=12), NS(num_generation_tokens=9)), 9, 2.2, 0.003)
+    assert (spec["phase"], spec["batch"], spec["rows"], spec["prompt_tokens"]) == ("decode", 4, 12, 0)
+    # a request resumed after preemption recomputes 40 tokens as "generation": prompt-like, not decode
+    resumed = mapper.record(iteration_from_stats(stats(43, 43, "NONE", gen_req=4, gen_tok=43)), 10, 2.3, 0.003)
+    assert (resumed["phase"], resumed["batch"], resumed["rows"], resumed["prompt_tokens"]) == ("mixed", 4, 43, 39)
 
 
 def test_stats_without_a_graph_stat_or_from_a_dummy_step_are_skipped():
@@ -176,10 +182,12 @@ def test_version_check(text, ok):
             V.check_version(text)
 
 
-@pytest.mark.parametrize("text, v1", [("0.26.0", True), ("0.26.2", True), ("0.27.0", False), ("0.33.0", False)])
-def test_adapter_forces_the_v1_runner_only_where_v2_reports_no_graph_stats(text, v1):
+@pytest.mark.parametrize("text, v1, outputless", [("0.26.0", True, True), ("0.27.1", True, True),
+                                                   ("0.28.0", True, False), ("0.29.9", True, False),
+                                                   ("0.30.0", False, False), ("0.33.0", False, False)])
+def test_adapters_follow_vllms_source(text, v1, outputless):
     a = V.adapter_for(text)
-    assert a.force_v1_runner is v1
+    assert a.force_v1_runner is v1 and a.read_outputless_steps is outputless
     assert bool(a.notes) is v1 and all("VLLM_USE_V2_MODEL_RUNNER=0" in n for n in a.notes)
 
 
@@ -192,8 +200,9 @@ def test_engine_kwargs_graph_and_eager():
     assert kw == {"model": "m", "dtype": "bfloat16", "max_model_len": 512, "seed": 0, "max_num_seqs": 16,
                   "enforce_eager": False, "cudagraph_metrics": True, "enable_logging_iteration_details": True,
                   "disable_log_stats": False, "skip_tokenizer_init": True, "gpu_memory_utilization": 0.5,
-                  "cudagraph_capture_sizes": [1, 2, 4], "max_cudagraph_capture_size": 32,
+                  "cudagraph_capture_sizes": [1, 2, 4],   # no max with a list: vLLM refuses one != max(list)
                   "compilation_config": {"cudagraph_mode": "FULL"}}
+    assert cfg.engine_kwargs(True, None)["max_cudagraph_capture_size"] == 32
     eager = cfg.engine_kwargs(False, [1, 2, 4])
     assert eager["enforce_eager"] is True and "cudagraph_capture_sizes" not in eager
     assert "compilation_config" not in eager

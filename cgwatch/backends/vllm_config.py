@@ -109,8 +109,10 @@ class VllmEngineConfig:
             kw["gpu_memory_utilization"] = self.gpu_memory_utilization
         if graph:
             if sizes is not None:
+                # the sizes are already cut at --max-cudagraph-capture-size; vLLM refuses a max that is
+                # not the largest size given, so it gets only the list
                 kw["cudagraph_capture_sizes"] = list(sizes)
-            if self.max_capture_size is not None:
+            elif self.max_capture_size is not None:
                 kw["max_cudagraph_capture_size"] = self.max_capture_size
             if self.cudagraph_mode is not None:
                 kw["compilation_config"] = {"cudagraph_mode": self.cudagraph_mode}

@@ -149,6 +149,8 @@ class VllmEngine(CommandTaker):
                                f"({'graph' if self.graph_mode else 'eager'} mode): {why}") from RuntimeError(why)
         self.build_s = time.perf_counter() - t
         self.timer.install(self.llm)
+        if self.adapter.read_outputless_steps:
+            self.collector.tap_outputless_steps(self.llm)
         vc = self.llm.vllm_config
         cc = vc.compilation_config
         self.cudagraph_mode = str(cc.cudagraph_mode)
@@ -159,7 +161,9 @@ class VllmEngine(CommandTaker):
         self.device_type = getattr(vc.device_config, "device_type", None) or "unknown"
         self.vocab = max(2, int(vc.model_config.get_vocab_size()))
         self.model_dtype = str(vc.model_config.dtype).removeprefix("torch.")
-        self.mapper = StepMapper(self.sizes, self.graph_mode, self.cudagraph_mode)
+        spec = getattr(vc, "speculative_config", None)
+        self.spec_tokens = int(getattr(spec, "num_speculative_tokens", 0) or 0) if spec is not None else 0
+        self.mapper = StepMapper(self.sizes, self.graph_mode, self.cudagraph_mode, self.spec_tokens)
 
     @staticmethod
     def _graph_mode_none():
@@ -328,7 +332,7 @@ class VllmEngine(CommandTaker):
             self._restart_or_note(f"capture sizes {list(sizes)}", previous)
         else:
             self.sizes = list(sizes)      # in force from the next graph-mode restart on
-            self.mapper = StepMapper(self.sizes, self.graph_mode, self.cudagraph_mode)
+            self.mapper = StepMapper(self.sizes, self.graph_mode, self.cudagraph_mode, self.spec_tokens)
 
     def _cmd_padding(self, value: float, t: float) -> None:
         raise CgwatchError(NO_PADDING_RATIO)

@@ -41,6 +41,14 @@ NONE_MODE = "NONE"   # str(vllm.config.CUDAGraphMode.NONE)
 
 
 @dataclass(frozen=True)
+class _Generated:
+    num_generation_tokens: int
+
+
+_NO_TOKENS = _Generated(0)
+
+
+@dataclass(frozen=True)
 class Iteration:
     """One vLLM engine step, as its stats describe it."""
     unpadded_tokens: int
@@ -87,10 +95,12 @@ def target_for(sizes: list[int], batch: int) -> int | None:
 class StepMapper:
     """Iterations -> ``step`` / ``prefill`` records, given the capture sizes and mode in force."""
 
-    def __init__(self, sizes: list[int] | None, graph_mode: bool, cudagraph_mode: str | None = None):
+    def __init__(self, sizes: list[int] | None, graph_mode: bool, cudagraph_mode: str | None = None,
+                 spec_tokens: int = 0):
         self.sizes = sorted(sizes or [])
         self.graph_mode = graph_mode
         self.cudagraph_mode = cudagraph_mode   # the configured one, e.g. FULL_AND_PIECEWISE (None: unknown)
+        self.spec_tokens = spec_tokens         # speculative tokens per request and step (0: none)
 
     def reason(self, batch: int, target: int | None) -> str:
         """Why a decode step ran eager (runtime mode NONE)."""
@@ -108,6 +118,10 @@ class StepMapper:
         graph = it.runtime_mode != NONE_MODE
         rows = it.unpadded_tokens
         prompt = it.ctx_tokens or 0
+        if it.gen_tokens is not None and it.gen_requests is not None:
+            # a request resumed after preemption recomputes its context as "generation" tokens: what
+            # exceeds 1 + drafts per decode request is prompt-like work, not decode
+            prompt += max(0, it.gen_tokens - it.gen_requests * (1 + self.spec_tokens))
         if it.ctx_requests is None or it.gen_requests is None:   # no iteration details: one token a request
             batch = rows
         else:
@@ -137,6 +151,22 @@ class StatsCollector:
         it = iteration_from_stats(scheduler_stats, iteration_stats)
         if it is not None:
             self.pending.append(it)
+
+    def tap_outputless_steps(self, llm) -> None:
+        """vLLM 0.26-0.27 (vllm_version.Adapter.read_outputless_steps): the stats of a step that returned
+        no request output never reach stat loggers; read them from the engine core's output instead."""
+        core = getattr(llm, "engine_core", None)
+        get_output = getattr(core, "get_output", None)
+        if get_output is None:
+            return
+
+        def tapped(*args, **kwargs):
+            out = get_output(*args, **kwargs)
+            stats = getattr(out, "scheduler_stats", None)
+            if stats is not None and not getattr(out, "outputs", None):
+                self.add(stats, _NO_TOKENS)
+            return out
+        core.get_output = tapped
 
     def drain(self) -> list[Iteration]:
         out, self.pending = self.pending, []

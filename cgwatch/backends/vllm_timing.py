@@ -52,6 +52,8 @@ class ForwardTimer:
         Event = torch.cuda.Event
 
         def execute_model(scheduler_output, *args, **kwargs):
+            if kwargs.get("dummy_run"):            # V2's own warm-up / capture runs: not a step
+                return execute(scheduler_output, *args, **kwargs)
             n = int(getattr(scheduler_output, "total_num_scheduled_tokens", 0) or 0)
             start = None
             if n:

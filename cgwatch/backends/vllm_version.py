@@ -23,9 +23,13 @@ class Adapter:
     """What differs between the supported releases, as cgwatch must handle it (one field a difference,
     each found in vLLM's own source of those releases; docs/VLLM.md lists them)."""
     version: tuple[int, int, int]
-    # Model Runner V2 (the default from 0.26 on) fills SchedulerStats.cudagraph_stats only from 0.27:
-    # on 0.26 cgwatch runs the V1 runner (VLLM_USE_V2_MODEL_RUNNER=0) and says so at start.
+    # Model Runner V2 (the default for dense models from 0.26 on) fills SchedulerStats.cudagraph_stats
+    # only from 0.30: on 0.26-0.29 cgwatch runs the V1 runner (VLLM_USE_V2_MODEL_RUNNER=0) and says so.
     force_v1_runner: bool
+    # 0.26-0.27: LLMEngine.step hands stat loggers only the steps that returned request output, so a
+    # forward of prefill chunks alone is never reported; cgwatch reads those steps' SchedulerStats from
+    # the engine core's output itself (0.28 on reports them).
+    read_outputless_steps: bool
 
     @property
     def notes(self) -> list[str]:
@@ -40,7 +44,7 @@ def adapter_for(text: str) -> Adapter:
     """The adapter of a supported version (check_version first)."""
     v = parse_version(text)
     assert v is not None
-    return Adapter(version=v, force_v1_runner=v[:2] < (0, 27))
+    return Adapter(version=v, force_v1_runner=v[:2] < (0, 30), read_outputless_steps=v[:2] < (0, 28))
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:

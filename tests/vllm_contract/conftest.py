@@ -13,6 +13,24 @@ os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
+def _cpu_platform_for_older_vllm() -> None:
+    """vLLM before 0.31 ignores VLLM_TARGET_DEVICE=cpu in a CUDA build: without a GPU it finds no
+    platform. Give it the CPU platform the same way it resolves one (the module's current platform)."""
+    try:
+        import torch
+        import vllm.platforms as platforms
+    except Exception:
+        return
+    current = getattr(platforms, "_current_platform", None)
+    if os.environ.get("VLLM_TARGET_DEVICE") == "cpu" and not torch.cuda.is_available() \
+            and (current is None or not getattr(current, "device_type", None)):
+        from vllm.platforms.cpu import CpuPlatform
+        platforms._current_platform = CpuPlatform()
+
+
+_cpu_platform_for_older_vllm()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A Llama config.json (no weights, no tokenizer: config validation and the fake executor need none)."""

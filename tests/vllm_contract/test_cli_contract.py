@@ -23,14 +23,23 @@ def one_line(out):
     return err[0]
 
 
-def test_a_model_vllm_cannot_load_is_one_line(tmp_path):
+def test_a_missing_model_folder_is_one_line_before_vllm_starts(tmp_path):
     out = cgwatch("run", "--headless", "--backend", "vllm", "--model", str(tmp_path / "no-model"), "--steps", "2")
+    assert out.returncode == 2
+    assert one_line(out) == f"cgwatch: model folder {tmp_path / 'no-model'} does not exist"
+
+
+def test_a_model_vllm_cannot_load_is_one_line(tmp_path):
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text('{"architectures": ["NoSuchModelForCausalLM"], "model_type": "nosuch"}')
+    out = cgwatch("run", "--headless", "--backend", "vllm", "--model", str(tmp_path / "odd"), "--load-format", "dummy",
+                  "--steps", "2")
     assert out.returncode == 1
-    assert one_line(out).startswith(f"cgwatch: vLLM could not start '{tmp_path / 'no-model'}' (graph mode): ")
+    assert one_line(out).startswith(f"cgwatch: vLLM could not start '{tmp_path / 'odd'}' (graph mode): ")
 
 
 def test_a_max_seq_the_model_does_not_have_is_vllms_message_in_one_line(tiny_model):
-    out = cgwatch("run", "--headless", "--backend", "vllm", "--model", tiny_model, "--max-seq", "100000",
+    out = cgwatch("run", "--headless", "--backend", "vllm", "--model", tiny_model, "--load-format", "dummy", "--max-seq", "100000",
                   "--steps", "2")
     assert out.returncode == 1
     line = one_line(out)

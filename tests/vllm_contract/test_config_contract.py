@@ -16,7 +16,8 @@ from cgwatch.workload import WorkloadSpec  # noqa: E402
 
 
 def cfg(model, **kw):
-    return VllmEngineConfig(model=model, max_seq=256, workload=WorkloadSpec(max_concurrency=16, max_seq=256), **kw)
+    return VllmEngineConfig(model=model, load_format="dummy", max_seq=256,
+                            workload=WorkloadSpec(max_concurrency=16, max_seq=256), **kw)
 
 
 def test_cgwatch_modes_are_vllms_modes():
@@ -67,7 +68,7 @@ def test_cgwatch_flags_mirror_vllms_cli(tiny_model):
                             "--gpu-memory-utilization", "0.6", "--max-num-seqs", "12", "--cudagraph-metrics",
                             "--enable-logging-iteration-details", "-cc.cudagraph_mode=PIECEWISE"])
     theirs = EngineArgs.from_cli_args(ns)
-    c = VllmEngineConfig(model=tiny_model, max_seq=256, mode="eager", max_capture_size=4, cudagraph_mode="piecewise",
+    c = VllmEngineConfig(model=tiny_model, load_format="dummy", max_seq=256, mode="eager", max_capture_size=4, cudagraph_mode="piecewise",
                          gpu_memory_utilization=0.6, max_num_seqs=12)
     eager = EngineArgs(**c.engine_kwargs(False, [1, 2, 4]))
     graph = EngineArgs(**c.engine_kwargs(True, [1, 2, 4]))

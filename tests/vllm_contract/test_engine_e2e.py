@@ -41,7 +41,7 @@ def graphs_on_cpu(monkeypatch):
 
 
 def config(model, **kw):
-    base = dict(model=model, max_seq=256, sample_interval_s=0.05,
+    base = dict(model=model, load_format="dummy", max_seq=256, sample_interval_s=0.05,
                 engine_args={"distributed_executor_backend": FakeExecutor},
                 workload=WorkloadSpec(arrival="poisson:0.5", prompt_len="uniform:4:40", output_len="uniform:4:30",
                                       max_concurrency=8, max_seq=256, seed=1))

@@ -44,7 +44,7 @@ def iteration_stats(tokens):
 
 @pytest.fixture(scope="module")
 def vllm_config(tiny_model):
-    return EngineArgs(**VllmEngineConfig(model=tiny_model, max_seq=256).engine_kwargs(True, SIZES)).create_engine_config()
+    return EngineArgs(**VllmEngineConfig(model=tiny_model, load_format="dummy", max_seq=256).engine_kwargs(True, SIZES)).create_engine_config()
 
 
 def test_the_fields_cgwatch_reads_exist():
