@@ -247,6 +247,10 @@ def _run_with_tui(a) -> int:
               f"its log: {log_path})", flush=True)
     try:
         line = child.stdout.readline()                  # "cgwatch daemon listening on ..." once ready
+        while line and "listening on" not in line:      # anything a library printed before it
+            with open(log_path, "a") as log:
+                log.write(line)
+            line = child.stdout.readline()
         if "listening on" not in line:
             child.wait(timeout=10)
             last = (open(log_path).read().strip().splitlines() or ["the daemon exited"])[-1]

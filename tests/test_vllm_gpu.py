@@ -122,14 +122,14 @@ def test_toggle_restarts_vllm_and_records_follow_the_mode(engine):
 
 def test_recapture_restarts_vllm_with_the_new_sizes(engine):
     since = len(engine.rec.records)
-    engine.submit(Command("recapture", [1, 3, 12]))
+    engine.submit(Command("recapture", [2, 6, 16]))
     for _ in range(80):
         engine.step()
     restart = engine.rec.events(R.EV_RESTART, since)
-    assert restart and restart[-1]["new"]["cudagraph_capture_sizes"] == [1, 3, 12]
-    assert engine.sizes == [1, 3, 12]
+    assert restart and restart[-1]["new"]["cudagraph_capture_sizes"] == [2, 6, 16]
+    assert engine.sizes == [2, 6, 16]
     buckets = {r["bucket"] for r in engine.rec.steps(since) if r["bucket"] is not None}
-    assert buckets and buckets <= {1, 3, 12}
+    assert buckets and buckets <= {2, 6, 16}
 
 
 def test_a_capture_that_runs_out_of_memory_is_an_alert_and_the_engine_goes_back(engine, monkeypatch):

@@ -7,6 +7,7 @@ Nothing here imports vllm until ``import_vllm()``: the default (pytorch) path ne
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import importlib.util
 import re
 from dataclasses import dataclass
@@ -81,6 +82,9 @@ def require_vllm() -> str:
 def import_vllm():
     """Import vllm (checked first). A broken install (e.g. a torch that does not match its pin) is one line."""
     version = require_vllm()
+    # vLLM logs to stdout by default: that is where cgwatch prints its tables, --json and the daemon's
+    # "listening on" line; its log goes to stderr instead (a user's own setting wins)
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         import vllm
     except Exception as e:   # ImportError, or an OSError / RuntimeError from its compiled parts

@@ -1,8 +1,9 @@
 """A vLLM Executor that runs no model, for the end-to-end contract test on a CPU.
 
-It answers vLLM's engine core the way a GPU worker does (KV cache spec, free memory, one sampled token
-per scheduled request, the capture log line after "capture") and reports a ``CUDAGraphStat`` per step
-the way vLLM's runners build it: the mode from the resolved ``cudagraph_mode`` (decode mode for a
+It answers vLLM's engine core the way a GPU worker does (KV cache spec, free memory, the capture log
+line after "capture", one sampled token per scheduled request that reaches the end of its known tokens,
+none for a request still in a partial prefill chunk, as the V1 runner discards it) and reports a
+``CUDAGraphStat`` per step the way vLLM's runners build it: the mode from the resolved ``cudagraph_mode`` (decode mode for a
 uniform decode batch, mixed mode otherwise), padded to the next resolved capture size, NONE above the
 largest. Everything else is real vLLM: ``EngineArgs``, config resolution, ``LLMEngine``, ``EngineCore``,
 the scheduler, the output processor, ``StatLoggerManager`` and the stat classes.
@@ -25,10 +26,13 @@ CAPTURE = {"seconds": 2.5, "gib": 0.75}   # what the fake logs as its capture to
 
 
 class FakeWorker:
-    def __init__(self, vllm_config):
+    def __init__(self, vllm_config, kv_cache_bytes: int = 64 << 20):
         self.vllm_config = vllm_config
+        self.kv_cache_bytes = kv_cache_bytes
         self.pending = None
         self.steps = 0
+        self.forwards: list[int] = []      # tokens of each forward that ran (0-token batches not counted)
+        self.num_tokens: dict[str, int] = {}   # request -> prompt + output tokens known to the runner
 
     def __getattr__(self, name):
         # Control-plane calls with nothing to do without a model (reset_mm_cache, ...): no-ops.
@@ -45,11 +49,13 @@ class FakeWorker:
     def get_supported_kv_cache_layouts(self):
         return ["NHD"]
 
-    def set_kv_cache_layout(self, name, interleave):
+    def set_kv_cache_layout(self, name, interleave=None):
+        # EngineCore calls it from 0.29 on: (layout_name) on 0.29-0.32, (layout_name,
+        # cp_kv_cache_interleave_size) on 0.33; 0.26-0.28 never call it
         return None
 
     def determine_available_memory(self):
-        return 64 << 20
+        return self.kv_cache_bytes
 
     def initialize_from_config(self, kv_cache_config):
         return None
@@ -83,21 +89,46 @@ class FakeWorker:
         self.pending = so
         return None
 
+    def _sampled(self, so) -> dict[str, list[int]]:
+        """The tokens each scheduled request gets. The V1 runner samples every request and then clears
+        the token of one whose ``num_computed_tokens + scheduled < num_tokens`` (a non-final prefill
+        chunk: ``discard_request_mask``, gpu_model_runner.py:2079 and :3728 in 0.26, :3462 in 0.33)."""
+        for r in so.finished_req_ids:
+            self.num_tokens.pop(r, None)
+        computed = {}
+        for new in so.scheduled_new_reqs:
+            self.num_tokens[new.req_id] = len(new.prompt_token_ids or ())
+            computed[new.req_id] = new.num_computed_tokens
+        cached = so.scheduled_cached_reqs
+        computed.update(zip(cached.req_ids, cached.num_computed_tokens))
+        out = {}
+        for r, n in so.num_scheduled_tokens.items():
+            if computed.get(r, 0) + n < self.num_tokens.get(r, 0):
+                out[r] = []
+            else:
+                out[r] = [7]
+                self.num_tokens[r] = self.num_tokens.get(r, 0) + 1
+        return out
+
     def sample_tokens(self, grammar_output):
         so, self.pending = self.pending, None
         ids = list(so.num_scheduled_tokens)
         self.steps += 1
+        if so.total_num_scheduled_tokens:
+            self.forwards.append(so.total_num_scheduled_tokens)
+        sampled = self._sampled(so)
         return ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
-                                 sampled_token_ids=[[7] for _ in ids],
+                                 sampled_token_ids=[sampled[r] for r in ids],
                                  cudagraph_stats=self._stat(so) if so.total_num_scheduled_tokens else None)
 
 
 class FakeExecutor(Executor):
     uses_ray = False
     supports_pp = False
+    kv_cache_bytes = 64 << 20   # what the fake worker reports free for the KV cache
 
     def _init_executor(self):
-        self.worker = FakeWorker(self.vllm_config)
+        self.worker = FakeWorker(self.vllm_config, self.kv_cache_bytes)
 
     def collective_rpc(self, method, timeout=None, args=(), kwargs=None, non_block=False):
         fn = getattr(self.worker, method) if isinstance(method, str) else (lambda *a, **k: method(self.worker, *a, **k))
