@@ -3,6 +3,7 @@ commands like the engine does, (b) ReplaySource on a fake clock; plus SVG snapsh
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cgwatch import records as R
@@ -197,10 +198,10 @@ def test_state_no_cuda_and_over_max():
 
 
 def _gap_p50(recs: list[dict], target: int) -> str:
-    """Independent: nearest-rank p50 of the gaps of graph / eager steps targeting ``target``."""
+    """Independent: the linearly interpolated p50 (numpy's) of the gaps of graph / eager steps targeting ``target``."""
     def p50(values):
-        v = sorted(values)
-        return "n/a" if not v else f"{v[(len(v) + 1) // 2 - 1]:.0f}"
+        v = list(values)
+        return "n/a" if not v else f"{np.percentile(v, 50):.0f}"
     steps = [r for r in recs if r["type"] == "step" and r["target"] == target and r["gap_us"] is not None]
     return (p50(r["gap_us"] for r in steps if r["bucket"] is not None) + "/"
             + p50(r["gap_us"] for r in steps if r["bucket"] is None))
@@ -226,7 +227,13 @@ async def test_live_screen_shows_the_records():
         gapped = [r for r in src.records if r["type"] == "step" and r["gap_us"] is not None]
         idle = ["%.1f" % (100 * sum(r["gap_us"] for r in rs) / sum(r["gap_us"] + 1000 * r["gpu_ms"] for r in rs))
                 for rs in ([r for r in gapped if r["bucket"]], [r for r in gapped if not r["bucket"]])]
-        assert str(app.query_one(Totals).render()).endswith(f" · gpu idle g/e {idle[0]}/{idle[1]}%")
+        first, second = str(app.query_one(Totals).render()).split("\n")
+        assert first.endswith(f" · gpu idle g/e {idle[0]}/{idle[1]}%")
+        steps = [r for r in src.records if r["type"] == "step"]
+        graph = [r for r in steps if r["bucket"] is not None]
+        graph_mode = [r for r in steps if r["reason"] != "eager_mode"]
+        assert second == (f"{len(steps)} steps, {len(graph)} by a graph · hit {100 * len(graph) / len(graph_mode):.1f}% "
+                          f"of graph mode · graph share {100 * len(graph) / len(steps):.1f}%")
         assert rows[">64"][2] == "0"
         text = "\n".join(log.texts())
         assert "ERROR bucket 8 capture failed" in text and "WARN bucket 32" in text
