@@ -17,6 +17,8 @@ Any value that cannot be computed is None ("n/a" in the text report).
 
 from __future__ import annotations
 
+import textwrap
+
 from . import records as R
 from .aggregate import MIB, RunStats, gpu_idle_pct, percentile  # noqa: F401 -- re-exported
 from .errors import CgwatchError
@@ -170,15 +172,15 @@ def format_report(rep: dict) -> str:
         keep = [i for i in range(len(head)) if i not in optional or any(r[i] != NA for r in rows)]
         head, rows = [head[i] for i in keep], [[r[i] for i in keep] for r in rows]
         lines += _table(head, rows, left={i for i, h in enumerate(head) if h in (("", "check"), ("", "status"))})
-        lines.append("(hit %: graph-served share of the graph-mode steps (all but eager_mode); pad %: padded "
-                     "share of the rows graphs")
-        lines.append(" computed; n: steps in the percentiles; launch µs: host p50, graph/eager; cap. s: capture time; "
-                     "kern: kernels/graph" + (";" if runtime or phases else ")"))
-        if runtime or phases:
-            lines.append(" " + "; ".join([*(["full/pw/eager: steps a FULL graph / a PIECEWISE graph / no graph served"]
-                                            if runtime else []),
-                                          *(["mixed: steps with prompt tokens (mixed or prefill)"] if phases else [])])
-                         + ")")
+        shown = set(head)
+        notes = ["hit %: graph-served share of the graph-mode steps (all but eager_mode)",
+                 "pad %: padded share of the rows graphs computed", "n: steps in the percentiles",
+                 "launch µs: host p50, graph/eager",
+                 *(["cap. s: capture time"] if ("cap.", "s") in shown else []),
+                 *(["kern: kernels/graph"] if ("", "kern") in shown else []),
+                 *(["full/pw/eager: steps a FULL graph / a PIECEWISE graph / no graph served"] if runtime else []),
+                 *(["mixed: steps with prompt tokens (mixed or prefill)"] if phases else [])]
+        lines += textwrap.wrap("(" + "; ".join(notes) + ")", 118, subsequent_indent=" ")
     else:
         lines.append("(no buckets: no steps, no captures)")
 
