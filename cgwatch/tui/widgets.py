@@ -285,8 +285,7 @@ class Totals(Static):
             f" · gpu idle g/e {NA if g is None else f'{g:.1f}'}/{pct(e)}")
         # each line within 120 columns for 7 sizes (tokens: the header has tok/s)
         first = f"pool {pool} · sizes {state.sizes} · pad waste {pct(t['padding_waste_pct'])}{idle}"
-        second = (f"{t['steps']:,} steps, {t['graph_steps']:,} by a graph · hit {pct(t['hit_pct'])} of graph mode"
-                  f" · graph share {pct(t['graph_share_pct'])}")
+        second = f"{t['steps']:,} steps · hit {pct(t['hit_pct'])} of graph mode · graph share {pct(t['graph_share_pct'])}"
         if t["shows_runtime_modes"]:
             second += f" · full {pct(t['full_pct'])} pw {pct(t['piecewise_pct'])}"
         if t["shows_phases"]:
