@@ -77,6 +77,8 @@ from collections import deque
 from . import records as R
 
 MIB = 2 ** 20
+_NUM = frozenset((int, float))
+_PHASES = frozenset(R.PHASES)
 OVER_MAX = "over_max"   # the label of the target-None row where a label must be a string (Prometheus)
 
 
@@ -224,27 +226,44 @@ class RunStats:
             self._event(rec)
 
     def add_step(self, rec: dict) -> None:
-        check_step(rec)
-        bucket, gpu_ms, host_us = rec["bucket"], rec["gpu_ms"], rec["host_us"]
+        # the hot path (the daemon's Prometheus sink runs it in the engine thread): fields read once, the
+        # records.py helpers (step_rows, step_phase, step_runtime_mode) inlined, and check_step only when a
+        # type is off, so a bad record raises before anything is counted
+        t, batch, host_us, gpu_ms = rec["t"], rec["batch"], rec["host_us"], rec["gpu_ms"]
+        target, bucket, tokens = rec["target"], rec["bucket"], rec["tokens"]
+        rows, padded, gap, prompt = rec.get("rows"), rec.get("padded"), rec.get("gap_us"), rec.get("prompt_tokens")
+        if (type(t) not in _NUM or type(batch) not in _NUM or type(host_us) not in _NUM or type(tokens) not in _NUM
+                or (gpu_ms is not None and type(gpu_ms) not in _NUM) or (rows is not None and type(rows) not in _NUM)
+                or (padded is not None and type(padded) not in _NUM) or (gap is not None and type(gap) not in _NUM)
+                or (prompt is not None and type(prompt) not in _NUM)
+                or (bucket is not None and type(bucket) is not int)):
+            check_step(rec)
         ms = gpu_ms if gpu_ms is not None else host_us / 1000.0   # records.step_ms
-        rows = R.step_rows(rec)
-        phase = R.step_phase(rec)
-        row = self.row(rec["target"])
+        if rows is None:
+            rows = batch
+        phase = rec.get("phase")
+        if phase not in _PHASES:
+            phase = R.PHASE_DECODE
+        row = self.buckets.get(target)
+        if row is None:
+            row = self.row(target)
         row.forwards += 1
-        row.requests += rec["batch"]
+        row.requests += batch
         row.rows += rows
-        row.prompt_tokens += rec.get("prompt_tokens") or 0
-        row.tokens += rec["tokens"]
+        if prompt:
+            row.prompt_tokens += prompt
+        row.tokens += tokens
         row.phases[phase] += 1
         graph = bucket is not None
         if graph:
-            mode = R.RUNTIME_PIECEWISE if R.step_runtime_mode(rec) == R.RUNTIME_PIECEWISE else R.RUNTIME_FULL
-            row.graph_steps += 1
-            if mode == R.RUNTIME_PIECEWISE:
+            if rec.get("runtime_mode") == R.RUNTIME_PIECEWISE:
+                mode = R.RUNTIME_PIECEWISE
                 row.piecewise += 1
             else:
+                mode = R.RUNTIME_FULL
                 row.full += 1
-            row.padded += rec["padded"]
+            row.graph_steps += 1
+            row.padded += padded or 0
             row.graph_rows += bucket
             self.graph += 1
         else:
@@ -255,23 +274,28 @@ class RunStats:
             if reason == R.REASON_NO_CUDA:
                 self.no_cuda = True
         key = (mode, phase)
-        row.by_mode_phase[key] = row.by_mode_phase.get(key, 0) + 1
-        if self.window != 0:
-            (row.graph_ms if graph else row.eager_ms).append(ms)
-            (row.graph_host if graph else row.eager_host).append(host_us)
-        gap = rec.get("gap_us")
-        if gap is not None and gpu_ms is not None:
-            acc = self.idle["graph" if graph else "eager"]
-            acc[0] += gap
-            acc[1] += gpu_ms * 1000.0
-            if self.window != 0:
-                (row.graph_gap if graph else row.eager_gap).append(gap)
+        by = row.by_mode_phase
+        by[key] = by.get(key, 0) + 1
+        keep = self.window != 0
+        if keep:
+            if graph:
+                row.graph_ms.append(ms)
+                row.graph_host.append(host_us)
+            else:
+                row.eager_ms.append(ms)
+                row.eager_host.append(host_us)
         if gpu_ms is not None:
             self.gpu_ms_sum += gpu_ms
             self.gpu_ms_any = True
-        self.tokens += rec["tokens"]
+            if gap is not None:
+                acc = self.idle["graph" if graph else "eager"]
+                acc[0] += gap
+                acc[1] += gpu_ms * 1000.0
+                if keep:
+                    (row.graph_gap if graph else row.eager_gap).append(gap)
+        self.tokens += tokens
         self.n += 1
-        t = rec["t"]   # forwards are emitted when their GPU time is read: use min/max t
+        # forwards are emitted when their GPU time is read: use min/max t
         if self.first_t is None or t < self.first_t:
             self.first_t = t
         if self.last_t is None or t >= self.last_t:
