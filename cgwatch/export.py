@@ -4,8 +4,11 @@ Perfetto layout (one process, pid 1, named after the model and GPU; ``ts`` and `
 the run's t = 0):
 
 - track "host: decode loop" (tid 1): one complete slice (``X``) per decode step, ``dur`` = host_us,
-  named by the rows the step computed, "graph b32" (the bucket, as the NVTX range) or
-  "eager b40 (over_max)" (the batch); one slice per prefill, "prefill 3 req", ``dur`` = host_ms.
+  named by the rows the step computed, "graph b32" (the bucket, as the NVTX range; "graph b32
+  PIECEWISE" for vLLM's piecewise graphs) or "eager b40 (over_max)" (the rows), with " mixed" /
+  " prefill" added to a forward with prompt tokens; its args carry the step's fields, rows /
+  runtime_mode / phase / prompt_tokens filled from records.py's helpers for traces that predate
+  them; one slice per prefill, "prefill 3 req", ``dur`` = host_ms.
 - track "GPU: decode steps" (tid 2): one slice per step whose gpu_ms was measured. The trace holds
   the GPU duration (CUDA events) and the host time t at which the step's start event was enqueued,
   but not when the GPU began. The GPU runs the steps on one stream in order, so slice i is placed at
@@ -19,8 +22,8 @@ the run's t = 0):
   recapture and release.
 - track "events" (tid 4): instants for mode switches, marks, padding-ratio and rate changes, pause,
   state, info, other event kinds and the end record. Track "alerts" (tid 5): one instant per alert.
-- counters (``C``): "host launch" (us), "GPU gap" (us, back-to-back steps only), "batch" (rows,
-  padded: stacked they make the rows computed),
+- counters (``C``): "host launch" (us), "GPU gap" (us, back-to-back steps only), "batch" (rows:
+  tokens computed, unpadded; padded: stacked they make the rows computed; requests),
   and from samples, where measured: GPU util, GPU memory util, GPU memory used, GPU power, SM clock,
   GPU busy (CUDA events), host CPU, host RSS, torch allocated / reserved. A null is skipped, never
   drawn as a number.
@@ -31,7 +34,9 @@ its track ended starts at that end instead (only rounding of t can do that on th
 shift is in its args as ``shifted_us``).
 
 CSV: a header and one row per step record, the schema's columns first (records.step), then any
-other step field in the trace; null is an empty cell.
+other step field in the trace; null is an empty cell. rows, runtime_mode, phase and prompt_tokens
+are filled for traces that predate them (records.step_rows / step_runtime_mode / step_phase; 0
+prompt tokens), so every row has them.
 
 Both stream through the trace; a truncated tail is skipped, like every reader does.
 """
@@ -74,7 +79,14 @@ CAPTURE_PLACEMENT = "ends at the capture event's t (reported after the replay ch
 
 # The step schema's fields, in the order records.step writes them (the CSV's first columns).
 STEP_COLUMNS = tuple(k for k in R.step(0, 0.0, 1, None, None, None, 0.0, None, 1) if k != "type")
-STEP_ARGS = ("i", "batch", "bucket", "target", "padded", "reason", "tokens", "host_us", "gpu_ms", "gap_us")
+STEP_ARGS = ("i", "batch", "rows", "bucket", "target", "runtime_mode", "phase", "prompt_tokens", "padded", "reason",
+             "tokens", "host_us", "gpu_ms", "gap_us")
+
+
+def with_derived(rec: dict) -> dict:
+    """A step record with rows / runtime_mode / phase / prompt_tokens filled where a trace predates them."""
+    return {**rec, "rows": R.step_rows(rec), "runtime_mode": R.step_runtime_mode(rec), "phase": R.step_phase(rec),
+            "prompt_tokens": rec.get("prompt_tokens") or 0}
 GRAPH_EVENTS = (R.EV_CAPTURE_DONE, R.EV_RECAPTURE, R.EV_RELEASE)
 
 MIB = 1 << 20
@@ -172,6 +184,7 @@ def export_csv(trace: str, out: IO[str]) -> str:
     rows = 0
     for rec in iter_records(trace):
         if rec["type"] == R.STEP:
+            rec = with_derived(rec)
             w.writerow([_cell(rec.get(c)) for c in columns])
             rows += 1
     return f"{rows:,} step rows, {len(columns)} columns"
@@ -267,10 +280,14 @@ def _json_safe(v):
 
 
 def step_name(rec: dict) -> str:
-    """Named by the rows the step computed: the bucket on a graph step, the batch on an eager one."""
+    """Named by the rows the step computed: the bucket on a graph step, the rows on an eager one; a
+    PIECEWISE graph and a forward with prompt tokens say so."""
+    phase = R.step_phase(rec)
+    tail = "" if phase == R.PHASE_DECODE else f" {phase}"
     if rec.get("bucket") is not None:
-        return f"graph b{rec['bucket']}"
-    return f"eager b{rec['batch']}" + (f" ({rec['reason']})" if rec.get("reason") else "")
+        pw = " PIECEWISE" if R.step_runtime_mode(rec) == R.RUNTIME_PIECEWISE else ""
+        return f"graph b{rec['bucket']}{pw}{tail}"
+    return f"eager b{R.step_rows(rec)}{tail}" + (f" ({rec['reason']})" if rec.get("reason") else "")
 
 
 class _PerfettoWriter:
@@ -345,6 +362,7 @@ class _PerfettoWriter:
     def _step(self, rec: dict) -> None:
         t, host_us, name = _num(rec, "t"), _num(rec, "host_us"), step_name(rec)
         t_us = _us(t)
+        rec = with_derived(rec)
         args = {k: rec[k] for k in STEP_ARGS if rec.get(k) is not None}
         ts = max(t_us, self.host_end)
         if ts > t_us:
@@ -355,7 +373,8 @@ class _PerfettoWriter:
         self._counter("host launch", t, {"us": host_us})
         if _is_number(rec.get("gap_us")):
             self._counter("GPU gap", t, {"us": rec["gap_us"]})
-        self._counter("batch", t, {"rows": _num(rec, "batch"), "padded": _num(rec, "padded")})
+        self._counter("batch", t, {"rows": _num(rec, "rows"), "padded": _num(rec, "padded"),
+                                   "requests": _num(rec, "batch")})
         if _is_number(rec.get("gpu_ms")):
             self._gpu_step(rec, name, t_us)
 
@@ -363,7 +382,8 @@ class _PerfettoWriter:
         gap = rec["gap_us"] if _is_number(rec.get("gap_us")) else 0.0
         ts = max(t_us, self.gpu_end + gap)   # lower bound (module docstring)
         dur = round(rec["gpu_ms"] * 1000, 3)
-        args = {"i": rec["i"], "batch": rec["batch"], "bucket": rec.get("bucket"), "gpu_ms": rec["gpu_ms"],
+        args = {"i": rec["i"], "batch": rec["batch"], "rows": rec["rows"], "bucket": rec.get("bucket"),
+                "runtime_mode": rec["runtime_mode"], "phase": rec["phase"], "gpu_ms": rec["gpu_ms"],
                 "gap_us": rec.get("gap_us"), "start": "lower bound", "enqueued_us": t_us, "queued_us": round(ts - t_us, 3)}
         self._slice(GPU, "gpu", name, ts, dur, {k: v for k, v in args.items() if v is not None})
         self.gpu_end = ts + dur

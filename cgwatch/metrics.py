@@ -3,8 +3,16 @@
 Names follow Prometheus conventions: prefix ``cgwatch_``, base units (seconds, bytes, hertz, watts),
 counters end in ``_total``, ratios are 0..1. A value that could not be measured (None) leaves its
 gauge untouched; a gauge never measured is not exported at all, rather than exported as a fake 0.
-Values are plain dicts turned into metric families at scrape time, so a step record costs
-a couple of microseconds (prometheus_client's own Counter/Histogram objects cost ~14 us per step).
+Values are plain numbers turned into metric families at scrape time, so a step record costs
+a few microseconds (prometheus_client's own Counter/Histogram objects cost ~14 us per step).
+
+The counters are read from ``cgwatch.aggregate.RunStats`` (the report's and the TUI's accumulator,
+whose docstring defines them), labelled by the bucket row (``bucket`` = the target capture size,
+``over_max`` above the largest): every row seen has every per-bucket counter, 0 included. From them:
+hit % = sum(cgwatch_bucket_steps_total) / (sum(cgwatch_bucket_forwards_total) -
+sum(cgwatch_bucket_misses_total{reason="eager_mode"})), graph share = sum(cgwatch_bucket_steps_total)
+/ sum(cgwatch_bucket_forwards_total), padding waste = cgwatch_padding_rows_total /
+cgwatch_graph_rows_total.
 """
 
 from __future__ import annotations
@@ -18,11 +26,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from cgwatch import records as R
+from cgwatch.aggregate import OVER_MAX, RunStats
 from cgwatch.errors import CgwatchError
 
-# Step time from 0.1 ms to 100 ms; host launch time from 10 us to 100 ms.
-STEP_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1)
-LAUNCH_BUCKETS = (0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)
+# Step time from 0.1 ms to 10 s, host launch time from 10 us to 10 s: a CPU step (host time is the
+# step time) takes tens of ms on the tiny preset and seconds on llama-1b.
+STEP_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1,
+                0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+LAUNCH_BUCKETS = (0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1,
+                  0.5, 1.0, 5.0, 10.0)
 GAP_BUCKETS = (0.000001, 0.000002, 0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05)
 
 # sample field -> (gauge, scale to base unit, help)
@@ -35,7 +47,7 @@ _SAMPLE_GAUGES = {
     "cpu_pct": ("cgwatch_process_cpu_ratio", 0.01, "CPU use of the engine process, cores (1.0 = one core)"),
 }
 _PLAIN_HELP = {
-    "cgwatch_graph_pool_bytes": "Graph memory of the last capture round (shared pool), bytes",
+    "cgwatch_graph_pool_bytes": "Graph memory of the last capture round (shared pool), bytes; 0 with no CUDA",
     "cgwatch_mode_graph": "1 in graph mode, 0 in eager mode",
     **{name: help_ for name, _, help_ in _SAMPLE_GAUGES.values()},
 }
@@ -45,21 +57,23 @@ _BUCKET_HELP = {
 }
 
 
-class _Counter:
-    """A counter family: {label values: total}. Written by one thread, copied by the scraper."""
+def _counter(name: str, help_: str, labels: tuple[str, ...], values: list[tuple[tuple, float]]):
+    fam = CounterMetricFamily(name, help_, labels=list(labels))
+    for key, v in values:
+        fam.add_metric(list(key), v)
+    return fam
 
-    def __init__(self, name: str, help_: str, labels: tuple[str, ...] = ()):
-        self.name, self.help, self.labels = name, help_, labels
-        self.values: dict[tuple[str, ...], float] = {}
 
-    def family(self) -> CounterMetricFamily | None:
-        values = self.values.copy()
-        if not values and self.labels:
-            return None
-        fam = CounterMetricFamily(self.name, self.help, labels=self.labels)
-        for key, v in sorted(values.items()) if values else [((), 0.0)]:
-            fam.add_metric(list(key), v)
-        return fam
+# per-bucket counters read from a RunStats row: (name, help, Row attribute)
+_ROW_COUNTERS = (
+    ("cgwatch_bucket_steps_total", "Steps (forwards) a graph served, by bucket (the target capture size)",
+     "graph_steps"),
+    ("cgwatch_padding_rows_total", "Padding rows computed by graphs (bucket - rows), by bucket", "padded"),
+    ("cgwatch_graph_rows_total", "Rows computed by graphs, padding included (sum of the bucket), by bucket",
+     "graph_rows"),
+    ("cgwatch_rows_total", "Tokens computed by the forwards, unpadded (sum of rows), by bucket", "rows"),
+    ("cgwatch_requests_total", "Requests in the forwards (sum of batch), by bucket", "requests"),
+)
 
 
 class _Histogram:
@@ -95,14 +109,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
-        self.steps = _Counter("cgwatch_steps_total", "Decode steps", ("mode",))
-        self.bucket_steps = _Counter("cgwatch_bucket_steps_total", "Steps a bucket's graph served", ("bucket",))
-        self.misses = _Counter("cgwatch_bucket_misses_total", "Eager steps, by the bucket that should have served "
-                               "them (over_max above the largest) and reason", ("bucket", "reason"))
-        self.padding = _Counter("cgwatch_padding_rows_total", "Padding rows computed by a bucket's graph", ("bucket",))
-        self.rows = _Counter("cgwatch_rows_total", "Rows computed by a bucket's graph, padding included", ("bucket",))
-        self.tokens = _Counter("cgwatch_tokens_total", "Tokens decoded")
-        self.alerts = _Counter("cgwatch_alerts_total", "Alerts", ("level",))
+        self.stats = RunStats(window=0)   # the counters (cgwatch/aggregate.py); no percentile values
         self.step_s = _Histogram("cgwatch_step_seconds", "Step time (GPU time where measured, else host)",
                                  STEP_BUCKETS)
         self.launch_s = _Histogram("cgwatch_host_launch_seconds", "Host time from step start until the last "
@@ -119,7 +126,12 @@ class Metrics:
     def __call__(self, rec: dict) -> None:
         kind = rec.get("type")
         if kind == R.STEP:
-            self._step(rec)
+            self.stats.add_step(rec)
+            mode = "graph" if rec["bucket"] is not None else "eager"
+            self.step_s.observe(mode, R.step_ms(rec) / 1000.0)
+            self.launch_s.observe(mode, rec["host_us"] / 1e6)
+            if rec.get("gap_us") is not None:
+                self.gap_s.observe(mode, rec["gap_us"] / 1e6)
         elif kind == R.SAMPLE:
             plain = self.plain
             for field, (name, scale, _) in _SAMPLE_GAUGES.items():
@@ -127,33 +139,8 @@ class Metrics:
                 if v is not None:
                     plain[name] = v * scale
         elif kind == R.EVENT:
+            self.stats.add(rec)
             self._event(rec)
-
-    def _step(self, rec: dict) -> None:
-        mode, bucket = rec["mode"], rec["bucket"]
-        key = (mode,)
-        d = self.steps.values
-        d[key] = d.get(key, 0) + 1
-        if bucket is not None:
-            key = (str(bucket),)
-            d = self.bucket_steps.values
-            d[key] = d.get(key, 0) + 1
-            d = self.rows.values
-            d[key] = d.get(key, 0) + bucket
-            if rec["padded"]:
-                d = self.padding.values
-                d[key] = d.get(key, 0) + rec["padded"]
-        else:
-            target = rec["target"]
-            key = ("over_max" if target is None else str(target), rec["reason"] or "unknown")
-            d = self.misses.values
-            d[key] = d.get(key, 0) + 1
-        d = self.tokens.values
-        d[()] = d.get((), 0) + rec["tokens"]
-        self.step_s.observe(mode, R.step_ms(rec) / 1000.0)
-        self.launch_s.observe(mode, rec["host_us"] / 1e6)
-        if rec.get("gap_us") is not None:
-            self.gap_s.observe(mode, rec["gap_us"] / 1e6)
 
     def _event(self, rec: dict) -> None:
         kind = rec.get("kind")
@@ -172,25 +159,41 @@ class Metrics:
             self.plain["cgwatch_graph_pool_bytes"] = 0
         elif kind in (R.EV_STATE, R.EV_MODE) and rec.get("mode") in ("graph", "eager"):
             self.plain["cgwatch_mode_graph"] = 1 if rec["mode"] == "graph" else 0
-        elif kind == R.EV_ALERT:
-            key = (str(rec.get("level", "warn")),)
-            d = self.alerts.values
-            d[key] = d.get(key, 0) + 1
 
     # -- the collector (prometheus_client calls these) ---------------------------------------
     def describe(self):
         return []   # names are dynamic; nothing to check at registration
 
     def collect(self):
-        for c in (self.steps, self.bucket_steps, self.misses, self.padding, self.rows, self.tokens, self.alerts):
-            fam = c.family()
-            if fam is not None:
-                yield fam
+        stats = self.stats
+        keys = stats.keys()   # a copy; the engine thread may add rows meanwhile
+        rows = [(OVER_MAX if k is None else str(k), stats.buckets[k]) for k in keys]
+        graph = sum(r.graph_steps for _, r in rows)
+        yield _counter("cgwatch_steps_total", "Decode steps (forwards) by mode: graph (a graph served it) or eager",
+                       ("mode",), [(("eager",), sum(r.eager for _, r in rows)), (("graph",), graph)])
+        if rows:
+            for name, help_, attr in _ROW_COUNTERS:
+                yield _counter(name, help_, ("bucket",), [((b,), getattr(r, attr)) for b, r in rows])
+            yield _counter("cgwatch_bucket_forwards_total", "Forwards by bucket (the target capture size), runtime "
+                           "mode (FULL / PIECEWISE: a graph served it; NONE: eager) and phase (decode / mixed / "
+                           "prefill)", ("bucket", "runtime_mode", "phase"),
+                           [((b, m, ph), n) for b, r in rows for (m, ph), n in sorted(r.by_mode_phase.copy().items())])
+            misses = [((b, reason), n) for b, r in rows for reason, n in sorted(r.misses.copy().items())]
+            if misses:
+                yield _counter("cgwatch_bucket_misses_total", "Eager steps, by the bucket that should have served "
+                               "them (over_max above the largest) and reason (eager_mode: the user's choice, not a "
+                               "graph-mode miss)", ("bucket", "reason"), misses)
+        yield _counter("cgwatch_tokens_total", "Tokens decoded", (), [((), stats.tokens)])
+        alerts = stats.alerts.copy()
+        if alerts:
+            yield _counter("cgwatch_alerts_total", "Alerts", ("level",), [((k,), v) for k, v in sorted(alerts.items())])
         for h in (self.step_s, self.launch_s, self.gap_s):
             fam = h.family()
             if fam is not None:
                 yield fam
         plain = self.plain.copy()
+        if "cgwatch_graph_pool_bytes" not in plain and stats.no_cuda:
+            plain["cgwatch_graph_pool_bytes"] = 0   # no CUDA: no graphs, so no graph memory (measured, not assumed)
         for name, help_ in _PLAIN_HELP.items():
             if name in plain:
                 yield GaugeMetricFamily(name, help_, value=plain[name])

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from cgwatch import records as R
 from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, check_ratio, dispatch, padding_ratio
 from cgwatch.errors import CgwatchError
-from cgwatch.report import percentile
+from cgwatch.aggregate import percentile
 
 MIB = 2 ** 20
 MIN_STEPS = 3                      # steps a size needs for its median to count as measured

@@ -282,12 +282,17 @@ def test_csv_has_one_row_per_step_with_the_trace_values(name, tmp_path, capsys):
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
     steps = [r for r in read_trace(sample_path(name)).records if r["type"] == "step"]
-    assert rows[0] == list(STEP_COLUMNS) == ["i", "t", "batch", "target", "bucket", "mode", "reason", "padded",
-                                             "host_us", "gpu_ms", "gap_us", "tokens"]
+    assert rows[0] == list(STEP_COLUMNS) == ["i", "t", "batch", "rows", "target", "bucket", "mode", "runtime_mode",
+                                             "reason", "padded", "host_us", "gpu_ms", "gap_us", "tokens", "phase",
+                                             "prompt_tokens"]
     assert len(rows) == len(steps) + 1
     for row, step in zip(rows[1:], steps):
+        # the samples predate rows / runtime_mode / phase / prompt_tokens: filled with their old meaning
+        assert "rows" not in step and "runtime_mode" not in step
+        derived = {"rows": step["batch"], "runtime_mode": "NONE" if step["bucket"] is None else "FULL",
+                   "phase": "decode", "prompt_tokens": 0}
         for col, cell in zip(rows[0], row):
-            v = step.get(col)   # traces before a field existed: an empty cell
+            v = derived[col] if col in derived else step.get(col)   # gap_us in traces before it: an empty cell
             if v is None:
                 assert cell == ""
             elif isinstance(v, str):
@@ -305,8 +310,38 @@ def test_csv_keeps_step_fields_beyond_the_schema(tmp_path, capsys):
     assert rc == 0, err
     rows = list(csv.reader(open(tmp_path / "extra.csv", newline="")))
     assert rows == [[*STEP_COLUMNS, "spec_tokens"],
-                    ["0", "0.1", "2", "2", "2", "graph", "", "0", "50.0", "1.5", "", "2", ""],
-                    ["1", "0.2", "3", "4", "", "eager", "padding_ratio", "0", "60.0", "", "", "3", "4"]]
+                    ["0", "0.1", "2", "2", "2", "2", "graph", "FULL", "", "0", "50.0", "1.5", "", "2", "decode", "0",
+                     ""],
+                    ["1", "0.2", "3", "3", "4", "", "eager", "NONE", "padding_ratio", "0", "60.0", "", "", "3",
+                     "decode", "0", "4"]]
+
+
+def test_csv_and_perfetto_carry_the_vllm_fields(tmp_path, capsys):
+    """A PIECEWISE mixed forward (rows > batch) and an old-schema step side by side: the CSV has the new columns,
+    filled for the old record; Perfetto names and args say PIECEWISE / mixed, and the batch counter has rows."""
+    path = tmp_path / "vllm.jsonl"
+    old = R.step(1, 0.2, 3, 4, 4, None, 60.0, 2.0, 3)
+    for k in ("rows", "runtime_mode", "phase", "prompt_tokens"):
+        del old[k]
+    with TraceWriter(path, {"model": {"name": "tiny"}}) as w:
+        w.write(R.step(0, 0.1, 2, 16, 16, None, 50.0, 1.5, 2, rows=12, runtime_mode="PIECEWISE", phase="mixed",
+                       prompt_tokens=10))
+        w.write(old)
+    rc, _, err = export(capsys, path, "csv", tmp_path / "v.csv")
+    assert rc == 0, err
+    rows = list(csv.reader(open(tmp_path / "v.csv", newline="")))
+    head = rows[0]
+    got = [dict(zip(head, r)) for r in rows[1:]]
+    assert [(g["batch"], g["rows"], g["runtime_mode"], g["phase"], g["prompt_tokens"], g["padded"]) for g in got] == [
+        ("2", "12", "PIECEWISE", "mixed", "10", "4"), ("3", "3", "FULL", "decode", "0", "1")]
+    doc = export_json(capsys, path, tmp_path)
+    validate_chrome_trace(doc)
+    steps = of(doc["traceEvents"], "X", "step")
+    assert [s["name"] for s in steps] == ["graph b16 PIECEWISE mixed", "graph b4"]
+    assert steps[0]["args"]["rows"] == 12 and steps[0]["args"]["phase"] == "mixed"
+    assert steps[1]["args"]["rows"] == 3 and steps[1]["args"]["runtime_mode"] == "FULL"
+    batch = [e["args"] for e in of(doc["traceEvents"], "C") if e["name"] == "batch"]
+    assert batch == [{"rows": 12, "padded": 4, "requests": 2}, {"rows": 3, "padded": 1, "requests": 3}]
 
 
 # ---- truncated traces, output places ----

@@ -54,12 +54,20 @@ def test_counters_are_exact(metrics):
     assert value(m, "cgwatch_steps_total", mode="graph") == 2
     assert value(m, "cgwatch_steps_total", mode="eager") == 3
     assert value(m, "cgwatch_bucket_steps_total", bucket="8") == 2
-    assert value(m, "cgwatch_bucket_steps_total", bucket="16") is None
+    assert value(m, "cgwatch_bucket_steps_total", bucket="16") == 0     # every row seen, 0 included
+    assert value(m, "cgwatch_bucket_steps_total", bucket="over_max") == 0
     assert value(m, "cgwatch_bucket_misses_total", bucket="16", reason="padding_ratio") == 1
     assert value(m, "cgwatch_bucket_misses_total", bucket="over_max", reason="over_max") == 1
     assert value(m, "cgwatch_bucket_misses_total", bucket="4", reason="eager_mode") == 1
     assert value(m, "cgwatch_padding_rows_total", bucket="8") == 2
-    assert value(m, "cgwatch_rows_total", bucket="8") == 16
+    assert value(m, "cgwatch_graph_rows_total", bucket="8") == 16      # rows the graphs computed, padding in
+    assert value(m, "cgwatch_rows_total", bucket="8") == 14            # tokens computed, unpadded
+    assert value(m, "cgwatch_requests_total", bucket="8") == 14
+    assert value(m, "cgwatch_padding_rows_total", bucket="16") == 0
+    assert value(m, "cgwatch_rows_total", bucket="16") == 9 and value(m, "cgwatch_rows_total", bucket="over_max") == 40
+    assert value(m, "cgwatch_bucket_forwards_total", bucket="8", runtime_mode="FULL", phase="decode") == 2
+    assert value(m, "cgwatch_bucket_forwards_total", bucket="16", runtime_mode="NONE", phase="decode") == 1
+    assert value(m, "cgwatch_bucket_forwards_total", bucket="8", runtime_mode="NONE", phase="decode") is None
     assert value(m, "cgwatch_tokens_total") == 6 + 8 + 9 + 40 + 3
     assert value(m, "cgwatch_alerts_total", level="warn") == 2
     assert value(m, "cgwatch_alerts_total", level="error") == 1
@@ -106,12 +114,27 @@ def test_gauges_hold_the_last_measurement_and_none_changes_nothing(metrics):
 def test_never_measured_is_absent_not_zero():
     m = Metrics()
     m(sample())
-    m(step(0, 2, None, None, R.REASON_NO_CUDA, host_us=80_000.0))   # a CPU run: no GPU numbers at all
+    m(step(0, 2, 2, None, R.REASON_NO_CUDA, host_us=80_000.0))   # a CPU run: no GPU numbers at all
     for name in ("cgwatch_gpu_utilization_ratio", "cgwatch_gpu_memory_used_bytes", "cgwatch_gpu_power_watts",
-                 "cgwatch_sm_clock_hertz", "cgwatch_gpu_busy_ratio", "cgwatch_graph_pool_bytes",
-                 "cgwatch_mode_graph"):
+                 "cgwatch_sm_clock_hertz", "cgwatch_gpu_busy_ratio", "cgwatch_mode_graph"):
         assert value(m, name) is None, name
     assert value(m, "cgwatch_steps_total", mode="eager") == 1
+
+
+def test_a_cpu_run_has_its_bucket_counters_the_pool_and_step_times_in_range():
+    """On the CPU (no CUDA) no graph serves a step: the per-bucket counters are still there (at 0), the graph
+    pool is known to be empty (0 bytes, not n/a), and step times of 80 ms .. 3 s land in finite buckets."""
+    m = Metrics()
+    for i, host_us in enumerate((80_000.0, 600_000.0, 3_000_000.0)):
+        m(step(i, 2, 2, None, R.REASON_NO_CUDA, host_us=host_us))
+    assert value(m, "cgwatch_bucket_steps_total", bucket="2") == 0
+    assert value(m, "cgwatch_padding_rows_total", bucket="2") == 0
+    assert value(m, "cgwatch_rows_total", bucket="2") == 6
+    assert value(m, "cgwatch_graph_pool_bytes") == 0
+    assert value(m, "cgwatch_step_seconds_bucket", mode="eager", le="0.1") == 1
+    assert value(m, "cgwatch_step_seconds_bucket", mode="eager", le="1.0") == 2
+    assert value(m, "cgwatch_step_seconds_bucket", mode="eager", le="5.0") == 3
+    assert value(m, "cgwatch_host_launch_seconds_bucket", mode="eager", le="5.0") == 3
 
 
 def test_http_scrape(metrics):

@@ -1,6 +1,7 @@
 import json
 import random
 
+import numpy as np
 import pytest
 
 from cgwatch import records as R
@@ -73,12 +74,9 @@ def synthetic_records(seed: int = 7, n: int = 3000) -> list[dict]:
     return recs
 
 
-def nearest_rank(values: list[float], p: float):
-    """Independent definition: the smallest value with at least p% of the values <= it."""
-    if not values:
-        return None
-    s = sorted(values)
-    return next(v for v in s if sum(x <= v for x in s) * 100 >= p * len(s))
+def linear(values: list[float], p: float):
+    """Independent definition: numpy's default ('linear') percentile."""
+    return None if not values else float(np.percentile(np.asarray(values, dtype=float), p))
 
 
 def expected(recs: list[dict]) -> dict:
@@ -95,19 +93,21 @@ def expected(recs: list[dict]) -> dict:
         misses = {}
         for r in eager:
             misses[r["reason"]] = misses.get(r["reason"], 0) + 1
+        graph_mode = [r for r in mine if r["reason"] != "eager_mode"]
         rows[target] = {
-            "steps": len(mine), "graph_steps": len(graph),
-            "hit_pct": 100 * len(graph) / len(mine) if mine else None,
+            "steps": len(mine), "graph_steps": len(graph), "graph_n": len(graph), "eager_n": len(eager),
+            "hit_pct": 100 * len(graph) / len(graph_mode) if graph_mode else None,
+            "graph_share_pct": 100 * len(graph) / len(mine) if mine else None,
             "padding_waste_pct": (100 * sum(r["bucket"] - r["batch"] for r in graph)
                                   / sum(r["bucket"] for r in graph)) if graph else None,
-            "graph_p50_ms": nearest_rank([dur(r) for r in graph], 50),
-            "graph_p99_ms": nearest_rank([dur(r) for r in graph], 99),
-            "eager_p50_ms": nearest_rank([dur(r) for r in eager], 50),
-            "eager_p99_ms": nearest_rank([dur(r) for r in eager], 99),
-            "host_us_graph_p50": nearest_rank([r["host_us"] for r in graph], 50),
-            "host_us_eager_p50": nearest_rank([r["host_us"] for r in eager], 50),
-            "gap_us_graph_p50": nearest_rank([r["gap_us"] for r in graph if r["gap_us"] is not None], 50),
-            "gap_us_eager_p50": nearest_rank([r["gap_us"] for r in eager if r["gap_us"] is not None], 50),
+            "graph_p50_ms": linear([dur(r) for r in graph], 50),
+            "graph_p99_ms": linear([dur(r) for r in graph], 99),
+            "eager_p50_ms": linear([dur(r) for r in eager], 50),
+            "eager_p99_ms": linear([dur(r) for r in eager], 99),
+            "host_us_graph_p50": linear([r["host_us"] for r in graph], 50),
+            "host_us_eager_p50": linear([r["host_us"] for r in eager], 50),
+            "gap_us_graph_p50": linear([r["gap_us"] for r in graph if r["gap_us"] is not None], 50),
+            "gap_us_eager_p50": linear([r["gap_us"] for r in eager if r["gap_us"] is not None], 50),
             "graph_mib": oks[-1]["pool_bytes"] / MIB if oks and oks[-1]["pool_bytes"] is not None else None,
             "nvml_mib": oks[-1]["nvml_bytes"] / MIB if oks and oks[-1]["nvml_bytes"] is not None else None,
             "capture_s": oks[-1]["capture_s"] if oks else None,
@@ -129,9 +129,12 @@ def expected(recs: list[dict]) -> dict:
         gaps, busy = sum(r["gap_us"] for r in mine), sum(r["gpu_ms"] * 1000 for r in mine)
         return 100 * gaps / (gaps + busy) if mine else None
 
+    graph_mode = [r for r in steps if r["reason"] != "eager_mode"]
     totals = {
         "steps": len(steps), "graph_steps": len(total_graph),
-        "graph_hit_rate_pct": 100 * len(total_graph) / len(steps),
+        "graph_hit_rate_pct": 100 * len(total_graph) / len(graph_mode),
+        "hit_pct": 100 * len(total_graph) / len(graph_mode),
+        "graph_share_pct": 100 * len(total_graph) / len(steps),
         "tokens": sum(r["tokens"] for r in steps), "duration_s": duration,
         "tokens_per_s": sum(r["tokens"] for r in steps) / duration,
         "gpu_busy_pct": 100 * sum(gpu) / (duration * 1000) if gpu else None,
@@ -163,18 +166,20 @@ def _close(a, b):
     return a == pytest.approx(b, rel=1e-9, abs=1e-12)
 
 
-def test_percentile_nearest_rank():
-    vals = [15, 20, 35, 40, 50]  # the classic nearest-rank example
-    assert [percentile(vals, p) for p in (5, 30, 40, 50, 100)] == [15, 20, 20, 35, 50]
+def test_percentile_is_linearly_interpolated():
+    vals = [15, 20, 35, 40, 50]
+    # rank p/100 * (n - 1): 5% -> 0.2 (15 + 0.2 * 5), 30% -> 1.2 (20 + 0.2 * 15), 50% -> 2, 99% -> 3.96
+    assert [percentile(vals, p) for p in (5, 30, 50, 99, 100)] == pytest.approx([16, 23, 35, 49.6, 50])
     assert percentile([], 50) is None
     assert percentile([7.0], 99) == 7.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 99) == pytest.approx(3.97)   # not the max: 4 values say little
+    assert percentile([1.0, 2.0], 50) == 1.5                            # between the two middle values
     hundred = list(range(1, 101))
-    assert percentile(hundred, 50) == 50 and percentile(hundred, 99) == 99
-    assert percentile(list(range(1, 1001)), 99) == 990
+    assert percentile(hundred, 50) == 50.5 and percentile(hundred, 99) == pytest.approx(99.01)
     for n in range(1, 40):
         vals = sorted(random.Random(n).uniform(0, 1) for _ in range(n))
         for p in (1, 25, 50, 90, 99, 100):
-            assert percentile(vals, p) == nearest_rank(vals, p)
+            assert percentile(vals, p) == pytest.approx(linear(vals, p), rel=1e-12, abs=1e-15)
 
 
 def test_report_matches_independent_recompute():
@@ -234,12 +239,13 @@ def test_hand_computed_small_trace():
     recs[1]["gap_us"], recs[2]["gap_us"], recs[3]["gap_us"] = 6.0, 2.0, 5000.0   # step 3 has no gap
     rep = build_report(_trace(recs))
     b4, over = rep["buckets"]
-    assert (b4["gap_us_graph_p50"], b4["gap_us_eager_p50"], over["gap_us_eager_p50"]) == (2.0, 5000.0, None)
+    assert (b4["gap_us_graph_p50"], b4["gap_us_eager_p50"], over["gap_us_eager_p50"]) == (4.0, 5000.0, None)
+    assert (b4["gap_us_graph_n"], b4["gap_us_eager_n"], over["gap_us_eager_n"]) == (2, 1, 0)
     assert (b4["label"], b4["steps"], b4["graph_steps"]) == ("4", 3, 2)
-    assert b4["hit_pct"] == pytest.approx(200 / 3)
+    assert b4["hit_pct"] == pytest.approx(200 / 3) and b4["graph_share_pct"] == pytest.approx(200 / 3)
     assert b4["padding_waste_pct"] == pytest.approx(37.5)        # 3 padded / 8 computed rows
-    assert (b4["graph_p50_ms"], b4["graph_p99_ms"]) == (2.0, 4.0)
-    assert (b4["eager_p50_ms"], b4["host_us_graph_p50"], b4["host_us_eager_p50"]) == (10.0, 40.0, 500.0)
+    assert (b4["graph_p50_ms"], b4["graph_p99_ms"], b4["graph_n"]) == (3.0, pytest.approx(3.98), 2)
+    assert (b4["eager_p50_ms"], b4["host_us_graph_p50"], b4["host_us_eager_p50"]) == (10.0, 50.0, 500.0)
     assert b4["misses"] == {"padding_ratio": 1} and b4["graph_mib"] == 2.0 and b4["check"] == "ok 3.1e-03"
     assert over["label"] == ">4" and over["misses"] == {"over_max": 1} and over["status"] == "-"
     t = rep["totals"]
@@ -267,7 +273,8 @@ def test_cpu_run_has_no_gpu_busy(tmp_path):
     assert t["duration_s"] == pytest.approx(0.99 + 9.099 / 1000)
     (row,) = rep["buckets"]
     assert row["label"] == "2" and row["misses"] == {"no_cuda": 100} and row["hit_pct"] == 0
-    assert row["eager_p50_ms"] == pytest.approx(9.049)  # host time: 50th of 9000..9099 us
+    assert row["eager_p50_ms"] == pytest.approx(9.0495)  # host time: p50 of 9000..9099 us, interpolated
+    assert t["hit_pct"] == 0 and t["graph_share_pct"] == 0   # no CUDA is a miss: the run was in graph mode
     text = format_report(rep)
     assert "gpu busy         n/a" in text
 
@@ -293,7 +300,7 @@ def test_format_report():
             {"1", "2", "4", "8", "16", ">16"}}
     assert set(rows) == {"1", "2", "4", "8", "16", ">16"}
     assert "failed: OOM" in rows["4"] and "n/a" in rows["4"]
-    assert "failed: ill" in rows["8"] and "failed: illegal memory access" not in rows["8"]
+    assert rows["8"].endswith("failed: i...") and "failed: illegal memory access" not in rows["8"]
     assert "  8: illegal memory access" in text  # clipped in the table, whole below it
     assert "ok 1.0e-03" in rows["2"] and rows["2"].rstrip().endswith("ok")
     assert "MISMATCH 2.0e-01" in rows["8"]

@@ -3,6 +3,7 @@ commands like the engine does, (b) ReplaySource on a fake clock; plus SVG snapsh
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cgwatch import records as R
@@ -197,10 +198,10 @@ def test_state_no_cuda_and_over_max():
 
 
 def _gap_p50(recs: list[dict], target: int) -> str:
-    """Independent: nearest-rank p50 of the gaps of graph / eager steps targeting ``target``."""
+    """Independent: the linearly interpolated p50 (numpy's) of the gaps of graph / eager steps targeting ``target``."""
     def p50(values):
-        v = sorted(values)
-        return "n/a" if not v else f"{v[(len(v) + 1) // 2 - 1]:.0f}"
+        v = list(values)
+        return "n/a" if not v else f"{np.percentile(v, 50):.0f}"
     steps = [r for r in recs if r["type"] == "step" and r["target"] == target and r["gap_us"] is not None]
     return (p50(r["gap_us"] for r in steps if r["bucket"] is not None) + "/"
             + p50(r["gap_us"] for r in steps if r["bucket"] is None))
@@ -226,7 +227,13 @@ async def test_live_screen_shows_the_records():
         gapped = [r for r in src.records if r["type"] == "step" and r["gap_us"] is not None]
         idle = ["%.1f" % (100 * sum(r["gap_us"] for r in rs) / sum(r["gap_us"] + 1000 * r["gpu_ms"] for r in rs))
                 for rs in ([r for r in gapped if r["bucket"]], [r for r in gapped if not r["bucket"]])]
-        assert str(app.query_one(Totals).render()).endswith(f" · gpu idle g/e {idle[0]}/{idle[1]}%")
+        first, second = str(app.query_one(Totals).render()).split("\n")
+        assert first.endswith(f" · gpu idle g/e {idle[0]}/{idle[1]}%")
+        steps = [r for r in src.records if r["type"] == "step"]
+        graph = [r for r in steps if r["bucket"] is not None]
+        graph_mode = [r for r in steps if r["reason"] != "eager_mode"]
+        assert second == (f"{len(steps)} steps · hit {100 * len(graph) / len(graph_mode):.1f}% "
+                          f"of graph mode · graph share {100 * len(graph) / len(steps):.1f}%")
         assert rows[">64"][2] == "0"
         text = "\n".join(log.texts())
         assert "ERROR bucket 8 capture failed" in text and "WARN bucket 32" in text
@@ -523,3 +530,40 @@ def test_a_corrupt_step_record_is_logged_and_skipped():
     st.fold(R.step(2, 1.2, 2, 2, 2, None, 50.0, 1.5, 2) | {"gap_us": 3.0})
     assert st.steps == 2 and st.buckets[2].graph_steps == 2 and list(st.buckets[2].graph_gap) == [3.0]
     assert st.log[-1][1:] == ("bold red", "skipped step record i=1: gap_us is 'x', not a number")
+
+
+async def test_vllm_piecewise_and_mixed_fit_120_columns():
+    """vLLM-like traffic on 7 sizes (FULL and PIECEWISE graphs, mixed forwards, thousands of steps): the table
+    splits hits into full/pw and counts mixed steps, the totals say so, and every line fits the screen."""
+    recs = [dict(HEADER), R.event(R.EV_CAPTURE_DONE, 0.1, sizes=SIZES, failed=[], pool="shared",
+                                  pool_bytes=512 * MIB, seconds=9.0)]
+    t = 1.0
+    for i in range(12_000):
+        rows = 1 + (i * 7919) % 80
+        target = next((s for s in SIZES if s >= rows), None)
+        mixed = i % 5 == 0
+        if i % 13 == 0 or target is None:
+            bucket, mode, reason = None, "NONE", R.REASON_OVER_MAX if target is None else R.REASON_VLLM_NO_GRAPH
+        else:
+            bucket, mode, reason = target, "PIECEWISE" if mixed else "FULL", None
+        recs.append(R.step(i, t, max(1, rows // 3) if mixed else rows, target, bucket, reason, 9000.0, 4.0, rows,
+                           rows=rows, runtime_mode=mode, phase="mixed" if mixed else "decode",
+                           prompt_tokens=rows - rows // 3 if mixed else 0))
+        t += 0.005
+    src = FakeSource(recs)
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await _live(pilot, src)
+        table = app.query_one(BucketTable)
+        lines = table.plain_lines()
+        assert lines[0].split()[:2] == ["hits", "hit"] and lines[1].split()[:4] == ["bucket", "steps", "full/pw", "mixed"]
+        assert max(map(len, lines)) <= SIZE[0] - 2, lines
+        assert table.content_size.width >= max(map(len, lines))   # nothing cut
+        rows = {r[0]: r for r in table.row_texts()}
+        row64 = app.state.buckets[64]
+        assert rows["64"][2] == f"{row64.full:,}/{row64.piecewise:,}" and rows["64"][3] == f"{row64.forwards - row64.phases['decode']:,}"
+        totals = str(app.query_one(Totals).render()).split("\n")
+        assert max(map(len, totals)) <= SIZE[0] - 2, totals
+        t = app.state.totals()
+        assert f" · full {t['full_pct']:.1f}% pw {t['piecewise_pct']:.1f}%" in totals[1]
+        assert f" · mixed {t['non_decode']:,}" in totals[1] and " · rows/req " in totals[1]

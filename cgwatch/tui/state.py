@@ -1,9 +1,10 @@
 """Folds the record stream into what the screen shows. O(1) per record; the widgets read it at
 most 10x/s. No Textual here, so it can be tested (and checked against report.py) on its own.
 
-Bucket rows follow report.py's definitions (steps grouped by ``target``; hit = a graph served
-the step; padding waste = padded rows / rows the graphs computed), with p50/p99 over the last
-``PCT_WINDOW`` steps of each kind per bucket instead of the whole run.
+The bucket rows and totals are a ``cgwatch.aggregate.RunStats`` (the report's and Prometheus'
+accumulator, whose docstring defines every number), folded record by record, with p50/p99 over the
+last ``PCT_WINDOW`` steps of each kind per bucket instead of the whole run. The rest (charts, rates,
+the log, the engine's controllable state, bucket status) is the screen's own.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 
 from cgwatch import records as R
-from cgwatch.report import MIB, gpu_idle_pct, percentile
+from cgwatch.aggregate import MIB, Row, RunStats
 from cgwatch.source import ACK
 
 from .eventlog import describe_ack, describe_record
@@ -20,20 +21,6 @@ CHART_POINTS = 200   # points per chart
 RATE_WINDOW_S = 2.0  # steps/s and tokens/s over this much trace time
 PCT_WINDOW = 512     # step times kept per bucket and kind for p50/p99
 LOG_LINES = 1000     # log lines kept (the widget keeps its own copy)
-
-
-class BucketStats:
-    __slots__ = ("steps", "graph_steps", "padded", "computed", "graph_ms", "eager_ms",
-                 "graph_gap", "eager_gap", "capture", "last_ok")
-
-    def __init__(self) -> None:
-        self.steps = self.graph_steps = self.padded = self.computed = 0
-        self.graph_ms: deque[float] = deque(maxlen=PCT_WINDOW)
-        self.eager_ms: deque[float] = deque(maxlen=PCT_WINDOW)
-        self.graph_gap: deque[float] = deque(maxlen=PCT_WINDOW)   # gap_us of back-to-back steps
-        self.eager_gap: deque[float] = deque(maxlen=PCT_WINDOW)
-        self.capture: dict | None = None   # last capture event
-        self.last_ok: dict | None = None   # last successful capture event
 
 
 class ViewState:
@@ -51,10 +38,7 @@ class ViewState:
         self.no_cuda = False
         cfg = self.header.get("config") or {}
         self.in_force: set[int] = set(cfg.get("capture_sizes") or ())
-        self.buckets: dict[int | None, BucketStats] = {}
-        self.pool_bytes: int | None = None
-        self.steps = self.graph_steps = self.tokens = self.padded = self.computed = 0
-        self.idle = {"graph": [0.0, 0.0], "eager": [0.0, 0.0]}   # mode -> [sum gap µs, sum gpu µs]
+        self.stats = RunStats(window=PCT_WINDOW)   # bucket rows and totals (cgwatch/aggregate.py)
         self.t_last: float = 0.0
         self._t_first_step: float | None = None
         self._last_ms = 0.0
@@ -74,12 +58,15 @@ class ViewState:
         if typ == R.STEP:
             self._step(rec)
         elif typ == R.SAMPLE:
+            self.stats.add(rec)
             if rec.get("gpu_util") is not None:
                 self.series["gpu_util"].append(float(rec["gpu_util"]))
             if rec.get("gpu_busy") is not None:
                 self.series["gpu_busy"].append(100.0 * rec["gpu_busy"])
         elif typ == R.EVENT:
             self._event(rec)
+        elif typ == R.PREFILL:
+            self.stats.add(rec)
         elif typ == ACK:
             if rec.get("ok") and isinstance(rec.get("state"), dict):
                 self._set_engine(rec["state"])
@@ -97,35 +84,16 @@ class ViewState:
         self.log_seq += 1
 
     def _step(self, rec: dict) -> None:
-        bad = R.bad_step_field(rec)
-        if bad:   # a hand-edited or corrupt trace: say so, count nothing from it
-            self.add_log("bold red", f"skipped step record i={rec.get('i')}: {bad}")
+        try:
+            self.stats.add_step(rec)
+        except (KeyError, TypeError, ValueError) as e:   # a hand-edited or corrupt trace: say so, count nothing
+            what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+            self.add_log("bold red", f"skipped step record i={rec.get('i')}: {what}")
             return
         ms = R.step_ms(rec)
-        row = self._row(rec.get("target"))
-        row.steps += 1
-        self.steps += 1
         tokens = rec.get("tokens") or 0
-        self.tokens += tokens
-        gap, gpu_ms = rec.get("gap_us"), rec.get("gpu_ms")
-        if gap is not None and gpu_ms is not None:   # report.py: gpu_idle_*_pct, gap_us_*_p50
-            graph_step = rec.get("bucket") is not None
-            acc = self.idle["graph" if graph_step else "eager"]
-            acc[0] += gap
-            acc[1] += gpu_ms * 1000.0
-            (row.graph_gap if graph_step else row.eager_gap).append(gap)
-        if rec.get("bucket") is not None:
-            row.graph_steps += 1
-            row.padded += rec["padded"]
-            row.computed += rec["bucket"]
-            row.graph_ms.append(ms)
-            self.graph_steps += 1
-            self.padded += rec["padded"]
-            self.computed += rec["bucket"]
-        else:
-            row.eager_ms.append(ms)
-            if rec.get("reason") == R.REASON_NO_CUDA:
-                self.no_cuda = True
+        if rec.get("reason") == R.REASON_NO_CUDA:
+            self.no_cuda = True
         # charts: graph and eager share the step axis (0 where the other kind ran)
         graph = rec.get("bucket") is not None
         self.series["graph_ms"].append(ms if graph else 0.0)
@@ -145,13 +113,8 @@ class ViewState:
 
     def _event(self, rec: dict) -> None:
         kind = rec.get("kind")
-        if kind == R.EV_CAPTURE:
-            row = self._row(rec["bucket"])
-            row.capture = rec
-            if rec.get("ok"):
-                row.last_ok = rec
-        elif kind == R.EV_CAPTURE_DONE:
-            self.pool_bytes = rec.get("pool_bytes")
+        self.stats.add(rec)
+        if kind == R.EV_CAPTURE_DONE:
             self.in_force = set(rec.get("sizes") or ()) | set(rec.get("failed") or ())
         elif kind == R.EV_RECAPTURE:
             self.in_force = set(rec.get("sizes") or ())
@@ -168,12 +131,6 @@ class ViewState:
             self.in_force = set(state["sizes"])
         if state.get("cuda") is False:
             self.no_cuda = True
-
-    def _row(self, key: int | None) -> BucketStats:
-        row = self.buckets.get(key)
-        if row is None:
-            row = self.buckets[key] = BucketStats()
-        return row
 
     # -- derived values (read by widgets) ------------------------------------------------------------
     @property
@@ -216,34 +173,36 @@ class ViewState:
             return None, None
         return len(self._win) / span, self._win_tokens / span
 
+    @property
+    def steps(self) -> int:
+        return self.stats.n
+
+    @property
+    def buckets(self) -> dict[int | None, Row]:
+        return self.stats.buckets
+
     def bucket_rows(self) -> list[dict]:
-        """One dict per bucket, sorted, over-max last (see report.py for the definitions)."""
+        """One dict per bucket, sorted, over-max last: RunStats' row numbers (cgwatch/aggregate.py)
+        plus the label, graph MiB, capture s and the status."""
         largest = max((k for k in self.buckets if k is not None), default=None)
         if self.in_force:
             largest = max(largest or 0, max(self.in_force))
         out = []
-        for key in sorted(self.buckets, key=lambda k: (k is None, k or 0)):
+        for key in self.stats.keys():
             row = self.buckets[key]
-            graph, eager = sorted(row.graph_ms), sorted(row.eager_ms)
             ok = row.last_ok or {}
             pool = ok.get("pool_bytes")
             out.append({
                 "key": key,
                 "label": str(key) if key is not None else (f">{largest}" if largest else "eager"),
-                "steps": row.steps, "hits": row.graph_steps,
-                "hit_pct": 100.0 * row.graph_steps / row.steps if row.steps else None,
-                "padding_waste_pct": 100.0 * row.padded / row.computed if row.computed else None,
-                "graph_p50_ms": percentile(graph, 50), "graph_p99_ms": percentile(graph, 99),
-                "eager_p50_ms": percentile(eager, 50), "eager_p99_ms": percentile(eager, 99),
-                "gap_us_graph_p50": percentile(sorted(row.graph_gap), 50),
-                "gap_us_eager_p50": percentile(sorted(row.eager_gap), 50),
+                **row.summary(), "hits": row.graph_steps,
                 "graph_mib": None if pool is None else pool / MIB,
                 "capture_s": ok.get("capture_s"),
                 "status": self._bucket_status(key, row),
             })
         return out
 
-    def _bucket_status(self, key: int | None, row: BucketStats) -> str:
+    def _bucket_status(self, key: int | None, row: Row) -> str:
         if key is None:
             return "-"
         if key not in self.in_force:
@@ -257,9 +216,7 @@ class ViewState:
         return "ok" if row.capture is not None else "-"
 
     def totals(self) -> dict:
-        return {"steps": self.steps, "graph_steps": self.graph_steps, "tokens": self.tokens,
-                "hit_pct": 100.0 * self.graph_steps / self.steps if self.steps else None,
-                "padding_waste_pct": 100.0 * self.padded / self.computed if self.computed else None,
-                "graph_pool_mib": None if self.pool_bytes is None else self.pool_bytes / MIB,
-                "gpu_idle_graph_pct": gpu_idle_pct(self.idle["graph"]),
-                "gpu_idle_eager_pct": gpu_idle_pct(self.idle["eager"])}
+        """RunStats' totals (cgwatch/aggregate.py); ``shows_runtime_modes`` / ``shows_phases`` /
+        ``shows_rows``: whether the screen shows the FULL/PIECEWISE split, mixed forwards, rows."""
+        return {**self.stats.totals(), "shows_runtime_modes": self.stats.shows_runtime_modes(),
+                "shows_phases": self.stats.shows_phases(), "shows_rows": self.stats.shows_rows()}

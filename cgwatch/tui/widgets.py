@@ -203,11 +203,24 @@ class Charts(TextLines):
 COLUMNS = (("", "bucket"), ("", "steps"), ("", "hits"), ("hit", "%"), ("pad", "waste %"),
            ("graph ms", "p50/p99"), ("eager ms", "p50/p99"), ("gpu idle", "µs g/e"), ("graph", "MiB"),
            ("capture", "s"), ("", "status"))
+# with vLLM's PIECEWISE graphs the hits column splits FULL / PIECEWISE; with mixed forwards a column counts them
+HITS_SPLIT = ("hits", "full/pw")
+MIXED = ("", "mixed")
 
 
-def row_cells(r: dict) -> tuple[str, ...]:
-    return (r["label"], f"{r['steps']:,}", f"{r['hits']:,}", fmt(r["hit_pct"]),
-            fmt(r["padding_waste_pct"]),
+def columns(runtime: bool = False, phases: bool = False) -> tuple[tuple[str, str], ...]:
+    cols = list(COLUMNS)
+    if runtime:
+        cols[2] = HITS_SPLIT
+    if phases:
+        cols.insert(3, MIXED)
+    return tuple(cols)
+
+
+def row_cells(r: dict, runtime: bool = False, phases: bool = False) -> tuple[str, ...]:
+    hits = f"{r['full']:,}/{r['piecewise']:,}" if runtime else f"{r['hits']:,}"
+    return (r["label"], f"{r['steps']:,}", hits, *((f"{r['non_decode']:,}",) if phases else ()),
+            fmt(r["hit_pct"]), fmt(r["padding_waste_pct"]),
             f"{fmt_ms(r['graph_p50_ms'])}/{fmt_ms(r['graph_p99_ms'])}",
             f"{fmt_ms(r['eager_p50_ms'])}/{fmt_ms(r['eager_p99_ms'])}",
             f"{fmt(r['gap_us_graph_p50'], '.0f')}/{fmt(r['gap_us_eager_p50'], '.0f')}",
@@ -230,8 +243,9 @@ class BucketTable(TextLines):
     _rows: list[tuple[str, ...]] = []
 
     def show(self, state: ViewState) -> None:
-        rows = self._rows = [row_cells(r) for r in state.bucket_rows()]
-        heads = [tuple(h[k] for h in COLUMNS) for k in (0, 1)]
+        runtime, phases = state.stats.shows_runtime_modes(), state.stats.shows_phases()
+        rows = self._rows = [row_cells(r, runtime, phases) for r in state.bucket_rows()]
+        heads = [tuple(h[k] for h in columns(runtime, phases)) for k in (0, 1)]
         widths = [max(len(c) for c in col) for col in zip(*heads, *rows)]
         lines = [[(self._line(head, widths), "bold")] for head in heads]
         for i, cells in enumerate(rows):
@@ -254,8 +268,12 @@ class BucketTable(TextLines):
 
 
 class Totals(Static):
+    """Two lines: the graphs (pool, sizes, padding waste, GPU idle), then the steps (hit %, graph share,
+    and where present the FULL / PIECEWISE split, mixed steps, rows vs requests). Definitions:
+    cgwatch/aggregate.py."""
+
     DEFAULT_CSS = """
-    Totals { height: 1; padding: 0 1; color: $text-muted; }
+    Totals { height: 2; padding: 0 1; color: $text-muted; }
     """
 
     def show(self, state: ViewState) -> None:
@@ -265,9 +283,16 @@ class Totals(Static):
         g, e = t["gpu_idle_graph_pct"], t["gpu_idle_eager_pct"]
         idle = "" if g is None and e is None else (   # none: a CPU run, or a trace from before the field
             f" · gpu idle g/e {NA if g is None else f'{g:.1f}'}/{pct(e)}")
-        # one line, fixed height, within 120 columns for 7 sizes (tokens: the header has tok/s)
-        self.update(f"pool {pool} · sizes {state.sizes} · {t['steps']:,} steps, hit {pct(t['hit_pct'])} · "
-                    f"pad waste {pct(t['padding_waste_pct'])}{idle}", layout=False)
+        # each line within 120 columns for 7 sizes (tokens: the header has tok/s)
+        first = f"pool {pool} · sizes {state.sizes} · pad waste {pct(t['padding_waste_pct'])}{idle}"
+        second = f"{t['steps']:,} steps · hit {pct(t['hit_pct'])} of graph mode · graph share {pct(t['graph_share_pct'])}"
+        if t["shows_runtime_modes"]:
+            second += f" · full {pct(t['full_pct'])} pw {pct(t['piecewise_pct'])}"
+        if t["shows_phases"]:
+            second += f" · mixed {t['non_decode']:,}"
+        if t["shows_rows"]:
+            second += f" · rows/req {t['rows'] / t['requests']:.2f}" if t["requests"] else ""
+        self.update(f"{first}\n{second}", layout=False)
 
 
 class EventLog(RichLog):
