@@ -126,11 +126,13 @@ def test_report_over_mapped_records(tmp_path):
     assert rows["8"]["steps"] == 2 and rows["8"]["padding_waste_pct"] == pytest.approx(12.5)
     assert rows["4"]["padding_waste_pct"] == pytest.approx(25.0)
     assert rows[">32"]["misses"] == {"over_max": 1}
+    assert rows["24"]["steps"] == 1 and rows["24"]["piecewise"] == 1 and rows["24"]["non_decode"] == 1
     t = rep["totals"]
-    assert (t["steps"], t["graph_steps"], t["graph_hit_rate_pct"]) == (4, 3, 75.0)
-    assert t["padding_waste_pct"] == pytest.approx(100 * 3 / 20)
-    assert t["prefills"] == 1 and t["prefill_tokens"] == 20 and t["gpu_busy_pct"] is None
-    assert t["graph_pool_mib"] == 768.0 and rows["8"]["capture_s"] is None   # a total, not per bucket
+    # every forward is a step: the mixed PIECEWISE one too (rows 23 of 4 requests, padded to 24)
+    assert (t["steps"], t["graph_steps"], t["hit_pct"]) == (5, 4, 80.0)
+    assert (t["full"], t["piecewise"], t["eager"]) == (3, 1, 1)
+    assert t["padding_waste_pct"] == pytest.approx(100 * 4 / 44)
+    assert t["prefills"] == 0 and t["gpu_busy_pct"] is None
     assert t["graph_pool_mib"] == 768.0 and rows["8"]["capture_s"] is None   # a total, not per bucket
 
 

@@ -24,6 +24,9 @@ from cgwatch.workload import WorkloadSpec  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 SIZES = (1, 2, 4, 8, 16)
+# A vLLM build that fails keeps its KV cache (probes/vllm_failed_build_memory.py; test below): each
+# engine here takes 15% of the GPU, so the failures of one test leave room for the engines of the next.
+UTIL = 0.15
 
 
 class Recorder:
@@ -57,7 +60,7 @@ def engine():
         pytest.skip("needs a CUDA GPU")
     rec = Recorder()
     cfg = VllmEngineConfig(model="tiny", load_format="dummy", max_seq=512, capture_sizes=SIZES,
-                           gpu_memory_utilization=0.3, max_num_seqs=16,
+                           gpu_memory_utilization=UTIL, max_num_seqs=16,
                            workload=WorkloadSpec(arrival="poisson:0.6", prompt_len="uniform:8:96",
                                                  output_len="uniform:8:48", max_concurrency=16, max_seq=512, seed=1))
     eng = VllmEngine(cfg, rec)
@@ -158,14 +161,15 @@ def test_a_capture_that_runs_out_of_memory_is_an_alert_and_the_engine_goes_back(
 
 
 def test_a_failed_capture_restart_with_memory_back_recovers():
-    """The same failure once, then memory comes back: the engine is back on the previous sizes."""
+    """The same failure once, then memory comes back: the engine is back on the previous sizes (with
+    room for a second engine beside the failed build's leftovers)."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     from vllm.v1.worker import gpu_model_runner
 
     rec = Recorder()
     cfg = VllmEngineConfig(model="tiny", load_format="dummy", max_seq=256, capture_sizes=(1, 2, 4),
-                           gpu_memory_utilization=0.3, max_num_seqs=4,
+                           gpu_memory_utilization=UTIL, max_num_seqs=4,
                            workload=WorkloadSpec(arrival="fixed:4", prompt_len="fixed:8", output_len="fixed:64",
                                                  max_concurrency=4, max_seq=256))
     eng = VllmEngine(cfg, rec)
@@ -201,3 +205,38 @@ def test_a_failed_capture_restart_with_memory_back_recovers():
     finally:
         gpu_model_runner.GPUModelRunner.capture_model = original
         eng.close()
+
+
+@pytest.mark.xfail(strict=True, reason="known: a vLLM 0.26 build that fails in graph capture keeps its KV cache "
+                                       "allocated in the process (42 GiB at 0.3 on an H200, 2026-12-01)")
+def test_a_failed_build_gives_its_gpu_memory_back():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from vllm.v1.worker import gpu_model_runner
+
+    cfg = VllmEngineConfig(model="tiny", load_format="dummy", max_seq=256, capture_sizes=(1, 2),
+                           gpu_memory_utilization=UTIL, max_num_seqs=2,
+                           workload=WorkloadSpec(arrival="fixed:2", prompt_len="fixed:8", output_len="fixed:16",
+                                                 max_concurrency=2, max_seq=256))
+    eng = VllmEngine(cfg, Recorder())
+    eng._shutdown()
+    before = torch.cuda.mem_get_info()[0]
+    original = gpu_model_runner.GPUModelRunner.capture_model
+
+    def capture_without_memory(self, *a, **k):
+        hog = take_all_free_memory()
+        try:
+            return original(self, *a, **k)
+        finally:
+            del hog
+            torch.cuda.empty_cache()
+
+    gpu_model_runner.GPUModelRunner.capture_model = capture_without_memory
+    try:
+        with pytest.raises(Exception):
+            eng._build()
+    finally:
+        gpu_model_runner.GPUModelRunner.capture_model = original
+        eng.close()
+    torch.cuda.empty_cache()
+    assert torch.cuda.mem_get_info()[0] > before - (1 << 30), "more than 1 GiB stayed allocated"

@@ -4,7 +4,9 @@
 cgwatch's sampler sees the same GPU allocator and the capture log line) with CUDA graph metrics on and
 a cgwatch stat logger (vllm_stats.py). Each ``step()``: apply pending commands, ask the seeded workload
 (workload.py) who arrives and who is done, ``add_request`` / ``abort_request`` accordingly, run one
-``LLMEngine.step()``, and turn the stats vLLM reported for it into records (vllm_stats.StepMapper).
+``LLMEngine.step()``, and turn the stats vLLM reported for it into records (vllm_stats.StepMapper):
+one ``step`` record per forward, with its GPU time from CUDA events around the model runner
+(vllm_timing.py). Differences between vLLM releases are vllm_version.Adapter's.
 
 * The workload drives arrivals and request lengths (``max_tokens`` = output length, EOS ignored);
   vLLM's scheduler decides the batches. A request the workload retires before vLLM finished it is
@@ -12,8 +14,8 @@ a cgwatch stat logger (vllm_stats.py). Each ``step()``: apply pending commands, 
 * Eager/graph and new capture sizes restart the engine with the new config (vLLM has no run-time
   switch): the live requests are re-submitted with their prompt plus the tokens generated so far (so
   they show up as a prefill), and the trace gets a ``restart`` event (old/new config, seconds).
-* What vLLM does not give is None: ``gpu_ms`` of every step, per-bucket capture events (vLLM logs one
-  total for all sizes: a ``capture_done`` event with ``scope: "total"``), kernels, checks.
+* What vLLM does not give is None: per-bucket capture events (vLLM logs one total for all sizes: a
+  ``capture_done`` event with ``scope: "total"``), kernels, checks, the GPU gap between steps.
 
 Methods used by the CLI and the daemon: header(), start(), step(), run(), close(), submit(),
 control_state(), apply_pending(), now(); attributes ``cfg``, ``sizes``, ``i``, ``tokens``.
@@ -102,6 +104,7 @@ class VllmEngine(CommandTaker):
         self.resubmits = 0
         self._rng = random.Random(cfg.seed)
         self.i = self.tokens = 0
+        self.busy_ms = 0.0
         self.started = self.paused = False
         self._wall = 0.0                             # wall time of engine steps not yet reported
         self._wall_t0: float | None = None
@@ -120,7 +123,7 @@ class VllmEngine(CommandTaker):
         self.cuda = self.device_type == "cuda" and torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.cuda else torch.device("cpu")
         self.nvml = Nvml(self.device if self.cuda else None)
-        self.sampler = Sampler(self.nvml, HostStats(self.device), lambda: None, self.now, emit,
+        self.sampler = Sampler(self.nvml, HostStats(self.device), self._busy, self.now, emit,
                                cfg.sample_interval_s)
 
     # -- building and rebuilding the vLLM engine ---------------------------------------------------
@@ -248,6 +251,10 @@ class VllmEngine(CommandTaker):
                           f"sizes; {n} live request(s) re-submitted", level="info"))
         self._note_adjustments()
         self._emit_capture()
+
+    def _busy(self) -> float | None:
+        """Completed GPU time of the forwards so far, ms (the samples' GPU-busy share); None untimed."""
+        return self.busy_ms if self.timer.reason is None else None
 
     # -- metadata and state ------------------------------------------------------------------------
     def now(self) -> float:
@@ -435,6 +442,8 @@ class VllmEngine(CommandTaker):
                     rec["wall_shared_by"] = len(its)
                 self.i += 1
                 self.tokens += rec["tokens"]
+                if rec["gpu_ms"] is not None:
+                    self.busy_ms += rec["gpu_ms"]
                 self.emit(rec)
             self._flush_wall()
         return True
