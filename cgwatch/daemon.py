@@ -431,20 +431,31 @@ def run_daemon(cfg, listen: str | None, token: str | None, record: str | None, p
         if metrics is not None:
             announce(f"cgwatch metrics on {metrics.url}")
         sys.stdout.flush()
-        outcome = "completed"
+        outcome, failure = "completed", None
         try:
             engine.run(max_steps, stop.is_set)
             if stop.is_set():
                 outcome = "interrupted"
         except BaseException as e:
             outcome = "error"
-            fanout(R.alert(engine.now(), f"run stopped by {type(e).__name__}: {e}", level="error"))
-            raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            fanout(R.alert(engine.now(), f"run stopped by {type(e).__name__}: {first}", level="error"))
+            if not isinstance(e, Exception):   # Ctrl-C, exit: no serving on
+                raise
+            failure = e
         finally:
             summary = engine.close() | {"outcome": outcome, "t": round(engine.now(), 6)}
             if writer:
                 writer.close(summary)
             daemon.publish({"type": R.END, **summary})
+        if failure is not None:
+            # the engine is gone (say, a vLLM restart that failed), but what it recorded is not: clients
+            # that are attached or join now still get the whole history, until the daemon is stopped
+            announce(f"cgwatch daemon: the run stopped ({type(failure).__name__}); serving its history "
+                     f"on {daemon.address} until stopped")
+            sys.stdout.flush()
+            stop.wait()
+            raise failure
         return summary
     finally:
         if writer:

@@ -454,3 +454,42 @@ def test_a_protocol_mismatch_is_a_status_not_a_crash(addr):
     with pytest.raises(CgwatchError, match="protocol 99"):
         connect(addr)
     server.close()
+
+
+def test_an_engine_that_fails_leaves_the_daemon_serving_its_history(addr, tmp_path, monkeypatch):
+    """A run that dies (say, a vLLM restart that failed) ends the trace with the reason; the daemon
+    keeps serving what was recorded to clients that join afterwards, until it is stopped."""
+    real_step = Engine.step
+
+    def failing_step(self):
+        if self.i >= 3:
+            raise RuntimeError("vLLM could not start again with the previous config: out of memory")
+        return real_step(self)
+
+    monkeypatch.setattr(Engine, "step", failing_step)
+    stop, lines, result = threading.Event(), [], {}
+    trace = tmp_path / "t.jsonl"
+
+    def serve():
+        try:
+            run_daemon(tiny_config(), addr, None, str(trace), None, None, stop, lines.append)
+        except RuntimeError as e:
+            result["error"] = str(e)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    deadline = time.time() + 60
+    while not any("serving its history" in line for line in lines) and time.time() < deadline:
+        time.sleep(0.05)
+    assert any("serving its history" in line for line in lines), lines
+    got = []
+    collect(connect(addr), lambda m: m["type"] == "end", got).join(10)   # a late joiner
+    assert [m["i"] for m in got if m["type"] == "step"] == [0, 1, 2]
+    assert got[-1]["type"] == "end" and got[-1]["outcome"] == "error"
+    assert any(m.get("kind") == "alert" and "out of memory" in m.get("message", "") for m in got)
+    assert t.is_alive()
+    stop.set()
+    t.join(10)
+    assert "out of memory" in result["error"]
+    tr = read_trace(trace)
+    assert tr.end["outcome"] == "error"
