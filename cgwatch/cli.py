@@ -176,7 +176,7 @@ def cmd_run(a) -> int:
     writer = TraceWriter(a.record, h) if a.record else None
     if writer:
         fanout.add(writer.write)
-    metrics = _start_metrics(a.prometheus, fanout)
+    metrics = _start_metrics(a.prometheus, fanout, h)
     status = StatusLine()
     fanout.add(status)
     backend = f", vLLM {h['vllm']}" if h.get("backend") == "vllm" else ""
@@ -211,11 +211,11 @@ def cmd_run(a) -> int:
     return 0
 
 
-def _start_metrics(port, fanout):
+def _start_metrics(port, fanout, header: dict | None = None):
     if port is None:
         return None
     from cgwatch.metrics import Metrics
-    m = Metrics()
+    m = Metrics(header=header)
     m.serve(port)
     fanout.add(m)
     return m

@@ -422,7 +422,7 @@ def run_daemon(cfg, listen: str | None, token: str | None, record: str | None, p
             writer = TraceWriter(record, meta)
             fanout.add(writer.write)
         if prometheus_port is not None:
-            metrics = Metrics()
+            metrics = Metrics(header=meta)
             metrics.serve(prometheus_port)
             fanout.add(metrics)
         fanout.add(daemon.publish)

@@ -54,7 +54,10 @@ _PLAIN_HELP = {
 _BUCKET_HELP = {
     "cgwatch_bucket_graph_bytes": "Bytes the bucket's capture added to the graph pool",
     "cgwatch_capture_seconds": "Warm-up + capture time of the bucket's last capture, seconds",
+    "cgwatch_bucket_capture_failed": "1 when the bucket's last capture failed (the bucket runs eager), else 0",
 }
+# run metadata as labels of one gauge of value 1 (join on instance): which server runs what
+INFO_LABELS = ("backend", "model", "gpu", "dtype", "cgwatch", "vllm")
 
 
 def _counter(name: str, help_: str, labels: tuple[str, ...], values: list[tuple[tuple, float]]):
@@ -107,8 +110,11 @@ class Metrics:
     """The sink and its collector. Each value is written by one thread only (steps and events by the
     engine, samples by the sampler); a scrape copies what it reads."""
 
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, header: dict | None = None):
         self.registry = registry or CollectorRegistry()
+        model = (header or {}).get("model")
+        self.info = {k: str((model.get("name") if k == "model" and isinstance(model, dict) else
+                             (header or {}).get(k)) or "") for k in INFO_LABELS} if header else None
         self.stats = RunStats(window=0)   # the counters (cgwatch/aggregate.py); no percentile values
         self.step_s = _Histogram("cgwatch_step_seconds", "Step time (GPU time where measured, else host)",
                                  STEP_BUCKETS)
@@ -150,6 +156,7 @@ class Metrics:
                 self.by_bucket["cgwatch_bucket_graph_bytes"][b] = rec["pool_bytes"]
             if rec.get("capture_s") is not None:
                 self.by_bucket["cgwatch_capture_seconds"][b] = rec["capture_s"]
+            self.by_bucket["cgwatch_bucket_capture_failed"][b] = 0 if rec.get("ok") else 1
         elif kind == R.EV_CAPTURE_DONE:
             if rec.get("pool_bytes") is not None:
                 self.plain["cgwatch_graph_pool_bytes"] = rec["pool_bytes"]
@@ -183,6 +190,11 @@ class Metrics:
                 yield _counter("cgwatch_bucket_misses_total", "Eager steps, by the bucket that should have served "
                                "them (over_max above the largest) and reason (eager_mode: the user's choice, not a "
                                "graph-mode miss)", ("bucket", "reason"), misses)
+        if self.info is not None:
+            info = GaugeMetricFamily("cgwatch_info", "The run: backend, model, GPU, dtype, versions (value 1)",
+                                     labels=list(INFO_LABELS))
+            info.add_metric([self.info[k] for k in INFO_LABELS], 1)
+            yield info
         yield _counter("cgwatch_tokens_total", "Tokens decoded", (), [((), stats.tokens)])
         alerts = stats.alerts.copy()
         if alerts:
