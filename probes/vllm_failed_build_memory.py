@@ -17,6 +17,7 @@ import torch
 
 from cgwatch.backends.vllm_config import VllmEngineConfig
 from cgwatch.backends.vllm_engine import VllmEngine
+from cgwatch.backends.vllm_faults import capture_out_of_memory
 from cgwatch.errors import CgwatchError
 from cgwatch.workload import WorkloadSpec
 
@@ -26,16 +27,6 @@ GIB = 1 << 30
 def used() -> str:
     free, total = torch.cuda.mem_get_info()
     return f"device used {(total - free) / GIB:6.2f} GiB, torch allocated {torch.cuda.memory_allocated() / GIB:6.2f} GiB"
-
-
-def take_all_free_memory() -> list:
-    hog, chunk = [], 1 << 30
-    while chunk >= (2 << 20):
-        try:
-            hog.append(torch.empty(chunk, dtype=torch.uint8, device="cuda"))
-        except torch.OutOfMemoryError:
-            chunk //= 4
-    return hog
 
 
 def _describe(obj) -> str:
@@ -78,8 +69,6 @@ def holders(limit: int = 2, depth: int = 16) -> None:
 
 
 def main() -> None:
-    from vllm.v1.worker import gpu_model_runner
-
     cfg = VllmEngineConfig(model="tiny", load_format="dummy", max_seq=256, capture_sizes=(1, 2, 4),
                            gpu_memory_utilization=0.3, max_num_seqs=4,
                            workload=WorkloadSpec(arrival="fixed:4", prompt_len="fixed:8", output_len="fixed:64",
@@ -88,22 +77,11 @@ def main() -> None:
     print("built:          ", used())
     eng._shutdown()
     print("after shutdown: ", used())
-    original = gpu_model_runner.GPUModelRunner.capture_model
-
-    def capture_without_memory(self, *a, **k):
-        hog = take_all_free_memory()
-        try:
-            return original(self, *a, **k)
-        finally:
-            del hog
-            torch.cuda.empty_cache()
-
-    gpu_model_runner.GPUModelRunner.capture_model = capture_without_memory
     try:
-        eng._build()
+        with capture_out_of_memory():
+            eng._build()
     except CgwatchError as e:
         print("failed build:   ", str(e)[:160])
-    gpu_model_runner.GPUModelRunner.capture_model = original
     print("after failure:  ", used())
     gc.collect()
     torch.cuda.empty_cache()

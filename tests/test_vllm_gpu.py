@@ -5,7 +5,7 @@
 - mixed prefill+decode forwards are steps (phase, prompt tokens, rows != batch), with GPU times;
 - an eager/graph toggle restarts vLLM and the records follow the new mode;
 - a recapture with a new size list restarts vLLM with those sizes;
-- a graph capture that runs out of memory (the memory taken just before vLLM captures) is an alert,
+- a graph capture that runs out of memory (the memory taken just before vLLM captures: vllm_faults.py) is an alert,
   the engine goes back to the previous config, and the command is refused in one line.
 """
 
@@ -19,6 +19,7 @@ pytest.importorskip("vllm")
 from cgwatch import records as R  # noqa: E402
 from cgwatch.backends.vllm_config import VllmEngineConfig  # noqa: E402
 from cgwatch.backends.vllm_engine import VllmEngine  # noqa: E402
+from cgwatch.backends.vllm_faults import capture_out_of_memory  # noqa: E402
 from cgwatch.engine.control import Command  # noqa: E402
 from cgwatch.workload import WorkloadSpec  # noqa: E402
 
@@ -41,17 +42,6 @@ class Recorder:
 
     def events(self, kind, since=0):
         return [r for r in self.records[since:] if r["type"] == R.EVENT and r.get("kind") == kind]
-
-
-def take_all_free_memory() -> list:
-    """Allocate GPU memory in shrinking chunks until none is left (released when the list goes)."""
-    hog, chunk = [], 1 << 30
-    while chunk >= (2 << 20):
-        try:
-            hog.append(torch.empty(chunk, dtype=torch.uint8, device="cuda"))
-        except torch.OutOfMemoryError:
-            chunk //= 4
-    return hog
 
 
 @pytest.fixture(scope="module")
@@ -135,29 +125,13 @@ def test_recapture_restarts_vllm_with_the_new_sizes(engine):
     assert buckets and buckets <= {2, 6, 16}
 
 
-def test_a_capture_that_runs_out_of_memory_is_an_alert_and_the_engine_goes_back(engine, monkeypatch):
-    from vllm.v1.worker import gpu_model_runner
-
-    original = gpu_model_runner.GPUModelRunner.capture_model
-
-    def capture_without_memory(self, *a, **k):
-        hog = take_all_free_memory()
-        try:
-            return original(self, *a, **k)
-        finally:
-            del hog
-            torch.cuda.empty_cache()
-
-    monkeypatch.setattr(gpu_model_runner.GPUModelRunner, "capture_model", capture_without_memory)
-    before = list(engine.sizes)
+def test_a_capture_that_runs_out_of_memory_is_an_alert_and_a_one_line_end_when_nothing_starts(engine):
     since = len(engine.rec.records)
     engine.submit(Command("recapture", [2, 4, 6]))
-    with pytest.raises(RuntimeError, match="could not start again"):
+    with capture_out_of_memory(), pytest.raises(RuntimeError, match="could not start again"):
         engine.step()                       # the previous config captures too: under the hog it fails again
     alerts = [a["message"] for a in engine.rec.events(R.EV_ALERT, since)]
     assert any("failed" in m and "memory" in m.lower() for m in alerts), alerts
-    monkeypatch.undo()
-    assert before   # the engine is gone now; the module fixture's close() still runs cleanly
 
 
 def test_a_failed_capture_restart_with_memory_back_recovers():
@@ -165,7 +139,6 @@ def test_a_failed_capture_restart_with_memory_back_recovers():
     room for a second engine beside the failed build's leftovers)."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from vllm.v1.worker import gpu_model_runner
 
     rec = Recorder()
     cfg = VllmEngineConfig(model="tiny", load_format="dummy", max_seq=256, capture_sizes=(1, 2, 4),
@@ -174,27 +147,13 @@ def test_a_failed_capture_restart_with_memory_back_recovers():
                                                  max_concurrency=4, max_seq=256))
     eng = VllmEngine(cfg, rec)
     eng.start()
-    original = gpu_model_runner.GPUModelRunner.capture_model
-    calls = []
-
-    def fail_once(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 1:
-            hog = take_all_free_memory()
-            try:
-                return original(self, *a, **k)
-            finally:
-                del hog
-                torch.cuda.empty_cache()
-        return original(self, *a, **k)
-
-    gpu_model_runner.GPUModelRunner.capture_model = fail_once
     try:
         for _ in range(5):
             eng.step()
         replies = []
         eng.submit(Command("recapture", [1, 2, 3, 4], reply=replies.append))
-        eng.apply_pending()
+        with capture_out_of_memory(times=1):      # the new sizes fail; the previous ones capture again
+            eng.apply_pending()
         assert replies and not replies[0]["ok"] and "back on the previous config" in replies[0]["error"], replies
         alerts = [a["message"] for a in rec.events(R.EV_ALERT)]
         assert any("failed" in m and "memory" in m.lower() for m in alerts), alerts
@@ -203,7 +162,6 @@ def test_a_failed_capture_restart_with_memory_back_recovers():
             assert eng.step()
         assert any(r["bucket"] == 4 for r in rec.steps())
     finally:
-        gpu_model_runner.GPUModelRunner.capture_model = original
         eng.close()
 
 
@@ -212,8 +170,6 @@ def test_a_failed_capture_restart_with_memory_back_recovers():
 def test_a_failed_build_gives_its_gpu_memory_back():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from vllm.v1.worker import gpu_model_runner
-
     cfg = VllmEngineConfig(model="tiny", load_format="dummy", max_seq=256, capture_sizes=(1, 2),
                            gpu_memory_utilization=UTIL, max_num_seqs=2,
                            workload=WorkloadSpec(arrival="fixed:2", prompt_len="fixed:8", output_len="fixed:16",
@@ -221,22 +177,10 @@ def test_a_failed_build_gives_its_gpu_memory_back():
     eng = VllmEngine(cfg, Recorder())
     eng._shutdown()
     before = torch.cuda.mem_get_info()[0]
-    original = gpu_model_runner.GPUModelRunner.capture_model
-
-    def capture_without_memory(self, *a, **k):
-        hog = take_all_free_memory()
-        try:
-            return original(self, *a, **k)
-        finally:
-            del hog
-            torch.cuda.empty_cache()
-
-    gpu_model_runner.GPUModelRunner.capture_model = capture_without_memory
     try:
-        with pytest.raises(Exception):
+        with capture_out_of_memory(), pytest.raises(Exception):
             eng._build()
     finally:
-        gpu_model_runner.GPUModelRunner.capture_model = original
         eng.close()
     torch.cuda.empty_cache()
     assert torch.cuda.mem_get_info()[0] > before - (1 << 30), "more than 1 GiB stayed allocated"
