@@ -185,7 +185,9 @@ class StatsCollector:
 
             def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
                 if scheduler_stats is not None:
-                    collector.add(scheduler_stats, iteration_stats)
+                    # 0.28 on: iteration_stats is None exactly for a forward that returned no request
+                    # output, i.e. produced no token (not iteration_details' count of generation tokens)
+                    collector.add(scheduler_stats, _NO_TOKENS if iteration_stats is None else iteration_stats)
 
             def log_engine_initialized(self) -> None:
                 pass

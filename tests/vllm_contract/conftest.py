@@ -1,34 +1,30 @@
 """Contract tests against the real vllm package (no GPU: vLLM's CPU platform lets its config classes
 validate; nothing runs a model). The default test env has no vllm: every module here starts with
-``pytest.importorskip("vllm")``. .ci/run runs them in a venv with ``pip install -e '.[vllm]'``."""
+``pytest.importorskip("vllm")``. .ci/run runs them in a venv with ``pip install -e '.[vllm]'`` (vLLM
+0.33) and one with ``'.[vllm026]'`` (vLLM 0.26); expectations that differ between releases branch on
+``support.RELEASE`` and say what each release does."""
 
 import json
 import os
 
 import pytest
 
+from support import keep_graph_config_on_cpu, use_cpu_platform
+
 # vLLM picks a platform once, at first use: without a GPU only an explicit CPU target gives its config
 # classes a device type. Set before vllm is imported (conftest is imported before the test modules).
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-
-def _cpu_platform_for_older_vllm() -> None:
-    """vLLM before 0.31 ignores VLLM_TARGET_DEVICE=cpu in a CUDA build: without a GPU it finds no
-    platform. Give it the CPU platform the same way it resolves one (the module's current platform)."""
-    try:
-        import torch
-        import vllm.platforms as platforms
-    except Exception:
-        return
-    current = getattr(platforms, "_current_platform", None)
-    if os.environ.get("VLLM_TARGET_DEVICE") == "cpu" and not torch.cuda.is_available() \
-            and (current is None or not getattr(current, "device_type", None)):
-        from vllm.platforms.cpu import CpuPlatform
-        platforms._current_platform = CpuPlatform()
+# vLLM 0.26/0.27 ignore VLLM_TARGET_DEVICE=cpu in a CUDA build (support.vllm_honours_cpu_target):
+# give them the CPU platform here, before any test module reads vllm.platforms.current_platform.
+use_cpu_platform()
 
 
-_cpu_platform_for_older_vllm()
+@pytest.fixture
+def graphs_on_cpu(monkeypatch):
+    """vLLM resolves CUDA graph settings on the CPU as on a GPU (support.keep_graph_config_on_cpu)."""
+    keep_graph_config_on_cpu(monkeypatch)
 
 
 @pytest.fixture(scope="session")

@@ -31,8 +31,10 @@ class FakeWorker:
         self.kv_cache_bytes = kv_cache_bytes
         self.pending = None
         self.steps = 0
-        self.forwards: list[int] = []      # tokens of each forward that ran (0-token batches not counted)
+        self.forwards: list[int] = []      # tokens computed by each forward that ran (0-token batches not counted)
+        self.sampled: list[int] = []       # tokens each of those forwards returned (sampled, not discarded)
         self.num_tokens: dict[str, int] = {}   # request -> prompt + output tokens known to the runner
+        self.resumed = 0                   # requests the scheduler resumed after a preemption
 
     def __getattr__(self, name):
         # Control-plane calls with nothing to do without a model (reset_mm_cache, ...): no-ops.
@@ -101,6 +103,7 @@ class FakeWorker:
             computed[new.req_id] = new.num_computed_tokens
         cached = so.scheduled_cached_reqs
         computed.update(zip(cached.req_ids, cached.num_computed_tokens))
+        self.resumed += len(cached.resumed_req_ids)
         out = {}
         for r, n in so.num_scheduled_tokens.items():
             if computed.get(r, 0) + n < self.num_tokens.get(r, 0):
@@ -114,9 +117,10 @@ class FakeWorker:
         so, self.pending = self.pending, None
         ids = list(so.num_scheduled_tokens)
         self.steps += 1
+        sampled = self._sampled(so)
         if so.total_num_scheduled_tokens:
             self.forwards.append(so.total_num_scheduled_tokens)
-        sampled = self._sampled(so)
+            self.sampled.append(sum(len(t) for t in sampled.values()))
         return ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
                                  sampled_token_ids=[sampled[r] for r in ids],
                                  cudagraph_stats=self._stat(so) if so.total_num_scheduled_tokens else None)
@@ -160,6 +164,13 @@ class FakeExecutor(Executor):
 
     def shutdown(self):
         return None
+
+
+class SmallKvFakeExecutor(FakeExecutor):
+    """A KV cache of 320 tokens (20 blocks of 16; 512 bytes a token for the tiny Llama), more than one
+    max_model_len=256 request needs and less than a few together: vLLM's scheduler preempts requests
+    and resumes them later, recomputing their prompt and output."""
+    kv_cache_bytes = 320 * 512
 
 
 class AsyncFakeExecutor(FakeExecutor):

@@ -101,21 +101,35 @@ def test_vllms_logger_manager_feeds_real_stats_to_cgwatch(vllm_config, tmp_path)
             recs.append(rec)
             w.write(rec)
         w.close({"steps": i, "tokens": 0, "duration_s": 0.1, "outcome": "completed", "t": 0.1})
-    assert recs[0] == {"type": "step", "i": 0, "t": 0.0, "batch": 6, "target": 8, "bucket": 8, "mode": "graph",
-                       "reason": None, "padded": 2, "host_us": 2000.0, "gpu_ms": None, "gap_us": None, "tokens": 7,
-                       "runtime_mode": "FULL"}
-    assert recs[3]["reason"] == R.REASON_OVER_MAX and recs[3]["bucket"] is None
-    assert recs[4]["type"] == "prefill" and recs[4]["tokens"] == 20 and recs[4]["decode_requests"] == 3
+    assert recs[0] == {"type": "step", "i": 0, "t": 0.0, "batch": 6, "rows": 6, "target": 8, "bucket": 8,
+                       "mode": "graph", "runtime_mode": "FULL", "reason": None, "padded": 2, "host_us": 2000.0,
+                       "gpu_ms": None, "gap_us": None, "tokens": 7, "phase": "decode", "prompt_tokens": 0}
+    assert recs[3]["reason"] == R.REASON_OVER_MAX and recs[3]["bucket"] is None and recs[3]["runtime_mode"] == "NONE"
+    # the mixed forward (a 20-token prompt chunk + 3 decodes) is a step too: 4 requests, 23 rows,
+    # PIECEWISE in the 24 graph, tokens = what IterationStats counted
+    assert all(r["type"] == "step" for r in recs) and [r["i"] for r in recs] == list(range(7))
+    assert {k: recs[4][k] for k in ("batch", "rows", "prompt_tokens", "phase", "runtime_mode", "target", "bucket",
+                                    "padded", "tokens", "mode")} == {
+        "batch": 4, "rows": 23, "prompt_tokens": 20, "phase": "mixed", "runtime_mode": "PIECEWISE", "target": 24,
+        "bucket": 24, "padded": 1, "tokens": 4, "mode": "graph"}
+    assert all(r["phase"] == "decode" and r["rows"] == r["batch"] for k, r in enumerate(recs) if k != 4)
 
     rep = build_report(read_trace(path))
     rows = {b["label"]: b for b in rep["buckets"]}
     assert rows["8"]["steps"] == 2 and rows["8"]["hit_pct"] == 100.0 and rows["8"]["padding_waste_pct"] == 12.5
     assert rows["16"]["padding_waste_pct"] == 25.0 and rows["32"]["padding_waste_pct"] == pytest.approx(6.25)
+    assert rows["24"]["steps"] == 1 and rows["24"]["padding_waste_pct"] == pytest.approx(100 / 24)
     assert rows[">32"]["hit_pct"] == 0.0 and rows[">32"]["misses"] == {"over_max": 1}
     t = rep["totals"]
-    assert (t["steps"], t["graph_steps"]) == (6, 5) and t["graph_hit_rate_pct"] == pytest.approx(100 * 5 / 6)
-    assert t["padding_waste_pct"] == pytest.approx(100 * (2 + 0 + 1 + 4 + 2) / (8 + 8 + 4 + 16 + 32))
-    assert t["prefills"] == 1 and t["graph_pool_mib"] == 1024.0 and t["gpu_busy_pct"] is None
+    # 7 forwards, all steps (the mixed one included); 6 ran a graph (5 FULL + 1 PIECEWISE)
+    assert (t["steps"], t["graph_steps"]) == (7, 6) and t["graph_hit_rate_pct"] == pytest.approx(100 * 6 / 7)
+    assert t["padding_waste_pct"] == pytest.approx(100 * (2 + 0 + 1 + 1 + 4 + 2) / (8 + 8 + 4 + 24 + 16 + 32))
+    assert (t["full"], t["piecewise"], t["eager"]) == (5, 1, 1)
+    assert (t["decode"], t["mixed"], t["prefill"]) == (6, 1, 0)
+    assert t["rows"] == 6 + 8 + 3 + 40 + 23 + 12 + 30 and t["prompt_tokens"] == 20
+    assert t["requests"] == 6 + 8 + 3 + 40 + 4 + 12 + 30
+    assert t["tokens"] == sum(r["tokens"] for r in recs)
+    assert t["prefills"] == 0 and t["graph_pool_mib"] == 1024.0 and t["gpu_busy_pct"] is None
 
 
 def test_eager_reasons_from_real_stats():
