@@ -548,7 +548,19 @@ def test_live_duplicates_and_steps_running_back_are_skipped_and_counted():
     assert skipped == ["skipped step record i=3: a duplicate of step i=3",
                        "skipped step record i=5: t goes back 0.54 s from step i=4",
                        "skipped step record i=2: a duplicate of step i=2",
-                       "skipped 10 step records that cannot be trusted so far"]
+                       "skipped 10 records that cannot be trusted so far"]
+
+
+def test_live_samples_and_events_go_through_the_same_screen():
+    st = ViewState()
+    st.fold(dict(HEADER))
+    st.fold({"type": "sample", "t": 1.0, "gpu_util": 40})
+    st.fold({"type": "sample", "t": 1.1, "gpu_util": float("nan")})
+    st.fold(_capture(1.2, 16) | {"bucket": "16"})
+    assert st.totals()["nvml_util_pct"] == 40.0 and 16 not in st.buckets and st.screen.count == 2
+    assert [text for _, style, text in st.log if style == "bold red"] == [
+        "skipped sample record: gpu_util is nan, not a finite number",
+        "skipped event capture record: bucket is '16', not a number"]
 
 
 async def test_vllm_piecewise_and_mixed_fit_120_columns():

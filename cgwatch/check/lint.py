@@ -8,7 +8,11 @@ without ``device=``...) and a ``TorchDispatchMode`` (aten ops, including those m
 operation is a finding with a cause class (capture_errors.py), the first user frame of the Python stack
 (torch, the stdlib and this package skipped) and its source text. The second and third runs are compared
 op by op: an op whose Python arguments change between calls (a counter, a global) is a value the graph
-would freeze at capture.
+would freeze at capture. Two rules read PyTorch's source rather than an op's name: a tensor built from
+host data inside the callable (``torch.tensor``) is an error, since its host-to-GPU copy waits for the GPU
+and fails the capture; ``torch.multinomial`` without replacement or of one sample is a host sync where the
+installed torch checks the probabilities with ``.item()`` (before pytorch#134818; ``multinomial_reads_host``
+asks the build), else a warning. Neither was confirmed on a GPU when it was written.
 
 The frame helpers here (``_user_where``, ``traceback_where``) also place a failed capture's error on the
 user's line (capture.py's ``diagnose``). No torch import at module level: the lint modes are built on
