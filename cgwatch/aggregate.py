@@ -1,19 +1,35 @@
-"""One accumulator for the numbers of a run: ``RunStats.add(record)`` folds step, prefill, sample and
-event records; ``row(key)`` / ``rows()`` / ``totals()`` give the definitions below. ``cgwatch
-report`` builds it over a whole trace, the TUI's ``ViewState`` folds live (or replayed) records into
-it, and the Prometheus collector reads its counters -- so the three cannot drift. It does not know
-whether a record is live or replayed. Step fields are read through the records.py helpers
-(``step_rows``, ``step_runtime_mode``, ``step_phase``), so traces from before those fields count
-with their old meaning (rows = batch; FULL on a graph step, NONE on an eager one; decode).
+"""One accumulator for the numbers of a run: ``RunStats.add(record)`` folds header, step, prefill, sample,
+event and end records; ``epoch_rows()`` / ``totals()`` give the definitions below. ``cgwatch report``
+builds it over a whole trace, the TUI's ``ViewState`` folds live (or replayed) records into it, and the
+Prometheus collector reads its counters -- so the three cannot drift. It does not know whether a record
+is live or replayed. Step fields are read through the records.py helpers (``step_rows``,
+``step_runtime_mode``, ``step_phase``), so traces from before those fields count with their old meaning
+(rows = batch; FULL on a graph step, NONE on an eager one; decode). It counts what it is given: the
+readers screen the records first (records.Screen: NaN, negative times, duplicates, t out of order, a
+graph smaller than its rows ... are skipped and said in one warning line), and a step whose fields have
+the wrong types raises before anything is counted.
 
 Definitions (the product's contract; docs/TRACE_FORMAT.md has the record fields)
 --------------------------------------------------------------------------------
 
 A *forward* is one step record: one forward of the model.
 
-Rows: forwards are grouped by ``target`` (the smallest capture size >= rows in force at that
-forward); target None is the "over max" row. A bucket with a capture event gets a row even with 0
-forwards. Per row, and summed over all rows in the totals:
+Epochs: an epoch is a stretch of the run under one capture size list. The first starts with the run; a
+``recapture`` event whose size list differs from the one in force starts the next at the event's t (a
+``capture_done`` with another list does too, for a trace without the recapture event). A forward belongs
+to the epoch in force at its t (not at its place in the file: a step still in flight when the recapture
+came is written after the event but ran under the old list); a capture event, to the epoch at its t.
+An epoch whose list is not known yet (no capture_done, no recapture) takes the first one that comes
+without a new epoch, and so does an epoch that has no forwards yet.
+
+Rows: in each epoch, forwards are grouped by ``target`` (the smallest capture size >= rows in that
+epoch's list); target None is the "over max" row. So a bucket of two size lists is two rows (after a
+recapture from 1,2,4,8,16,32 to ...,16,24,32, row 32 served rows 17-32 before and 25-32 after), never one
+row that mixes them. A bucket with a capture event gets a row in its epoch even with 0 forwards. The
+report shows every epoch's rows (grouped under their size list); the TUI the rows of the epoch in force.
+The Prometheus counters are per bucket over the whole run (a counter never resets): the sum of the
+report's rows of that bucket over the epochs (``RunStats.buckets``). Per row, and summed over all rows
+in the totals:
 
   forwards (steps)   forwards whose target is this bucket
   graph_steps        of those, forwards a captured graph served (``bucket`` not None) = full + piecewise
@@ -27,9 +43,11 @@ forwards. Per row, and summed over all rows in the totals:
   requests           sum of ``batch``: requests in the forwards
   rows               sum of ``rows``: tokens the forwards computed, unpadded (= requests in
                      cgwatch's own engine; more with vLLM's mixed forwards or speculative decoding)
+  rows_min, rows_max the fewest / most rows of one forward of the row (None without forwards)
   prompt_tokens      sum of ``prompt_tokens`` (the prompt tokens among the rows)
   tokens             sum of ``tokens``: tokens the forwards produced
-  padded             sum of ``padded`` (= bucket - rows) over graph forwards
+  padded             sum of bucket - rows over graph forwards (the trace's ``padded`` field must equal it;
+                     a record where it does not is skipped by the screen)
   graph_rows         sum of ``bucket`` over graph forwards: rows the graphs computed, padding included
   misses             eager forwards by ``reason`` ("unknown" if none)
   graph_mode         forwards that ran in graph mode: forwards - misses["eager_mode"] (the user's
@@ -45,7 +63,7 @@ forwards. Per row, and summed over all rows in the totals:
   host_us_eager_p50
   gap_us_graph_p50,  p50 of gap_us (GPU idle before a back-to-back forward) of graph / eager forwards
   gap_us_eager_p50   that have both gap_us and gpu_ms; ``gap_us_graph_n`` / ``gap_us_eager_n`` values
-  capture, last_ok   the bucket's last capture event / last successful one (views show them)
+  capture, last_ok   the bucket's last capture event / last successful one in the epoch (views show them)
 
 Percentiles are linearly interpolated (numpy's default "linear" method): over the n sorted values
 x[0..n-1], rank r = p/100 * (n - 1), value = x[floor r] + (r - floor r) * (x[ceil r] - x[floor r]);
@@ -54,8 +72,12 @@ A ``RunStats(window=N)`` keeps only the last N values per row and kind (the TUI:
 end); ``window=None`` keeps all (the report; compactly, as array('d')); ``window=0`` none (Prometheus).
 
 Totals (besides the sums above):
-  duration_s         last forward t - first forward t + the last one's step_ms / 1000 (first/last by t)
-  tokens_per_s       tokens / duration_s
+  duration_s         the run's wall time: from its start (t = 0, the header's time: every t counts from
+                     it; a header ``t`` where one is given) to its end: the end record's t, or the latest t
+                     of any record if that is later or there is no end record (a live run, a crash; a
+                     step's "t" there is its end, t + step_ms). It includes captures, prefills, pauses and
+                     restarts: what the run took, as its end record's duration_s says
+  tokens_per_s       tokens / duration_s (None without forwards)
   gpu_busy_pct       100 * sum(gpu_ms) / (duration_s * 1000); None if no forward has gpu_ms
   nvml_util_pct      mean of the non-None gpu_util of sample records
   graph_pool_mib     pool_bytes of the latest capture_done event (MiB)
@@ -64,6 +86,7 @@ Totals (besides the sums above):
                      the host between forwards; None without gaps
   prefills, prefill_tokens   prefill records and their prompt tokens
   mode_switches, recaptures  mode / recapture events;  alerts  alert events by level
+  epochs             size lists the run's forwards ran under (epochs with forwards)
   graph_hit_rate_pct the same value as hit_pct (the key older scripts read)
 Any value that cannot be computed is None ("n/a" on screen).
 """
@@ -114,13 +137,15 @@ def _values(window: int | None):
 class Row:
     """The per-target accumulator (see the module docstring for each field)."""
     __slots__ = ("forwards", "graph_steps", "full", "piecewise", "eager", "phases", "by_mode_phase",
-                 "requests", "rows", "prompt_tokens", "tokens", "padded", "graph_rows", "misses",
+                 "requests", "rows", "rows_min", "rows_max", "prompt_tokens", "tokens", "padded", "graph_rows", "misses",
                  "graph_ms", "eager_ms", "graph_host", "eager_host", "graph_gap", "eager_gap",
                  "capture", "last_ok")
 
     def __init__(self, window: int | None = None) -> None:
         self.forwards = self.graph_steps = self.full = self.piecewise = self.eager = 0
         self.requests = self.rows = self.prompt_tokens = self.tokens = self.padded = self.graph_rows = 0
+        self.rows_min: int | None = None
+        self.rows_max: int | None = None
         self.phases: dict[str, int] = dict.fromkeys(R.PHASES, 0)
         self.by_mode_phase: dict[tuple[str, str], int] = {}
         self.misses: dict[str, int] = {}
@@ -151,7 +176,54 @@ class Row:
             out[f"{key}_p50"] = percentile(s, 50)
             out[f"{key}_n"] = len(s)
         out["by_mode_phase"] = {f"{m}/{ph}": n for (m, ph), n in sorted(self.by_mode_phase.items())}
+        out["rows_min"], out["rows_max"] = self.rows_min, self.rows_max
         return out
+
+    def count(self, batch, rows, prompt, tokens, phase, bucket, piecewise, reason) -> str:
+        """Count one forward (no percentile values); returns its runtime mode."""
+        self.forwards += 1
+        self.requests += batch
+        self.rows += rows
+        if self.rows_min is None or rows < self.rows_min:
+            self.rows_min = rows
+        if self.rows_max is None or rows > self.rows_max:
+            self.rows_max = rows
+        if prompt:
+            self.prompt_tokens += prompt
+        self.tokens += tokens
+        self.phases[phase] += 1
+        if bucket is not None:
+            if piecewise:
+                mode = R.RUNTIME_PIECEWISE
+                self.piecewise += 1
+            else:
+                mode = R.RUNTIME_FULL
+                self.full += 1
+            self.graph_steps += 1
+            self.padded += bucket - rows
+            self.graph_rows += bucket
+        else:
+            mode = R.RUNTIME_NONE
+            self.eager += 1
+            self.misses[reason] = self.misses.get(reason, 0) + 1
+        key = (mode, phase)
+        self.by_mode_phase[key] = self.by_mode_phase.get(key, 0) + 1
+        return mode
+
+    def keep(self, graph: bool, ms: float, host_us: float, gap) -> None:
+        """Keep one forward's values for the percentiles (a window=0 row keeps none)."""
+        if self.graph_ms is None:
+            return
+        if graph:
+            self.graph_ms.append(ms)
+            self.graph_host.append(host_us)
+            if gap is not None:
+                self.graph_gap.append(gap)
+        else:
+            self.eager_ms.append(ms)
+            self.eager_host.append(host_us)
+            if gap is not None:
+                self.eager_gap.append(gap)
 
 
 def counts(forwards, graph, full, piecewise, eager, phases, requests, rows, prompt_tokens, tokens, padded,
@@ -172,17 +244,46 @@ def counts(forwards, graph, full, piecewise, eager, phases, requests, rows, prom
 
 
 def check_step(rec: dict) -> None:
-    """Raise ValueError (or KeyError for a missing field) if a step record cannot be counted; called
-    before anything is counted, so a bad record changes nothing."""
-    bad = R.bad_step_field(rec)
+    """Raise ValueError (or KeyError for a missing field) if a step record cannot be counted
+    (records.check_step); called before anything is counted, so a bad record changes nothing."""
+    bad = R.check_step(rec)
     if bad:
+        if bad.startswith("missing field "):
+            raise KeyError(bad[len("missing field "):])
         raise ValueError(bad)
-    t = rec["t"]
-    if not isinstance(t, (int, float)):
-        raise ValueError(f"t is {t!r}, not a number")
-    rec["target"], rec["bucket"]   # noqa: B018 -- KeyError if missing
-    if rec["bucket"] is not None and not isinstance(rec["bucket"], int):
-        raise ValueError(f"bucket is {rec['bucket']!r}, not an integer")
+
+
+def _sizes(values) -> list[int]:
+    return sorted({v for v in values or () if type(v) is int})
+
+
+def _finite(t) -> bool:
+    return type(t) in _NUM and math.isfinite(t)
+
+
+class Epoch:
+    """A stretch of the run under one capture size list (module docstring): its rows by target."""
+    __slots__ = ("n", "t", "sizes", "rows", "forwards", "sizes_seen")
+
+    def __init__(self, n: int, t: float | None, sizes: list[int] | None) -> None:
+        self.n = n                        # 1, 2, ...
+        self.t = t                        # when it began (None: the run's start)
+        self.sizes = sizes                # the size list (None: not known)
+        self.rows: dict[int | None, Row] = {}
+        self.forwards = 0
+        self.sizes_seen: set[int] = set(sizes or ())   # capture sizes of its capture events and lists
+
+    def keys(self) -> list[int | None]:
+        """Row keys, sorted, over max last. (A copy: safe while another thread adds rows.)"""
+        return sorted(list(self.rows), key=lambda k: (k is None, k or 0))
+
+    def largest_size(self) -> int | None:
+        """The largest capture size of its list (else of its captures and targets): the over-max label."""
+        sizes = self.sizes_seen | {k for k in list(self.rows) if k is not None}
+        return max(sizes) if sizes else None
+
+    def summary(self) -> dict:
+        return {"epoch": self.n, "t": self.t, "sizes": self.sizes, "forwards": self.forwards}
 
 
 class RunStats:
@@ -190,12 +291,13 @@ class RunStats:
 
     def __init__(self, window: int | None = None) -> None:
         self.window = window
-        self.buckets: dict[int | None, Row] = {}
+        self.epochs: list[Epoch] = [Epoch(1, None, None)]
+        self.buckets: dict[int | None, Row] = {}   # per bucket over all epochs (Prometheus' counters)
         self.sizes_seen: set[int] = set()   # capture sizes seen in capture / capture_done events
         self.n = self.graph = self.tokens = 0
-        self.first_t: float | None = None
-        self.last_t: float | None = None
-        self.last_ms = 0.0
+        self.origin = 0.0                   # the run's start (t = 0, or the header's t)
+        self.latest_t: float | None = None  # the latest t of any record (a forward: its end)
+        self.end_t: float | None = None     # the end record's t
         self.gpu_ms_sum, self.gpu_ms_any = 0.0, False
         self.util_sum, self.util_n = 0.0, 0
         self.pool_bytes: int | None = None
@@ -205,17 +307,61 @@ class RunStats:
         self.idle = {"graph": [0.0, 0.0], "eager": [0.0, 0.0]}   # mode -> [sum gap µs, sum gpu µs]
 
     def row(self, key: int | None) -> Row:
+        """The run-long row of a bucket (``buckets``)."""
         row = self.buckets.get(key)
         if row is None:
             row = self.buckets[key] = Row(self.window)
         return row
+
+    @property
+    def epoch(self) -> Epoch:
+        """The epoch in force (the last one)."""
+        return self.epochs[-1]
+
+    def epoch_at(self, t) -> Epoch:
+        """The epoch in force at ``t``."""
+        last = self.epochs[-1]
+        if last.t is None or not _finite(t) or t >= last.t:
+            return last
+        return next(e for e in reversed(self.epochs) if e.t is None or t >= e.t)
+
+    def _epoch_row(self, epoch: Epoch, key: int | None) -> Row:
+        row = epoch.rows.get(key)
+        if row is None:
+            row = epoch.rows[key] = Row(self.window)
+        return row
+
+    def _new_list(self, sizes: list[int], t) -> None:
+        """A size list came (a recapture or capture_done): a new epoch if it differs from the one in force."""
+        cur = self.epochs[-1]
+        if cur.sizes == sizes:
+            return
+        if cur.sizes is None or cur.forwards == 0:
+            cur.sizes = sizes
+        else:
+            self.epochs.append(Epoch(cur.n + 1, t if _finite(t) else None, sizes))
+        self.epochs[-1].sizes_seen.update(sizes)
+
+    def _seen(self, t) -> None:
+        if _finite(t) and (self.latest_t is None or t > self.latest_t):
+            self.latest_t = t
 
     # -- folding -----------------------------------------------------------------------------------
     def add(self, rec: dict) -> None:
         typ = rec.get("type")
         if typ == R.STEP:
             self.add_step(rec)
-        elif typ == R.SAMPLE:
+            return
+        if typ == R.HEADER:
+            if _finite(rec.get("t")):
+                self.origin = rec["t"]
+            return
+        if typ == R.END:
+            if _finite(rec.get("t")):
+                self.end_t = rec["t"]
+            return
+        self._seen(rec.get("t"))
+        if typ == R.SAMPLE:
             if rec.get("gpu_util") is not None:
                 self.util_sum += rec["gpu_util"]
                 self.util_n += 1
@@ -231,12 +377,11 @@ class RunStats:
         # type is off, so a bad record raises before anything is counted
         t, batch, host_us, gpu_ms = rec["t"], rec["batch"], rec["host_us"], rec["gpu_ms"]
         target, bucket, tokens = rec["target"], rec["bucket"], rec["tokens"]
-        rows, padded, gap, prompt = rec.get("rows"), rec.get("padded"), rec.get("gap_us"), rec.get("prompt_tokens")
-        if (type(t) not in _NUM or type(batch) not in _NUM or type(host_us) not in _NUM or type(tokens) not in _NUM
-                or (gpu_ms is not None and type(gpu_ms) not in _NUM) or (rows is not None and type(rows) not in _NUM)
-                or (padded is not None and type(padded) not in _NUM) or (gap is not None and type(gap) not in _NUM)
-                or (prompt is not None and type(prompt) not in _NUM)
-                or (bucket is not None and type(bucket) is not int)):
+        rows, gap, prompt = rec.get("rows"), rec.get("gap_us"), rec.get("prompt_tokens")
+        if (type(t) not in _NUM or type(batch) is not int or type(host_us) not in _NUM or type(tokens) is not int
+                or (gpu_ms is not None and type(gpu_ms) not in _NUM) or (rows is not None and type(rows) is not int)
+                or (gap is not None and type(gap) not in _NUM) or (prompt is not None and type(prompt) is not int)
+                or (bucket is not None and type(bucket) is not int) or (target is not None and type(target) is not int)):
             check_step(rec)
         ms = gpu_ms if gpu_ms is not None else host_us / 1000.0   # records.step_ms
         if rows is None:
@@ -244,91 +389,90 @@ class RunStats:
         phase = rec.get("phase")
         if phase not in _PHASES:
             phase = R.PHASE_DECODE
-        row = self.buckets.get(target)
-        if row is None:
-            row = self.row(target)
-        row.forwards += 1
-        row.requests += batch
-        row.rows += rows
-        if prompt:
-            row.prompt_tokens += prompt
-        row.tokens += tokens
-        row.phases[phase] += 1
         graph = bucket is not None
+        piecewise = graph and rec.get("runtime_mode") == R.RUNTIME_PIECEWISE
+        reason = None if graph else (rec.get("reason") or "unknown")
+        epoch = self.epochs[-1]
+        if epoch.t is not None and t < epoch.t:
+            epoch = self.epoch_at(t)
+        row = epoch.rows.get(target)
+        if row is None:
+            row = self._epoch_row(epoch, target)
+        row.count(batch, rows, prompt, tokens, phase, bucket, piecewise, reason)
+        cum = self.buckets.get(target)
+        if cum is None:
+            cum = self.row(target)
+        cum.count(batch, rows, prompt, tokens, phase, bucket, piecewise, reason)
+        epoch.forwards += 1
         if graph:
-            if rec.get("runtime_mode") == R.RUNTIME_PIECEWISE:
-                mode = R.RUNTIME_PIECEWISE
-                row.piecewise += 1
-            else:
-                mode = R.RUNTIME_FULL
-                row.full += 1
-            row.graph_steps += 1
-            row.padded += padded or 0
-            row.graph_rows += bucket
             self.graph += 1
+        elif reason == R.REASON_NO_CUDA:
+            self.no_cuda = True
+        if gpu_ms is None:
+            gap = None        # a gap counts only next to the GPU time it is a share of
         else:
-            mode = R.RUNTIME_NONE
-            row.eager += 1
-            reason = rec.get("reason") or "unknown"
-            row.misses[reason] = row.misses.get(reason, 0) + 1
-            if reason == R.REASON_NO_CUDA:
-                self.no_cuda = True
-        key = (mode, phase)
-        by = row.by_mode_phase
-        by[key] = by.get(key, 0) + 1
-        keep = self.window != 0
-        if keep:
-            if graph:
-                row.graph_ms.append(ms)
-                row.graph_host.append(host_us)
-            else:
-                row.eager_ms.append(ms)
-                row.eager_host.append(host_us)
-        if gpu_ms is not None:
             self.gpu_ms_sum += gpu_ms
             self.gpu_ms_any = True
             if gap is not None:
                 acc = self.idle["graph" if graph else "eager"]
                 acc[0] += gap
                 acc[1] += gpu_ms * 1000.0
-                if keep:
-                    (row.graph_gap if graph else row.eager_gap).append(gap)
+        if self.window != 0:
+            row.keep(graph, ms, host_us, gap)
+            cum.keep(graph, ms, host_us, gap)
         self.tokens += tokens
         self.n += 1
-        # forwards are emitted when their GPU time is read: use min/max t
-        if self.first_t is None or t < self.first_t:
-            self.first_t = t
-        if self.last_t is None or t >= self.last_t:
-            self.last_t, self.last_ms = t, ms
+        end = t + ms / 1000.0   # forwards are emitted when their GPU time is read: the latest end, not the last
+        if self.latest_t is None or end > self.latest_t:
+            self.latest_t = end
 
     def _event(self, rec: dict) -> None:
         kind = rec.get("kind")
+        t = rec.get("t")
         if kind == R.EV_CAPTURE:
             b = rec["bucket"]
+            if type(b) is not int:
+                raise ValueError(f"bucket is {b!r}, not an integer")
             self.sizes_seen.add(b)
-            row = self.row(b)
-            row.capture = rec
-            if rec.get("ok"):
-                row.last_ok = rec
+            epoch = self.epoch_at(t)
+            epoch.sizes_seen.add(b)
+            for row in (self._epoch_row(epoch, b), self.row(b)):
+                row.capture = rec
+                if rec.get("ok"):
+                    row.last_ok = rec
         elif kind == R.EV_CAPTURE_DONE:
-            self.sizes_seen.update(rec.get("sizes") or (), rec.get("failed") or ())
+            sizes = _sizes([*(rec.get("sizes") or ()), *(rec.get("failed") or ())])
+            self.sizes_seen.update(sizes)
+            if sizes:
+                self._new_list(sizes, t)
             self.pool_bytes = rec.get("pool_bytes")
         elif kind == R.EV_MODE:
             self.mode_switches += 1
         elif kind == R.EV_RECAPTURE:
             self.recaptures += 1
+            self._new_list(_sizes(rec.get("sizes")), t)
         elif kind == R.EV_ALERT:
             level = str(rec.get("level", "warn"))
             self.alerts[level] = self.alerts.get(level, 0) + 1
 
     # -- reading -----------------------------------------------------------------------------------
     def keys(self) -> list[int | None]:
-        """Row keys, sorted, over max last. (A copy: safe while another thread adds rows.)"""
+        """Bucket keys over the whole run (``buckets``), sorted, over max last. (A copy: safe while
+        another thread adds rows.)"""
         return sorted(list(self.buckets), key=lambda k: (k is None, k or 0))
 
     def largest_size(self) -> int | None:
         sizes = self.sizes_seen | {k for k in list(self.buckets) if k is not None}
         return max(sizes) if sizes else None
+
+    def shown_epochs(self) -> list[Epoch]:
+        """The epochs the views show: those with forwards, and the one in force."""
+        eps = list(self.epochs)
+        return [e for e in eps if e.forwards or e is eps[-1]]
+
+    def epoch_rows(self, epochs: list[Epoch] | None = None) -> list[tuple[Epoch, int | None, Row]]:
+        """(epoch, target, row) by epoch, then target (over max last): the rows the views show."""
+        return [(e, k, e.rows[k]) for e in (self.shown_epochs() if epochs is None else epochs) for k in e.keys()]
 
     def totals(self) -> dict:
         rows = [self.buckets[k] for k in self.keys()]
@@ -343,11 +487,12 @@ class RunStats:
         out = counts(total("forwards"), total("graph_steps"), total("full"), total("piecewise"), total("eager"),
                      phases, total("requests"), total("rows"), total("prompt_tokens"), total("tokens"),
                      total("padded"), total("graph_rows"), misses)
-        duration = None if self.first_t is None else self.last_t - self.first_t + self.last_ms / 1000.0
+        ends = [t for t in (self.end_t, self.latest_t) if t is not None]
+        duration = max(ends) - self.origin if ends else None
         out.update({
             "graph_hit_rate_pct": out["hit_pct"],
             "duration_s": duration,
-            "tokens_per_s": out["tokens"] / duration if duration else None,
+            "tokens_per_s": out["tokens"] / duration if duration and out["forwards"] else None,
             "gpu_busy_pct": pct(self.gpu_ms_sum, duration * 1000.0) if self.gpu_ms_any and duration else None,
             "nvml_util_pct": self.util_sum / self.util_n if self.util_n else None,
             "graph_pool_mib": None if self.pool_bytes is None else self.pool_bytes / MIB,
@@ -355,6 +500,7 @@ class RunStats:
             "gpu_idle_eager_pct": gpu_idle_pct(self.idle["eager"]),
             "prefills": self.prefills, "prefill_tokens": self.prefill_tokens,
             "mode_switches": self.mode_switches, "recaptures": self.recaptures,
+            "epochs": sum(1 for e in list(self.epochs) if e.forwards),
             "alerts": dict(sorted(self.alerts.items())),
         })
         return out

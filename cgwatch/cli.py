@@ -321,9 +321,11 @@ def cmd_report(a) -> int:
     from cgwatch.trace import read_trace
 
     rep = build_report(read_trace(a.trace))
-    if a.json:
-        json.dump(rep, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    if a.json:   # strict JSON: a value that is not a finite number is null
+        from cgwatch.jsonl import dump_strict
+        dump_strict(rep, sys.stdout)
+        for w in rep["warnings"]:
+            print(f"cgwatch: warning: {w}", file=sys.stderr)
     else:
         sys.stdout.write(format_report(rep) + "\n")
     return 0

@@ -166,8 +166,9 @@ def test_state_matches_report_on_the_h100_trace():
         state.fold(rec)
     rep = build_report(trace)
     rows = {r["label"]: r for r in state.bucket_rows()}
-    assert list(rows) == [b["label"] for b in rep["buckets"]]
-    for b in rep["buckets"]:
+    last = [b for b in rep["buckets"] if b["epoch"] == rep["epochs"][-1]["epoch"]]   # the size list in force
+    assert len(rep["epochs"]) == 2 and list(rows) == [b["label"] for b in last]
+    for b in last:
         row = rows[b["label"]]
         assert (row["steps"], row["hits"]) == (b["steps"], b["graph_steps"])
         assert row["hit_pct"] == pytest.approx(b["hit_pct"])
@@ -272,8 +273,7 @@ async def test_r_recaptures_with_the_typed_sizes():
         rows = _rows(app)
         assert [rows[b][-1] for b in ("1", "4", "16")] == ["ok", "ok", "ok"]
         assert rows["16"][8] == "64.0"
-        assert [rows[b][-1] for b in ("2", "8", "32", "64")] == ["released", "not in sizes", "released", "released"]
-        assert list(rows)[-1] == ">64"   # as report.py: the largest size seen
+        assert list(rows) == ["1", "4", "16"]   # the new size list's rows: the old list's stay in the report
         assert "sizes [1, 4, 16]" in str(app.query_one(Totals).render())
         texts = app.query_one(EventLog).texts()
         assert any("recapture [1,2,4,8,16,32,64] → [1,4,16]" in t for t in texts)
@@ -530,6 +530,37 @@ def test_a_corrupt_step_record_is_logged_and_skipped():
     st.fold(R.step(2, 1.2, 2, 2, 2, None, 50.0, 1.5, 2) | {"gap_us": 3.0})
     assert st.steps == 2 and st.buckets[2].graph_steps == 2 and list(st.buckets[2].graph_gap) == [3.0]
     assert st.log[-1][1:] == ("bold red", "skipped step record i=1: gap_us is 'x', not a number")
+
+
+def test_live_duplicates_and_steps_running_back_are_skipped_and_counted():
+    """The live screen (records.Screen, the readers' one validation): a step seen before and a step that
+    starts before the latest one are skipped; the first few are logged, then a count at 10, 100, ..."""
+    st = ViewState()
+    st.fold(dict(HEADER))
+    for i in range(5):
+        st.fold(R.step(i, 1.0 + 0.01 * i, 2, 2, 2, None, 50.0, 1.5, 2))
+    st.fold(R.step(3, 1.03, 2, 2, 2, None, 50.0, 1.5, 2))          # again
+    st.fold(R.step(5, 0.5, 2, 2, 2, None, 50.0, 1.5, 2))           # starts before step 4
+    for n in range(8):
+        st.fold(R.step(2, 1.02, 2, 2, 2, None, 50.0, 1.5, 2))      # again and again
+    assert st.steps == 5 and st.screen.count == 10
+    skipped = [text for _, style, text in st.log if style == "bold red"]
+    assert skipped == ["skipped step record i=3: a duplicate of step i=3",
+                       "skipped step record i=5: t goes back 0.54 s from step i=4",
+                       "skipped step record i=2: a duplicate of step i=2",
+                       "skipped 10 records that cannot be trusted so far"]
+
+
+def test_live_samples_and_events_go_through_the_same_screen():
+    st = ViewState()
+    st.fold(dict(HEADER))
+    st.fold({"type": "sample", "t": 1.0, "gpu_util": 40})
+    st.fold({"type": "sample", "t": 1.1, "gpu_util": float("nan")})
+    st.fold(_capture(1.2, 16) | {"bucket": "16"})
+    assert st.totals()["nvml_util_pct"] == 40.0 and 16 not in st.buckets and st.screen.count == 2
+    assert [text for _, style, text in st.log if style == "bold red"] == [
+        "skipped sample record: gpu_util is nan, not a finite number",
+        "skipped event capture record: bucket is '16', not a number"]
 
 
 async def test_vllm_piecewise_and_mixed_fit_120_columns():

@@ -180,5 +180,6 @@ def diagnose(exc: BaseException, lint_result: LintResult) -> dict:
         cause, where = finding.cause, where or finding.where
     else:
         finding = None
-    return {"cause": cause, "hint": ce.HINTS[cause], "where": where, "error": ce.first_line(exc),
+    return {"cause": cause, "hint": (finding.hint if finding is not None and finding.hint else ce.HINTS[cause]),
+            "where": where, "error": ce.first_line(exc),
             "op": finding.what if finding else None}

@@ -3,8 +3,11 @@ most 10x/s. No Textual here, so it can be tested (and checked against report.py)
 
 The bucket rows and totals are a ``cgwatch.aggregate.RunStats`` (the report's and Prometheus'
 accumulator, whose docstring defines every number), folded record by record, with p50/p99 over the
-last ``PCT_WINDOW`` steps of each kind per bucket instead of the whole run. The rest (charts, rates,
-the log, the engine's controllable state, bucket status) is the screen's own.
+last ``PCT_WINDOW`` steps of each kind per bucket instead of the whole run. The table shows the rows of
+the size list in force (its epoch: a recapture starts a new one); the totals cover the whole run. Records
+go through the readers' one validation first (``records.Screen``): one that cannot be trusted is
+skipped, logged (the first few; then a count) and counted nowhere. The rest (charts, rates, the log,
+the engine's controllable state, bucket status) is the screen's own.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ CHART_POINTS = 200   # points per chart
 RATE_WINDOW_S = 2.0  # steps/s and tokens/s over this much trace time
 PCT_WINDOW = 512     # step times kept per bucket and kind for p50/p99
 LOG_LINES = 1000     # log lines kept (the widget keeps its own copy)
+SCREEN_WINDOW = 100_000   # step indices the live screen remembers for its duplicate check
+SKIPS_LOGGED = 3     # skipped records logged one by one; after that a count at 10, 100, 1000, ...
+_SCREENED = frozenset((R.STEP, R.PREFILL, R.SAMPLE, R.EVENT, R.END))   # what records.Screen checks
 
 
 class ViewState:
@@ -39,6 +45,8 @@ class ViewState:
         cfg = self.header.get("config") or {}
         self.in_force: set[int] = set(cfg.get("capture_sizes") or ())
         self.stats = RunStats(window=PCT_WINDOW)   # bucket rows and totals (cgwatch/aggregate.py)
+        self.stats.add(self.header)
+        self.screen = R.Screen(window=SCREEN_WINDOW)   # the readers' one validation (records.py)
         self.t_last: float = 0.0
         self._t_first_step: float | None = None
         self._last_ms = 0.0
@@ -52,6 +60,11 @@ class ViewState:
     # -- folding -----------------------------------------------------------------------------------
     def fold(self, rec: dict) -> None:
         typ = rec.get("type")
+        if typ in _SCREENED:
+            why = self.screen.check(rec)
+            if why is not None:   # cannot be trusted: say so, count nothing
+                self._skipped(rec, why, counted=True)
+                return
         t = rec.get("t")
         if isinstance(t, (int, float)) and t > self.t_last:
             self.t_last = float(t)
@@ -75,6 +88,8 @@ class ViewState:
         elif typ == R.HEADER:
             self.reset(rec)
             return
+        elif typ == R.END:
+            self.stats.add(rec)
         line = describe_record(rec)
         if line:
             self.add_log(*line)
@@ -83,12 +98,22 @@ class ViewState:
         self.log.append((self.t_last, style, text))
         self.log_seq += 1
 
+    def _skipped(self, rec: dict, why: str, counted: bool = False) -> None:
+        """Log a record the screen (or the accumulator) rejected: the first few, then a count at 10, 100, ..."""
+        if not counted:
+            self.screen.skip(R.describe(rec), why)
+        n = self.screen.count
+        if n <= SKIPS_LOGGED:
+            what = f"step record i={rec.get('i')}" if rec.get("type") == R.STEP else f"{R.describe(rec)} record"
+            self.add_log("bold red", f"skipped {what}: {why}")
+        elif str(n).strip("0") == "1":   # 10, 100, 1000, ...
+            self.add_log("bold red", f"skipped {n:,} records that cannot be trusted so far")
+
     def _step(self, rec: dict) -> None:
         try:
             self.stats.add_step(rec)
-        except (KeyError, TypeError, ValueError) as e:   # a hand-edited or corrupt trace: say so, count nothing
-            what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-            self.add_log("bold red", f"skipped step record i={rec.get('i')}: {what}")
+        except (KeyError, TypeError, ValueError) as e:   # past the screen: still say so, count nothing
+            self._skipped(rec, f"missing field {e}" if isinstance(e, KeyError) else str(e))
             return
         ms = R.step_ms(rec)
         tokens = rec.get("tokens") or 0
@@ -179,17 +204,19 @@ class ViewState:
 
     @property
     def buckets(self) -> dict[int | None, Row]:
-        return self.stats.buckets
+        """The rows of the size list in force (what the table shows)."""
+        return self.stats.epoch.rows
 
     def bucket_rows(self) -> list[dict]:
-        """One dict per bucket, sorted, over-max last: RunStats' row numbers (cgwatch/aggregate.py)
-        plus the label, graph MiB, capture s and the status."""
-        largest = max((k for k in self.buckets if k is not None), default=None)
+        """One dict per bucket of the size list in force (RunStats' epoch in force), sorted, over-max last:
+        RunStats' row numbers (cgwatch/aggregate.py) plus the label, graph MiB, capture s and the status."""
+        epoch = self.stats.epoch
+        largest = epoch.largest_size()
         if self.in_force:
             largest = max(largest or 0, max(self.in_force))
         out = []
-        for key in self.stats.keys():
-            row = self.buckets[key]
+        for key in epoch.keys():
+            row = epoch.rows[key]
             ok = row.last_ok or {}
             pool = ok.get("pool_bytes")
             out.append({
