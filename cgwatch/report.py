@@ -22,6 +22,7 @@ import textwrap
 from . import records as R
 from .aggregate import MIB, RunStats, gpu_idle_pct, percentile  # noqa: F401 -- re-exported
 from .errors import CgwatchError
+from .text import printable
 from .trace import Trace
 
 
@@ -220,7 +221,7 @@ def format_report(rep: dict) -> str:
             ("events", rep["events"], lambda e: f"{e['kind']:9}  {e['text']}")):
         if items:
             lines += ["", f"{title}:"]
-            lines += [f"  {_f(x['t'], '10.3f')}s  " + _clip(fmt(x), 100) for x in items[:MAX_LIST]]
+            lines += [f"  {_f(x['t'], '10.3f')}s  " + _clip(printable(fmt(x)), 100) for x in items[:MAX_LIST]]
             if len(items) > MAX_LIST:
                 lines.append(f"  ... {len(items) - MAX_LIST} more")
     if rep["warnings"]:

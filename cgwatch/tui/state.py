@@ -3,8 +3,12 @@ most 10x/s. No Textual here, so it can be tested (and checked against report.py)
 
 The bucket rows and totals are a ``cgwatch.aggregate.RunStats`` (the report's and Prometheus'
 accumulator, whose docstring defines every number), folded record by record, with p50/p99 over the
-last ``PCT_WINDOW`` steps of each kind per bucket instead of the whole run. The rest (charts, rates,
-the log, the engine's controllable state, bucket status) is the screen's own.
+last ``PCT_WINDOW`` steps of each kind per bucket instead of the whole run. A client that joins a live
+run late gets the daemon's aggregate of the run so far in the snapshot (``aggregate`` and
+``aggregate_row`` messages, docs/PROTOCOL.md) and starts from it; the retained records of the
+snapshot that follow it feed only the charts, rates and log, since the aggregate counts them already.
+So two views of one run show the same totals whenever they joined. The rest (charts, rates, the
+log, the engine's controllable state, bucket status) is the screen's own.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ from __future__ import annotations
 from collections import deque
 
 from cgwatch import records as R
-from cgwatch.aggregate import MIB, Row, RunStats
+from cgwatch.aggregate import MIB, VIEW_WINDOW, Row, RunStats, check_step
+from cgwatch.protocol import AGGREGATE, AGGREGATE_ROW, SNAPSHOT_END
 from cgwatch.source import ACK
+from cgwatch.text import printable
 
 from .eventlog import describe_ack, describe_record
 
 CHART_POINTS = 200   # points per chart
 RATE_WINDOW_S = 2.0  # steps/s and tokens/s over this much trace time
-PCT_WINDOW = 512     # step times kept per bucket and kind for p50/p99
+PCT_WINDOW = VIEW_WINDOW   # step times kept per bucket and kind for p50/p99 (as the daemon's aggregate)
 LOG_LINES = 1000     # log lines kept (the widget keeps its own copy)
 
 
@@ -39,6 +45,7 @@ class ViewState:
         cfg = self.header.get("config") or {}
         self.in_force: set[int] = set(cfg.get("capture_sizes") or ())
         self.stats = RunStats(window=PCT_WINDOW)   # bucket rows and totals (cgwatch/aggregate.py)
+        self._counted = False    # in a snapshot after the daemon's aggregate: its records are counted in it
         self.t_last: float = 0.0
         self._t_first_step: float | None = None
         self._last_ms = 0.0
@@ -58,7 +65,8 @@ class ViewState:
         if typ == R.STEP:
             self._step(rec)
         elif typ == R.SAMPLE:
-            self.stats.add(rec)
+            if not self._counted:
+                self.stats.add(rec)
             if rec.get("gpu_util") is not None:
                 self.series["gpu_util"].append(float(rec["gpu_util"]))
             if rec.get("gpu_busy") is not None:
@@ -66,7 +74,8 @@ class ViewState:
         elif typ == R.EVENT:
             self._event(rec)
         elif typ == R.PREFILL:
-            self.stats.add(rec)
+            if not self._counted:
+                self.stats.add(rec)
         elif typ == ACK:
             if rec.get("ok") and isinstance(rec.get("state"), dict):
                 self._set_engine(rec["state"])
@@ -75,17 +84,31 @@ class ViewState:
         elif typ == R.HEADER:
             self.reset(rec)
             return
+        elif typ == AGGREGATE:   # the whole run so far, from the daemon: start from it
+            self.stats = RunStats.from_state(rec.get("run") or {}, (), window=PCT_WINDOW)
+            self._counted = True
+            return
+        elif typ == AGGREGATE_ROW:
+            if self._counted and isinstance(rec.get("row"), dict):
+                self.stats.add_row_state(rec["row"])
+            return
+        elif typ == SNAPSHOT_END:
+            self._counted = False   # live records from here on: count them
+            return
         line = describe_record(rec)
         if line:
             self.add_log(*line)
 
     def add_log(self, style: str, text: str) -> None:
-        self.log.append((self.t_last, style, text))
+        self.log.append((self.t_last, style, printable(text)))   # a mark's newline or ESC stays on its line
         self.log_seq += 1
 
     def _step(self, rec: dict) -> None:
         try:
-            self.stats.add_step(rec)
+            if self._counted:
+                check_step(rec)
+            else:
+                self.stats.add_step(rec)
         except (KeyError, TypeError, ValueError) as e:   # a hand-edited or corrupt trace: say so, count nothing
             what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
             self.add_log("bold red", f"skipped step record i={rec.get('i')}: {what}")
@@ -113,7 +136,8 @@ class ViewState:
 
     def _event(self, rec: dict) -> None:
         kind = rec.get("kind")
-        self.stats.add(rec)
+        if not self._counted:
+            self.stats.add(rec)
         if kind == R.EV_CAPTURE_DONE:
             self.in_force = set(rec.get("sizes") or ()) | set(rec.get("failed") or ())
         elif kind == R.EV_RECAPTURE:
@@ -136,6 +160,11 @@ class ViewState:
     @property
     def connected(self) -> bool:
         return self.status.get("connected", True)
+
+    @property
+    def read_only(self) -> str | None:
+        """Why this session cannot change the engine (a replay, a daemon that wants a token), or None."""
+        return self.status.get("read_only") or None
 
     @property
     def mode(self) -> str | None:
