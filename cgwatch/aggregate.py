@@ -100,6 +100,7 @@ from collections import deque
 from . import records as R
 
 MIB = 2 ** 20
+VIEW_WINDOW = 512   # percentile values a live view keeps per row and kind (the TUI; the daemon's aggregate)
 _NUM = frozenset((int, float))
 _PHASES = frozenset(R.PHASES)
 OVER_MAX = "over_max"   # the label of the target-None row where a label must be a string (Prometheus)
@@ -158,6 +159,38 @@ class Row:
     @property
     def graph_mode(self) -> int:
         return self.forwards - self.misses.get(R.REASON_EAGER_MODE, 0)
+
+    _COUNTS = ("forwards", "graph_steps", "full", "piecewise", "eager", "requests", "rows", "prompt_tokens",
+               "tokens", "padded", "graph_rows")
+    _VALUES = ("graph_ms", "eager_ms", "graph_host", "eager_host", "graph_gap", "eager_gap")
+
+    def state(self) -> dict:
+        """Everything this row holds, JSON-ready (``Row.from_state`` rebuilds it)."""
+        out = {k: getattr(self, k) for k in self._COUNTS}
+        out.update(rows_min=self.rows_min, rows_max=self.rows_max,
+                   phases=dict(self.phases), misses=dict(self.misses), capture=self.capture, last_ok=self.last_ok,
+                   by_mode_phase=[[m, ph, n] for (m, ph), n in self.by_mode_phase.items()])
+        for k in self._VALUES:
+            v = getattr(self, k)
+            out[k] = None if v is None else list(v)
+        return out
+
+    @classmethod
+    def from_state(cls, st: dict, window: int | None = None) -> "Row":
+        row = cls(window)
+        for k in cls._COUNTS:
+            setattr(row, k, int(st.get(k) or 0))
+        for k in ("rows_min", "rows_max"):
+            setattr(row, k, st[k] if type(st.get(k)) is int else None)
+        row.phases.update({ph: int(n) for ph, n in (st.get("phases") or {}).items() if ph in row.phases})
+        row.misses = {str(r): int(n) for r, n in (st.get("misses") or {}).items()}
+        row.by_mode_phase = {(str(m), str(ph)): int(n) for m, ph, n in st.get("by_mode_phase") or ()}
+        row.capture, row.last_ok = st.get("capture"), st.get("last_ok")
+        for k in cls._VALUES:
+            dest = getattr(row, k)
+            if dest is not None:
+                dest.extend(float(x) for x in st.get(k) or ())
+        return row
 
     def summary(self) -> dict:
         """The row's numbers by the module's definitions (JSON-ready)."""
@@ -305,6 +338,60 @@ class RunStats:
         self.alerts: dict[str, int] = {}
         self.no_cuda = False   # a forward ran eager for lack of CUDA: no graphs, no pool
         self.idle = {"graph": [0.0, 0.0], "eager": [0.0, 0.0]}   # mode -> [sum gap µs, sum gpu µs]
+
+    _FIELDS = ("n", "graph", "tokens", "origin", "latest_t", "end_t", "gpu_ms_sum", "gpu_ms_any", "util_sum",
+               "util_n", "pool_bytes", "prefills", "prefill_tokens", "mode_switches", "recaptures", "no_cuda")
+
+    def state(self) -> tuple[dict, list[dict]]:
+        """What the accumulator holds, JSON-ready: (the run's fields with its epochs, one dict per row with
+        its ``key`` and ``epoch``: an epoch's number, or None for the run-long row of a bucket).
+        ``RunStats.from_state`` rebuilds an accumulator that goes on where this one is: the daemon sends
+        it to a client that joins late (docs/PROTOCOL.md), so its totals and rows are the whole run's."""
+        run = {k: getattr(self, k) for k in self._FIELDS}
+        epochs = list(self.epochs)
+        run.update(sizes_seen=sorted(self.sizes_seen), alerts=dict(self.alerts),
+                   idle={k: list(v) for k, v in self.idle.items()},
+                   epochs=[{**e.summary(), "sizes_seen": sorted(e.sizes_seen)} for e in epochs])
+        rows = [{"key": k, "epoch": None, **self.buckets[k].state()} for k in self.keys()]
+        rows += [{"key": k, "epoch": e.n, **e.rows[k].state()} for e in epochs for k in e.keys()]
+        return run, rows
+
+    @classmethod
+    def from_state(cls, run: dict, rows: list[dict] = (), window: int | None = None) -> "RunStats":
+        st = cls(window)
+        for k in cls._FIELDS:
+            if k in run:
+                setattr(st, k, run[k])
+        st.sizes_seen = set(_sizes(run.get("sizes_seen")))
+        st.alerts = {str(lv): int(n) for lv, n in (run.get("alerts") or {}).items()}
+        for k, v in (run.get("idle") or {}).items():
+            if k in st.idle and isinstance(v, list) and len(v) == 2:
+                st.idle[k] = [float(v[0]), float(v[1])]
+        epochs = [e for e in run.get("epochs") or () if isinstance(e, dict) and type(e.get("epoch")) is int]
+        if epochs:
+            st.epochs = []
+            for e in epochs:
+                sizes = e.get("sizes")
+                ep = Epoch(e["epoch"], e["t"] if _finite(e.get("t")) else None,
+                           _sizes(sizes) if isinstance(sizes, list) else None)
+                ep.forwards = int(e.get("forwards") or 0)
+                ep.sizes_seen.update(_sizes(e.get("sizes_seen")))
+                st.epochs.append(ep)
+        for r in rows:
+            st.add_row_state(r)
+        return st
+
+    def add_row_state(self, row: dict) -> None:
+        """One row of ``state()`` (with its ``key`` and ``epoch``) into this accumulator."""
+        key = row.get("key")
+        key = key if type(key) is int else None
+        n = row.get("epoch")
+        if n is None:
+            self.buckets[key] = Row.from_state(row, self.window)
+            return
+        epoch = next((e for e in self.epochs if e.n == n), None)
+        if epoch is not None:
+            epoch.rows[key] = Row.from_state(row, self.window)
 
     def row(self, key: int | None) -> Row:
         """The run-long row of a bucket (``buckets``)."""

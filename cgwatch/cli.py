@@ -41,6 +41,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="KV cache positions per request (default 1024; vLLM's max_model_len)")
     m.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the model on the CPU (default: $OMP_NUM_THREADS if set, else the "
+                        "physical cores less one, at most 8; pytorch backend)")
     g = p.add_argument_group("CUDA graphs")
     g.add_argument("--cudagraph-capture-sizes", default=None,
                    help=f"batch-size buckets to capture (default {','.join(map(str, DEFAULT_CAPTURE_SIZES))}; "
@@ -98,7 +101,7 @@ def _engine_config(a):
     if a.backend == "vllm":
         return _vllm_config(a)
     from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, parse_sizes
-    from cgwatch.engine.control import parse_scheduled, parse_step_range
+    from cgwatch.engine.control import Limits, parse_scheduled, parse_step_range
     from cgwatch.engine.loop import EngineConfig
     from cgwatch.workload import WorkloadSpec
 
@@ -106,6 +109,9 @@ def _engine_config(a):
         if getattr(a, name) is not None:
             raise CgwatchError(f"--{name.replace('_', '-')} applies to --backend vllm only")
     sizes = DEFAULT_CAPTURE_SIZES if a.cudagraph_capture_sizes is None else parse_sizes(a.cudagraph_capture_sizes)
+    if a.threads is not None and a.threads < 1:
+        raise CgwatchError(f"--threads must be >= 1, got {a.threads}")
+    limits = Limits(a.max_concurrency, "--max-concurrency (KV slots)")   # the engine's own (Engine.command_limits)
     return EngineConfig(
         model=a.model or "tiny", device=a.device, dtype=a.dtype, max_seq=a.max_seq,
         capture_sizes=tuple(sizes),
@@ -115,9 +121,10 @@ def _engine_config(a):
         seed=a.seed,
         workload=WorkloadSpec(arrival=a.arrival, prompt_len=a.prompt_len, output_len=a.output_len,
                               max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed),
-        schedule=tuple(parse_scheduled(s) for s in a.at),
+        schedule=tuple(parse_scheduled(s, limits) for s in a.at),
         profile_steps=parse_step_range(a.profile_steps) if a.profile_steps else None,
-        fail_capture=tuple(a.fail_capture_bucket), nvtx=not a.no_nvtx, sample_interval_s=a.sample_interval)
+        fail_capture=tuple(a.fail_capture_bucket), nvtx=not a.no_nvtx, sample_interval_s=a.sample_interval,
+        threads=a.threads)
 
 
 def _vllm_config(a):
@@ -134,7 +141,8 @@ def _vllm_config(a):
                                                      "capture size)"),
                    (a.graph_pool is not None, "--graph-pool (vLLM captures into one shared pool)"),
                    (bool(a.fail_capture_bucket), "--fail-capture-bucket"),
-                   (a.profile_steps is not None, "--profile-steps (use vLLM's own profiler)")]
+                   (a.profile_steps is not None, "--profile-steps (use vLLM's own profiler)"),
+                   (a.threads is not None, "--threads")]
     for given, what in unavailable:
         if given:
             raise CgwatchError(f"{what} is not available with --backend vllm")
@@ -154,11 +162,41 @@ def _vllm_config(a):
     return cfg
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)   # SIGHUP: the terminal closed
+PARENT_GONE_EXIT_S = 60.0   # a daemon child whose parent died stops cleanly, or is ended after this
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
     return stop
+
+
+def _die_with_parent(fd: int, stop: threading.Event) -> None:
+    """The daemon child of ``cgwatch run``: stop when the parent is gone, whatever ended it (SIGKILL
+    too). Portable: ``fd`` is the read end of a pipe whose only write end the parent holds, so it
+    reads EOF once the parent exited. On Linux, prctl(PR_SET_PDEATHSIG) also sends this process
+    SIGTERM then. Either way ``stop`` is set and the run ends as on SIGTERM (the trace gets its end
+    record, the socket file goes); a loop that does not end within PARENT_GONE_EXIT_S is ended."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)   # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass   # the pipe alone does it
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 64):
+                pass   # the parent never writes; EOF: it is gone
+        except OSError:
+            pass
+        stop.set()
+        time.sleep(PARENT_GONE_EXIT_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cgwatch-parent-watch", daemon=True).start()
 
 
 def cmd_run(a) -> int:
@@ -239,9 +277,14 @@ def _run_with_tui(a) -> int:
     sock = default_socket_path()
     log_path = sock.removesuffix(".sock") + ".log"
     child_args = [x for x in a.argv[1:] if x != "--headless"]
-    cmd = [sys.executable, "-m", "cgwatch", "daemon", *child_args, "--listen", f"unix:{sock}"]
-    with open(log_path, "w") as log:
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    alive_r, alive_w = os.pipe()   # the child reads EOF here once this process is gone (_die_with_parent)
+    cmd = [*daemon_child_command(), *child_args, "--listen", f"unix:{sock}", "--parent-fd", str(alive_r)]
+    try:
+        with open(log_path, "w") as log:   # its own session: the terminal's signals go to this process only
+            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, pass_fds=(alive_r,),
+                                     start_new_session=True)
+    finally:
+        os.close(alive_r)
     if getattr(cfg, "backend", "pytorch") == "vllm":
         print(f"cgwatch: starting vLLM with {cfg.model} (load, compile and graph capture take a while; "
               f"its log: {log_path})", flush=True)
@@ -256,7 +299,7 @@ def _run_with_tui(a) -> int:
             last = (open(log_path).read().strip().splitlines() or ["the daemon exited"])[-1]
             raise CgwatchError(last.removeprefix("cgwatch: "))
         threading.Thread(target=child.stdout.read, daemon=True).start()   # keep its pipe drained
-        run_tui(LiveSource(f"unix:{sock}", token=None))
+        rc = run_tui(LiveSource(f"unix:{sock}", token=None), exit_on=(signal.SIGTERM, signal.SIGHUP))
     finally:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -265,21 +308,36 @@ def _run_with_tui(a) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        os.close(alive_w)
     if child.returncode == 0:
         os.unlink(log_path)                             # keep the daemon's log only when it failed
     else:
         print(f"cgwatch: the daemon exited with code {child.returncode}; its log: {log_path}", file=sys.stderr)
     if a.record:
         print(f"trace {a.record} (cgwatch report {a.record})")
-    return 0 if child.returncode == 0 else 1
+    return rc or (0 if child.returncode == 0 else 1)
+
+
+def daemon_child_command() -> list[str]:
+    """``cgwatch daemon`` as a child process that imports the very cgwatch this process runs: not
+    ``python -m cgwatch``, which imports a ``cgwatch/`` folder in the working directory first (say,
+    in the parent of a clone). The package's own parent directory goes first on sys.path instead
+    (``python -P`` would need Python 3.11)."""
+    import cgwatch
+    where = os.path.dirname(os.path.dirname(os.path.abspath(cgwatch.__file__)))
+    boot = "import sys; sys.path[0] = sys.argv.pop(1); from cgwatch.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", boot, where, "daemon"]
 
 
 def cmd_daemon(a) -> int:
     from cgwatch.daemon import run_daemon
 
     cfg = _engine_config(a)
+    stop = _stop_on_signals()
+    if a.parent_fd is not None:
+        _die_with_parent(a.parent_fd, stop)
     summary = run_daemon(cfg, listen=a.listen, token=a.token, record=a.record, prometheus_port=a.prometheus,
-                         max_steps=a.steps, stop=_stop_on_signals())
+                         max_steps=a.steps, stop=stop)
     print(f"daemon stopped: {summary['steps']} steps, {summary['tokens']} tokens", flush=True)
     return 0
 
@@ -291,11 +349,20 @@ def cmd_attach(a) -> int:
     from cgwatch.client import connect
 
     try:                                   # a typo fails now; a daemon lost later is reconnected to
-        connect(a.addr, token=a.token, timeout=5).close()
+        conn = connect(a.addr, token=a.token, timeout=5)
     except OSError as e:
         raise CgwatchError(f"cannot reach a daemon at {a.addr}: {e.strerror or e}") from None
+    try:                                   # so does a wrong token, not at the first key
+        reply = conn.auth() if a.token and conn.hello.get("control") == "token" else {"ok": True}
+    except (OSError, TimeoutError, ConnectionError) as e:
+        raise CgwatchError(f"the daemon at {a.addr} did not answer: {e}") from None
+    finally:
+        conn.close()
+    if not reply.get("ok"):
+        raise CgwatchError(f"the daemon at {a.addr} refused the token ({reply.get('error')}); "
+                           "leave out --token to watch read-only")
     _need_terminal("cgwatch attach")
-    return run_tui(LiveSource(a.addr, token=a.token))
+    return run_tui(LiveSource(a.addr, token=a.token), exit_on=(signal.SIGTERM, signal.SIGHUP))
 
 
 def cmd_replay(a) -> int:
@@ -313,7 +380,7 @@ def cmd_replay(a) -> int:
     _need_terminal("cgwatch replay")
     for w in source.warnings:
         print(f"cgwatch: {w}", file=sys.stderr)
-    return run_tui(source)
+    return run_tui(source, exit_on=(signal.SIGTERM, signal.SIGHUP))
 
 
 def cmd_report(a) -> int:
@@ -347,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--listen", metavar="ADDR", help="unix:PATH (default: a private socket) or HOST:PORT")
     d.add_argument("--token", help="required for control; required to bind anything but loopback")
     d.add_argument("--prometheus", type=int, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT")
+    d.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)   # cgwatch run's child
     d.set_defaults(func=cmd_daemon)
     at = sub.add_parser("attach", help="attach the TUI to a running daemon")
     at.add_argument("addr", help="unix:PATH, a socket path, or HOST:PORT")

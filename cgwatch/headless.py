@@ -7,6 +7,7 @@ import time
 from typing import TextIO
 
 from cgwatch import records as R
+from cgwatch.text import printable
 
 
 class StatusLine:
@@ -35,7 +36,7 @@ class StatusLine:
         elif kind == R.SAMPLE:
             self.util = rec.get("gpu_util")
         elif kind == R.EVENT and rec["kind"] in (R.EV_ALERT, R.EV_MODE, R.EV_RECAPTURE, R.EV_CAPTURE_DONE):
-            self.out.write(f"[{rec['t']:8.2f}s] {describe_event(rec)}\n")
+            self.out.write(f"[{rec['t']:8.2f}s] {printable(describe_event(rec))}\n")
             self.out.flush()
 
     def print_line(self, now: float) -> None:

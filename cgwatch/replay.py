@@ -34,6 +34,7 @@ from .source import ENGINE_COMMANDS, Source, ack
 from .trace import read_trace
 
 MIN_SPEED, MAX_SPEED = 0.25, 16.0
+READ_ONLY = "replay is read-only"
 STATUS_EVERY_S = 0.25     # on_status while playing (wall seconds)
 MAX_WAIT_S = 0.05         # the playback thread re-checks at least this often
 MIN_WAIT_S = 0.01         # ... and at most this often: records due meanwhile go out as one batch
@@ -172,7 +173,7 @@ class ReplaySource(Source):
             text += " end of trace"
         elif self.paused:
             text += " paused"
-        self._on_status({"connected": True, "text": text, "dropped": None, **self._playback()})
+        self._on_status({"connected": True, "text": text, "dropped": None, "read_only": READ_ONLY, **self._playback()})
 
     # -- commands ----------------------------------------------------------------------------------
     def _command(self, req: int, cmd: str, value: object) -> dict:
@@ -183,7 +184,7 @@ class ReplaySource(Source):
             return ack(req, cmd, False, error=error)
 
         if cmd in ENGINE_COMMANDS:
-            return refuse("replay is read-only")
+            return refuse(READ_ONLY)
         if cmd == "pause":
             self.paused = True
             return ok()

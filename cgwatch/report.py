@@ -28,6 +28,7 @@ import textwrap
 from . import records as R
 from .aggregate import MIB, RunStats, gpu_idle_pct, percentile  # noqa: F401 -- re-exported
 from .errors import CgwatchError
+from .text import printable
 from .trace import Trace
 
 EVENT_KINDS = (R.EV_MODE, R.EV_RECAPTURE, R.EV_MARK, R.EV_PADDING, R.EV_RATE, R.EV_PAUSE, R.EV_RESTART)
@@ -257,7 +258,7 @@ def format_report(rep: dict) -> str:
             ("events", rep["events"], lambda e: f"{EVENT_NAMES.get(e['kind'], e['kind']):9}  {e['text']}")):
         if items:
             lines += ["", f"{title}:"]
-            lines += [f"  {_f(x['t'], '10.3f')}s  " + _clip(fmt(x), 100) for x in items[:MAX_LIST]]
+            lines += [f"  {_f(x['t'], '10.3f')}s  " + _clip(printable(fmt(x)), 100) for x in items[:MAX_LIST]]
             if len(items) > MAX_LIST:
                 lines.append(f"  ... {len(items) - MAX_LIST} more")
     if rep["warnings"]:

@@ -278,6 +278,47 @@ def test_a_recapture_splits_the_rows_by_size_list():
     assert [(r["label"], r["steps"]) for r in state.bucket_rows()] == [("24", 1), ("32", 1)]
 
 
+def _recapture_run() -> list[dict]:
+    old, new = [8, 16, 32], [8, 16, 24, 32]
+    cap = lambda t, b: R.event(R.EV_CAPTURE, t, bucket=b, ok=True, capture_s=0.1, pool_bytes=0, nvml_bytes=None,  # noqa: E731
+                                kernels=9, check=None, cause=None, hint=None, error=None)
+    return [cap(0.1, 32), R.event(R.EV_CAPTURE_DONE, 0.2, sizes=old, failed=[], pool_bytes=1, seconds=1.0),
+            R.step(0, 1.0, 18, 32, 32, None, 50.0, 4.0, 18), R.step(1, 1.01, 30, 32, 32, None, 50.0, 4.0, 30),
+            R.step(2, 1.02, 40, None, None, R.REASON_OVER_MAX, 500.0, 9.0, 40),
+            {"type": "sample", "t": 1.03, "gpu_util": 40}, R.event(R.EV_ALERT, 1.03, level="warn", message="x"),
+            R.event(R.EV_RECAPTURE, 1.05, sizes=new, old=old, dropped=[]),
+            R.step(3, 1.04, 20, 32, 32, None, 50.0, 4.0, 20),
+            cap(1.06, 32), cap(1.07, 24), R.event(R.EV_CAPTURE_DONE, 1.08, sizes=new, failed=[], pool_bytes=2, seconds=1.0),
+            R.step(4, 1.1, 20, 24, 24, None, 50.0, 3.0, 20), R.step(5, 1.11, 28, 32, 32, None, 50.0, 4.5, 28),
+            {"type": "prefill", "t": 1.12, "requests": 1, "tokens": 9, "host_ms": 1.0},
+            R.step(6, 1.2, 8, 8, 8, None, 40.0, 2.0, 8)]
+
+
+@pytest.mark.parametrize("cut", range(len(_recapture_run()) + 1))
+def test_a_late_joiner_rebuilt_from_state_goes_on_like_the_original(cut):
+    """What the daemon sends a late client (``state()``, through JSON) rebuilds an accumulator that, fed
+    the rest of the run, gives every number the original gives: totals, epochs and each row, a recapture
+    anywhere before or after the cut."""
+    import json
+    recs = _recapture_run()
+    a = RunStats(window=512)
+    for rec in recs[:cut]:
+        a.add(rec)
+    run, rows = json.loads(json.dumps(a.state()))
+    b = RunStats.from_state(run, window=512)
+    for row in rows:
+        b.add_row_state(row)
+    for rec in recs[cut:]:
+        a.add(rec)
+        b.add(rec)
+    assert b.totals() == a.totals()
+    assert [e.summary() for e in b.epochs] == [e.summary() for e in a.epochs]
+    assert ([(e.n, k, r.summary()) for e, k, r in b.epoch_rows()]
+            == [(e.n, k, r.summary()) for e, k, r in a.epoch_rows()])
+    assert {k: r.summary() for k, r in b.buckets.items()} == {k: r.summary() for k, r in a.buckets.items()}
+    assert b.largest_size() == a.largest_size() and b.epoch.largest_size() == a.epoch.largest_size()
+
+
 def test_the_same_list_again_is_the_same_epoch_and_a_list_without_steps_is_replaced():
     s = _stats([R.event(R.EV_CAPTURE_DONE, 0.1, sizes=[4, 8], failed=[], pool_bytes=1, seconds=1.0),
                 R.event(R.EV_RECAPTURE, 0.2, sizes=[4, 8, 16], old=[4, 8], dropped=[]),   # no steps yet: replaced

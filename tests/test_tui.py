@@ -429,13 +429,13 @@ async def test_replay_pause_speed_seek_keys():
         assert "×2 12.0/42.4 s" in header.conn_text and "paused" not in header.conn_text
         assert 11.8 < app.state.t_last <= 12.0
         await pilot.press("p")
-        assert header.conn_text.endswith("paused")
+        assert header.conn_text.endswith("paused · read-only")
         await pilot.press("[", "[", "[")
         assert "×0.25" in header.conn_text
         await pilot.press("[")
         assert "speed refused: speed must be between 0.25 and 16, got 0.125" in log.texts()[-1]
-        await pilot.press("g", "r")
-        await pilot.press("enter")   # the dialog's prefilled sizes
+        await pilot.press("g", "r")   # read-only: r opens no dialog, the log says why
+        assert not isinstance(app.screen, RecaptureDialog)
         assert [t.split("s  ", 1)[1] for t in log.texts()[-2:]] == [
             "mode refused: replay is read-only", "recapture refused: replay is read-only"]
 

@@ -21,7 +21,7 @@ import torch
 import cgwatch
 from cgwatch import records as R
 from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, DispatchTable, check_ratio, effective_sizes
-from cgwatch.engine.control import Command, CommandTaker
+from cgwatch.engine.control import Command, CommandTaker, Limits
 from cgwatch.engine.graphs import BucketGraph, GraphManager
 from cgwatch.engine.load import load_model
 from cgwatch.engine.step import STAGING_BUFFERS, DecodeState
@@ -54,6 +54,7 @@ class EngineConfig:
     nvtx: bool = True
     sample_interval_s: float = 0.25
     max_inflight: int = 2
+    threads: int | None = None                       # CPU threads (torch.set_num_threads); None: cpu_threads()
 
     def describe(self) -> dict:
         d = asdict(self)
@@ -85,6 +86,33 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+MAX_AUTO_THREADS = 8   # small decode batches gain nothing from more
+
+
+def cpu_threads(explicit: int | None = None, env: dict | None = None) -> tuple[int, str]:
+    """How many threads torch may use for the model on the CPU, and why: ``explicit`` (--threads),
+    else $OMP_NUM_THREADS if it is a positive integer, else the physical cores this process may run
+    on less one (left to the sampler, the daemon's socket threads and a TUI), at least 1, at most
+    MAX_AUTO_THREADS. torch's default, every logical core, makes the model's threads and the others
+    preempt each other: on a busy 2-core VM a 20-step run took 25 s instead of 1.5 s (BENCHMARKS.md)."""
+    if explicit is not None:
+        return explicit, "--threads"
+    env = os.environ if env is None else env
+    omp = str(env.get("OMP_NUM_THREADS", "")).strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp), "OMP_NUM_THREADS"
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    try:
+        import psutil
+        physical = psutil.cpu_count(logical=False) or usable
+    except Exception:
+        physical = usable
+    return max(1, min(min(physical, usable) - 1, MAX_AUTO_THREADS)), "auto"
+
+
 class Engine(CommandTaker):
     def __init__(self, cfg: EngineConfig, emit: Callable[[dict], None]):
         self.cfg, self.emit = cfg, emit
@@ -99,6 +127,12 @@ class Engine(CommandTaker):
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             torch.cuda.set_device(self.device)
+        if cfg.threads is not None and cfg.threads < 1:
+            raise CgwatchError(f"--threads must be >= 1, got {cfg.threads}")
+        self.threads, self.threads_by = None, None
+        if not self.cuda or cfg.threads is not None:
+            self.threads, self.threads_by = cpu_threads(cfg.threads)
+            torch.set_num_threads(self.threads)
         self.dtype = _DTYPES.get(cfg.dtype) or (torch.bfloat16 if self.cuda else torch.float32)
         self.workload = Workload(cfg.workload)
         self.max_batch = cfg.workload.max_concurrency
@@ -145,6 +179,8 @@ class Engine(CommandTaker):
                 "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."), "backend": "pytorch",
                 "model": self.model_info, "config": self.cfg.describe(), "workload": self.workload.describe(),
+                "command_limits": self.command_limits().describe(),
+                "cpu_threads": torch.get_num_threads(), "cpu_threads_by": self.threads_by or "torch default",
                 "nvtx": self.nvtx.available, "nvml": self.nvml.available}
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -191,6 +227,9 @@ class Engine(CommandTaker):
                 "max_padding_ratio": self.max_padding_ratio, "rate": self.workload.rate,
                 "arrival": self.workload.kind, "paused": self.paused}
 
+    def command_limits(self) -> Limits:
+        return Limits(self.max_batch, "--max-concurrency (KV slots)")
+
     def _commands_changed(self) -> None:
         self.table = self._table()
         self.timer.break_chain()
@@ -206,6 +245,8 @@ class Engine(CommandTaker):
 
     def _cmd_recapture(self, value: list[int], t: float) -> None:
         sizes, dropped = effective_sizes(value, self.cfg.max_capture_size, self.max_batch)
+        if not sizes:
+            raise CgwatchError(f"no capture size is <= --max-cudagraph-capture-size {self.cfg.max_capture_size}")
         self.emit(R.event(R.EV_RECAPTURE, t, sizes=sizes, old=self.sizes, dropped=dropped))
         self.sizes = sizes
         if self.cuda and (self.graph_mode or self.graphs.graphs):
@@ -249,6 +290,9 @@ class Engine(CommandTaker):
         plan = self.workload.next_step()
         if plan is None:
             return False
+        if not plan.active:   # nothing live and nothing arriving (rate 0): wait for commands
+            self._starved()
+            return True
         if plan.admitted:
             self._prefill(plan.admitted, i)
         active = plan.active
@@ -291,9 +335,12 @@ class Engine(CommandTaker):
             if not self.started:
                 self.start()
             while (max_steps is None or self.i < max_steps) and not should_stop():
-                if self.paused:   # idle, but still answer commands (resume among them)
+                if self.paused or self.idle:   # no steps, but still answer commands (resume among them)
                     self._emit_done(self.timer.drain())
-                    self.wait_for_command()
+                    if self.paused:
+                        self.wait_for_command()
+                    else:
+                        self._wait_idle()
                     continue
                 if not self.step():
                     break

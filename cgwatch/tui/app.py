@@ -10,6 +10,7 @@ deque: appends are thread-safe and never block the source). A 10 Hz timer folds 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 
@@ -19,6 +20,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Footer
 
+from cgwatch.engine.control import limits_from_header
 from cgwatch.source import Source
 
 from .dialogs import HelpScreen, RecaptureDialog
@@ -60,9 +62,11 @@ class CgwatchApp(App):
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [Binding(key, action, label, key_display=shown) for key, action, label, shown, _ in KEYS]
 
-    def __init__(self, source: Source, refresh_s: float = REFRESH_S) -> None:
+    def __init__(self, source: Source, refresh_s: float = REFRESH_S, exit_on: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.source = source
+        self.exit_on = exit_on          # signals that end the app as q does (terminal restored)
+        self.exit_signal: int | None = None
         self.state = ViewState()
         self.refresh_s = refresh_s
         self._inbox: deque[dict] = deque()
@@ -80,10 +84,17 @@ class CgwatchApp(App):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self.exit_on:
+            loop.add_signal_handler(sig, self._exit_on_signal, sig)
         self.sub_title = self.source.title
         self.source.start(self._inbox.append, self._on_status)
         self.set_interval(self.refresh_s, self.flush)
         self.flush()
+
+    def _exit_on_signal(self, sig: int) -> None:
+        self.exit_signal = sig
+        self.exit()
 
     # -- data in -----------------------------------------------------------------------------------
     def _on_status(self, status: dict) -> None:   # any thread
@@ -140,10 +151,16 @@ class CgwatchApp(App):
         self.send("mode", "eager" if self.state.mode == "graph" else "graph")
 
     def action_recapture(self) -> None:
+        if self.state.read_only:   # no dialog for a command that cannot go through
+            self.state.add_log("red", f"recapture refused: {self.state.read_only}")
+            self._dirty = True
+            self.flush()
+            return
+
         def done(sizes: list[int] | None) -> None:
             if sizes:
                 self.send("recapture", sizes)
-        self.push_screen(RecaptureDialog(self.state.sizes), done)
+        self.push_screen(RecaptureDialog(self.state.sizes, limits_from_header(self.state.header)), done)
 
     def action_pause(self) -> None:
         self.send("resume" if self.state.paused else "pause")
@@ -173,10 +190,12 @@ class CgwatchApp(App):
         self.push_screen(HelpScreen([(shown, text) for _, _, _, shown, text in KEYS]))
 
 
-def run_tui(source: Source) -> int:
-    """Run the app until q; close the source whatever happens."""
+def run_tui(source: Source, exit_on: tuple[int, ...] = ()) -> int:
+    """Run the app until q (or one of the ``exit_on`` signals: then 128 + its number); close the
+    source whatever happens."""
+    app = CgwatchApp(source, exit_on=exit_on)
     try:
-        CgwatchApp(source).run()
+        app.run()
     finally:
         source.close()
-    return 0
+    return 128 + app.exit_signal if app.exit_signal else 0

@@ -6,8 +6,12 @@ accumulator, whose docstring defines every number), folded record by record, wit
 last ``PCT_WINDOW`` steps of each kind per bucket instead of the whole run. The table shows the rows of
 the size list in force (its epoch: a recapture starts a new one); the totals cover the whole run. Records
 go through the readers' one validation first (``records.Screen``): one that cannot be trusted is
-skipped, logged (the first few; then a count) and counted nowhere. The rest (charts, rates, the log,
-the engine's controllable state, bucket status) is the screen's own.
+skipped, logged (the first few; then a count) and counted nowhere. A client that joins a live run late
+gets the daemon's aggregate of the run so far in the snapshot (``aggregate`` and ``aggregate_row``
+messages, docs/PROTOCOL.md) and starts from it; the retained records of the snapshot that follow it feed
+only the charts, rates and log, since the aggregate counts them already. So two views of one run show
+the same totals whenever they joined. The rest (charts, rates, the log, the engine's controllable state,
+bucket status) is the screen's own.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ from __future__ import annotations
 from collections import deque
 
 from cgwatch import records as R
-from cgwatch.aggregate import MIB, Row, RunStats
+from cgwatch.aggregate import MIB, VIEW_WINDOW, Row, RunStats, check_step
+from cgwatch.protocol import AGGREGATE, AGGREGATE_ROW, SNAPSHOT_END
 from cgwatch.source import ACK
+from cgwatch.text import printable
 
 from .eventlog import describe_ack, describe_record
 
 CHART_POINTS = 200   # points per chart
 RATE_WINDOW_S = 2.0  # steps/s and tokens/s over this much trace time
-PCT_WINDOW = 512     # step times kept per bucket and kind for p50/p99
+PCT_WINDOW = VIEW_WINDOW   # step times kept per bucket and kind for p50/p99 (as the daemon's aggregate)
 LOG_LINES = 1000     # log lines kept (the widget keeps its own copy)
 SCREEN_WINDOW = 100_000   # step indices the live screen remembers for its duplicate check
 SKIPS_LOGGED = 3     # skipped records logged one by one; after that a count at 10, 100, 1000, ...
@@ -47,6 +53,7 @@ class ViewState:
         self.stats = RunStats(window=PCT_WINDOW)   # bucket rows and totals (cgwatch/aggregate.py)
         self.stats.add(self.header)
         self.screen = R.Screen(window=SCREEN_WINDOW)   # the readers' one validation (records.py)
+        self._counted = False    # in a snapshot after the daemon's aggregate: its records are counted in it
         self.t_last: float = 0.0
         self._t_first_step: float | None = None
         self._last_ms = 0.0
@@ -71,7 +78,8 @@ class ViewState:
         if typ == R.STEP:
             self._step(rec)
         elif typ == R.SAMPLE:
-            self.stats.add(rec)
+            if not self._counted:
+                self.stats.add(rec)
             if rec.get("gpu_util") is not None:
                 self.series["gpu_util"].append(float(rec["gpu_util"]))
             if rec.get("gpu_busy") is not None:
@@ -79,7 +87,8 @@ class ViewState:
         elif typ == R.EVENT:
             self._event(rec)
         elif typ == R.PREFILL:
-            self.stats.add(rec)
+            if not self._counted:
+                self.stats.add(rec)
         elif typ == ACK:
             if rec.get("ok") and isinstance(rec.get("state"), dict):
                 self._set_engine(rec["state"])
@@ -90,12 +99,23 @@ class ViewState:
             return
         elif typ == R.END:
             self.stats.add(rec)
+        elif typ == AGGREGATE:   # the whole run so far, from the daemon: start from it
+            self.stats = RunStats.from_state(rec.get("run") or {}, (), window=PCT_WINDOW)
+            self._counted = True
+            return
+        elif typ == AGGREGATE_ROW:
+            if self._counted and isinstance(rec.get("row"), dict):
+                self.stats.add_row_state(rec["row"])
+            return
+        elif typ == SNAPSHOT_END:
+            self._counted = False   # live records from here on: count them
+            return
         line = describe_record(rec)
         if line:
             self.add_log(*line)
 
     def add_log(self, style: str, text: str) -> None:
-        self.log.append((self.t_last, style, text))
+        self.log.append((self.t_last, style, printable(text)))   # a mark's newline or ESC stays on its line
         self.log_seq += 1
 
     def _skipped(self, rec: dict, why: str, counted: bool = False) -> None:
@@ -111,7 +131,10 @@ class ViewState:
 
     def _step(self, rec: dict) -> None:
         try:
-            self.stats.add_step(rec)
+            if self._counted:
+                check_step(rec)
+            else:
+                self.stats.add_step(rec)
         except (KeyError, TypeError, ValueError) as e:   # past the screen: still say so, count nothing
             self._skipped(rec, f"missing field {e}" if isinstance(e, KeyError) else str(e))
             return
@@ -138,7 +161,8 @@ class ViewState:
 
     def _event(self, rec: dict) -> None:
         kind = rec.get("kind")
-        self.stats.add(rec)
+        if not self._counted:
+            self.stats.add(rec)
         if kind == R.EV_CAPTURE_DONE:
             self.in_force = set(rec.get("sizes") or ()) | set(rec.get("failed") or ())
         elif kind == R.EV_RECAPTURE:
@@ -161,6 +185,11 @@ class ViewState:
     @property
     def connected(self) -> bool:
         return self.status.get("connected", True)
+
+    @property
+    def read_only(self) -> str | None:
+        """Why this session cannot change the engine (a replay, a daemon that wants a token), or None."""
+        return self.status.get("read_only") or None
 
     @property
     def mode(self) -> str | None:

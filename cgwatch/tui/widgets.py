@@ -12,6 +12,8 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import RichLog, Static
 
+from cgwatch.text import printable
+
 from .state import LOG_LINES, ViewState
 
 NA = "n/a"
@@ -105,7 +107,9 @@ class HeaderBar(TextLines):
         steps, tokens = state.rates()
         self.rate_text = f"{fmt(steps)} steps/s · {fmt(tokens, ',.0f')} tok/s · t {state.t_last:.1f} s"
         dropped = state.status.get("dropped")
-        self.conn_text = (state.status.get("text") or "") + (f" · dropped {dropped:,}" if dropped else "")
+        text = state.status.get("text") or ""
+        read_only = " · read-only" if state.read_only and "read-only" not in text else ""
+        self.conn_text = printable(text) + read_only + (f" · dropped {dropped:,}" if dropped else "")
         mode_style = "bold green" if self.mode_text.startswith("graph") else "bold yellow"
         self.set_lines([[("cgwatch ", "bold"), (self.run_text, None), ("  mode ", None),
                          (self.mode_text, mode_style)],
@@ -124,8 +128,8 @@ class Banner(Static):
         lost = not state.connected
         self.set_class(lost, "-shown")
         if lost:   # the source says why (and whether it retries); the data below is the last seen
-            self.update(f"⚠ {state.status.get('text') or 'daemon lost … reconnecting'} · showing the last data",
-                        layout=False)
+            text = printable(state.status.get("text") or "daemon lost … reconnecting")
+            self.update(f"⚠ {text} · showing the last data", layout=False)
 
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
