@@ -221,9 +221,20 @@ def _start_metrics(port, fanout):
     return m
 
 
+# what to use instead of the TUI, per command
+_PLAIN = {"cgwatch run": "'cgwatch run --headless' (a status line a second)",
+          "cgwatch replay": "'cgwatch report TRACE' (the same numbers as text)",
+          "cgwatch attach": "another terminal, or the daemon's --prometheus metrics"}
+
+
 def _need_terminal(what: str) -> None:
+    """The TUI needs a terminal that can draw: not a pipe, and not TERM=dumb (Textual would write its
+    escape sequences to it all the same). NO_COLOR is honoured by the TUI itself (no colour at all)."""
+    if os.environ.get("TERM") == "dumb":
+        raise CgwatchError(f"{what} needs a terminal that can draw a full-screen TUI, and TERM=dumb cannot; "
+                           f"use {_PLAIN[what]}")
     if not (sys.stdin.isatty() and sys.__stderr__.isatty()):   # Textual draws on stderr
-        raise CgwatchError(f"{what} needs a terminal for the TUI; use 'cgwatch run --headless' or a terminal")
+        raise CgwatchError(f"{what} needs a terminal for the TUI; use {_PLAIN[what]} or a terminal")
 
 
 def _run_with_tui(a) -> int:

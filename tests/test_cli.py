@@ -109,3 +109,12 @@ def test_headless_describes_events_with_missing_numbers():
     assert describe_event(done) == "captured [1, 8] in n/a s, n/a pool n/a"
     done.update(seconds=1.5, pool="shared", pool_bytes=2 ** 21)
     assert describe_event(done) == "captured [1, 8] in 1.50 s, shared pool 2.0 MiB"
+
+
+@pytest.mark.parametrize("args, plain", [(["replay", "--sample"], "cgwatch report TRACE"),
+                                         (["run", "--steps", "2"], "cgwatch run --headless")])
+def test_term_dumb_gets_one_line_and_the_plain_command(args, plain):
+    import os
+    out = subprocess.run([sys.executable, "-m", "cgwatch", *args], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TERM": "dumb"})
+    assert_one_line_error(out, "TERM=dumb", plain)

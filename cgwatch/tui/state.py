@@ -48,6 +48,7 @@ class ViewState:
                        for k in ("graph_ms", "eager_ms", "host_us", "batch", "gpu_util", "gpu_busy")}
         self.log: deque[tuple[float, str, str]] = deque(maxlen=LOG_LINES)  # (t, style, text)
         self.log_seq = 0         # lines ever logged since the reset (widgets append the new ones)
+        self.end: dict | None = None   # the trace's end record, once it arrived: the run is over
 
     # -- folding -----------------------------------------------------------------------------------
     def fold(self, rec: dict) -> None:
@@ -75,6 +76,8 @@ class ViewState:
         elif typ == R.HEADER:
             self.reset(rec)
             return
+        elif typ == R.END:
+            self.end = rec
         line = describe_record(rec)
         if line:
             self.add_log(*line)
@@ -157,6 +160,16 @@ class ViewState:
         """The workload's arrival rate (req/step): last state, else the header's workload."""
         rate = self.engine.get("rate")
         return rate if rate is not None else (self.header.get("workload") or {}).get("rate")
+
+    @property
+    def ended_text(self) -> str | None:
+        """Set once the run is over: its end record arrived, or a replay played a trace that has none
+        (cut short) to its end. None while it runs."""
+        if self.end is not None:
+            return f"run ended ({self.end.get('outcome') or self.end.get('error') or 'no outcome'})"
+        if self.status.get("ended"):
+            return "trace ends here (no end record: the run was cut short)"
+        return None
 
     @property
     def paused(self) -> bool:
