@@ -453,7 +453,7 @@ def event_name(rec: dict) -> str:
         return f"recapture {rec.get('sizes')}"
     if kind == R.EV_RELEASE:
         freed = rec.get("freed_bytes")
-        return "release graphs" + (f" ({freed / MIB:.0f} MiB)" if _is_number(freed) else "")
+        return "release graphs" + (f" (allocator returned {freed / MIB:.0f} MiB)" if _is_number(freed) else "")
     if kind == R.EV_MODE:
         return f"mode {rec.get('mode')}"
     if kind == R.EV_MARK:

@@ -706,3 +706,67 @@ def test_snapshot_live_80x24_events_pane(snap_compare):
         await pilot.press("]")   # a refusal: in the log, wrapped, not cut
 
     assert snap_compare(CgwatchApp(src), terminal_size=SMALL, run_before=run_before)
+
+
+# ---- labels, the end of a run, what a release counts ---------------------------------------------------
+
+async def test_chart_values_fit_their_labels():
+    """A CPU step of 1.79 s (1791054 µs): the launch chart's labels keep a space and 6 columns for the number."""
+    from cgwatch.tui.widgets import Charts, fit, fmt
+    assert [fit(v, lambda x: fmt(x, ".0f")) for v in (1791054, 123456, 12345678, None)] == ["1.79M", "123456", "12.3M", "n/a"]
+    recs = [dict(HEADER)] + [R.step(i, 0.5 * i, 4, 4, None, R.REASON_NO_CUDA, 1791054.0 - 1000 * i, None, 4)
+                             for i in range(5)]
+    src = FakeSource(recs)
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await _live(pilot, src)
+        lines = app.query_one(Charts).plain_lines()
+        assert lines[6].startswith("step µs      1.79M") and lines[7].startswith("        max  1.79M")
+        assert lines[8].startswith("        min  1.79M")
+        assert "no CUDA: step µs = host time of the whole step" in app.query_one(Charts).border_title
+
+
+async def test_the_header_says_the_run_ended_instead_of_showing_rates(tmp_path):
+    src = FakeSource(synthetic_run() + [{"type": "end", "t": 4.0, "outcome": "completed", "steps": 300}])
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        src.play(len(src.records) - 1)
+        app.flush()
+        await pilot.pause()
+        header = app.query_one(HeaderBar)
+        assert header.rate_text.startswith("100.0 steps/s")   # live: the last 2 s
+        await _live(pilot, src)
+        t = app.state.totals()
+        assert header.rate_text == (f"run ended (completed) · avg {300 / t['duration_s']:.1f} steps/s · "
+                                    f"{t['tokens'] / t['duration_s']:,.0f} tok/s over {t['duration_s']:.1f} s")
+    # a trace without an end record (the run was killed), replayed to its end
+    path = tmp_path / "cut.jsonl"
+    recs = synthetic_run()
+    w = TraceWriter(path, {k: v for k, v in recs[0].items() if k not in ("type", "format", "version")})
+    for rec in recs[1:]:
+        w.write(rec)
+    w.close({"t": 4.0, "outcome": "completed"})
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n")   # drop the end record
+    app, src, clock = _replay(path, start_paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("right")
+        header = app.query_one(HeaderBar)
+        assert header.conn_text.endswith("end of trace")
+        assert header.rate_text.startswith("trace ends here (no end record: the run was cut short) · avg ")
+
+
+def test_a_release_says_what_it_counts():
+    from cgwatch.tui.eventlog import describe_record
+    rec = R.event(R.EV_RELEASE, 1.0, freed_bytes=400 * MIB, pool_bytes=134 * MIB)
+    assert describe_record(rec) == ("dim", "released old graphs: pool 134.0 MiB; the allocator returned 400.0 MiB "
+                                           "to the driver (its cached blocks included)")
+    # the H100 sample predates pool_bytes: the view names the pool in force until the release
+    trace = read_trace(Path(__file__).resolve().parent.parent / "sample_traces" / "llama1b_live_h100.jsonl")
+    state = ViewState()
+    state.fold(trace.header)
+    for r in trace.records:
+        state.fold(r)
+    released = [text for _, _, text in state.log if text.startswith("released")]
+    assert released == ["released old graphs: pool 134.0 MiB; the allocator returned 400.0 MiB to the driver "
+                        "(its cached blocks included)"]

@@ -78,6 +78,8 @@ class ViewState:
             return
         elif typ == R.END:
             self.end = rec
+        if typ == R.EVENT and rec.get("kind") == R.EV_RELEASE and "pool_bytes" not in rec:
+            rec = {**rec, "pool_bytes": self.stats.pool_bytes}   # an older trace: the pool in force till now
         line = describe_record(rec)
         if line:
             self.add_log(*line)
