@@ -148,7 +148,8 @@ def format_result(res: dict) -> str:
     engine = (f"vLLM {res.get('vllm')} (model runner {res.get('model_runner')}, {res.get('cudagraph_mode')}, "
               f"capture of all sizes {_f(res.get('capture_total_s'), '.2f')} s)" if vllm else "cgwatch engine")
     timing = (res.get("latency") if vllm else
-              'CUDA events around each step' if bw else 'host time (CPU: ops are synchronous)')
+              'CUDA events around each step' if bw else
+              'host time (CPU: ops are synchronous, so launch µs is the whole step too)')
     lines = [f"cgwatch bench · {engine} · {model} · {res['gpu']} · {res['dtype']} · max_seq {res['max_seq']} · "
              f"prompt {res['prompt_len']} · {res['steps']} timed steps after {res['warmup']} warm-up · "
              f"throughput over {res['tokens']} tokens",

@@ -180,7 +180,8 @@ def cmd_run(a) -> int:
     status = StatusLine()
     fanout.add(status)
     backend = f", vLLM {h['vllm']}" if h.get("backend") == "vllm" else ""
-    mode = cfg.mode + (" (eager: no CUDA)" if cfg.mode == "graph" and getattr(engine, "cuda", True) is False else "")
+    no_cuda = cfg.mode == "graph" and getattr(engine, "cuda", True) is False
+    mode = "eager (graphs need CUDA)" if no_cuda else cfg.mode
     print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}{backend}), mode {mode}, "
           f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if writer else ""))
     for note in h.get("vllm_notes") or ():
@@ -205,7 +206,7 @@ def cmd_run(a) -> int:
             writer.close(summary)
         if metrics:
             metrics.close()
-        status.print_line(time.monotonic())
+        status.finish(time.monotonic())
         print(f"{outcome}: {summary['steps']} steps, {summary['tokens']} tokens in {summary['duration_s']:.1f} s"
               + (f"; trace {a.record} (cgwatch report {a.record})" if writer else ""))
     return 0

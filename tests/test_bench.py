@@ -43,6 +43,7 @@ def test_cpu_bench_measures_eager_and_says_graphs_need_cuda(capsys, tmp_path):
     assert rep["totals"]["steps"] == 14
     text = format_result(res)
     assert "eager ms mean/p50/p99" in text and "n/a" in text
+    assert "host time (CPU: ops are synchronous, so launch µs is the whole step too)" in text
 
 
 @pytest.mark.parametrize("flags, needle", [

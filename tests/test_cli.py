@@ -118,3 +118,36 @@ def test_term_dumb_gets_one_line_and_the_plain_command(args, plain):
     out = subprocess.run([sys.executable, "-m", "cgwatch", *args], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "TERM": "dumb"})
     assert_one_line_error(out, "TERM=dumb", plain)
+
+
+def test_headless_lines_never_read_as_a_stalled_run():
+    """The status line keeps the last step and batch across lines, and the closing line is printed only for
+    steps since the last one (it used to print 'step 0 | 0.0 steps/s | ... batch 0' after a quiet second)."""
+    import io
+
+    from cgwatch import records as R
+    from cgwatch.headless import StatusLine
+    out = io.StringIO()
+    s = StatusLine(out, every_s=3600)
+    for i in range(3):
+        s(R.step(i, 0.1 * i, 5, 8, 8, None, 50.0, 1.0, 5))
+    s.print_line(s.since + 1.0)
+    assert out.getvalue().startswith("step       3 |     3.0 steps/s |") and "batch   5" in out.getvalue()
+    s.finish(s.since + 0.5)                     # no step since that line: nothing more
+    assert len(out.getvalue().splitlines()) == 1
+    s(R.step(3, 0.4, 6, 8, 8, None, 50.0, 1.0, 6))
+    s.finish(s.since + 0.5)
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("step       4 |     2.0 steps/s |") and "batch   6" in last
+
+
+def test_headless_run_on_the_cpu_says_what_runs_and_what_launch_us_means(tmp_path):
+    trace = tmp_path / "cpu.jsonl"
+    out = cgwatch("run", "--headless", "--steps", "3", "--record", str(trace), *SMALL)
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert ", mode eager (graphs need CUDA), " in first and "mode graph" not in first
+    assert not any(line.startswith("step       0 |") or " 0.0 steps/s" in line for line in out.stdout.splitlines())
+    rep = cgwatch("report", str(trace)).stdout
+    assert "launch µs: host p50, graph/eager (no CUDA here: the host waits for every op, so it is the whole step)" \
+        in " ".join(line.strip() for line in rep.splitlines())
