@@ -314,11 +314,11 @@ def cmd_replay(a) -> int:
     from cgwatch.replay import ReplaySource
     from cgwatch.tui.app import run_tui
 
-    if a.sample == (a.trace is not None):
-        raise CgwatchError("give a trace file or --sample (the bundled H100 trace), not both")
-    if a.sample:
+    if (a.sample is not None) == (a.trace is not None):
+        raise CgwatchError("give a trace file or --sample [NAME] (a bundled trace: cgwatch samples), not both")
+    if a.sample is not None:
         from cgwatch.samples import sample_path
-        a.trace = sample_path()
+        a.trace = sample_path(a.sample)
     if not 0.25 <= a.speed <= 16:
         raise CgwatchError(f"--speed must be between 0.25 and 16, got {a.speed}")
     source = ReplaySource(a.trace, speed=a.speed)
@@ -341,8 +341,27 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_samples(a) -> int:
+    from cgwatch.samples import listing
+    print(listing())
+    return 0
+
+
+# arguments that name a trace to read: sample:NAME there is a bundled trace (cgwatch samples)
+TRACE_ARGS = ("trace", "costs")
+
+
+def _resolve_samples(a) -> None:
+    from cgwatch.samples import resolve
+    for name in TRACE_ARGS:
+        if isinstance(getattr(a, name, None), str):
+            setattr(a, name, resolve(getattr(a, name)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cgwatch import __version__
+
+    from cgwatch.samples import SAMPLE
 
     p = _Parser(prog="cgwatch", description="Watch and tune CUDA graphs in an LLM decode loop.")
     p.add_argument("--version", action="version", version=f"cgwatch {__version__}")
@@ -363,14 +382,17 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--token", help="the daemon's control token")
     at.set_defaults(func=cmd_attach)
     rp = sub.add_parser("replay", help="replay a trace in the TUI")
-    rp.add_argument("trace", nargs="?", help="a trace file")
-    rp.add_argument("--sample", action="store_true", help="the H100 sample trace shipped with cgwatch")
+    rp.add_argument("trace", nargs="?", help="a trace file, or sample:NAME (a bundled trace)")
+    rp.add_argument("--sample", nargs="?", const=SAMPLE, metavar="NAME",
+                    help=f"a bundled trace (default {SAMPLE.removesuffix('.jsonl')}; 'cgwatch samples' lists them)")
     rp.add_argument("--speed", type=float, default=1.0, help="playback speed, 0.25..16 (default 1)")
     rp.set_defaults(func=cmd_replay)
     rep = sub.add_parser("report", help="per-bucket table and totals of a trace")
-    rep.add_argument("trace", help="a trace file written by 'cgwatch run --record'")
+    rep.add_argument("trace", help="a trace file written by 'cgwatch run --record', or sample:NAME")
     rep.add_argument("--json", action="store_true", help="machine-readable output")
     rep.set_defaults(func=cmd_report)
+    sm = sub.add_parser("samples", help="list the bundled traces (sample:NAME wherever a trace goes)")
+    sm.set_defaults(func=cmd_samples)
     # Analysis commands: each module registers its own subcommand (add_parser) and runs it (run).
     from cgwatch import bench, check, export, recommend
     for mod in (bench, check, recommend, export):
@@ -383,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else argv
         a = build_parser().parse_args(argv)
         a.argv = argv
+        _resolve_samples(a)
         return a.func(a)
     except CgwatchError as e:
         print(f"cgwatch: {e}", file=sys.stderr)

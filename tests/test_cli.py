@@ -151,3 +151,27 @@ def test_headless_run_on_the_cpu_says_what_runs_and_what_launch_us_means(tmp_pat
     rep = cgwatch("report", str(trace)).stdout
     assert "launch µs: host p50, graph/eager (no CUDA here: the host waits for every op, so it is the whole step)" \
         in " ".join(line.strip() for line in rep.splitlines())
+
+
+def test_every_trace_command_reaches_the_bundled_traces(tmp_path):
+    """sample:NAME wherever a trace goes (report, recommend and its --costs, export, replay), replay --sample NAME,
+    and cgwatch samples lists the names; an unknown name is one line that lists them."""
+    from cgwatch.samples import SAMPLES
+    listing = cgwatch("samples")
+    assert listing.returncode == 0 and all(f"sample:{name} " in listing.stdout for name in SAMPLES)
+    rep = cgwatch("report", "sample:llama1b_poisson_h100")
+    assert rep.returncode == 0 and "4,000" in rep.stdout and "NVIDIA H100 80GB HBM3" in rep.stdout
+    assert cgwatch("report", "sample:llama1b_poisson_h100.jsonl", "--json").returncode == 0
+    rec = cgwatch("recommend", "sample:llama1b_poisson_h100", "--costs", "sample:bench_llama1b_h100",
+                  "--memory-budget", "256", "--max-buckets", "6")
+    assert rec.returncode == 0 and rec.stdout.startswith("cgwatch recommend: llama-1b")
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # this checkout's cgwatch, from another cwd
+    out = subprocess.run([sys.executable, "-m", "cgwatch", "export", "sample:bench_tiny_h100", "--format", "csv"],
+                         capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert out.returncode == 0 and (tmp_path / "bench_tiny_h100.csv").exists(), out.stderr
+    for args in (["replay", "--sample", "llama1b_live_h100"], ["replay", "sample:vllm026_llama1b_poisson_h200"]):
+        assert_one_line_error(cgwatch(*args), "needs a terminal")   # found: only the terminal is missing
+    assert_one_line_error(cgwatch("report", "sample:nope"), "no bundled trace 'nope'", "llama1b_live_h100")
+    assert_one_line_error(cgwatch("replay", "--sample", "nope"), "no bundled trace 'nope'")
