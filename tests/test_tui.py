@@ -1,7 +1,6 @@
 """The TUI, driven by Textual's Pilot: (a) a deterministic FakeSource that answers engine
 commands like the engine does, (b) ReplaySource on a fake clock; plus SVG snapshots."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import pytest
 from cgwatch import records as R
 from cgwatch.engine.buckets import dispatch
 from cgwatch.replay import ReplaySource
+from cgwatch.samples import sample_path
 from cgwatch.report import build_report
 from cgwatch.source import Source, ack
 from cgwatch.trace import TraceWriter, read_trace
@@ -20,7 +20,7 @@ from textual.widgets import Input, Static
 
 pytestmark = pytest.mark.anyio   # async tests run on anyio's pytest plugin (asyncio only, below)
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_traces" / "llama1b_poisson_h100.jsonl"
+SAMPLE = sample_path("llama1b_poisson_h100")   # the package's copy: an sdist has no sample_traces/
 SIZE = (120, 40)
 MIB = 2 ** 20
 SIZES = [1, 2, 4, 8, 16, 32, 64]
@@ -762,7 +762,7 @@ def test_a_release_says_what_it_counts():
     assert describe_record(rec) == ("dim", "released old graphs: pool 134.0 MiB; the allocator returned 400.0 MiB "
                                            "to the driver (its cached blocks included)")
     # the H100 sample predates pool_bytes: the view names the pool in force until the release
-    trace = read_trace(Path(__file__).resolve().parent.parent / "sample_traces" / "llama1b_live_h100.jsonl")
+    trace = read_trace(sample_path("llama1b_live_h100"))
     state = ViewState()
     state.fold(trace.header)
     for r in trace.records:
