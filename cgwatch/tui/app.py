@@ -107,6 +107,7 @@ class CgwatchApp(App):
         self._connected_seen: bool | None = None   # last "connected" a status carried (source thread)
         self.compact = self.too_small = False
         self.pane = PANES[0]
+        self._laid_out: tuple | None = None   # (width, height, pane) of the last layout
 
     def compose(self) -> ComposeResult:
         yield HeaderBar()
@@ -133,6 +134,9 @@ class CgwatchApp(App):
 
     def _lay_out(self, width: int, height: int) -> None:
         """Pick the layout for this size (CSS classes on the app) and tell the widgets that draw differently."""
+        if (width, height, self.pane) == self._laid_out:
+            return
+        self._laid_out = (width, height, self.pane)
         self.too_small = width < MIN_SIZE[0] or height < MIN_SIZE[1]
         self.compact = not self.too_small and (width < FULL_SIZE[0] or height < FULL_SIZE[1])
         self.set_class(self.too_small, "-small")
@@ -147,12 +151,13 @@ class CgwatchApp(App):
         table.part = (0 if self.pane == "buckets" else 1) if self.compact else None
         self.refresh_bindings()
         self._redraw_all()
+        self.call_after_refresh(self._redraw_all)   # again at the new sizes (not every Textual sends a Resize
+                                                    # to a widget that was hidden)
 
     def _redraw_all(self) -> None:
         self._dirty = self._slow_dirty = True
         self._slow_at = 0.0
-        if self.is_mounted(self.query_one(HeaderBar)):
-            self.flush()
+        self.flush()
 
     def action_pane(self, step: int) -> None:
         if not self.compact or len(self.screen_stack) > 1:

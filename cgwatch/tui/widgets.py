@@ -439,11 +439,18 @@ class EventLog(RichLog):
         if self._state is not None:
             self.show(self._state)
 
+    def on_show(self) -> None:   # a pane shown again (Textual before 8 sends it no Resize)
+        if self._state is not None:
+            self.show(self._state)
+
     def show(self, state: ViewState) -> None:
         self._state = state
         if state.generation != self._generation:   # a reset: start over
             self.clear()
             self._generation, self._seq = state.generation, 0
+        if self.size.width and not self._size_known:
+            self._size_known = True   # a pane shown again: Textual before 8 sends no Resize for it (and
+                                      # nothing was deferred: lines are written here only once it has a size)
         if not self._size_known:   # lines wait for the width to wrap at (Rich would take its console's)
             return
         new = min(state.log_seq - self._seq, len(state.log))
