@@ -218,7 +218,8 @@ def cmd_run(a) -> int:
     status = StatusLine()
     fanout.add(status)
     backend = f", vLLM {h['vllm']}" if h.get("backend") == "vllm" else ""
-    mode = cfg.mode + (" (eager: no CUDA)" if cfg.mode == "graph" and getattr(engine, "cuda", True) is False else "")
+    no_cuda = cfg.mode == "graph" and getattr(engine, "cuda", True) is False
+    mode = "eager (graphs need CUDA)" if no_cuda else cfg.mode
     print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}{backend}), mode {mode}, "
           f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if writer else ""))
     for note in h.get("vllm_notes") or ():
@@ -243,7 +244,7 @@ def cmd_run(a) -> int:
             writer.close(summary)
         if metrics:
             metrics.close()
-        status.print_line(time.monotonic())
+        status.finish(time.monotonic())
         print(f"{outcome}: {summary['steps']} steps, {summary['tokens']} tokens in {summary['duration_s']:.1f} s"
               + (f"; trace {a.record} (cgwatch report {a.record})" if writer else ""))
     return 0
@@ -259,9 +260,20 @@ def _start_metrics(port, fanout, header: dict | None = None):
     return m
 
 
+# what to use instead of the TUI, per command
+_PLAIN = {"cgwatch run": "'cgwatch run --headless' (a status line a second)",
+          "cgwatch replay": "'cgwatch report TRACE' (the same numbers as text)",
+          "cgwatch attach": "another terminal, or the daemon's --prometheus metrics"}
+
+
 def _need_terminal(what: str) -> None:
+    """The TUI needs a terminal that can draw: not a pipe, and not TERM=dumb (Textual would write its
+    escape sequences to it all the same). NO_COLOR is honoured by the TUI itself (no colour at all)."""
+    if os.environ.get("TERM") == "dumb":
+        raise CgwatchError(f"{what} needs a terminal that can draw a full-screen TUI, and TERM=dumb cannot; "
+                           f"use {_PLAIN[what]}")
     if not (sys.stdin.isatty() and sys.__stderr__.isatty()):   # Textual draws on stderr
-        raise CgwatchError(f"{what} needs a terminal for the TUI; use 'cgwatch run --headless' or a terminal")
+        raise CgwatchError(f"{what} needs a terminal for the TUI; use {_PLAIN[what]} or a terminal")
 
 
 def _run_with_tui(a) -> int:
@@ -369,11 +381,11 @@ def cmd_replay(a) -> int:
     from cgwatch.replay import ReplaySource
     from cgwatch.tui.app import run_tui
 
-    if a.sample == (a.trace is not None):
-        raise CgwatchError("give a trace file or --sample (the bundled H100 trace), not both")
-    if a.sample:
+    if (a.sample is not None) == (a.trace is not None):
+        raise CgwatchError("give a trace file or --sample [NAME] (a bundled trace: cgwatch samples), not both")
+    if a.sample is not None:
         from cgwatch.samples import sample_path
-        a.trace = sample_path()
+        a.trace = sample_path(a.sample)
     if not 0.25 <= a.speed <= 16:
         raise CgwatchError(f"--speed must be between 0.25 and 16, got {a.speed}")
     source = ReplaySource(a.trace, speed=a.speed)
@@ -398,8 +410,27 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_samples(a) -> int:
+    from cgwatch.samples import listing
+    print(listing())
+    return 0
+
+
+# arguments that name a trace to read: sample:NAME there is a bundled trace (cgwatch samples)
+TRACE_ARGS = ("trace", "costs")
+
+
+def _resolve_samples(a) -> None:
+    from cgwatch.samples import resolve
+    for name in TRACE_ARGS:
+        if isinstance(getattr(a, name, None), str):
+            setattr(a, name, resolve(getattr(a, name)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cgwatch import __version__
+
+    from cgwatch.samples import SAMPLE
 
     p = _Parser(prog="cgwatch", description="Watch and tune CUDA graphs in an LLM decode loop.")
     p.add_argument("--version", action="version", version=f"cgwatch {__version__}")
@@ -421,14 +452,17 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--token", help="the daemon's control token")
     at.set_defaults(func=cmd_attach)
     rp = sub.add_parser("replay", help="replay a trace in the TUI")
-    rp.add_argument("trace", nargs="?", help="a trace file")
-    rp.add_argument("--sample", action="store_true", help="the H100 sample trace shipped with cgwatch")
+    rp.add_argument("trace", nargs="?", help="a trace file, or sample:NAME (a bundled trace)")
+    rp.add_argument("--sample", nargs="?", const=SAMPLE, metavar="NAME",
+                    help=f"a bundled trace (default {SAMPLE.removesuffix('.jsonl')}; 'cgwatch samples' lists them)")
     rp.add_argument("--speed", type=float, default=1.0, help="playback speed, 0.25..16 (default 1)")
     rp.set_defaults(func=cmd_replay)
     rep = sub.add_parser("report", help="per-bucket table and totals of a trace")
-    rep.add_argument("trace", help="a trace file written by 'cgwatch run --record'")
+    rep.add_argument("trace", help="a trace file written by 'cgwatch run --record', or sample:NAME")
     rep.add_argument("--json", action="store_true", help="machine-readable output")
     rep.set_defaults(func=cmd_report)
+    sm = sub.add_parser("samples", help="list the bundled traces (sample:NAME wherever a trace goes)")
+    sm.set_defaults(func=cmd_samples)
     # Analysis commands: each module registers its own subcommand (add_parser) and runs it (run).
     from cgwatch import bench, check, export, recommend
     for mod in (bench, check, recommend, export):
@@ -441,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else argv
         a = build_parser().parse_args(argv)
         a.argv = argv
+        _resolve_samples(a)
         return a.func(a)
     except CgwatchError as e:
         print(f"cgwatch: {e}", file=sys.stderr)

@@ -117,10 +117,11 @@ SAMPLE_COUNTERS = {
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="a trace as Perfetto / chrome://tracing JSON, or CSV (one row per step)")
-    p.add_argument("trace", help="a trace file written by 'cgwatch run --record'")
+    p.add_argument("trace", help="a trace file written by 'cgwatch run --record', or sample:NAME (cgwatch samples)")
     p.add_argument("--format", required=True, choices=tuple(FORMATS), help="perfetto (Chrome Trace Event JSON) or csv")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file, '-' for stdout (default: the trace's name with .perfetto.json / .csv)")
+                   help="output file, '-' for stdout (default: the trace's name with .perfetto.json / .csv, "
+                        "in the current directory)")
     p.set_defaults(func=run)
 
 
@@ -154,8 +155,10 @@ def _records(trace: str, skip: frozenset = frozenset()) -> Iterator[dict]:
 
 
 def default_output(trace: str, fmt: str) -> str:
-    base = trace[: -len(".jsonl")] if trace.endswith(".jsonl") else trace
-    return base + FORMATS[fmt]
+    """The trace's file name with the format's suffix, in the current directory: never next to the trace,
+    which may be a bundled one inside the installed package (sample:NAME) or a folder the user cannot write."""
+    name = os.path.basename(trace)
+    return (name[: -len(".jsonl")] if name.endswith(".jsonl") else name) + FORMATS[fmt]
 
 
 @contextmanager
@@ -480,7 +483,7 @@ def event_name(rec: dict) -> str:
         return f"recapture {rec.get('sizes')}"
     if kind == R.EV_RELEASE:
         freed = rec.get("freed_bytes")
-        return "release graphs" + (f" ({freed / MIB:.0f} MiB)" if _is_number(freed) else "")
+        return "release graphs" + (f" (allocator returned {freed / MIB:.0f} MiB)" if _is_number(freed) else "")
     if kind == R.EV_MODE:
         return f"mode {rec.get('mode')}"
     if kind == R.EV_MARK:

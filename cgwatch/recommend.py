@@ -392,7 +392,8 @@ def trace_ratio(trace) -> tuple[float | None, str]:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("recommend", help="capture sizes that minimise the expected step time of a trace's batch mix")
-    p.add_argument("trace", help="a trace file: its batch-size distribution (and costs, without --costs)")
+    p.add_argument("trace", help="a trace file, or sample:NAME: its batch-size distribution (and costs, "
+                                 "without --costs)")
     p.add_argument("--memory-budget", type=float, required=True, metavar="MiB", help="graph memory budget, MiB")
     p.add_argument("--max-buckets", type=int, required=True, metavar="K", help="at most K capture sizes")
     p.add_argument("--costs", metavar="TRACE2", help="take step times and graph memory from this trace "

@@ -173,7 +173,8 @@ class ReplaySource(Source):
             text += " end of trace"
         elif self.paused:
             text += " paused"
-        self._on_status({"connected": True, "text": text, "dropped": None, "read_only": READ_ONLY, **self._playback()})
+        self._on_status({"connected": True, "text": text, "dropped": None, "read_only": READ_ONLY,
+                         "ended": self._at_end, **self._playback()})
 
     # -- commands ----------------------------------------------------------------------------------
     def _command(self, req: int, cmd: str, value: object) -> dict:

@@ -212,7 +212,9 @@ def format_report(rep: dict) -> str:
         notes = [*(["size list: the capture sizes in force; a recapture starts the next, and its rows count "
                     "apart"] if several else []),"hit %: graph-served share of the graph-mode steps (all but eager_mode)",
                  "pad %: padded share of the rows graphs computed", "n: steps in the percentiles",
-                 "launch µs: host p50, graph/eager",
+                 "launch µs: host p50, graph/eager" + (   # no CUDA: ops run synchronously, nothing is queued
+                     " (no CUDA here: the host waits for every op, so it is the whole step)"
+                     if any(R.REASON_NO_CUDA in b["misses"] for b in buckets) else ""),
                  *(["cap. s: capture time"] if ("cap.", "s") in shown else []),
                  *(["kern: kernels/graph"] if ("", "kern") in shown else []),
                  *(["full/pw/eager: steps a FULL graph / a PIECEWISE graph / no graph served"] if runtime else []),

@@ -1,6 +1,7 @@
 """An SVG screenshot of the TUI replaying a trace at a given trace time (for docs/ and the README).
 
     python3 probes/screenshot.py sample_traces/llama1b_live_h100.jsonl --at 31 --out docs/tui_replay_live_h100.svg
+    python3 probes/screenshot.py sample_traces/llama1b_live_h100.jsonl --at 31 --out /tmp/e.svg --size 80x24 --keys tab,tab
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class _Clock:
         return self.now
 
 
-async def shoot(trace: str, at: float, out: str, size: tuple[int, int]) -> None:
+async def shoot(trace: str, at: float, out: str, size: tuple[int, int], keys: list[str] = ()) -> None:
     clock = _Clock()
     src = ReplaySource(trace, clock=clock, start_paused=True)
     app = CgwatchApp(src)
@@ -27,6 +28,9 @@ async def shoot(trace: str, at: float, out: str, size: tuple[int, int]) -> None:
         src.send("seek", at)
         app.flush()
         await pilot.pause()
+        if keys:
+            await pilot.press(*keys)
+            await pilot.pause()
         app.save_screenshot(filename=out.rsplit("/", 1)[-1], path=out.rsplit("/", 1)[0] or ".")
 
 
@@ -36,9 +40,10 @@ def main() -> None:
     ap.add_argument("--at", type=float, default=30.0, help="trace time in seconds")
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", default="140x45")
+    ap.add_argument("--keys", default="", help="keys to press first, comma-separated (e.g. tab,tab)")
     a = ap.parse_args()
     w, h = map(int, a.size.split("x"))
-    asyncio.run(shoot(a.trace, a.at, a.out, (w, h)))
+    asyncio.run(shoot(a.trace, a.at, a.out, (w, h), [k for k in a.keys.split(",") if k]))
     print(a.out)
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -365,20 +366,36 @@ def test_truncated_trace_exports_what_is_there(tmp_path, capsys):
     assert rc == 0 and "no end record: partial trace" in capsys.readouterr().err
 
 
-def test_stdout_and_default_output(tmp_path, capsys):
+def test_stdout_and_default_output(tmp_path, capsys, monkeypatch):
     rc = main(["export", sample_path("llama1b_live_h100.jsonl"), "--format", "perfetto", "-o", "-"])
     cap = capsys.readouterr()
     assert rc == 0 and cap.err == ""                       # no summary line when writing to stdout
     validate_chrome_trace(_strict_json(cap.out))
 
-    trace = tmp_path / "run.jsonl"
+    trace = tmp_path / "traces" / "run.jsonl"
+    trace.parent.mkdir()
     trace.write_bytes(open(sample_path(), "rb").read())
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)   # the default output goes to the current directory, not next to the trace
     for fmt, suffix in (("perfetto", "run.perfetto.json"), ("csv", "run.csv")):
         assert main(["export", str(trace), "--format", fmt]) == 0
-        assert (tmp_path / suffix).stat().st_size > 0
+        assert (out / suffix).stat().st_size > 0
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and err[0].startswith("cgwatch export: ") and str(tmp_path / "run.csv") in err[1]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.csv", "run.jsonl", "run.perfetto.json"]
+    assert len(err) == 2 and err[0].startswith("cgwatch export: ") and err[1].endswith("-> run.csv")
+    assert sorted(p.name for p in out.iterdir()) == ["run.csv", "run.perfetto.json"]
+    assert [p.name for p in trace.parent.iterdir()] == ["run.jsonl"]
+
+
+def test_a_bundled_trace_exports_to_the_current_directory(tmp_path, capsys, monkeypatch):
+    """sample:NAME reaches the trace inside the installed package; the output lands here, not in site-packages."""
+    monkeypatch.chdir(tmp_path)
+    package = Path(sample_path()).parent
+    before = sorted(p.name for p in package.iterdir())
+    assert main(["export", "sample:llama1b_fixed8_gap_h100", "--format", "csv"]) == 0
+    assert capsys.readouterr().err.strip().endswith("-> llama1b_fixed8_gap_h100.csv")
+    assert (tmp_path / "llama1b_fixed8_gap_h100.csv").stat().st_size > 0
+    assert sorted(p.name for p in package.iterdir()) == before
 
 
 # ---- bad input ----

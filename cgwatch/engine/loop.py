@@ -259,8 +259,8 @@ class Engine(CommandTaker):
 
     def _release(self) -> None:
         self._emit_done(self.timer.drain())   # graphs in flight must finish before they go
-        freed = self.graphs.release()
-        self.emit(R.event(R.EV_RELEASE, self.now(), freed_bytes=freed))
+        freed, pool = self.graphs.release()
+        self.emit(R.event(R.EV_RELEASE, self.now(), freed_bytes=freed, pool_bytes=pool))
 
     def _capture(self, sizes: list[int]) -> None:
         def on_bucket(b: BucketGraph) -> None:

@@ -56,12 +56,14 @@ class RecaptureDialog(ModalScreen[list[int] | None]):
 class HelpScreen(ModalScreen[None]):
     """The keys: (key, what it does) pairs."""
 
-    DEFAULT_CSS = DIALOG_CSS.format(name="HelpScreen")
+    DEFAULT_CSS = DIALOG_CSS.format(name="HelpScreen") + """
+    HelpScreen > Vertical { width: 78; max-height: 100%; padding: 0 2; }
+    """
     BINDINGS = [Binding("escape,question_mark,q", "close", "close")]
 
     def __init__(self, keys: list[tuple[str, str]]) -> None:
         super().__init__()
-        self.lines = [f"{key:>6}  {text}" for key, text in keys]
+        self.lines = [f"{key:>5}  {text}" for key, text in keys]
 
     def compose(self) -> ComposeResult:
         with Vertical():

@@ -63,6 +63,7 @@ class ViewState:
                        for k in ("graph_ms", "eager_ms", "host_us", "batch", "gpu_util", "gpu_busy")}
         self.log: deque[tuple[float, str, str]] = deque(maxlen=LOG_LINES)  # (t, style, text)
         self.log_seq = 0         # lines ever logged since the reset (widgets append the new ones)
+        self.end: dict | None = None   # the trace's end record, once it arrived: the run is over
 
     # -- folding -----------------------------------------------------------------------------------
     def fold(self, rec: dict) -> None:
@@ -99,6 +100,7 @@ class ViewState:
             return
         elif typ == R.END:
             self.stats.add(rec)
+            self.end = rec
         elif typ == AGGREGATE:   # the whole run so far, from the daemon: start from it
             self.stats = RunStats.from_state(rec.get("run") or {}, (), window=PCT_WINDOW)
             self._counted = True
@@ -110,6 +112,8 @@ class ViewState:
         elif typ == SNAPSHOT_END:
             self._counted = False   # live records from here on: count them
             return
+        if typ == R.EVENT and rec.get("kind") == R.EV_RELEASE and "pool_bytes" not in rec:
+            rec = {**rec, "pool_bytes": self.stats.pool_bytes}   # an older trace: the pool in force till now
         line = describe_record(rec)
         if line:
             self.add_log(*line)
@@ -211,6 +215,16 @@ class ViewState:
         """The workload's arrival rate (req/step): last state, else the header's workload."""
         rate = self.engine.get("rate")
         return rate if rate is not None else (self.header.get("workload") or {}).get("rate")
+
+    @property
+    def ended_text(self) -> str | None:
+        """Set once the run is over: its end record arrived, or a replay played a trace that has none
+        (cut short) to its end. None while it runs."""
+        if self.end is not None:
+            return f"run ended ({self.end.get('outcome') or self.end.get('error') or 'no outcome'})"
+        if self.status.get("ended"):
+            return "trace ends here (no end record: the run was cut short)"
+        return None
 
     @property
     def paused(self) -> bool:
