@@ -8,14 +8,16 @@ partial last line (crash, kill, or a writer still mid-flush) is a truncated tail
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
+import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from . import jsonl
+from . import columnar, jsonl
 from .errors import CgwatchError
 from . import records as R
 from .records import END, HEADER
@@ -37,78 +39,88 @@ def _dumps(rec: dict) -> str:
 
 
 class TraceWriter:
-    """Writes one trace file. Thread-safe; ``write`` is cheap enough for the per-step hot path.
+    """Writes one trace: JSON Lines for a name ending in ``.jsonl``, else the compact format (columnar.py:
+    an Arrow IPC stream while recording, compacted on close; Parquet for ``*.parquet``). Thread-safe;
+    ``write`` is cheap enough for the per-step hot path.
 
-    ``t0`` is the run's time origin on the ``time.perf_counter()`` clock (the engine's; default:
-    now); it only sets the end record's ``t`` when the summary gives none. A write after close is dropped silently
-    (a sampler thread may race the close).
+    ``t0`` is the run's time origin on the ``time.perf_counter()`` clock (the engine's; default: now); it only
+    sets the end record's ``t`` when the summary gives none. A write after close is dropped silently (a
+    sampler thread may race the close). ``rotate_bytes`` / ``rotate_s``: start a new part file when the
+    part reaches that size or age (``part_path``: run.000.jsonl, run.001.jsonl, ...); each part begins with
+    the header (with ``part``: its number), the last one ends with the end record, and no record is lost
+    or doubled at a boundary.
     """
 
-    def __init__(self, path: str | os.PathLike, header: dict, t0: float | None = None):
+    def __init__(self, path: str | os.PathLike, header: dict, t0: float | None = None,
+                 rotate_bytes: int | None = None, rotate_s: float | None = None):
         self.path = os.fspath(path)
         self._t0 = time.perf_counter() if t0 is None else t0
         self._lock = threading.Lock()
         self._closed = False
-        self._last_flush = 0.0
+        self.compact = not self.path.endswith(".jsonl")
+        self.rotate_bytes, self.rotate_s = rotate_bytes, rotate_s
+        self.rotating = bool(rotate_bytes or rotate_s)
+        self.parts: list[str] = []
+        self._compacting: list[threading.Thread] = []
         parent = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(parent):
             raise CgwatchError(f"cannot write trace {self.path}: directory {parent} does not exist")
-        try:
-            self._f = open(self.path, "w", encoding="utf-8", newline="", buffering=1 << 16)
-        except OSError as e:
-            raise CgwatchError(f"cannot write trace {self.path}: {e.strerror or e}") from None
         # type/format/version come first and cannot be overridden by the metadata
         head = {"type": HEADER, "format": FORMAT, "version": VERSION}
         head.update((k, v) for k, v in header.items() if k not in head)
-        self._put(_dumps(head))
-        self.flush()
+        self._head = head
+        self._open_part()
 
-    def _put(self, line: str) -> None:
+    def _open_part(self) -> None:
+        k = len(self.parts)
+        path = part_path(self.path, k) if self.rotating else self.path
+        head = {**self._head, "part": k} if self.rotating else self._head
         try:
-            self._f.write(line)
+            self._part = _CompactPart(path, head, k) if self.compact else _JsonlPart(path, head)
         except OSError as e:
-            raise CgwatchError(f"cannot write trace {self.path}: {e.strerror or e}") from None
+            raise CgwatchError(f"cannot write trace {path}: {e.strerror or e}") from None
+        self.parts.append(path)
+        self._part_t = time.monotonic()
+
+    def _rotate_locked(self) -> None:
+        old = self._part
+        old.close(None, compact=False)
+        if self.compact:   # compacting the part it closed is not the loop's work
+            th = threading.Thread(target=_compact_quietly, args=(old.path,), name="cgwatch-compact", daemon=True)
+            th.start()
+            self._compacting.append(th)
+        self._open_part()
 
     def write(self, rec: dict) -> None:
-        line = _dumps(rec)  # serialize outside the lock
+        part = self._part
+        line = None if self.compact else _dumps(rec)  # serialize outside the lock
         with self._lock:
             if self._closed:
                 return
-            self._put(line)
-            now = time.monotonic()
-            if now - self._last_flush >= FLUSH_INTERVAL_S:
-                self._flush_locked(now)
-
-    def _flush_locked(self, now: float) -> None:
-        try:
-            self._f.flush()
-        except OSError as e:
-            raise CgwatchError(f"cannot write trace {self.path}: {e.strerror or e}") from None
-        self._last_flush = now
+            if self.rotating and ((self.rotate_bytes and self._part.bytes >= self.rotate_bytes)
+                                  or (self.rotate_s and time.monotonic() - self._part_t >= self.rotate_s)):
+                self._rotate_locked()
+                part = self._part
+            part.write(rec if line is None else line)
 
     def flush(self) -> None:
         with self._lock:
             if not self._closed:
-                self._flush_locked(time.monotonic())
+                self._part.flush()
 
     def close(self, summary: dict | None = None) -> None:
-        """Write the end record (``t`` plus ``summary``), flush, fsync, close. Idempotent."""
+        """Write the end record (``t`` plus ``summary``), flush, fsync, close (compact). Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            end = {"type": END, "t": round(time.perf_counter() - self._t0, 6)}
+            end.update((k, v) for k, v in (summary or {}).items() if k != "type")
             try:
-                end = {"type": END, "t": round(time.perf_counter() - self._t0, 6)}
-                end.update((k, v) for k, v in (summary or {}).items() if k != "type")
-                self._put(_dumps(end))
-                self._flush_locked(time.monotonic())
-                try:
-                    os.fsync(self._f.fileno())
-                except OSError as e:  # e.g. a pipe or /dev/null: nothing to sync
-                    if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):
-                        raise CgwatchError(f"cannot write trace {self.path}: {e.strerror}") from None
+                self._part.close(end)
             finally:
-                self._f.close()
+                for th in self._compacting:
+                    th.join()
 
     @property
     def closed(self) -> bool:
@@ -125,38 +137,186 @@ class TraceWriter:
             self.close({"error": f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__})
 
 
+def part_path(path: str, k: int) -> str:
+    """The k-th part of a rotated trace: run.jsonl -> run.000.jsonl, run.parquet -> run.000.parquet."""
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.{k:03d}{ext}"
+
+
+def _compact_quietly(path: str) -> None:
+    try:
+        columnar.compact_file(path)
+    except Exception:   # the part stays a readable stream; convert compacts it later
+        pass
+
+
+class _JsonlPart:
+    """One JSON Lines file: header line, records, flushed at most every FLUSH_INTERVAL_S."""
+
+    def __init__(self, path: str, head: dict):
+        self.path = path
+        self._f = open(path, "w", encoding="utf-8", newline="", buffering=1 << 16)
+        self._last_flush = 0.0
+        self.bytes = 0
+        self.write(_dumps(head))
+        self.flush()
+
+    def write(self, line: str) -> None:
+        try:
+            self._f.write(line)
+        except OSError as e:
+            raise CgwatchError(f"cannot write trace {self.path}: {e.strerror or e}") from None
+        self.bytes += len(line)
+        now = time.monotonic()
+        if now - self._last_flush >= FLUSH_INTERVAL_S:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        try:
+            self._f.flush()
+        except OSError as e:
+            raise CgwatchError(f"cannot write trace {self.path}: {e.strerror or e}") from None
+        self._last_flush = time.monotonic() if now is None else now
+
+    def close(self, end: dict | None, compact: bool = True) -> None:
+        try:
+            if end is not None:
+                self.write(_dumps(end))
+            self.flush()
+            try:
+                os.fsync(self._f.fileno())
+            except OSError as e:  # e.g. a pipe or /dev/null: nothing to sync
+                if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):
+                    raise CgwatchError(f"cannot write trace {self.path}: {e.strerror}") from None
+        finally:
+            self._f.close()
+
+
+class _CompactPart:
+    """One compact file (columnar.StreamWriter): records buffered, a batch written every 0.25 s."""
+
+    def __init__(self, path: str, head: dict, k: int):
+        self.path = path
+        self._w = columnar.StreamWriter(path, head, part=k)
+
+    @property
+    def bytes(self) -> int:
+        return self._w.bytes
+
+    def write(self, rec: dict) -> None:
+        self._w.write(rec)
+
+    def flush(self) -> None:
+        self._w.flush()
+
+    def close(self, end: dict | None, compact: bool = True) -> None:
+        if end is not None:
+            self._w.write(end)
+        try:
+            self._w.close(compact=compact)
+        except OSError as e:
+            raise CgwatchError(f"cannot write trace {self.path}: {e.strerror or e}") from None
+
+
 # ---- reading ----
 
-@dataclass
 class Trace:
-    header: dict
-    records: list[dict]               # everything after the header, the end record excluded
-    end: dict | None = None           # the end record; None if the run did not close the trace
-    truncated_at: int | None = None   # byte offset of a partial last line, if any
-    path: str = ""
-    lines: list[int] | None = None    # the line number of each record (None: not read from a file)
-    end_line: int | None = None       # the end record's line number
-    _screened: "Screened | None" = field(default=None, init=False, repr=False, compare=False)
+    """A read trace (one file or the parts of one run). ``records``: everything after the header, the end
+    record excluded, in file order (decoded on first use for a compact trace); ``end``: the end record, None
+    if the run did not close the trace. ``compact``: the compact readers (columnar.Reader, one per part) that
+    ``batches()`` reads a column batch at a time, for the vectorized readers (fold.py); None for JSON Lines."""
+
+    def __init__(self, header: dict, records: list[dict] | None = None, end: dict | None = None,
+                 truncated_at: int | None = None, path: str = "", lines: list | None = None,
+                 end_line: int | str | None = None, *, compact: list | None = None, notes: list[str] | None = None):
+        self.header = header
+        self._records = records
+        self._end = end
+        self.truncated_at = truncated_at    # JSON Lines: byte offset of a partial last line, if any
+        self.path = path
+        self.lines = lines                  # each record's line number (or "FILE line N" over parts)
+        self.end_line = end_line
+        self.compact = compact
+        self.notes = notes or []            # one-line warnings about the set of parts
+        self._screened: Screened | None = None
+        self._loaded = compact is None
+
+    # -- compact traces: decoded on first use ---------------------------------------------------------
+    def batches(self, columns: list[str] | None = None):
+        """The table's record batches over all parts, in order (compact traces only)."""
+        for r in self.compact or ():
+            r.rows = 0
+            r.damage = None
+            yield from r.batches(columns)
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        records: list[dict] = []
+        end = end_row = None
+        row = 0
+        for b in self.batches():
+            for rec in columnar.decode(b):
+                if rec.get("type") == END:
+                    end, end_row = rec, row
+                else:
+                    records.append(rec)
+                row += 1
+        self._records, self._end, self.end_line, self._loaded = records, end, end_row, True
+
+    @property
+    def records(self) -> list[dict]:
+        self._load()
+        return self._records   # type: ignore[return-value]
+
+    @property
+    def end(self) -> dict | None:
+        self._load()
+        return self._end
+
+    def damage(self) -> list[str]:
+        """Compact parts read only up to a damaged or truncated batch: one phrase each."""
+        if self.compact and any(r.rows == 0 and r.damage is None for r in self.compact):
+            for _ in self.batches(["type"]):   # not scanned yet
+                pass
+        return [f"{r.path}: {r.damage}; read up to the last whole batch ({r.rows:,} records)"
+                for r in self.compact or () if r.damage]
 
     def warnings(self) -> list[str]:
-        out = []
+        out = list(self.notes)
+        hurt = self.damage()
         if self.truncated_at is not None:
             out.append(f"trace truncated at byte {self.truncated_at} after {len(self.records)} "
                        "records (the run did not close it: crash or kill?)")
+        elif hurt:
+            out.append("; ".join(hurt) + " (the run did not close it: crash or kill?)")
         elif self.end is None:
             out.append("no end record: the run did not finish cleanly")
         if self.end is not None and self.end.get("error"):
             out.append(f"the run ended on an error: {self.end['error']}")
         return out
 
+    def where(self, k: int) -> str:
+        """How a warning names record k (the end record: k = len(records))."""
+        if self.compact is not None:
+            return f"row {k}"
+        if k == len(self.records) and self.end is not None:
+            x = self.end_line
+        else:
+            x = self.lines[k] if self.lines else None
+        if x is None:
+            return f"record {k + 1}"
+        return f"line {x}" if isinstance(x, int) else str(x)
+
     def numbered(self) -> Iterator[tuple[int, str, dict]]:
         """(key, where, record) for every record and the end record, in file order: what records.screen takes
-        (where: "line N" for a file, "record N" (1-based, after the header) for a Trace built in memory)."""
+        (where: "line N" for a file, "row N" for a compact one, "record N" (1-based, after the header) for a
+        Trace built in memory)."""
         for k, rec in enumerate(self.records):
-            yield k, (f"line {self.lines[k]}" if self.lines else f"record {k + 1}"), rec
+            yield k, self.where(k), rec
         if self.end is not None:
             n = len(self.records)
-            yield n, (f"line {self.end_line}" if self.end_line else f"record {n + 1}"), self.end
+            yield n, self.where(n), self.end
 
     def screened(self) -> "Screened":
         """The records every reader counts: the trace through records.screen (computed once)."""
@@ -253,8 +413,91 @@ def _scan(path: str) -> Iterator[tuple[int, int, dict | None]]:
             raise TraceError(f"{path} is not a cgwatch trace (bad header at byte 0)")
 
 
-def read_trace(path: str | os.PathLike) -> Trace:
-    """Read a whole trace. Unknown record types are kept; a truncated tail sets ``truncated_at``."""
+def trace_files(arg) -> list[str]:
+    """The files of one trace: a path, several paths, a glob, or a rotated run (its first part run.000.EXT,
+    or run.EXT when only its parts exist: every run.NNN.EXT in order). TraceError if there are none."""
+    if isinstance(arg, (list, tuple)):
+        out = [p for a in arg for p in trace_files(a)]
+        if not out:
+            raise TraceError("no trace file given")
+        return out
+    path = os.fspath(arg)
+    if not os.path.exists(path):
+        if any(c in path for c in "*?["):
+            found = sorted(glob.glob(path))
+            if found:
+                return found
+        elif os.path.exists(part_path(path, 0)):
+            return _parts_from(part_path(path, 0))
+        raise TraceError(f"no such trace file: {path}")
+    m = _PART.match(path)
+    if m and m.group(2) == "000":
+        return _parts_from(path)
+    return [path]
+
+
+_PART = re.compile(r"^(.*)\.(\d{3})(\.[^./]+)?$")
+
+
+def _parts_from(first: str) -> list[str]:
+    m = _PART.match(first)
+    stem, ext = m.group(1), m.group(3) or ""
+    out, k = [], 0
+    while os.path.exists(f"{stem}.{k:03d}{ext}"):
+        out.append(f"{stem}.{k:03d}{ext}")
+        k += 1
+    return out
+
+
+def open_trace(arg) -> Trace:
+    """The one way in: any trace (JSON Lines or compact; a file, several parts of one run, a glob, the first
+    part) as a Trace. TraceError (one line) for a missing, unreadable, foreign or too new file."""
+    paths = trace_files(arg)
+    if len(paths) == 1:
+        return _read_one(paths[0])
+    traces = [_read_one(p) for p in paths]
+    first = traces[0]
+    notes = []
+    base = {k: v for k, v in first.header.items() if k != "part"}
+    for k, (p, t) in enumerate(zip(paths, traces)):
+        if {a: v for a, v in t.header.items() if a != "part"} != base:
+            raise TraceError(f"{p} is not a part of the same run as {paths[0]} (its header differs)")
+        if t.header.get("part", k) != k + first.header.get("part", 0):
+            notes.append(f"{p} is part {t.header.get('part')}, not part {k + first.header.get('part', 0)}: "
+                         "a part of the run is missing")
+            break
+    if all(t.compact is not None for t in traces):
+        return Trace(first.header, path=paths[0], compact=[r for t in traces for r in t.compact], notes=notes)
+    records: list[dict] = []
+    lines: list = []
+    end = end_line = None
+    for p, t in zip(paths, traces):
+        name = os.path.basename(p)
+        for k, rec in enumerate(t.records):
+            records.append(rec)
+            lines.append(f"{name} {t.where(k)}")
+        if t.end is not None:
+            end, end_line = t.end, f"{name} {t.where(len(t.records))}"
+        notes += [f"{name}: {w}" for w in t.warnings() if not w.startswith("no end record")
+                  and not w.startswith("the run ended")] if t is not traces[-1] else []
+    last = traces[-1]
+    return Trace(first.header, records, end, last.truncated_at, paths[0], lines, end_line, notes=notes)
+
+
+def _read_one(path: str) -> Trace:
+    kind = columnar.sniff(path) if os.path.isfile(path) else "jsonl"
+    if kind == "jsonl":
+        return _read_jsonl(path)
+    r = columnar.Reader(path, kind)
+    return Trace(r.header, path=path, compact=[r])
+
+
+def read_trace(path) -> Trace:
+    """Read a whole trace (open_trace). Unknown record types are kept; a truncated tail sets ``truncated_at``."""
+    return open_trace(path)
+
+
+def _read_jsonl(path: str | os.PathLike) -> Trace:
     path = os.fspath(path)
     scan = _scan(path)
     _, _, header = next(scan)
@@ -275,8 +518,10 @@ def read_trace(path: str | os.PathLike) -> Trace:
 
 def read_header(path: str | os.PathLike) -> dict:
     """Just the header (validated)."""
-    path = os.fspath(path)
-    scan = _scan(path)
+    paths = trace_files(path)
+    if columnar.sniff(paths[0]) != "jsonl":
+        return columnar.Reader(paths[0]).header
+    scan = _scan(paths[0])
     try:
         return next(scan)[2]
     finally:
@@ -292,12 +537,25 @@ def iter_records(path: str | os.PathLike) -> Iterator[dict]:
 
 def iter_numbered(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line number, record) for the records after the header, the end record included; a truncated
-    tail is skipped silently."""
-    scan = _scan(os.fspath(path))
-    next(scan)
-    for _, lineno, rec in scan:
-        if rec is not None:
-            yield lineno, rec
+    tail is skipped silently. Compact traces and parts: (the record's 0-based row over the set, record)."""
+    paths = trace_files(path)
+    if len(paths) == 1 and columnar.sniff(paths[0]) == "jsonl":
+        scan = _scan(paths[0])
+        next(scan)
+        for _, lineno, rec in scan:
+            if rec is not None:
+                yield lineno, rec
+        return
+    tr = open_trace(paths)
+    if tr.compact is not None:
+        row = 0
+        for b in tr.batches():
+            for rec in columnar.decode(b):
+                yield row, rec
+                row += 1
+        return
+    for k, rec in enumerate(tr.records + ([tr.end] if tr.end is not None else [])):
+        yield k, rec
 
 
 def follow_trace(path: str | os.PathLike, poll_s: float = 0.1,
