@@ -78,7 +78,12 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--steps", type=int, default=None, help="stop after N decode steps (default: until Ctrl-C)")
     r.add_argument("--at", action="append", default=[], metavar="STEP:ACTION",
                    help=f"before decode step STEP: {ACTIONS_HELP} (repeatable)")
-    r.add_argument("--record", metavar="PATH", help="write a trace file")
+    r.add_argument("--record", metavar="PATH", help="write a trace file: PATH.jsonl JSON Lines, any other name the "
+                   "compact format (PATH.parquet: Parquet once closed)")
+    r.add_argument("--rotate-size", type=_size, metavar="SIZE", help="with --record: a new part file (PATH "
+                   "-> PATH.000, .001, ... before the suffix) when a part reaches SIZE (e.g. 512MB)")
+    r.add_argument("--rotate-time", type=_duration, metavar="TIME", help="with --record: a new part file "
+                   "when a part is TIME old (e.g. 1h, 30m, 90s)")
     r.add_argument("--profile-steps", metavar="A:B",
                    help="cudaProfilerStart/Stop around steps A..B (nsys --capture-range=cudaProfilerApi)")
     r.add_argument("--no-nvtx", action="store_true", help="no NVTX ranges")
@@ -86,6 +91,39 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
 
 
 _VLLM_ONLY = ("cudagraph_mode", "gpu_memory_utilization", "max_num_seqs", "load_format")
+
+
+def _size(text: str) -> int:
+    """'512MB', '2GB', '100k', '4096' -> bytes (powers of 1024)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        n = float(t[:-1] if mult > 1 else t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512MB)") from None
+    if not n > 0:
+        raise argparse.ArgumentTypeError(f"a size must be > 0, got {text!r}")
+    return int(n * mult)
+
+
+def _duration(text: str) -> float:
+    """'1h', '30m', '90s', '90' -> seconds."""
+    t = text.strip().lower()
+    mult = {"h": 3600, "m": 60, "s": 1}.get(t[-1:], 1)
+    try:
+        n = float(t[:-1] if t[-1:] in "hms" else t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 1h, 30m)") from None
+    if not n > 0:
+        raise argparse.ArgumentTypeError(f"a duration must be > 0, got {text!r}")
+    return n * mult
+
+
+def rotation(a) -> dict:
+    """TraceWriter's rotation arguments from --rotate-size / --rotate-time."""
+    if (a.rotate_size or a.rotate_time) and not a.record:
+        raise CgwatchError("--rotate-size and --rotate-time need --record PATH")
+    return {"rotate_bytes": a.rotate_size, "rotate_s": a.rotate_time}
 
 
 def _common_checks(a) -> None:
@@ -211,7 +249,7 @@ def cmd_run(a) -> int:
     fanout = Fanout()
     engine = make_engine(cfg, fanout)
     h = engine.header()
-    writer = TraceWriter(a.record, h) if a.record else None
+    writer = TraceWriter(a.record, h, **rotation(a)) if a.record else None
     if writer:
         fanout.add(writer.write)
     metrics = _start_metrics(a.prometheus, fanout, h)
@@ -349,7 +387,7 @@ def cmd_daemon(a) -> int:
     if a.parent_fd is not None:
         _die_with_parent(a.parent_fd, stop)
     summary = run_daemon(cfg, listen=a.listen, token=a.token, record=a.record, prometheus_port=a.prometheus,
-                         max_steps=a.steps, stop=stop)
+                         max_steps=a.steps, stop=stop, rotate=rotation(a))
     print(f"daemon stopped: {summary['steps']} steps, {summary['tokens']} tokens", flush=True)
     return 0
 
@@ -381,7 +419,7 @@ def cmd_replay(a) -> int:
     from cgwatch.replay import ReplaySource
     from cgwatch.tui.app import run_tui
 
-    if (a.sample is not None) == (a.trace is not None):
+    if (a.sample is not None) == bool(a.trace):
         raise CgwatchError("give a trace file or --sample [NAME] (a bundled trace: cgwatch samples), not both")
     if a.sample is not None:
         from cgwatch.samples import sample_path
@@ -423,8 +461,11 @@ TRACE_ARGS = ("trace", "costs")
 def _resolve_samples(a) -> None:
     from cgwatch.samples import resolve
     for name in TRACE_ARGS:
-        if isinstance(getattr(a, name, None), str):
-            setattr(a, name, resolve(getattr(a, name)))
+        v = getattr(a, name, None)
+        if isinstance(v, str):
+            setattr(a, name, resolve(v))
+        elif isinstance(v, list):
+            setattr(a, name, [resolve(x) for x in v])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -452,20 +493,21 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--token", help="the daemon's control token")
     at.set_defaults(func=cmd_attach)
     rp = sub.add_parser("replay", help="replay a trace in the TUI")
-    rp.add_argument("trace", nargs="?", help="a trace file, or sample:NAME (a bundled trace)")
+    rp.add_argument("trace", nargs="*", help="a trace file (either format; a rotated run's parts), or sample:NAME")
     rp.add_argument("--sample", nargs="?", const=SAMPLE, metavar="NAME",
                     help=f"a bundled trace (default {SAMPLE.removesuffix('.jsonl')}; 'cgwatch samples' lists them)")
     rp.add_argument("--speed", type=float, default=1.0, help="playback speed, 0.25..16 (default 1)")
     rp.set_defaults(func=cmd_replay)
     rep = sub.add_parser("report", help="per-bucket table and totals of a trace")
-    rep.add_argument("trace", help="a trace file written by 'cgwatch run --record', or sample:NAME")
+    rep.add_argument("trace", nargs="+", help="a trace file written by 'cgwatch run --record' (either format; "
+                     "a rotated run's parts, or its first part), or sample:NAME")
     rep.add_argument("--json", action="store_true", help="machine-readable output")
     rep.set_defaults(func=cmd_report)
     sm = sub.add_parser("samples", help="list the bundled traces (sample:NAME wherever a trace goes)")
     sm.set_defaults(func=cmd_samples)
     # Analysis commands: each module registers its own subcommand (add_parser) and runs it (run).
-    from cgwatch import bench, check, export, recommend
-    for mod in (bench, check, recommend, export):
+    from cgwatch import bench, check, convert, export, recommend
+    for mod in (bench, check, recommend, export, convert):
         mod.add_parser(sub)
     return p
 

@@ -292,9 +292,13 @@ class Reader:
                 self.rows += t.num_rows
                 yield from t.to_batches()
             return
+        if self._reader is None:   # a second pass: the stream again from its start
+            self._src = pa.memory_map(self.path)
+            self._reader = pa.ipc.open_stream(self._src)
+        reader, self._reader = self._reader, None
         while True:
             try:
-                b = self._reader.read_next_batch()
+                b = reader.read_next_batch()
             except StopIteration:
                 return
             except (pa.ArrowException, OSError, ValueError) as e:

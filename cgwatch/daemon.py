@@ -434,7 +434,8 @@ class Daemon:
 # ---- the daemon process ----
 
 def run_daemon(cfg, listen: str | None, token: str | None, record: str | None, prometheus_port: int | None,
-               max_steps: int | None, stop: threading.Event, announce: Callable[[str], None] = print) -> dict:
+               max_steps: int | None, stop: threading.Event, announce: Callable[[str], None] = print,
+               rotate: dict | None = None) -> dict:
     """Run the engine in this thread and serve it: the engine of ``cfg``'s backend (backends.make_engine)
     + Fanout + optional TraceWriter + Daemon + optional Prometheus metrics. Announces ``cgwatch daemon listening on <addr>`` once clients can
     connect; returns the engine summary (with ``outcome``) when ``stop`` is set, ``max_steps`` ran or
@@ -451,7 +452,7 @@ def run_daemon(cfg, listen: str | None, token: str | None, record: str | None, p
         engine = make_engine(cfg, fanout)   # cgwatch's own loop or vLLM (cgwatch/backends)
         meta = engine.header()
         if record:
-            writer = TraceWriter(record, meta)
+            writer = TraceWriter(record, meta, **(rotate or {}))
             fanout.add(writer.write)
         if prometheus_port is not None:
             metrics = Metrics(header=meta)

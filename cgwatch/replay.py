@@ -50,7 +50,7 @@ class ReplaySource(Source):
     def __init__(self, path: str | os.PathLike, speed: float = 1.0, start_paused: bool = False,
                  clock: Callable[[], float] | None = None):
         trace = read_trace(path)   # TraceError (a CgwatchError) for a missing or corrupt file
-        self.path = os.fspath(path)
+        self.path = trace.path     # the first file of a set of parts
         self.title = f"replay {os.path.basename(self.path)}"
         self.header = trace.header
         screened = trace.screened()   # the readers' one validation: what cannot be trusted is not played

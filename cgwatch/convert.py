@@ -1,0 +1,79 @@
+"""``cgwatch convert IN OUT``: a trace from one format to the other, losslessly (docs/TRACE_FORMAT.md).
+
+OUT ending in ``.jsonl`` gets JSON Lines; any other name the compact format (Parquet for ``*.parquet``, an
+Arrow IPC stream otherwise). IN is any trace: either format, the parts of a rotated run (they become one
+file), or sample:NAME. Every record is written as it was read, those the readers' validation would skip
+included; a damaged or truncated IN is converted up to its last whole record, with its one warning line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from cgwatch import columnar
+from cgwatch.errors import CgwatchError
+from cgwatch.trace import _dumps, iter_numbered, open_trace, trace_files
+
+CHUNK = 1 << 16
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("convert", help="a trace to JSON Lines (OUT.jsonl) or the compact format (any other name)")
+    p.add_argument("trace", help="a trace (either format; a rotated run's parts, a glob) or sample:NAME")
+    p.add_argument("output", help="OUT.jsonl: JSON Lines; OUT.parquet: Parquet; any other name: Arrow IPC stream")
+    p.set_defaults(func=run)
+
+
+def convert(src, out: str) -> tuple[int, list[str]]:
+    """Write ``src`` (open_trace's argument) to ``out``; (records written after the header, warnings)."""
+    paths = trace_files(src)
+    if any(os.path.exists(out) and os.path.samefile(out, p) for p in paths):
+        raise CgwatchError(f"output {out} is one of the input files; choose another name")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise CgwatchError(f"cannot write {out}: directory {parent} does not exist")
+    tr = open_trace(paths)
+    header = dict(tr.header)
+    if len(paths) > 1:
+        header.pop("part", None)     # the parts become one file
+    records = (rec for _, rec in iter_numbered(paths))
+    n = 0
+    if out.endswith(".jsonl"):
+        tmp = f"{out}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                f.write(_dumps(header))
+                for rec in records:
+                    f.write(_dumps(rec))
+                    n += 1
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:
+        def chunks():
+            buf = []
+            for rec in records:
+                buf.append(rec)
+                if len(buf) >= CHUNK:
+                    yield buf
+                    buf = []
+            if buf:
+                yield buf
+        n = columnar.write_table(out, header, chunks())
+    warnings = [w for w in tr.warnings() if not w.startswith("no end record")]
+    return n, warnings
+
+
+def run(a) -> int:
+    try:
+        n, warnings = convert(a.trace, a.output)
+    except OSError as e:
+        raise CgwatchError(f"cannot write {a.output}: {e.strerror or e}") from None
+    for w in warnings:
+        print(f"cgwatch: warning: {w}", file=sys.stderr)
+    kind = "JSON Lines" if a.output.endswith(".jsonl") else "Parquet" if a.output.endswith(".parquet") \
+        else "Arrow IPC stream"
+    print(f"{a.output}: {n:,} records after the header ({kind}, {os.path.getsize(a.output):,} bytes)")
+    return 0
