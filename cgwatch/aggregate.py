@@ -114,8 +114,18 @@ def percentile(sorted_values, p: float) -> float | None:
     r = p / 100.0 * (n - 1)
     lo = math.floor(r)
     hi = min(lo + 1, n - 1)
-    a, b = sorted_values[lo], sorted_values[hi]
+    a, b = float(sorted_values[lo]), float(sorted_values[hi])
     return a + (r - lo) * (b - a) if b != a else a
+
+
+def _sorted(values):
+    """Sorted values (numpy for a long array('d'): the same order, without a list of Python floats)."""
+    if values is None:
+        return []
+    if isinstance(values, array) and len(values) > 4096:
+        import numpy as np
+        return np.sort(np.frombuffer(values, dtype=np.float64))
+    return sorted(values)
 
 
 def pct(num: float, den: float) -> float | None:
@@ -198,14 +208,14 @@ class Row:
                      self.requests, self.rows, self.prompt_tokens, self.tokens, self.padded,
                      self.graph_rows, self.misses)
         for name, values, ps in (("graph", self.graph_ms, (50, 99)), ("eager", self.eager_ms, (50, 99))):
-            s = sorted(values) if values is not None else []
+            s = _sorted(values)
             for p in ps:
                 out[f"{name}_p{p}_ms"] = percentile(s, p)
             out[f"{name}_n"] = len(s)
         for key, values in (("host_us_graph", self.graph_host), ("host_us_eager", self.eager_host)):
-            out[f"{key}_p50"] = percentile(sorted(values) if values is not None else [], 50)
+            out[f"{key}_p50"] = percentile(_sorted(values), 50)
         for key, values in (("gap_us_graph", self.graph_gap), ("gap_us_eager", self.eager_gap)):
-            s = sorted(values) if values is not None else []
+            s = _sorted(values)
             out[f"{key}_p50"] = percentile(s, 50)
             out[f"{key}_n"] = len(s)
         out["by_mode_phase"] = {f"{m}/{ph}": n for (m, ph), n in sorted(self.by_mode_phase.items())}
@@ -242,6 +252,43 @@ class Row:
         key = (mode, phase)
         self.by_mode_phase[key] = self.by_mode_phase.get(key, 0) + 1
         return mode
+
+    def add_counts(self, c: dict) -> None:
+        """Many forwards at once (RunStats.add_steps): the sums ``count`` would reach one by one."""
+        self.forwards += c["forwards"]
+        self.requests += c["requests"]
+        self.rows += c["rows"]
+        for k, better in (("rows_min", min), ("rows_max", max)):
+            cur = getattr(self, k)
+            setattr(self, k, c[k] if cur is None else better(cur, c[k]))
+        self.prompt_tokens += c["prompt_tokens"]
+        self.tokens += c["tokens"]
+        for ph, n in c["phases"].items():
+            self.phases[ph] += n
+        self.full += c["full"]
+        self.piecewise += c["piecewise"]
+        self.graph_steps += c["full"] + c["piecewise"]
+        self.eager += c["eager"]
+        self.padded += c["padded"]
+        self.graph_rows += c["graph_rows"]
+        for reason, n in c["misses"].items():
+            self.misses[reason] = self.misses.get(reason, 0) + n
+        for key, n in c["by_mode_phase"].items():
+            self.by_mode_phase[key] = self.by_mode_phase.get(key, 0) + n
+
+    def keep_many(self, graph: bool, ms, host_us, gap) -> None:
+        """``keep`` for numpy arrays of many forwards of one kind, in file order (gap: its non-null values)."""
+        if self.graph_ms is None:
+            return
+        for dest, vals in ((self.graph_ms if graph else self.eager_ms, ms),
+                           (self.graph_host if graph else self.eager_host, host_us),
+                           (self.graph_gap if graph else self.eager_gap, gap)):
+            if not len(vals):
+                continue
+            if isinstance(dest, array):
+                dest.frombytes(vals.astype("float64").tobytes())
+            else:
+                dest.extend(vals[-dest.maxlen:].tolist())
 
     def keep(self, graph: bool, ms: float, host_us: float, gap) -> None:
         """Keep one forward's values for the percentiles (a window=0 row keeps none)."""
@@ -284,6 +331,12 @@ def check_step(rec: dict) -> None:
         if bad.startswith("missing field "):
             raise KeyError(bad[len("missing field "):])
         raise ValueError(bad)
+
+
+def _seq_sum(start: float, values) -> float:
+    """start + v0 + v1 + ..., added in order (as a loop would: numpy's sum pairs them, rounding otherwise)."""
+    import numpy as np
+    return float(np.add.accumulate(np.concatenate([[start], values]))[-1])
 
 
 def _sizes(values) -> list[int]:
@@ -510,6 +563,91 @@ class RunStats:
         self.tokens += tokens
         self.n += 1
         end = t + ms / 1000.0   # forwards are emitted when their GPU time is read: the latest end, not the last
+        if self.latest_t is None or end > self.latest_t:
+            self.latest_t = end
+
+    def add_steps(self, c: dict) -> None:
+        """Many forwards at once, as numpy columns in file order (fold.py builds them from a compact trace;
+        screened, with the fields' types right): the same state as ``add_step`` on each one. ``t``;
+        ``batch``; ``rows`` (batch where the record has none); ``target``, ``bucket`` (-1: None);
+        ``prompt`` (0: None); ``tokens``; ``phase`` (index in records.PHASES; decode for any other);
+        ``piecewise`` (runtime_mode is PIECEWISE); ``reason`` (index in ``reasons``, -1: None); ``host_us``,
+        ``gpu_ms``, ``gap_us`` (NaN: None). Sums of floats are taken in file order, as one by one."""
+        import numpy as np
+        t, gpu, gap, host = c["t"], c["gpu_ms"], c["gap_us"], c["host_us"]
+        n = len(t)
+        has_gpu = ~np.isnan(gpu)
+        ms = np.where(has_gpu, gpu, host / 1000.0)
+        gap = np.where(has_gpu, gap, np.nan)          # a gap counts only next to the GPU time it is a share of
+        graph = c["bucket"] >= 0
+        # the epoch of each forward: the one in force, or the one in force at its t
+        ep = np.full(n, len(self.epochs) - 1)
+        last = self.epochs[-1]
+        if last.t is not None:
+            early = np.flatnonzero(t < last.t)
+            for k in early:
+                ep[k] = self.epochs.index(self.epoch_at(float(t[k])))
+        reasons = [r or "unknown" for r in c["reasons"]]
+        key = ep * (1 << 32) + (c["target"] + 1)
+        groups, inv = np.unique(key, return_inverse=True)
+        order = np.argsort(inv, kind="stable")
+        bounds = np.searchsorted(inv[order], np.arange(len(groups) + 1))
+        for g, k in enumerate(groups):
+            idx = order[bounds[g]:bounds[g + 1]]
+            epoch = self.epochs[int(k >> 32)]
+            target = int(k & 0xFFFFFFFF) - 1
+            target = None if target < 0 else target
+            gr = graph[idx]
+            pw = c["piecewise"][idx] & gr
+            rows = c["rows"][idx]
+            phase = np.bincount(c["phase"][idx], minlength=3)
+            mode = np.where(gr, np.where(pw, 1, 0), 2)
+            mp = np.bincount(mode * 3 + c["phase"][idx], minlength=9)
+            eager_reasons = c["reason"][idx][~gr]
+            rcount = np.bincount(eager_reasons + 1, minlength=len(reasons) + 1) if len(eager_reasons) else []
+            misses: dict[str, int] = {}
+            for code, m in enumerate(rcount):
+                if m:
+                    name = "unknown" if code == 0 else reasons[code - 1]
+                    misses[name] = misses.get(name, 0) + int(m)
+            bucket = c["bucket"][idx][gr]
+            counts = {
+                "forwards": len(idx), "requests": int(c["batch"][idx].sum()), "rows": int(rows.sum()),
+                "rows_min": int(rows.min()), "rows_max": int(rows.max()),
+                "prompt_tokens": int(c["prompt"][idx].sum()), "tokens": int(c["tokens"][idx].sum()),
+                "phases": {ph: int(phase[j]) for j, ph in enumerate(R.PHASES)},
+                "full": int((gr & ~pw).sum()), "piecewise": int(pw.sum()), "eager": int((~gr).sum()),
+                "padded": int((bucket - rows[gr]).sum()), "graph_rows": int(bucket.sum()), "misses": misses,
+                "by_mode_phase": {(m, ph): int(mp[a * 3 + j]) for a, m in enumerate(R.RUNTIME_MODES)
+                                  for j, ph in enumerate(R.PHASES) if mp[a * 3 + j]},
+            }
+            row, cum = self._epoch_row(epoch, target), self.row(target)
+            for r in (row, cum):
+                r.add_counts(counts)
+            epoch.forwards += len(idx)
+            if self.window != 0:
+                for kind in (True, False):
+                    sel = idx[gr == kind]
+                    g = gap[sel]
+                    for r in (row, cum):
+                        r.keep_many(kind, ms[sel], host[sel], g[~np.isnan(g)])
+        self.graph += int(graph.sum())
+        if c["reasons"] and R.REASON_NO_CUDA in c["reasons"]:
+            code = c["reasons"].index(R.REASON_NO_CUDA)
+            self.no_cuda = self.no_cuda or bool(((c["reason"] == code) & ~graph).any())
+        g = gpu[has_gpu]
+        if len(g):
+            self.gpu_ms_sum = _seq_sum(self.gpu_ms_sum, g)
+            self.gpu_ms_any = True
+            for name, sel in (("graph", graph), ("eager", ~graph)):
+                both = sel & has_gpu & ~np.isnan(gap)
+                if both.any():
+                    acc = self.idle[name]
+                    acc[0] = _seq_sum(acc[0], gap[both])
+                    acc[1] = _seq_sum(acc[1], gpu[both] * 1000.0)
+        self.tokens += int(c["tokens"].sum())
+        self.n += n
+        end = float((t + ms / 1000.0).max())
         if self.latest_t is None or end > self.latest_t:
             self.latest_t = end
 

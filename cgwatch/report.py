@@ -63,27 +63,35 @@ def _event_text(ev: dict) -> str:
 
 def build_report(trace: Trace) -> dict:
     """The report as a JSON-ready dict: header, epochs, buckets (rows), totals, alerts, events, warnings."""
-    screened = trace.screened()
     stats = RunStats()
-    stats.add(trace.header)
     alerts: list[dict] = []
     events: list[dict] = []
-    rec: dict = {}
-    try:
-        for rec in screened.records:  # one pass
-            stats.add(rec)
-            if rec.get("type") == R.EVENT:
-                kind = rec.get("kind")
-                if kind == R.EV_ALERT:
-                    alerts.append({"t": rec.get("t"), "level": str(rec.get("level", "warn")),
-                                   "message": str(rec.get("message", ""))})
-                elif kind in EVENT_KINDS:
-                    events.append({"t": rec.get("t"), "kind": kind, "text": _event_text(rec)})
-        if screened.end is not None:
-            stats.add(screened.end)
-    except (KeyError, TypeError, ValueError) as e:   # past the screen: still one line that names the record
-        what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-        raise CgwatchError(f"bad {rec.get('type')} record (i={rec.get('i')}, t={rec.get('t')}): {what}") from None
+
+    def collect(rec: dict) -> None:
+        if rec.get("type") == R.EVENT:
+            kind = rec.get("kind")
+            if kind == R.EV_ALERT:
+                alerts.append({"t": rec.get("t"), "level": str(rec.get("level", "warn")),
+                               "message": str(rec.get("message", ""))})
+            elif kind in EVENT_KINDS:
+                events.append({"t": rec.get("t"), "kind": kind, "text": _event_text(rec)})
+
+    if trace.compact is not None:   # a compact trace: a column batch at a time, the same numbers (fold.py)
+        from .fold import fold
+        screened = fold(trace, stats, on_record=collect)
+    else:
+        screened = trace.screened()
+        stats.add(trace.header)
+        rec: dict = {}
+        try:
+            for rec in screened.records:  # one pass
+                stats.add(rec)
+                collect(rec)
+            if screened.end is not None:
+                stats.add(screened.end)
+        except (KeyError, TypeError, ValueError) as e:   # past the screen: still one line that names the record
+            what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+            raise CgwatchError(f"bad {rec.get('type')} record (i={rec.get('i')}, t={rec.get('t')}): {what}") from None
 
     shown = stats.shown_epochs()
     buckets = []
