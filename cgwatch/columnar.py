@@ -88,10 +88,10 @@ def _fits(typ: str, rec: dict) -> int | None:
         kind = COLUMNS[k][2]
         tv = type(v)
         if kind == "t":
-            if tv is not float or not (0.0 <= v < 9e12) or round(v * 1e6) / 1e6 != v:
+            if not isinstance(v, float) or not (0.0 <= v < 9e12) or round(v * 1e6) / 1e6 != v:
                 return None
         elif kind == "f":
-            if tv is not float:
+            if not isinstance(v, float):
                 return None
         elif kind == "s":
             if tv is not str:
@@ -187,12 +187,8 @@ _IPC_OPTIONS = dict(compression="zstd")
 
 def sniff(path: str) -> str:
     """'parquet', 'ipc' or 'jsonl' by the file's first bytes (an empty file: 'jsonl', whose reader says so)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return "jsonl"
-    return "parquet" if head == PARQUET_MAGIC else "ipc" if head == IPC_MAGIC else "jsonl"
+    from .trace import _sniff
+    return _sniff(path)
 
 
 def _parquet_writer(path: str, sch: pa.Schema):

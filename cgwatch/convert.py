@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 
-from cgwatch import columnar
 from cgwatch.errors import CgwatchError
 from cgwatch.trace import _dumps, iter_numbered, open_trace, trace_files
 
@@ -61,6 +60,7 @@ def convert(src, out: str) -> tuple[int, list[str]]:
                     buf = []
             if buf:
                 yield buf
+        from cgwatch import columnar
         n = columnar.write_table(out, header, chunks())
     warnings = [w for w in tr.warnings() if not w.startswith("no end record")]
     return n, warnings

@@ -34,21 +34,48 @@ _SAMPLE_INT = [k for k in R.SAMPLE_NUMBERS if C.COLUMNS[k][2] != "f"]
 _SAMPLE_FLOAT = [k for k in R.SAMPLE_NUMBERS if C.COLUMNS[k][2] == "f"]
 
 
+# Columns to numpy without pyarrow's conversions of Python values (pa.scalar, pa.array of a list: pyarrow
+# then imports pandas, if installed, 0.25 s of a 1 s report): raw buffers, null masks, dictionary codes.
 def _null(col) -> np.ndarray:
-    return col.is_null().to_numpy(zero_copy_only=False)
+    n = len(col)
+    if not col.null_count:
+        return np.zeros(n, dtype=bool)
+    bits = col.is_null().buffers()[1]   # a boolean array without nulls: its bit-packed values
+    return np.unpackbits(np.frombuffer(bits, dtype=np.uint8), bitorder="little")[:n].view(bool)
+
+
+def _raw(col, dtype) -> np.ndarray:
+    """The values buffer (whatever sits in a null slot)."""
+    buf = col.buffers()[1]
+    return np.frombuffer(buf, dtype=dtype, count=col.offset + len(col))[col.offset:]
 
 
 def _ints(col, fill: int = -1) -> np.ndarray:
-    return pc.fill_null(col, fill).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    v = _raw(col, col.type.to_pandas_dtype()).astype(np.int64)
+    return np.where(_null(col), fill, v) if col.null_count else v
 
 
 def _floats(col) -> np.ndarray:
     """float64 with NaN for null (a columnar value is never NaN where this is used: fine rows exclude it)."""
-    return col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    v = _raw(col, col.type.to_pandas_dtype()).astype(np.float64)
+    return np.where(_null(col), np.nan, v) if col.null_count else v
+
+
+def _codes(col, names) -> np.ndarray:
+    """Per row: the index of its string in ``names``, -1 for null or any other string."""
+    enc = pc.dictionary_encode(col)
+    words = enc.dictionary.to_pylist()
+    table = np.array([names.index(w) if w in names else -1 for w in words] + [-1], dtype=np.int64)
+    return table[_ints(enc.indices, len(words))]
 
 
 def _is(col, value: str) -> np.ndarray:
-    return pc.fill_null(pc.equal(col, value), False).to_numpy(zero_copy_only=False)
+    return _codes(col, [value]) == 0
+
+
+def indices(rows: np.ndarray) -> pa.Array:
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(rows)])
 
 
 def _nonneg(x: np.ndarray, null: np.ndarray) -> np.ndarray:
@@ -99,7 +126,7 @@ def _fine(b: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 
 def _decode_rows(b: pa.RecordBatch, rows: np.ndarray) -> list[dict]:
-    return C.decode(b.take(pa.array(rows, type=pa.int64()))) if len(rows) else []
+    return C.decode(b.take(indices(rows))) if len(rows) else []
 
 
 class Screened:
@@ -224,14 +251,14 @@ def fold(trace, stats: RunStats, screened: Screened | None = None, on_record=Non
 def _step_columns(b: pa.RecordBatch) -> dict:
     batch = _ints(b.column("batch"))
     rows_null = _null(b.column("rows"))
-    phase = pc.fill_null(pc.index_in(b.column("phase"), value_set=pa.array(list(R.PHASES))), 0)
+    phase = np.maximum(_codes(b.column("phase"), list(R.PHASES)), 0)   # decode for any other
     reason = pc.dictionary_encode(b.column("reason"))
     return {
         "t": _ints(b.column("t_us")) / 1e6, "batch": batch,
         "rows": np.where(rows_null, batch, _ints(b.column("rows"))),
         "target": _ints(b.column("target")), "bucket": _ints(b.column("bucket")),
         "prompt": _ints(b.column("prompt_tokens"), 0), "tokens": _ints(b.column("tokens")),
-        "phase": phase.to_numpy(zero_copy_only=False).astype(np.int8),
+        "phase": phase.astype(np.int8),
         "piecewise": _is(b.column("runtime_mode"), R.RUNTIME_PIECEWISE),
         "reason": _ints(reason.indices), "reasons": reason.dictionary.to_pylist(),
         "host_us": _floats(b.column("host_us")), "gpu_ms": _floats(b.column("gpu_ms")),
@@ -249,8 +276,8 @@ def _add_samples(stats: RunStats, b: pa.RecordBatch, mask: np.ndarray) -> None:
     idx = np.flatnonzero(mask)
     if not len(idx):
         return
-    util = b.column("gpu_util").take(pa.array(idx))
-    u = util.drop_null().to_numpy(zero_copy_only=False)
+    util = b.column("gpu_util").take(indices(idx))
+    u = _raw(util.drop_null(), np.int64)
     if len(u):
         stats.util_sum = float(np.add.accumulate(np.concatenate([[stats.util_sum], u.astype(np.float64)]))[-1])
         stats.util_n += len(u)

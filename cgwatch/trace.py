@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from . import columnar, jsonl
+from . import jsonl
 from .errors import CgwatchError
 from . import records as R
 from .records import END, HEADER
@@ -25,6 +25,22 @@ from .records import END, HEADER
 FORMAT = "cgwatch-trace"
 VERSION = 1             # the newest format version this code writes and reads
 FLUSH_INTERVAL_S = 0.2  # write() flushes at most this often; flush()/close() flush at once
+
+
+def _columnar():
+    """columnar.py (pyarrow) only where a compact trace is written or read: JSON Lines needs none of it."""
+    from . import columnar
+    return columnar
+
+
+def _sniff(path: str) -> str:
+    """'parquet', 'ipc' or 'jsonl' by the file's first bytes (see columnar.py)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return "jsonl"
+    return "parquet" if head == b"PAR1" else "ipc" if head == b"\xff\xff\xff\xff" else "jsonl"
 
 
 class TraceError(CgwatchError):
@@ -145,7 +161,7 @@ def part_path(path: str, k: int) -> str:
 
 def _compact_quietly(path: str) -> None:
     try:
-        columnar.compact_file(path)
+        _columnar().compact_file(path)
     except Exception:   # the part stays a readable stream; convert compacts it later
         pass
 
@@ -197,7 +213,7 @@ class _CompactPart:
 
     def __init__(self, path: str, head: dict, k: int):
         self.path = path
-        self._w = columnar.StreamWriter(path, head, part=k)
+        self._w = _columnar().StreamWriter(path, head, part=k)
 
     @property
     def bytes(self) -> int:
@@ -256,7 +272,7 @@ class Trace:
         end = end_row = None
         row = 0
         for b in self.batches():
-            for rec in columnar.decode(b):
+            for rec in _columnar().decode(b):
                 if rec.get("type") == END:
                     end, end_row = rec, row
                 else:
@@ -271,14 +287,25 @@ class Trace:
 
     @property
     def end(self) -> dict | None:
+        if not self._loaded and not hasattr(self, "_end_scanned"):   # a compact trace: the end rows only
+            import numpy as np
+
+            from .fold import _is
+            end = None
+            for b in self.batches(["type", "json"]):
+                rows = [r for r in np.flatnonzero(_is(b.column("type"), END)) if b.column("json")[int(r)].is_valid]
+                if rows:
+                    end = _decode(b.column("json")[int(rows[-1])].as_py())
+            self._end, self._end_scanned = end, True
+        if not self._loaded:
+            return self._end
         self._load()
         return self._end
 
     def damage(self) -> list[str]:
         """Compact parts read only up to a damaged or truncated batch: one phrase each."""
-        if self.compact and any(r.rows == 0 and r.damage is None for r in self.compact):
-            for _ in self.batches(["type"]):   # not scanned yet
-                pass
+        if self.compact and not hasattr(self, "_end_scanned") and not self._loaded:
+            self.end   # noqa: B018 -- one pass over the parts finds the end record and any damage
         return [f"{r.path}: {r.damage}; read up to the last whole batch ({r.rows:,} records)"
                 for r in self.compact or () if r.damage]
 
@@ -485,10 +512,10 @@ def open_trace(arg) -> Trace:
 
 
 def _read_one(path: str) -> Trace:
-    kind = columnar.sniff(path) if os.path.isfile(path) else "jsonl"
+    kind = _sniff(path) if os.path.isfile(path) else "jsonl"
     if kind == "jsonl":
         return _read_jsonl(path)
-    r = columnar.Reader(path, kind)
+    r = _columnar().Reader(path, kind)
     return Trace(r.header, path=path, compact=[r])
 
 
@@ -519,8 +546,8 @@ def _read_jsonl(path: str | os.PathLike) -> Trace:
 def read_header(path: str | os.PathLike) -> dict:
     """Just the header (validated)."""
     paths = trace_files(path)
-    if columnar.sniff(paths[0]) != "jsonl":
-        return columnar.Reader(paths[0]).header
+    if _sniff(paths[0]) != "jsonl":
+        return _columnar().Reader(paths[0]).header
     scan = _scan(paths[0])
     try:
         return next(scan)[2]
@@ -539,7 +566,7 @@ def iter_numbered(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line number, record) for the records after the header, the end record included; a truncated
     tail is skipped silently. Compact traces and parts: (the record's 0-based row over the set, record)."""
     paths = trace_files(path)
-    if len(paths) == 1 and columnar.sniff(paths[0]) == "jsonl":
+    if len(paths) == 1 and _sniff(paths[0]) == "jsonl":
         scan = _scan(paths[0])
         next(scan)
         for _, lineno, rec in scan:
@@ -550,7 +577,7 @@ def iter_numbered(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     if tr.compact is not None:
         row = 0
         for b in tr.batches():
-            for rec in columnar.decode(b):
+            for rec in _columnar().decode(b):
                 yield row, rec
                 row += 1
         return

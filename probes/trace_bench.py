@@ -1,0 +1,335 @@
+"""The compact trace format, measured (docs/BENCHMARKS.md, "Trace format"): synthesize realistic traces of
+1M and 10M steps, then size per step, the recording thread's cost per record, report / recommend / export /
+convert time and peak memory (each in a child process), replay open and seek, and what a SIGKILL loses.
+
+    python probes/trace_bench.py --steps 1000000,10000000 --out /tmp/tb       # all of it (minutes)
+    python probes/trace_bench.py --steps 100000 --only size,report            # a quick look
+
+The synthetic run looks like the samples: ~150 steps/s of a llama-1b-like decode loop, batches from a
+slowly moving Poisson mix (1..70: a few over the largest size), graphs for 7 sizes, a recapture to 11 sizes
+at 40%, eager windows (eager_mode) and a few padding_ratio misses, gap_us on back-to-back steps, a sample
+every 100 ms, a prefill before ~20% of the steps, and a few thousand events (marks, alerts, mode switches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cgwatch import columnar as C  # noqa: E402
+from cgwatch import records as R  # noqa: E402
+
+SIZES1 = [1, 2, 4, 8, 16, 32, 64]
+SIZES2 = [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]
+CHUNK = 1_000_000
+HEADER = {"type": "header", "format": "cgwatch-trace", "version": 1, "cgwatch": "0.1.0", "gpu": "synthetic H100",
+          "torch": "2.13.0", "dtype": "bfloat16", "backend": "pytorch", "model": {"name": "llama-1b"},
+          "config": {"capture_sizes": SIZES1, "max_padding_ratio": 0.5}, "workload": {"max_concurrency": 64}}
+
+
+def _capture_events(t: float, sizes: list[int]) -> list[dict]:
+    out = []
+    for b in sorted(sizes, reverse=True):
+        out.append(R.event(R.EV_CAPTURE, t, bucket=b, ok=True, capture_s=0.12, pool_bytes=(b == 64) * 140 << 20,
+                           nvml_bytes=(b == 64) * 142 << 20, kernels=759, check={"tokens_equal": True, "rel_err": 0.0},
+                           cause=None, hint=None, error=None))
+        t += 0.12
+    out.append(R.event(R.EV_CAPTURE_DONE, t, sizes=sizes, failed=[], pool_bytes=150 << 20, seconds=1.2,
+                       pool="shared", pools=1))
+    return out
+
+
+def synth(steps: int, seed: int = 0):
+    """Yield (step columns, other records) chunk by chunk: numpy columns for the steps, dicts for the rest."""
+    rng = np.random.default_rng(seed)
+    t0 = 1.8
+    i0 = 0
+    recap = int(steps * 0.4)
+    for start in range(0, steps, CHUNK):
+        n = min(CHUNK, steps - start)
+        i = np.arange(start, start + n)
+        lam = 30 + 18 * np.sin(i / 40_000.0)
+        batch = np.clip(rng.poisson(lam), 1, 70)
+        sizes = np.where(i < recap, 0, 1)
+        s1, s2 = np.array(SIZES1), np.array(SIZES2)
+        t1 = s1[np.minimum(np.searchsorted(s1, batch), len(s1) - 1)]
+        t2 = s2[np.minimum(np.searchsorted(s2, batch), len(s2) - 1)]
+        target = np.where(sizes == 0, t1, t2)
+        over = batch > 64
+        eager_mode = (i % 200_000) < 3_000                       # eager windows
+        pad = (~over) & (~eager_mode) & (rng.random(n) < 0.002)  # a few padding_ratio misses
+        eager = over | eager_mode | pad
+        bucket = np.where(eager, -1, target)
+        reason = np.where(over, 1, np.where(eager_mode, 0, np.where(pad, 2, -1)))
+        gpu = np.round(np.where(eager, 14.0 + 0.03 * batch, 2.7 + 0.035 * target) + rng.normal(0, 0.03, n), 4)
+        host = np.round(np.where(eager, gpu * 1000 - 30, rng.lognormal(np.log(90), 0.3, n)), 2)
+        gap = np.round(np.where(eager, rng.uniform(50, 90, n), rng.exponential(1.3, n)), 1)
+        prefill = rng.random(n) < 0.2
+        gap_null = prefill | (rng.random(n) < 0.01)
+        dt = gpu / 1000 + np.where(prefill, 0.004, 0.0) + np.where(gap_null, 0.0, gap / 1e6)
+        t_us = np.round((t0 + np.cumsum(dt) - dt) * 1e6).astype(np.int64)
+        t0 = float(t_us[-1] / 1e6 + dt[-1])
+        cols = {"i": i, "t_us": t_us, "batch": batch, "target": np.where(over, -1, target), "bucket": bucket,
+                "reason": reason, "host_us": host, "gpu_ms": gpu, "gap_us": np.where(gap_null, np.nan, gap),
+                "prefill": prefill}
+        others: list[dict] = []
+        if start == 0:
+            others += _capture_events(0.2, SIZES1)
+        tt = t_us / 1e6
+        if start <= recap < start + n:
+            tr = float(tt[recap - start]) - 1e-6
+            others.append(R.event(R.EV_RECAPTURE, tr, sizes=SIZES2, old=SIZES1, dropped=[]))
+            others.append(R.event(R.EV_RELEASE, tr, freed_bytes=150 << 20, pool_bytes=150 << 20))
+            others += _capture_events(tr, SIZES2)
+        for k in np.flatnonzero((i % 200_000 == 0) | (i % 200_000 == 3_000)):
+            others.append(R.event(R.EV_MODE, float(tt[k]) - 1e-6, mode="eager" if i[k] % 200_000 == 0 else "graph"))
+        for k in np.flatnonzero(i % 2_000 == 1_000):
+            others.append(R.event(R.EV_MARK, float(tt[k]) - 1e-6, text=f"mark {i[k]}"))
+        for k in np.flatnonzero(i % 5_000 == 2_500):
+            others.append(R.alert(float(tt[k]) - 1e-6, "padding waste over 30% in bucket 64"))
+        ts = np.arange(np.ceil(tt[0] * 10), np.floor(tt[-1] * 10) + 1) / 10
+        util = rng.integers(40, 95, len(ts))
+        for k, ts_k in enumerate(ts):
+            others.append({"type": "sample", "t": round(float(ts_k), 6), "gpu_util": int(util[k]), "mem_util": 30,
+                           "mem_used_bytes": 20401094656, "mem_total_bytes": 85520809984,
+                           "power_w": round(300 + float(util[k]) * 1.3, 3), "sm_clock_mhz": 1980,
+                           "cpu_pct": round(99 + float(util[k]) / 50, 1), "rss_bytes": 2147483648,
+                           "torch_allocated_bytes": 17179869184, "torch_reserved_bytes": 19327352832,
+                           "gpu_busy": round(float(util[k]) / 100, 3)})
+        i0 += n
+        yield cols, others
+
+
+REASONS = [R.REASON_EAGER_MODE, R.REASON_OVER_MAX, R.REASON_PADDING]
+
+
+def step_batch(cols: dict) -> pa.RecordBatch:
+    """The steps of a chunk as table rows, with a prefill row before each step that had one (t - 4 ms)."""
+    n = len(cols["i"])
+    eager = cols["bucket"] < 0
+    reason = np.array([None] + REASONS, dtype=object)[cols["reason"] + 1]
+    data = {
+        "type": pa.array(np.full(n, "step", dtype=object)), "t_us": pa.array(cols["t_us"]), "i": pa.array(cols["i"]),
+        "batch": pa.array(cols["batch"], pa.int32()), "rows": pa.array(cols["batch"], pa.int32()),
+        "target": pa.array(cols["target"], pa.int32(), mask=cols["target"] < 0),
+        "bucket": pa.array(cols["bucket"], pa.int32(), mask=eager),
+        "mode": pa.array(np.where(eager, "eager", "graph").astype(object)),
+        "runtime_mode": pa.array(np.where(eager, "NONE", "FULL").astype(object)),
+        "reason": pa.array(reason, pa.string()),
+        "padded": pa.array(np.where(eager, 0, cols["bucket"] - cols["batch"]), pa.int32()),
+        "host_us": pa.array(cols["host_us"]), "gpu_ms": pa.array(cols["gpu_ms"]),
+        "gap_us": pa.array(cols["gap_us"], mask=np.isnan(cols["gap_us"])),
+        "tokens": pa.array(cols["batch"], pa.int32()), "phase": pa.array(np.full(n, "decode", dtype=object)),
+        "prompt_tokens": pa.array(np.zeros(n, np.int32)), "absent": pa.array(np.zeros(n, np.int32)),
+    }
+    steps = _table(data, n)
+    pf = np.flatnonzero(cols["prefill"])
+    m = len(pf)
+    pre = _table({"type": pa.array(np.full(m, "prefill", dtype=object)),
+                  "t_us": pa.array(cols["t_us"][pf] - 4000), "i": pa.array(cols["i"][pf]),
+                  "requests": pa.array(np.ones(m, np.int32)), "tokens": pa.array(np.full(m, 128, np.int32)),
+                  "host_ms": pa.array(np.full(m, 3.9)), "absent": pa.array(np.zeros(m, np.int32))}, m)
+    return pa.concat_tables([steps, pre]).sort_by([("t_us", "ascending")])
+
+
+def _table(data: dict, n: int) -> pa.Table:
+    arrays = [data.get(f.name, pa.nulls(n, f.type)).cast(f.type) for f in C.SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=C.SCHEMA)
+
+
+def write_compact(path: str, steps: int) -> int:
+    """The synthetic trace as a compact file (rows in t order); returns its rows."""
+    end_t = [0.0]
+
+    def batches():
+        for cols, others in synth(steps):
+            t = pa.concat_tables([step_batch(cols), pa.Table.from_batches([C.encode(others)])])
+            yield from t.take(pc_fill_t(t)).to_batches()
+            end_t[0] = float(cols["t_us"][-1] / 1e6 + 0.01)
+        yield [{"type": "end", "t": round(end_t[0], 6), "steps": steps, "tokens": 0, "duration_s": end_t[0],
+                "outcome": "completed"}]
+    return C.write_table(path, HEADER, batches())
+
+
+def pc_fill_t(t: pa.Table) -> np.ndarray:
+    """Row order by t (rows without t_us: the JSON rows, by their own t)."""
+    key = t.column("t_us").to_numpy(zero_copy_only=False).astype(float)
+    for k in np.flatnonzero(np.isnan(key)):
+        key[k] = round(json.loads(t.column("json")[int(k)].as_py())["t"] * 1e6)
+    return np.argsort(key, kind="stable")
+
+
+# ---- measurements ----
+
+def child(cmd: list[str]) -> tuple[float, float, int]:
+    """(wall s, peak RSS MiB, exit code) of a command run in a fresh child."""
+    code = ("import resource,subprocess,sys,time;t=time.perf_counter();"
+            "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL).returncode;"
+            "print(time.perf_counter()-t,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,r)")
+    out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), int(out[1]) / 1024, int(out[2])
+
+
+def cg(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cgwatch", *args]
+
+
+def write_cost(n: int = 200_000) -> dict:
+    """CPU time of TraceWriter.write per record in the calling thread (the engine's), both formats."""
+    from cgwatch.trace import TraceWriter
+    cols, others = next(synth(n))
+    recs = []
+    for k in range(n):
+        recs.append(R.step(int(cols["i"][k]), cols["t_us"][k] / 1e6, int(cols["batch"][k]),
+                           None if cols["target"][k] < 0 else int(cols["target"][k]),
+                           None if cols["bucket"][k] < 0 else int(cols["bucket"][k]),
+                           None if cols["reason"][k] < 0 else REASONS[cols["reason"][k]],
+                           float(cols["host_us"][k]), float(cols["gpu_ms"][k]), int(cols["batch"][k])))
+    out = {}
+    for ext in ("jsonl", "arrows"):
+        path = f"/tmp/trace_bench_write.{ext}"
+        w = TraceWriter(path, HEADER)
+        c0, w0 = time.thread_time(), time.perf_counter()
+        for rec in recs:
+            w.write(rec)
+        c1, w1 = time.thread_time(), time.perf_counter()
+        w.close()
+        out[ext] = {"thread_cpu_us": (c1 - c0) / n * 1e6, "wall_us": (w1 - w0) / n * 1e6}
+        os.unlink(path)
+    return out
+
+
+def journal_size(n: int = 300_000) -> float:
+    """Bytes per step of a recording before its close compacts it: one batch per 0.25 s at ~150 steps/s."""
+    from cgwatch.trace import _dumps  # noqa: F401
+    cols, others = next(synth(n))
+    rows = C.decode(step_batch(cols))
+    merged = sorted(rows + others, key=lambda r: r["t"])
+    path = "/tmp/trace_bench_journal.arrows"
+    w = C.StreamWriter(path, HEADER, flush_s=3600)
+    per = int(len(merged) / (n / 150 / 0.25))   # records per 0.25 s
+    for k in range(0, len(merged), per):
+        for rec in merged[k:k + per]:
+            w.write(rec)
+        w.flush()
+    w.close(compact=False)
+    size = os.path.getsize(path)
+    os.unlink(path)
+    return size / n
+
+
+def sigkill_loss(seconds: float = 3.0) -> dict:
+    """Record at ~1,000 records/s in a child, SIGKILL it, and compare what the file holds with what it wrote."""
+    path = "/tmp/trace_bench_kill.arrows"
+    code = f"""
+import sys, time
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+from cgwatch.trace import TraceWriter
+from cgwatch import records as R
+w = TraceWriter({path!r}, {{"model": "synthetic"}})
+t0 = time.perf_counter(); k = 0
+while True:
+    t = time.perf_counter() - t0
+    w.write(R.step(k, t, 8, 8, 8, None, 90.0, 3.0, 8))
+    print(k, t, flush=True); k += 1
+    time.sleep(0.001)
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    time.sleep(seconds)
+    os.kill(p.pid, signal.SIGKILL)
+    lines = p.stdout.read().split("\n")
+    p.wait()
+    last = [x.split() for x in lines if x.strip()][-1]
+    from cgwatch.trace import open_trace
+    tr = open_trace(path)
+    steps = [r for r in tr.records if r["type"] == "step"]
+    kept_t = steps[-1]["t"] if steps else 0.0
+    out = {"written": int(last[0]) + 1, "in_file": len(steps), "lost_s": float(last[1]) - kept_t,
+           "warnings": tr.warnings()}
+    os.unlink(path)
+    return out
+
+
+def replay_times(path: str) -> dict:
+    from cgwatch.replay import ReplaySource
+    t0 = time.perf_counter()
+    src = ReplaySource(path, start_paused=True, clock=lambda: 0.0)
+    got = []
+    src.start(lambda r: None, lambda s: None)
+    t1 = time.perf_counter()
+    out = {"open_s": t1 - t0}
+    for frac in (0.5, 0.9, 0.1):
+        t2 = time.perf_counter()
+        src.send("seek", frac * src.duration_s - src.pos)
+        got.append(time.perf_counter() - t2)
+    out["seek_s"] = max(got)
+    src.close()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", default="1000000")
+    ap.add_argument("--out", default="/tmp/trace_bench")
+    ap.add_argument("--only", default="size,write,journal,report,recommend,export,convert,replay,kill")
+    a = ap.parse_args()
+    only = set(a.only.split(","))
+    os.makedirs(a.out, exist_ok=True)
+    res: dict = {"machine": f"{os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if "write" in only:
+        res["write_cost"] = write_cost()
+        print("write cost per record:", res["write_cost"], flush=True)
+    if "journal" in only:
+        res["journal_bytes_per_step"] = journal_size()
+        print("journal bytes/step:", res["journal_bytes_per_step"], flush=True)
+    if "kill" in only:
+        res["sigkill"] = sigkill_loss()
+        print("SIGKILL:", res["sigkill"], flush=True)
+    for steps in map(int, a.steps.split(",")):
+        pq_path = f"{a.out}/synth_{steps}.parquet"
+        ipc_path = f"{a.out}/synth_{steps}.arrows"
+        r: dict = {}
+        if not os.path.exists(pq_path):
+            t0 = time.perf_counter()
+            write_compact(pq_path, steps)
+            print(f"{steps:,} steps synthesized in {time.perf_counter() - t0:.1f} s", flush=True)
+        if not os.path.exists(ipc_path):
+            subprocess.run(cg("convert", pq_path, ipc_path), check=True, capture_output=True)
+        r["parquet_bytes_per_step"] = os.path.getsize(pq_path) / steps
+        r["arrows_bytes_per_step"] = os.path.getsize(ipc_path) / steps
+        if "report" in only:
+            r["report_parquet"] = child(cg("report", pq_path))
+            r["report_arrows"] = child(cg("report", ipc_path))
+        if "recommend" in only:
+            r["recommend"] = child(cg("recommend", pq_path, "--memory-budget", "256", "--max-buckets", "6"))
+        if "export" in only:
+            r["export_csv"] = child(cg("export", pq_path, "--format", "csv", "-o", f"{a.out}/x.csv"))
+            r["export_perfetto"] = child(cg("export", pq_path, "-o", f"{a.out}/x.json"))
+        if "convert" in only and steps <= 1_000_000:
+            jl = f"{a.out}/synth_{steps}.jsonl"
+            r["convert_to_jsonl"] = child(cg("convert", pq_path, jl))
+            r["jsonl_bytes_per_step"] = os.path.getsize(jl) / steps
+            r["report_jsonl"] = child(cg("report", jl))
+            r["convert_to_parquet"] = child(cg("convert", jl, f"{a.out}/back.parquet"))
+        if "replay" in only:
+            r["replay"] = replay_times(pq_path)
+        res[str(steps)] = r
+        print(steps, json.dumps(r), flush=True)
+    with open(f"{a.out}/results.json", "w") as f:
+        json.dump(res, f, indent=1)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
