@@ -3,14 +3,14 @@
 The vectorized twin of ``Trace.screened()`` + ``RunStats.add`` for a compact trace (columnar.py), with the
 same rules and the same results (tests/test_fold.py asserts equality with the record-by-record path):
 
-- ``screen(trace)``: records.screen's decisions. A step, sample or prefill row whose columns pass the
+- the screen: records.screen's decisions. A step, sample or prefill row whose columns pass the
   checks of records.check_record (tested on whole columns: present, non-negative, finite, graph >= rows,
   padded = bucket - rows, ...) is accepted without decoding it; any other row is decoded and judged by
   records.check_record itself, so a vector test that is too strict only costs time, never a different
   answer. Duplicates of ``i`` (the first in file order counts) and the longest run of steps whose ``t``
   never decreases with ``i`` are found over all accepted steps (records._longest_nondecreasing when the
   run is not already in order). The warning line names the first records by row, as records.Screen does.
-- ``fold(trace, stats, on_record)``: every accepted record into ``stats``. Columnar steps go in through
+- the fold (``fold(trace)``, one pass with the screen): every accepted record into a RunStats. Columnar steps go in through
   ``RunStats.add_steps`` between the records that change the epochs (capture, capture_done, recapture)
   or that are not columnar, which go through ``RunStats.add`` at their place in file order, as do all
   records given to ``on_record`` (the non-step, non-sample, non-prefill records: events, end, unknown).
@@ -130,11 +130,10 @@ def _decode_rows(b: pa.RecordBatch, rows: np.ndarray) -> list[dict]:
 
 
 class Screened:
-    """What ``screen`` found: ``bad`` (bool per row), ``fine`` (columnar rows accepted without decoding) and
-    the Screen with the count and the one warning line."""
+    """What the screen found: ``bad`` (bool per row) and the Screen with the count and the one warning line."""
 
-    def __init__(self, bad: np.ndarray, fine: np.ndarray, sc: R.Screen):
-        self.bad, self.fine, self.screen = bad, fine, sc
+    def __init__(self, bad: np.ndarray, sc: R.Screen):
+        self.bad, self.screen = bad, sc
 
     @property
     def warning(self) -> str | None:
@@ -145,107 +144,133 @@ class Screened:
         return self.screen.count
 
 
-def screen(trace) -> Screened:
-    bads, fines = [], []
-    why: dict[int, str] = {}                       # row -> why, for rows records.check_record rejected
-    cand_row, cand_i, cand_t = [], [], []          # accepted steps: row, i, t
+def fold(trace, window: int | None = None, on_record=None) -> tuple[RunStats, Screened]:
+    """The trace's accepted records in a ``RunStats(window)`` (header first), and what was skipped.
+    ``on_record(rec)`` gets each decoded record (all but the columnar steps, samples and prefills) that is
+    accepted, in file order. One pass, which screens each row and counts it; only if that pass finds
+    duplicates or steps out of order (which need all the steps) does a second one count without them."""
+    first = _pass(trace, window, None)
+    stats, bad, why, cand, end, later = first
+    extra = _order_bad(cand)
+    if extra is not None and len(extra[0]) + len(extra[1]):
+        bad = bad.copy()
+        bad[extra[0]] = True
+        bad[extra[1]] = True
+        stats, _, _, _, end, later = _pass(trace, window, bad)
+    sc = _screen_line(trace, bad, why, cand, extra)
+    trace.cache_end(end)   # read on the way: warnings() need no pass of their own
+    if on_record is not None:
+        for rec in later:
+            on_record(rec)
+    return stats, Screened(bad, sc)
+
+
+def _pass(trace, window, known_bad):
+    """One pass: (stats, bad rows, why per rejected row, accepted steps (row, i, t), the end record, the
+    decoded records to hand on). ``known_bad``: the rows to leave out (a second pass)."""
+    stats = RunStats(window)
+    stats.add(trace.header)
+    bads: list[np.ndarray] = []
+    why: dict[int, str] = {}
+    cand_row, cand_i, cand_t = [], [], []
+    later: list[dict] = []
+    end = None
     base = 0
     for b in trace.batches():
         n = b.num_rows
-        step, _, _, fine = _fine(b)
-        bad = np.zeros(n, dtype=bool)
-        rest = np.flatnonzero(~fine)
+        step, sample, prefill, fine = _fine(b)
+        bad = np.zeros(n, dtype=bool) if known_bad is None else known_bad[base:base + n].copy()
+        rest = np.flatnonzero(~fine & ~bad)
+        specials: list[tuple[int, dict]] = []
         for r, rec in zip(rest, _decode_rows(b, rest)):
-            w = R.check_record(rec)
+            w = R.check_record(rec) if known_bad is None else None
             if w is not None:
                 bad[r] = True
                 why[base + int(r)] = w
-            elif rec.get("type") == R.STEP:
+                continue
+            specials.append((int(r), rec))
+            if rec.get("type") == R.STEP and known_bad is None:
                 cand_row.append(np.array([base + r], dtype=np.int64))
                 cand_i.append(np.array([rec["i"]], dtype=np.int64))
                 cand_t.append(np.array([rec["t"]], dtype=np.float64))
-        fs = np.flatnonzero(step & fine)
-        cand_row.append(fs.astype(np.int64) + base)
-        cand_i.append(_ints(b.column("i"))[fs])
-        cand_t.append(_ints(b.column("t_us"))[fs] / 1e6)
+        ok = fine & ~bad
+        vec_steps = step & ok
+        if known_bad is None:
+            fs = np.flatnonzero(vec_steps)
+            cand_row.append(fs.astype(np.int64) + base)
+            cand_i.append(_ints(b.column("i"))[fs])
+            cand_t.append(_ints(b.column("t_us"))[fs] / 1e6)
+        cols = _step_columns(b) if vec_steps.any() else None
+        start = 0
+        for r, rec in specials:   # the records that are not columnar steps, at their place in file order
+            typ = rec.get("type")
+            if typ == R.STEP or (typ == R.EVENT and rec.get("kind") in EPOCH_EVENTS):
+                if cols is not None:
+                    _add_steps(stats, cols, vec_steps, start, r)
+                start = r
+            stats.add(rec)
+            if typ == R.END:
+                end = rec
+            if typ not in (R.STEP, R.SAMPLE, R.PREFILL):
+                later.append(rec)
+        if cols is not None:
+            _add_steps(stats, cols, vec_steps, start, n)
+        _add_samples(stats, b, sample & ok)
+        _add_prefills(stats, b, prefill & ok)
         bads.append(bad)
-        fines.append(fine)
         base += n
     bad = np.concatenate(bads) if bads else np.zeros(0, bool)
-    fine = np.concatenate(fines) if fines else np.zeros(0, bool)
-    rows = np.concatenate(cand_row) if cand_row else np.zeros(0, np.int64)
-    ii = np.concatenate(cand_i) if cand_i else np.zeros(0, np.int64)
-    tt = np.concatenate(cand_t) if cand_t else np.zeros(0)
+    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))  # noqa: E731
+    cand = (cat(cand_row, np.int64), cat(cand_i, np.int64), cat(cand_t, np.float64))
+    return stats, bad, why, cand, end, later
+
+
+def _order_bad(cand):
+    """(rows of duplicate steps, rows of steps out of order, and what the warning needs) over the accepted
+    steps (row, i, t): records.screen's rules."""
+    rows, ii, tt = cand
     order = np.argsort(rows, kind="stable")        # file order
     rows, ii, tt = rows[order], ii[order], tt[order]
     by_i = np.argsort(ii, kind="stable")           # by i; the first in file order first
     si = ii[by_i]
     dup = np.zeros(len(si), dtype=bool)
     dup[1:] = si[1:] == si[:-1]
-    dup_rows = rows[by_i[dup]]
     keep = by_i[~dup]                              # accepted steps by i
     kt = tt[keep]
     if len(kt) < 2 or bool(np.all(kt[1:] >= kt[:-1])):
         kept = None
+        out_pos = np.zeros(0, np.int64)
     else:
         kept = R._longest_nondecreasing(kt.tolist())
-    order_bad = np.zeros(0, np.int64) if kept is None else \
-        np.array([p for p in range(len(keep)) if p not in kept], dtype=np.int64)
-    bad[dup_rows] = True
-    bad[rows[keep[order_bad]]] = True
+        out_pos = np.array([p for p in range(len(keep)) if p not in kept], dtype=np.int64)
+    return rows[by_i[dup]], rows[keep[out_pos]], (rows, ii, keep, kt, kept)
+
+
+def _screen_line(trace, bad, why, cand, extra) -> R.Screen:
+    """The Screen that counts the skipped rows and names the first few, as records.screen words them."""
     sc = R.Screen()
     sc.count = int(bad.sum())
+    if not sc.count:
+        return sc
+    dup_rows, _, (rows, ii, keep, kt, kept) = extra if extra is not None else _order_bad(cand)
+    dups = set(dup_rows.tolist())
     for r in np.flatnonzero(bad)[:R.Screen.SHOW]:
         r = int(r)
         if r in why:
             w = why[r]
         else:
             pos = int(np.flatnonzero(rows == r)[0])
-            if r in set(dup_rows.tolist()):
+            if r in dups:
                 w = f"a duplicate of step i={int(ii[pos])}"
             else:
                 p = int(np.flatnonzero(keep == pos)[0])
                 kp = sorted(kept)   # positions (in keep) of the kept steps
-                j = np.searchsorted(kp, p)
+                j = int(np.searchsorted(kp, p))
                 before = None if j == 0 else (int(ii[keep[kp[j - 1]]]), float(kt[kp[j - 1]]))
                 after = None if j >= len(kp) else (int(ii[keep[kp[j]]]), float(kt[kp[j]]))
                 w = R._out_of_order(float(kt[p]), before, after)
         sc.first.append((trace.where(r), w))
-    return Screened(bad, fine, sc)
-
-
-def fold(trace, stats: RunStats, screened: Screened | None = None, on_record=None) -> Screened:
-    """Every record ``screened`` accepts into ``stats`` (header first); ``on_record(rec)`` gets each decoded
-    record (all but the columnar steps, samples and prefills) in file order."""
-    screened = screened or screen(trace)
-    stats.add(trace.header)
-    base = 0
-    for b in trace.batches():
-        n = b.num_rows
-        ok = ~screened.bad[base:base + n]
-        fine = screened.fine[base:base + n]
-        js = _null(b.column("json"))
-        step, sample, prefill = (_is(b.column("type"), t) & js for t in (R.STEP, R.SAMPLE, R.PREFILL))
-        special = np.flatnonzero(ok & ~fine)
-        decoded = _decode_rows(b, special)
-        vec_steps = step & fine & ok
-        cols = _step_columns(b) if vec_steps.any() else None
-        start = 0
-        for r, rec in zip(special, decoded):
-            typ = rec.get("type")
-            if typ == R.STEP or (typ == R.EVENT and rec.get("kind") in EPOCH_EVENTS):
-                if cols is not None:
-                    _add_steps(stats, cols, vec_steps, start, int(r))
-                start = int(r)
-            stats.add(rec)
-            if on_record is not None and typ not in (R.STEP, R.SAMPLE, R.PREFILL):
-                on_record(rec)
-        if cols is not None:
-            _add_steps(stats, cols, vec_steps, start, n)
-        _add_samples(stats, b, sample & fine & ok)
-        _add_prefills(stats, b, prefill & fine & ok)
-        base += n
-    return screened
+    return sc
 
 
 def _step_columns(b: pa.RecordBatch) -> dict:

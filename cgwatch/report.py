@@ -78,7 +78,7 @@ def build_report(trace: Trace) -> dict:
 
     if trace.compact is not None:   # a compact trace: a column batch at a time, the same numbers (fold.py)
         from .fold import fold
-        screened = fold(trace, stats, on_record=collect)
+        stats, screened = fold(trace, on_record=collect)
     else:
         screened = trace.screened()
         stats.add(trace.header)

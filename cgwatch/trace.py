@@ -285,6 +285,11 @@ class Trace:
         self._load()
         return self._records   # type: ignore[return-value]
 
+    def cache_end(self, end: dict | None) -> None:
+        """The end record, found by a reader's pass over a compact trace (fold.py)."""
+        if not self._loaded:
+            self._end, self._end_scanned = end, True
+
     @property
     def end(self) -> dict | None:
         if not self._loaded and not hasattr(self, "_end_scanned"):   # a compact trace: the end rows only
