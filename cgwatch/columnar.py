@@ -314,6 +314,7 @@ class StreamWriter:
         self.path, self.header, self.part = path, header, part
         self._f = open(path, "wb")
         self._w = pa.ipc.new_stream(self._f, schema(header, part), options=pa.ipc.IpcWriteOptions(**_IPC_OPTIONS))
+        self._w.write_batch(encode([]))   # the schema (with the header) reaches the file now, not with the first batch
         self._f.flush()
         self._buf: list[dict] = []
         self._lock = threading.Lock()

@@ -448,8 +448,8 @@ def _scan(path: str) -> Iterator[tuple[int, int, dict | None]]:
 def trace_files(arg) -> list[str]:
     """The files of one trace: a path, several paths, a glob, or a rotated run (its first part run.000.EXT,
     or run.EXT when only its parts exist: every run.NNN.EXT in order). TraceError if there are none."""
-    if isinstance(arg, (list, tuple)):
-        out = [p for a in arg for p in trace_files(a)]
+    if isinstance(arg, (list, tuple)):   # files given one by one: each as it is (a glob expanded)
+        out = [p for a in arg for p in ([os.fspath(a)] if os.path.exists(a) else trace_files(a))]
         if not out:
             raise TraceError("no trace file given")
         return out
