@@ -144,28 +144,33 @@ class Screened:
         return self.screen.count
 
 
-def fold(trace, window: int | None = None, on_record=None) -> tuple[RunStats, Screened]:
+def fold(trace, window: int | None = None, on_record=None, steps: bool = False) -> tuple[RunStats, Screened]:
     """The trace's accepted records in a ``RunStats(window)`` (header first), and what was skipped.
     ``on_record(rec)`` gets each decoded record (all but the columnar steps, samples and prefills) that is
     accepted, in file order. One pass, which screens each row and counts it; only if that pass finds
-    duplicates or steps out of order (which need all the steps) does a second one count without them."""
-    first = _pass(trace, window, None)
-    stats, bad, why, cand, end, later = first
+    duplicates or steps out of order (which need all the steps) does a second one count without them.
+    ``steps``: also keep the accepted steps' ``batch``, ``bucket`` (-1: None) and ``ms`` (records.step_ms) as
+    numpy arrays in file order, in the returned Screened's ``steps`` (recommend.py's input)."""
+    first = _pass(trace, window, None, steps)
+    stats, bad, why, cand, end, later, kept = first
     extra = _order_bad(cand)
     if extra is not None and len(extra[0]) + len(extra[1]):
         bad = bad.copy()
         bad[extra[0]] = True
         bad[extra[1]] = True
-        stats, _, _, _, end, later = _pass(trace, window, bad)
+        stats, _, _, _, end, later, kept = _pass(trace, window, bad, steps)
     sc = _screen_line(trace, bad, why, cand, extra)
     trace.cache_end(end)   # read on the way: warnings() need no pass of their own
     if on_record is not None:
         for rec in later:
             on_record(rec)
-    return stats, Screened(bad, sc)
+    out = Screened(bad, sc)
+    if steps:
+        out.steps = {k: np.concatenate(v) if v else np.zeros(0) for k, v in kept.items()}
+    return stats, out
 
 
-def _pass(trace, window, known_bad):
+def _pass(trace, window, known_bad, keep_steps=False):
     """One pass: (stats, bad rows, why per rejected row, accepted steps (row, i, t), the end record, the
     decoded records to hand on). ``known_bad``: the rows to leave out (a second pass)."""
     stats = RunStats(window)
@@ -174,6 +179,7 @@ def _pass(trace, window, known_bad):
     why: dict[int, str] = {}
     cand_row, cand_i, cand_t = [], [], []
     later: list[dict] = []
+    kept: dict[str, list] = {"batch": [], "bucket": [], "ms": []}
     end = None
     base = 0
     for b in trace.batches():
@@ -206,15 +212,19 @@ def _pass(trace, window, known_bad):
             typ = rec.get("type")
             if typ == R.STEP or (typ == R.EVENT and rec.get("kind") in EPOCH_EVENTS):
                 if cols is not None:
-                    _add_steps(stats, cols, vec_steps, start, r)
+                    _add_steps(stats, cols, vec_steps, start, r, kept if keep_steps else None)
                 start = r
+                if typ == R.STEP and keep_steps:
+                    kept["batch"].append(np.array([rec["batch"]]))
+                    kept["bucket"].append(np.array([-1 if rec["bucket"] is None else rec["bucket"]]))
+                    kept["ms"].append(np.array([float(R.step_ms(rec))]))
             stats.add(rec)
             if typ == R.END:
                 end = rec
             if typ not in (R.STEP, R.SAMPLE, R.PREFILL):
                 later.append(rec)
         if cols is not None:
-            _add_steps(stats, cols, vec_steps, start, n)
+            _add_steps(stats, cols, vec_steps, start, n, kept if keep_steps else None)
         _add_samples(stats, b, sample & ok)
         _add_prefills(stats, b, prefill & ok)
         bads.append(bad)
@@ -222,7 +232,7 @@ def _pass(trace, window, known_bad):
     bad = np.concatenate(bads) if bads else np.zeros(0, bool)
     cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))  # noqa: E731
     cand = (cat(cand_row, np.int64), cat(cand_i, np.int64), cat(cand_t, np.float64))
-    return stats, bad, why, cand, end, later
+    return stats, bad, why, cand, end, later, kept
 
 
 def _order_bad(cand):
@@ -291,10 +301,15 @@ def _step_columns(b: pa.RecordBatch) -> dict:
     }
 
 
-def _add_steps(stats: RunStats, cols: dict, mask: np.ndarray, a: int, z: int) -> None:
+def _add_steps(stats: RunStats, cols: dict, mask: np.ndarray, a: int, z: int, kept: dict | None = None) -> None:
     idx = np.flatnonzero(mask[a:z]) + a
     if len(idx):
-        stats.add_steps({k: (v if k == "reasons" else v[idx]) for k, v in cols.items()})
+        sel = {k: (v if k == "reasons" else v[idx]) for k, v in cols.items()}
+        stats.add_steps(sel)
+        if kept is not None:
+            kept["batch"].append(sel["batch"])
+            kept["bucket"].append(sel["bucket"])
+            kept["ms"].append(np.where(np.isnan(sel["gpu_ms"]), sel["host_us"] / 1000.0, sel["gpu_ms"]))
 
 
 def _add_samples(stats: RunStats, b: pa.RecordBatch, mask: np.ndarray) -> None:

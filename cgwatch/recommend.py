@@ -48,6 +48,8 @@ import operator
 import sys
 import textwrap
 from collections import defaultdict
+
+import numpy as np
 from dataclasses import dataclass, field
 
 from cgwatch import records as R
@@ -135,7 +137,7 @@ def _median_curve(samples: dict[int, list[float]]) -> Curve:
     in size (isotonic, weighted by steps)."""
     keep = {s: v for s, v in samples.items() if len(v) >= MIN_STEPS} or samples
     sizes = sorted(keep)
-    medians = [percentile(sorted(keep[s]), 50) for s in sizes]
+    medians = [percentile(np.sort(np.asarray(keep[s], dtype=np.float64)), 50) for s in sizes]
     used = isotonic(medians, [float(len(keep[s])) for s in sizes])
     return Curve(dict(zip(sizes, used)), counts={s: len(keep[s]) for s in sizes}, medians=dict(zip(sizes, medians)))
 
@@ -161,20 +163,56 @@ def _capture_bytes(ev: dict) -> int | None:
     return ev.get("nvml_bytes") if ev.get("nvml_bytes") is not None else ev.get("pool_bytes")
 
 
+class _View:
+    """The screened trace as recommend reads it: the steps' ``batch``, ``bucket`` (-1: eager) and ``ms``
+    (records.step_ms) as numpy arrays in file order, the other records it accepts (``others``), and the
+    warning line. A compact trace goes through fold.py (no record decoded but the few that are not
+    columnar); JSON Lines through Trace.screened()."""
+
+    def __init__(self, trace):
+        if trace.compact is not None:
+            from cgwatch.fold import fold
+            self.others: list[dict] = []
+            _, scr = fold(trace, window=0, on_record=self.others.append, steps=True)
+            st = scr.steps
+            self.batch, self.bucket, self.ms = st["batch"].astype(np.int64), st["bucket"].astype(np.int64), st["ms"]
+            self.warning = scr.warning
+        else:
+            scr = trace.screened()
+            steps = [r for r in scr.records if r.get("type") == R.STEP]
+            self.others = [r for r in scr.records if r.get("type") != R.STEP]
+            self.batch = np.array([r["batch"] for r in steps], dtype=np.int64)
+            self.bucket = np.array([-1 if r["bucket"] is None else r["bucket"] for r in steps], dtype=np.int64)
+            self.ms = np.array([R.step_ms(r) for r in steps], dtype=np.float64)
+            self.warning = scr.warning
+
+
+def view(trace) -> _View:
+    """The trace's _View, computed once."""
+    v = getattr(trace, "_recommend_view", None)
+    if v is None:
+        v = trace._recommend_view = _View(trace)
+    return v
+
+
+def _by(keys: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
+    """values grouped by key (each group in file order)."""
+    order = np.argsort(keys, kind="stable")
+    ks, vs = keys[order], values[order]
+    cuts = np.flatnonzero(np.diff(ks)) + 1
+    return {int(g[0]): v for g, v in zip(np.split(ks, cuts), np.split(vs, cuts))} if len(ks) else {}
+
+
 def measure_costs(trace) -> Costs:
     """Step times and graph memory measured in ``trace``; CgwatchError if one is missing."""
-    graph: dict[int, list[float]] = defaultdict(list)
-    eager: dict[int, list[float]] = defaultdict(list)
+    v = view(trace)
+    graph = _by(v.bucket[v.bucket >= 0], v.ms[v.bucket >= 0])
+    eager = _by(v.batch[v.bucket < 0], v.ms[v.bucket < 0])
     rounds: list[list[dict]] = []     # successful capture events of each capture round
     pending: list[dict] = []
-    for rec in trace.screened().records:
+    for rec in v.others:
         typ = rec.get("type")
-        if typ == R.STEP:
-            if rec["bucket"] is None:
-                eager[rec["batch"]].append(R.step_ms(rec))
-            else:
-                graph[rec["bucket"]].append(R.step_ms(rec))
-        elif typ == R.EVENT and rec.get("kind") == R.EV_CAPTURE and rec.get("ok"):
+        if typ == R.EVENT and rec.get("kind") == R.EV_CAPTURE and rec.get("ok"):
             pending.append(rec)
         elif typ == R.EVENT and rec.get("kind") == R.EV_CAPTURE_DONE:
             rounds.append(pending)
@@ -244,10 +282,9 @@ class Mix:
 
 
 def batch_mix(trace) -> Mix:
-    counts: dict[int, int] = defaultdict(int)
-    for rec in trace.screened().records:
-        if rec.get("type") == R.STEP and rec.get("batch", 0) >= 1:
-            counts[rec["batch"]] += 1
+    b = view(trace).batch
+    sizes, n = np.unique(b[b >= 1], return_counts=True)
+    counts = {int(s): int(k) for s, k in zip(sizes, n)}
     if not counts:
         raise CgwatchError(f"{trace.path} has no step records: no batch sizes to recommend for")
     return Mix(dict(counts))
@@ -373,7 +410,7 @@ def _max_concurrency(header: dict) -> int | None:
 def current_sizes(trace) -> list[int] | None:
     """The sizes of the trace's latest capture round."""
     sizes = None
-    for rec in trace.screened().records:
+    for rec in view(trace).others:
         if rec.get("type") == R.EVENT and rec.get("kind") == R.EV_CAPTURE_DONE:
             sizes = rec.get("sizes") or []
     return sizes
@@ -382,7 +419,7 @@ def current_sizes(trace) -> list[int] | None:
 def trace_ratio(trace) -> tuple[float | None, str]:
     """The padding ratio in force at the end of the trace, and where it was found."""
     value, source = (trace.header.get("config") or {}).get("max_padding_ratio"), "trace header"
-    for rec in trace.screened().records:
+    for rec in view(trace).others:
         if rec.get("type") == R.EVENT and rec.get("kind") == R.EV_PADDING and rec.get("value") is not None:
             value, source = rec["value"], "trace, last change"
     return value, source
@@ -414,7 +451,7 @@ def run(a) -> int:
     trace = read_trace(a.trace)
     cost_trace = read_trace(a.costs) if a.costs else trace
     for t in (trace,) if cost_trace is trace else (trace, cost_trace):
-        for w in t.warnings() + ([t.screened().warning] if t.screened().warning else []):
+        for w in t.warnings() + ([view(t).warning] if view(t).warning else []):
             print(f"cgwatch: {t.path}: {w}", file=sys.stderr)
     for what in ("model", "gpu", "dtype"):   # costs of another model or card answer another question
         mine, theirs = _name(trace.header.get(what)), _name(cost_trace.header.get(what))
