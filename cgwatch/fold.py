@@ -331,3 +331,36 @@ def _add_prefills(stats: RunStats, b: pa.RecordBatch, mask: np.ndarray) -> None:
     stats.prefills += len(idx)
     stats.prefill_tokens += int(_ints(b.column("tokens"), 0)[idx].sum())
     stats._seen(float(_ints(b.column("t_us"))[idx].max() / 1e6))
+
+
+def fold_rows(stats: RunStats, b: pa.RecordBatch, a: int, z: int) -> None:
+    """Rows [a, z) of one batch into ``stats``, each judged on its own (records.check_record), as a live view
+    screens them (the TUI's replay of a compact trace: no duplicate or order check over the whole trace)."""
+    if a >= z:
+        return
+    if a or z < b.num_rows:
+        b = b.slice(a, z - a)
+    step, sample, prefill, fine = _fine(b)
+    rest = np.flatnonzero(~fine)
+    bad = np.zeros(b.num_rows, dtype=bool)
+    specials = []
+    for r, rec in zip(rest, _decode_rows(b, rest)):
+        if R.check_record(rec) is not None:
+            bad[r] = True
+        else:
+            specials.append((int(r), rec))
+    ok = fine & ~bad
+    vec_steps = step & ok
+    cols = _step_columns(b) if vec_steps.any() else None
+    start = 0
+    for r, rec in specials:
+        typ = rec.get("type")
+        if typ == R.STEP or (typ == R.EVENT and rec.get("kind") in EPOCH_EVENTS):
+            if cols is not None:
+                _add_steps(stats, cols, vec_steps, start, r)
+            start = r
+        stats.add(rec)
+    if cols is not None:
+        _add_steps(stats, cols, vec_steps, start, b.num_rows)
+    _add_samples(stats, b, sample & ok)
+    _add_prefills(stats, b, prefill & ok)

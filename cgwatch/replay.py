@@ -33,6 +33,8 @@ from .errors import CgwatchError
 from .source import ENGINE_COMMANDS, Source, ack
 from .trace import read_trace
 
+SNAPSHOT_ROWS = 20_000    # a Parquet trace: a seek further than this many records goes by a snapshot
+
 MIN_SPEED, MAX_SPEED = 0.25, 16.0
 READ_ONLY = "replay is read-only"
 STATUS_EVERY_S = 0.25     # on_status while playing (wall seconds)
@@ -53,19 +55,29 @@ class ReplaySource(Source):
         self.path = trace.path     # the first file of a set of parts
         self.title = f"replay {os.path.basename(self.path)}"
         self.header = trace.header
-        screened = trace.screened()   # the readers' one validation: what cannot be trusted is not played
-        self.warnings = trace.warnings() + ([screened.warning] if screened.warning else [])
-        self.records = screened.records + ([screened.end] if screened.end else [])
-        if screened.warning:          # said in the TUI's log too, first thing
-            self.records.insert(0, R.event(R.EV_INFO, 0.0, message=f"warning: {screened.warning}"))
-        # running maximum of t: played records are records[:bisect_right(tmax, pos)]
-        self._tmax: list[float] = []
-        m = 0.0
-        for rec in self.records:
-            t = rec.get("t")
-            if isinstance(t, (int, float)) and t > m:
-                m = float(t)
-            self._tmax.append(m)
+        self._index = None
+        if trace.compact is not None and len(trace.compact) == 1 and trace.compact[0].kind == "parquet":
+            # a Parquet trace plays from its row groups, never decoded as a whole (replay_index.py); the view
+            # screens what it is given, as it does live
+            from .replay_index import CompactRecords
+            self._index = self.records = CompactRecords(trace)
+            self.warnings = trace.warnings()
+            self._tmax = self._index.tmax
+            m = float(self._tmax[-1]) if len(self._tmax) else 0.0
+        else:
+            screened = trace.screened()   # the readers' one validation: what cannot be trusted is not played
+            self.warnings = trace.warnings() + ([screened.warning] if screened.warning else [])
+            self.records = screened.records + ([screened.end] if screened.end else [])
+            if screened.warning:          # said in the TUI's log too, first thing
+                self.records.insert(0, R.event(R.EV_INFO, 0.0, message=f"warning: {screened.warning}"))
+            # running maximum of t: played records are records[:bisect_right(tmax, pos)]
+            self._tmax: list[float] = []
+            m = 0.0
+            for rec in self.records:
+                t = rec.get("t")
+                if isinstance(t, (int, float)) and t > m:
+                    m = float(t)
+                self._tmax.append(m)
         self.duration_s = m
         if not MIN_SPEED <= speed <= MAX_SPEED:
             raise CgwatchError(f"replay speed must be between {MIN_SPEED:g} and {MAX_SPEED:g}, got {speed:g}")
@@ -108,6 +120,8 @@ class ReplaySource(Source):
         return req
 
     def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
         self._stop.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -145,15 +159,27 @@ class ReplaySource(Source):
             return True
         return False
 
+    def _due(self, pos: float) -> int:
+        """Records due at ``pos``: records[:_due(pos)]."""
+        if self._index is not None:
+            return int(self._index.tmax.searchsorted(pos, side="right"))
+        return bisect_right(self._tmax, pos)
+
     def _emit_until(self, pos: float) -> None:
-        end = bisect_right(self._tmax, pos)
+        end = self._due(pos)
+        if self._index is not None and (end < self._i or end - self._i > SNAPSHOT_ROWS):
+            # far ahead or back: a snapshot of the aggregate up to there, as a late joiner gets it
+            for rec in self._index.snapshot(end):
+                self._on_record(rec)
+            self._i = end
+            return
         while self._i < end:
             self._on_record(self.records[self._i])
             self._i += 1
 
     def _seek_to(self, target: float) -> None:
         target = min(max(target, 0.0), self.duration_s)
-        if target < self.pos:   # backward: the view resets on the header and rebuilds
+        if target < self.pos and self._index is None:   # backward: the view resets on the header and rebuilds
             self._i = 0
             self._on_record(self.header)
         self.pos = target
@@ -209,6 +235,12 @@ class ReplaySource(Source):
             kind = {"alert": R.EV_ALERT, "mark": R.EV_MARK}.get(value)  # type: ignore[arg-type]
             if kind is None:
                 return refuse(f"next needs 'alert' or 'mark', got {value!r}")
+            if self._index is not None:
+                for k, ev in self._index.events:
+                    if k >= self._i and ev == kind:
+                        self._seek_to(float(self._tmax[k]))
+                        return ok()
+                return refuse(f"no further {value}")
             for k in range(self._i, len(self.records)):
                 rec = self.records[k]
                 if rec.get("type") == R.EVENT and rec.get("kind") == kind:

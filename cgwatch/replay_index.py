@@ -1,0 +1,132 @@
+"""A compact (Parquet) trace for replay without decoding it: ``CompactRecords`` is the sequence of its records
+(decoded a row group at a time, the last few kept), with ``tmax`` (the running maximum of t per row, for
+due-ness and seeks) and ``snapshot(j)``: what a view needs to show the trace at row j at once, the way a
+late joiner of a live run gets it (docs/PROTOCOL.md): the header, the aggregate of rows [0, j) (RunStats
+state, window as the TUI's), the events before the window and the records of the last SNAPSHOT_ROWS rows
+for its charts, log and bucket status.
+
+The aggregate comes from checkpoints: a background thread folds the trace once (fold.fold_rows, a row
+group at a time) and keeps the RunStats state every CHECKPOINT_ROWS rows; a snapshot restores the nearest
+checkpoint below j and folds the rest. Until the thread has passed j, the fold runs from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from . import fold as F
+from .aggregate import VIEW_WINDOW, RunStats
+from .protocol import AGGREGATE, AGGREGATE_ROW, SNAPSHOT_END
+
+CHECKPOINT_ROWS = 1 << 18   # rows between aggregate checkpoints (a seek folds at most this many)
+SNAPSHOT_ROWS = 4000        # records replayed into a snapshot for the charts and the log
+CACHE_GROUPS = 4            # decoded row groups kept
+
+
+class CompactRecords:
+    def __init__(self, trace):
+        import pyarrow.parquet  # noqa: F401
+        r = trace.compact[0]
+        self.pf = r._pf
+        self.header = trace.header
+        md = self.pf.metadata
+        sizes = [md.row_group(k).num_rows for k in range(md.num_row_groups)]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.n = int(self.starts[-1])
+        t = np.empty(self.n, dtype=np.float64)
+        self.events: list[tuple[int, str]] = []     # (row, event kind) of the decoded rows: for ``next``
+        self.event_recs: list[dict] = []            # ... and the events themselves: a snapshot replays them
+        for k in range(len(sizes)):
+            g = self.pf.read_row_group(k, columns=["t_us", "json"])
+            a = int(self.starts[k])
+            t[a:a + sizes[k]] = F._floats(g.column("t_us").combine_chunks()) / 1e6
+            js = g.column("json").combine_chunks()
+            for row in np.flatnonzero(~F._null(js)):
+                rec = json.loads(js[int(row)].as_py())
+                tt = rec.get("t")
+                t[a + row] = tt if isinstance(tt, (int, float)) and not isinstance(tt, bool) else np.nan
+                if rec.get("type") == "event":
+                    self.events.append((a + int(row), rec.get("kind")))
+                    self.event_recs.append(rec)
+        t = np.where(np.isnan(t), -np.inf, t)
+        self.tmax = np.maximum.accumulate(np.maximum(t, 0.0)) if self.n else t
+        self._cache: OrderedDict[int, list[dict]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._checkpoints: dict[int, tuple[dict, list]] = {0: RunStats(VIEW_WINDOW).state()}
+        self._built = 0                  # rows the background fold has passed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._build, name="cgwatch-replay-index", daemon=True)
+        self._thread.start()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k: int) -> dict:
+        g = int(np.searchsorted(self.starts, k, side="right") - 1)
+        with self._lock:
+            recs = self._cache.get(g)
+            if recs is None:
+                from . import columnar as C
+                recs = C.decode(self.pf.read_row_group(g))
+                self._cache[g] = recs
+                while len(self._cache) > CACHE_GROUPS:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(g)
+        return recs[k - int(self.starts[g])]
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # -- the aggregate at a row ---------------------------------------------------------------------
+    def _fold_to(self, stats: RunStats, a: int, z: int) -> None:
+        """Rows [a, z) into stats, a row group at a time."""
+        g = int(np.searchsorted(self.starts, a, side="right") - 1)
+        while a < z and g < len(self.starts) - 1:
+            lo, hi = int(self.starts[g]), int(self.starts[g + 1])
+            b = self.pf.read_row_group(g).combine_chunks().to_batches()
+            batch = b[0] if b else None
+            if batch is not None:
+                F.fold_rows(stats, batch, a - lo, min(z, hi) - lo)
+            a = min(z, hi)
+            g += 1
+
+    def _build(self) -> None:
+        stats = RunStats(VIEW_WINDOW)
+        stats.add(self.header)
+        pos = 0
+        while pos < self.n and not self._stop.is_set():
+            nxt = min(self.n, pos + CHECKPOINT_ROWS)
+            self._fold_to(stats, pos, nxt)
+            pos = nxt
+            with self._lock:
+                self._checkpoints[pos] = stats.state()
+                self._built = pos
+
+    def aggregate_at(self, j: int) -> RunStats:
+        with self._lock:
+            base = max(k for k in self._checkpoints if k <= j)
+            run, rows = self._checkpoints[base]
+        stats = RunStats.from_state(run, rows, window=VIEW_WINDOW)
+        if base == 0:
+            stats.add(self.header)
+        self._fold_to(stats, base, j)
+        return stats
+
+    def snapshot(self, j: int) -> list[dict]:
+        """The messages that put a view at row j (all rows before it counted)."""
+        stats = self.aggregate_at(j)
+        run, rows = stats.state()
+        out = [self.header, {"type": AGGREGATE, "window": VIEW_WINDOW, "rows": len(rows), "run": run},
+               *({"type": AGGREGATE_ROW, "row": row} for row in rows)]
+        first = max(0, j - SNAPSHOT_ROWS)
+        # the events before the window too (captures, releases, mode switches: the bucket status, the sizes
+        # in force, the log), counted in the aggregate already, then the window's records
+        out += [rec for (k, _), rec in zip(self.events, self.event_recs) if k < first]
+        out += [self[k] for k in range(first, j)]
+        out.append({"type": SNAPSHOT_END})
+        return out

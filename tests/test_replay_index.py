@@ -1,0 +1,52 @@
+"""Replay of a Parquet trace from its row groups (replay_index.py): after any seeks, the TUI's state has the
+same totals and bucket rows as the replay of the same trace as JSON Lines."""
+
+import glob
+import os
+
+import pytest
+
+import cgwatch.replay as RP
+import cgwatch.replay_index as RI
+from cgwatch.convert import convert
+from cgwatch.replay import ReplaySource
+from cgwatch.tui.state import ViewState
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = sorted(glob.glob(os.path.join(ROOT, "sample_traces", "*.jsonl")))
+
+
+def _view(path, seeks):
+    st = ViewState()
+    s = ReplaySource(path, clock=lambda: 0.0, start_paused=True)
+    s.start(st.fold, lambda _: None)
+    if s._index is not None:
+        s._index._thread.join()
+    for target in seeks:
+        s.send("seek", target - s.pos)
+    out = (st.totals(), st.bucket_rows(), st.steps, st.log_seq > 0, s.duration_s)
+    s.close()
+    return out
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
+def test_seeks_give_the_jsonl_replays_view(path, tmp_path, monkeypatch):
+    monkeypatch.setattr(RI, "CHECKPOINT_ROWS", 700)    # small, so that the samples cross checkpoints
+    monkeypatch.setattr(RP, "SNAPSHOT_ROWS", 500)
+    monkeypatch.setattr(RI, "SNAPSHOT_ROWS", 300)
+    pq = str(tmp_path / "t.parquet")
+    convert(path, pq)
+    assert _view(pq, [])[4] == _view(path, [])[4]
+    for seeks in ([1e9], [12.0], [30.0, 10.0], [1e9, 5.0, 25.0], [0.5]):
+        assert _view(pq, seeks) == _view(path, seeks)
+
+
+def test_next_mark_in_a_parquet_trace(tmp_path):
+    pq = str(tmp_path / "t.parquet")
+    convert(os.path.join(ROOT, "sample_traces", "llama1b_poisson_h100.jsonl"), pq)
+    s = ReplaySource(pq, clock=lambda: 0.0, start_paused=True)
+    got = []
+    s.start(got.append, lambda _: None)
+    s.send("next", "mark")
+    assert abs(s.pos - 35.513) < 0.01      # the sample's one mark (README)
+    s.close()
