@@ -590,47 +590,57 @@ class RunStats:
         reasons = [r or "unknown" for r in c["reasons"]]
         key = ep * (1 << 32) + (c["target"] + 1)
         groups, inv = np.unique(key, return_inverse=True)
-        order = np.argsort(inv, kind="stable")
-        bounds = np.searchsorted(inv[order], np.arange(len(groups) + 1))
+        inv = inv.reshape(-1)
+        ng = len(groups)
+        rows, batch, phase = c["rows"], c["batch"], c["phase"].astype(np.int64)
+        pw = c["piecewise"] & graph
+        mode = np.where(graph, np.where(pw, 1, 0), 2)
+
+        def total(w):   # per group, exact for integers (float64 sums below 2**53)
+            return np.bincount(inv, weights=w, minlength=ng).round().astype(np.int64)
+
+        forwards = np.bincount(inv, minlength=ng)
+        sums = {k: total(v) for k, v in (("requests", batch), ("rows", rows), ("prompt_tokens", c["prompt"]),
+                                          ("tokens", c["tokens"]), ("padded", np.where(graph, c["bucket"] - rows, 0)),
+                                          ("graph_rows", np.where(graph, c["bucket"], 0)))}
+        mp = np.bincount(inv * 9 + mode * 3 + phase, minlength=ng * 9).reshape(ng, 3, 3)
+        nr = len(reasons) + 1
+        eager = ~graph
+        miss = np.bincount(inv[eager] * nr + c["reason"][eager] + 1, minlength=ng * nr).reshape(ng, nr)
+        by = np.argsort(inv, kind="stable")
+        cuts = np.concatenate([[0], np.cumsum(forwards)])
+        srows = rows[by]
+        rmin = np.minimum.reduceat(srows, cuts[:-1]) if n else []
+        rmax = np.maximum.reduceat(srows, cuts[:-1]) if n else []
         for g, k in enumerate(groups):
-            idx = order[bounds[g]:bounds[g + 1]]
             epoch = self.epochs[int(k >> 32)]
             target = int(k & 0xFFFFFFFF) - 1
             target = None if target < 0 else target
-            gr = graph[idx]
-            pw = c["piecewise"][idx] & gr
-            rows = c["rows"][idx]
-            phase = np.bincount(c["phase"][idx], minlength=3)
-            mode = np.where(gr, np.where(pw, 1, 0), 2)
-            mp = np.bincount(mode * 3 + c["phase"][idx], minlength=9)
-            eager_reasons = c["reason"][idx][~gr]
-            rcount = np.bincount(eager_reasons + 1, minlength=len(reasons) + 1) if len(eager_reasons) else []
             misses: dict[str, int] = {}
-            for code, m in enumerate(rcount):
-                if m:
-                    name = "unknown" if code == 0 else reasons[code - 1]
-                    misses[name] = misses.get(name, 0) + int(m)
-            bucket = c["bucket"][idx][gr]
+            for code in np.flatnonzero(miss[g]):
+                name = "unknown" if code == 0 else reasons[code - 1]
+                misses[name] = misses.get(name, 0) + int(miss[g, code])
             counts = {
-                "forwards": len(idx), "requests": int(c["batch"][idx].sum()), "rows": int(rows.sum()),
-                "rows_min": int(rows.min()), "rows_max": int(rows.max()),
-                "prompt_tokens": int(c["prompt"][idx].sum()), "tokens": int(c["tokens"][idx].sum()),
-                "phases": {ph: int(phase[j]) for j, ph in enumerate(R.PHASES)},
-                "full": int((gr & ~pw).sum()), "piecewise": int(pw.sum()), "eager": int((~gr).sum()),
-                "padded": int((bucket - rows[gr]).sum()), "graph_rows": int(bucket.sum()), "misses": misses,
-                "by_mode_phase": {(m, ph): int(mp[a * 3 + j]) for a, m in enumerate(R.RUNTIME_MODES)
-                                  for j, ph in enumerate(R.PHASES) if mp[a * 3 + j]},
+                "forwards": int(forwards[g]), **{name: int(v[g]) for name, v in sums.items()},
+                "rows_min": int(rmin[g]), "rows_max": int(rmax[g]),
+                "phases": {ph: int(mp[g, :, j].sum()) for j, ph in enumerate(R.PHASES)},
+                "full": int(mp[g, 0].sum()), "piecewise": int(mp[g, 1].sum()), "eager": int(mp[g, 2].sum()),
+                "misses": misses,
+                "by_mode_phase": {(m, ph): int(mp[g, a, j]) for a, m in enumerate(R.RUNTIME_MODES)
+                                  for j, ph in enumerate(R.PHASES) if mp[g, a, j]},
             }
             row, cum = self._epoch_row(epoch, target), self.row(target)
             for r in (row, cum):
                 r.add_counts(counts)
-            epoch.forwards += len(idx)
+            epoch.forwards += int(forwards[g])
             if self.window != 0:
+                idx = by[cuts[g]:cuts[g + 1]]
+                gr = graph[idx]
                 for kind in (True, False):
                     sel = idx[gr == kind]
-                    g = gap[sel]
+                    gp = gap[sel]
                     for r in (row, cum):
-                        r.keep_many(kind, ms[sel], host[sel], g[~np.isnan(g)])
+                        r.keep_many(kind, ms[sel], host[sel], gp[~np.isnan(gp)])
         self.graph += int(graph.sum())
         if c["reasons"] and R.REASON_NO_CUDA in c["reasons"]:
             code = c["reasons"].index(R.REASON_NO_CUDA)

@@ -50,15 +50,44 @@ def _raw(col, dtype) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype, count=col.offset + len(col))[col.offset:]
 
 
+_NP = {pa.int32(): np.int32, pa.int64(): np.int64, pa.float64(): np.float64}
+
+
 def _ints(col, fill: int = -1) -> np.ndarray:
-    v = _raw(col, col.type.to_pandas_dtype()).astype(np.int64)
+    v = _raw(col, _NP[col.type]).astype(np.int64)
     return np.where(_null(col), fill, v) if col.null_count else v
 
 
 def _floats(col) -> np.ndarray:
     """float64 with NaN for null (a columnar value is never NaN where this is used: fine rows exclude it)."""
-    v = _raw(col, col.type.to_pandas_dtype()).astype(np.float64)
+    v = _raw(col, _NP[col.type]).astype(np.float64)
     return np.where(_null(col), np.nan, v) if col.null_count else v
+
+
+class _Cols:
+    """One batch's columns as numpy arrays, each converted once."""
+
+    def __init__(self, b: pa.RecordBatch):
+        self.b = b
+        self._memo: dict = {}
+
+    def _get(self, kind, name, arg=None):
+        key = (kind, name, arg)
+        v = self._memo.get(key)
+        if v is None:
+            col = self.b.column(name)
+            v = self._memo[key] = (_null(col) if kind == "null" else _ints(col, arg) if kind == "ints"
+                                   else _floats(col))
+        return v
+
+    def null(self, name: str) -> np.ndarray:
+        return self._get("null", name)
+
+    def ints(self, name: str, fill: int = -1) -> np.ndarray:
+        return self._get("ints", name, fill)
+
+    def floats(self, name: str) -> np.ndarray:
+        return self._get("floats", name)
 
 
 def _codes(col, names) -> np.ndarray:
@@ -84,20 +113,22 @@ def _nonneg(x: np.ndarray, null: np.ndarray) -> np.ndarray:
         return null | (np.isfinite(x) & (x >= 0))
 
 
-def _fine(b: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _fine(c: _Cols) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per row: (columnar step, columnar sample, columnar prefill, fine): ``fine`` = passes every check of
     records.check_record (on its own, before duplicates and order)."""
-    js = _null(b.column("json"))
-    step, sample, prefill = (_is(b.column("type"), t) & js for t in (R.STEP, R.SAMPLE, R.PREFILL))
-    absent = _ints(b.column("absent"), 0)
-    t_ok = ~_null(b.column("t_us"))
+    b = c.b
+    js = c.null("json")
+    code = _codes(b.column("type"), [R.STEP, R.SAMPLE, R.PREFILL])
+    step, sample, prefill = (code == 0) & js, (code == 1) & js, (code == 2) & js
+    absent = c.ints("absent", 0)
+    t_ok = ~c.null("t_us")
     fine = np.zeros(b.num_rows, dtype=bool)
     if step.any():
-        n = {k: _null(b.column(k)) for k in ("i", "batch", "rows", "target", "bucket", "padded", "host_us", "gpu_ms",
+        n = {k: c.null(k) for k in ("i", "batch", "rows", "target", "bucket", "padded", "host_us", "gpu_ms",
                                               "gap_us", "tokens", "prompt_tokens")}
-        v = {k: _ints(b.column(k)) for k in ("i", "batch", "rows", "target", "bucket", "padded", "tokens",
+        v = {k: c.ints(k) for k in ("i", "batch", "rows", "target", "bucket", "padded", "tokens",
                                              "prompt_tokens")}
-        host, gpu, gap = (_floats(b.column(k)) for k in ("host_us", "gpu_ms", "gap_us"))
+        host, gpu, gap = (c.floats(k) for k in ("host_us", "gpu_ms", "gap_us"))
         rows = np.where(n["rows"], v["batch"], v["rows"])
         want = np.where(n["bucket"], 0, v["bucket"] - rows)
         ok = ((absent & STEP_REQUIRED_MASK) == 0) & t_ok & ~n["i"] & ~n["batch"] & ~n["host_us"] & ~n["tokens"]
@@ -111,16 +142,16 @@ def _fine(b: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     if sample.any():
         ok = t_ok.copy()
         for k in _SAMPLE_INT:
-            ok &= _null(b.column(k)) | (_ints(b.column(k), 0) >= 0)
+            ok &= c.null(k) | (c.ints(k, 0) >= 0)
         for k in _SAMPLE_FLOAT:
-            ok &= _nonneg(_floats(b.column(k)), _null(b.column(k)))
+            ok &= _nonneg(c.floats(k), c.null(k))
         fine |= sample & ok
     if prefill.any():
         ok = t_ok.copy()
         for k in ("requests", "tokens", "host_ms"):
             missing = (absent & PREFILL_BITS[k]) != 0
-            x = _floats(b.column(k))
-            ok &= missing | (~_null(b.column(k)) & _nonneg(x, np.zeros(len(x), bool)))
+            x = c.floats(k)
+            ok &= missing | (~c.null(k) & _nonneg(x, np.zeros(len(x), bool)))
         fine |= prefill & ok
     return step, sample, prefill, fine
 
@@ -184,7 +215,8 @@ def _pass(trace, window, known_bad, keep_steps=False):
     base = 0
     for b in trace.batches():
         n = b.num_rows
-        step, sample, prefill, fine = _fine(b)
+        c = _Cols(b)
+        step, sample, prefill, fine = _fine(c)
         bad = np.zeros(n, dtype=bool) if known_bad is None else known_bad[base:base + n].copy()
         rest = np.flatnonzero(~fine & ~bad)
         specials: list[tuple[int, dict]] = []
@@ -204,9 +236,9 @@ def _pass(trace, window, known_bad, keep_steps=False):
         if known_bad is None:
             fs = np.flatnonzero(vec_steps)
             cand_row.append(fs.astype(np.int64) + base)
-            cand_i.append(_ints(b.column("i"))[fs])
-            cand_t.append(_ints(b.column("t_us"))[fs] / 1e6)
-        cols = _step_columns(b) if vec_steps.any() else None
+            cand_i.append(c.ints("i")[fs])
+            cand_t.append(c.ints("t_us")[fs] / 1e6)
+        cols = _step_columns(c) if vec_steps.any() else None
         start = 0
         for r, rec in specials:   # the records that are not columnar steps, at their place in file order
             typ = rec.get("type")
@@ -225,8 +257,8 @@ def _pass(trace, window, known_bad, keep_steps=False):
                 later.append(rec)
         if cols is not None:
             _add_steps(stats, cols, vec_steps, start, n, kept if keep_steps else None)
-        _add_samples(stats, b, sample & ok)
-        _add_prefills(stats, b, prefill & ok)
+        _add_samples(stats, c, sample & ok)
+        _add_prefills(stats, c, prefill & ok)
         bads.append(bad)
         base += n
     bad = np.concatenate(bads) if bads else np.zeros(0, bool)
@@ -239,9 +271,13 @@ def _order_bad(cand):
     """(rows of duplicate steps, rows of steps out of order, and what the warning needs) over the accepted
     steps (row, i, t): records.screen's rules."""
     rows, ii, tt = cand
-    order = np.argsort(rows, kind="stable")        # file order
-    rows, ii, tt = rows[order], ii[order], tt[order]
-    by_i = np.argsort(ii, kind="stable")           # by i; the first in file order first
+    if len(rows) > 1 and not bool(np.all(rows[1:] > rows[:-1])):
+        order = np.argsort(rows, kind="stable")    # file order
+        rows, ii, tt = rows[order], ii[order], tt[order]
+    if len(ii) < 2 or bool(np.all(ii[1:] > ii[:-1])):
+        by_i = np.arange(len(ii))                  # written in i order, as a loop writes them
+    else:
+        by_i = np.argsort(ii, kind="stable")       # by i; the first in file order first
     si = ii[by_i]
     dup = np.zeros(len(si), dtype=bool)
     dup[1:] = si[1:] == si[:-1]
@@ -283,21 +319,21 @@ def _screen_line(trace, bad, why, cand, extra) -> R.Screen:
     return sc
 
 
-def _step_columns(b: pa.RecordBatch) -> dict:
-    batch = _ints(b.column("batch"))
-    rows_null = _null(b.column("rows"))
+def _step_columns(c: _Cols) -> dict:
+    b = c.b
+    batch = c.ints("batch")
+    rows_null = c.null("rows")
     phase = np.maximum(_codes(b.column("phase"), list(R.PHASES)), 0)   # decode for any other
     reason = pc.dictionary_encode(b.column("reason"))
     return {
-        "t": _ints(b.column("t_us")) / 1e6, "batch": batch,
-        "rows": np.where(rows_null, batch, _ints(b.column("rows"))),
-        "target": _ints(b.column("target")), "bucket": _ints(b.column("bucket")),
-        "prompt": _ints(b.column("prompt_tokens"), 0), "tokens": _ints(b.column("tokens")),
+        "t": c.ints("t_us") / 1e6, "batch": batch,
+        "rows": np.where(rows_null, batch, c.ints("rows")),
+        "target": c.ints("target"), "bucket": c.ints("bucket"),
+        "prompt": c.ints("prompt_tokens", 0), "tokens": c.ints("tokens"),
         "phase": phase.astype(np.int8),
         "piecewise": _is(b.column("runtime_mode"), R.RUNTIME_PIECEWISE),
         "reason": _ints(reason.indices), "reasons": reason.dictionary.to_pylist(),
-        "host_us": _floats(b.column("host_us")), "gpu_ms": _floats(b.column("gpu_ms")),
-        "gap_us": _floats(b.column("gap_us")),
+        "host_us": c.floats("host_us"), "gpu_ms": c.floats("gpu_ms"), "gap_us": c.floats("gap_us"),
     }
 
 
@@ -312,7 +348,8 @@ def _add_steps(stats: RunStats, cols: dict, mask: np.ndarray, a: int, z: int, ke
             kept["ms"].append(np.where(np.isnan(sel["gpu_ms"]), sel["host_us"] / 1000.0, sel["gpu_ms"]))
 
 
-def _add_samples(stats: RunStats, b: pa.RecordBatch, mask: np.ndarray) -> None:
+def _add_samples(stats: RunStats, c: _Cols, mask: np.ndarray) -> None:
+    b = c.b
     idx = np.flatnonzero(mask)
     if not len(idx):
         return
@@ -321,16 +358,16 @@ def _add_samples(stats: RunStats, b: pa.RecordBatch, mask: np.ndarray) -> None:
     if len(u):
         stats.util_sum = float(np.add.accumulate(np.concatenate([[stats.util_sum], u.astype(np.float64)]))[-1])
         stats.util_n += len(u)
-    stats._seen(float(_ints(b.column("t_us"))[idx].max() / 1e6))
+    stats._seen(float(c.ints("t_us")[idx].max() / 1e6))
 
 
-def _add_prefills(stats: RunStats, b: pa.RecordBatch, mask: np.ndarray) -> None:
+def _add_prefills(stats: RunStats, c: _Cols, mask: np.ndarray) -> None:
     idx = np.flatnonzero(mask)
     if not len(idx):
         return
     stats.prefills += len(idx)
-    stats.prefill_tokens += int(_ints(b.column("tokens"), 0)[idx].sum())
-    stats._seen(float(_ints(b.column("t_us"))[idx].max() / 1e6))
+    stats.prefill_tokens += int(c.ints("tokens", 0)[idx].sum())
+    stats._seen(float(c.ints("t_us")[idx].max() / 1e6))
 
 
 def fold_rows(stats: RunStats, b: pa.RecordBatch, a: int, z: int) -> None:
@@ -340,7 +377,8 @@ def fold_rows(stats: RunStats, b: pa.RecordBatch, a: int, z: int) -> None:
         return
     if a or z < b.num_rows:
         b = b.slice(a, z - a)
-    step, sample, prefill, fine = _fine(b)
+    c = _Cols(b)
+    step, sample, prefill, fine = _fine(c)
     rest = np.flatnonzero(~fine)
     bad = np.zeros(b.num_rows, dtype=bool)
     specials = []
@@ -351,7 +389,7 @@ def fold_rows(stats: RunStats, b: pa.RecordBatch, a: int, z: int) -> None:
             specials.append((int(r), rec))
     ok = fine & ~bad
     vec_steps = step & ok
-    cols = _step_columns(b) if vec_steps.any() else None
+    cols = _step_columns(c) if vec_steps.any() else None
     start = 0
     for r, rec in specials:
         typ = rec.get("type")
@@ -362,5 +400,5 @@ def fold_rows(stats: RunStats, b: pa.RecordBatch, a: int, z: int) -> None:
         stats.add(rec)
     if cols is not None:
         _add_steps(stats, cols, vec_steps, start, b.num_rows)
-    _add_samples(stats, b, sample & ok)
-    _add_prefills(stats, b, prefill & ok)
+    _add_samples(stats, c, sample & ok)
+    _add_prefills(stats, c, prefill & ok)
