@@ -50,6 +50,9 @@ def convert(src, out: str) -> tuple[int, list[str]]:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    elif tr.compact is not None:   # compact to compact: the batches as they are, no record decoded
+        from cgwatch import columnar
+        n = columnar.write_table(out, header, tr.batches())
     else:
         def chunks():
             buf = []
