@@ -375,8 +375,11 @@ class Epoch:
 class RunStats:
     """The accumulator. ``window``: percentile values kept per row and kind (None: all, 0: none)."""
 
-    def __init__(self, window: int | None = None) -> None:
+    def __init__(self, window: int | None = None, bucket_values: bool = True) -> None:
         self.window = window
+        # bucket_values=False: the run-long rows of each bucket (``buckets``) keep counts only, no values for
+        # percentiles (the report shows the epochs' rows; at 10M steps their values are 240 MB)
+        self.bucket_window = window if bucket_values else 0
         self.epochs: list[Epoch] = [Epoch(1, None, None)]
         self.buckets: dict[int | None, Row] = {}   # per bucket over all epochs (Prometheus' counters)
         self.sizes_seen: set[int] = set()   # capture sizes seen in capture / capture_done events
@@ -450,7 +453,7 @@ class RunStats:
         """The run-long row of a bucket (``buckets``)."""
         row = self.buckets.get(key)
         if row is None:
-            row = self.buckets[key] = Row(self.window)
+            row = self.buckets[key] = Row(self.bucket_window)
         return row
 
     @property
@@ -559,7 +562,8 @@ class RunStats:
                 acc[1] += gpu_ms * 1000.0
         if self.window != 0:
             row.keep(graph, ms, host_us, gap)
-            cum.keep(graph, ms, host_us, gap)
+            if self.bucket_window != 0:
+                cum.keep(graph, ms, host_us, gap)
         self.tokens += tokens
         self.n += 1
         end = t + ms / 1000.0   # forwards are emitted when their GPU time is read: the latest end, not the last
@@ -639,7 +643,7 @@ class RunStats:
                 for kind in (True, False):
                     sel = idx[gr == kind]
                     gp = gap[sel]
-                    for r in (row, cum):
+                    for r in (row, cum) if self.bucket_window != 0 else (row,):
                         r.keep_many(kind, ms[sel], host[sel], gp[~np.isnan(gp)])
         self.graph += int(graph.sum())
         if c["reasons"] and R.REASON_NO_CUDA in c["reasons"]:

@@ -175,21 +175,26 @@ class Screened:
         return self.screen.count
 
 
-def fold(trace, window: int | None = None, on_record=None, steps: bool = False) -> tuple[RunStats, Screened]:
+def fold(trace, window: int | None = None, on_record=None, steps: bool = False,
+         bucket_values: bool = True) -> tuple[RunStats, Screened]:
     """The trace's accepted records in a ``RunStats(window)`` (header first), and what was skipped.
     ``on_record(rec)`` gets each decoded record (all but the columnar steps, samples and prefills) that is
     accepted, in file order. One pass, which screens each row and counts it; only if that pass finds
     duplicates or steps out of order (which need all the steps) does a second one count without them.
     ``steps``: also keep the accepted steps' ``batch``, ``bucket`` (-1: None) and ``ms`` (records.step_ms) as
-    numpy arrays in file order, in the returned Screened's ``steps`` (recommend.py's input)."""
-    first = _pass(trace, window, None, steps)
-    stats, bad, why, cand, end, later, kept = first
-    extra = _order_bad(cand)
-    if extra is not None and len(extra[0]) + len(extra[1]):
-        bad = bad.copy()
-        bad[extra[0]] = True
-        bad[extra[1]] = True
-        stats, _, _, _, end, later, kept = _pass(trace, window, bad, steps)
+    numpy arrays in file order, in the returned Screened's ``steps`` (recommend.py's input).
+    ``bucket_values``: as RunStats'."""
+    mk = (lambda: RunStats(window, bucket_values))  # noqa: E731
+    stats, bad, why, ordered, end, later, kept = _pass(trace, mk, None, steps)
+    cand = extra = None
+    if not ordered:   # the accepted steps are not in i order: find duplicates and steps out of order
+        cand = _collect(trace, bad)
+        extra = _order_bad(cand)
+        if len(extra[0]) + len(extra[1]):
+            bad = bad.copy()
+            bad[extra[0]] = True
+            bad[extra[1]] = True
+            stats, _, _, _, end, later, kept = _pass(trace, mk, bad, steps)
     sc = _screen_line(trace, bad, why, cand, extra)
     trace.cache_end(end)   # read on the way: warnings() need no pass of their own
     if on_record is not None:
@@ -201,14 +206,16 @@ def fold(trace, window: int | None = None, on_record=None, steps: bool = False) 
     return stats, out
 
 
-def _pass(trace, window, known_bad, keep_steps=False):
-    """One pass: (stats, bad rows, why per rejected row, accepted steps (row, i, t), the end record, the
-    decoded records to hand on). ``known_bad``: the rows to leave out (a second pass)."""
-    stats = RunStats(window)
+def _pass(trace, make_stats, known_bad, keep_steps=False):
+    """One pass: (stats, bad rows, why per rejected row, whether the accepted steps came in i order with
+    non-decreasing t (then there is no duplicate and none out of order), the end record, the decoded records
+    to hand on, the kept step columns). ``known_bad``: the rows to leave out (a second pass)."""
+    stats = make_stats()
     stats.add(trace.header)
     bads: list[np.ndarray] = []
     why: dict[int, str] = {}
-    cand_row, cand_i, cand_t = [], [], []
+    last = (-1, -np.inf)    # (i, t) of the last accepted step
+    ordered = True
     later: list[dict] = []
     kept: dict[str, list] = {"batch": [], "bucket": [], "ms": []}
     end = None
@@ -227,17 +234,14 @@ def _pass(trace, window, known_bad, keep_steps=False):
                 why[base + int(r)] = w
                 continue
             specials.append((int(r), rec))
-            if rec.get("type") == R.STEP and known_bad is None:
-                cand_row.append(np.array([base + r], dtype=np.int64))
-                cand_i.append(np.array([rec["i"]], dtype=np.int64))
-                cand_t.append(np.array([rec["t"]], dtype=np.float64))
         ok = fine & ~bad
         vec_steps = step & ok
-        if known_bad is None:
-            fs = np.flatnonzero(vec_steps)
-            cand_row.append(fs.astype(np.int64) + base)
-            cand_i.append(c.ints("i")[fs])
-            cand_t.append(c.ints("t_us")[fs] / 1e6)
+        if known_bad is None and ordered:
+            rows, ii, tt = _accepted(c, vec_steps, specials)
+            if len(ii):
+                ordered = (ii[0] > last[0] and tt[0] >= last[1] and bool(np.all(ii[1:] > ii[:-1]))
+                           and bool(np.all(tt[1:] >= tt[:-1])))
+                last = (int(ii[-1]), float(tt[-1]))
         cols = _step_columns(c) if vec_steps.any() else None
         start = 0
         for r, rec in specials:   # the records that are not columnar steps, at their place in file order
@@ -262,9 +266,41 @@ def _pass(trace, window, known_bad, keep_steps=False):
         bads.append(bad)
         base += n
     bad = np.concatenate(bads) if bads else np.zeros(0, bool)
+    return stats, bad, why, ordered, end, later, kept
+
+
+def _accepted(c: _Cols, vec_steps: np.ndarray, specials: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, i, t) of one batch's accepted steps, in file order: the columnar ones and the decoded ones."""
+    fs = np.flatnonzero(vec_steps)
+    rows, ii, tt = fs, c.ints("i")[fs], c.ints("t_us")[fs] / 1e6
+    more = [(r, rec["i"], rec["t"]) for r, rec in specials if rec.get("type") == R.STEP]
+    if more:
+        rows = np.concatenate([rows, np.array([m[0] for m in more], dtype=np.int64)])
+        ii = np.concatenate([ii, np.array([m[1] for m in more], dtype=np.int64)])
+        tt = np.concatenate([tt, np.array([m[2] for m in more], dtype=np.float64)])
+        order = np.argsort(rows, kind="stable")
+        rows, ii, tt = rows[order], ii[order], tt[order]
+    return rows, ii, tt
+
+
+def _collect(trace, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, i, t) of every step the checks of records.check_record accepted (``bad``: the rows they did not)."""
+    out_r, out_i, out_t = [], [], []
+    base = 0
+    for b in trace.batches():
+        n = b.num_rows
+        c = _Cols(b)
+        step, _, _, fine = _fine(c)
+        ok = ~bad[base:base + n]
+        rest = np.flatnonzero(~fine & ok)
+        specials = [(int(r), rec) for r, rec in zip(rest, _decode_rows(b, rest))]
+        rows, ii, tt = _accepted(c, step & fine & ok, specials)
+        out_r.append(rows + base)
+        out_i.append(ii)
+        out_t.append(tt)
+        base += n
     cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))  # noqa: E731
-    cand = (cat(cand_row, np.int64), cat(cand_i, np.int64), cat(cand_t, np.float64))
-    return stats, bad, why, cand, end, later, kept
+    return cat(out_r, np.int64), cat(out_i, np.int64), cat(out_t, np.float64)
 
 
 def _order_bad(cand):
@@ -298,13 +334,15 @@ def _screen_line(trace, bad, why, cand, extra) -> R.Screen:
     sc.count = int(bad.sum())
     if not sc.count:
         return sc
-    dup_rows, _, (rows, ii, keep, kt, kept) = extra if extra is not None else _order_bad(cand)
-    dups = set(dup_rows.tolist())
     for r in np.flatnonzero(bad)[:R.Screen.SHOW]:
         r = int(r)
         if r in why:
             w = why[r]
         else:
+            if extra is None:
+                extra = _order_bad(_collect(trace, bad))
+            dup_rows, _, (rows, ii, keep, kt, kept) = extra
+            dups = set(dup_rows.tolist())
             pos = int(np.flatnonzero(rows == r)[0])
             if r in dups:
                 w = f"a duplicate of step i={int(ii[pos])}"

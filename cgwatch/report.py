@@ -63,7 +63,7 @@ def _event_text(ev: dict) -> str:
 
 def build_report(trace: Trace) -> dict:
     """The report as a JSON-ready dict: header, epochs, buckets (rows), totals, alerts, events, warnings."""
-    stats = RunStats()
+    stats = RunStats(bucket_values=False)   # the report shows the epochs' rows: no run-long percentiles
     alerts: list[dict] = []
     events: list[dict] = []
 
@@ -78,7 +78,7 @@ def build_report(trace: Trace) -> dict:
 
     if trace.compact is not None:   # a compact trace: a column batch at a time, the same numbers (fold.py)
         from .fold import fold
-        stats, screened = fold(trace, on_record=collect)
+        stats, screened = fold(trace, on_record=collect, bucket_values=False)
     else:
         screened = trace.screened()
         stats.add(trace.header)
