@@ -127,6 +127,7 @@ def rotation(a) -> dict:
 
 
 def _common_checks(a) -> None:
+    rotation(a)
     if a.steps is not None and a.steps < 1:
         raise CgwatchError(f"--steps must be >= 1, got {a.steps}")
     if a.sample_interval <= 0:

@@ -61,7 +61,7 @@ from typing import IO, Iterable, Iterator
 
 from cgwatch import records as R
 from cgwatch.errors import CgwatchError
-from cgwatch.trace import iter_numbered, read_header
+from cgwatch.trace import _sniff, iter_numbered, read_header, trace_files
 
 FORMATS = {"perfetto": ".perfetto.json", "csv": ".csv"}
 REORDER_WINDOW_S = 10.0   # records are released in t order once the trace has moved this far past them
@@ -145,7 +145,9 @@ def run(a) -> int:
 
 def screen_trace(trace: str) -> tuple[frozenset, R.Screen]:
     """The line numbers of the records that cannot be trusted (records.screen) and the Screen that says so."""
-    bad, screen = R.screen((n, f"line {n}", rec) for n, rec in iter_numbered(trace))
+    files = trace_files(trace)
+    word = "line" if len(files) == 1 and _sniff(files[0]) == "jsonl" else "row"   # a compact trace: its rows
+    bad, screen = R.screen((n, f"{word} {n}", rec) for n, rec in iter_numbered(trace))
     return frozenset(bad), screen
 
 

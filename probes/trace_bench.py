@@ -171,13 +171,17 @@ def pc_fill_t(t: pa.Table) -> np.ndarray:
 
 # ---- measurements ----
 
-def child(cmd: list[str]) -> tuple[float, float, int]:
-    """(wall s, peak RSS MiB, exit code) of a command run in a fresh child."""
+def child(cmd: list[str]) -> dict:
+    """Wall s, CPU s (user + system), peak RSS MiB and exit code of a command run in a fresh child, with the
+    load average before it (the machine may be shared)."""
     code = ("import resource,subprocess,sys,time;t=time.perf_counter();"
             "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL).returncode;"
-            "print(time.perf_counter()-t,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,r)")
+            "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+            "print(time.perf_counter()-t,u.ru_utime+u.ru_stime,u.ru_maxrss,r)")
+    load = os.getloadavg()[0]
     out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True).stdout.split()
-    return float(out[0]), int(out[1]) / 1024, int(out[2])
+    return {"wall_s": round(float(out[0]), 2), "cpu_s": round(float(out[1]), 2), "rss_mib": round(int(out[2]) / 1024),
+            "rc": int(out[3]), "load": round(load, 1)}
 
 
 def cg(*args: str) -> list[str]:
@@ -261,18 +265,29 @@ while True:
 
 
 def replay_times(path: str) -> dict:
+    """The TUI's replay (ReplaySource + ViewState, headless): open, a seek at once (the index still being
+    built), the index's build, then the slowest of seeks to 50%, 90%, 10%, 99.9% and 30%."""
     from cgwatch.replay import ReplaySource
+    from cgwatch.tui.state import ViewState
+    view = ViewState()
     t0 = time.perf_counter()
     src = ReplaySource(path, start_paused=True, clock=lambda: 0.0)
-    got = []
-    src.start(lambda r: None, lambda s: None)
+    src.start(view.fold, lambda s: None)
+    out = {"open_s": round(time.perf_counter() - t0, 2)}
     t1 = time.perf_counter()
-    out = {"open_s": t1 - t0}
-    for frac in (0.5, 0.9, 0.1):
+    src.send("seek", 0.7 * src.duration_s - src.pos)
+    out["seek_while_indexing_s"] = round(time.perf_counter() - t1, 2)
+    if src._index is not None:
         t2 = time.perf_counter()
+        src._index._thread.join()
+        out["index_build_s"] = round(time.perf_counter() - t2 + t1 - t0, 2)
+    got = []
+    for frac in (0.5, 0.9, 0.1, 0.999, 0.3):
+        t3 = time.perf_counter()
         src.send("seek", frac * src.duration_s - src.pos)
-        got.append(time.perf_counter() - t2)
-    out["seek_s"] = max(got)
+        got.append(time.perf_counter() - t3)
+    out["seek_s"] = round(max(got), 3)
+    out["steps_in_view"] = view.steps
     src.close()
     return out
 
@@ -285,7 +300,10 @@ def main() -> int:
     a = ap.parse_args()
     only = set(a.only.split(","))
     os.makedirs(a.out, exist_ok=True)
-    res: dict = {"machine": f"{os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    import platform
+    res: dict = {"machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+                            f"Python {platform.python_version()}, pyarrow {pa.__version__}",
+                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if "write" in only:
         res["write_cost"] = write_cost()
         print("write cost per record:", res["write_cost"], flush=True)
@@ -312,7 +330,7 @@ def main() -> int:
             r["report_arrows"] = child(cg("report", ipc_path))
         if "recommend" in only:
             r["recommend"] = child(cg("recommend", pq_path, "--memory-budget", "256", "--max-buckets", "6"))
-        if "export" in only:
+        if "export" in only and steps <= 1_000_000:
             r["export_csv"] = child(cg("export", pq_path, "--format", "csv", "-o", f"{a.out}/x.csv"))
             r["export_perfetto"] = child(cg("export", pq_path, "-o", f"{a.out}/x.json"))
         if "convert" in only and steps <= 1_000_000:

@@ -170,3 +170,17 @@ def test_long_rows_use_numpy_percentiles_with_the_same_values(tmp_path):
             w.write(r)
     convert(str(jl), str(tmp_path / "l.parquet"))
     _same_report(str(jl), str(tmp_path / "l.parquet"))
+
+
+def test_recommend_same_answer_from_either_format(tmp_path, capsys):
+    from cgwatch.cli import main
+    src = os.path.join(ROOT, "sample_traces", "llama1b_poisson_h100.jsonl")
+    pq = str(tmp_path / "p.parquet")
+    convert(src, pq)
+    outs = []
+    for path in (src, pq):
+        assert main(["recommend", path, "--costs", "sample:bench_llama1b_h100", "--memory-budget", "256",
+                     "--max-buckets", "6", "--json"]) == 0
+        out = capsys.readouterr().out.replace(pq, src)
+        outs.append(out)
+    assert outs[0] == outs[1]

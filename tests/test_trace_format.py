@@ -296,3 +296,14 @@ print("ok")
         pytest.importorskip(mod)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path))
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_rotation_flags(capsys):
+    from cgwatch.cli import _duration, _size
+    assert _size("512MB") == 512 << 20 and _size("2g") == 2 << 30 and _size("4096") == 4096
+    assert _duration("1h") == 3600 and _duration("30m") == 1800 and _duration("90") == 90
+    assert main(["run", "--headless", "--steps", "1", "--rotate-size", "1MB"]) == 2
+    assert "need --record" in capsys.readouterr().err
+    assert main(["run", "--headless", "--steps", "1", "--rotate-time", "soon"]) == 2
+    err = capsys.readouterr().err
+    assert "not a duration" in err and err.count("\n") == 1
