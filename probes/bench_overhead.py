@@ -51,17 +51,21 @@ def host_us_per_replay(graph, n: int) -> float:
     return statistics.median(times)
 
 
-def bench(model: str, bs: int, steps: int, rounds: int, eager_steps: int, max_inflight: int) -> dict:
-    tmp = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False).name
+def bench(model: str, bs: int, steps: int, rounds: int, eager_steps: int, max_inflight: int,
+          trace_ext: str = ".jsonl") -> dict:
+    """``trace_ext``: the trace the loop records into (.jsonl, .parquet: the compact format), or none."""
+    tmp = tempfile.NamedTemporaryFile(suffix=trace_ext, delete=False).name
     recs: list[dict] = []
     fan = Fanout(recs.append)
     cfg = EngineConfig(model=model, max_seq=1024, capture_sizes=(bs,), sample_interval_s=0.25, max_inflight=max_inflight,
                        workload=WorkloadSpec(arrival=f"fixed:{bs}", prompt_len="fixed:8", output_len="fixed:1015",
                                              max_concurrency=max(bs, 1), max_seq=1024))
     eng = Engine(cfg, fan)
-    writer = TraceWriter(tmp, eng.header())
-    fan.add(writer.write)
-    out = {"model": model, "batch": bs, "max_inflight": max_inflight}
+    writer = None
+    if trace_ext != "none":
+        writer = TraceWriter(tmp, eng.header())
+        fan.add(writer.write)
+    out = {"model": model, "batch": bs, "max_inflight": max_inflight, "trace": trace_ext}
     with torch.inference_mode():
         eng.start()
         for _ in range(20):
@@ -120,7 +124,9 @@ def bench(model: str, bs: int, steps: int, rounds: int, eager_steps: int, max_in
         weight_bytes = a.n_params() * eng.model.embed_tokens.weight.element_size()
         kv_bytes = bs * a.n_layers * 2 * a.n_kv_heads * 1024 * a.head_dim * 2
         out["hbm_floor_ms"] = (weight_bytes + kv_bytes) / HBM_BYTES_PER_S * 1e3
-    writer.close(eng.close())
+    summary = eng.close()
+    if writer is not None:
+        writer.close(summary)
     os.unlink(tmp)
     return out
 
@@ -133,6 +139,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--eager-steps", type=int, default=40)
     ap.add_argument("--max-inflight", type=int, default=EngineConfig.max_inflight)
+    ap.add_argument("--trace-ext", default=".jsonl", help="the recorded trace: .jsonl, .parquet (compact) or none")
     ap.add_argument("--json")
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -140,7 +147,7 @@ def main() -> None:
     rows = []
     for model in a.models.split(","):
         for bs in map(int, a.batches.split(",")):
-            rows.append(bench(model, bs, a.steps, a.rounds, a.eager_steps, a.max_inflight))
+            rows.append(bench(model, bs, a.steps, a.rounds, a.eager_steps, a.max_inflight, a.trace_ext))
             torch.cuda.empty_cache()
     card = torch.cuda.get_device_name()
     if a.json:
