@@ -12,7 +12,7 @@ import os
 import sys
 
 from cgwatch.errors import CgwatchError
-from cgwatch.trace import _dumps, iter_numbered, open_trace, trace_files
+from cgwatch.trace import _dumps, _scan, _sniff, iter_numbered, open_trace, read_header, trace_files
 
 CHUNK = 1 << 16
 
@@ -32,11 +32,16 @@ def convert(src, out: str) -> tuple[int, list[str]]:
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise CgwatchError(f"cannot write {out}: directory {parent} does not exist")
-    tr = open_trace(paths)
-    header = dict(tr.header)
+    if len(paths) == 1 and _sniff(paths[0]) == "jsonl":
+        tr = None                    # JSON Lines: streamed, never held whole
+        header, state = read_header(paths[0]), {}
+        records = _jsonl_records(paths[0], state)
+    else:
+        tr = open_trace(paths)
+        header = dict(tr.header)
+        records = (rec for _, rec in iter_numbered(paths))
     if len(paths) > 1:
         header.pop("part", None)     # the parts become one file
-    records = (rec for _, rec in iter_numbered(paths))
     n = 0
     if out.endswith(".jsonl"):
         tmp = f"{out}.tmp{os.getpid()}"
@@ -50,7 +55,7 @@ def convert(src, out: str) -> tuple[int, list[str]]:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    elif tr.compact is not None:   # compact to compact: the batches as they are, no record decoded
+    elif tr is not None and tr.compact is not None:   # compact to compact: the batches as they are, no record decoded
         from cgwatch import columnar
         n = columnar.write_table(out, header, tr.batches())
     else:
@@ -65,8 +70,27 @@ def convert(src, out: str) -> tuple[int, list[str]]:
                 yield buf
         from cgwatch import columnar
         n = columnar.write_table(out, header, chunks())
-    warnings = [w for w in tr.warnings() if not w.startswith("no end record")]
+    if tr is None:
+        warnings = [] if state.get("truncated_at") is None else [
+            f"trace truncated at byte {state['truncated_at']} after {state['n']} records (the run did not close it: "
+            "crash or kill?)"]
+    else:
+        warnings = [w for w in tr.warnings() if not w.startswith("no end record")]
     return n, warnings
+
+
+def _jsonl_records(path: str, state: dict):
+    """A JSON Lines trace's records after the header, streamed; ``state`` gets its truncation."""
+    scan = _scan(path)
+    next(scan)
+    n = 0
+    for offset, _, rec in scan:
+        if rec is None:
+            state["truncated_at"] = offset
+        else:
+            n += 1
+            yield rec
+    state["n"] = n
 
 
 def run(a) -> int:

@@ -338,7 +338,7 @@ def main() -> int:
             r["recommend"] = child(cg("recommend", pq_path, "--memory-budget", "256", "--max-buckets", "6"))
         if "export" in only and steps <= 1_000_000:
             r["export_csv"] = child(cg("export", pq_path, "--format", "csv", "-o", f"{a.out}/x.csv"))
-            r["export_perfetto"] = child(cg("export", pq_path, "-o", f"{a.out}/x.json"))
+            r["export_perfetto"] = child(cg("export", pq_path, "--format", "perfetto", "-o", f"{a.out}/x.json"))
         if "convert" in only and steps <= 1_000_000:
             jl = f"{a.out}/synth_{steps}.jsonl"
             r["convert_to_jsonl"] = child(cg("convert", pq_path, jl))
