@@ -102,9 +102,7 @@ def _is(col, value: str) -> np.ndarray:
     return _codes(col, [value]) == 0
 
 
-def indices(rows: np.ndarray) -> pa.Array:
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
-    return pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(rows)])
+indices = C.indices
 
 
 def _nonneg(x: np.ndarray, null: np.ndarray) -> np.ndarray:

@@ -13,18 +13,23 @@ checkpoint below j and folds the rest. Until the thread has passed j, the fold r
 from __future__ import annotations
 
 import json
+import pickle
 import threading
 from collections import OrderedDict
 
 import numpy as np
 
 from . import fold as F
+from . import records as R
 from .aggregate import VIEW_WINDOW, RunStats
 from .protocol import AGGREGATE, AGGREGATE_ROW, SNAPSHOT_END
 
-CHECKPOINT_ROWS = 1 << 18   # rows between aggregate checkpoints (a seek folds at most this many)
-SNAPSHOT_ROWS = 4000        # records replayed into a snapshot for the charts and the log
+CHECKPOINT_ROWS = 1 << 17   # rows between aggregate checkpoints (a seek folds at most this many)
+SNAPSHOT_ROWS = 2000        # records replayed into a snapshot for the charts (200 points) and the log
 CACHE_GROUPS = 4            # decoded row groups kept
+LOG_EVENTS = 1000           # events before the window a snapshot replays for the log (the view keeps 1,000 lines)
+STATE_KINDS = frozenset((R.EV_CAPTURE, R.EV_CAPTURE_DONE, R.EV_RECAPTURE, R.EV_RELEASE, R.EV_MODE, R.EV_STATE,
+                         R.EV_PADDING, R.EV_RATE, R.EV_PAUSE, R.EV_RESTART))   # events a view's state follows
 
 
 class CompactRecords:
@@ -40,23 +45,28 @@ class CompactRecords:
         t = np.empty(self.n, dtype=np.float64)
         self.events: list[tuple[int, str]] = []     # (row, event kind) of the decoded rows: for ``next``
         self.event_recs: list[dict] = []            # ... and the events themselves: a snapshot replays them
+        end = None
         for k in range(len(sizes)):
             g = self.pf.read_row_group(k, columns=["t_us", "json"])
             a = int(self.starts[k])
             t[a:a + sizes[k]] = F._floats(g.column("t_us").combine_chunks()) / 1e6
             js = g.column("json").combine_chunks()
-            for row in np.flatnonzero(~F._null(js)):
-                rec = json.loads(js[int(row)].as_py())
+            rows = np.flatnonzero(~F._null(js))
+            for row, text in zip(rows, js.take(F.indices(rows)).to_pylist()):
+                rec = json.loads(text)
                 tt = rec.get("t")
                 t[a + row] = tt if isinstance(tt, (int, float)) and not isinstance(tt, bool) else np.nan
                 if rec.get("type") == "event":
                     self.events.append((a + int(row), rec.get("kind")))
                     self.event_recs.append(rec)
+                elif rec.get("type") == "end":
+                    end = rec
+        trace.cache_end(end)   # found on the way: the trace's warnings need no pass of their own
         t = np.where(np.isnan(t), -np.inf, t)
         self.tmax = np.maximum.accumulate(np.maximum(t, 0.0)) if self.n else t
         self._cache: OrderedDict[int, list[dict]] = OrderedDict()
         self._lock = threading.Lock()
-        self._checkpoints: dict[int, tuple[dict, list]] = {0: RunStats(VIEW_WINDOW).state()}
+        self._checkpoints: dict[int, bytes] = {0: pickle.dumps(RunStats(VIEW_WINDOW).state())}   # pickled: compact
         self._built = 0                  # rows the background fold has passed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._build, name="cgwatch-replay-index", daemon=True)
@@ -78,6 +88,23 @@ class CompactRecords:
             else:
                 self._cache.move_to_end(g)
         return recs[k - int(self.starts[g])]
+
+    def records(self, a: int, z: int) -> list[dict]:
+        """Records [a, z), decoding only those rows."""
+        from . import columnar as C
+        out: list[dict] = []
+        while a < z:
+            g = int(np.searchsorted(self.starts, a, side="right") - 1)
+            lo, hi = int(self.starts[g]), int(self.starts[g + 1])
+            with self._lock:
+                cached = self._cache.get(g)
+            if cached is not None:
+                out += cached[a - lo:min(z, hi) - lo]
+            else:
+                b = self.pf.read_row_group(g).combine_chunks()
+                out += C.decode(b.slice(a - lo, min(z, hi) - a))
+            a = min(z, hi)
+        return out
 
     def close(self) -> None:
         self._stop.set()
@@ -104,13 +131,13 @@ class CompactRecords:
             self._fold_to(stats, pos, nxt)
             pos = nxt
             with self._lock:
-                self._checkpoints[pos] = stats.state()
+                self._checkpoints[pos] = pickle.dumps(stats.state(), protocol=5)
                 self._built = pos
 
     def aggregate_at(self, j: int) -> RunStats:
         with self._lock:
             base = max(k for k in self._checkpoints if k <= j)
-            run, rows = self._checkpoints[base]
+            run, rows = pickle.loads(self._checkpoints[base])
         stats = RunStats.from_state(run, rows, window=VIEW_WINDOW)
         if base == 0:
             stats.add(self.header)
@@ -124,9 +151,13 @@ class CompactRecords:
         out = [self.header, {"type": AGGREGATE, "window": VIEW_WINDOW, "rows": len(rows), "run": run},
                *({"type": AGGREGATE_ROW, "row": row} for row in rows)]
         first = max(0, j - SNAPSHOT_ROWS)
-        # the events before the window too (captures, releases, mode switches: the bucket status, the sizes
-        # in force, the log), counted in the aggregate already, then the window's records
-        out += [rec for (k, _), rec in zip(self.events, self.event_recs) if k < first]
-        out += [self[k] for k in range(first, j)]
+        # the events before the window too, counted in the aggregate already: every one that sets what the
+        # view shows (captures, releases, mode switches, ...: the bucket status, the sizes in force) and the
+        # last LOG_EVENTS of the others (the log); then the window's records
+        before = [(k, rec) for (k, _), rec in zip(self.events, self.event_recs) if k < first]
+        rest = [k for k, rec in before if rec.get("kind") not in STATE_KINDS][-LOG_EVENTS:]
+        keep = set(rest)
+        out += [rec for k, rec in before if rec.get("kind") in STATE_KINDS or k in keep]
+        out += self.records(first, j)
         out.append({"type": SNAPSHOT_END})
         return out
