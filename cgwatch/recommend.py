@@ -175,7 +175,7 @@ class _View:
             self.others: list[dict] = []
             _, scr = fold(trace, window=0, on_record=self.others.append, steps=True)
             st = scr.steps
-            self.batch, self.bucket, self.ms = st["batch"].astype(np.int64), st["bucket"].astype(np.int64), st["ms"]
+            self.batch, self.bucket, self.ms = st["batch"], st["bucket"], st["ms"]
             self.warning = scr.warning
         else:
             scr = trace.screened()
@@ -206,8 +206,9 @@ def _by(keys: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
 def measure_costs(trace) -> Costs:
     """Step times and graph memory measured in ``trace``; CgwatchError if one is missing."""
     v = view(trace)
-    graph = _by(v.bucket[v.bucket >= 0], v.ms[v.bucket >= 0])
-    eager = _by(v.batch[v.bucket < 0], v.ms[v.bucket < 0])
+    on = v.bucket >= 0
+    graph = _by(v.bucket[on], v.ms[on])
+    eager = _by(v.batch[~on], v.ms[~on])
     rounds: list[list[dict]] = []     # successful capture events of each capture round
     pending: list[dict] = []
     for rec in v.others:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import pickle
 import threading
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -135,6 +136,9 @@ class CompactRecords:
                 self._built = pos
 
     def aggregate_at(self, j: int) -> RunStats:
+        # the index still being built below j: wait for it (folding beside it would do its work twice)
+        while self._thread.is_alive() and self._built + CHECKPOINT_ROWS <= j:
+            time.sleep(0.02)
         with self._lock:
             base = max(k for k in self._checkpoints if k <= j)
             run, rows = pickle.loads(self._checkpoints[base])
