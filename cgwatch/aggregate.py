@@ -8,6 +8,9 @@ is live or replayed. Step fields are read through the records.py helpers (``step
 readers screen the records first (records.Screen: NaN, negative times, duplicates, t out of order, a
 graph smaller than its rows ... are skipped and said in one warning line), and a step whose fields have
 the wrong types raises before anything is counted.
+``RunStats.add_steps`` counts many forwards at once from numpy columns (``fold.py``, for a compact trace)
+and reaches the same state as ``add_step`` on each (tests/test_fold.py); ``RunStats(bucket_values=False)``
+keeps no percentile values in the run-long bucket rows (the report, which shows the epochs' rows).
 
 Definitions (the product's contract; docs/TRACE_FORMAT.md has the record fields)
 --------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 
 import pyarrow as pa
 

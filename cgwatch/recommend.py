@@ -47,7 +47,6 @@ import math
 import operator
 import sys
 import textwrap
-from collections import defaultdict
 
 import numpy as np
 from dataclasses import dataclass, field

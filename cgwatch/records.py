@@ -141,6 +141,8 @@ def alert(t: float, message: str, level: str = "warn", **fields) -> dict:
 #     with i and skips the others; the live check skips a step that starts before the step with the largest
 #     i seen so far.
 # Records of unknown types and unknown fields are kept, as the format says; the readers ignore them.
+# A compact trace (columnar.py) goes through the same rules a column batch at a time: fold.py (the rows its
+# vector tests cannot clear are decoded and judged by check_record itself).
 
 STEP_REQUIRED = ("i", "t", "batch", "target", "bucket", "host_us", "gpu_ms", "tokens")
 SAMPLE_NUMBERS = ("gpu_util", "mem_util", "mem_used_bytes", "mem_total_bytes", "power_w", "sm_clock_mhz",

@@ -35,7 +35,6 @@ STATE_KINDS = frozenset((R.EV_CAPTURE, R.EV_CAPTURE_DONE, R.EV_RECAPTURE, R.EV_R
 
 class CompactRecords:
     def __init__(self, trace):
-        import pyarrow.parquet  # noqa: F401
         r = trace.compact[0]
         self.pf = r._pf
         self.header = trace.header

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -221,7 +220,6 @@ def write_cost(n: int = 200_000) -> dict:
 
 def journal_size(n: int = 300_000) -> float:
     """Bytes per step of a recording before its close compacts it: one batch per 0.25 s at ~150 steps/s."""
-    from cgwatch.trace import _dumps  # noqa: F401
     cols, others = next(synth(n))
     rows = C.decode(step_batch(cols))
     merged = sorted(rows + others, key=lambda r: r["t"])
