@@ -97,6 +97,7 @@ class TraceWriter:
             raise CgwatchError(f"cannot write trace {path}: {e.strerror or e}") from None
         self.parts.append(path)
         self._part_t = time.monotonic()
+        self._part_base = self._part.bytes   # the header's bytes: a part holds at least one record
 
     def _rotate_locked(self) -> None:
         old = self._part
@@ -113,7 +114,7 @@ class TraceWriter:
         with self._lock:
             if self._closed:
                 return
-            if self.rotating and ((self.rotate_bytes and self._part.bytes >= self.rotate_bytes)
+            if self.rotating and ((self.rotate_bytes and self._part.bytes - self._part_base >= self.rotate_bytes)
                                   or (self.rotate_s and time.monotonic() - self._part_t >= self.rotate_s)):
                 self._rotate_locked()
                 part = self._part

@@ -238,7 +238,8 @@ def test_rotation_by_size_loses_no_record(tmp_path, name):
             w._part.flush()            # as the 0.25 s clock would: the size grows as batches land
     w.close({"steps": 4000})
     parts = sorted(glob.glob(str(tmp_path / "run.*")))
-    assert len(parts) >= 3 and parts == [part_path(str(path), k) for k in range(len(parts))]
+    assert 3 <= len(parts) < 200 and parts == [part_path(str(path), k) for k in range(len(parts))]   # the header
+    # does not count toward a part's size: a part never holds just one record
     for k, p in enumerate(parts):           # each part says what it is
         h = open_trace(p).header
         assert h["part"] == k and h["model"] == HEADER["model"]
