@@ -37,6 +37,7 @@ class CompactRecords:
     def __init__(self, trace):
         r = trace.compact[0]
         self.pf = r._pf
+        self.path = r.path
         self.header = trace.header
         md = self.pf.metadata
         sizes = [md.row_group(k).num_rows for k in range(md.num_row_groups)]
@@ -108,14 +109,20 @@ class CompactRecords:
 
     def close(self) -> None:
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
     # -- the aggregate at a row ---------------------------------------------------------------------
-    def _fold_to(self, stats: RunStats, a: int, z: int) -> None:
-        """Rows [a, z) into stats, a row group at a time."""
+    def _fold_to(self, stats: RunStats, a: int, z: int, pf=None) -> None:
+        """Rows [a, z) into stats, a row group at a time (``pf``: the background thread's own reader: one
+        ParquetFile is not read from two threads)."""
+        pf = pf or self.pf
         g = int(np.searchsorted(self.starts, a, side="right") - 1)
         while a < z and g < len(self.starts) - 1:
             lo, hi = int(self.starts[g]), int(self.starts[g + 1])
-            b = self.pf.read_row_group(g).combine_chunks().to_batches()
+            if pf is not self.pf and self._stop.is_set():
+                return
+            b = pf.read_row_group(g).combine_chunks().to_batches()
             batch = b[0] if b else None
             if batch is not None:
                 F.fold_rows(stats, batch, a - lo, min(z, hi) - lo)
@@ -123,16 +130,23 @@ class CompactRecords:
             g += 1
 
     def _build(self) -> None:
-        stats = RunStats(VIEW_WINDOW)
-        stats.add(self.header)
-        pos = 0
-        while pos < self.n and not self._stop.is_set():
-            nxt = min(self.n, pos + CHECKPOINT_ROWS)
-            self._fold_to(stats, pos, nxt)
-            pos = nxt
-            with self._lock:
-                self._checkpoints[pos] = pickle.dumps(stats.state(), protocol=5)
-                self._built = pos
+        try:
+            import pyarrow.parquet as pq
+            pf = pq.ParquetFile(self.path)
+            stats = RunStats(VIEW_WINDOW)
+            stats.add(self.header)
+            pos = 0
+            while pos < self.n and not self._stop.is_set():
+                nxt = min(self.n, pos + CHECKPOINT_ROWS)
+                self._fold_to(stats, pos, nxt, pf)
+                if self._stop.is_set():
+                    return
+                pos = nxt
+                with self._lock:
+                    self._checkpoints[pos] = pickle.dumps(stats.state(), protocol=5)
+                    self._built = pos
+        except Exception:   # a damaged row group, the file gone: seeks fold from the last checkpoint instead
+            return
 
     def aggregate_at(self, j: int) -> RunStats:
         # the index still being built below j: wait for it (folding beside it would do its work twice)
