@@ -426,6 +426,13 @@ def run_daemon(cfg, listen: str | None, token: str | None, record: str | None, p
             metrics.serve(prometheus_port)
             fanout.add(metrics)
         fanout.add(daemon.publish)
+        if hasattr(engine, "on_abort"):   # a lost rank the engine's thread cannot see: end trace and stream
+
+            def abort(summary: dict) -> None:
+                if writer:
+                    writer.close(summary)
+                daemon.publish({"type": R.END, **summary})
+            engine.on_abort = abort
         daemon.start(meta, engine.submit)
         announce(f"cgwatch daemon listening on {daemon.address}")
         if metrics is not None:

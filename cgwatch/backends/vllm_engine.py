@@ -280,7 +280,10 @@ class VllmEngine(CommandTaker):
                           "architecture": (mc.architectures or [None])[0],
                           "max_model_len": mc.max_model_len, "vocab_size": self.vocab, "params": None},
                 "config": cfg, "workload": self.workload.describe(), "nvtx": False, "nvml": self.nvml.available,
-                "build_s": round(self.build_s, 3)}
+                "build_s": round(self.build_s, 3)} | ({"tensor_parallel_size": self.cfg.tensor_parallel_size,
+                                                       "rank_stats": "per engine: vLLM reports each step once for "
+                                                       "all its workers, not per rank"}
+                                                      if self.cfg.tensor_parallel_size > 1 else {})
 
     def control_state(self) -> dict:
         return {"mode": "graph" if self.graph_mode else "eager", "cuda": self.cuda, "sizes": list(self.sizes),
