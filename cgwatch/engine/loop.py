@@ -427,9 +427,15 @@ class Engine(CommandTaker):
             return False
         admitted = [(a.slot, a.prompt_len) for a in plan.admitted]
         d = self.table[len(plan.active)]
-        if self.ranks is not None:
-            self._send(RK.OP_STEP, i, d.bucket, plan.active, admitted)
-        self._run_step(i, admitted, plan.active, d)
+        if self.ranks is None:
+            self._run_step(i, admitted, plan.active, d)
+            return True
+        self._send(RK.OP_STEP, i, d.bucket, plan.active, admitted)
+        try:
+            self._run_step(i, admitted, plan.active, d)
+        except Exception as e:   # the model's all-reduces fail when a rank is gone: say which
+            self.ranks.check_failure(e)
+            raise
         return True
 
     def _run_step(self, i: int, admitted: list[tuple[int, int]], active: list[int], d: Dispatch) -> None:

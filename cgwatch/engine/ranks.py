@@ -158,17 +158,29 @@ class Ranks:
         return None, None, None, None
 
     # -- liveness --------------------------------------------------------------------------
+    def check_failure(self, e: BaseException) -> None:
+        """After ``e`` in this rank's own work (the model's all-reduces among it): raise RankLost if a
+        rank is gone, so the run ends with that reason; else the caller re-raises ``e``."""
+        if self.lost or self._wait_dead(2.0 if isinstance(e, dist.DistError) or "gloo" in str(e) else 0.0):
+            self._noticed.set()
+            raise RankLost(self.lost) from None
+
+    def _wait_dead(self, wait_s: float) -> str | None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            reason = self._dead_rank()
+            if reason is not None or time.monotonic() >= deadline:
+                if reason is not None:
+                    self.lost = self.lost or reason
+                return reason
+            time.sleep(0.05)
+
     def _reason(self, e: BaseException) -> str:
         """The one-line reason a collective failed: a rank's own report, its exit, or the error."""
         self._noticed.set()
         if self.lost:
             return self.lost
-        deadline = time.monotonic() + 3.0       # a dying peer: give its process time to exit and report
-        reason = None
-        while reason is None and time.monotonic() < deadline:
-            reason = self._dead_rank()
-            if reason is None:
-                time.sleep(0.05)
+        reason = self._wait_dead(3.0)          # a dying peer: give its process time to exit and report
         self.lost = reason or f"rank {self.rank}: a collective with the other ranks failed ({one_line(e)})"
         return self.lost
 
@@ -261,6 +273,8 @@ def rank_env() -> dict:
     """The rank processes' environment: NVLink multicast off unless the user chose (facts.md)."""
     env = dict(os.environ)
     env.setdefault("NCCL_NVLS_ENABLE", "0")
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)   # this cgwatch
     return env
 
 

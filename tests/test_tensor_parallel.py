@@ -1,0 +1,314 @@
+"""Tensor parallelism on the CPU (gloo, two ranks): sharding, the rank protocol, greedy tokens equal to
+one rank, commands on every rank, per-rank step times, a rank killed mid-run. Real NCCL capture:
+test_tensor_parallel_gpu.py."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgwatch.engine import ranks as RK
+from cgwatch.engine.control import Command, parse_scheduled
+from cgwatch.engine.loop import Engine, EngineConfig
+from cgwatch.engine.model import PRESETS, ModelArgs, build_random
+from cgwatch.engine.rank_merge import RankMerge, SkewWatch
+from cgwatch.engine.step import DecodeState
+from cgwatch.engine.tensor_parallel import check_shapes, full_shape, shard, shard_dim
+from cgwatch.errors import CgwatchError
+from cgwatch.workload import WorkloadSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- sharding (pure) ----------------------------------------------------------------------------
+
+def test_shard_rules_megatron():
+    assert shard_dim("layers.0.self_attn.q_proj.weight") == 0
+    assert shard_dim("layers.0.self_attn.k_proj.bias") == 0
+    assert shard_dim("layers.3.mlp.up_proj.weight") == 0
+    assert shard_dim("layers.3.self_attn.o_proj.weight") == 1
+    assert shard_dim("layers.3.mlp.down_proj.weight") == 1
+    for name in ("embed_tokens.weight", "lm_head.weight", "norm.weight", "layers.0.input_layernorm.weight"):
+        assert shard_dim(name) is None
+    w = torch.arange(24.0).view(4, 6)
+    assert full_shape("layers.0.mlp.down_proj.weight", torch.Size([4, 3]), 2) == (4, 6)
+    assert torch.equal(shard(w, "layers.0.mlp.down_proj.weight", 1, 2), w[:, 3:])
+    assert torch.equal(shard(w, "layers.0.mlp.gate_proj.weight", 1, 2), w[2:])
+    assert shard(w, "lm_head.weight", 1, 2) is w
+
+
+def test_shapes_must_split_evenly():
+    check_shapes(PRESETS["llama-70b"], 8)
+    with pytest.raises(CgwatchError, match="32 attention heads, not divisible by 3"):
+        check_shapes(PRESETS["llama-8b"], 3)
+    with pytest.raises(CgwatchError, match="must be >= 1"):
+        check_shapes(PRESETS["tiny"], 0)
+
+
+def test_llama_70b_preset_shapes():
+    a = PRESETS["llama-70b"]
+    assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.ffn_dim, a.vocab_size) == (8192, 80, 64, 8, 28672, 128256)
+    assert 70.0e9 < a.n_params() < 71.0e9      # 141 GB in bf16: 70.6 GB a rank with N=2
+
+
+def test_shards_hold_exactly_the_whole_model():
+    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48, vocab_size=50)
+    whole = dict(build_random(args, "cpu", torch.float32, seed=3).named_parameters())
+    parts = [dict(build_random(args, "cpu", torch.float32, seed=3, rank=r, tp_size=2).named_parameters())
+             for r in range(2)]
+    for name, w in whole.items():
+        d = shard_dim(name)
+        got = parts[0][name] if d is None else torch.cat([parts[0][name], parts[1][name]], dim=d)
+        assert torch.equal(got, w), name
+
+
+# -- the protocol's encodings and the merge (pure) ----------------------------------------------
+
+def test_plan_and_measures_round_trip():
+    n = RK.vector_len(8)
+    v = RK.encode_plan(RK.OP_STEP, 41, 8, [3, 1, 7], [(7, 120), (1, 5)], n)
+    assert RK.decode_plan(v) == (RK.OP_STEP, 41, 8, [3, 1, 7], [(7, 120), (1, 5)])
+    assert RK.decode_plan(RK.encode_plan(RK.OP_NOOP, 0, None, [], [], n))[2] is None
+    m = [(i, 0.5 * i) for i in range(RK.MEASURES + 3)] + [(99, None)]
+    assert RK.decode_measures(RK.encode_measures(m, n)) == m[:RK.MEASURES]
+    assert RK.decode_measures(RK.encode_measures([(4, None)], n)) == [(4, None)]
+
+
+def _step(i, ms):
+    return {"type": "step", "i": i, "gpu_ms": ms, "host_us": 1.0}
+
+
+def test_merge_waits_for_every_rank_and_keeps_order():
+    out = []
+    m = RankMerge(3, out.append, lambda: 0.0, keep=4)
+    m.own(_step(0, 1.0))
+    m.add(1, [(0, 1.5)])
+    assert out == []                      # rank 2 not in yet
+    m.add(2, [(0, 1.2), (1, 2.0)])        # a rank can be ahead of rank 0
+    assert [r["i"] for r in out] == [0]
+    assert out[0]["rank_ms"] == [1.0, 1.5, 1.2] and out[0]["skew_ms"] == 0.5
+    m.own(_step(1, 2.0))
+    m.add(1, [(1, None)])                 # not measured
+    assert out[1]["rank_ms"] == [2.0, None, 2.0] and out[1]["skew_ms"] is None
+    for i in range(2, 8):                 # rank 1 and 2 silent: records leave after ``keep``
+        m.own(_step(i, 1.0))
+    assert [r["i"] for r in out] == [0, 1, 2, 3]
+    m.flush(force=True)
+    assert [r["i"] for r in out] == list(range(8)) and out[-1]["rank_ms"] == [1.0, None, None]
+
+
+def test_skew_alert_once_for_a_persistently_slow_rank():
+    out = []
+    w = SkewWatch(2, out.append, lambda: 1.0, window=20)
+    for i in range(40):
+        w.add({"rank_ms": [1.0, 1.3], "skew_ms": 0.3})
+    alerts = [r for r in out if r["kind"] == "alert"]
+    assert len(alerts) == 1 and alerts[0]["rank"] == 1 and "rank 1 is persistently slower" in alerts[0]["message"]
+    out.clear()
+    w2 = SkewWatch(2, out.append, lambda: 1.0, window=20)
+    for i in range(40):                   # the slowest alternates: no alert
+        w2.add({"rank_ms": [1.0, 1.3] if i % 2 else [1.3, 1.0], "skew_ms": 0.3})
+    for i in range(40):                   # same rank, negligible skew: no alert
+        w2.add({"rank_ms": [1.0, 1.001], "skew_ms": 0.001})
+    assert out == []
+
+
+# -- two ranks on the CPU (gloo) ----------------------------------------------------------------
+
+def _cfg(tp, model="tiny", schedule=(), steps_len="fixed:12", **kw):
+    return EngineConfig(model=model, device="cpu", max_seq=64, tensor_parallel_size=tp, sample_interval_s=0.2,
+                        schedule=tuple(parse_scheduled(s) for s in schedule),
+                        workload=WorkloadSpec(arrival="poisson:0.6", max_concurrency=4, max_seq=64,
+                                              prompt_len="uniform:4:12", output_len=steps_len, seed=1), **kw)
+
+
+def _run(cfg, steps, during=None):
+    """Run on rank 0 (this process); returns (records, tokens per step, summary)."""
+    recs, tokens = [], []
+    e = Engine(cfg, recs.append)
+    decode = e.state.decode
+
+    def recorded(rows):
+        logits, new = decode(rows)
+        tokens.append(new[:rows].tolist())
+        return logits, new
+    e.state.decode = recorded
+    if during:
+        during(e)
+    try:
+        e.run(steps)
+    finally:
+        summary = e.close()
+    return recs, tokens, summary
+
+
+SCHEDULE = ("5:eager", "8:graph", "10:recapture=1,2,4", "12:padding=0.25", "14:mark=x", "16:rate=1.0")
+
+
+def test_two_ranks_greedy_tokens_equal_one_rank_with_commands():
+    r1, t1, s1 = _run(_cfg(1, schedule=SCHEDULE), 30)
+    r2, t2, s2 = _run(_cfg(2, schedule=SCHEDULE), 30)
+    assert t1 and t2 == t1                                    # fp32, same weights, split over 2 ranks
+    assert s2["steps"] == 30 and "reason" not in s2
+    steps = [r for r in r2 if r["type"] == "step"]
+    assert [r["i"] for r in steps] == list(range(30))        # every step, in order
+    assert all(len(r["rank_ms"]) == 2 and None not in r["rank_ms"] for r in steps)
+    assert all(r["skew_ms"] == pytest.approx(max(r["rank_ms"]) - min(r["rank_ms"]), abs=1e-3) for r in steps)
+    kinds = [r["kind"] for r in r2 if r["type"] == "event"]
+    for k in ("mode", "recapture", "max_padding_ratio", "mark", "rate"):
+        assert k in kinds
+    assert "rank_ms" not in [r for r in r1 if r["type"] == "step"][0]   # N=1 traces are unchanged
+
+
+def test_pause_heartbeats_and_resume():
+    def resume_later(e):
+        e.submit(Command("pause", True))
+        threading.Timer(1.0, lambda: e.submit(Command("pause", False))).start()
+    recs, tokens, summary = _run(_cfg(2), 6, during=resume_later)
+    pauses = [r["paused"] for r in recs if r["type"] == "event" and r["kind"] == "pause"]
+    assert pauses == [True, False] and summary["steps"] == 6
+
+
+@pytest.fixture
+def hf_checkpoint(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=101, max_position_embeddings=256)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    return str(tmp_path)
+
+
+def test_two_ranks_equal_one_rank_on_a_local_checkpoint(hf_checkpoint):
+    _, t1, _ = _run(_cfg(1, model=hf_checkpoint), 12)
+    _, t2, _ = _run(_cfg(2, model=hf_checkpoint), 12)
+    assert t1 and t2 == t1
+
+
+def test_bad_tensor_parallel_settings_are_one_line_errors(tmp_path):
+    with pytest.raises(CgwatchError, match="not divisible by 3"):
+        Engine(_cfg(3), lambda r: None)
+    with pytest.raises(CgwatchError, match="rank 5 is not a rank"):
+        Engine(_cfg(2, fail_capture_on=((8, 5),)), lambda r: None)
+    with pytest.raises(CgwatchError, match="use auto, cuda or cpu"):
+        Engine(EngineConfig(device="cuda:1", tensor_parallel_size=2), lambda r: None)
+
+
+def _settle_rank(rank, port, q):
+    store = torch.distributed.TCPStore("127.0.0.1", port, 2, rank == 0, timeout=timedelta(seconds=60),
+                                       wait_for_workers=False)
+    r = RK.Ranks(rank, 2, store, cuda=False)
+    ok = rank == 0
+    q.put((rank, r.settle_capture(ok, None if ok else "host_sync", None if ok else "hint", None if ok else "boom"),
+           r.settle_capture(True, None, None, None)))
+    r.stopped = True
+
+
+def test_capture_agreement_names_the_failing_rank():
+    """GraphManager settles every bucket with Ranks.settle_capture: a bucket failing on rank 1 only is
+    disabled on both, with rank 1's cause (the GPU test does it through real capture)."""
+    import multiprocessing as mp
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_settle_rank, args=(r, port, q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict((rank, (a, b)) for rank, a, b in (q.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+        if p.is_alive():
+            p.kill()
+    for rank in (0, 1):
+        assert got[rank][0] == (1, "host_sync", "hint", "boom")
+        assert got[rank][1] == (None, None, None, None)
+
+
+# -- the command line: a run with two ranks, a rank killed mid-run --------------------------------
+
+def _cgwatch(*args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "cgwatch", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def _records(path):
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass                            # a partial last line while it is written
+    return out
+
+
+def test_killed_rank_ends_the_run_with_a_reason(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    p = _cgwatch("run", "--headless", "--tp", "2", "--max-concurrency", "4", "--max-seq", "64",
+                 "--record", str(trace), "--sample-interval", "0.2")
+    try:
+        deadline = time.monotonic() + 180
+        while sum(r.get("type") == "step" for r in _records(trace)) < 10:
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "no steps within 180 s"
+            time.sleep(0.2)
+        head = _records(trace)[0]
+        assert head["tensor_parallel_size"] == 2 and [r["rank"] for r in head["ranks"]] == [0, 1]
+        os.kill(head["ranks"][1]["pid"], signal.SIGKILL)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 1
+    assert "rank 1 was killed by SIGKILL" in err and "Traceback" not in err
+    end = _records(trace)[-1]
+    assert end["type"] == "end" and end["outcome"] == "error" and end["reason"] == "rank 1 was killed by SIGKILL"
+    assert sum(r["type"] == "step" for r in _records(trace)) >= 10   # what was recorded stays
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:   # a zombie is gone too
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_killed_rank_0_leaves_no_rank_behind(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    p = _cgwatch("run", "--headless", "--tp", "2", "--max-concurrency", "4", "--max-seq", "64",
+                 "--record", str(trace))
+    try:
+        deadline = time.monotonic() + 180
+        while sum(r.get("type") == "step" for r in _records(trace)) < 3:
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "no steps within 180 s"
+            time.sleep(0.2)
+        follower = _records(trace)[0]["ranks"][1]["pid"]
+        p.kill()
+        p.communicate(timeout=60)
+        deadline = time.monotonic() + 60
+        while _alive(follower) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(follower)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
