@@ -75,6 +75,11 @@ def step(i: int, t: float, batch: int, target: int | None, bucket: int | None, r
     keeps ahead of the GPU; else the host work between steps (scheduling, bookkeeping) the GPU waited
     for. Launch gaps inside an eager step are not in it: the events bracket the whole step, so they
     show in its ``gpu_ms``. ``tokens``: tokens the forward produced.
+
+    Tensor parallelism adds (rank 0's engine, engine/rank_merge.py; absent with one rank):
+    ``rank_ms`` [each rank's step time: GPU time where measured, else host; None: not measured],
+    indexed by rank, and ``skew_ms`` (max - min of rank_ms; None unless every rank measured). The
+    other fields are rank 0's (every rank runs the same step).
     """
     rows = batch if rows is None else rows
     if runtime_mode is None:
@@ -109,7 +114,8 @@ def step_phase(rec: dict) -> str:
 
 
 _STEP_NUMBERS = (("host_us", False), ("gpu_ms", True), ("gap_us", True), ("batch", False),
-                 ("padded", True), ("tokens", False), ("rows", True), ("prompt_tokens", True))   # (field, may be null)
+                 ("padded", True), ("tokens", False), ("rows", True), ("prompt_tokens", True),
+                 ("skew_ms", True))   # (field, may be null)
 
 
 def bad_step_field(rec: dict) -> str | None:
