@@ -22,6 +22,7 @@ from textual.widgets import Footer
 from cgwatch.source import Source
 
 from .dialogs import HelpScreen, RecaptureDialog
+from .ranks import RankPanel
 from .state import ViewState
 from .widgets import Banner, BucketTable, Charts, EventLog, HeaderBar, Totals
 
@@ -46,6 +47,8 @@ KEYS = [
     ("question_mark", "help", "help", "?", "this help"),
     ("q", "quit", "quit", "q", "quit"),
 ]
+# keys in the help but not in the footer (which must fit 80 columns)
+MORE_KEYS = [("G", "toggle_ranks", "gpus", "G", "per-GPU view of a tensor-parallel run, in place of the charts")]
 
 
 STATUS = "_status"   # inbox entries for on_status: {"type": STATUS, "status": {...}}
@@ -58,7 +61,8 @@ class StatusChanged(Message):
 class CgwatchApp(App):
     TITLE = "cgwatch"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [Binding(key, action, label, key_display=shown) for key, action, label, shown, _ in KEYS]
+    BINDINGS = [Binding(key, action, label, key_display=shown) for key, action, label, shown, _ in KEYS] + \
+        [Binding(key, action, label, key_display=shown, show=False) for key, action, label, shown, _ in MORE_KEYS]
 
     def __init__(self, source: Source, refresh_s: float = REFRESH_S) -> None:
         super().__init__()
@@ -74,6 +78,7 @@ class CgwatchApp(App):
         yield HeaderBar()
         yield Banner()
         yield Charts()
+        yield RankPanel()
         yield BucketTable()
         yield Totals()
         yield EventLog()
@@ -120,7 +125,7 @@ class CgwatchApp(App):
         if self._dirty:
             self._dirty, self._slow_dirty = False, True
             state = self.state
-            for widget in (HeaderBar, Banner, Charts, EventLog):
+            for widget in (HeaderBar, Banner, Charts, RankPanel, EventLog):
                 self.query_one(widget).show(state)
         # The bucket table and totals are the costly redraws: at most every SLOW_REFRESH_S, and at once
         # when something was logged (an ack, an event) or the view was reset.
@@ -169,8 +174,16 @@ class CgwatchApp(App):
     def action_next(self, what: str) -> None:
         self.send("next", what)
 
+    def action_toggle_ranks(self) -> None:
+        """The per-GPU view in place of the charts (so both fit 80x24), and back."""
+        panel = self.query_one(RankPanel)
+        shown = not panel.has_class("-shown")
+        panel.set_class(shown, "-shown")
+        self.query_one(Charts).display = not shown
+        panel.show(self.state)
+
     def action_help(self) -> None:
-        self.push_screen(HelpScreen([(shown, text) for _, _, _, shown, text in KEYS]))
+        self.push_screen(HelpScreen([(shown, text) for _, _, _, shown, text in KEYS + MORE_KEYS]))
 
 
 def run_tui(source: Source) -> int:
