@@ -78,8 +78,10 @@ def step(i: int, t: float, batch: int, target: int | None, bucket: int | None, r
 
     Tensor parallelism adds (rank 0's engine, engine/rank_merge.py; absent with one rank):
     ``rank_ms`` [each rank's step time: GPU time where measured, else host; None: not measured],
-    indexed by rank, and ``skew_ms`` (max - min of rank_ms; None unless every rank measured). The
-    other fields are rank 0's (every rank runs the same step).
+    indexed by rank, ``skew_ms`` (max - min of rank_ms; None unless every rank measured) and
+    ``plan_us`` (rank 0's host time sending this step's plan to the other ranks and taking their
+    step times back, before ``t``: cgwatch's own cost of running N ranks). The other fields are
+    rank 0's (every rank runs the same step).
     """
     rows = batch if rows is None else rows
     if runtime_mode is None:
@@ -115,7 +117,7 @@ def step_phase(rec: dict) -> str:
 
 _STEP_NUMBERS = (("host_us", False), ("gpu_ms", True), ("gap_us", True), ("batch", False),
                  ("padded", True), ("tokens", False), ("rows", True), ("prompt_tokens", True),
-                 ("skew_ms", True))   # (field, may be null)
+                 ("skew_ms", True), ("plan_us", True))   # (field, may be null)
 
 
 def bad_step_field(rec: dict) -> str | None:

@@ -312,3 +312,20 @@ def test_killed_rank_0_leaves_no_rank_behind(tmp_path):
         if p.poll() is None:
             p.kill()
             p.communicate()
+
+
+def test_bench_with_two_ranks(capsys, tmp_path):
+    """The bench drives both ranks through Engine.call_all/step; rows get the all-reduce share, the plan cost
+    and the skew."""
+    from cgwatch.cli import main
+    assert main(["bench", "--tp", "2", "--batch-sizes", "1,2", "--steps", "4", "--warmup", "1", "--tokens", "4",
+                 "--max-seq", "64", "--prompt-len", "8", "--json", "--record", str(tmp_path / "b.jsonl")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["tensor_parallel_size"] == 2 and [r["batch"] for r in res["rows"]] == [1, 2]
+    for row in res["rows"]:
+        e = row["eager"]
+        assert e["n"] == 4 and e["plan_us_p50"] > 0 and e["skew_ms_p50"] is not None
+        assert 0 < e["allreduce_pct"] < 100
+    steps = [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines() if '"type":"step"' in x]
+    assert steps and all(len(s["rank_ms"]) == 2 for s in steps)
+    assert main(["bench", "--tp", "2", "--with-compile", "--no-record"]) == 2

@@ -375,6 +375,28 @@ class Engine(CommandTaker):
                 self.merge.add(r, got[r])
             self.merge.flush(force=True)
 
+    ALL_RANK_CALLS = ("prefill_slots", "save_state", "restore_state", "_drain")
+
+    def call_all(self, name: str, *args):
+        """Run one of ALL_RANK_CALLS on every rank (rank 0 sends it; one rank: a plain call). The bench
+        drives the engine through these, so the other ranks' model state follows rank 0's."""
+        if name not in self.ALL_RANK_CALLS:
+            raise ValueError(name)
+        if self.ranks is not None and self.rank == 0:
+            self._send(RK.OP_CALL)
+            self.ranks.broadcast((name, args))
+        return getattr(self, name)(*args)
+
+    def prefill_slots(self, slots: list[int], prompt_len: int) -> None:
+        for slot in slots:
+            self.state.prefill(slot, prompt_len)
+
+    def save_state(self) -> None:
+        self._saved_state = self.state.snapshot()
+
+    def restore_state(self) -> None:
+        self.state.restore(self._saved_state)
+
     def _keep_measure(self, rec: dict) -> None:
         """Rank > 0's emit: keep its step times for rank 0, drop the rest (rank 0 reports the run)."""
         if rec.get("type") == R.STEP:
@@ -411,6 +433,9 @@ class Engine(CommandTaker):
                     except CgwatchError:
                         continue                       # rank 0 got the same error and answered the sender
                     self._commands_changed()
+                elif op == RK.OP_CALL:
+                    name, args = self.ranks.broadcast()
+                    self.call_all(name, *args)
                 elif op == RK.OP_NOOP:
                     self._emit_done(self.timer.poll())
                 elif op == RK.OP_STOP:
@@ -430,15 +455,18 @@ class Engine(CommandTaker):
         if self.ranks is None:
             self._run_step(i, admitted, plan.active, d)
             return True
+        t0 = time.perf_counter()
         self._send(RK.OP_STEP, i, d.bucket, plan.active, admitted)
+        plan_us = (time.perf_counter() - t0) * 1e6
         try:
-            self._run_step(i, admitted, plan.active, d)
+            self._run_step(i, admitted, plan.active, d, plan_us)
         except Exception as e:   # the model's all-reduces fail when a rank is gone: say which
             self.ranks.check_failure(e)
             raise
         return True
 
-    def _run_step(self, i: int, admitted: list[tuple[int, int]], active: list[int], d: Dispatch) -> None:
+    def _run_step(self, i: int, admitted: list[tuple[int, int]], active: list[int], d: Dispatch,
+                  plan_us: float | None = None) -> None:
         """The step itself, the same on every rank: prefill newcomers, then one graph replay or eager decode."""
         if admitted:
             self._prefill(admitted, i)
@@ -457,6 +485,8 @@ class Engine(CommandTaker):
         host_us = (time.perf_counter() - t0) * 1e6
         self.nvtx.pop()
         rec = R.step(i, t0 - self.t0, batch, d.target, d.bucket, d.reason, host_us, None, batch)
+        if plan_us is not None:
+            rec["plan_us"] = round(plan_us, 2)   # rank 0: sending the plan to the other ranks (before t)
         self._emit_done(self.timer.stop(rec))
         if prof and i == prof[1] and self.cuda:
             torch.cuda.profiler.stop()

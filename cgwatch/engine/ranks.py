@@ -11,6 +11,8 @@ Two process groups: the default one carries the model's all-reduces (NCCL on CUD
   plan (op, step, bucket, active slots, admitted slots and prompt lengths), a follower's part the
   step times it measured since the last exchange (rank 0 merges them into its step records);
 - ``OP_CMD`` then a broadcast of (name, value) for mode / recapture / padding;
+- ``OP_CALL`` then a broadcast of (method, args): Engine.call_all, for the bench (prefill, save and
+  restore the decode state, drain);
 - per captured bucket, two ``all_gather_object`` (capture agreement, then the per-rank measures).
 Every wait is bounded: a dead peer closes its sockets and gloo raises at once; a watchdog on rank 0
 notices a rank process that exited while the main thread is blocked elsewhere (a GPU stuck in an
@@ -29,10 +31,11 @@ import time
 from datetime import timedelta
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-OP_STEP, OP_CMD, OP_NOOP, OP_STOP = 1.0, 2.0, 3.0, 4.0
+OP_STEP, OP_CMD, OP_NOOP, OP_STOP, OP_CALL = 1.0, 2.0, 3.0, 4.0, 5.0
 HEAD = 5                  # op, step, bucket (-1: eager), active count, admitted count
 MEASURES = 16             # (step, ms) pairs a follower sends per exchange at most
 CTL_TIMEOUT_S = 120.0     # a rank that hangs alive (its process still there)
@@ -60,20 +63,20 @@ def vector_len(max_batch: int) -> int:
 
 def encode_plan(op: float, i: int, bucket: int | None, active: list[int], admitted: list[tuple[int, int]],
                 length: int) -> torch.Tensor:
-    v = torch.zeros(length, dtype=torch.float64)
+    v = np.zeros(length)
     n, m = len(active), len(admitted)
-    v[:HEAD] = torch.tensor([op, i, -1 if bucket is None else bucket, n, m], dtype=torch.float64)
-    if n:
-        v[HEAD:HEAD + n] = torch.tensor(active, dtype=torch.float64)
+    v[:HEAD] = (op, i, -1 if bucket is None else bucket, n, m)
+    v[HEAD:HEAD + n] = active
     if m:
-        v[HEAD + n:HEAD + n + 2 * m] = torch.tensor([x for a in admitted for x in a], dtype=torch.float64)
-    return v
+        v[HEAD + n:HEAD + n + 2 * m] = [x for a in admitted for x in a]
+    return torch.from_numpy(v)
 
 
 def decode_plan(v: torch.Tensor) -> tuple[float, int, int | None, list[int], list[tuple[int, int]]]:
-    op, i, bucket, n, m = v[:HEAD].tolist()
+    a = v.numpy()
+    op, i, bucket, n, m = a[:HEAD].tolist()
     n, m = int(n), int(m)
-    rest = v[HEAD:HEAD + n + 2 * m].long().tolist()
+    rest = a[HEAD:HEAD + n + 2 * m].astype(np.int64).tolist()
     admitted = [(rest[n + 2 * k], rest[n + 2 * k + 1]) for k in range(m)]
     return op, int(i), None if bucket < 0 else int(bucket), rest[:n], admitted
 
