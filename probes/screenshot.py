@@ -1,6 +1,7 @@
 """An SVG screenshot of the TUI replaying a trace at a given trace time (for docs/ and the README).
 
     python3 probes/screenshot.py sample_traces/llama1b_live_h100.jsonl --at 31 --out docs/tui_replay_live_h100.svg
+    python3 probes/screenshot.py tp2.jsonl --at 20 --keys G --size 80x24 --out docs/tui_tp2.svg   # per-GPU view
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ class _Clock:
         return self.now
 
 
-async def shoot(trace: str, at: float, out: str, size: tuple[int, int]) -> None:
+async def shoot(trace: str, at: float, out: str, size: tuple[int, int], keys: str = "") -> None:
     clock = _Clock()
     src = ReplaySource(trace, clock=clock, start_paused=True)
     app = CgwatchApp(src)
     async with app.run_test(size=size) as pilot:
         src.send("seek", at)
         app.flush()
+        await pilot.pause()
+        for key in keys:
+            await pilot.press(key)
         await pilot.pause()
         app.save_screenshot(filename=out.rsplit("/", 1)[-1], path=out.rsplit("/", 1)[0] or ".")
 
@@ -36,9 +40,10 @@ def main() -> None:
     ap.add_argument("--at", type=float, default=30.0, help="trace time in seconds")
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", default="140x45")
+    ap.add_argument("--keys", default="", help="keys to press first (G: the per-GPU view)")
     a = ap.parse_args()
     w, h = map(int, a.size.split("x"))
-    asyncio.run(shoot(a.trace, a.at, a.out, (w, h)))
+    asyncio.run(shoot(a.trace, a.at, a.out, (w, h), a.keys))
     print(a.out)
 
 

@@ -123,8 +123,8 @@ def test_skew_alert_once_for_a_persistently_slow_rank():
 
 # -- two ranks on the CPU (gloo) ----------------------------------------------------------------
 
-def _cfg(tp, model="tiny", schedule=(), steps_len="fixed:12", **kw):
-    return EngineConfig(model=model, device="cpu", max_seq=64, tensor_parallel_size=tp, sample_interval_s=0.2,
+def _cfg(tp, model="tiny", schedule=(), steps_len="fixed:12", device="cpu", **kw):
+    return EngineConfig(model=model, device=device, max_seq=64, tensor_parallel_size=tp, sample_interval_s=0.2,
                         schedule=tuple(parse_scheduled(s) for s in schedule),
                         workload=WorkloadSpec(arrival="poisson:0.6", max_concurrency=4, max_seq=64,
                                               prompt_len="uniform:4:12", output_len=steps_len, seed=1), **kw)
