@@ -193,11 +193,15 @@ def cmd_run(a) -> int:
     cfg = _engine_config(a)
     fanout = Fanout()
     engine = make_engine(cfg, fanout)
-    h = engine.header()
-    writer = TraceWriter(a.record, h) if a.record else None
-    if writer:
-        fanout.add(writer.write)
-    metrics = _start_metrics(a.prometheus, fanout, h)
+    try:
+        h = engine.header()
+        writer = TraceWriter(a.record, h) if a.record else None
+        if writer:
+            fanout.add(writer.write)
+        metrics = _start_metrics(a.prometheus, fanout, h)
+    except BaseException:
+        engine.close()   # a bad --record or --prometheus: the engine (and any rank processes) stop too
+        raise
     if writer and hasattr(engine, "on_abort"):   # a lost rank the main thread cannot see: end the trace
         engine.on_abort = writer.close
     status = StatusLine()

@@ -218,6 +218,8 @@ class Engine(CommandTaker):
     def start(self) -> None:
         """Capture graphs (graph mode on CUDA) and start the sampler. Call once, after the header is out."""
         self.started = True
+        if self.ranks is not None and self.rank == 0:
+            self._send(RK.OP_START)   # the other ranks start (and capture) with this one
         self.t0 = time.perf_counter()   # t = 0 is the start of the run, after the model loaded
         if self.dropped_sizes:
             self.emit(R.event(R.EV_INFO, self.now(), message=f"capture sizes {self.dropped_sizes} dropped: above "
@@ -418,7 +420,6 @@ class Engine(CommandTaker):
     def follow(self) -> None:
         """Rank > 0: run what rank 0 sends (steps, commands) until it says stop; then close."""
         with torch.inference_mode():
-            self.start()
             while True:
                 k = min(len(self.measures), RK.MEASURES)
                 parts = self.ranks.exchange(RK.encode_measures(self.measures[:k], self.plan_len))
@@ -438,6 +439,8 @@ class Engine(CommandTaker):
                     self.call_all(name, *args)
                 elif op == RK.OP_NOOP:
                     self._emit_done(self.timer.poll())
+                elif op == RK.OP_START:
+                    self.start()
                 elif op == RK.OP_STOP:
                     break
             self.close()

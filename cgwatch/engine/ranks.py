@@ -10,6 +10,7 @@ Two process groups: the default one carries the model's all-reduces (NCCL on CUD
 - one ``all_gather`` of a small float64 vector per step (``exchange``): rank 0's part is the step
   plan (op, step, bucket, active slots, admitted slots and prompt lengths), a follower's part the
   step times it measured since the last exchange (rank 0 merges them into its step records);
+- ``OP_START`` when rank 0's engine starts (captures), ``OP_STOP`` when it closes;
 - ``OP_CMD`` then a broadcast of (name, value) for mode / recapture / padding;
 - ``OP_CALL`` then a broadcast of (method, args): Engine.call_all, for the bench (prefill, save and
   restore the decode state, drain);
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-OP_STEP, OP_CMD, OP_NOOP, OP_STOP, OP_CALL = 1.0, 2.0, 3.0, 4.0, 5.0
+OP_STEP, OP_CMD, OP_NOOP, OP_STOP, OP_CALL, OP_START = 1.0, 2.0, 3.0, 4.0, 5.0, 6.0
 HEAD = 5                  # op, step, bucket (-1: eager), active count, admitted count
 MEASURES = 16             # (step, ms) pairs a follower sends per exchange at most
 CTL_TIMEOUT_S = 120.0     # a rank that hangs alive (its process still there)
