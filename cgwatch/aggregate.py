@@ -1,19 +1,35 @@
-"""One accumulator for the numbers of a run: ``RunStats.add(record)`` folds step, prefill, sample and
-event records; ``row(key)`` / ``rows()`` / ``totals()`` give the definitions below. ``cgwatch
-report`` builds it over a whole trace, the TUI's ``ViewState`` folds live (or replayed) records into
-it, and the Prometheus collector reads its counters -- so the three cannot drift. It does not know
-whether a record is live or replayed. Step fields are read through the records.py helpers
-(``step_rows``, ``step_runtime_mode``, ``step_phase``), so traces from before those fields count
-with their old meaning (rows = batch; FULL on a graph step, NONE on an eager one; decode).
+"""One accumulator for the numbers of a run: ``RunStats.add(record)`` folds header, step, prefill, sample,
+event and end records; ``epoch_rows()`` / ``totals()`` give the definitions below. ``cgwatch report``
+builds it over a whole trace, the TUI's ``ViewState`` folds live (or replayed) records into it, and the
+Prometheus collector reads its counters -- so the three cannot drift. It does not know whether a record
+is live or replayed. Step fields are read through the records.py helpers (``step_rows``,
+``step_runtime_mode``, ``step_phase``), so traces from before those fields count with their old meaning
+(rows = batch; FULL on a graph step, NONE on an eager one; decode). It counts what it is given: the
+readers screen the records first (records.Screen: NaN, negative times, duplicates, t out of order, a
+graph smaller than its rows ... are skipped and said in one warning line), and a step whose fields have
+the wrong types raises before anything is counted.
 
 Definitions (the product's contract; docs/TRACE_FORMAT.md has the record fields)
 --------------------------------------------------------------------------------
 
 A *forward* is one step record: one forward of the model.
 
-Rows: forwards are grouped by ``target`` (the smallest capture size >= rows in force at that
-forward); target None is the "over max" row. A bucket with a capture event gets a row even with 0
-forwards. Per row, and summed over all rows in the totals:
+Epochs: an epoch is a stretch of the run under one capture size list. The first starts with the run; a
+``recapture`` event whose size list differs from the one in force starts the next at the event's t (a
+``capture_done`` with another list does too, for a trace without the recapture event). A forward belongs
+to the epoch in force at its t (not at its place in the file: a step still in flight when the recapture
+came is written after the event but ran under the old list); a capture event, to the epoch at its t.
+An epoch whose list is not known yet (no capture_done, no recapture) takes the first one that comes
+without a new epoch, and so does an epoch that has no forwards yet.
+
+Rows: in each epoch, forwards are grouped by ``target`` (the smallest capture size >= rows in that
+epoch's list); target None is the "over max" row. So a bucket of two size lists is two rows (after a
+recapture from 1,2,4,8,16,32 to ...,16,24,32, row 32 served rows 17-32 before and 25-32 after), never one
+row that mixes them. A bucket with a capture event gets a row in its epoch even with 0 forwards. The
+report shows every epoch's rows (grouped under their size list); the TUI the rows of the epoch in force.
+The Prometheus counters are per bucket over the whole run (a counter never resets): the sum of the
+report's rows of that bucket over the epochs (``RunStats.buckets``). Per row, and summed over all rows
+in the totals:
 
   forwards (steps)   forwards whose target is this bucket
   graph_steps        of those, forwards a captured graph served (``bucket`` not None) = full + piecewise
@@ -27,9 +43,11 @@ forwards. Per row, and summed over all rows in the totals:
   requests           sum of ``batch``: requests in the forwards
   rows               sum of ``rows``: tokens the forwards computed, unpadded (= requests in
                      cgwatch's own engine; more with vLLM's mixed forwards or speculative decoding)
+  rows_min, rows_max the fewest / most rows of one forward of the row (None without forwards)
   prompt_tokens      sum of ``prompt_tokens`` (the prompt tokens among the rows)
   tokens             sum of ``tokens``: tokens the forwards produced
-  padded             sum of ``padded`` (= bucket - rows) over graph forwards
+  padded             sum of bucket - rows over graph forwards (the trace's ``padded`` field must equal it;
+                     a record where it does not is skipped by the screen)
   graph_rows         sum of ``bucket`` over graph forwards: rows the graphs computed, padding included
   misses             eager forwards by ``reason`` ("unknown" if none)
   graph_mode         forwards that ran in graph mode: forwards - misses["eager_mode"] (the user's
@@ -45,7 +63,7 @@ forwards. Per row, and summed over all rows in the totals:
   host_us_eager_p50
   gap_us_graph_p50,  p50 of gap_us (GPU idle before a back-to-back forward) of graph / eager forwards
   gap_us_eager_p50   that have both gap_us and gpu_ms; ``gap_us_graph_n`` / ``gap_us_eager_n`` values
-  capture, last_ok   the bucket's last capture event / last successful one (views show them)
+  capture, last_ok   the bucket's last capture event / last successful one in the epoch (views show them)
 
 Percentiles are linearly interpolated (numpy's default "linear" method): over the n sorted values
 x[0..n-1], rank r = p/100 * (n - 1), value = x[floor r] + (r - floor r) * (x[ceil r] - x[floor r]);
@@ -54,8 +72,12 @@ A ``RunStats(window=N)`` keeps only the last N values per row and kind (the TUI:
 end); ``window=None`` keeps all (the report; compactly, as array('d')); ``window=0`` none (Prometheus).
 
 Totals (besides the sums above):
-  duration_s         last forward t - first forward t + the last one's step_ms / 1000 (first/last by t)
-  tokens_per_s       tokens / duration_s
+  duration_s         the run's wall time: from its start (t = 0, the header's time: every t counts from
+                     it; a header ``t`` where one is given) to its end: the end record's t, or the latest t
+                     of any record if that is later or there is no end record (a live run, a crash; a
+                     step's "t" there is its end, t + step_ms). It includes captures, prefills, pauses and
+                     restarts: what the run took, as its end record's duration_s says
+  tokens_per_s       tokens / duration_s (None without forwards)
   gpu_busy_pct       100 * sum(gpu_ms) / (duration_s * 1000); None if no forward has gpu_ms
   nvml_util_pct      mean of the non-None gpu_util of sample records
   graph_pool_mib     pool_bytes of the latest capture_done event (MiB)
@@ -64,6 +86,7 @@ Totals (besides the sums above):
                      the host between forwards; None without gaps
   prefills, prefill_tokens   prefill records and their prompt tokens
   mode_switches, recaptures  mode / recapture events;  alerts  alert events by level
+  epochs             size lists the run's forwards ran under (epochs with forwards)
   graph_hit_rate_pct the same value as hit_pct (the key older scripts read)
 Any value that cannot be computed is None ("n/a" on screen).
 
@@ -93,6 +116,7 @@ from collections import deque
 from . import records as R
 
 MIB = 2 ** 20
+VIEW_WINDOW = 512   # percentile values a live view keeps per row and kind (the TUI; the daemon's aggregate)
 _NUM = frozenset((int, float))
 _PHASES = frozenset(R.PHASES)
 OVER_MAX = "over_max"   # the label of the target-None row where a label must be a string (Prometheus)
@@ -130,13 +154,15 @@ def _values(window: int | None):
 class Row:
     """The per-target accumulator (see the module docstring for each field)."""
     __slots__ = ("forwards", "graph_steps", "full", "piecewise", "eager", "phases", "by_mode_phase",
-                 "requests", "rows", "prompt_tokens", "tokens", "padded", "graph_rows", "misses",
+                 "requests", "rows", "rows_min", "rows_max", "prompt_tokens", "tokens", "padded", "graph_rows", "misses",
                  "graph_ms", "eager_ms", "graph_host", "eager_host", "graph_gap", "eager_gap",
                  "capture", "last_ok")
 
     def __init__(self, window: int | None = None) -> None:
         self.forwards = self.graph_steps = self.full = self.piecewise = self.eager = 0
         self.requests = self.rows = self.prompt_tokens = self.tokens = self.padded = self.graph_rows = 0
+        self.rows_min: int | None = None
+        self.rows_max: int | None = None
         self.phases: dict[str, int] = dict.fromkeys(R.PHASES, 0)
         self.by_mode_phase: dict[tuple[str, str], int] = {}
         self.misses: dict[str, int] = {}
@@ -149,6 +175,38 @@ class Row:
     @property
     def graph_mode(self) -> int:
         return self.forwards - self.misses.get(R.REASON_EAGER_MODE, 0)
+
+    _COUNTS = ("forwards", "graph_steps", "full", "piecewise", "eager", "requests", "rows", "prompt_tokens",
+               "tokens", "padded", "graph_rows")
+    _VALUES = ("graph_ms", "eager_ms", "graph_host", "eager_host", "graph_gap", "eager_gap")
+
+    def state(self) -> dict:
+        """Everything this row holds, JSON-ready (``Row.from_state`` rebuilds it)."""
+        out = {k: getattr(self, k) for k in self._COUNTS}
+        out.update(rows_min=self.rows_min, rows_max=self.rows_max,
+                   phases=dict(self.phases), misses=dict(self.misses), capture=self.capture, last_ok=self.last_ok,
+                   by_mode_phase=[[m, ph, n] for (m, ph), n in self.by_mode_phase.items()])
+        for k in self._VALUES:
+            v = getattr(self, k)
+            out[k] = None if v is None else list(v)
+        return out
+
+    @classmethod
+    def from_state(cls, st: dict, window: int | None = None) -> "Row":
+        row = cls(window)
+        for k in cls._COUNTS:
+            setattr(row, k, int(st.get(k) or 0))
+        for k in ("rows_min", "rows_max"):
+            setattr(row, k, st[k] if type(st.get(k)) is int else None)
+        row.phases.update({ph: int(n) for ph, n in (st.get("phases") or {}).items() if ph in row.phases})
+        row.misses = {str(r): int(n) for r, n in (st.get("misses") or {}).items()}
+        row.by_mode_phase = {(str(m), str(ph)): int(n) for m, ph, n in st.get("by_mode_phase") or ()}
+        row.capture, row.last_ok = st.get("capture"), st.get("last_ok")
+        for k in cls._VALUES:
+            dest = getattr(row, k)
+            if dest is not None:
+                dest.extend(float(x) for x in st.get(k) or ())
+        return row
 
     def summary(self) -> dict:
         """The row's numbers by the module's definitions (JSON-ready)."""
@@ -167,7 +225,54 @@ class Row:
             out[f"{key}_p50"] = percentile(s, 50)
             out[f"{key}_n"] = len(s)
         out["by_mode_phase"] = {f"{m}/{ph}": n for (m, ph), n in sorted(self.by_mode_phase.items())}
+        out["rows_min"], out["rows_max"] = self.rows_min, self.rows_max
         return out
+
+    def count(self, batch, rows, prompt, tokens, phase, bucket, piecewise, reason) -> str:
+        """Count one forward (no percentile values); returns its runtime mode."""
+        self.forwards += 1
+        self.requests += batch
+        self.rows += rows
+        if self.rows_min is None or rows < self.rows_min:
+            self.rows_min = rows
+        if self.rows_max is None or rows > self.rows_max:
+            self.rows_max = rows
+        if prompt:
+            self.prompt_tokens += prompt
+        self.tokens += tokens
+        self.phases[phase] += 1
+        if bucket is not None:
+            if piecewise:
+                mode = R.RUNTIME_PIECEWISE
+                self.piecewise += 1
+            else:
+                mode = R.RUNTIME_FULL
+                self.full += 1
+            self.graph_steps += 1
+            self.padded += bucket - rows
+            self.graph_rows += bucket
+        else:
+            mode = R.RUNTIME_NONE
+            self.eager += 1
+            self.misses[reason] = self.misses.get(reason, 0) + 1
+        key = (mode, phase)
+        self.by_mode_phase[key] = self.by_mode_phase.get(key, 0) + 1
+        return mode
+
+    def keep(self, graph: bool, ms: float, host_us: float, gap) -> None:
+        """Keep one forward's values for the percentiles (a window=0 row keeps none)."""
+        if self.graph_ms is None:
+            return
+        if graph:
+            self.graph_ms.append(ms)
+            self.graph_host.append(host_us)
+            if gap is not None:
+                self.graph_gap.append(gap)
+        else:
+            self.eager_ms.append(ms)
+            self.eager_host.append(host_us)
+            if gap is not None:
+                self.eager_gap.append(gap)
 
 
 def counts(forwards, graph, full, piecewise, eager, phases, requests, rows, prompt_tokens, tokens, padded,
@@ -188,17 +293,46 @@ def counts(forwards, graph, full, piecewise, eager, phases, requests, rows, prom
 
 
 def check_step(rec: dict) -> None:
-    """Raise ValueError (or KeyError for a missing field) if a step record cannot be counted; called
-    before anything is counted, so a bad record changes nothing."""
-    bad = R.bad_step_field(rec)
+    """Raise ValueError (or KeyError for a missing field) if a step record cannot be counted
+    (records.check_step); called before anything is counted, so a bad record changes nothing."""
+    bad = R.check_step(rec)
     if bad:
+        if bad.startswith("missing field "):
+            raise KeyError(bad[len("missing field "):])
         raise ValueError(bad)
-    t = rec["t"]
-    if not isinstance(t, (int, float)):
-        raise ValueError(f"t is {t!r}, not a number")
-    rec["target"], rec["bucket"]   # noqa: B018 -- KeyError if missing
-    if rec["bucket"] is not None and not isinstance(rec["bucket"], int):
-        raise ValueError(f"bucket is {rec['bucket']!r}, not an integer")
+
+
+def _sizes(values) -> list[int]:
+    return sorted({v for v in values or () if type(v) is int})
+
+
+def _finite(t) -> bool:
+    return type(t) in _NUM and math.isfinite(t)
+
+
+class Epoch:
+    """A stretch of the run under one capture size list (module docstring): its rows by target."""
+    __slots__ = ("n", "t", "sizes", "rows", "forwards", "sizes_seen")
+
+    def __init__(self, n: int, t: float | None, sizes: list[int] | None) -> None:
+        self.n = n                        # 1, 2, ...
+        self.t = t                        # when it began (None: the run's start)
+        self.sizes = sizes                # the size list (None: not known)
+        self.rows: dict[int | None, Row] = {}
+        self.forwards = 0
+        self.sizes_seen: set[int] = set(sizes or ())   # capture sizes of its capture events and lists
+
+    def keys(self) -> list[int | None]:
+        """Row keys, sorted, over max last. (A copy: safe while another thread adds rows.)"""
+        return sorted(list(self.rows), key=lambda k: (k is None, k or 0))
+
+    def largest_size(self) -> int | None:
+        """The largest capture size of its list (else of its captures and targets): the over-max label."""
+        sizes = self.sizes_seen | {k for k in list(self.rows) if k is not None}
+        return max(sizes) if sizes else None
+
+    def summary(self) -> dict:
+        return {"epoch": self.n, "t": self.t, "sizes": self.sizes, "forwards": self.forwards}
 
 
 class RankStats:
@@ -295,6 +429,42 @@ class RankStats:
             })
         return out
 
+    def state(self) -> dict | None:
+        """What it holds, JSON-ready (None for one rank); ``RankStats.from_state`` rebuilds it."""
+        if not self.size:
+            return None
+        return {"size": self.size, "complete": self.complete, "skew_n": self.skew_n, "skew_sum": self.skew_sum,
+                "skew": None if self.skew is None else list(self.skew), "pool": self.pool,
+                "ranks": [[r, self.steps[r], self.ms_sum[r], None if self.ms[r] is None else list(self.ms[r])]
+                          for r in sorted(self.steps)],
+                "slowest": sorted(self.slowest.items()), "util": [[r, a[0], a[1]] for r, a in sorted(self.util.items())],
+                "mem": sorted(self.mem.items()),
+                "captures": [[b, list(rows.values())] for b, rows in sorted(self.captures.items())]}
+
+    @classmethod
+    def from_state(cls, st, window: int | None = None) -> "RankStats":
+        out = cls(window)
+        if not isinstance(st, dict):
+            return out
+        try:
+            out.size, out.complete = int(st.get("size") or 0), int(st.get("complete") or 0)
+            out.skew_n, out.skew_sum = int(st.get("skew_n") or 0), float(st.get("skew_sum") or 0.0)
+            if out.skew is not None:
+                out.skew.extend(float(x) for x in st.get("skew") or ())
+            out.pool = st.get("pool") if isinstance(st.get("pool"), list) else None
+            for r, n, total, values in st.get("ranks") or ():
+                out.steps[int(r)], out.ms_sum[int(r)], out.ms[int(r)] = int(n), float(total), _values(window)
+                if out.ms[int(r)] is not None:
+                    out.ms[int(r)].extend(float(x) for x in values or ())
+            out.slowest = {int(r): int(n) for r, n in st.get("slowest") or ()}
+            out.util = {int(r): [float(a), int(n)] for r, a, n in st.get("util") or ()}
+            out.mem = {int(r): b for r, b in st.get("mem") or ()}
+            for b, rows in st.get("captures") or ():
+                out.add_capture({"bucket": b, "ranks": rows})
+        except (TypeError, ValueError):
+            return cls(window)   # a state this version cannot read: start the per-rank numbers afresh
+        return out
+
     def totals(self) -> dict:
         vals = sorted(self.skew) if self.skew is not None else []
         return {"skew_p50_ms": percentile(vals, 50), "skew_p99_ms": percentile(vals, 99), "skew_n": self.skew_n,
@@ -306,12 +476,13 @@ class RunStats:
 
     def __init__(self, window: int | None = None) -> None:
         self.window = window
-        self.buckets: dict[int | None, Row] = {}
+        self.epochs: list[Epoch] = [Epoch(1, None, None)]
+        self.buckets: dict[int | None, Row] = {}   # per bucket over all epochs (Prometheus' counters)
         self.sizes_seen: set[int] = set()   # capture sizes seen in capture / capture_done events
         self.n = self.graph = self.tokens = 0
-        self.first_t: float | None = None
-        self.last_t: float | None = None
-        self.last_ms = 0.0
+        self.origin = 0.0                   # the run's start (t = 0, or the header's t)
+        self.latest_t: float | None = None  # the latest t of any record (a forward: its end)
+        self.end_t: float | None = None     # the end record's t
         self.gpu_ms_sum, self.gpu_ms_any = 0.0, False
         self.util_sum, self.util_n = 0.0, 0
         self.pool_bytes: int | None = None
@@ -321,18 +492,117 @@ class RunStats:
         self.idle = {"graph": [0.0, 0.0], "eager": [0.0, 0.0]}   # mode -> [sum gap µs, sum gpu µs]
         self.ranks = RankStats(window)
 
+    _FIELDS = ("n", "graph", "tokens", "origin", "latest_t", "end_t", "gpu_ms_sum", "gpu_ms_any", "util_sum",
+               "util_n", "pool_bytes", "prefills", "prefill_tokens", "mode_switches", "recaptures", "no_cuda")
+
+    def state(self) -> tuple[dict, list[dict]]:
+        """What the accumulator holds, JSON-ready: (the run's fields with its epochs, one dict per row with
+        its ``key`` and ``epoch``: an epoch's number, or None for the run-long row of a bucket).
+        ``RunStats.from_state`` rebuilds an accumulator that goes on where this one is: the daemon sends
+        it to a client that joins late (docs/PROTOCOL.md), so its totals and rows are the whole run's."""
+        run = {k: getattr(self, k) for k in self._FIELDS}
+        epochs = list(self.epochs)
+        run.update(sizes_seen=sorted(self.sizes_seen), alerts=dict(self.alerts),
+                   idle={k: list(v) for k, v in self.idle.items()}, ranks=self.ranks.state(),
+                   epochs=[{**e.summary(), "sizes_seen": sorted(e.sizes_seen)} for e in epochs])
+        rows = [{"key": k, "epoch": None, **self.buckets[k].state()} for k in self.keys()]
+        rows += [{"key": k, "epoch": e.n, **e.rows[k].state()} for e in epochs for k in e.keys()]
+        return run, rows
+
+    @classmethod
+    def from_state(cls, run: dict, rows: list[dict] = (), window: int | None = None) -> "RunStats":
+        st = cls(window)
+        for k in cls._FIELDS:
+            if k in run:
+                setattr(st, k, run[k])
+        st.sizes_seen = set(_sizes(run.get("sizes_seen")))
+        st.alerts = {str(lv): int(n) for lv, n in (run.get("alerts") or {}).items()}
+        for k, v in (run.get("idle") or {}).items():
+            if k in st.idle and isinstance(v, list) and len(v) == 2:
+                st.idle[k] = [float(v[0]), float(v[1])]
+        epochs = [e for e in run.get("epochs") or () if isinstance(e, dict) and type(e.get("epoch")) is int]
+        if epochs:
+            st.epochs = []
+            for e in epochs:
+                sizes = e.get("sizes")
+                ep = Epoch(e["epoch"], e["t"] if _finite(e.get("t")) else None,
+                           _sizes(sizes) if isinstance(sizes, list) else None)
+                ep.forwards = int(e.get("forwards") or 0)
+                ep.sizes_seen.update(_sizes(e.get("sizes_seen")))
+                st.epochs.append(ep)
+        st.ranks = RankStats.from_state(run.get("ranks"), window)
+        for r in rows:
+            st.add_row_state(r)
+        return st
+
+    def add_row_state(self, row: dict) -> None:
+        """One row of ``state()`` (with its ``key`` and ``epoch``) into this accumulator."""
+        key = row.get("key")
+        key = key if type(key) is int else None
+        n = row.get("epoch")
+        if n is None:
+            self.buckets[key] = Row.from_state(row, self.window)
+            return
+        epoch = next((e for e in self.epochs if e.n == n), None)
+        if epoch is not None:
+            epoch.rows[key] = Row.from_state(row, self.window)
+
     def row(self, key: int | None) -> Row:
+        """The run-long row of a bucket (``buckets``)."""
         row = self.buckets.get(key)
         if row is None:
             row = self.buckets[key] = Row(self.window)
         return row
+
+    @property
+    def epoch(self) -> Epoch:
+        """The epoch in force (the last one)."""
+        return self.epochs[-1]
+
+    def epoch_at(self, t) -> Epoch:
+        """The epoch in force at ``t``."""
+        last = self.epochs[-1]
+        if last.t is None or not _finite(t) or t >= last.t:
+            return last
+        return next(e for e in reversed(self.epochs) if e.t is None or t >= e.t)
+
+    def _epoch_row(self, epoch: Epoch, key: int | None) -> Row:
+        row = epoch.rows.get(key)
+        if row is None:
+            row = epoch.rows[key] = Row(self.window)
+        return row
+
+    def _new_list(self, sizes: list[int], t) -> None:
+        """A size list came (a recapture or capture_done): a new epoch if it differs from the one in force."""
+        cur = self.epochs[-1]
+        if cur.sizes == sizes:
+            return
+        if cur.sizes is None or cur.forwards == 0:
+            cur.sizes = sizes
+        else:
+            self.epochs.append(Epoch(cur.n + 1, t if _finite(t) else None, sizes))
+        self.epochs[-1].sizes_seen.update(sizes)
+
+    def _seen(self, t) -> None:
+        if _finite(t) and (self.latest_t is None or t > self.latest_t):
+            self.latest_t = t
 
     # -- folding -----------------------------------------------------------------------------------
     def add(self, rec: dict) -> None:
         typ = rec.get("type")
         if typ == R.STEP:
             self.add_step(rec)
-        elif typ == R.SAMPLE:
+            return
+        if typ == R.HEADER:
+            if _finite(rec.get("t")):
+                self.origin = rec["t"]
+            return
+        if typ == R.END:
+            if _finite(rec.get("t")):
+                self.end_t = rec["t"]
+            return
+        self._seen(rec.get("t"))
+        if typ == R.SAMPLE:
             if rec.get("gpu_util") is not None:
                 self.util_sum += rec["gpu_util"]
                 self.util_n += 1
@@ -350,12 +620,11 @@ class RunStats:
         # type is off, so a bad record raises before anything is counted
         t, batch, host_us, gpu_ms = rec["t"], rec["batch"], rec["host_us"], rec["gpu_ms"]
         target, bucket, tokens = rec["target"], rec["bucket"], rec["tokens"]
-        rows, padded, gap, prompt = rec.get("rows"), rec.get("padded"), rec.get("gap_us"), rec.get("prompt_tokens")
-        if (type(t) not in _NUM or type(batch) not in _NUM or type(host_us) not in _NUM or type(tokens) not in _NUM
-                or (gpu_ms is not None and type(gpu_ms) not in _NUM) or (rows is not None and type(rows) not in _NUM)
-                or (padded is not None and type(padded) not in _NUM) or (gap is not None and type(gap) not in _NUM)
-                or (prompt is not None and type(prompt) not in _NUM)
-                or (bucket is not None and type(bucket) is not int)):
+        rows, gap, prompt = rec.get("rows"), rec.get("gap_us"), rec.get("prompt_tokens")
+        if (type(t) not in _NUM or type(batch) is not int or type(host_us) not in _NUM or type(tokens) is not int
+                or (gpu_ms is not None and type(gpu_ms) not in _NUM) or (rows is not None and type(rows) is not int)
+                or (gap is not None and type(gap) not in _NUM) or (prompt is not None and type(prompt) is not int)
+                or (bucket is not None and type(bucket) is not int) or (target is not None and type(target) is not int)):
             check_step(rec)
         ms = gpu_ms if gpu_ms is not None else host_us / 1000.0   # records.step_ms
         if rows is None:
@@ -363,79 +632,67 @@ class RunStats:
         phase = rec.get("phase")
         if phase not in _PHASES:
             phase = R.PHASE_DECODE
-        row = self.buckets.get(target)
-        if row is None:
-            row = self.row(target)
-        row.forwards += 1
-        row.requests += batch
-        row.rows += rows
-        if prompt:
-            row.prompt_tokens += prompt
-        row.tokens += tokens
-        row.phases[phase] += 1
         graph = bucket is not None
+        piecewise = graph and rec.get("runtime_mode") == R.RUNTIME_PIECEWISE
+        reason = None if graph else (rec.get("reason") or "unknown")
+        epoch = self.epochs[-1]
+        if epoch.t is not None and t < epoch.t:
+            epoch = self.epoch_at(t)
+        row = epoch.rows.get(target)
+        if row is None:
+            row = self._epoch_row(epoch, target)
+        row.count(batch, rows, prompt, tokens, phase, bucket, piecewise, reason)
+        cum = self.buckets.get(target)
+        if cum is None:
+            cum = self.row(target)
+        cum.count(batch, rows, prompt, tokens, phase, bucket, piecewise, reason)
+        epoch.forwards += 1
         if graph:
-            if rec.get("runtime_mode") == R.RUNTIME_PIECEWISE:
-                mode = R.RUNTIME_PIECEWISE
-                row.piecewise += 1
-            else:
-                mode = R.RUNTIME_FULL
-                row.full += 1
-            row.graph_steps += 1
-            row.padded += padded or 0
-            row.graph_rows += bucket
             self.graph += 1
+        elif reason == R.REASON_NO_CUDA:
+            self.no_cuda = True
+        if gpu_ms is None:
+            gap = None        # a gap counts only next to the GPU time it is a share of
         else:
-            mode = R.RUNTIME_NONE
-            row.eager += 1
-            reason = rec.get("reason") or "unknown"
-            row.misses[reason] = row.misses.get(reason, 0) + 1
-            if reason == R.REASON_NO_CUDA:
-                self.no_cuda = True
-        key = (mode, phase)
-        by = row.by_mode_phase
-        by[key] = by.get(key, 0) + 1
-        keep = self.window != 0
-        if keep:
-            if graph:
-                row.graph_ms.append(ms)
-                row.graph_host.append(host_us)
-            else:
-                row.eager_ms.append(ms)
-                row.eager_host.append(host_us)
-        if gpu_ms is not None:
             self.gpu_ms_sum += gpu_ms
             self.gpu_ms_any = True
             if gap is not None:
                 acc = self.idle["graph" if graph else "eager"]
                 acc[0] += gap
                 acc[1] += gpu_ms * 1000.0
-                if keep:
-                    (row.graph_gap if graph else row.eager_gap).append(gap)
+        if self.window != 0:
+            row.keep(graph, ms, host_us, gap)
+            cum.keep(graph, ms, host_us, gap)
         self.tokens += tokens
         self.n += 1
         rank_ms = rec.get("rank_ms")
         if rank_ms is not None:
             self.ranks.add_step(rank_ms, rec.get("skew_ms"))
-        # forwards are emitted when their GPU time is read: use min/max t
-        if self.first_t is None or t < self.first_t:
-            self.first_t = t
-        if self.last_t is None or t >= self.last_t:
-            self.last_t, self.last_ms = t, ms
+        end = t + ms / 1000.0   # forwards are emitted when their GPU time is read: the latest end, not the last
+        if self.latest_t is None or end > self.latest_t:
+            self.latest_t = end
 
     def _event(self, rec: dict) -> None:
         kind = rec.get("kind")
+        t = rec.get("t")
         if kind == R.EV_CAPTURE:
             b = rec["bucket"]
+            if type(b) is not int:
+                raise ValueError(f"bucket is {b!r}, not an integer")
             self.sizes_seen.add(b)
-            row = self.row(b)
-            row.capture = rec
-            if rec.get("ok"):
-                row.last_ok = rec
+            epoch = self.epoch_at(t)
+            epoch.sizes_seen.add(b)
+            for row in (self._epoch_row(epoch, b), self.row(b)):
+                row.capture = rec
+                if rec.get("ok"):
+                    row.last_ok = rec
             if "ranks" in rec:
                 self.ranks.add_capture(rec)
         elif kind == R.EV_CAPTURE_DONE:
-            self.sizes_seen.update(rec.get("sizes") or (), rec.get("failed") or ())
+            sizes = _sizes([*(rec.get("sizes") or ()), *(rec.get("failed") or ())])
+            self.sizes_seen.update(sizes)
+            if sizes:
+                self._new_list(sizes, t)
             self.pool_bytes = rec.get("pool_bytes")
             if "rank_pool_bytes" in rec:
                 self.ranks.add_capture_done(rec)
@@ -443,18 +700,29 @@ class RunStats:
             self.mode_switches += 1
         elif kind == R.EV_RECAPTURE:
             self.recaptures += 1
+            self._new_list(_sizes(rec.get("sizes")), t)
         elif kind == R.EV_ALERT:
             level = str(rec.get("level", "warn"))
             self.alerts[level] = self.alerts.get(level, 0) + 1
 
     # -- reading -----------------------------------------------------------------------------------
     def keys(self) -> list[int | None]:
-        """Row keys, sorted, over max last. (A copy: safe while another thread adds rows.)"""
+        """Bucket keys over the whole run (``buckets``), sorted, over max last. (A copy: safe while
+        another thread adds rows.)"""
         return sorted(list(self.buckets), key=lambda k: (k is None, k or 0))
 
     def largest_size(self) -> int | None:
         sizes = self.sizes_seen | {k for k in list(self.buckets) if k is not None}
         return max(sizes) if sizes else None
+
+    def shown_epochs(self) -> list[Epoch]:
+        """The epochs the views show: those with forwards, and the one in force."""
+        eps = list(self.epochs)
+        return [e for e in eps if e.forwards or e is eps[-1]]
+
+    def epoch_rows(self, epochs: list[Epoch] | None = None) -> list[tuple[Epoch, int | None, Row]]:
+        """(epoch, target, row) by epoch, then target (over max last): the rows the views show."""
+        return [(e, k, e.rows[k]) for e in (self.shown_epochs() if epochs is None else epochs) for k in e.keys()]
 
     def totals(self) -> dict:
         rows = [self.buckets[k] for k in self.keys()]
@@ -469,11 +737,12 @@ class RunStats:
         out = counts(total("forwards"), total("graph_steps"), total("full"), total("piecewise"), total("eager"),
                      phases, total("requests"), total("rows"), total("prompt_tokens"), total("tokens"),
                      total("padded"), total("graph_rows"), misses)
-        duration = None if self.first_t is None else self.last_t - self.first_t + self.last_ms / 1000.0
+        ends = [t for t in (self.end_t, self.latest_t) if t is not None]
+        duration = max(ends) - self.origin if ends else None
         out.update({
             "graph_hit_rate_pct": out["hit_pct"],
             "duration_s": duration,
-            "tokens_per_s": out["tokens"] / duration if duration else None,
+            "tokens_per_s": out["tokens"] / duration if duration and out["forwards"] else None,
             "gpu_busy_pct": pct(self.gpu_ms_sum, duration * 1000.0) if self.gpu_ms_any and duration else None,
             "nvml_util_pct": self.util_sum / self.util_n if self.util_n else None,
             "graph_pool_mib": None if self.pool_bytes is None else self.pool_bytes / MIB,
@@ -481,6 +750,7 @@ class RunStats:
             "gpu_idle_eager_pct": gpu_idle_pct(self.idle["eager"]),
             "prefills": self.prefills, "prefill_tokens": self.prefill_tokens,
             "mode_switches": self.mode_switches, "recaptures": self.recaptures,
+            "epochs": sum(1 for e in list(self.epochs) if e.forwards),
             "alerts": dict(sorted(self.alerts.items())),
         })
         return out

@@ -5,9 +5,9 @@ The measuring is in engine/bench.py; this module is the command: flags, the trac
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-import time
 
 from cgwatch import records as R
 from cgwatch.errors import CgwatchError
@@ -38,8 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-compile", action="store_true",
                    help='also torch.compile(mode="reduce-overhead") as a third column (CUDA only)')
-    p.add_argument("--record", metavar="PATH", help="trace file (default: bench-MODEL-TIME.jsonl here)")
-    p.add_argument("--no-record", action="store_true", help="write no trace")
+    p.add_argument("--record", metavar="PATH", help="also write the bench's trace here (for report, replay and "
+                   "recommend --costs); without it nothing is written")
+    p.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)   # the default now; kept for scripts
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     p.add_argument("--no-nvtx", action="store_true")
     p.set_defaults(func=run)
@@ -90,7 +91,9 @@ def run(a) -> int:
     check_config(cfg)
     fan = Fanout()
     bench = _make_bench(a, cfg, fan)
-    path = None if a.no_record else (a.record or time.strftime(f"bench-{_slug(a.model)}-%Y%m%d-%H%M%S.jsonl"))
+    if a.no_record and a.record:
+        raise CgwatchError("--record and --no-record together: choose one")
+    path = a.record   # opt-in: a bench writes nothing it was not asked for
     writer = TraceWriter(path, bench.header()) if path else None
     if writer:
         fan.add(writer.write)
@@ -123,10 +126,6 @@ def run(a) -> int:
     return 0
 
 
-def _slug(model: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in model.rstrip("/").rsplit("/", 1)[-1])
-
-
 # -- tables ----------------------------------------------------------------------------------------
 def _f(v, spec: str) -> str:
     return NA if v is None else format(v, spec)
@@ -154,7 +153,8 @@ def format_result(res: dict) -> str:
     engine = (f"vLLM {res.get('vllm')} (model runner {res.get('model_runner')}, {res.get('cudagraph_mode')}, "
               f"capture of all sizes {_f(res.get('capture_total_s'), '.2f')} s)" if vllm else "cgwatch engine")
     timing = (res.get("latency") if vllm else
-              'CUDA events around each step' if bw else 'host time (CPU: ops are synchronous)')
+              'CUDA events around each step' if bw else
+              'host time (CPU: ops are synchronous, so launch µs is the whole step too)')
     tp = res.get("tensor_parallel_size") or 1
     engine += f" · {tp} ranks (tensor parallel)" if tp > 1 else ""
     lines = [f"cgwatch bench · {engine} · {model} · {res['gpu']} · {res['dtype']} · max_seq {res['max_seq']} · "
@@ -219,6 +219,8 @@ def format_result(res: dict) -> str:
     lines += [f"{k}: {v}" for k, v in errors.items()]
     if res.get("trace"):
         lines.append(f"trace: {res['trace']} (cgwatch report / replay / recommend --costs)")
+    elif "trace" in res:
+        lines.append("no trace written (--record PATH keeps one for cgwatch report / replay / recommend --costs)")
     return "\n".join(lines)
 
 

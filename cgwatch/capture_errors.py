@@ -37,9 +37,10 @@ HINTS = {
     CPU_TENSOR: "a CPU tensor meets the GPU during capture (created without device=, .to(device)/.cuda() of a CPU "
                 "tensor, a Python number assigned by indexing): create it on the GPU once, outside the step, "
                 "and pass it in (or copy_ into a static GPU buffer before replay)",
-    HOST_DATA: "torch.tensor/as_tensor/from_numpy builds a tensor from host data on every call: capture freezes the "
-               "values seen then (and a host-to-GPU copy fails the capture): build it once outside and pass it in, "
-               "or copy_ new values into a static GPU buffer before each replay",
+    HOST_DATA: "torch.tensor/as_tensor/from_numpy builds a tensor from host data on every call: its host-to-GPU copy "
+               "waits for the GPU and fails the capture (without device= it is a CPU tensor that meets the GPU), and "
+               "a graph would keep the values seen at capture anyway: build it once outside and pass it in, or "
+               "copy_ new values into a static GPU buffer before each replay",
     BAKED_VALUE: "a Python value that changes between calls (a counter, a global, a host-side computation) is an "
                  "argument here: the graph keeps the value seen at capture; pass it as a GPU tensor input instead",
     OOM: "the capture ran the device out of memory: capture fewer or smaller sizes, free memory first, "

@@ -44,6 +44,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="KV cache positions per request (default 1024; vLLM's max_model_len)")
     m.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the model on the CPU (default: $OMP_NUM_THREADS if set, else the "
+                        "physical cores less one, at most 8; pytorch backend)")
     g = p.add_argument_group("CUDA graphs")
     g.add_argument("--cudagraph-capture-sizes", default=None,
                    help=f"batch-size buckets to capture (default {','.join(map(str, DEFAULT_CAPTURE_SIZES))}; "
@@ -115,7 +118,7 @@ def _engine_config(a):
     if a.backend == "vllm":
         return _vllm_config(a)
     from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, parse_sizes
-    from cgwatch.engine.control import parse_scheduled, parse_step_range
+    from cgwatch.engine.control import Limits, parse_scheduled, parse_step_range
     from cgwatch.engine.loop import EngineConfig
     from cgwatch.workload import WorkloadSpec
 
@@ -126,6 +129,9 @@ def _engine_config(a):
     fail_every, fail_on = _fail_captures(a.fail_capture_bucket)
     if fail_on and a.tensor_parallel_size == 1 and any(r for _, r in fail_on):
         raise CgwatchError("--fail-capture-bucket N@RANK: RANK must be 0 without --tensor-parallel-size")
+    if a.threads is not None and a.threads < 1:
+        raise CgwatchError(f"--threads must be >= 1, got {a.threads}")
+    limits = Limits(a.max_concurrency, "--max-concurrency (KV slots)")   # the engine's own (Engine.command_limits)
     return EngineConfig(
         model=a.model or "tiny", device=a.device, dtype=a.dtype, max_seq=a.max_seq,
         capture_sizes=tuple(sizes),
@@ -135,10 +141,10 @@ def _engine_config(a):
         seed=a.seed,
         workload=WorkloadSpec(arrival=a.arrival, prompt_len=a.prompt_len, output_len=a.output_len,
                               max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed),
-        schedule=tuple(parse_scheduled(s) for s in a.at),
+        schedule=tuple(parse_scheduled(s, limits) for s in a.at),
         profile_steps=parse_step_range(a.profile_steps) if a.profile_steps else None,
         fail_capture=fail_every, fail_capture_on=fail_on, tensor_parallel_size=a.tensor_parallel_size,
-        nvtx=not a.no_nvtx, sample_interval_s=a.sample_interval)
+        nvtx=not a.no_nvtx, sample_interval_s=a.sample_interval, threads=a.threads)
 
 
 def _vllm_config(a):
@@ -155,7 +161,8 @@ def _vllm_config(a):
                                                      "capture size)"),
                    (a.graph_pool is not None, "--graph-pool (vLLM captures into one shared pool)"),
                    (bool(a.fail_capture_bucket), "--fail-capture-bucket"),
-                   (a.profile_steps is not None, "--profile-steps (use vLLM's own profiler)")]
+                   (a.profile_steps is not None, "--profile-steps (use vLLM's own profiler)"),
+                   (a.threads is not None, "--threads")]
     for given, what in unavailable:
         if given:
             raise CgwatchError(f"{what} is not available with --backend vllm")
@@ -175,11 +182,41 @@ def _vllm_config(a):
     return cfg
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)   # SIGHUP: the terminal closed
+PARENT_GONE_EXIT_S = 60.0   # a daemon child whose parent died stops cleanly, or is ended after this
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
     return stop
+
+
+def _die_with_parent(fd: int, stop: threading.Event) -> None:
+    """The daemon child of ``cgwatch run``: stop when the parent is gone, whatever ended it (SIGKILL
+    too). Portable: ``fd`` is the read end of a pipe whose only write end the parent holds, so it
+    reads EOF once the parent exited. On Linux, prctl(PR_SET_PDEATHSIG) also sends this process
+    SIGTERM then. Either way ``stop`` is set and the run ends as on SIGTERM (the trace gets its end
+    record, the socket file goes); a loop that does not end within PARENT_GONE_EXIT_S is ended."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)   # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass   # the pipe alone does it
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 64):
+                pass   # the parent never writes; EOF: it is gone
+        except OSError:
+            pass
+        stop.set()
+        time.sleep(PARENT_GONE_EXIT_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cgwatch-parent-watch", daemon=True).start()
 
 
 def cmd_run(a) -> int:
@@ -207,7 +244,8 @@ def cmd_run(a) -> int:
     status = StatusLine()
     fanout.add(status)
     backend = f", vLLM {h['vllm']}" if h.get("backend") == "vllm" else ""
-    mode = cfg.mode + (" (eager: no CUDA)" if cfg.mode == "graph" and getattr(engine, "cuda", True) is False else "")
+    no_cuda = cfg.mode == "graph" and getattr(engine, "cuda", True) is False
+    mode = "eager (graphs need CUDA)" if no_cuda else cfg.mode
     print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}{backend}), mode {mode}, "
           f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if writer else ""))
     for note in h.get("vllm_notes") or ():
@@ -232,7 +270,7 @@ def cmd_run(a) -> int:
             writer.close(summary)
         if metrics:
             metrics.close()
-        status.print_line(time.monotonic())
+        status.finish(time.monotonic())
         print(f"{outcome}: {summary['steps']} steps, {summary['tokens']} tokens in {summary['duration_s']:.1f} s"
               + (f"; trace {a.record} (cgwatch report {a.record})" if writer else ""))
     return 0
@@ -248,9 +286,20 @@ def _start_metrics(port, fanout, header: dict | None = None):
     return m
 
 
+# what to use instead of the TUI, per command
+_PLAIN = {"cgwatch run": "'cgwatch run --headless' (a status line a second)",
+          "cgwatch replay": "'cgwatch report TRACE' (the same numbers as text)",
+          "cgwatch attach": "another terminal, or the daemon's --prometheus metrics"}
+
+
 def _need_terminal(what: str) -> None:
+    """The TUI needs a terminal that can draw: not a pipe, and not TERM=dumb (Textual would write its
+    escape sequences to it all the same). NO_COLOR is honoured by the TUI itself (no colour at all)."""
+    if os.environ.get("TERM") == "dumb":
+        raise CgwatchError(f"{what} needs a terminal that can draw a full-screen TUI, and TERM=dumb cannot; "
+                           f"use {_PLAIN[what]}")
     if not (sys.stdin.isatty() and sys.__stderr__.isatty()):   # Textual draws on stderr
-        raise CgwatchError(f"{what} needs a terminal for the TUI; use 'cgwatch run --headless' or a terminal")
+        raise CgwatchError(f"{what} needs a terminal for the TUI; use {_PLAIN[what]} or a terminal")
 
 
 def _run_with_tui(a) -> int:
@@ -266,9 +315,14 @@ def _run_with_tui(a) -> int:
     sock = default_socket_path()
     log_path = sock.removesuffix(".sock") + ".log"
     child_args = [x for x in a.argv[1:] if x != "--headless"]
-    cmd = [sys.executable, "-m", "cgwatch", "daemon", *child_args, "--listen", f"unix:{sock}"]
-    with open(log_path, "w") as log:
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    alive_r, alive_w = os.pipe()   # the child reads EOF here once this process is gone (_die_with_parent)
+    cmd = [*daemon_child_command(), *child_args, "--listen", f"unix:{sock}", "--parent-fd", str(alive_r)]
+    try:
+        with open(log_path, "w") as log:   # its own session: the terminal's signals go to this process only
+            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, pass_fds=(alive_r,),
+                                     start_new_session=True)
+    finally:
+        os.close(alive_r)
     if getattr(cfg, "backend", "pytorch") == "vllm":
         print(f"cgwatch: starting vLLM with {cfg.model} (load, compile and graph capture take a while; "
               f"its log: {log_path})", flush=True)
@@ -283,7 +337,7 @@ def _run_with_tui(a) -> int:
             last = (open(log_path).read().strip().splitlines() or ["the daemon exited"])[-1]
             raise CgwatchError(last.removeprefix("cgwatch: "))
         threading.Thread(target=child.stdout.read, daemon=True).start()   # keep its pipe drained
-        run_tui(LiveSource(f"unix:{sock}", token=None))
+        rc = run_tui(LiveSource(f"unix:{sock}", token=None), exit_on=(signal.SIGTERM, signal.SIGHUP))
     finally:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -292,21 +346,36 @@ def _run_with_tui(a) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        os.close(alive_w)
     if child.returncode == 0:
         os.unlink(log_path)                             # keep the daemon's log only when it failed
     else:
         print(f"cgwatch: the daemon exited with code {child.returncode}; its log: {log_path}", file=sys.stderr)
     if a.record:
         print(f"trace {a.record} (cgwatch report {a.record})")
-    return 0 if child.returncode == 0 else 1
+    return rc or (0 if child.returncode == 0 else 1)
+
+
+def daemon_child_command() -> list[str]:
+    """``cgwatch daemon`` as a child process that imports the very cgwatch this process runs: not
+    ``python -m cgwatch``, which imports a ``cgwatch/`` folder in the working directory first (say,
+    in the parent of a clone). The package's own parent directory goes first on sys.path instead
+    (``python -P`` would need Python 3.11)."""
+    import cgwatch
+    where = os.path.dirname(os.path.dirname(os.path.abspath(cgwatch.__file__)))
+    boot = "import sys; sys.path[0] = sys.argv.pop(1); from cgwatch.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", boot, where, "daemon"]
 
 
 def cmd_daemon(a) -> int:
     from cgwatch.daemon import run_daemon
 
     cfg = _engine_config(a)
+    stop = _stop_on_signals()
+    if a.parent_fd is not None:
+        _die_with_parent(a.parent_fd, stop)
     summary = run_daemon(cfg, listen=a.listen, token=a.token, record=a.record, prometheus_port=a.prometheus,
-                         max_steps=a.steps, stop=_stop_on_signals())
+                         max_steps=a.steps, stop=stop)
     print(f"daemon stopped: {summary['steps']} steps, {summary['tokens']} tokens", flush=True)
     return 0
 
@@ -318,29 +387,38 @@ def cmd_attach(a) -> int:
     from cgwatch.client import connect
 
     try:                                   # a typo fails now; a daemon lost later is reconnected to
-        connect(a.addr, token=a.token, timeout=5).close()
+        conn = connect(a.addr, token=a.token, timeout=5)
     except OSError as e:
         raise CgwatchError(f"cannot reach a daemon at {a.addr}: {e.strerror or e}") from None
+    try:                                   # so does a wrong token, not at the first key
+        reply = conn.auth() if a.token and conn.hello.get("control") == "token" else {"ok": True}
+    except (OSError, TimeoutError, ConnectionError) as e:
+        raise CgwatchError(f"the daemon at {a.addr} did not answer: {e}") from None
+    finally:
+        conn.close()
+    if not reply.get("ok"):
+        raise CgwatchError(f"the daemon at {a.addr} refused the token ({reply.get('error')}); "
+                           "leave out --token to watch read-only")
     _need_terminal("cgwatch attach")
-    return run_tui(LiveSource(a.addr, token=a.token))
+    return run_tui(LiveSource(a.addr, token=a.token), exit_on=(signal.SIGTERM, signal.SIGHUP))
 
 
 def cmd_replay(a) -> int:
     from cgwatch.replay import ReplaySource
     from cgwatch.tui.app import run_tui
 
-    if a.sample == (a.trace is not None):
-        raise CgwatchError("give a trace file or --sample (the bundled H100 trace), not both")
-    if a.sample:
+    if (a.sample is not None) == (a.trace is not None):
+        raise CgwatchError("give a trace file or --sample [NAME] (a bundled trace: cgwatch samples), not both")
+    if a.sample is not None:
         from cgwatch.samples import sample_path
-        a.trace = sample_path()
+        a.trace = sample_path(a.sample)
     if not 0.25 <= a.speed <= 16:
         raise CgwatchError(f"--speed must be between 0.25 and 16, got {a.speed}")
     source = ReplaySource(a.trace, speed=a.speed)
     _need_terminal("cgwatch replay")
     for w in source.warnings:
         print(f"cgwatch: {w}", file=sys.stderr)
-    return run_tui(source)
+    return run_tui(source, exit_on=(signal.SIGTERM, signal.SIGHUP))
 
 
 def cmd_report(a) -> int:
@@ -348,16 +426,37 @@ def cmd_report(a) -> int:
     from cgwatch.trace import read_trace
 
     rep = build_report(read_trace(a.trace))
-    if a.json:
-        json.dump(rep, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    if a.json:   # strict JSON: a value that is not a finite number is null
+        from cgwatch.jsonl import dump_strict
+        dump_strict(rep, sys.stdout)
+        for w in rep["warnings"]:
+            print(f"cgwatch: warning: {w}", file=sys.stderr)
     else:
         sys.stdout.write(format_report(rep) + "\n")
     return 0
 
 
+def cmd_samples(a) -> int:
+    from cgwatch.samples import listing
+    print(listing())
+    return 0
+
+
+# arguments that name a trace to read: sample:NAME there is a bundled trace (cgwatch samples)
+TRACE_ARGS = ("trace", "costs")
+
+
+def _resolve_samples(a) -> None:
+    from cgwatch.samples import resolve
+    for name in TRACE_ARGS:
+        if isinstance(getattr(a, name, None), str):
+            setattr(a, name, resolve(getattr(a, name)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cgwatch import __version__
+
+    from cgwatch.samples import SAMPLE
 
     p = _Parser(prog="cgwatch", description="Watch and tune CUDA graphs in an LLM decode loop.")
     p.add_argument("--version", action="version", version=f"cgwatch {__version__}")
@@ -372,20 +471,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--listen", metavar="ADDR", help="unix:PATH (default: a private socket) or HOST:PORT")
     d.add_argument("--token", help="required for control; required to bind anything but loopback")
     d.add_argument("--prometheus", type=int, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT")
+    d.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)   # cgwatch run's child
     d.set_defaults(func=cmd_daemon)
     at = sub.add_parser("attach", help="attach the TUI to a running daemon")
     at.add_argument("addr", help="unix:PATH, a socket path, or HOST:PORT")
     at.add_argument("--token", help="the daemon's control token")
     at.set_defaults(func=cmd_attach)
     rp = sub.add_parser("replay", help="replay a trace in the TUI")
-    rp.add_argument("trace", nargs="?", help="a trace file")
-    rp.add_argument("--sample", action="store_true", help="the H100 sample trace shipped with cgwatch")
+    rp.add_argument("trace", nargs="?", help="a trace file, or sample:NAME (a bundled trace)")
+    rp.add_argument("--sample", nargs="?", const=SAMPLE, metavar="NAME",
+                    help=f"a bundled trace (default {SAMPLE.removesuffix('.jsonl')}; 'cgwatch samples' lists them)")
     rp.add_argument("--speed", type=float, default=1.0, help="playback speed, 0.25..16 (default 1)")
     rp.set_defaults(func=cmd_replay)
     rep = sub.add_parser("report", help="per-bucket table and totals of a trace")
-    rep.add_argument("trace", help="a trace file written by 'cgwatch run --record'")
+    rep.add_argument("trace", help="a trace file written by 'cgwatch run --record', or sample:NAME")
     rep.add_argument("--json", action="store_true", help="machine-readable output")
     rep.set_defaults(func=cmd_report)
+    sm = sub.add_parser("samples", help="list the bundled traces (sample:NAME wherever a trace goes)")
+    sm.set_defaults(func=cmd_samples)
     # Analysis commands: each module registers its own subcommand (add_parser) and runs it (run).
     from cgwatch import bench, check, export, recommend
     for mod in (bench, check, recommend, export):
@@ -399,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else argv
         a = build_parser().parse_args(argv)
         a.argv = argv
+        _resolve_samples(a)
         return _exit(a.func(a), program)
     except CgwatchError as e:
         print(f"cgwatch: {e}", file=sys.stderr)

@@ -39,11 +39,18 @@ def _check_hello(msg: dict | None) -> str | None:
     return None
 
 
+AUTH_ID = "cgwatch-auth"   # the id of LiveSource's own ``auth`` command (its ack is not passed on)
+
+
 class LiveSource(Source):
     """A live run behind a daemon. Records, acks and ``dropped`` notices go to ``on_record`` from a
     background thread (local acks, for commands that never left, from a short-lived thread of their
     own); callbacks never run concurrently. A lost connection is retried forever (``reconnect``),
-    except after the run's ``end`` record or a protocol mismatch."""
+    also after the run's ``end`` record (a daemon that comes back on the address is a new run: its
+    header resets the view), except after a protocol mismatch.
+
+    The status says whether this session may control the run (``read_only``: None, or why not: the
+    daemon takes no commands, wants a token, or refused the token, which is checked on connecting)."""
 
     def __init__(self, addr: str, token: str | None = None, reconnect: bool = True):
         self.addr, self.token, self.reconnect = addr, token, reconnect
@@ -61,6 +68,7 @@ class LiveSource(Source):
         self._dropped_now = 0      # the current connection's count (the daemon counts per connection)
         self._paused = False
         self._control: str | None = None
+        self._read_only: str | None = None
         self._end: dict | None = None
 
     # -- Source ------------------------------------------------------------------------------
@@ -118,16 +126,16 @@ class LiveSource(Source):
                 self._on_status({"connected": connected, "text": text,
                                  "dropped": self._dropped_before + self._dropped_now,
                                  "position_s": None, "duration_s": None, "speed": None, "paused": self._paused,
-                                 "control": self._control})
+                                 "control": self._control, "read_only": self._read_only})
 
     # -- the connection thread ---------------------------------------------------------------
     def _run(self) -> None:
-        attempt, last_text = 0, None
+        attempt, last_text, ended = 0, None, None
         while not self._stop.is_set():
             try:
                 sock = open_connection(self.addr, CONNECT_TIMEOUT_S)
             except (OSError, CgwatchError) as e:
-                text = f"cannot connect to {self.addr}: {_reason(e)}" + ("; retrying" if self.reconnect else "")
+                text = ended or (f"cannot connect to {self.addr}: {_reason(e)}" + ("; retrying" if self.reconnect else ""))
                 if text != last_text:   # one status per kind of failure, not one per attempt
                     self._status(False, text)
                     last_text = text
@@ -136,13 +144,21 @@ class LiveSource(Source):
                 self._stop.wait(RETRY_S[min(attempt, len(RETRY_S) - 1)])
                 attempt += 1
                 continue
-            attempt, last_text = 0, None
+            attempt, last_text, ended = 0, None, None
             final, reason = self._session(sock)
             if self._stop.is_set():
                 return
             if final:
                 self._status(False, reason)
                 return
+            if self._end is not None:   # the run ended and its daemon closed: wait for the next one
+                if not self.reconnect:
+                    self._status(False, reason)
+                    return
+                ended = last_text = f"{reason}; waiting for a daemon on {self.addr}"
+                self._status(False, ended)
+                self._stop.wait(RETRY_S[0])
+                continue
             if not self.reconnect:
                 self._status(False, f"daemon lost: {reason}")
                 return
@@ -153,6 +169,7 @@ class LiveSource(Source):
     def _session(self, sock: socket.socket) -> tuple[bool, str]:
         """Read one connection to its end. Returns (final: do not reconnect, reason)."""
         reader = LineReader(sock.recv)
+        self._end = None
         with self._send_lock:
             self._sock = sock
         if self._stop.is_set():   # close() ran while we connected
@@ -170,8 +187,14 @@ class LiveSource(Source):
                 return True, wrong
             sock.settimeout(None)
             self._control, self._dropped_now, self._end = hello.get("control"), 0, None
-            note = "; read-only (the daemon wants a token)" if self._control == "token" and not self.token else ""
-            self._status(True, f"connected to {self.addr} (cgwatch {hello.get('cgwatch')}){note}")
+            self._read_only = {"none": "the daemon takes no commands",
+                               "token": None if self.token else "the daemon wants a token"}.get(self._control)
+            connected = f"connected to {self.addr} (cgwatch {hello.get('cgwatch')})"
+            note = f"; read-only ({self._read_only})" if self._read_only else ""
+            self._status(True, connected + note)
+            if self._control == "token" and self.token:   # a wrong token shows now, not at the first key
+                with self._send_lock:
+                    sock.sendall(encode({"cmd": "auth", "id": AUTH_ID, "token": self.token}))
             while True:
                 try:
                     line = reader.readline()
@@ -180,12 +203,17 @@ class LiveSource(Source):
                     msg = decode(line)
                 except ProtocolError:
                     continue   # a line we cannot read: skip it
+                if msg.get("type") == ACK and msg.get("id") == AUTH_ID:
+                    if not msg.get("ok"):
+                        self._read_only = "the token was refused"
+                        self._status(True, f"{connected}; read-only ({self._read_only}: {msg.get('error')})")
+                    continue
                 self._note(msg)
                 self._deliver(msg)
                 if msg.get("type") == DROPPED:
                     self._status(True, f"connected to {self.addr}; view fell behind, records dropped")
             if self._end is not None:
-                return True, f"run ended ({self._end.get('outcome', 'no outcome')}); daemon closed"
+                return False, f"run ended ({self._end.get('outcome', 'no outcome')}); daemon closed"
             return False, "connection closed by the daemon"
         except OSError as e:
             return False, _reason(e)
@@ -228,6 +256,10 @@ class Connection:
         msg.update(extra)
         self.sock.sendall(encode(msg))
         return req_id
+
+    def auth(self, timeout: float = 10.0) -> dict:
+        """Ask the daemon whether this connection's token grants control: its ack (``ok`` false: why not)."""
+        return self.wait_ack(self.send("auth"), timeout)
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)

@@ -4,8 +4,9 @@
 never blocks: each client has a bounded queue, and a record that does not fit is dropped and counted
 for that client only. Per client, a sender thread drains the queue to the socket and a reader thread
 turns command lines into ``engine.submit(Command(...))``; the engine's answer comes back as an ``ack``,
-which is never dropped. A client that joins late gets ``hello``, a snapshot of the retained history,
-then the live stream, with no gap and no duplicate. Protocol: protocol.py, docs/PROTOCOL.md.
+which is never dropped. A client that joins late gets ``hello``, a snapshot (the run's aggregate so far,
+``aggregate.RunStats``, and the retained history, kept per record type), then the live stream, with no
+gap and no duplicate. Protocol: protocol.py, docs/PROTOCOL.md.
 """
 
 from __future__ import annotations
@@ -26,18 +27,24 @@ from typing import Callable
 
 import cgwatch
 from cgwatch import records as R
-from cgwatch.engine.control import Command, command_from_message
+from cgwatch.aggregate import VIEW_WINDOW, RunStats
+from cgwatch.engine.control import Command, command_from_message, limits_from_header
 from cgwatch.errors import CgwatchError
-from cgwatch.protocol import (DROPPED, HELLO, PROTOCOL_VERSION, SNAPSHOT_BEGIN, SNAPSHOT_END, LineReader,
+from cgwatch.protocol import (AGGREGATE, AGGREGATE_ROW, DROPPED, HELLO, PROTOCOL_VERSION, SNAPSHOT_BEGIN, SNAPSHOT_END, LineReader,
                               LineTooLong, ProtocolError, decode, encode, format_address, is_loopback,
                               parse_address)
 from cgwatch.source import ack
 
 QUEUE_MAX = 10_000        # records waiting for one client; more are dropped (and counted)
-KEEP_EVENTS = 1_000       # retained history for late joiners, per record type
+# retained history for late joiners, per record type (and per event kind, so that a flood of one kind,
+# say marks, pushes out only its own kind); the counts themselves come from the aggregate
 KEEP_STEPS = 2_000
 KEEP_SAMPLES = 200
 KEEP_OTHER = 500          # prefill and unknown types
+KEEP_EVENTS = 200         # per event kind, except:
+KEEP_EVENT_KIND = {R.EV_STATE: 1, R.EV_CAPTURE: 500, R.EV_ALERT: 500}
+AUTH = "auth"             # a client asks whether its token grants control (answered by the daemon)
+MAX_ID = 100              # characters of a string id; 32 of a command name echoed in an ack
 MAX_INFLIGHT_COMMANDS = 64  # per client: commands sent to the engine and not answered yet
 SEND_BATCH = 512          # messages per sendall
 DRAIN_S = 1.0             # close(): how long clients get to receive what is queued
@@ -98,7 +105,8 @@ class Daemon:
         self.queue_max = queue_max
         self._lock = threading.Lock()        # history, client list, queue bounds
         self._seq = itertools.count()
-        self._events: deque[tuple[int, dict]] = deque(maxlen=KEEP_EVENTS)
+        self._events: dict[str, deque[tuple[int, dict]]] = {}   # event kind -> its last records
+        self._stats = RunStats(window=VIEW_WINDOW)   # the whole run's numbers, for late joiners
         self._steps: deque[tuple[int, dict]] = deque(maxlen=KEEP_STEPS)
         self._samples: deque[tuple[int, dict]] = deque(maxlen=KEEP_SAMPLES)
         self._other: deque[tuple[int, dict]] = deque(maxlen=KEEP_OTHER)
@@ -163,6 +171,7 @@ class Daemon:
         """Begin accepting. ``header``: the run's metadata (Engine.header()) or a header record;
         ``submit``: where commands go (Engine.submit), None for a read-only stream."""
         self._header = header if header.get("type") == R.HEADER else header_record(header)
+        self._limits = limits_from_header(self._header)   # commands are checked against them at the door
         self._submit = submit
         self._listener.setblocking(False)
         self._sel.register(self._listener, selectors.EVENT_READ)
@@ -230,11 +239,19 @@ class Daemon:
             elif kind == R.SAMPLE:
                 self._samples.append((seq, rec))
             elif kind == R.EVENT:
-                self._events.append((seq, rec))
+                ev = str(rec.get("kind"))
+                kept = self._events.get(ev)
+                if kept is None:
+                    kept = self._events[ev] = deque(maxlen=KEEP_EVENT_KIND.get(ev, KEEP_EVENTS))
+                kept.append((seq, rec))
             elif kind == R.END:
                 self._end = rec
             else:
                 self._other.append((seq, rec))
+            try:
+                self._stats.add(rec)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                pass   # a record the accumulator cannot count (the report and the TUI skip it too)
             limit = self.queue_max
             for c in self._clients:
                 q = c.queue
@@ -251,14 +268,18 @@ class Daemon:
     __call__ = publish
 
     def _snapshot(self) -> list[dict]:
-        """hello, snapshot_begin, header, retained records in emit order, snapshot_end (under the lock)."""
-        kept = [rec for _, rec in heapq.merge(self._events, self._steps, self._samples, self._other,
+        """hello, snapshot_begin, header, the aggregate (its run fields, then its rows), retained records
+        in emit order, snapshot_end (under the lock)."""
+        kept = [rec for _, rec in heapq.merge(*self._events.values(), self._steps, self._samples, self._other,
                                               key=lambda sr: sr[0])]
         if self._end is not None:
             kept.append(self._end)
-        hello = {"type": HELLO, "protocol": PROTOCOL_VERSION, "cgwatch": cgwatch.__version__,
-                 "control": "token" if self.token else "open"}
-        return [hello, {"type": SNAPSHOT_BEGIN, "records": len(kept) + 1}, self._header, *kept,
+        run, rows = self._stats.state()
+        agg = [{"type": AGGREGATE, "window": VIEW_WINDOW, "rows": len(rows), "run": run},
+               *({"type": AGGREGATE_ROW, "row": row} for row in rows)]
+        control = "none" if self._submit is None else "token" if self.token else "open"
+        hello = {"type": HELLO, "protocol": PROTOCOL_VERSION, "cgwatch": cgwatch.__version__, "control": control}
+        return [hello, {"type": SNAPSHOT_BEGIN, "records": len(kept) + len(agg) + 1}, self._header, *agg, *kept,
                 {"type": SNAPSHOT_END}]
 
     # -- accepting ---------------------------------------------------------------------------
@@ -357,7 +378,12 @@ class Daemon:
                 if line is None:
                     return
                 if line.strip():
-                    self._handle(c, line)
+                    try:
+                        self._handle(c, line)
+                    except OSError:
+                        raise
+                    except Exception as e:   # never lose the reader (and the client) to one line
+                        c.push(ack(None, None, False, error=f"could not handle the line: {type(e).__name__}"))
         except OSError:
             pass
         finally:
@@ -373,20 +399,26 @@ class Daemon:
         req_id = msg.get("id")
         if not isinstance(req_id, (int, str)) or isinstance(req_id, bool):
             req_id = None
-        name = msg.get("cmd") if isinstance(msg.get("cmd"), str) else None
+        name = msg.get("cmd") if isinstance(msg.get("cmd"), str) and len(msg["cmd"]) <= 32 else None
+        if isinstance(req_id, str) and len(req_id) > MAX_ID:
+            c.push(ack(None, name, False, error=f"id of {len(req_id):,} characters: at most {MAX_ID}"))
+            return
         if self.token:
             given = msg.get("token")
             if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
                 c.push(ack(req_id, name, False, error="control refused: bad or missing token"))
                 return
-        try:
-            cmd = command_from_message(msg)
-        except Exception as e:   # CgwatchError, or anything odd input provokes: the connection goes on
-            text = str(e) if isinstance(e, CgwatchError) else f"bad command: {type(e).__name__}: {e}"
-            c.push(ack(req_id, name, False, error=text if len(text) <= 300 else text[:297] + "..."))
-            return
         if self._submit is None:
             c.push(ack(req_id, name, False, error="this daemon takes no commands"))
+            return
+        if name == AUTH:   # the token (if any) was good: this connection may control the run
+            c.push(ack(req_id, name, True, control="granted"))
+            return
+        try:
+            cmd = command_from_message(msg, self._limits)
+        except Exception as e:   # CgwatchError, or anything odd input provokes: the connection goes on
+            text = str(e) if isinstance(e, CgwatchError) else f"bad command: {type(e).__name__}"
+            c.push(ack(req_id, name, False, error=text if len(text) <= 300 else text[:297] + "..."))
             return
         while not c.inflight.acquire(timeout=0.5):   # bounded commands in flight per client
             if c.closed:

@@ -40,7 +40,12 @@ prompt tokens), so every row has them. A tensor-parallel trace's ``rank_ms`` lis
 a rank (``rank0_ms``, ``rank1_ms``, ...); Perfetto gets a ``rank step ms`` counter (one series a rank),
 a ``rank skew`` counter, and per-GPU sample counters (``GPU util gpu1``, ...).
 
-Both stream through the trace; a truncated tail is skipped, like every reader does.
+Both stream through the trace; a truncated tail is skipped, like every reader does. A first pass runs the
+records through the validation every reader shares (records.screen: NaN, negative or missing numbers,
+duplicate steps, t out of order, a graph smaller than its rows, ...): what cannot be trusted is left out of
+the export (never drawn as a negative or made-up slice) and named in one warning line on stderr, and the
+summary line counts it. Records of types this version does not know are left out too, and counted there.
+The JSON is strict: a value that is not a finite number is null.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from typing import IO, Iterable, Iterator
 
 from cgwatch import records as R
 from cgwatch.errors import CgwatchError
-from cgwatch.trace import iter_records, read_header
+from cgwatch.trace import iter_numbered, read_header
 
 FORMATS = {"perfetto": ".perfetto.json", "csv": ".csv"}
 REORDER_WINDOW_S = 10.0   # records are released in t order once the trace has moved this far past them
@@ -86,9 +91,12 @@ STEP_ARGS = ("i", "batch", "rows", "bucket", "target", "runtime_mode", "phase", 
 
 
 def with_derived(rec: dict) -> dict:
-    """A step record with rows / runtime_mode / phase / prompt_tokens filled where a trace predates them."""
-    return {**rec, "rows": R.step_rows(rec), "runtime_mode": R.step_runtime_mode(rec), "phase": R.step_phase(rec),
-            "prompt_tokens": rec.get("prompt_tokens") or 0}
+    """A step record with rows / runtime_mode / phase / prompt_tokens / padded filled where a trace predates
+    them or leaves them out (padded = bucket - rows on a graph step, 0 on an eager one)."""
+    rows = R.step_rows(rec)
+    return {**rec, "rows": rows, "runtime_mode": R.step_runtime_mode(rec), "phase": R.step_phase(rec),
+            "prompt_tokens": rec.get("prompt_tokens") or 0,
+            "padded": 0 if rec.get("bucket") is None else rec["bucket"] - rows}
 GRAPH_EVENTS = (R.EV_CAPTURE_DONE, R.EV_RECAPTURE, R.EV_RELEASE)
 
 MIB = 1 << 20
@@ -111,10 +119,11 @@ SAMPLE_COUNTERS = {
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="a trace as Perfetto / chrome://tracing JSON, or CSV (one row per step)")
-    p.add_argument("trace", help="a trace file written by 'cgwatch run --record'")
+    p.add_argument("trace", help="a trace file written by 'cgwatch run --record', or sample:NAME (cgwatch samples)")
     p.add_argument("--format", required=True, choices=tuple(FORMATS), help="perfetto (Chrome Trace Event JSON) or csv")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file, '-' for stdout (default: the trace's name with .perfetto.json / .csv)")
+                   help="output file, '-' for stdout (default: the trace's name with .perfetto.json / .csv, "
+                        "in the current directory)")
     p.set_defaults(func=run)
 
 
@@ -123,19 +132,35 @@ def run(a) -> int:
     out = a.output or default_output(a.trace, a.format)
     if out != "-" and os.path.exists(out) and os.path.samefile(out, a.trace):
         raise CgwatchError(f"output {out} is the trace itself; choose another with -o")
+    skip, screen = screen_trace(a.trace)
     with _output(out) as f:
         if a.format == "perfetto":
-            summary = export_perfetto(a.trace, header, f)
+            summary = export_perfetto(a.trace, header, f, skip)
         else:
-            summary = export_csv(a.trace, f)
+            summary = export_csv(a.trace, f, skip)
+    if screen.warning():
+        print(f"cgwatch: warning: {screen.warning()}", file=sys.stderr)
     if out != "-":
         print(f"cgwatch export: {summary} -> {out}", file=sys.stderr)
     return 0
 
 
+def screen_trace(trace: str) -> tuple[frozenset, R.Screen]:
+    """The line numbers of the records that cannot be trusted (records.screen) and the Screen that says so."""
+    bad, screen = R.screen((n, f"line {n}", rec) for n, rec in iter_numbered(trace))
+    return frozenset(bad), screen
+
+
+def _records(trace: str, skip: frozenset = frozenset()) -> Iterator[dict]:
+    """The trace's records (the end record included), less the lines in ``skip``."""
+    return (rec for n, rec in iter_numbered(trace) if n not in skip)
+
+
 def default_output(trace: str, fmt: str) -> str:
-    base = trace[: -len(".jsonl")] if trace.endswith(".jsonl") else trace
-    return base + FORMATS[fmt]
+    """The trace's file name with the format's suffix, in the current directory: never next to the trace,
+    which may be a bundled one inside the installed package (sample:NAME) or a folder the user cannot write."""
+    name = os.path.basename(trace)
+    return (name[: -len(".jsonl")] if name.endswith(".jsonl") else name) + FORMATS[fmt]
 
 
 @contextmanager
@@ -174,11 +199,12 @@ def _unlink(path: str) -> None:
 
 # ---- CSV ----
 
-def export_csv(trace: str, out: IO[str]) -> str:
-    """One row per step record. Two streaming passes: the first finds step fields beyond the schema."""
+def export_csv(trace: str, out: IO[str], skip: frozenset = frozenset()) -> str:
+    """One row per step record (less the lines in ``skip``). Two streaming passes: the first finds step
+    fields beyond the schema."""
     extra: dict[str, None] = {}
     ranks = 0
-    for rec in iter_records(trace):
+    for rec in _records(trace, skip):
         if rec["type"] == R.STEP:
             extra.update((k, None) for k in rec if k != "type" and k not in STEP_COLUMNS and k != "rank_ms")
             if isinstance(rec.get("rank_ms"), list):
@@ -187,18 +213,18 @@ def export_csv(trace: str, out: IO[str]) -> str:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(columns)
     rows = 0
-    for rec in iter_records(trace):
+    for rec in _records(trace, skip):
         if rec["type"] == R.STEP:
             rec = with_derived(rec)
             if isinstance(rec.get("rank_ms"), list):
                 rec.update((f"rank{r}_ms", v) for r, v in enumerate(rec["rank_ms"]))
             w.writerow([_cell(rec.get(c)) for c in columns])
             rows += 1
-    return f"{rows:,} step rows, {len(columns)} columns"
+    return f"{rows:,} step rows, {len(columns)} columns" + (f", {len(skip):,} records skipped" if skip else "")
 
 
 def _cell(v) -> object:
-    if v is None:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return ""
     if isinstance(v, (dict, list)):
         return json.dumps(v, separators=(",", ":"))
@@ -238,8 +264,8 @@ def _is_number(v) -> bool:
 
 # ---- Perfetto ----
 
-def export_perfetto(trace: str, header: dict, out: IO[str]) -> str:
-    ordered = _InOrder(iter_records(trace))
+def export_perfetto(trace: str, header: dict, out: IO[str], skip: frozenset = frozenset()) -> str:
+    ordered = _InOrder(_records(trace, skip))
     w = _PerfettoWriter(out, header)
     for rec in ordered:
         w.add(rec)
@@ -247,6 +273,10 @@ def export_perfetto(trace: str, header: dict, out: IO[str]) -> str:
     c = w.counts
     parts = [f"{w.events:,} events", f"{c['step']:,} steps", f"{c['gpu']:,} GPU slices",
              f"{c['prefill']:,} prefills", f"{c['capture']:,} captures", f"{c['counter']:,} counter values"]
+    if skip:
+        parts.append(f"{len(skip):,} records skipped (cannot be trusted)")
+    if c["skipped"]:
+        parts.append(f"{c['skipped']:,} records of unknown types left out")
     if w.end is None:
         parts.append("no end record: partial trace")
     if ordered.late:
@@ -276,9 +306,9 @@ def _args(rec: dict, skip: tuple = ("type", "kind", "t")) -> dict:
 
 
 def _json_safe(v):
-    """NaN / infinity (valid in a trace, not in JSON) as strings; args only, never ts/dur."""
+    """NaN / infinity (valid in a trace, not in JSON) as null; args only (ts/dur are screened numbers)."""
     if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
+        return None
     if isinstance(v, dict):
         return {k: _json_safe(x) for k, x in v.items()}
     if isinstance(v, list):
@@ -434,7 +464,7 @@ class _PerfettoWriter:
             self._instant(tid, str(kind), event_name(rec), t, _args(rec))
 
     def _capture(self, rec: dict) -> None:
-        dur = round(_num(rec, "capture_s") * 1e6, 3)
+        dur = 0.0 if rec.get("capture_s") is None else round(_num(rec, "capture_s") * 1e6, 3)
         t_us = _us(_num(rec, "t"))
         ts = max(round(t_us - dur, 3), self.graphs_end)
         name = f"capture b{rec['bucket']}"
@@ -471,7 +501,7 @@ def event_name(rec: dict) -> str:
         return f"recapture {rec.get('sizes')}"
     if kind == R.EV_RELEASE:
         freed = rec.get("freed_bytes")
-        return "release graphs" + (f" ({freed / MIB:.0f} MiB)" if _is_number(freed) else "")
+        return "release graphs" + (f" (allocator returned {freed / MIB:.0f} MiB)" if _is_number(freed) else "")
     if kind == R.EV_MODE:
         return f"mode {rec.get('mode')}"
     if kind == R.EV_MARK:

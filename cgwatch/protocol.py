@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import socket
 from typing import Callable
 
@@ -24,6 +25,8 @@ HELLO = "hello"
 SNAPSHOT_BEGIN = "snapshot_begin"
 SNAPSHOT_END = "snapshot_end"
 DROPPED = "dropped"
+AGGREGATE = "aggregate"            # in the snapshot: the run's numbers so far (aggregate.RunStats.state)
+AGGREGATE_ROW = "aggregate_row"    # ... then one per bucket row
 
 
 class ProtocolError(CgwatchError):
@@ -34,7 +37,9 @@ class LineTooLong(ProtocolError):
     """A line over the limit: it is discarded (the reader skips to the next newline)."""
 
 
-_encode, _decode = jsonl.dumps, jsonl.loads
+MAX_NUMBER = 64      # characters of one JSON number (an integer over Python's 4,300 digits would raise)
+
+_encode = jsonl.dumps
 
 
 def encode(msg: dict) -> bytes:
@@ -42,16 +47,47 @@ def encode(msg: dict) -> bytes:
     return (_encode(msg) + "\n").encode("ascii")
 
 
+class _BadNumber(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_NUMBER:
+        raise _BadNumber(f"a number of {len(text):,} characters (at most {MAX_NUMBER})")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    if len(text) > MAX_NUMBER:
+        raise _BadNumber(f"a number of {len(text):,} characters (at most {MAX_NUMBER})")
+    v = float(text)
+    if v in (math.inf, -math.inf):
+        raise _BadNumber(f"the number {text} is out of range")
+    return v
+
+
+def _parse_constant(name: str) -> float:
+    raise _BadNumber(f"{name} is not JSON")
+
+
+# strict JSON, numbers bounded at parse: no NaN / Infinity, no 5,000-digit integers
+_decode = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant).decode
+
+
 def decode(line: bytes) -> dict:
-    """One line (without its newline) -> a JSON object; ProtocolError otherwise."""
+    """One line (without its newline) -> a JSON object; ProtocolError otherwise (never another exception)."""
     try:
         obj = _decode(line.decode("utf-8"))
     except UnicodeDecodeError:
         raise ProtocolError("not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise ProtocolError(f"invalid JSON: {e.msg} at column {e.colno}") from None
+    except _BadNumber as e:
+        raise ProtocolError(f"invalid JSON: {e}") from None
     except RecursionError:
         raise ProtocolError("invalid JSON: nested too deeply") from None
+    except ValueError as e:   # anything else the decoder refuses: one short line
+        raise ProtocolError(f"invalid JSON: {str(e)[:80]}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"not a JSON object ({type(obj).__name__})")
     return obj

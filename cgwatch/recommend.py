@@ -1,13 +1,21 @@
 """``cgwatch recommend TRACE``: the capture sizes that minimise the expected decode step time.
 
-Inputs, measured in a trace (``--costs`` takes the costs from another one, e.g. ``cgwatch bench``):
+Inputs, measured in a trace (``--costs`` takes the costs from another one, e.g. ``cgwatch bench``); both go
+through the validation every reader shares first (``Trace.screened()``): a record that cannot be trusted
+(a NaN or negative time, a null batch, a missing bucket, a duplicate step, ...) is left out of every cost
+and count, and one warning line on stderr says which.
   p(b)          share of the step records with batch b (always from TRACE)
-  graph_ms(s)   median records.step_ms of graph steps served by bucket s, from the newest capture
-                round that has >= MIN_STEPS of them
+  graph_ms(s)   median records.step_ms of the graph steps served by bucket s, over every capture round
+                (a size measured again is one pool of samples: its median, not the newest round's)
   eager_ms(b)   median step_ms of eager steps at batch b
-A size with >= MIN_STEPS steps is measured (if no size has that many, every observed size is);
-the rest are fitted: piecewise-linear between measured points; past the ends, the least-squares
-slope of all points (>= 0) through the end point; a single point extends flat.
+A size with >= MIN_STEPS steps is measured (if no size has that many, every observed size is). A larger
+batch never makes a step cheaper, so the measured medians are made non-decreasing in size before anything
+else: a median above the next larger size's is pooled with it (isotonic regression by the pool-adjacent-
+violators algorithm, each median weighted by its steps), so one noisy point (a graph at batch 16 measured
+slower than at 24) cannot make the larger graph look cheaper and steer the answer. The output names the
+measured sizes, the pooled ones (median -> value used) and the fitted ones. The rest are fitted:
+piecewise-linear between measured points; past the ends, the least-squares slope of all points (>= 0)
+through the end point; a single point extends flat. The whole curve is then non-decreasing too.
 
 Dispatch as engine/buckets.py: batch b runs on the smallest chosen size s >= b, eager if there is
 none or if (s - b) / s > the padding ratio. E[T](S) = sum_b p(b) * (graph_ms(s) or eager_ms(b)).
@@ -15,8 +23,8 @@ none or if (s - b) / s > the padding ratio. E[T](S) = sum_b p(b) * (graph_ms(s) 
 Memory model, from the capture events (captured largest-first into one shared pool):
   M(S) = first(max S) + extra * (|S| - 1)
   first(s)  the device memory (nvml_bytes, else pool_bytes) of a round's first, largest graph:
-            the pool grows for it. Newest measurement per size; fitted over s like the times,
-            except that a single point scales in proportion to s (activations grow with rows).
+            the pool grows for it. Newest measurement per size; fitted over s like the times (not
+            pooled), except that a single point scales in proportion to s (activations grow with rows).
   extra     the mean that each further graph of the newest round with several graphs added:
             driver-side graph memory (~2 MiB) plus pool growth when it missed the larger graphs'
             blocks. With no such round, 2 MiB (assumed, and said so).
@@ -38,6 +46,7 @@ import json
 import math
 import operator
 import sys
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -45,6 +54,7 @@ from cgwatch import records as R
 from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, check_ratio, dispatch, padding_ratio
 from cgwatch.errors import CgwatchError
 from cgwatch.aggregate import percentile
+from cgwatch.jsonl import dump_strict
 
 MIB = 2 ** 20
 MIN_STEPS = 3                      # steps a size needs for its median to count as measured
@@ -57,19 +67,26 @@ TIE_REL = 1e-9                     # expected times this close (relative) are a 
 
 @dataclass
 class Curve:
-    """A cost over sizes: measured points, fitted elsewhere (see the module docstring)."""
-    points: dict[int, float]       # size -> measured value
+    """A cost over sizes: the values used at measured sizes, fitted elsewhere (see the module docstring)."""
+    points: dict[int, float]       # size -> value used there (for times: the monotone fit of the medians)
     single: str = "flat"           # how one point extends: "flat" or "proportional"
     counts: dict[int, int] = field(default_factory=dict)   # size -> steps behind the median
+    medians: dict[int, float] = field(default_factory=dict)   # size -> the measured median (times only)
     _xs: list[int] = field(init=False, repr=False)
     _slope: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._xs = sorted(self.points)
         self._slope = max(0.0, _least_squares_slope([(x, self.points[x]) for x in self._xs]))
+        if not self.medians:
+            self.medians = dict(self.points)
 
     def measured(self, x: int) -> bool:
         return x in self.points
+
+    def pooled(self, x: int) -> bool:
+        """Measured, but its median was pooled with a neighbour's to keep the curve non-decreasing."""
+        return x in self.points and not math.isclose(self.points[x], self.medians[x], rel_tol=1e-9, abs_tol=1e-12)
 
     def __call__(self, x: int) -> float:
         if x in self.points:
@@ -96,11 +113,31 @@ def _least_squares_slope(pts: list[tuple[int, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in pts) / den
 
 
+def isotonic(values: list[float], weights: list[float]) -> list[float]:
+    """The non-decreasing sequence closest to ``values`` in weighted least squares (pool adjacent
+    violators): a run of values that decreases is replaced by its weighted mean."""
+    blocks: list[list[float]] = []   # [weighted sum, weight, count]
+    for v, w in zip(values, weights):
+        blocks.append([v * w, w, 1])
+        while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] > blocks[-1][0] * blocks[-2][1]:
+            s, w2, n = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += w2
+            blocks[-1][2] += n
+    out: list[float] = []
+    for s, w, n in blocks:
+        out += [s / w] * int(n)
+    return out
+
+
 def _median_curve(samples: dict[int, list[float]]) -> Curve:
-    """Median per size; sizes with fewer than MIN_STEPS samples are left to the fit."""
+    """Median per size (sizes with fewer than MIN_STEPS samples are left to the fit), made non-decreasing
+    in size (isotonic, weighted by steps)."""
     keep = {s: v for s, v in samples.items() if len(v) >= MIN_STEPS} or samples
-    return Curve({s: percentile(sorted(v), 50) for s, v in keep.items()},
-                 counts={s: len(v) for s, v in keep.items()})
+    sizes = sorted(keep)
+    medians = [percentile(sorted(keep[s]), 50) for s in sizes]
+    used = isotonic(medians, [float(len(keep[s])) for s in sizes])
+    return Curve(dict(zip(sizes, used)), counts={s: len(keep[s]) for s in sizes}, medians=dict(zip(sizes, medians)))
 
 
 @dataclass
@@ -126,17 +163,17 @@ def _capture_bytes(ev: dict) -> int | None:
 
 def measure_costs(trace) -> Costs:
     """Step times and graph memory measured in ``trace``; CgwatchError if one is missing."""
-    graph: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    graph: dict[int, list[float]] = defaultdict(list)
     eager: dict[int, list[float]] = defaultdict(list)
     rounds: list[list[dict]] = []     # successful capture events of each capture round
     pending: list[dict] = []
-    for rec in trace.records:
+    for rec in trace.screened().records:
         typ = rec.get("type")
         if typ == R.STEP:
             if rec["bucket"] is None:
                 eager[rec["batch"]].append(R.step_ms(rec))
             else:
-                graph[rec["bucket"]][len(rounds)].append(R.step_ms(rec))
+                graph[rec["bucket"]].append(R.step_ms(rec))
         elif typ == R.EVENT and rec.get("kind") == R.EV_CAPTURE and rec.get("ok"):
             pending.append(rec)
         elif typ == R.EVENT and rec.get("kind") == R.EV_CAPTURE_DONE:
@@ -155,16 +192,8 @@ def measure_costs(trace) -> Costs:
     first, extra, extra_note = _memory_points(rounds)
     if not first:
         raise CgwatchError(f"{path} has no capture event with a memory measurement; {hint}")
-    graph_samples = {s: _newest_round(by_round) for s, by_round in graph.items()}
     first_curve = Curve({s: float(b) for s, b in first.items()}, single="proportional")
-    return Costs(path, _median_curve(graph_samples), _median_curve(eager), first_curve, extra, extra_note)
-
-
-def _newest_round(by_round: dict[int, list[float]]) -> list[float]:
-    """A bucket's step times from the newest capture round with enough of them."""
-    newest_first = sorted(by_round, reverse=True)
-    return next((by_round[r] for r in newest_first if len(by_round[r]) >= MIN_STEPS),
-                by_round[newest_first[0]])
+    return Costs(path, _median_curve(graph), _median_curve(eager), first_curve, extra, extra_note)
 
 
 def _memory_points(rounds: list[list[dict]]) -> tuple[dict[int, int], float, str]:
@@ -216,7 +245,7 @@ class Mix:
 
 def batch_mix(trace) -> Mix:
     counts: dict[int, int] = defaultdict(int)
-    for rec in trace.records:
+    for rec in trace.screened().records:
         if rec.get("type") == R.STEP and rec.get("batch", 0) >= 1:
             counts[rec["batch"]] += 1
     if not counts:
@@ -344,7 +373,7 @@ def _max_concurrency(header: dict) -> int | None:
 def current_sizes(trace) -> list[int] | None:
     """The sizes of the trace's latest capture round."""
     sizes = None
-    for rec in trace.records:
+    for rec in trace.screened().records:
         if rec.get("type") == R.EVENT and rec.get("kind") == R.EV_CAPTURE_DONE:
             sizes = rec.get("sizes") or []
     return sizes
@@ -353,7 +382,7 @@ def current_sizes(trace) -> list[int] | None:
 def trace_ratio(trace) -> tuple[float | None, str]:
     """The padding ratio in force at the end of the trace, and where it was found."""
     value, source = (trace.header.get("config") or {}).get("max_padding_ratio"), "trace header"
-    for rec in trace.records:
+    for rec in trace.screened().records:
         if rec.get("type") == R.EVENT and rec.get("kind") == R.EV_PADDING and rec.get("value") is not None:
             value, source = rec["value"], "trace, last change"
     return value, source
@@ -363,7 +392,8 @@ def trace_ratio(trace) -> tuple[float | None, str]:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("recommend", help="capture sizes that minimise the expected step time of a trace's batch mix")
-    p.add_argument("trace", help="a trace file: its batch-size distribution (and costs, without --costs)")
+    p.add_argument("trace", help="a trace file, or sample:NAME: its batch-size distribution (and costs, "
+                                 "without --costs)")
     p.add_argument("--memory-budget", type=float, required=True, metavar="MiB", help="graph memory budget, MiB")
     p.add_argument("--max-buckets", type=int, required=True, metavar="K", help="at most K capture sizes")
     p.add_argument("--costs", metavar="TRACE2", help="take step times and graph memory from this trace "
@@ -384,16 +414,15 @@ def run(a) -> int:
     trace = read_trace(a.trace)
     cost_trace = read_trace(a.costs) if a.costs else trace
     for t in (trace,) if cost_trace is trace else (trace, cost_trace):
-        for w in t.warnings():
+        for w in t.warnings() + ([t.screened().warning] if t.screened().warning else []):
             print(f"cgwatch: {t.path}: {w}", file=sys.stderr)
     for what in ("model", "gpu", "dtype"):   # costs of another model or card answer another question
         mine, theirs = _name(trace.header.get(what)), _name(cost_trace.header.get(what))
         if mine != theirs:
             print(f"cgwatch: warning: --costs {what} is {theirs}, the trace's is {mine}", file=sys.stderr)
     result = build_recommendation(trace, cost_trace, a.memory_budget, a.max_buckets, a.max_padding_ratio)
-    if a.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    if a.json:   # strict JSON: a value that is not a finite number is null
+        dump_strict(result, sys.stdout)
     else:
         sys.stdout.write(format_recommendation(result) + "\n")
     return 0
@@ -446,13 +475,16 @@ def _per_size(sizes: list[int], mix: Mix, costs: Costs, ratio: float) -> list[di
         served = [b for b in mix.counts if dispatch(b, sizes, max_padding_ratio=ratio).bucket == s]
         rows.append({"size": s, "batches": _ranges(sorted(served)),
                      "steps_pct": 100.0 * sum(mix.counts[b] for b in served) / mix.steps,
-                     "graph_ms": costs.graph_ms(s), "measured": costs.graph_ms.measured(s)})
+                     "graph_ms": costs.graph_ms(s), "measured": costs.graph_ms.measured(s),
+                     "pooled": costs.graph_ms.pooled(s)})
     return rows
 
 
 def _costs_summary(costs: Costs, max_batch: int, sizes: list[int]) -> dict:
     def curve(c: Curve, unit: float = 1.0) -> dict:
-        return {"measured": {str(s): c.points[s] / unit for s in sorted(c.points)},
+        return {"measured": {str(s): c.medians[s] / unit for s in sorted(c.points)},
+                "used": {str(s): c.points[s] / unit for s in sorted(c.points)},
+                "pooled": [s for s in sorted(c.points) if c.pooled(s)],
                 "steps": {str(s): n for s, n in sorted(c.counts.items())}}
     return {"source": costs.source,
             "graph_ms": curve(costs.graph_ms), "eager_ms": curve(costs.eager_ms),
@@ -518,10 +550,12 @@ def format_recommendation(r: dict) -> str:
     if r["per_size"]:
         lines += ["", "recommended sizes:"]
         rows = [[str(x["size"]), x["batches"], f"{x['steps_pct']:.1f}", f"{x['graph_ms']:.3f}",
-                 "measured" if x["measured"] else "fitted"] for x in r["per_size"]]
+                 "pooled" if x.get("pooled") else "measured" if x["measured"] else "fitted"] for x in r["per_size"]]
         lines += ["  " + s for s in _table(["size", "graph serves batches", "steps %", "graph ms", ""],
                                            rows, left={1, 4})]
-    lines += ["", "costs (median step ms of >= 3 steps is measured; the rest fitted, piecewise-linear):"]
+    lines += ["", "costs (step ms: the median of a size's steps, measured where it has >= 3; made non-decreasing in size,",
+              " since a larger batch is never cheaper: a median above a larger size's is pooled with it, weighted by",
+              " steps; the rest fitted, piecewise-linear):"]
     lines += _cost_lines(r["costs"], r["max_batch"])
     return "\n".join(lines)
 
@@ -534,11 +568,37 @@ def _cost_lines(c: dict, max_batch: int) -> list[str]:
     largest = c["recommended_largest"]
     fit_first = "scaled in proportion to size elsewhere" if len(first) == 1 else "fitted elsewhere"
     return [f"  graph step ms  measured at sizes {sizes(c['graph_ms']['measured'])}",
+            *_pooled_lines(c["graph_ms"]),
             f"                 fitted at {_ranges(c['fitted_graph_sizes'])}",
             f"  eager step ms  measured at batches {sizes(c['eager_ms']['measured'])}",
+            *_pooled_lines(c["eager_ms"]),
             f"                 fitted at {_ranges(c['fitted_eager_batches'])}",
             f"  graph memory   largest graph {first_text} (measured), {fit_first};",
             f"                 + {c['extra_graph_mib']:.1f} MiB per further graph: {c['extra_graph_source']}"] + (
         [] if largest is None else
         [f"                 the recommended largest, {largest['size']}: {largest['mib']:.1f} MiB "
          f"({'measured' if largest['measured'] else 'fitted'})"])
+
+
+def _pooled_lines(curve: dict, width: int = 118) -> list[str]:
+    """The pooled sizes, a block per value used: 'pooled (median -> used): 16 4.237, 32 4.024 -> 4.130'
+    (a block of more than 3 sizes gives its range of medians), wrapped under the cost lines."""
+    pooled = curve.get("pooled") or []
+    if not pooled:
+        return []
+    blocks: list[list[int]] = []
+    for s in pooled:
+        if blocks and curve["used"][str(blocks[-1][-1])] == curve["used"][str(s)]:
+            blocks[-1].append(s)
+        else:
+            blocks.append([s])
+    items = []
+    for sizes in blocks:
+        med = [curve["measured"][str(s)] for s in sizes]
+        used = curve["used"][str(sizes[0])]
+        if len(sizes) <= 3:
+            items.append(", ".join(f"{s} {m:.3f}" for s, m in zip(sizes, med)) + f" -> {used:.3f}")
+        else:
+            items.append(f"{_ranges(sizes)} ({min(med):.3f} to {max(med):.3f}) -> {used:.3f}")
+    return textwrap.wrap("pooled (median -> used): " + "; ".join(items), width,
+                         initial_indent=" " * 17, subsequent_indent=" " * 19)

@@ -1,6 +1,8 @@
 """``ReplaySource``: a recorded trace played back through the ``Source`` interface, paced by ``t``.
 
-Playback position ``pos`` is in trace seconds (0 = run start). A record is due once the running
+Playback position ``pos`` is in trace seconds (0 = run start). The records are the trace's screened ones
+(``Trace.screened()``, the validation every reader shares): what cannot be trusted is not played, and one
+info line at t = 0 (and ``warnings``) says what was left out. A record is due once the running
 maximum of ``t`` up to it is <= ``pos`` (two writer threads may interleave lines a few ms out of
 order; the running maximum keeps "played so far" a prefix of the file, so file order is kept).
 
@@ -32,6 +34,7 @@ from .source import ENGINE_COMMANDS, Source, ack
 from .trace import read_trace
 
 MIN_SPEED, MAX_SPEED = 0.25, 16.0
+READ_ONLY = "replay is read-only"
 STATUS_EVERY_S = 0.25     # on_status while playing (wall seconds)
 MAX_WAIT_S = 0.05         # the playback thread re-checks at least this often
 MIN_WAIT_S = 0.01         # ... and at most this often: records due meanwhile go out as one batch
@@ -50,8 +53,11 @@ class ReplaySource(Source):
         self.path = os.fspath(path)
         self.title = f"replay {os.path.basename(self.path)}"
         self.header = trace.header
-        self.warnings = trace.warnings()
-        self.records = trace.records + ([trace.end] if trace.end else [])
+        screened = trace.screened()   # the readers' one validation: what cannot be trusted is not played
+        self.warnings = trace.warnings() + ([screened.warning] if screened.warning else [])
+        self.records = screened.records + ([screened.end] if screened.end else [])
+        if screened.warning:          # said in the TUI's log too, first thing
+            self.records.insert(0, R.event(R.EV_INFO, 0.0, message=f"warning: {screened.warning}"))
         # running maximum of t: played records are records[:bisect_right(tmax, pos)]
         self._tmax: list[float] = []
         m = 0.0
@@ -167,7 +173,8 @@ class ReplaySource(Source):
             text += " end of trace"
         elif self.paused:
             text += " paused"
-        self._on_status({"connected": True, "text": text, "dropped": None, **self._playback()})
+        self._on_status({"connected": True, "text": text, "dropped": None, "read_only": READ_ONLY,
+                         "ended": self._at_end, **self._playback()})
 
     # -- commands ----------------------------------------------------------------------------------
     def _command(self, req: int, cmd: str, value: object) -> dict:
@@ -178,7 +185,7 @@ class ReplaySource(Source):
             return ack(req, cmd, False, error=error)
 
         if cmd in ENGINE_COMMANDS:
-            return refuse("replay is read-only")
+            return refuse(READ_ONLY)
         if cmd == "pause":
             self.paused = True
             return ok()

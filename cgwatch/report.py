@@ -2,19 +2,25 @@
 
 The numbers are ``cgwatch.aggregate.RunStats`` over the whole trace: its module docstring defines
 every field (forwards, hit %, graph share, FULL / PIECEWISE, mixed forwards, requests vs rows,
-padding waste, the linearly interpolated percentiles and their n, the totals), for the report, the
-TUI and the Prometheus metrics alike. This module adds what only the report shows:
+padding waste, the linearly interpolated percentiles and their n, epochs of one size list, the run's
+duration, the totals), for the report, the TUI and the Prometheus metrics alike. The records go
+through ``Trace.screened()`` first (records.Screen): what cannot be trusted is left out of every
+number and named in one warning line. This module adds what only the report shows:
 
-Per bucket row (one per ``RunStats`` row, sorted, over max last): ``label`` (the capture size; the
-target-None row is ``>K`` with K the largest capture size seen, ``eager`` if none), and from the
-bucket's capture events: graph_mib, nvml_mib, capture_s, kernels, check (from the LAST successful
-capture event; pool_bytes and nvml_bytes in MiB; check is "ok <rel_err>" or "MISMATCH <rel_err>"),
-status ("ok"; "failed: <cause>" if the last capture event failed; "-" if never captured).
+Per bucket row (one per ``RunStats`` row of each epoch, sorted by epoch, then bucket, over max last):
+``epoch`` (the size list's number, 1, 2, ...), ``label`` (the capture size; the target-None row is
+``>K`` with K the largest capture size of its epoch, ``eager`` if none), and from the bucket's capture
+events in that epoch: graph_mib, nvml_mib, capture_s, kernels, check (from the LAST successful capture
+event; pool_bytes and nvml_bytes in MiB; check is "ok <rel_err>" or "MISMATCH <rel_err>"), status
+("ok"; "failed: <cause>" if the last capture event failed; "-" if never captured). ``epochs``: each
+size list with its number, start t (None: the run's start), sizes and forwards.
 
-Besides the totals, the report lists the alerts and the mode / recapture / mark events, and for a
-tensor-parallel run the per-rank rows (``ranks``: aggregate.RankStats, plus each rank's ``gpu`` name
-from the header) and ``rank_totals`` (the skew between ranks).
-Any value that cannot be computed is None ("n/a" in the text report).
+Besides the totals, the report lists the alerts and the events that change what the numbers mean:
+mode switches, recaptures, marks, padding-ratio and arrival-rate changes, pauses and engine restarts;
+and for a tensor-parallel run the per-rank rows (``ranks``: aggregate.RankStats, plus each rank's
+``gpu`` name from the header) and ``rank_totals`` (the skew between ranks).
+Any value that cannot be computed is None ("n/a" in the text report; null in ``--json``, which is
+strict JSON: no NaN or Infinity).
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ import textwrap
 from . import records as R
 from .aggregate import MIB, RunStats, gpu_idle_pct, percentile  # noqa: F401 -- re-exported
 from .errors import CgwatchError
+from .text import printable
 from .trace import Trace
+
+EVENT_KINDS = (R.EV_MODE, R.EV_RECAPTURE, R.EV_MARK, R.EV_PADDING, R.EV_RATE, R.EV_PAUSE, R.EV_RESTART)
+EVENT_NAMES = {R.EV_PADDING: "padding"}   # the text report's name of a kind, where it is long
 
 
 def _check_text(check: dict | None) -> str | None:
@@ -36,6 +46,17 @@ def _check_text(check: dict | None) -> str | None:
 
 
 def _event_text(ev: dict) -> str:
+    kind = ev.get("kind")
+    if kind == R.EV_PADDING:
+        return f"max padding ratio {ev.get('value')}"
+    if kind == R.EV_RATE:
+        return f"arrival rate {ev.get('rate')} req/step"
+    if kind == R.EV_PAUSE:
+        return "paused" if ev.get("paused") else "resumed"
+    if kind == R.EV_RESTART:
+        secs = ev.get("seconds")
+        took = f" in {secs:.1f} s" if isinstance(secs, (int, float)) else ""
+        return f"engine restarted{took}: {ev.get('reason') or 'no reason given'}"
     for key in ("text", "message", "label"):
         if ev.get(key):
             return str(ev[key])
@@ -43,29 +64,33 @@ def _event_text(ev: dict) -> str:
 
 
 def build_report(trace: Trace) -> dict:
-    """The report as a JSON-ready dict: header, buckets (rows), totals, alerts, events, warnings."""
+    """The report as a JSON-ready dict: header, epochs, buckets (rows), totals, alerts, events, warnings."""
+    screened = trace.screened()
     stats = RunStats()
+    stats.add(trace.header)
     alerts: list[dict] = []
     events: list[dict] = []
+    rec: dict = {}
     try:
-        for rec in trace.records:  # one pass
+        for rec in screened.records:  # one pass
             stats.add(rec)
             if rec.get("type") == R.EVENT:
                 kind = rec.get("kind")
                 if kind == R.EV_ALERT:
-                    alerts.append({"t": rec.get("t"), "level": rec.get("level", "warn"),
-                                   "message": rec.get("message", "")})
-                elif kind in (R.EV_MODE, R.EV_RECAPTURE, R.EV_MARK):
+                    alerts.append({"t": rec.get("t"), "level": str(rec.get("level", "warn")),
+                                   "message": str(rec.get("message", ""))})
+                elif kind in EVENT_KINDS:
                     events.append({"t": rec.get("t"), "kind": kind, "text": _event_text(rec)})
-    except (KeyError, TypeError, ValueError) as e:   # a hand-edited or corrupt record: say which
+        if screened.end is not None:
+            stats.add(screened.end)
+    except (KeyError, TypeError, ValueError) as e:   # past the screen: still one line that names the record
         what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise CgwatchError(f"bad {rec.get('type')} record (i={rec.get('i')}, t={rec.get('t')}): {what}") from None
 
-    largest = stats.largest_size()
-    over_label = "eager" if largest is None else f">{largest}"
+    shown = stats.shown_epochs()
     buckets = []
-    for b in stats.keys():
-        row = stats.buckets[b]
+    for epoch, b, row in stats.epoch_rows(shown):
+        largest = epoch.largest_size()
         cap, ok = row.capture, row.last_ok or {}
         if cap is None:
             status = "-"
@@ -75,7 +100,8 @@ def build_report(trace: Trace) -> dict:
             status = f"failed: {cap.get('cause') or cap.get('error') or 'unknown'}"
         pool, nvml = ok.get("pool_bytes"), ok.get("nvml_bytes")
         buckets.append({
-            "bucket": b, "label": over_label if b is None else str(b),
+            "epoch": epoch.n, "bucket": b,
+            "label": str(b) if b is not None else "eager" if largest is None else f">{largest}",
             **row.summary(),
             "graph_mib": None if pool is None else pool / MIB,
             "nvml_mib": None if nvml is None else nvml / MIB,
@@ -84,11 +110,13 @@ def build_report(trace: Trace) -> dict:
             "status": status,
         })
     header = {k: v for k, v in trace.header.items() if k != "type"}
+    warnings = trace.warnings() + ([screened.warning] if screened.warning else [])
     names = {r.get("rank"): r.get("gpu") for r in header.get("ranks") or () if isinstance(r, dict)}
     ranks = [{"gpu": names.get(r["rank"]), **r} for r in stats.ranks.rows()]
-    return {"path": trace.path, "header": header, "buckets": buckets, "totals": stats.totals(),
+    return {"path": trace.path, "header": header, "epochs": [e.summary() for e in shown], "buckets": buckets,
+            "totals": stats.totals(), "skipped_records": screened.skipped,
             "ranks": ranks, "rank_totals": stats.ranks.totals() if ranks else None,
-            "alerts": alerts, "events": events, "warnings": trace.warnings()}
+            "alerts": alerts, "events": events, "warnings": warnings}
 
 
 # ---- text ----
@@ -184,6 +212,9 @@ def format_report(rep: dict) -> str:
              f"torch {_name(h.get('torch'))}, {dur}", ""]
 
     buckets = rep["buckets"]
+    epochs = {e["epoch"]: e for e in rep.get("epochs") or ()}
+    several = len(epochs) > 1
+    name = (lambda b: f"{b['label']} (list {b['epoch']})") if several else (lambda b: b["label"])
     runtime = any(b["piecewise"] for b in buckets)           # vLLM PIECEWISE graphs: FULL / PIECEWISE apart
     phases = any(b["non_decode"] for b in buckets)           # vLLM mixed / prefill forwards
     head = [("", "bucket"), ("", "steps"),
@@ -210,11 +241,19 @@ def format_report(rep: dict) -> str:
                                                             ("", "check"))}
         keep = [i for i in range(len(head)) if i not in optional or any(r[i] != NA for r in rows)]
         head, rows = [head[i] for i in keep], [[r[i] for i in keep] for r in rows]
-        lines += _table(head, rows, left={i for i, h in enumerate(head) if h in (("", "check"), ("", "status"))})
+        table = _table(head, rows, left={i for i, h in enumerate(head) if h in (("", "check"), ("", "status"))})
+        lines += table[:2]
+        for k, (b, line) in enumerate(zip(buckets, table[2:])):
+            if several and (k == 0 or buckets[k - 1]["epoch"] != b["epoch"]):
+                lines.append(_epoch_line(epochs[b["epoch"]]))
+            lines.append(line)
         shown = set(head)
-        notes = ["hit %: graph-served share of the graph-mode steps (all but eager_mode)",
+        notes = [*(["size list: the capture sizes in force; a recapture starts the next, and its rows count "
+                    "apart"] if several else []),"hit %: graph-served share of the graph-mode steps (all but eager_mode)",
                  "pad %: padded share of the rows graphs computed", "n: steps in the percentiles",
-                 "launch µs: host p50, graph/eager",
+                 "launch µs: host p50, graph/eager" + (   # no CUDA: ops run synchronously, nothing is queued
+                     " (no CUDA here: the host waits for every op, so it is the whole step)"
+                     if any(R.REASON_NO_CUDA in b["misses"] for b in buckets) else ""),
                  *(["cap. s: capture time"] if ("cap.", "s") in shown else []),
                  *(["kern: kernels/graph"] if ("", "kern") in shown else []),
                  *(["full/pw/eager: steps a FULL graph / a PIECEWISE graph / no graph served"] if runtime else []),
@@ -227,10 +266,10 @@ def format_report(rep: dict) -> str:
     misses = [b for b in rep["buckets"] if b["misses"]]
     if failed:
         lines += ["", "failed captures:"]
-        lines += [f"  {b['label']}: {b['status'][len('failed: '):]}" for b in failed]
+        lines += [f"  {name(b)}: {b['status'][len('failed: '):]}" for b in failed]
     if misses:
         lines += ["", "eager steps by reason:"]
-        lines += [f"  {b['label']}: " + ", ".join(f"{r} {n}" for r, n in b["misses"].items())
+        lines += [f"  {name(b)}: " + ", ".join(f"{r} {n}" for r, n in b["misses"].items())
                   for b in misses]
 
     tps = _f(t["tokens_per_s"], ",.1f")
@@ -243,7 +282,7 @@ def format_report(rep: dict) -> str:
                 if phases else []),
               *([f"  rows             {t['rows']:,} computed for {t['requests']:,} requests "
                  f"({t['prompt_tokens']:,} prompt tokens)"] if t["rows"] != t["requests"] else []),
-              f"  tokens           {t['tokens']:,} in {dur} = {tps} tok/s",
+              f"  tokens           {t['tokens']:,} in {dur} (the run, start to end) = {tps} tok/s",
               f"  gpu busy         {_p(t['gpu_busy_pct'])} (CUDA events), "
               f"{_p(t['nvml_util_pct'])} (NVML utilization)",
               f"  graph pool       {_f(t['graph_pool_mib'], '.1f')}{'' if t['graph_pool_mib'] is None else ' MiB'}",
@@ -252,17 +291,24 @@ def format_report(rep: dict) -> str:
                  "in eager (GPU waiting for the host between back-to-back steps)"]
                 if t.get("gpu_idle_graph_pct") is not None or t.get("gpu_idle_eager_pct") is not None else []),
               f"  prefills         {t['prefills']:,} ({t['prefill_tokens']:,} tokens)",
-              f"  mode switches    {t['mode_switches']}, recaptures {t['recaptures']}"]
+              f"  mode switches    {t['mode_switches']}, recaptures {t['recaptures']}"
+              + (f" ({t['epochs']} size lists)" if several else "")]
 
     lines += _rank_lines(rep)
     for title, items, fmt in (
             ("alerts", rep["alerts"], lambda a: f"{a['level'].upper():5}  {a['message']}"),
-            ("events", rep["events"], lambda e: f"{e['kind']:9}  {e['text']}")):
+            ("events", rep["events"], lambda e: f"{EVENT_NAMES.get(e['kind'], e['kind']):9}  {e['text']}")):
         if items:
             lines += ["", f"{title}:"]
-            lines += [f"  {_f(x['t'], '10.3f')}s  " + _clip(fmt(x), 100) for x in items[:MAX_LIST]]
+            lines += [f"  {_f(x['t'], '10.3f')}s  " + _clip(printable(fmt(x)), 100) for x in items[:MAX_LIST]]
             if len(items) > MAX_LIST:
                 lines.append(f"  ... {len(items) - MAX_LIST} more")
     if rep["warnings"]:
         lines += [""] + [f"warning: {w}" for w in rep["warnings"]]
     return "\n".join(lines)
+
+
+def _epoch_line(e: dict) -> str:
+    start = "from the start" if e["t"] is None else f"from {e['t']:.3f} s"
+    sizes = "sizes not known" if e["sizes"] is None else ",".join(map(str, e["sizes"]))
+    return f"size list {e['epoch']} ({start}, {e['forwards']:,} steps): {sizes}"

@@ -22,7 +22,8 @@ PLAYBACK_COMMANDS = ("speed", "seek", "next")
 
 RecordCallback = Callable[[dict], None]
 # status: {"connected": bool, "text": str, "dropped": int | None,
-#          "position_s": float | None, "duration_s": float | None, "speed": float | None, "paused": bool}
+#          "position_s": float | None, "duration_s": float | None, "speed": float | None, "paused": bool,
+#          "ended": bool (optional: a replay at the end of its trace)}
 StatusCallback = Callable[[dict], None]
 
 

@@ -12,11 +12,12 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from . import jsonl
 from .errors import CgwatchError
+from . import records as R
 from .records import END, HEADER
 
 FORMAT = "cgwatch-trace"
@@ -133,6 +134,9 @@ class Trace:
     end: dict | None = None           # the end record; None if the run did not close the trace
     truncated_at: int | None = None   # byte offset of a partial last line, if any
     path: str = ""
+    lines: list[int] | None = None    # the line number of each record (None: not read from a file)
+    end_line: int | None = None       # the end record's line number
+    _screened: "Screened | None" = field(default=None, init=False, repr=False, compare=False)
 
     def warnings(self) -> list[str]:
         out = []
@@ -144,6 +148,41 @@ class Trace:
         if self.end is not None and self.end.get("error"):
             out.append(f"the run ended on an error: {self.end['error']}")
         return out
+
+    def numbered(self) -> Iterator[tuple[int, str, dict]]:
+        """(key, where, record) for every record and the end record, in file order: what records.screen takes
+        (where: "line N" for a file, "record N" (1-based, after the header) for a Trace built in memory)."""
+        for k, rec in enumerate(self.records):
+            yield k, (f"line {self.lines[k]}" if self.lines else f"record {k + 1}"), rec
+        if self.end is not None:
+            n = len(self.records)
+            yield n, (f"line {self.end_line}" if self.end_line else f"record {n + 1}"), self.end
+
+    def screened(self) -> "Screened":
+        """The records every reader counts: the trace through records.screen (computed once)."""
+        if self._screened is None:
+            bad, sc = R.screen(self.numbered())
+            records = [rec for k, rec in enumerate(self.records) if k not in bad]
+            end = None if self.end is None or len(self.records) in bad else self.end
+            self._screened = Screened(records, end, sc)
+        return self._screened
+
+
+@dataclass
+class Screened:
+    """A trace's records that can be trusted (records.screen); ``warning``: the one line that says what
+    was skipped (None if nothing)."""
+    records: list[dict]
+    end: dict | None
+    screen: R.Screen
+
+    @property
+    def skipped(self) -> int:
+        return self.screen.count
+
+    @property
+    def warning(self) -> str | None:
+        return self.screen.warning()
 
 
 def _short(reason: str, limit: int = 80) -> str:
@@ -220,15 +259,18 @@ def read_trace(path: str | os.PathLike) -> Trace:
     scan = _scan(path)
     _, _, header = next(scan)
     records: list[dict] = []
-    end = truncated_at = None
-    for offset, _, rec in scan:
+    lines: list[int] = []
+    end = truncated_at = end_line = None
+    for offset, lineno, rec in scan:
         if rec is None:
             truncated_at = offset
         elif rec["type"] == END:
-            end = rec
+            end, end_line = rec, lineno
         else:
             records.append(rec)
-    return Trace(header=header, records=records, end=end, truncated_at=truncated_at, path=path)
+            lines.append(lineno)
+    return Trace(header=header, records=records, end=end, truncated_at=truncated_at, path=path, lines=lines,
+                 end_line=end_line)
 
 
 def read_header(path: str | os.PathLike) -> dict:
@@ -244,11 +286,18 @@ def read_header(path: str | os.PathLike) -> dict:
 def iter_records(path: str | os.PathLike) -> Iterator[dict]:
     """Stream the records after the header (the end record included) without loading the file;
     a truncated tail is skipped silently (read_trace reports it)."""
+    for _, rec in iter_numbered(path):
+        yield rec
+
+
+def iter_numbered(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for the records after the header, the end record included; a truncated
+    tail is skipped silently."""
     scan = _scan(os.fspath(path))
     next(scan)
-    for _, _, rec in scan:
+    for _, lineno, rec in scan:
         if rec is not None:
-            yield rec
+            yield lineno, rec
 
 
 def follow_trace(path: str | os.PathLike, poll_s: float = 0.1,

@@ -5,9 +5,12 @@ frees ``plan.finished`` slots and decodes one token for every slot in ``plan.act
 
 Arrival processes (``WorkloadSpec.arrival``):
 
-* ``poisson:RATE`` -- a Poisson number of new requests per step (mean RATE) joins a FIFO queue;
-  queued requests are admitted while a KV slot is free. When nothing is live and nothing is queued,
-  empty ticks are fast-forwarded (counted in ``idle_steps``) so ``active`` is never empty.
+* ``poisson:RATE`` -- a Poisson number of new requests per step (mean RATE, at most ``MAX_RATE``)
+  joins a FIFO queue; queued requests are admitted while a KV slot is free. When nothing is live and
+  nothing is queued, empty ticks are fast-forwarded (counted in ``idle_steps``) so ``active`` is
+  never empty -- except at rate 0 (``set_rate(0)``: no new requests): once the live requests finished,
+  ``next_step()`` returns a plan with an empty ``active`` and does not use up a step (the engine
+  then waits for a command; a later call goes on from there).
 * ``fixed:B`` -- exactly B requests live at every step; a finished request is replaced at once.
 * ``replay:PATH`` -- a file of batch sizes, one per step; the batch is grown (admissions) or shrunk
   (the most recently admitted requests are retired) to match. ``next_step()`` returns None at the end.
@@ -30,6 +33,9 @@ from cgwatch.errors import CgwatchError
 
 class WorkloadError(CgwatchError):
     """A bad workload spec or replay file."""
+
+
+MAX_RATE = 1e6   # new requests per step; beyond it a rate means nothing more (and its draws overflow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,10 +224,12 @@ class Workload:
                 self._rate = float(arg)
             except ValueError:
                 raise bad from None
-            if not 0 <= self._rate < math.inf:
-                raise WorkloadError(f"bad arrival {spec.arrival!r}: RATE must be a finite number >= 0")
+            if not 0 <= self._rate <= MAX_RATE:
+                raise WorkloadError(f"bad arrival {spec.arrival!r}: RATE must be a number from 0 to {MAX_RATE:g}")
             if self._rate == 0:
-                raise WorkloadError("poisson rate 0 with no live requests: nothing to run")
+                raise WorkloadError("poisson rate 0 with no live requests: nothing to run (start with a rate "
+                                    "> 0; a rate of 0 set while running stops new arrivals)")
+            self._rate += 0.0   # -0.0 -> 0.0
         elif self.kind == "fixed":
             try:
                 self._fixed = int(arg)
@@ -262,10 +270,13 @@ class Workload:
         """Change the poisson arrival rate from the next step on."""
         if self.kind != "poisson":
             raise WorkloadError(f"set_rate needs a poisson arrival, not {self.spec.arrival!r}")
-        rate = float(rate)
-        if not 0 <= rate < math.inf:
-            raise WorkloadError(f"bad poisson rate {rate!r}: must be a finite number >= 0")
-        self._rate = rate
+        try:
+            rate = float(rate)
+        except (TypeError, ValueError, OverflowError):
+            rate = math.nan
+        if not 0 <= rate <= MAX_RATE:
+            raise WorkloadError(f"bad poisson rate {rate!r}: must be a number from 0 to {MAX_RATE:g}")
+        self._rate = rate + 0.0   # -0.0 -> 0.0
 
     def describe(self) -> dict:
         s = self.spec
@@ -302,8 +313,9 @@ class Workload:
                 if self._rate:
                     self._queued += _poisson_draw(self._rng, self._rate)
             else:
-                if self._rate == 0:  # finished slots stay buffered; a later call still reports them
-                    raise WorkloadError("poisson rate 0 with no live requests: nothing to run")
+                if self._rate == 0:  # nothing live, nothing arrives: an empty plan that uses up no step
+                    self._finished = []
+                    return StepPlan(step, 0, finished, [], [])
                 idle, n = _first_arrivals(self._rng, self._rate)
                 self._queued += n
             n = min(self._queued, self.spec.max_concurrency - len(live))

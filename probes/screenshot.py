@@ -1,7 +1,8 @@
 """An SVG screenshot of the TUI replaying a trace at a given trace time (for docs/ and the README).
 
     python3 probes/screenshot.py sample_traces/llama1b_live_h100.jsonl --at 31 --out docs/tui_replay_live_h100.svg
-    python3 probes/screenshot.py tp2.jsonl --at 20 --keys G --size 80x24 --out docs/tui_tp2.svg   # per-GPU view
+    python3 probes/screenshot.py sample_traces/llama1b_live_h100.jsonl --at 31 --out /tmp/e.svg --size 80x24 --keys tab,tab
+    python3 probes/screenshot.py tp2.jsonl --at 20 --keys G --size 80x24 --out /tmp/gpus.svg   # the per-GPU view
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class _Clock:
         return self.now
 
 
-async def shoot(trace: str, at: float, out: str, size: tuple[int, int], keys: str = "") -> None:
+async def shoot(trace: str, at: float, out: str, size: tuple[int, int], keys: list[str] = ()) -> None:
     clock = _Clock()
     src = ReplaySource(trace, clock=clock, start_paused=True)
     app = CgwatchApp(src)
@@ -28,9 +29,9 @@ async def shoot(trace: str, at: float, out: str, size: tuple[int, int], keys: st
         src.send("seek", at)
         app.flush()
         await pilot.pause()
-        for key in keys:
-            await pilot.press(key)
-        await pilot.pause()
+        if keys:
+            await pilot.press(*keys)
+            await pilot.pause()
         app.save_screenshot(filename=out.rsplit("/", 1)[-1], path=out.rsplit("/", 1)[0] or ".")
 
 
@@ -40,10 +41,10 @@ def main() -> None:
     ap.add_argument("--at", type=float, default=30.0, help="trace time in seconds")
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", default="140x45")
-    ap.add_argument("--keys", default="", help="keys to press first (G: the per-GPU view)")
+    ap.add_argument("--keys", default="", help="keys to press first, comma-separated (e.g. tab,tab)")
     a = ap.parse_args()
     w, h = map(int, a.size.split("x"))
-    asyncio.run(shoot(a.trace, a.at, a.out, (w, h), a.keys))
+    asyncio.run(shoot(a.trace, a.at, a.out, (w, h), [k for k in a.keys.split(",") if k]))
     print(a.out)
 
 

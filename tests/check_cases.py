@@ -100,13 +100,31 @@ def mixes_cpu_tensor(x):
 
 def assigns_number_by_index(x):
     y = x.clone()
-    y[torch.tensor([0, 2], device=x.device)] = 1.0  # expect: cpu tensor
+    rows = torch.arange(0, 4, 2, device=x.device)
+    y[rows] = 1.0  # expect: cpu tensor
     return y
 
 
 def builds_tensor(x):
     weights = torch.tensor([float(i) for i in range(x.shape[-1])], device=x.device)  # expect: tensor from host data
     return x * weights
+
+
+def samples_one_token(x):
+    probs = torch.softmax(x, dim=-1)
+    return torch.multinomial(probs, 1)  # expect: host sync
+
+
+def samples_with_replacement(x):
+    """Several samples with replacement: the kernel path, no host read in any torch."""
+    probs = torch.softmax(x, dim=-1)
+    return torch.multinomial(probs, 3, replacement=True)
+
+
+def samples_without_a_host_read(x):
+    """The Gumbel-max form of multinomial(probs, 1): what the lint's hint suggests."""
+    probs = torch.softmax(x, dim=-1)
+    return (probs / torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
 
 
 _calls = itertools.count(1)

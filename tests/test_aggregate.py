@@ -96,8 +96,9 @@ def test_totals_by_hand():
     assert (t["requests"], t["rows"], t["prompt_tokens"], t["tokens"]) == (36, 121, 77, 43)
     assert (t["padded"], t["graph_rows"], t["padding_waste_pct"]) == (8, 80, 10.0)
     assert t["misses"] == {"eager_mode": 1, "over_max": 1, "vllm_no_graph": 1}
-    assert t["duration_s"] == pytest.approx(0.0725)                 # 0.07 - 0 + 2.5 ms
-    assert t["gpu_busy_pct"] == pytest.approx(100 * 39.5 / 72.5)
+    assert t["duration_s"] == pytest.approx(0.075)   # the run's start (t 0) to its latest record (the prefill)
+    assert t["gpu_busy_pct"] == pytest.approx(100 * 39.5 / 75)
+    assert t["tokens_per_s"] == pytest.approx(43 / 0.075) and t["epochs"] == 1
     assert t["gpu_idle_graph_pct"] == pytest.approx(100 * 15 / (15 + 5500))   # forwards 2 and 7
     assert t["gpu_idle_eager_pct"] == pytest.approx(100 * 20 / 4020)          # forward 4
     assert (t["prefills"], t["prefill_tokens"], t["nvml_util_pct"], t["mode_switches"]) == (1, 12, 40.0, 1)
@@ -185,34 +186,42 @@ def _prom_row(p: dict, bucket: str) -> dict:
 
 @pytest.mark.parametrize("which", ["vllm_like", "h100_sample"])
 def test_report_tui_and_prometheus_give_the_same_numbers(which):
+    """The report's rows per size list (epoch), the TUI's rows of the list in force (the report's last epoch)
+    and Prometheus' per-bucket counters over the run (the report's rows of that bucket summed over the epochs)."""
     if which == "vllm_like":
         trace = _trace(vllm_like())
     else:
-        trace = read_trace(sample_path("llama1b_poisson_h100.jsonl"))
+        trace = read_trace(sample_path("llama1b_poisson_h100.jsonl"))   # a recapture: two size lists
     rep = build_report(trace)
     state = ViewState()
     state.fold(dict(trace.header, type="header"))
-    for rec in trace.records:
+    for rec in trace.records + [trace.end]:
         state.fold(rec)
     prom = _prometheus(trace.records)
+    last = rep["epochs"][-1]["epoch"]
+    assert len(rep["epochs"]) == (1 if which == "vllm_like" else 2)
     tui = {r["label"]: r for r in state.bucket_rows()}
-    assert list(tui) == [b["label"] for b in rep["buckets"]]
+    assert list(tui) == [b["label"] for b in rep["buckets"] if b["epoch"] == last]
     keys = ("forwards", "graph_steps", "full", "piecewise", "eager", "decode", "mixed", "requests", "rows",
             "padded", "graph_rows", "hit_pct", "graph_share_pct")
-    for b in rep["buckets"]:
+    for b in (b for b in rep["buckets"] if b["epoch"] == last):
         t = tui[b["label"]]
-        p = _prom_row(prom, "over_max" if b["bucket"] is None else str(b["bucket"]))
         for k in keys:
-            assert b[k] == t[k] == pytest.approx(p[k]) if b[k] is not None else t[k] is p[k] is None, (b["label"], k)
-        for k in ("misses", "padding_waste_pct", "full_pct", "piecewise_pct", "tokens", "prefill"):
+            assert b[k] == t[k] if b[k] is not None else t[k] is None, (b["label"], k)
+        for k in ("misses", "padding_waste_pct", "full_pct", "piecewise_pct", "tokens", "prefill", "rows_min"):
             assert b[k] == t[k], (b["label"], k)
         if b["graph_n"] <= 512 and b["eager_n"] <= 512:   # within the TUI's window: the same percentiles
             for k in ("graph_p50_ms", "graph_p99_ms", "eager_p50_ms", "eager_p99_ms", "gap_us_graph_p50",
                       "graph_n", "eager_n"):
                 assert b[k] == t[k], (b["label"], k)
+    for bucket in {b["bucket"] for b in rep["buckets"]}:
+        mine = [b for b in rep["buckets"] if b["bucket"] == bucket]
+        p = _prom_row(prom, "over_max" if bucket is None else str(bucket))
+        for k in keys[:-2]:
+            assert sum(b[k] for b in mine) == p[k], (bucket, k)
     rt, tt = rep["totals"], state.totals()
     for k in (*keys, "misses", "tokens", "padding_waste_pct", "graph_pool_mib", "gpu_idle_graph_pct",
-              "gpu_idle_eager_pct", "prefills", "nvml_util_pct", "duration_s"):
+              "gpu_idle_eager_pct", "prefills", "nvml_util_pct", "duration_s", "tokens_per_s", "epochs"):
         assert rt[k] == tt[k], k
     graph = prom[("cgwatch_steps_total", (("mode", "graph"),))]
     eager = prom[("cgwatch_steps_total", (("mode", "eager"),))]
@@ -222,6 +231,102 @@ def test_report_tui_and_prometheus_give_the_same_numbers(which):
     assert 100 * graph / (graph + eager - eager_mode) == pytest.approx(rt["hit_pct"])
     assert 100 * graph / (graph + eager) == pytest.approx(rt["graph_share_pct"])
     assert prom[("cgwatch_tokens_total", ())] == rt["tokens"]
+
+
+# ---- epochs: one row per bucket and size list -------------------------------------------------------------
+
+def test_a_recapture_splits_the_rows_by_size_list():
+    """Row 32 before a recapture from 8,16,32 to 8,16,24,32 serves rows 17-32, after it 25-32: two rows, never
+    one that mixes them. A step still in flight when the recapture came (written after the event, started
+    before it) counts under the old list; the new round's capture events under the new one."""
+    old, new = [8, 16, 32], [8, 16, 24, 32]
+    cap = lambda t, b: R.event(R.EV_CAPTURE, t, bucket=b, ok=True, capture_s=0.1, pool_bytes=0, nvml_bytes=None,  # noqa: E731
+                                kernels=9, check=None, cause=None, hint=None, error=None)
+    recs = [cap(0.1, 32), R.event(R.EV_CAPTURE_DONE, 0.2, sizes=old, failed=[], pool_bytes=1, seconds=1.0),
+            R.step(0, 1.0, 18, 32, 32, None, 50.0, 4.0, 18), R.step(1, 1.01, 30, 32, 32, None, 50.0, 4.0, 30),
+            R.step(2, 1.02, 40, None, None, R.REASON_OVER_MAX, 500.0, 9.0, 40),
+            R.event(R.EV_RECAPTURE, 1.05, sizes=new, old=old, dropped=[]),
+            R.step(3, 1.04, 20, 32, 32, None, 50.0, 4.0, 20),      # in flight: ran under the old list
+            cap(1.06, 32), cap(1.07, 24), R.event(R.EV_CAPTURE_DONE, 1.08, sizes=new, failed=[], pool_bytes=2, seconds=1.0),
+            R.step(4, 1.1, 20, 24, 24, None, 50.0, 3.0, 20), R.step(5, 1.11, 28, 32, 32, None, 50.0, 4.5, 28)]
+    s = _stats(recs)
+    assert [(e.n, e.t, e.sizes, e.forwards) for e in s.epochs] == [(1, None, old, 4), (2, 1.05, new, 2)]
+    rows = {(e.n, k): r.summary() for e, k, r in s.epoch_rows()}
+    assert list(rows) == [(1, 32), (1, None), (2, 24), (2, 32)]
+    assert (rows[1, 32]["forwards"], rows[1, 32]["rows_min"], rows[1, 32]["rows_max"]) == (3, 18, 30)
+    assert (rows[2, 32]["forwards"], rows[2, 32]["rows_min"], rows[2, 32]["rows_max"]) == (1, 28, 28)
+    assert rows[1, 32]["padded"] == 14 + 2 + 12 and rows[2, 32]["padded"] == 4
+    assert rows[2, 24]["graph_p50_ms"] == 3.0 and rows[1, 32]["graph_p50_ms"] == 4.0
+    assert s.epochs[1].rows[32].capture["t"] == 1.06 and s.epochs[0].rows[32].capture["t"] == 0.1
+    assert s.epochs[0].largest_size() == 32 and s.totals()["epochs"] == 2
+    # the run-long rows (Prometheus' counters) are the sums over the size lists
+    run32 = s.buckets[32].summary()
+    assert (run32["forwards"], run32["padded"], run32["rows_min"], run32["rows_max"]) == (4, 32, 18, 30)
+    # the report groups the rows under their size list; the TUI shows the list in force
+    rep = build_report(_trace(recs))
+    assert [(b["epoch"], b["label"], b["steps"]) for b in rep["buckets"]] == [(1, "32", 3), (1, ">32", 1),
+                                                                             (2, "24", 1), (2, "32", 1)]
+    assert [(e["epoch"], e["t"], e["sizes"], e["forwards"]) for e in rep["epochs"]] == [(1, None, old, 4),
+                                                                                     (2, 1.05, new, 2)]
+    text = format_report(rep)
+    assert "size list 1 (from the start, 4 steps): 8,16,32" in text
+    assert "size list 2 (from 1.050 s, 2 steps): 8,16,24,32" in text and "  >32 (list 1): over_max 1" in text
+    state = ViewState()
+    state.fold(dict(HEADER))
+    for rec in recs:
+        state.fold(rec)
+    assert [(r["label"], r["steps"]) for r in state.bucket_rows()] == [("24", 1), ("32", 1)]
+
+
+def _recapture_run() -> list[dict]:
+    old, new = [8, 16, 32], [8, 16, 24, 32]
+    cap = lambda t, b: R.event(R.EV_CAPTURE, t, bucket=b, ok=True, capture_s=0.1, pool_bytes=0, nvml_bytes=None,  # noqa: E731
+                                kernels=9, check=None, cause=None, hint=None, error=None)
+    return [cap(0.1, 32), R.event(R.EV_CAPTURE_DONE, 0.2, sizes=old, failed=[], pool_bytes=1, seconds=1.0),
+            R.step(0, 1.0, 18, 32, 32, None, 50.0, 4.0, 18), R.step(1, 1.01, 30, 32, 32, None, 50.0, 4.0, 30),
+            R.step(2, 1.02, 40, None, None, R.REASON_OVER_MAX, 500.0, 9.0, 40),
+            {"type": "sample", "t": 1.03, "gpu_util": 40}, R.event(R.EV_ALERT, 1.03, level="warn", message="x"),
+            R.event(R.EV_RECAPTURE, 1.05, sizes=new, old=old, dropped=[]),
+            R.step(3, 1.04, 20, 32, 32, None, 50.0, 4.0, 20),
+            cap(1.06, 32), cap(1.07, 24), R.event(R.EV_CAPTURE_DONE, 1.08, sizes=new, failed=[], pool_bytes=2, seconds=1.0),
+            R.step(4, 1.1, 20, 24, 24, None, 50.0, 3.0, 20), R.step(5, 1.11, 28, 32, 32, None, 50.0, 4.5, 28),
+            {"type": "prefill", "t": 1.12, "requests": 1, "tokens": 9, "host_ms": 1.0},
+            R.step(6, 1.2, 8, 8, 8, None, 40.0, 2.0, 8)]
+
+
+@pytest.mark.parametrize("cut", range(len(_recapture_run()) + 1))
+def test_a_late_joiner_rebuilt_from_state_goes_on_like_the_original(cut):
+    """What the daemon sends a late client (``state()``, through JSON) rebuilds an accumulator that, fed
+    the rest of the run, gives every number the original gives: totals, epochs and each row, a recapture
+    anywhere before or after the cut."""
+    import json
+    recs = _recapture_run()
+    a = RunStats(window=512)
+    for rec in recs[:cut]:
+        a.add(rec)
+    run, rows = json.loads(json.dumps(a.state()))
+    b = RunStats.from_state(run, window=512)
+    for row in rows:
+        b.add_row_state(row)
+    for rec in recs[cut:]:
+        a.add(rec)
+        b.add(rec)
+    assert b.totals() == a.totals()
+    assert [e.summary() for e in b.epochs] == [e.summary() for e in a.epochs]
+    assert ([(e.n, k, r.summary()) for e, k, r in b.epoch_rows()]
+            == [(e.n, k, r.summary()) for e, k, r in a.epoch_rows()])
+    assert {k: r.summary() for k, r in b.buckets.items()} == {k: r.summary() for k, r in a.buckets.items()}
+    assert b.largest_size() == a.largest_size() and b.epoch.largest_size() == a.epoch.largest_size()
+
+
+def test_the_same_list_again_is_the_same_epoch_and_a_list_without_steps_is_replaced():
+    s = _stats([R.event(R.EV_CAPTURE_DONE, 0.1, sizes=[4, 8], failed=[], pool_bytes=1, seconds=1.0),
+                R.event(R.EV_RECAPTURE, 0.2, sizes=[4, 8, 16], old=[4, 8], dropped=[]),   # no steps yet: replaced
+                R.step(0, 1.0, 3, 4, 4, None, 10.0, 1.0, 3),
+                R.event(R.EV_RECAPTURE, 1.1, sizes=[16, 8, 4], old=[4, 8, 16], dropped=[]),   # the same list
+                R.event(R.EV_CAPTURE_DONE, 1.2, sizes=[4, 16], failed=[8], pool_bytes=1, seconds=1.0),
+                R.step(1, 1.3, 3, 4, 4, None, 10.0, 1.0, 3)])
+    assert [(e.n, e.sizes, e.forwards) for e in s.epochs] == [(1, [4, 8, 16], 2)]
 
 
 # ---- what the views show ----------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ def test_cpu_bench_measures_eager_and_says_graphs_need_cuda(capsys, tmp_path):
     assert rep["totals"]["steps"] == 14
     text = format_result(res)
     assert "eager ms mean/p50/p99" in text and "n/a" in text
+    assert "host time (CPU: ops are synchronous, so launch µs is the whole step too)" in text
 
 
 @pytest.mark.parametrize("flags, needle", [
@@ -98,3 +99,14 @@ def test_gpu_bench_graph_and_compile_columns(capsys, tmp_path):
     assert res["bandwidth_bytes_per_s"] > 1e11
     rep = build_report(read_trace(trace))
     assert {b["bucket"] for b in rep["buckets"] if b["graph_steps"]} == {1, 4}
+
+
+def test_bench_writes_no_file_unless_asked(capsys, tmp_path, monkeypatch):
+    """Recording is opt-in (--record PATH): a plain bench leaves the current directory as it was."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", *SMALL, "--batch-sizes", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+    assert "no trace written (--record PATH keeps one" in out
+    assert main(["bench", *SMALL, "--batch-sizes", "1", "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trace"] is None and list(tmp_path.iterdir()) == []

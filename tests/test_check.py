@@ -44,7 +44,45 @@ def test_lint_names_the_cause_and_the_exact_line(name, capsys):
     assert found == [(cause, CASES, line)], found
     f = res.findings[0]
     assert f.where.function == name and "# expect: " in f.where.source
-    assert f.severity == ("warning" if cause == ce.HOST_DATA else "error")
+    assert f.severity == "error"     # every one breaks the capture or its result (torch.tensor inside too)
+
+
+# -- torch.multinomial: a host read in torch builds before pytorch#134818 -----------------------------------
+LINT = importlib.import_module("cgwatch.check.lint")
+
+
+@pytest.mark.parametrize("reads_host, severity", [(True, "error"), (False, "warning")])
+def test_multinomial_of_one_sample_is_a_host_sync(monkeypatch, reads_host, severity):
+    """torch.multinomial(probs, 1) checks its probabilities with .item() in torch builds before pytorch#134818
+    (a host sync: the capture fails); later builds check with device-side asserts, so there it is a warning
+    (capture-safe here, not on an older torch). Either way the hint gives the sync-free form."""
+    monkeypatch.setattr(LINT, "multinomial_reads_host", lambda: reads_host)
+    cause, line = C.expected("samples_one_token")
+    res = run_lint(C.samples_one_token)
+    assert [(f.cause, f.where.line, f.severity) for f in res.findings] == [(cause, line, severity)]
+    assert cause == ce.HOST_SYNC and res.findings[0].to_dict()["hint"] == LINT.MULTINOMIAL_HINT
+    assert "exponential_()).argmax(-1)" in LINT.MULTINOMIAL_HINT
+    # with replacement and several samples it takes the kernel path, which never read the host
+    assert run_lint(C.samples_with_replacement).findings == []
+    # the sync-free form the hint gives is clean, and draws from the same distribution
+    assert run_lint(C.samples_without_a_host_read).findings == []
+
+
+def test_the_multinomial_probe_asks_this_torch(monkeypatch):
+    """The probe runs multinomial on a meta tensor (no values): a build that reads .item() there cannot."""
+    probe = LINT.multinomial_reads_host.__wrapped__
+    assert probe() is False                                      # torch >= the fix, as the tested torch is
+    def item_on_the_host(probs, n, *a, **k):
+        return probs.sum().item()
+    monkeypatch.setattr(torch, "multinomial", item_on_the_host)
+    assert probe() is True
+
+
+def test_the_gumbel_max_form_draws_like_multinomial():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.1, 0.2, 0.7]]).repeat(20000, 1)
+    counts = torch.bincount((probs / torch.empty_like(probs).exponential_(generator=g)).argmax(-1), minlength=3)
+    assert torch.allclose(counts / 20000.0, probs[0], atol=0.02)
 
 
 @pytest.mark.parametrize("name", ["rms_scale", "repeats_with_output_size"])
@@ -390,12 +428,25 @@ def test_cli_keeps_the_callables_prints_out_of_the_json(capsys):
     assert rc == 1 and json.loads(out)["cause"] == ce.HOST_SYNC and "y = tensor(" in err
 
 
-def test_cli_lists_warnings_and_passes(capsys):
-    rc, out, _ = cli(capsys, "tests/check_cases.py:builds_tensor", "--example-inputs", "f32[4,8]", "--device", "cpu")
+def test_cli_lists_warnings_and_passes(capsys, monkeypatch):
+    monkeypatch.setattr(LINT, "multinomial_reads_host", lambda: False)   # a torch with the device-side checks
+    rc, out, _ = cli(capsys, "tests/check_cases.py:samples_one_token", "--example-inputs", "f32[4,8]", "--device", "cpu")
     assert rc == 0 and "status   OK (lint: no capture-unsafe operation found; 1 warning below)" in out
     listed = [line.split() for line in out.splitlines() if line.startswith("  warning")]
-    assert listed and listed[0][:6] == ["warning", "tensor", "from", "host", "data",
-                                        f"tests/check_cases.py:{C.expected('builds_tensor')[1]}"]
+    assert listed and listed[0][:4] == ["warning", "host", "sync",
+                                        f"tests/check_cases.py:{C.expected('samples_one_token')[1]}"]
+
+
+@pytest.mark.parametrize("name, reads_host", [("builds_tensor", False), ("samples_one_token", True)])
+def test_cli_fails_a_tensor_built_inside_and_a_host_reading_multinomial(capsys, monkeypatch, name, reads_host):
+    """Both were let through before (torch.tensor: a warning; multinomial: nothing): now a FAIL, exit 1, with
+    the cause class, the line and a hint."""
+    monkeypatch.setattr(LINT, "multinomial_reads_host", lambda: reads_host)
+    cause, line = C.expected(name)
+    rc, out, _ = cli(capsys, f"tests/check_cases.py:{name}", "--example-inputs", "f32[4,8]", "--device", "cpu", "--json")
+    res = json.loads(out)
+    assert rc == 1 and res["status"] == "FAIL" and res["phase"] == "lint" and res["cause"] == cause
+    assert res["where"]["line"] == line and res["hint"] == (LINT.MULTINOMIAL_HINT if reads_host else ce.HINTS[cause])
 
 
 def test_cli_inputs_from_a_function(capsys):

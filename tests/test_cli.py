@@ -109,3 +109,69 @@ def test_headless_describes_events_with_missing_numbers():
     assert describe_event(done) == "captured [1, 8] in n/a s, n/a pool n/a"
     done.update(seconds=1.5, pool="shared", pool_bytes=2 ** 21)
     assert describe_event(done) == "captured [1, 8] in 1.50 s, shared pool 2.0 MiB"
+
+
+@pytest.mark.parametrize("args, plain", [(["replay", "--sample"], "cgwatch report TRACE"),
+                                         (["run", "--steps", "2"], "cgwatch run --headless")])
+def test_term_dumb_gets_one_line_and_the_plain_command(args, plain):
+    import os
+    out = subprocess.run([sys.executable, "-m", "cgwatch", *args], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TERM": "dumb"})
+    assert_one_line_error(out, "TERM=dumb", plain)
+
+
+def test_headless_lines_never_read_as_a_stalled_run():
+    """The status line keeps the last step and batch across lines, and the closing line is printed only for
+    steps since the last one (it used to print 'step 0 | 0.0 steps/s | ... batch 0' after a quiet second)."""
+    import io
+
+    from cgwatch import records as R
+    from cgwatch.headless import StatusLine
+    out = io.StringIO()
+    s = StatusLine(out, every_s=3600)
+    for i in range(3):
+        s(R.step(i, 0.1 * i, 5, 8, 8, None, 50.0, 1.0, 5))
+    s.print_line(s.since + 1.0)
+    assert out.getvalue().startswith("step       3 |     3.0 steps/s |") and "batch   5" in out.getvalue()
+    s.finish(s.since + 0.5)                     # no step since that line: nothing more
+    assert len(out.getvalue().splitlines()) == 1
+    s(R.step(3, 0.4, 6, 8, 8, None, 50.0, 1.0, 6))
+    s.finish(s.since + 0.5)
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("step       4 |     2.0 steps/s |") and "batch   6" in last
+
+
+def test_headless_run_on_the_cpu_says_what_runs_and_what_launch_us_means(tmp_path):
+    trace = tmp_path / "cpu.jsonl"
+    out = cgwatch("run", "--headless", "--steps", "3", "--record", str(trace), *SMALL)
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert ", mode eager (graphs need CUDA), " in first and "mode graph" not in first
+    assert not any(line.startswith("step       0 |") or " 0.0 steps/s" in line for line in out.stdout.splitlines())
+    rep = cgwatch("report", str(trace)).stdout
+    assert "launch µs: host p50, graph/eager (no CUDA here: the host waits for every op, so it is the whole step)" \
+        in " ".join(line.strip() for line in rep.splitlines())
+
+
+def test_every_trace_command_reaches_the_bundled_traces(tmp_path):
+    """sample:NAME wherever a trace goes (report, recommend and its --costs, export, replay), replay --sample NAME,
+    and cgwatch samples lists the names; an unknown name is one line that lists them."""
+    from cgwatch.samples import SAMPLES
+    listing = cgwatch("samples")
+    assert listing.returncode == 0 and all(f"sample:{name} " in listing.stdout for name in SAMPLES)
+    rep = cgwatch("report", "sample:llama1b_poisson_h100")
+    assert rep.returncode == 0 and "4,000" in rep.stdout and "NVIDIA H100 80GB HBM3" in rep.stdout
+    assert cgwatch("report", "sample:llama1b_poisson_h100.jsonl", "--json").returncode == 0
+    rec = cgwatch("recommend", "sample:llama1b_poisson_h100", "--costs", "sample:bench_llama1b_h100",
+                  "--memory-budget", "256", "--max-buckets", "6")
+    assert rec.returncode == 0 and rec.stdout.startswith("cgwatch recommend: llama-1b")
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # this checkout's cgwatch, from another cwd
+    out = subprocess.run([sys.executable, "-m", "cgwatch", "export", "sample:bench_tiny_h100", "--format", "csv"],
+                         capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert out.returncode == 0 and (tmp_path / "bench_tiny_h100.csv").exists(), out.stderr
+    for args in (["replay", "--sample", "llama1b_live_h100"], ["replay", "sample:vllm026_llama1b_poisson_h200"]):
+        assert_one_line_error(cgwatch(*args), "needs a terminal")   # found: only the terminal is missing
+    assert_one_line_error(cgwatch("report", "sample:nope"), "no bundled trace 'nope'", "llama1b_live_h100")
+    assert_one_line_error(cgwatch("replay", "--sample", "nope"), "no bundled trace 'nope'")

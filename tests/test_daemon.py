@@ -177,7 +177,10 @@ def test_late_joiner_gets_header_history_and_live_without_gap(daemon):
     collect(conn, lambda m: m.get("kind") == "mark", live).join(20)
     t.join()
     assert snap[0]["type"] == "header" and snap[0]["format"] == "cgwatch-trace" and snap[0]["cgwatch"] == "test"
-    assert snap[1] == {"type": "event", "kind": "info", "t": 0.0, "message": "early"}   # events are kept
+    # the aggregate: the bucket's run-long row, then its row in the one size list (epoch 1)
+    assert snap[1]["type"] == "aggregate" and snap[1]["rows"] == 2 and [m["row"]["epoch"] for m in snap[2:4]] == [None, 1]
+    assert snap[2]["row"]["forwards"] == snap[3]["row"]["forwards"] == snap[1]["run"]["n"]
+    assert snap[4] == {"type": "event", "kind": "info", "t": 0.0, "message": "early"}   # events are kept
     steps = [m["i"] for m in snap if m["type"] == "step"]
     assert len(steps) == KEEP_STEPS and steps == list(range(steps[0], steps[0] + KEEP_STEPS))
     live_steps = [m["i"] for m in live if m["type"] == "step"]

@@ -65,6 +65,20 @@ def test_rank_stats_by_hand():
     one = RunStats()
     one.add(R.step(0, 0.0, 1, 1, 1, None, 5.0, 1.0, 1))
     assert one.ranks.rows() == []                              # one rank: no per-rank rows
+    assert one.state()[0]["ranks"] is None
+
+
+@pytest.mark.parametrize("window", [None, 512])
+def test_a_late_joiner_gets_the_per_rank_numbers(window):
+    """The daemon sends RunStats.state() to a client that joins late: the per-rank rows come along."""
+    import json
+    s = RunStats(window)
+    for rec in tp_run():
+        s.add(rec)
+    run, rows = json.loads(json.dumps(s.state()))
+    again = RunStats.from_state(run, rows, window)
+    assert again.ranks.rows() == s.ranks.rows() and again.ranks.totals() == s.ranks.totals()
+    assert RunStats.from_state({**run, "ranks": {"ranks": "junk"}}, rows, window).ranks.rows() == []
 
 
 @pytest.fixture
@@ -143,4 +157,4 @@ async def test_tui_per_gpu_view_fits_80x24():
         assert panel.region.bottom <= 24
         await pilot.press("G")
         await pilot.pause()
-        assert app.query_one(Charts).display and not panel.has_class("-shown")
+        assert app.query_one(Charts).display and not panel.display and not app.has_class("-ranks")

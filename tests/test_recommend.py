@@ -7,7 +7,7 @@ import pytest
 from cgwatch import records as R
 from cgwatch.cli import main
 from cgwatch.engine.buckets import dispatch
-from cgwatch.recommend import (MIB, Curve, optimal_sizes, sglang_default, vllm_default)
+from cgwatch.recommend import (MIB, Curve, isotonic, optimal_sizes, sglang_default, vllm_default)
 from cgwatch.samples import sample_path
 from cgwatch.trace import TraceWriter
 
@@ -97,6 +97,118 @@ def test_curve_interpolates_and_extrapolates():
     assert Curve({4: 3.0})(9) == 3.0                      # one time point: flat
     assert Curve({4: 8.0}, single="proportional")(2) == 4.0   # one memory point: scales with size
     assert Curve({2: 5.0, 4: 1.0})(9) == 1.0              # a falling fit extends flat, not down
+
+
+def test_isotonic_pools_adjacent_violators():
+    assert isotonic([1.0, 3.0, 2.0, 4.0], [1, 1, 1, 1]) == [1.0, 2.5, 2.5, 4.0]
+    assert isotonic([1.0, 3.0, 2.0], [1, 1, 3]) == [1.0, 2.25, 2.25]        # weighted by steps
+    assert isotonic([5.0, 4.0, 3.0], [1, 1, 1]) == [4.0, 4.0, 4.0]
+    assert isotonic([1.0, 2.0, 2.0, 7.0], [3, 1, 2, 1]) == [1.0, 2.0, 2.0, 7.0]   # already monotone: unchanged
+    rng = random.Random(7)
+    for _ in range(200):
+        n = rng.randint(1, 12)
+        ys, ws = [rng.uniform(0, 10) for _ in range(n)], [rng.randint(1, 50) for _ in range(n)]
+        fit = isotonic(ys, ws)
+        assert all(a <= b + 1e-12 for a, b in zip(fit, fit[1:]))
+        assert sum(w * f for w, f in zip(ws, fit)) == pytest.approx(sum(w * y for w, y in zip(ws, ys)))
+        # no non-decreasing sequence is closer: nudging any block level up or down costs more
+        cost = lambda f: sum(w * (a - b) ** 2 for w, a, b in zip(ws, f, ys))   # noqa: E731
+        for k in range(n):
+            for d in (-1e-3, 1e-3):
+                g = [f + d if f == fit[k] else f for f in fit]
+                if all(a <= b for a, b in zip(g, g[1:])):
+                    assert cost(g) >= cost(fit) - 1e-9
+
+
+def noisy_cost_records(slow16=5.0):
+    """Graph steps at 8, 16, 24, 32 (5 each): 2.4, ``slow16``, 3.2, 3.6 ms (the 16 graph measured slow, as a
+    noisy bench can); eager 10 ms; the first graph's memory 1 MiB per row."""
+    recs = [capture(32, 32), capture(24, 2), capture(16, 2), capture(8, 2),
+            R.event(R.EV_CAPTURE_DONE, 0.0, sizes=[8, 16, 24, 32], failed=[], pool_bytes=32 * MIB, seconds=1.0,
+                    pool="shared")]
+    i = 0
+    for _ in range(5):
+        for size, ms in ((8, 2.4), (16, slow16), (24, 3.2), (32, 3.6)):
+            recs += [step(i, size, size, ms), step(i + 1, size, None, 10.0)]
+            i += 2
+    return recs
+
+
+def test_one_noisy_point_no_longer_steers_the_answer(tmp_path, capsys):
+    """Half the steps are batch 16, half batch 30; two graphs allowed. The 16 graph measured slower (5.0 ms) than
+    the 24 (3.2) and 32 (3.6) ones. The old cost model believed the larger graph 1.8 ms cheaper and answered
+    [24, 30]: batch 16 on the 24 graph, for a saving that is noise. A larger batch is never cheaper: the
+    medians of 16, 24 and 32 are pooled (their mean, 3.933), no graph looks cheaper than a smaller one, and
+    one graph at 30 serves both batches as well as two would (the tie goes to fewer graphs). The output says
+    which costs were pooled. With a clean measurement of 16 (2.8 ms) the answer is [16, 30], as before."""
+    mix = write_trace(tmp_path / "mix.jsonl", [step(i, 16 if i % 2 else 30, None, 10.0) for i in range(50)], ratio=0.5)
+    costs = write_trace(tmp_path / "costs.jsonl", noisy_cost_records())
+    args = [mix, "--costs", costs, "--memory-budget", "100", "--max-buckets", "2"]
+    out = recommend_json(capsys, *args)
+    assert out["recommended"] == [30] and out["lists"][0]["expected_step_ms"] == pytest.approx(11.8 / 3)
+    g = out["costs"]["graph_ms"]
+    assert g["measured"] == {"8": 2.4, "16": 5.0, "24": 3.2, "32": 3.6}            # the medians, as measured
+    assert g["used"]["16"] == g["used"]["24"] == g["used"]["32"] == pytest.approx((5.0 + 3.2 + 3.6) / 3)
+    assert g["pooled"] == [16, 24, 32] and g["used"]["8"] == 2.4
+    assert out["per_size"] == [{"size": 30, "batches": "16, 30", "steps_pct": 100.0, "graph_ms": pytest.approx(11.8 / 3),
+                                "measured": False, "pooled": False}]
+    assert main(["recommend", *args]) == 0
+    text = capsys.readouterr().out
+    assert "pooled (median -> used): 16 5.000, 24 3.200, 32 3.600 -> 3.933" in text
+    clean = write_trace(tmp_path / "clean.jsonl", noisy_cost_records(slow16=2.8))
+    assert recommend_json(capsys, mix, "--costs", clean, "--memory-budget", "100", "--max-buckets", "2")["recommended"] \
+        == [16, 30]
+
+
+def test_the_fitted_cost_curve_never_falls_with_size(tmp_path):
+    from cgwatch.recommend import measure_costs
+    from cgwatch.trace import read_trace
+    costs = measure_costs(read_trace(write_trace(tmp_path / "c.jsonl", noisy_cost_records())))
+    for curve in (costs.graph_ms, costs.eager_ms):
+        values = [curve(s) for s in range(1, 70)]
+        assert all(a <= b + 1e-12 for a, b in zip(values, values[1:]))
+    for trace in (SAMPLE, sample_path("bench_llama1b_h100.jsonl")):
+        costs = measure_costs(read_trace(trace))
+        values = [costs.graph_ms(s) for s in range(1, 129)]
+        assert all(a <= b + 1e-12 for a, b in zip(values, values[1:]))
+
+
+def test_a_size_measured_again_is_the_median_of_all_its_steps(tmp_path):
+    """Two capture rounds measured the 8 graph: 5 steps at 2.0 ms, then 3 at 9.0 ms. The median of the 8 steps
+    (2.0), not the newest round's (9.0)."""
+    from cgwatch.recommend import measure_costs
+    from cgwatch.trace import read_trace
+    done = lambda: R.event(R.EV_CAPTURE_DONE, 0.0, sizes=[8], failed=[], pool_bytes=8 * MIB, seconds=1.0,  # noqa: E731
+                           pool="shared")
+    recs = [capture(8, 8), done(), *[step(i, 8, 8, 2.0) for i in range(5)], step(5, 8, None, 10.0),
+            capture(8, 8), done(), *[step(i, 8, 8, 9.0) for i in range(6, 9)]]
+    costs = measure_costs(read_trace(write_trace(tmp_path / "c.jsonl", recs)))
+    assert costs.graph_ms(8) == 2.0 and costs.graph_ms.counts == {8: 8}
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda r: {k: v for k, v in r.items() if k != "bucket"}, "missing field bucket"),
+    (lambda r: {k: v for k, v in r.items() if k != "gpu_ms"}, "missing field gpu_ms"),
+    (lambda r: r | {"batch": None}, "batch is null, not a number"),
+    (lambda r: r | {"gpu_ms": float("nan")}, "gpu_ms is nan, not a finite number"),
+    (lambda r: r | {"gpu_ms": -13.5}, "gpu_ms is -13.5, negative"),
+])
+def test_a_record_that_cannot_be_trusted_is_skipped_and_said(tmp_path, capsys, edit, why):
+    """Was an internal error (KeyError / TypeError) or a cost at -13.5 ms: now the record is left out, the answer
+    is the one without it, and one warning line names it."""
+    recs = cost_records()
+    clean = write_trace(tmp_path / "clean.jsonl", recs)
+    k = next(n for n, r in enumerate(recs) if r["type"] == R.STEP and r["bucket"] == 8)
+    bad = write_trace(tmp_path / "bad.jsonl", recs[:k] + [edit(recs[k])] + recs[k:])
+    want = recommend_json(capsys, clean, "--memory-budget", "100", "--max-buckets", "2")
+    assert main(["recommend", bad, "--memory-budget", "100", "--max-buckets", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    got = json.loads(captured.out)
+    for out in (got, want):   # the paths differ; everything else is the same
+        out.pop("trace"), out.pop("costs_trace"), out["costs"].pop("source")
+    assert got == want
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith(f"cgwatch: {bad}: skipped 1 record that cannot be trusted") and f": {why}" in line
 
 
 def test_engine_default_lists():

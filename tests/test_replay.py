@@ -259,3 +259,34 @@ def test_real_time_thread(trace_path):
     finally:
         src.close()
     assert not src._thread.is_alive()
+
+
+def test_records_that_cannot_be_trusted_are_not_played_and_the_log_says_so(tmp_path):
+    """The validation every reader shares: a duplicate step and a step whose t runs back 4 s are not played
+    (so the TUI's numbers are the report's), ``warnings`` has the one line, and an info record at t 0 says it
+    in the TUI's log."""
+    from cgwatch.report import build_report
+    from cgwatch.trace import read_trace
+    from cgwatch.tui.state import ViewState
+    recs = _trace_records()
+    steps = [k for k, r in enumerate(recs) if r["type"] == "step"]
+    recs[steps[6]] = recs[steps[6]] | {"t": 3.0}        # step 6 at t 3 s, between steps 2 and 3: runs back
+    recs.insert(steps[4] + 1, dict(recs[steps[4]]))     # step 4 twice
+    path = tmp_path / "bad.jsonl"
+    w = TraceWriter(path, {"model": {"name": "tiny"}, "gpu": "cpu"})
+    for rec in recs:
+        w.write(rec)
+    w.close({"t": 10.5, "steps": 10, "outcome": "completed"})
+    p = Player(path).at(100.0)
+    info = p.records[1]
+    assert info["type"] == "event" and info["kind"] == R.EV_INFO and info["t"] == 0.0
+    assert info["message"].startswith("warning: skipped 2 records that cannot be trusted")
+    assert [r["i"] for r in p.records if r["type"] == "step"] == [0, 1, 2, 3, 4, 5, 7, 8, 9]
+    assert len(p.src.warnings) == 1 and p.src.warnings[0] == info["message"][len("warning: "):]
+    state = ViewState()
+    for rec in p.records:
+        state.fold(rec)
+    rep = build_report(read_trace(path))
+    assert state.totals()["steps"] == rep["totals"]["steps"] == 9
+    assert state.totals()["duration_s"] == rep["totals"]["duration_s"] == 10.5
+    assert any("skipped 2 records" in text for _, _, text in state.log)

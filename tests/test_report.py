@@ -116,8 +116,9 @@ def expected(recs: list[dict]) -> dict:
             "misses": misses,
         }
     total_graph = [r for r in steps if r["bucket"] is not None]
-    duration = steps[-1]["t"] - steps[0]["t"] + (steps[-1]["gpu_ms"] if steps[-1]["gpu_ms"] is not None
-                                                 else steps[-1]["host_us"] / 1000) / 1000
+    # the run's wall time: from t = 0 to the latest of the end record and every record (a step: its end)
+    step_end = lambda r: r["t"] + (r["gpu_ms"] if r["gpu_ms"] is not None else r["host_us"] / 1000) / 1000  # noqa: E731
+    duration = max([_CLEAN["t"]] + [step_end(r) for r in steps] + [r["t"] for r in recs if r["type"] != "step"])
     gpu = [r["gpu_ms"] for r in steps if r["gpu_ms"] is not None]
     utils = [r["gpu_util"] for r in recs if r["type"] == "sample" and r.get("gpu_util") is not None]
     dones = [r for r in recs if r.get("kind") == "capture_done"]
@@ -237,7 +238,7 @@ def test_hand_computed_small_trace():
         {"type": "prefill", "t": 0.9, "i": 0, "requests": 3, "tokens": 30, "host_ms": 5.0},
     ]
     recs[1]["gap_us"], recs[2]["gap_us"], recs[3]["gap_us"] = 6.0, 2.0, 5000.0   # step 3 has no gap
-    rep = build_report(_trace(recs))
+    rep = build_report(_trace(recs, end={"type": "end", "t": 1.25}))
     b4, over = rep["buckets"]
     assert (b4["gap_us_graph_p50"], b4["gap_us_eager_p50"], over["gap_us_eager_p50"]) == (4.0, 5000.0, None)
     assert (b4["gap_us_graph_n"], b4["gap_us_eager_n"], over["gap_us_eager_n"]) == (2, 1, 0)
@@ -249,16 +250,21 @@ def test_hand_computed_small_trace():
     assert b4["misses"] == {"padding_ratio": 1} and b4["graph_mib"] == 2.0 and b4["check"] == "ok 3.1e-03"
     assert over["label"] == ">4" and over["misses"] == {"over_max": 1} and over["status"] == "-"
     t = rep["totals"]
-    assert t["duration_s"] == pytest.approx(0.054)                # 1.040 - 1.000 + 14 ms
-    assert t["tokens"] == 18 and t["tokens_per_s"] == pytest.approx(18 / 0.054)
-    assert t["gpu_busy_pct"] == pytest.approx(100 * 30 / 54)
+    assert t["duration_s"] == pytest.approx(1.25)     # the run: from its start (t 0) to the end record
+    assert t["tokens"] == 18 and t["tokens_per_s"] == pytest.approx(18 / 1.25)
+    assert t["gpu_busy_pct"] == pytest.approx(100 * 30 / 1250)
+    # without an end record (a crash, a live run): to the latest record, the sample at 1.2 s here; without
+    # it, the last step's end
+    assert build_report(_trace(recs, end=None))["totals"]["duration_s"] == pytest.approx(1.2)
+    steps_only = [r for r in recs if r["type"] == "step"]
+    assert build_report(_trace(steps_only, end=None))["totals"]["duration_s"] == pytest.approx(1.054)   # 1.040 + 14 ms
     assert t["nvml_util_pct"] == 60 and t["padding_waste_pct"] == pytest.approx(37.5)
     assert t["graph_hit_rate_pct"] == 50 and t["graph_pool_mib"] is None
     assert (t["prefills"], t["prefill_tokens"]) == (1, 30)
     assert t["gpu_idle_graph_pct"] == pytest.approx(100 * 8 / (8 + 6000))         # steps 0 and 1
     assert t["gpu_idle_eager_pct"] == pytest.approx(100 * 5000 / (5000 + 10000))   # step 2 only
     # steps written out of t order (emitted when their GPU time is read): same numbers
-    assert build_report(_trace(recs[::-1]))["totals"] == t
+    assert build_report(_trace(recs[::-1], end={"type": "end", "t": 1.25}))["totals"] == t
 
 
 def test_cpu_run_has_no_gpu_busy(tmp_path):
@@ -361,13 +367,158 @@ def test_gap_sample_has_gaps_on_back_to_back_steps():
         assert t[f"gpu_idle_{mode}_pct"] == pytest.approx(100 * gap / (gap + 1000 * sum(s["gpu_ms"] for s in mine)))
 
 
-@pytest.mark.parametrize("field, value", [("gap_us", "x"), ("gpu_ms", "y"), ("host_us", None)])
-def test_a_corrupt_step_field_is_one_line(tmp_path, capsys, field, value):
+# ---- never a silently wrong number: what cannot be trusted is skipped, counted and named -----------------
+
+SAMPLE_LINES = None
+
+
+def _sample_lines() -> list[str]:
+    global SAMPLE_LINES
+    if SAMPLE_LINES is None:
+        from cgwatch.samples import sample_path
+        SAMPLE_LINES = open(sample_path("llama1b_poisson_h100.jsonl")).read().splitlines()
+    return SAMPLE_LINES
+
+
+def _step_line(lines, nth_in, pred=lambda r: True) -> int:
+    """The index of the nth step line (among those ``pred`` accepts)."""
+    found = [k for k, line in enumerate(lines) if '"type":"step"' in line and pred(json.loads(line))]
+    return found[nth_in]
+
+
+def _set(line: str, **fields) -> str:
+    rec = json.loads(line)
+    rec.update(fields)
+    return json.dumps(rec, separators=(",", ":"))
+
+
+def _edit(case: str):
+    """(edited lines, the indices of the lines that cannot be trusted there, lines where they are deleted)."""
+    lines = list(_sample_lines())
+    k = _step_line(lines, 2000)
+    row32 = _step_line(lines, 0, lambda r: r["target"] == 32 and r["bucket"] == 32 and r["batch"] > 20)
+    bad = [k]
+    if case == "host_us NaN":
+        lines[k] = lines[k].replace('"host_us":', '"host_us":NaN,"x":', 1)
+    elif case == "t 100 s back":
+        lines[k] = _set(lines[k], t=json.loads(lines[k])["t"] - 100)
+    elif case == "t 5 s back":
+        lines[k] = _set(lines[k], t=json.loads(lines[k])["t"] - 5)
+    elif case == "t 5 s ahead":
+        lines[k] = _set(lines[k], t=json.loads(lines[k])["t"] + 5)
+    elif case == "50 duplicated steps":
+        first = _step_line(lines, 1000)
+        dups = [line for line in lines[first:] if '"type":"step"' in line][:50]
+        lines[first:first] = dups     # copies of steps 1000-1049 before them: the copies count, the originals repeat
+        return lines, [first + 50 + lines[first + 50:].index(d) for d in dups], lines[:first] + lines[first + 50:]
+    elif case == "padded over bucket - rows":
+        lines[k] = _set(lines[k], padded=1000)
+    elif case == "graph below its rows":
+        k = bad[0] = row32
+        lines[k] = _set(lines[k], bucket=4, padded=4 - json.loads(lines[k])["batch"])
+    elif case == "negative gpu_ms":
+        lines[k] = _set(lines[k], gpu_ms=-13.5)
+    elif case == "t 1e400":
+        lines[k] = lines[k].replace('"t":', '"t":1e400,"x":', 1)
+    elif case == "string target":
+        lines[k] = _set(lines[k], target="32")
+    elif case == "string capture bucket":
+        k = bad[0] = next(n for n, line in enumerate(lines) if '"kind":"capture"' in line)
+        lines[k] = _set(lines[k], bucket="64")
+    elif case == "missing bucket":
+        rec = json.loads(lines[k])
+        del rec["bucket"]
+        lines[k] = json.dumps(rec)
+    elif case == "null batch":
+        lines[k] = _set(lines[k], batch=None)
+    return lines, bad, [line for n, line in enumerate(lines) if n not in bad]
+
+
+CASES = ["host_us NaN", "t 100 s back", "t 5 s back", "t 5 s ahead", "50 duplicated steps", "padded over bucket - rows",
+         "graph below its rows", "negative gpu_ms", "t 1e400", "string target", "string capture bucket",
+         "missing bucket", "null batch"]
+
+
+def _strict(text: str):
+    def no_constant(name):
+        raise AssertionError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=no_constant)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_an_untrusted_record_is_skipped_counted_and_named(case, tmp_path, capsys):
+    """One edited record of the H100 trace: the report is the report of the trace without it (exit 0), and one
+    warning line names it by its line number; --json is strict JSON."""
     from cgwatch.cli import main
-    path = tmp_path / "bad.jsonl"
-    with TraceWriter(path, {"model": {"name": "tiny"}}) as w:
-        w.write(R.step(0, 0.1, 2, 2, 2, None, 50.0, 1.5, 2))
-        w.write(R.step(1, 0.2, 2, 2, 2, None, 50.0, 1.5, 2) | {field: value})
-    assert main(["report", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("cgwatch: bad step record (i=1, t=0.2): ") and err.count("\n") == 1
+    lines, bad, without = _edit(case)
+    edited, clean = tmp_path / "edited.jsonl", tmp_path / "clean.jsonl"
+    edited.write_text("\n".join(lines) + "\n")
+    clean.write_text("\n".join(without) + "\n")
+    got, want = build_report(read_trace(edited)), build_report(read_trace(clean))
+    assert got["totals"] == want["totals"] and got["buckets"] == want["buckets"] and got["epochs"] == want["epochs"]
+    assert got["skipped_records"] == len(bad) and want["skipped_records"] == 0
+    (warning,) = [w for w in got["warnings"] if w.startswith("skipped ")]
+    n = len(bad)
+    assert warning.startswith(f"skipped {n} record{'s' if n > 1 else ''} that cannot be trusted, left out of every number: "
+                              f"line {bad[0] + 1}: ")
+    assert ("and 47 more" in warning) == (n == 50)
+    assert main(["report", str(edited)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\nwarning: skipped ") == 1 and f"line {bad[0] + 1}: " in out
+    assert main(["report", str(edited), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert _strict(captured.out)["totals"] == _strict(json.dumps(want["totals"]))
+    assert captured.err.count("cgwatch: warning: skipped ") == 1
+
+
+def test_the_brief_numbers_no_longer_move(tmp_path):
+    """The numbers the issue showed moving: row 32's p50 and the tok/s stay those of the trace without the
+    record; a negative time never reaches a percentile; the duration stays finite."""
+    clean = build_report(read_trace(_write(tmp_path / "c.jsonl", _sample_lines())))
+    for case in ("host_us NaN", "t 100 s back", "negative gpu_ms", "t 1e400", "50 duplicated steps"):
+        lines, _, _ = _edit(case)
+        rep = build_report(read_trace(_write(tmp_path / "e.jsonl", lines)))
+        t = rep["totals"]
+        assert 0 < t["duration_s"] < 50 and 2900 < t["tokens_per_s"] < 3100, (case, t["tokens_per_s"])
+        assert all(b[k] is None or b[k] >= 0 for b in rep["buckets"] for k in ("graph_p50_ms", "eager_p50_ms",
+                                                                               "host_us_graph_p50"))
+        row32 = next(b for b in rep["buckets"] if b["label"] == "32")
+        assert row32["host_us_graph_p50"] == pytest.approx(next(b for b in clean["buckets"]
+                                                                 if b["label"] == "32")["host_us_graph_p50"], rel=0.01)
+
+
+def _write(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_report_json_is_strict_json(tmp_path, capsys):
+    """A NaN in a field no number is made of (header metadata) is null in --json, never a bare NaN."""
+    from cgwatch.cli import main
+    lines = list(_sample_lines())
+    lines[0] = lines[0].replace('"norm_eps":1e-05', '"norm_eps":NaN')
+    assert '"norm_eps":NaN' in lines[0]
+    path = _write(tmp_path / "t.jsonl", lines)
+    assert main(["report", str(path), "--json"]) == 0
+    rep = _strict(capsys.readouterr().out)
+    assert rep["header"]["model"]["norm_eps"] is None and rep["skipped_records"] == 0
+
+
+def test_report_events_include_padding_ratio_rate_pause_and_restart():
+    recs = [R.step(0, 1.0, 3, 4, 4, None, 40.0, 2.0, 3), R.event(R.EV_PADDING, 1.1, value=0.3),
+            R.event(R.EV_RATE, 1.2, rate=0.35), R.event(R.EV_PAUSE, 1.3, paused=True),
+            R.event(R.EV_PAUSE, 1.4, paused=False),
+            R.event(R.EV_RESTART, 1.5, backend="vllm", reason="capture sizes [1, 2]", seconds=16.9)]
+    rep = build_report(_trace(recs))
+    assert [(e["kind"], e["text"]) for e in rep["events"]] == [
+        ("max_padding_ratio", "max padding ratio 0.3"), ("rate", "arrival rate 0.35 req/step"), ("pause", "paused"),
+        ("pause", "resumed"), ("restart", "engine restarted in 16.9 s: capture sizes [1, 2]")]
+    text = format_report(rep)
+    assert "     1.100s  padding    max padding ratio 0.3" in text and "     1.200s  rate       arrival rate 0.35" in text
+
+
+def test_the_live_h100_sample_lists_its_padding_and_rate_changes():
+    from cgwatch.samples import sample_path
+    rep = build_report(read_trace(sample_path("llama1b_live_h100.jsonl")))
+    kinds = [e["kind"] for e in rep["events"]]
+    assert "max_padding_ratio" in kinds and "rate" in kinds

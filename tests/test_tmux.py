@@ -67,3 +67,27 @@ def test_run_toggle_recapture_quit_in_tmux(tmp_path):
     assert t.end is not None and t.truncated_at is None
     kinds = [r.get("kind") for r in t.records if r["type"] == "event"]
     assert "mode" in kinds and "recapture" in kinds
+
+
+def test_replay_sample_at_80x24_in_tmux():
+    """The smallest laid-out screen in a real terminal: the header keeps the replay's position and state,
+    tab shows the table's other half (status) and then the totals and the log; q quits."""
+    session = f"cgwatch-small-{os.getpid()}"
+    cmd = f"{sys.executable} -m cgwatch replay --sample --speed 16; sleep 30"
+    tmux("kill-session", "-t", session)
+    assert tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd).returncode == 0
+    tmux("resize-window", "-t", session, "-x", "80", "-y", "24")
+    try:
+        text = wait_for(session, lambda t: "42.4/42.4 s end of trace" in t, timeout=60, what="the end of the replay")
+        assert "run ended (completed)" in text and "waste %" in text and "status" not in text
+        assert len(text.splitlines()) <= 24 and max(map(len, text.splitlines())) <= 80
+        tmux("send-keys", "-t", session, "Tab")
+        text = wait_for(session, lambda t: "status" in t, what="the graphs pane")
+        assert sum(line.split()[-1:] == ["ok"] for line in text.splitlines()) == 11   # every bucket's status
+        tmux("send-keys", "-t", session, "Tab")
+        text = wait_for(session, lambda t: "events (trace time)" in t, what="the events pane")
+        assert "pool 238.0 MiB" in text and "4,000 steps" in text
+        tmux("send-keys", "-t", session, "q")
+        wait_for(session, lambda t: "events (trace time)" not in t, timeout=30, what="the TUI to quit")
+    finally:
+        tmux("kill-server")

@@ -1,7 +1,6 @@
 """The TUI, driven by Textual's Pilot: (a) a deterministic FakeSource that answers engine
 commands like the engine does, (b) ReplaySource on a fake clock; plus SVG snapshots."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import pytest
 from cgwatch import records as R
 from cgwatch.engine.buckets import dispatch
 from cgwatch.replay import ReplaySource
+from cgwatch.samples import sample_path
 from cgwatch.report import build_report
 from cgwatch.source import Source, ack
 from cgwatch.trace import TraceWriter, read_trace
@@ -20,7 +20,7 @@ from textual.widgets import Input, Static
 
 pytestmark = pytest.mark.anyio   # async tests run on anyio's pytest plugin (asyncio only, below)
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_traces" / "llama1b_poisson_h100.jsonl"
+SAMPLE = sample_path("llama1b_poisson_h100")   # the package's copy: an sdist has no sample_traces/
 SIZE = (120, 40)
 MIB = 2 ** 20
 SIZES = [1, 2, 4, 8, 16, 32, 64]
@@ -166,8 +166,9 @@ def test_state_matches_report_on_the_h100_trace():
         state.fold(rec)
     rep = build_report(trace)
     rows = {r["label"]: r for r in state.bucket_rows()}
-    assert list(rows) == [b["label"] for b in rep["buckets"]]
-    for b in rep["buckets"]:
+    last = [b for b in rep["buckets"] if b["epoch"] == rep["epochs"][-1]["epoch"]]   # the size list in force
+    assert len(rep["epochs"]) == 2 and list(rows) == [b["label"] for b in last]
+    for b in last:
         row = rows[b["label"]]
         assert (row["steps"], row["hits"]) == (b["steps"], b["graph_steps"])
         assert row["hit_pct"] == pytest.approx(b["hit_pct"])
@@ -272,8 +273,7 @@ async def test_r_recaptures_with_the_typed_sizes():
         rows = _rows(app)
         assert [rows[b][-1] for b in ("1", "4", "16")] == ["ok", "ok", "ok"]
         assert rows["16"][8] == "64.0"
-        assert [rows[b][-1] for b in ("2", "8", "32", "64")] == ["released", "not in sizes", "released", "released"]
-        assert list(rows)[-1] == ">64"   # as report.py: the largest size seen
+        assert list(rows) == ["1", "4", "16"]   # the new size list's rows: the old list's stay in the report
         assert "sizes [1, 4, 16]" in str(app.query_one(Totals).render())
         texts = app.query_one(EventLog).texts()
         assert any("recapture [1,2,4,8,16,32,64] → [1,4,16]" in t for t in texts)
@@ -429,13 +429,13 @@ async def test_replay_pause_speed_seek_keys():
         assert "×2 12.0/42.4 s" in header.conn_text and "paused" not in header.conn_text
         assert 11.8 < app.state.t_last <= 12.0
         await pilot.press("p")
-        assert header.conn_text.endswith("paused")
+        assert header.conn_text.endswith("paused · read-only")
         await pilot.press("[", "[", "[")
         assert "×0.25" in header.conn_text
         await pilot.press("[")
         assert "speed refused: speed must be between 0.25 and 16, got 0.125" in log.texts()[-1]
-        await pilot.press("g", "r")
-        await pilot.press("enter")   # the dialog's prefilled sizes
+        await pilot.press("g", "r")   # read-only: r opens no dialog, the log says why
+        assert not isinstance(app.screen, RecaptureDialog)
         assert [t.split("s  ", 1)[1] for t in log.texts()[-2:]] == [
             "mode refused: replay is read-only", "recapture refused: replay is read-only"]
 
@@ -532,6 +532,37 @@ def test_a_corrupt_step_record_is_logged_and_skipped():
     assert st.log[-1][1:] == ("bold red", "skipped step record i=1: gap_us is 'x', not a number")
 
 
+def test_live_duplicates_and_steps_running_back_are_skipped_and_counted():
+    """The live screen (records.Screen, the readers' one validation): a step seen before and a step that
+    starts before the latest one are skipped; the first few are logged, then a count at 10, 100, ..."""
+    st = ViewState()
+    st.fold(dict(HEADER))
+    for i in range(5):
+        st.fold(R.step(i, 1.0 + 0.01 * i, 2, 2, 2, None, 50.0, 1.5, 2))
+    st.fold(R.step(3, 1.03, 2, 2, 2, None, 50.0, 1.5, 2))          # again
+    st.fold(R.step(5, 0.5, 2, 2, 2, None, 50.0, 1.5, 2))           # starts before step 4
+    for n in range(8):
+        st.fold(R.step(2, 1.02, 2, 2, 2, None, 50.0, 1.5, 2))      # again and again
+    assert st.steps == 5 and st.screen.count == 10
+    skipped = [text for _, style, text in st.log if style == "bold red"]
+    assert skipped == ["skipped step record i=3: a duplicate of step i=3",
+                       "skipped step record i=5: t goes back 0.54 s from step i=4",
+                       "skipped step record i=2: a duplicate of step i=2",
+                       "skipped 10 records that cannot be trusted so far"]
+
+
+def test_live_samples_and_events_go_through_the_same_screen():
+    st = ViewState()
+    st.fold(dict(HEADER))
+    st.fold({"type": "sample", "t": 1.0, "gpu_util": 40})
+    st.fold({"type": "sample", "t": 1.1, "gpu_util": float("nan")})
+    st.fold(_capture(1.2, 16) | {"bucket": "16"})
+    assert st.totals()["nvml_util_pct"] == 40.0 and 16 not in st.buckets and st.screen.count == 2
+    assert [text for _, style, text in st.log if style == "bold red"] == [
+        "skipped sample record: gpu_util is nan, not a finite number",
+        "skipped event capture record: bucket is '16', not a number"]
+
+
 async def test_vllm_piecewise_and_mixed_fit_120_columns():
     """vLLM-like traffic on 7 sizes (FULL and PIECEWISE graphs, mixed forwards, thousands of steps): the table
     splits hits into full/pw and counts mixed steps, the totals say so, and every line fits the screen."""
@@ -567,3 +598,206 @@ async def test_vllm_piecewise_and_mixed_fit_120_columns():
         t = app.state.totals()
         assert f" · full {t['full_pct']:.1f}% pw {t['piecewise_pct']:.1f}%" in totals[1]
         assert f" · mixed {t['non_decode']:,}" in totals[1] and " · rows/req " in totals[1]
+
+
+# ---- 80x24: the smallest screen laid out; below it, one line -------------------------------------------
+
+SMALL = (80, 24)
+
+
+def screen_text(app) -> list[str]:
+    """The screen as the terminal shows it: the text of Textual's SVG export, one string per row."""
+    import html
+    import re
+    lines = [""] * app.size.height
+    for x, y, text in sorted(re.findall(r'<text class="[^"]*" x="([\d.]+)" y="([\d.]+)"[^>]*>(.*?)</text>',
+                                        app.export_screenshot()), key=lambda m: float(m[0])):
+        row = round((float(y) - 20) / 24.4)   # Rich's SVG: 12.2 px a column, 24.4 a row, the first at y=20
+        lines[row] = lines[row].ljust(round(float(x) / 12.2)) + html.unescape(text).replace("\xa0", " ")
+    return [line.rstrip() for line in lines]
+
+
+async def test_80x24_every_number_is_on_screen_or_one_key_away():
+    """The replay at 80x24: the header's position and state, every bucket row with every column (two panes),
+    the totals and the log, the charts' max/min, each a tab away; nothing runs past the right edge."""
+    app, src, clock = _replay(SAMPLE, start_paused=True)
+    async with app.run_test(size=SMALL) as pilot:
+        src.send("seek", 36.0)   # past the recapture: 11 buckets
+        app.flush()
+        await pilot.pause()
+        screen = screen_text(app)
+        assert len(screen) == 24 and max(map(len, screen)) <= 80
+        header = app.query_one(HeaderBar).plain_lines()
+        assert header[-1].endswith("×1 36.0/42.4 s paused · read-only") and any("tok/s" in h for h in header)
+        assert any(line.strip().endswith("36.0/42.4 s paused · read-only") for line in screen)
+        rep = build_report(read_trace(SAMPLE))
+        labels = [b["label"] for b in rep["buckets"] if b["epoch"] == rep["epochs"][-1]["epoch"]]
+        assert len(labels) == 11   # the size list in force (the report shows the first list's rows too)
+
+        def table_rows():
+            lines = [line.split() for line in screen_text(app)]
+            return {cells[0]: cells for cells in lines if cells and cells[0] in labels}
+
+        rows = table_rows()   # pane 1: steps, hits, hit %, padding, step times, every bucket
+        assert list(rows) == labels
+        assert "waste %" in "\n".join(screen) and "status" not in "\n".join(screen)
+        assert all(len(r) == 7 for r in rows.values()) and rows["64"] == _rows(app)["64"][:7]
+        assert "seek ok → 36.0 s" in screen[-2]   # the last log line shows whatever the pane
+        await pilot.press("tab")   # pane 2: gpu idle, graph MiB, capture s, status
+        rows = table_rows()
+        assert list(rows) == labels and all(r[-1] == "ok" for r in rows.values())
+        assert rows["56"] == [_rows(app)["56"][k] for k in (0, 7, 8, 9, 10)] and rows["56"][2] == "56.0"
+        await pilot.press("tab")   # pane 3: totals and the log
+        text = "\n".join(screen_text(app))
+        assert "pool 238.0 MiB" in text and "4,000 steps" not in text and "hit 100.0% of graph mode" in text
+        assert "events (trace time)" in text and "mode → eager" in text and "mark: after-recapture" in text
+        await pilot.press("tab")   # pane 4: the charts with max and min
+        text = "\n".join(screen_text(app))
+        assert text.count(" max ") >= 6 and text.count(" min ") >= 6
+        await pilot.press("tab")
+        assert "waste %" in "\n".join(screen_text(app))   # round to the first pane
+        await pilot.press("right")   # to the end: the header says so, and no live rates stay
+        header = app.query_one(HeaderBar).plain_lines()
+        assert header[-1].endswith("end of trace · read-only") and header[1].startswith("run ended (completed)")
+        assert any(line.strip().endswith("42.4/42.4 s end of trace · read-only") for line in screen_text(app))
+
+
+async def test_80x24_a_long_table_scrolls_and_says_which_rows_show():
+    recs = [dict(HEADER, config={"capture_sizes": list(range(1, 41)), "mode": "graph"})]
+    recs += [R.step(i, 0.01 * i, 1 + i % 40, 1 + i % 40, 1 + i % 40, None, 80.0, 3.0, 1) for i in range(400)]
+    src = FakeSource(recs)
+    app = CgwatchApp(src)
+    async with app.run_test(size=SMALL) as pilot:
+        await _live(pilot, src)
+        table = app.query_one(BucketTable)
+        first, last, n = table.shown
+        assert (first, n) == (1, 40) and last < 40
+        assert f"rows 1-{last} of 40" in "\n".join(screen_text(app))
+        await pilot.press("pagedown")
+        assert table.shown[0] == 11 and table.plain_lines()[2].split()[0] == "11"
+        await pilot.press("end")
+        assert table.shown[1] == 40 and f"rows {table.shown[0]}-40 of 40" in "\n".join(screen_text(app))
+        await pilot.press("home", "down")
+        assert table.shown[0] == 2
+
+
+@pytest.mark.parametrize("size", [(79, 24), (80, 23), (40, 10)])
+async def test_below_80x24_one_line_says_the_terminal_is_too_small(size):
+    app, src, clock = _replay(SAMPLE, start_paused=True)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        lines = [line for line in screen_text(app) if line.strip()]
+        w, h = size
+        assert len(lines) == 1, lines
+        assert f"at least 80x24; this one is {w}x{h}" in lines[0] or w < 60   # cut at 40 columns, still one line
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert "needs a terminal" not in "\n".join(screen_text(app)) and "tok/s" in screen_text(app)[1]
+
+
+async def test_no_color_draws_without_colour(monkeypatch):
+    from textual.filter import NoColor
+    import re
+
+    def colours(app) -> set[str]:
+        return set(re.findall(r"fill: (#[0-9a-f]{6})", app.export_screenshot()))
+
+    app, src, _ = _replay(SAMPLE, start_paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        src.send("seek", 20.0)
+        await pilot.pause()
+        assert len(colours(app)) > 5
+    monkeypatch.setenv("NO_COLOR", "1")
+    app, src, _ = _replay(SAMPLE, start_paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        src.send("seek", 20.0)
+        await pilot.pause()
+        assert any(isinstance(f, NoColor) for f in app.get_line_filters())
+        # the terminal's default foreground and background, and dim text
+        assert len(colours(app)) <= 3, colours(app)
+
+
+def test_snapshot_replay_80x24(snap_compare):
+    app, src, _ = _replay(SAMPLE, start_paused=True)
+
+    async def run_before(pilot):
+        src.send("seek", 36.0)
+        app.flush()
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SMALL, run_before=run_before)
+
+
+def test_snapshot_live_80x24_events_pane(snap_compare):
+    src = FakeSource(synthetic_run())
+
+    async def run_before(pilot):
+        await _live(pilot, src)
+        await pilot.press("tab", "tab")
+        await pilot.press("]")   # a refusal: in the log, wrapped, not cut
+
+    assert snap_compare(CgwatchApp(src), terminal_size=SMALL, run_before=run_before)
+
+
+# ---- labels, the end of a run, what a release counts ---------------------------------------------------
+
+async def test_chart_values_fit_their_labels():
+    """A CPU step of 1.79 s (1791054 µs): the launch chart's labels keep a space and 6 columns for the number."""
+    from cgwatch.tui.widgets import Charts, fit, fmt
+    assert [fit(v, lambda x: fmt(x, ".0f")) for v in (1791054, 123456, 12345678, None)] == ["1.79M", "123456", "12.3M", "n/a"]
+    recs = [dict(HEADER)] + [R.step(i, 0.5 * i, 4, 4, None, R.REASON_NO_CUDA, 1791054.0 - 1000 * i, None, 4)
+                             for i in range(5)]
+    src = FakeSource(recs)
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await _live(pilot, src)
+        lines = app.query_one(Charts).plain_lines()
+        assert lines[6].startswith("step µs      1.79M") and lines[7].startswith("        max  1.79M")
+        assert lines[8].startswith("        min  1.79M")
+        assert "no CUDA: step µs = host time of the whole step" in app.query_one(Charts).border_title
+
+
+async def test_the_header_says_the_run_ended_instead_of_showing_rates(tmp_path):
+    src = FakeSource(synthetic_run() + [{"type": "end", "t": 4.0, "outcome": "completed", "steps": 300}])
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        src.play(len(src.records) - 1)
+        app.flush()
+        await pilot.pause()
+        header = app.query_one(HeaderBar)
+        assert header.rate_text.startswith("100.0 steps/s")   # live: the last 2 s
+        await _live(pilot, src)
+        t = app.state.totals()
+        assert header.rate_text == (f"run ended (completed) · avg {300 / t['duration_s']:.1f} steps/s · "
+                                    f"{t['tokens'] / t['duration_s']:,.0f} tok/s over {t['duration_s']:.1f} s")
+    # a trace without an end record (the run was killed), replayed to its end
+    path = tmp_path / "cut.jsonl"
+    recs = synthetic_run()
+    w = TraceWriter(path, {k: v for k, v in recs[0].items() if k not in ("type", "format", "version")})
+    for rec in recs[1:]:
+        w.write(rec)
+    w.close({"t": 4.0, "outcome": "completed"})
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n")   # drop the end record
+    app, src, clock = _replay(path, start_paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("right")
+        header = app.query_one(HeaderBar)
+        assert header.conn_text.endswith("end of trace · read-only")
+        assert header.rate_text.startswith("trace ends here (no end record: the run was cut short) · avg ")
+
+
+def test_a_release_says_what_it_counts():
+    from cgwatch.tui.eventlog import describe_record
+    rec = R.event(R.EV_RELEASE, 1.0, freed_bytes=400 * MIB, pool_bytes=134 * MIB)
+    assert describe_record(rec) == ("dim", "released old graphs: pool 134.0 MiB; the allocator returned 400.0 MiB "
+                                           "to the driver (its cached blocks included)")
+    # the H100 sample predates pool_bytes: the view names the pool in force until the release
+    trace = read_trace(sample_path("llama1b_live_h100"))
+    state = ViewState()
+    state.fold(trace.header)
+    for r in trace.records:
+        state.fold(r)
+    released = [text for _, _, text in state.log if text.startswith("released")]
+    assert released == ["released old graphs: pool 134.0 MiB; the allocator returned 400.0 MiB to the driver "
+                        "(its cached blocks included)"]

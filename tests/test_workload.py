@@ -9,7 +9,7 @@ import random
 import pytest
 
 from cgwatch.errors import CgwatchError
-from cgwatch.workload import (Admit, StepPlan, Workload, WorkloadError, WorkloadSpec, _poisson_draw,
+from cgwatch.workload import (MAX_RATE, Admit, StepPlan, Workload, WorkloadError, WorkloadSpec, _poisson_draw,
                               parse_length)
 
 
@@ -216,17 +216,41 @@ def test_set_rate_changes_arrivals():
     assert fast == pytest.approx(4000, rel=0.1)
 
 
-def test_rate_zero_drains_then_errors_and_recovers():
+def test_rate_zero_drains_then_idles_and_recovers():
+    """rate 0 means no new requests: once the live ones finished, the plans are empty (the engine then
+    waits for commands) and use up no step; a later rate goes on from there."""
     w = Workload(WorkloadSpec(arrival="poisson:2", output_len="uniform:1:5"))
     plans(w, 20)
-    w.set_rate(0)
-    with pytest.raises(WorkloadError, match="nothing to run"):
-        for _ in range(100):
-            assert not w.next_step().admitted
-    assert w.live == 0
+    w.set_rate(-0.0)
+    assert w.rate == 0.0 and math.copysign(1, w.rate) == 1   # no "-0.0" in the state
+    freed = []
+    for _ in range(100):
+        p = w.next_step()
+        assert not p.admitted
+        freed += p.finished
+        if not p.active:
+            break
+    assert not p.active and w.live == 0
+    step = p.step
+    again = w.next_step()   # still nothing: the same step, nothing new
+    assert again.step == step and not again.active and not again.finished and not again.admitted
+    assert sorted(freed) == sorted(set(freed)) and freed
     w.set_rate(1.0)
-    p = w.next_step()  # the slots freed by the failed call are still reported
-    assert p.finished and p.active
+    p = w.next_step()
+    assert p.step == step and p.active and p.admitted
+
+
+@pytest.mark.parametrize("bad", [1e308, math.inf, math.nan, -1, MAX_RATE * 2, "x"])
+def test_set_rate_refuses_what_the_draw_cannot_take(bad):
+    w = Workload(WorkloadSpec(arrival="poisson:1"))
+    with pytest.raises(WorkloadError, match="rate"):
+        w.set_rate(bad)
+    assert w.rate == 1.0
+
+
+def test_the_largest_rate_draws():
+    w = Workload(WorkloadSpec(arrival=f"poisson:{MAX_RATE}", max_concurrency=4))
+    assert len(w.next_step().active) == 4 and w.queued > MAX_RATE / 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +298,8 @@ def test_bad_length(bad):
 
 @pytest.mark.parametrize("bad,msg", [("poisson", "bad arrival"), ("poisson:x", "bad arrival"),
                                      ("poisson:-1", "RATE"), ("poisson:nan", "RATE"),
-                                     ("poisson:inf", "RATE"), ("poisson:0", "nothing to run"),
+                                     ("poisson:inf", "RATE"), ("poisson:1e308", "RATE"),
+                                     ("poisson:0", "nothing to run"),
                                      ("fixed:0", "B must be"), ("fixed:65", "B must be"),
                                      ("fixed:a", "bad arrival"), ("replay:", "bad arrival"),
                                      ("burst:3", "bad arrival"), ("", "bad arrival")])

@@ -279,11 +279,21 @@ class VllmEngine(CommandTaker):
                           "load_format": self.cfg.resolved.load_format,
                           "architecture": (mc.architectures or [None])[0],
                           "max_model_len": mc.max_model_len, "vocab_size": self.vocab, "params": None},
-                "config": cfg, "workload": self.workload.describe(), "nvtx": False, "nvml": self.nvml.available,
+                "config": cfg, "workload": self.workload.describe(), "command_limits": self.command_limits().describe(),
+                "nvtx": False, "nvml": self.nvml.available,
                 "build_s": round(self.build_s, 3)} | ({"tensor_parallel_size": self.cfg.tensor_parallel_size,
                                                        "rank_stats": "per engine: vLLM reports each step once for "
                                                        "all its workers, not per rank"}
                                                       if self.cfg.tensor_parallel_size > 1 else {})
+
+    def command_limits(self):
+        """Capture sizes are tokens per forward in vLLM: at most max_num_batched_tokens (else max_num_seqs)."""
+        from cgwatch.engine.control import Limits
+        sched = getattr(getattr(self.llm, "vllm_config", None), "scheduler_config", None)
+        tokens = getattr(sched, "max_num_batched_tokens", None)
+        if isinstance(tokens, int) and tokens > 0:
+            return Limits(tokens, "vLLM's max_num_batched_tokens")
+        return Limits(self.cfg.num_seqs, "--max-num-seqs")
 
     def control_state(self) -> dict:
         return {"mode": "graph" if self.graph_mode else "eager", "cuda": self.cuda, "sizes": list(self.sizes),
@@ -424,6 +434,9 @@ class VllmEngine(CommandTaker):
             return False
         for slot in plan.finished:
             self._retire(slot)
+        if not plan.active:   # nothing live and nothing arriving (rate 0): wait for commands
+            self._starved()
+            return True
         for a in plan.admitted:
             self._admit(a)
         t0 = time.perf_counter()
@@ -458,6 +471,9 @@ class VllmEngine(CommandTaker):
         while (max_steps is None or self.i < max_steps) and not should_stop():
             if self.paused:
                 self.wait_for_command()
+                continue
+            if self.idle:
+                self._wait_idle()
                 continue
             if not self.step():
                 break

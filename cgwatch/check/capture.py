@@ -10,7 +10,9 @@ text says "error 900"; the lint knows whether it was an ``.item()`` or a ``nonze
 user frame (capture_end's "unjoined work", 901) takes its line from the lint.
 
 **Replay check.** N replays with fresh random inputs copied into the static input tensors, each
-compared with an eager call on the same inputs (allclose, tolerance by dtype). A difference is the
+compared with an eager call on the same inputs (allclose, tolerance by dtype), both from the same RNG
+seed: a replay takes its random numbers from the generator's state as eager ops do, so a sampler
+(``multinomial``, ``exponential_``) draws the same values in both, and only a frozen value differs. A difference is the
 "output does not follow the inputs" bug; the lint's frozen-value findings name the suspect line.
 Capture time, replay vs eager time per call (CUDA events) and the graph pool size are reported.
 
@@ -110,8 +112,11 @@ def replay_check(graph, fn, inputs: Inputs, static_out, replays: int) -> dict:
         for static, new in zip(inputs.values, fresh):
             if isinstance(static, torch.Tensor):
                 static.copy_(new)
-        graph.replay()
+        seed = int(torch.randint(0, 2**62, ()).item())   # the same random numbers for both: a sampler is
+        torch.manual_seed(seed)                           # checked, not failed for drawing anew (a replay
+        graph.replay()                                    # reads the generator's state as eager does)
         got = [(n, v.clone() if isinstance(v, torch.Tensor) else v) for n, v in _outputs(static_out)]
+        torch.manual_seed(seed)
         want = _outputs(_call_user(fn, clone_args(fresh)))
         if [n for n, _ in got] != [n for n, _ in want]:
             worst["structure"] = {"name": "out", "ok": False, "max_abs": None, "max_rel": None,
@@ -180,5 +185,6 @@ def diagnose(exc: BaseException, lint_result: LintResult) -> dict:
         cause, where = finding.cause, where or finding.where
     else:
         finding = None
-    return {"cause": cause, "hint": ce.HINTS[cause], "where": where, "error": ce.first_line(exc),
+    return {"cause": cause, "hint": (finding.hint if finding is not None and finding.hint else ce.HINTS[cause]),
+            "where": where, "error": ce.first_line(exc),
             "op": finding.what if finding else None}

@@ -8,7 +8,11 @@ without ``device=``...) and a ``TorchDispatchMode`` (aten ops, including those m
 operation is a finding with a cause class (capture_errors.py), the first user frame of the Python stack
 (torch, the stdlib and this package skipped) and its source text. The second and third runs are compared
 op by op: an op whose Python arguments change between calls (a counter, a global) is a value the graph
-would freeze at capture.
+would freeze at capture. Two rules read PyTorch's source rather than an op's name: a tensor built from
+host data inside the callable (``torch.tensor``) is an error, since its host-to-GPU copy waits for the GPU
+and fails the capture; ``torch.multinomial`` without replacement or of one sample is a host sync where the
+installed torch checks the probabilities with ``.item()`` (before pytorch#134818; ``multinomial_reads_host``
+asks the build), else a warning. Both confirmed with real captures on an H200 (README, `cgwatch check`).
 
 The frame helpers here (``_user_where``, ``traceback_where``) also place a failed capture's error on the
 user's line (capture.py's ``diagnose``). No torch import at module level: the lint modes are built on
@@ -101,10 +105,11 @@ class Finding:
     what: str
     where: Where | None
     severity: str = "error"            # "error": breaks the capture or its result; "warning": may
+    hint: str | None = None            # what to do, where the cause class's hint says too little
 
     def to_dict(self) -> dict:
         return {"cause": self.cause, "severity": self.severity, "what": self.what,
-                "where": self.where.to_dict() if self.where else None, "hint": ce.HINTS[self.cause]}
+                "where": self.where.to_dict() if self.where else None, "hint": self.hint or ce.HINTS[self.cause]}
 
 
 @dataclass
@@ -135,6 +140,7 @@ class _LintState:
         self._host_made: dict[int, weakref.ref] = {}   # tensors made from host data (torch.tensor, x[i] = 1.0)
         self.base_stream = None
         self.side_stream: Where | None = None
+        self.multinomial_reads_host = multinomial_reads_host()   # probed once, outside the lint modes
 
     def on_target(self, t) -> bool:
         import torch
@@ -149,11 +155,13 @@ class _LintState:
         return ref is not None and ref() is t
 
     def add(self, finding: Finding) -> None:
-        """One finding per line: the first, unless a later one on that line is an error and it is not."""
+        """One finding per line: the first, unless a later one on that line is an error and it is not, or
+        the later one knows more (host data whose values change between calls: a value baked in)."""
         key = (finding.where.file, finding.where.line) if finding.where else (None, finding.what)
         for i, f in enumerate(self.findings):
             if ((f.where.file, f.where.line) if f.where else (None, f.what)) == key:
-                if f.severity == "warning" and finding.severity == "error":
+                if (f.severity == "warning" and finding.severity == "error") or \
+                        (f.cause == ce.HOST_DATA and finding.cause == ce.BAKED_VALUE and finding.severity == "error"):
                     self.findings[i] = finding
                 return
         self.findings.append(finding)
@@ -197,7 +205,7 @@ def _api_rules() -> dict:
 
 
 def _api_finding(st: _LintState, func, args, kwargs):
-    """(cause, what, severity) for a user-facing call that breaks or distorts a capture, else None."""
+    """(cause, what, severity[, hint]) for a user-facing call that breaks or distorts a capture, else None."""
     import torch
 
     kind, label = _api_rules().get(func, (None, None))
@@ -222,8 +230,8 @@ def _api_finding(st: _LintState, func, args, kwargs):
         return ce.DATA_DEPENDENT, "indexing with a boolean mask", "error"
     if kind == "factory" and "device" not in kwargs and torch.get_default_device().type == "cpu":
         return ce.CPU_TENSOR, f"{label} without device= makes a CPU tensor", "error"
-    if kind == "host_data":
-        return ce.HOST_DATA, f"{label} inside the callable", "warning"
+    if kind == "host_data" and not isinstance(first, torch.Tensor):   # as_tensor(a_tensor) is no host data
+        return ce.HOST_DATA, f"{label} inside the callable: a tensor from host data on every call", "error"
     return None
 
 
@@ -241,7 +249,7 @@ def _has_mask(index) -> bool:
 
 
 def _op_finding(st: _LintState, func, args, kwargs):
-    """(cause, what, severity) for an aten op that breaks or distorts a capture, else None."""
+    """(cause, what, severity[, hint]) for an aten op that breaks or distorts a capture, else None."""
     import torch
 
     if getattr(func, "namespace", None) != "aten":
@@ -268,10 +276,47 @@ def _op_finding(st: _LintState, func, args, kwargs):
             return ce.CPU_TENSOR, f"{label}: a Python number or CPU tensor assigned by indexing is copied to the GPU", "error"
         return None
     if name == "lift_fresh" and st.api is None:
-        return ce.HOST_DATA, "a tensor built from host data (torch.tensor/from_numpy)", "warning"
+        return ce.HOST_DATA, "a tensor built from host data (torch.tensor/from_numpy)", "error"
+    if name == "multinomial" and st.on_target(first) and _multinomial_fast_path(args, kwargs):
+        if st.multinomial_reads_host:
+            return (ce.HOST_SYNC, "torch.multinomial without replacement or of one sample checks the probabilities "
+                    "with .item() on the host in this torch build", "error", MULTINOMIAL_HINT)
+        return (ce.HOST_SYNC, "torch.multinomial without replacement or of one sample: its probability checks are "
+                "device-side asserts in this torch build (no host read), .item() on the host in builds before "
+                "pytorch#134818", "warning", MULTINOMIAL_HINT)
     if st.target == "cuda":
         return _device_mix(name, args, kwargs)
     return None
+
+
+MULTINOMIAL_HINT = ("sample without a host read: (probs / torch.empty_like(probs).exponential_()).argmax(-1) draws "
+                    "one sample per row from the same distribution (the Gumbel-max form torch.multinomial's own fast "
+                    "path uses); or run a torch whose multinomial checks on the device (pytorch#134818). Either way "
+                    "a replay draws new samples, so compare replays with eager by distribution, not value by value")
+
+
+def _multinomial_fast_path(args, kwargs) -> bool:
+    """torch.multinomial(input, num_samples, replacement=False): the path that checked on the host (.item())
+    before pytorch#134818 is taken without replacement, or for a single sample."""
+    n = args[1] if len(args) > 1 else kwargs.get("num_samples")
+    replacement = args[2] if len(args) > 2 else kwargs.get("replacement", False)
+    return not replacement or n == 1
+
+
+@functools.lru_cache(maxsize=1)
+def multinomial_reads_host() -> bool:
+    """Does this torch build's multinomial read its probabilities on the host (``.item()``) on the path that
+    draws without replacement or one sample? pytorch#134818 (2024) turned those checks into
+    ``_assert_async``, a device-side assert on CUDA (no host read: capture-safe). Probed on a meta tensor,
+    which has no values: a build that calls ``.item()`` there cannot run it (nor can a build without a
+    meta kernel for it, which then counts as reading the host)."""
+    import torch
+
+    try:
+        torch.multinomial(torch.ones(2, 4, device="meta"), 1)
+    except Exception:
+        return True
+    return False
 
 
 def _op_name(func) -> str | None:
@@ -382,7 +427,7 @@ def _modes():
             try:
                 hit = _api_finding(st, func, args, kwargs)
                 if hit:
-                    st.add(Finding(*hit[:2], _user_where(sys._getframe()), hit[2]))
+                    st.add(Finding(*hit[:2], _user_where(sys._getframe()), *hit[2:]))
             except Exception:                 # the lint never breaks the user's call
                 pass
             prev, st.api = st.api, func
@@ -417,7 +462,7 @@ def _modes():
             st.trace.append((str(func), _signature(func, args, kwargs), where))
             hit = _op_finding(st, func, args, kwargs)
             if hit:
-                st.add(Finding(*hit[:2], where, hit[2]))
+                st.add(Finding(*hit[:2], where, *hit[2:]))
             if st.base_stream is not None and st.side_stream is None and \
                     torch.cuda.current_stream() != st.base_stream:
                 st.side_stream = where

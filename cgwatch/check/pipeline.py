@@ -109,7 +109,7 @@ def _lint_verdict(res: dict, lint_result: LintResult) -> dict:
         res.update(ok=True, status="OK", phase="lint")
         return res
     first = errors[0]
-    return _fail(res, "lint", {"cause": first.cause, "hint": ce.HINTS[first.cause], "where": first.where,
+    return _fail(res, "lint", {"cause": first.cause, "hint": first.hint or ce.HINTS[first.cause], "where": first.where,
                                "op": first.what})
 
 

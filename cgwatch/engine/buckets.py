@@ -62,14 +62,28 @@ class DispatchTable:
         return self._table[batch]
 
 
+MAX_SIZE_LIST = 1024        # capture sizes in one list
+MAX_SIZE_DIGITS = 9         # digits of one capture size (no engine serves a billion requests at once)
+
+
 def parse_sizes(text: str) -> list[int]:
-    """'1,2,4,8' -> [1, 2, 4, 8] (sorted, unique). Raises CgwatchError on anything else."""
-    try:
-        sizes = sorted({int(s) for s in text.replace(" ", "").split(",") if s})
-    except ValueError:
-        raise CgwatchError(f"bad capture size list {text!r}: expected comma-separated integers like 1,2,4,8")
+    """'1,2,4,8' -> [1, 2, 4, 8] (sorted, unique). Raises CgwatchError on anything else; the message
+    quotes at most a short prefix of the text."""
+    from cgwatch.text import clip
+    if len(text) > MAX_SIZE_LIST * (MAX_SIZE_DIGITS + 2):
+        raise CgwatchError(f"capture size list of {len(text):,} characters is too long: at most "
+                           f"{MAX_SIZE_LIST} sizes")
+    parts = [s for s in text.replace(" ", "").split(",") if s]
+    if len(parts) > MAX_SIZE_LIST:
+        raise CgwatchError(f"too many capture sizes ({len(parts)}): at most {MAX_SIZE_LIST}")
+    for s in parts:
+        if not (s.isascii() and s.lstrip("+-").isdigit()):
+            raise CgwatchError(f"bad capture size list {clip(text)}: expected comma-separated integers like 1,2,4,8")
+        if len(s.lstrip("+-0")) > MAX_SIZE_DIGITS:
+            raise CgwatchError(f"capture size {clip(s)} is too large")
+    sizes = sorted({int(s) for s in parts})
     if any(s < 1 for s in sizes):
-        raise CgwatchError(f"bad capture size list {text!r}: sizes must be >= 1")
+        raise CgwatchError(f"bad capture size list {clip(text)}: sizes must be >= 1")
     return sizes
 
 

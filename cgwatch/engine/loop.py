@@ -29,7 +29,7 @@ import cgwatch
 from cgwatch import records as R
 from cgwatch.engine import ranks as RK
 from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, Dispatch, DispatchTable, check_ratio, effective_sizes
-from cgwatch.engine.control import Command, CommandTaker
+from cgwatch.engine.control import Command, CommandTaker, Limits
 from cgwatch.engine.graphs import BucketGraph, GraphManager
 from cgwatch.engine.load import load_model, model_args
 from cgwatch.engine.rank_merge import RankMerge
@@ -66,6 +66,7 @@ class EngineConfig:
     nvtx: bool = True
     sample_interval_s: float = 0.25
     max_inflight: int = 2
+    threads: int | None = None                       # CPU threads (torch.set_num_threads); None: cpu_threads()
 
     def describe(self) -> dict:
         d = asdict(self)
@@ -109,6 +110,33 @@ def resolve_device(name: str, rank: int = 0, tp_size: int = 1) -> torch.device:
     return dev
 
 
+MAX_AUTO_THREADS = 8   # small decode batches gain nothing from more
+
+
+def cpu_threads(explicit: int | None = None, env: dict | None = None) -> tuple[int, str]:
+    """How many threads torch may use for the model on the CPU, and why: ``explicit`` (--threads),
+    else $OMP_NUM_THREADS if it is a positive integer, else the physical cores this process may run
+    on less one (left to the sampler, the daemon's socket threads and a TUI), at least 1, at most
+    MAX_AUTO_THREADS. torch's default, every logical core, makes the model's threads and the others
+    preempt each other: on a busy 2-core VM a 20-step run took 25 s instead of 1.5 s (BENCHMARKS.md)."""
+    if explicit is not None:
+        return explicit, "--threads"
+    env = os.environ if env is None else env
+    omp = str(env.get("OMP_NUM_THREADS", "")).strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp), "OMP_NUM_THREADS"
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    try:
+        import psutil
+        physical = psutil.cpu_count(logical=False) or usable
+    except Exception:
+        physical = usable
+    return max(1, min(min(physical, usable) - 1, MAX_AUTO_THREADS)), "auto"
+
+
 class Engine(CommandTaker):
     def __init__(self, cfg: EngineConfig, emit: Callable[[dict], None] | None, rank: int = 0, store=None):
         """Rank 0 (the default) emits records to ``emit``; a rank > 0 (started by engine/ranks.py with
@@ -137,12 +165,18 @@ class Engine(CommandTaker):
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             torch.cuda.set_device(self.device)
+        if cfg.threads is not None and cfg.threads < 1:
+            raise CgwatchError(f"--threads must be >= 1, got {cfg.threads}")
+        self.threads, self.threads_by = None, None
+        if not self.cuda or cfg.threads is not None:
+            self.threads, self.threads_by = cpu_threads(cfg.threads)
+            if self.tp > 1 and not self.cuda and cfg.threads is None:   # the ranks share the cores
+                self.threads, self.threads_by = max(1, self.threads // self.tp), f"{self.threads_by} / {self.tp} ranks"
+            torch.set_num_threads(self.threads)
         self.dtype = _DTYPES.get(cfg.dtype) or (torch.bfloat16 if self.cuda else torch.float32)
         self.workload = Workload(cfg.workload)
         self.max_batch = cfg.workload.max_concurrency
         self.t0 = time.perf_counter()
-        if self.tp > 1 and not self.cuda:   # N processes share the CPU's cores
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.tp))
         if self.tp > 1:   # start (rank 0) or join the other ranks before the slow part, the model load
             self.ranks = RK.start(cfg, self.tp, self.cuda) if rank == 0 else RK.join(rank, self.tp, store, self.cuda)
             self.ranks.on_stuck = self._abort_stuck
@@ -212,6 +246,8 @@ class Engine(CommandTaker):
                 "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."), "backend": "pytorch",
                 "model": self.model_info, "config": self.cfg.describe(), "workload": self.workload.describe(),
+                "command_limits": self.command_limits().describe(),
+                "cpu_threads": torch.get_num_threads(), "cpu_threads_by": self.threads_by or "torch default",
                 "nvtx": self.nvtx.available, "nvml": self.nvml.available}
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -286,6 +322,9 @@ class Engine(CommandTaker):
                 "max_padding_ratio": self.max_padding_ratio, "rate": self.workload.rate,
                 "arrival": self.workload.kind, "paused": self.paused}
 
+    def command_limits(self) -> Limits:
+        return Limits(self.max_batch, "--max-concurrency (KV slots)")
+
     def _commands_changed(self) -> None:
         self.table = self._table()
         self.timer.break_chain()
@@ -307,6 +346,8 @@ class Engine(CommandTaker):
 
     def _cmd_recapture(self, value: list[int], t: float) -> None:
         sizes, dropped = effective_sizes(value, self.cfg.max_capture_size, self.max_batch)
+        if not sizes:
+            raise CgwatchError(f"no capture size is <= --max-cudagraph-capture-size {self.cfg.max_capture_size}")
         self.emit(R.event(R.EV_RECAPTURE, t, sizes=sizes, old=self.sizes, dropped=dropped))
         self.sizes = sizes
         if self.cuda and (self.graph_mode or self.graphs.graphs):
@@ -319,8 +360,8 @@ class Engine(CommandTaker):
 
     def _release(self) -> None:
         self._drain()   # graphs in flight must finish before they go
-        freed = self.graphs.release()
-        self.emit(R.event(R.EV_RELEASE, self.now(), freed_bytes=freed))
+        freed, pool = self.graphs.release()
+        self.emit(R.event(R.EV_RELEASE, self.now(), freed_bytes=freed, pool_bytes=pool))
 
     def _capture(self, sizes: list[int]) -> None:
         def on_bucket(b: BucketGraph) -> None:
@@ -453,6 +494,9 @@ class Engine(CommandTaker):
         plan = self.workload.next_step()
         if plan is None:
             return False
+        if not plan.active:   # nothing live and nothing arriving (rate 0): wait for commands
+            self._starved()
+            return True
         admitted = [(a.slot, a.prompt_len) for a in plan.admitted]
         d = self.table[len(plan.active)]
         if self.ranks is None:
@@ -513,11 +557,14 @@ class Engine(CommandTaker):
             if not self.started:
                 self.start()
             while (max_steps is None or self.i < max_steps) and not should_stop():
-                if self.paused:   # idle, but still answer commands (resume among them)
+                if self.paused or self.idle:   # no steps, but still answer commands (resume among them)
                     self._emit_done(self.timer.drain())
                     if self.ranks is not None:
                         self._send(RK.OP_NOOP)   # the other ranks' heartbeat; they hand in their times
-                    self.wait_for_command()
+                    if self.paused:
+                        self.wait_for_command()
+                    else:
+                        self._wait_idle()
                     continue
                 if not self.step():
                     break

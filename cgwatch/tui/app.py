@@ -10,28 +10,36 @@ deque: appends are thread-safe and never block the source). A 10 Hz timer folds 
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections import deque
 
-from textual import on
+from textual import events, on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Footer
 
+from cgwatch.engine.control import limits_from_header
 from cgwatch.source import Source
 
 from .dialogs import HelpScreen, RecaptureDialog
 from .ranks import RankPanel
 from .state import ViewState
-from .widgets import Banner, BucketTable, Charts, EventLog, HeaderBar, Totals
+from .widgets import (PANES, Banner, BucketTable, Charts, EventLog, HeaderBar, LastEvent, PaneBar, TooSmall,
+                      Totals)
 
 REFRESH_S = 0.1        # at most 10 redraws a second
 SLOW_REFRESH_S = 0.5   # the bucket table and totals: at most 2 a second, unless something was logged
 RATE_STEP = 1.25  # + / - multiply / divide the workload rate by this
 
-# key, action, footer label, key shown, help text
+# key, action, footer label, key shown, help text; the footer shows them in this order (help and the
+# pane key first: at 80 columns the footer has room for the first eight or so)
 KEYS = [
+    ("question_mark", "help", "help", "?", "this help"),
+    ("tab", "pane(1)", "pane", "tab", "the next pane below 120x36 (buckets, graphs, events, charts)"),
+    ("q", "quit", "quit", "q", "quit"),
     ("g", "toggle_mode", "mode", "g", "toggle graph / eager mode (from the engine's last state)"),
     ("r", "recapture", "recapture", "r", "recapture the graphs with new batch sizes (a dialog)"),
     ("p", "pause", "pause", "p", "pause / resume (the engine's loop, or the replay)"),
@@ -44,11 +52,18 @@ KEYS = [
     ("right", "seek(10)", "+10s", "→", "replay: seek forward 10 s"),
     ("n", "next('alert')", "alert", "n", "replay: jump just past the next alert"),
     ("N", "next('mark')", "mark", "N", "replay: jump just past the next mark"),
-    ("question_mark", "help", "help", "?", "this help"),
-    ("q", "quit", "quit", "q", "quit"),
 ]
-# keys in the help but not in the footer (which must fit 80 columns)
-MORE_KEYS = [("G", "toggle_ranks", "gpus", "G", "per-GPU view of a tensor-parallel run, in place of the charts")]
+# not in the footer: shift+tab, and scrolling the bucket table (the log on the events pane)
+HIDDEN_KEYS = [
+    ("shift+tab", "pane(-1)"), ("up", "scroll(-1)"), ("down", "scroll(1)"), ("pageup", "scroll(-10)"),
+    ("pagedown", "scroll(10)"), ("home", "scroll(-100000)"), ("end", "scroll(100000)"),
+]
+SCROLL_HELP = ("↑ ↓", "scroll the table (the log on the events pane); PgUp PgDn by 10")
+# in the help but not in the footer (which must fit 80 columns): key, action, help text
+MORE_KEYS = [("G", "toggle_ranks", "per-GPU view of a tensor-parallel run in place of the charts, and back")]
+
+MIN_SIZE = (80, 24)     # the smallest screen laid out; below it, one line says so
+FULL_SIZE = (120, 36)   # from here every part shows at once; below it the compact layout with panes
 
 
 STATUS = "_status"   # inbox entries for on_status: {"type": STATUS, "status": {...}}
@@ -59,36 +74,130 @@ class StatusChanged(Message):
 
 
 class CgwatchApp(App):
+    """Two layouts: from FULL_SIZE up, everything at once; from MIN_SIZE up, the compact one (a line per
+    chart, then one pane at a time: the bucket table's two halves, totals and log, the full charts; tab
+    switches, and the last log line always shows). NO_COLOR: no colour at all (Textual would only grey it)."""
+
     TITLE = "cgwatch"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [Binding(key, action, label, key_display=shown) for key, action, label, shown, _ in KEYS] + \
-        [Binding(key, action, label, key_display=shown, show=False) for key, action, label, shown, _ in MORE_KEYS]
+    BINDINGS = ([Binding(key, action, label, key_display=shown, priority=key == "tab")
+                 for key, action, label, shown, _ in KEYS]
+                + [Binding(key, action, show=False, priority=key == "shift+tab") for key, action in HIDDEN_KEYS]
+                + [Binding(key, action, show=False) for key, action, _ in MORE_KEYS])
+    CSS = """
+    PaneBar, LastEvent { display: none; }
+    CgwatchApp.-compact PaneBar, CgwatchApp.-compact LastEvent { display: block; }
+    CgwatchApp.-compact Charts { height: 3; border: none; }
+    CgwatchApp.-compact BucketTable { height: 1fr; max-height: 100%; }
+    CgwatchApp.-compact Totals, CgwatchApp.-compact EventLog { display: none; }
+    CgwatchApp.-pane-events BucketTable, CgwatchApp.-pane-charts BucketTable { display: none; }
+    CgwatchApp.-pane-events Totals, CgwatchApp.-pane-events EventLog { display: block; }
+    CgwatchApp.-pane-events LastEvent, CgwatchApp.-lost LastEvent { display: none; }
+    CgwatchApp.-pane-charts Charts { height: 11; border: round $primary 50%; }
+    CgwatchApp.-ranks Charts { display: none; }
+    CgwatchApp.-ranks RankPanel { display: block; }
+    CgwatchApp.-small TooSmall { display: block; }
+    CgwatchApp.-small HeaderBar, CgwatchApp.-small Banner, CgwatchApp.-small Charts,
+    CgwatchApp.-small PaneBar, CgwatchApp.-small BucketTable, CgwatchApp.-small Totals,
+    CgwatchApp.-small EventLog, CgwatchApp.-small LastEvent, CgwatchApp.-small Footer,
+    CgwatchApp.-small RankPanel { display: none; }
+    """
 
-    def __init__(self, source: Source, refresh_s: float = REFRESH_S) -> None:
-        super().__init__()
+    def __init__(self, source: Source, refresh_s: float = REFRESH_S, exit_on: tuple[int, ...] = ()) -> None:
+        # NO_COLOR (https://no-color.org): Textual then only turns colours grey; with ANSI colours on, its
+        # filter drops every colour instead (bold, reverse and the like stay).
+        super().__init__(ansi_color=True if "NO_COLOR" in os.environ else None)
         self.source = source
+        self.exit_on = exit_on          # signals that end the app as q does (terminal restored)
+        self.exit_signal: int | None = None
         self.state = ViewState()
         self.refresh_s = refresh_s
         self._inbox: deque[dict] = deque()
         self._dirty = True
         self._slow_dirty, self._slow_at, self._slow_marker = True, 0.0, None
         self._connected_seen: bool | None = None   # last "connected" a status carried (source thread)
+        self.compact = self.too_small = False
+        self.pane = PANES[0]
+        self._laid_out: tuple | None = None   # (width, height, pane) of the last layout
 
     def compose(self) -> ComposeResult:
         yield HeaderBar()
         yield Banner()
         yield Charts()
         yield RankPanel()
+        yield PaneBar()
         yield BucketTable()
         yield Totals()
         yield EventLog()
-        yield Footer(compact=True)
+        yield LastEvent()
+        yield TooSmall()
+        yield Footer(compact="NO_COLOR" not in os.environ)   # without colour, spaces tell key from label
 
     def on_mount(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self.exit_on:
+            loop.add_signal_handler(sig, self._exit_on_signal, sig)
         self.sub_title = self.source.title
+        self._lay_out(self.size.width, self.size.height)
         self.source.start(self._inbox.append, self._on_status)
         self.set_interval(self.refresh_s, self.flush)
         self.flush()
+
+    def _exit_on_signal(self, sig: int) -> None:
+        self.exit_signal = sig
+        self.exit()
+
+    # -- layout ------------------------------------------------------------------------------------
+    def on_resize(self, event: events.Resize) -> None:
+        self._lay_out(event.size.width, event.size.height)
+
+    def _lay_out(self, width: int, height: int) -> None:
+        """Pick the layout for this size (CSS classes on the app) and tell the widgets that draw differently."""
+        if (width, height, self.pane) == self._laid_out:
+            return
+        self._laid_out = (width, height, self.pane)
+        self.too_small = width < MIN_SIZE[0] or height < MIN_SIZE[1]
+        self.compact = not self.too_small and (width < FULL_SIZE[0] or height < FULL_SIZE[1])
+        self.set_class(self.too_small, "-small")
+        self.set_class(self.compact, "-compact")
+        for pane in PANES:
+            self.set_class(self.compact and pane == self.pane, f"-pane-{pane}")
+        self.query_one(TooSmall).update(
+            f"cgwatch needs a terminal of at least {MIN_SIZE[0]}x{MIN_SIZE[1]}; this one is {width}x{height} "
+            f"(q quits)")
+        self.query_one(Charts).compact = self.compact and self.pane != "charts"
+        table = self.query_one(BucketTable)
+        table.part = (0 if self.pane == "buckets" else 1) if self.compact else None
+        self.refresh_bindings()
+        self._redraw_all()
+        self.call_after_refresh(self._redraw_all)   # again at the new sizes (not every Textual sends a Resize
+                                                    # to a widget that was hidden)
+
+    def _redraw_all(self) -> None:
+        self._dirty = self._slow_dirty = True
+        self._slow_at = 0.0
+        self.flush()
+
+    def action_pane(self, step: int) -> None:
+        if not self.compact or len(self.screen_stack) > 1:
+            return
+        self.pane = PANES[(PANES.index(self.pane) + step) % len(PANES)]
+        self._lay_out(self.size.width, self.size.height)
+
+    def action_scroll(self, rows: int) -> None:
+        if len(self.screen_stack) > 1:
+            return
+        if self.compact and self.pane == "events":
+            self.query_one(EventLog).scroll_relative(y=rows, animate=False)
+            return
+        table = self.query_one(BucketTable)
+        table.scroll(rows)
+        self.query_one(PaneBar).show_pane(self.pane, table)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "pane":   # the footer shows tab only where there are panes
+            return self.compact
+        return True
 
     # -- data in -----------------------------------------------------------------------------------
     def _on_status(self, status: dict) -> None:   # any thread
@@ -125,8 +234,9 @@ class CgwatchApp(App):
         if self._dirty:
             self._dirty, self._slow_dirty = False, True
             state = self.state
-            for widget in (HeaderBar, Banner, Charts, RankPanel, EventLog):
+            for widget in (HeaderBar, Banner, Charts, RankPanel, EventLog, LastEvent):
                 self.query_one(widget).show(state)
+            self.set_class(not state.connected, "-lost")   # the banner takes the last event's line
         # The bucket table and totals are the costly redraws: at most every SLOW_REFRESH_S, and at once
         # when something was logged (an ack, an event) or the view was reset.
         now, state = time.monotonic(), self.state
@@ -135,6 +245,8 @@ class CgwatchApp(App):
             self._slow_dirty, self._slow_at, self._slow_marker = False, now, marker
             for widget in (BucketTable, Totals):
                 self.query_one(widget).show(state)
+            if self.compact:
+                self.query_one(PaneBar).show_pane(self.pane, self.query_one(BucketTable))
 
     # -- commands out ------------------------------------------------------------------------------
     def send(self, cmd: str, value: object = None) -> None:
@@ -145,10 +257,16 @@ class CgwatchApp(App):
         self.send("mode", "eager" if self.state.mode == "graph" else "graph")
 
     def action_recapture(self) -> None:
+        if self.state.read_only:   # no dialog for a command that cannot go through
+            self.state.add_log("red", f"recapture refused: {self.state.read_only}")
+            self._dirty = True
+            self.flush()
+            return
+
         def done(sizes: list[int] | None) -> None:
             if sizes:
                 self.send("recapture", sizes)
-        self.push_screen(RecaptureDialog(self.state.sizes), done)
+        self.push_screen(RecaptureDialog(self.state.sizes, limits_from_header(self.state.header)), done)
 
     def action_pause(self) -> None:
         self.send("resume" if self.state.paused else "pause")
@@ -175,21 +293,21 @@ class CgwatchApp(App):
         self.send("next", what)
 
     def action_toggle_ranks(self) -> None:
-        """The per-GPU view in place of the charts (so both fit 80x24), and back."""
-        panel = self.query_one(RankPanel)
-        shown = not panel.has_class("-shown")
-        panel.set_class(shown, "-shown")
-        self.query_one(Charts).display = not shown
-        panel.show(self.state)
+        """The per-GPU view in place of the charts (so it fits 80x24 too), and back."""
+        self.set_class(not self.has_class("-ranks"), "-ranks")
+        self._redraw_all()
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen([(shown, text) for _, _, _, shown, text in KEYS + MORE_KEYS]))
+        self.push_screen(HelpScreen([(shown, text) for _, _, _, shown, text in KEYS] + [SCROLL_HELP]
+                                    + [(key, text) for key, _, text in MORE_KEYS]))
 
 
-def run_tui(source: Source) -> int:
-    """Run the app until q; close the source whatever happens."""
+def run_tui(source: Source, exit_on: tuple[int, ...] = ()) -> int:
+    """Run the app until q (or one of the ``exit_on`` signals: then 128 + its number); close the
+    source whatever happens."""
+    app = CgwatchApp(source, exit_on=exit_on)
     try:
-        CgwatchApp(source).run()
+        app.run()
     finally:
         source.close()
-    return 0
+    return 128 + app.exit_signal if app.exit_signal else 0

@@ -8,8 +8,10 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
-from cgwatch.engine.buckets import parse_sizes
+from cgwatch.engine.control import Limits, make_command
 from cgwatch.errors import CgwatchError
+
+MAX_INPUT = 2000   # characters the size list may have (a paste of 5,000 digits is cut, not parsed)
 
 DIALOG_CSS = """
 {name} {{ align: center middle; }}
@@ -27,23 +29,21 @@ class RecaptureDialog(ModalScreen[list[int] | None]):
     """
     BINDINGS = [Binding("escape", "cancel", "cancel")]
 
-    def __init__(self, sizes: list[int]) -> None:
+    def __init__(self, sizes: list[int], limits: Limits = Limits()) -> None:
         super().__init__()
-        self.sizes = sizes
+        self.sizes, self.limits = sizes, limits
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Recapture CUDA graphs with these batch sizes (comma-separated):")
-            yield Input(",".join(map(str, self.sizes)), id="sizes")
-            yield Static("", id="error")
+            yield Input(",".join(map(str, self.sizes)), id="sizes", max_length=MAX_INPUT)
+            yield Static("", id="error", markup=False)
             yield Label("Enter: recapture · Esc: cancel", classes="hint")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        try:
-            sizes = parse_sizes(event.value)
-            if not sizes:
-                raise CgwatchError("enter at least one capture size, e.g. 1,2,4,8")
+        try:   # the same check as the daemon's (engine/control.py), with the limits the run's header states
+            sizes = make_command("recapture", event.value, self.limits).value
         except CgwatchError as e:
             self.query_one("#error", Static).update(str(e))
             return
@@ -56,12 +56,14 @@ class RecaptureDialog(ModalScreen[list[int] | None]):
 class HelpScreen(ModalScreen[None]):
     """The keys: (key, what it does) pairs."""
 
-    DEFAULT_CSS = DIALOG_CSS.format(name="HelpScreen")
+    DEFAULT_CSS = DIALOG_CSS.format(name="HelpScreen") + """
+    HelpScreen > Vertical { width: 78; max-height: 100%; padding: 0 2; }
+    """
     BINDINGS = [Binding("escape,question_mark,q", "close", "close")]
 
     def __init__(self, keys: list[tuple[str, str]]) -> None:
         super().__init__()
-        self.lines = [f"{key:>6}  {text}" for key, text in keys]
+        self.lines = [f"{key:>5}  {text}" for key, text in keys]
 
     def compose(self) -> ComposeResult:
         with Vertical():

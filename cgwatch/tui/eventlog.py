@@ -34,8 +34,10 @@ def describe_record(rec: dict) -> tuple[str, str] | None:
     if k == R.EV_RECAPTURE:
         dropped = f" (dropped {_sizes(rec['dropped'])})" if rec.get("dropped") else ""
         return "magenta", f"recapture {_sizes(rec.get('old'))} → {_sizes(rec.get('sizes'))}{dropped}"
-    if k == R.EV_RELEASE:
-        return "dim", f"released old graphs ({_mib(rec.get('freed_bytes'))})"
+    if k == R.EV_RELEASE:   # freed: reserved memory given back, the allocator's other cached blocks included
+        pool = f": pool {_mib(rec['pool_bytes'])}" if rec.get("pool_bytes") is not None else ""
+        return "dim", (f"released old graphs{pool}; the allocator returned {_mib(rec.get('freed_bytes'))} "
+                       f"to the driver (its cached blocks included)")
     if k == R.EV_CAPTURE_DONE:
         failed = f", failed {_sizes(rec['failed'])}" if rec.get("failed") else ""
         secs = rec.get("seconds")

@@ -1,5 +1,5 @@
-"""The per-GPU view of a tensor-parallel run (key ``G``): one line a rank, in place of the charts, so
-the screen still fits 80x24 with up to 8 ranks. Numbers: aggregate.RankStats (step time p50/p99 over
+"""The per-GPU view of a tensor-parallel run (key ``G``: the app's ``-ranks`` class): one line a rank,
+in place of the charts, so the screen still fits 80x24 with up to 8 ranks. Numbers: aggregate.RankStats (step time p50/p99 over
 the last steps, slowest share, NVML utilization and memory, graph pool, failed captures) and the
 skew between ranks. A vLLM run says that its stats are per engine, not per rank."""
 
@@ -39,13 +39,12 @@ class RankPanel(TextLines):
     DEFAULT_CSS = """
     RankPanel { height: auto; max-height: 12; border: round $primary 50%; border-title-color: $text-muted;
                 padding: 0 1; display: none; }
-    RankPanel.-shown { display: block; }
     """
 
     def on_mount(self) -> None:
         self.border_title = "per GPU (G: charts)"
 
     def show(self, state: ViewState) -> None:
-        if self.has_class("-shown"):
+        if self.app.has_class("-ranks"):
             self.set_lines([[(line, "bold" if i == 0 and line == HEAD else None)]
                             for i, line in enumerate(rank_lines(state))])
