@@ -329,3 +329,83 @@ def test_bench_with_two_ranks(capsys, tmp_path):
     steps = [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines() if '"type":"step"' in x]
     assert steps and all(len(s["rank_ms"]) == 2 for s in steps)
     assert main(["bench", "--tp", "2", "--with-compile", "--no-record"]) == 2
+
+
+class _FakeGraph:
+    def __init__(self):
+        self.was_reset = False
+
+    def reset(self):
+        self.was_reset = True
+
+
+class _FakeState:
+    def snapshot(self):
+        return None
+
+    def restore(self, snap):
+        pass
+
+
+def _capture_round(rank, port, q):
+    """One rank of GraphManager.capture with real gloo agreement; the CUDA parts are test doubles (no GPU
+    here): bucket 4's capture fails on rank 1 only."""
+    from cgwatch.engine.graphs import BucketGraph, GraphManager
+    store = torch.distributed.TCPStore("127.0.0.1", port, 2, rank == 0, timeout=timedelta(seconds=60),
+                                       wait_for_workers=False)
+    r = RK.Ranks(rank, 2, store, cuda=False)
+    torch.cuda.Stream = lambda *a, **k: None
+    torch.cuda.synchronize = lambda *a, **k: None
+    gm = GraphManager(_FakeState(), None, None, pool="private", ranks=r)
+    graphs = {}
+
+    def capture_graph(size, snap):
+        if rank == 1 and size == 4:
+            return BucketGraph(size, ok=False, cause="host_sync", hint="no .item()", error="operation not permitted")
+        graphs[size] = g = _FakeGraph()
+        return BucketGraph(size, ok=True, graph=g, pool_bytes=size * 100)
+    gm._capture_graph = capture_graph
+    gm._check = lambda b, snap: {"tokens_equal": True, "rel_err": 0.0}
+    seen = []
+    done = gm.capture([1, 2, 4, 8], lambda b: seen.append(b.event_fields()))
+    q.put((rank, done["sizes"], done["failed"], seen, {s: g.was_reset for s, g in graphs.items()}))
+    r.stopped = True
+
+
+def test_a_capture_failing_on_one_rank_is_disabled_on_both():
+    import multiprocessing as mp
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_capture_round, args=(r, port, q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = {item[0]: item[1:] for item in (q.get(timeout=120) for _ in procs)}
+    for p in procs:
+        p.join(timeout=60)
+        if p.is_alive():
+            p.kill()
+    for rank in (0, 1):
+        sizes, failed, events, reset = got[rank]
+        assert (sizes, failed) == ([1, 2, 8], [4])
+        ev4 = next(e for e in events if e["bucket"] == 4)
+        assert not ev4["ok"] and ev4["failed_rank"] == 1 and ev4["cause"] == "host_sync"
+        assert [(row["rank"], row["ok"]) for row in ev4["ranks"]] == [(0, True), (1, False)]
+        assert ev4["ranks"][0]["check"] is None        # disabled before its check: no replay on either rank
+        ev8 = next(e for e in events if e["bucket"] == 8)
+        assert ev8["ok"] and [row["pool_bytes"] for row in ev8["ranks"]] == [800, 800]
+        assert all(row["check"] == {"tokens_equal": True, "rel_err": 0.0} for row in ev8["ranks"])
+    assert got[0][3] == {8: False, 4: True, 2: False, 1: False}   # rank 0 dropped its good graph of 4
+
+
+def test_the_per_gpu_view_says_vllm_stats_are_per_engine():
+    from cgwatch.tui.ranks import rank_lines
+    from cgwatch.tui.state import ViewState
+    st = ViewState()
+    st.reset({"backend": "vllm", "tensor_parallel_size": 2})
+    assert "per engine, not per rank" in "\n".join(rank_lines(st))
+    st.reset({"backend": "pytorch"})
+    assert rank_lines(st) == ["one GPU: no per-rank view (run with --tensor-parallel-size N)"]
