@@ -409,3 +409,54 @@ def test_the_per_gpu_view_says_vllm_stats_are_per_engine():
     assert "per engine, not per rank" in "\n".join(rank_lines(st))
     st.reset({"backend": "pytorch"})
     assert rank_lines(st) == ["one GPU: no per-rank view (run with --tensor-parallel-size N)"]
+
+
+class _DeadProc:
+    pid = 4242
+
+    def poll(self):
+        return -signal.SIGKILL
+
+
+def _bare_ranks(monkeypatch):
+    monkeypatch.setattr(RK, "WATCHDOG_S", 0.01)
+    monkeypatch.setattr(RK, "GRACE_S", 0.2)
+    r = object.__new__(RK.Ranks)          # no process group: only the watchdog's state
+    r.rank, r.procs, r.lost, r.stopped, r.store = 0, [_DeadProc()], None, False, None
+    r._noticed, r._parent = threading.Event(), os.getppid()
+    return r
+
+
+def test_watchdog_ends_a_run_whose_main_thread_is_stuck(monkeypatch):
+    """A GPU stuck in an all-reduce with a dead peer blocks rank 0's main thread in a CUDA sync: the
+    watchdog then ends the run itself (Engine._abort_stuck), with the dead rank's reason."""
+    r = _bare_ranks(monkeypatch)
+    called = threading.Event()
+    r.on_stuck = lambda reason: (setattr(r, "why", reason), called.set())
+    threading.Thread(target=r._watch, daemon=True).start()
+    assert called.wait(30) and r.why == "rank 1 was killed by SIGKILL" and r.lost == r.why
+
+
+def test_watchdog_leaves_it_to_a_main_thread_that_noticed(monkeypatch):
+    r = _bare_ranks(monkeypatch)
+    r.on_stuck = lambda reason: pytest.fail("the watchdog must not end a run the main thread ends")
+    t = threading.Thread(target=r._watch, daemon=True)
+    r._noticed.set()                      # the main thread's collective failed and it ends the run
+    t.start()
+    t.join(30)
+    assert not t.is_alive() and r.lost == "rank 1 was killed by SIGKILL"
+
+
+def test_abort_stuck_writes_the_end_and_exits(monkeypatch):
+    out, ends = [], []
+    e = object.__new__(Engine)
+    e.emit, e.on_abort, e.t0, e.i, e.tokens = out.append, ends.append, time.perf_counter(), 7, 30
+
+    def fake_exit(code):
+        raise SystemExit(code)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    with pytest.raises(SystemExit):
+        e._abort_stuck("rank 1 was killed by SIGKILL")
+    assert out[0]["kind"] == "alert" and out[0]["message"] == "run stopped: rank 1 was killed by SIGKILL"
+    assert ends[0]["outcome"] == "error" and ends[0]["reason"] == "rank 1 was killed by SIGKILL"
+    assert ends[0]["steps"] == 7
