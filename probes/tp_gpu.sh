@@ -46,6 +46,7 @@ bench() {   # bench MODEL TP SIZES TIMEOUT
     "$OUT/$name.json" > "$OUT/$name.txt" 2>&1
 }
 if [[ $STEPS == all || $STEPS == *bench8* ]]; then
+  timeout 120 python3 probes/rank_exchange.py 2>&1 | tee "$OUT/rank_exchange.txt"   # the plan exchange alone (CPU)
   bench llama-8b 1 ${BENCH_SIZES:-1,8,32,64} 280
   bench llama-8b 2 ${BENCH_SIZES:-1,8,32,64} 280
 fi
