@@ -145,6 +145,8 @@ async def test_tui_per_gpu_view_fits_80x24():
     async with app.run_test(size=(80, 24)) as pilot:
         src.play()
         app.flush()
+        from cgwatch.tui.widgets import HeaderBar
+        assert app.query_one(HeaderBar).run_text == "llama-8b · NVIDIA H200 ×2 · bfloat16"
         await pilot.press("G")
         await pilot.pause()
         panel = app.query_one(RankPanel)
