@@ -460,3 +460,28 @@ def test_abort_stuck_writes_the_end_and_exits(monkeypatch):
     assert out[0]["kind"] == "alert" and out[0]["message"] == "run stopped: rank 1 was killed by SIGKILL"
     assert ends[0]["outcome"] == "error" and ends[0]["reason"] == "rank 1 was killed by SIGKILL"
     assert ends[0]["steps"] == 7
+
+
+def test_rank_0_failing_mid_step_ends_the_other_ranks():
+    """An error on rank 0 inside a step leaves rank 1 waiting in an all-reduce: close() must not ask it
+    to stop (it would wait for the group's timeout) but end it, and say so."""
+    recs = []
+    e = Engine(_cfg(2), recs.append)
+    decode = e.state.decode
+    calls = []
+
+    def failing(rows):
+        calls.append(rows)
+        if len(calls) == 4:
+            raise RuntimeError("injected")
+        return decode(rows)
+    e.state.decode = failing
+    follower = e.ranks.procs[0]
+    with pytest.raises(RuntimeError, match="injected"):
+        e.run(50)
+    t = time.monotonic()
+    summary = e.close()
+    assert time.monotonic() - t < 60
+    assert summary["reason"].startswith("rank 0 stopped in the middle of a step")
+    assert follower.poll() is not None
+    RK.HARD_EXIT = False   # this process goes on (the CLI would exit at once)

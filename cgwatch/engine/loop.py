@@ -19,6 +19,7 @@ import platform
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
@@ -145,6 +146,7 @@ class Engine(CommandTaker):
         self.emit = emit if rank == 0 else self._keep_measure
         self.measures: list[tuple[int, float | None]] = []   # rank > 0: (step, ms) not yet sent
         self.ranks = self.merge = None
+        self._midway = False   # rank 0 is between sending the other ranks work and finishing its own part
         self.on_abort: Callable[[dict], None] | None = None  # rank 0: ends the trace if the watchdog must
         if cfg.mode not in ("graph", "eager"):
             raise CgwatchError(f"--mode must be graph or eager, got {cfg.mode!r}")
@@ -255,6 +257,7 @@ class Engine(CommandTaker):
         """Capture graphs (graph mode on CUDA) and start the sampler. Call once, after the header is out."""
         self.started = True
         if self.ranks is not None and self.rank == 0:
+            self._midway = True       # (_together: cleared once the capture round is done)
             self._send(RK.OP_START)   # the other ranks start (and capture) with this one
         self.t0 = time.perf_counter()   # t = 0 is the start of the run, after the model loaded
         if self.dropped_sizes:
@@ -267,6 +270,7 @@ class Engine(CommandTaker):
         elif self.graph_mode:
             self._capture(self.sizes)
         self.emit(R.event(R.EV_STATE, self.now(), **self.control_state()))
+        self._midway = False
         if self.rank == 0:
             self.sampler.start()
 
@@ -276,6 +280,8 @@ class Engine(CommandTaker):
         With tensor parallelism, rank 0 tells the other ranks to stop and ends their processes; after a
         lost rank it waits on nothing (a GPU may be stuck in an all-reduce) and the summary has ``reason``."""
         rk = self.ranks
+        if rk is not None and self.rank == 0 and self._midway and rk.lost is None:
+            rk.lost = "rank 0 stopped in the middle of a step or command: the other ranks were ended"
         lost = rk is not None and rk.lost is not None
         if rk is not None and self.rank == 0 and not lost:
             try:
@@ -331,8 +337,15 @@ class Engine(CommandTaker):
 
     def _run_command(self, cmd: Command) -> None:
         if self.ranks is not None and self.rank == 0 and cmd.name in self.ENGINE_COMMANDS:
-            self._send(RK.OP_CMD)                    # every rank runs it, between the same two steps
-            self.ranks.broadcast((cmd.name, cmd.value))
+            with self._together():
+                self._send(RK.OP_CMD)                    # every rank runs it, between the same two steps
+                self.ranks.broadcast((cmd.name, cmd.value))
+                try:
+                    super()._run_command(cmd)
+                except CgwatchError:
+                    self._midway = False   # refused alike on every rank: nobody is left inside it
+                    raise
+            return
         super()._run_command(cmd)
 
     def _cmd_mode(self, mode: str, t: float) -> None:
@@ -409,6 +422,14 @@ class Engine(CommandTaker):
         for r in range(1, self.tp):
             self.merge.add(r, RK.decode_measures(parts[r]))
 
+    @contextmanager
+    def _together(self):
+        """Rank 0's side of work every rank does (a step, a command, a capture): if it raises, the other
+        ranks are left inside it, so close() ends them instead of asking them to stop."""
+        self._midway = True
+        yield
+        self._midway = False   # not on an exception: then close() sees it
+
     def _sync_measures(self) -> None:
         """Every rank: hand rank 0 all the step times not sent yet (after a drain)."""
         got = self.ranks.all_gather(self.measures if self.rank else None)
@@ -426,8 +447,10 @@ class Engine(CommandTaker):
         if name not in self.ALL_RANK_CALLS:
             raise ValueError(name)
         if self.ranks is not None and self.rank == 0:
-            self._send(RK.OP_CALL)
-            self.ranks.broadcast((name, args))
+            with self._together():
+                self._send(RK.OP_CALL)
+                self.ranks.broadcast((name, args))
+                return getattr(self, name)(*args)
         return getattr(self, name)(*args)
 
     def prefill_slots(self, slots: list[int], prompt_len: int) -> None:
@@ -502,14 +525,15 @@ class Engine(CommandTaker):
         if self.ranks is None:
             self._run_step(i, admitted, plan.active, d)
             return True
-        t0 = time.perf_counter()
-        self._send(RK.OP_STEP, i, d.bucket, plan.active, admitted)
-        plan_us = (time.perf_counter() - t0) * 1e6
-        try:
-            self._run_step(i, admitted, plan.active, d, plan_us)
-        except Exception as e:   # the model's all-reduces fail when a rank is gone: say which
-            self.ranks.check_failure(e)
-            raise
+        with self._together():
+            t0 = time.perf_counter()
+            self._send(RK.OP_STEP, i, d.bucket, plan.active, admitted)
+            plan_us = (time.perf_counter() - t0) * 1e6
+            try:
+                self._run_step(i, admitted, plan.active, d, plan_us)
+            except Exception as e:   # the model's all-reduces fail when a rank is gone: say which
+                self.ranks.check_failure(e)
+                raise
         return True
 
     def _run_step(self, i: int, admitted: list[tuple[int, int]], active: list[int], d: Dispatch,
