@@ -20,7 +20,6 @@ from cgwatch.engine.control import Command, parse_scheduled
 from cgwatch.engine.loop import Engine, EngineConfig
 from cgwatch.engine.model import PRESETS, ModelArgs, build_random
 from cgwatch.engine.rank_merge import RankMerge, SkewWatch
-from cgwatch.engine.step import DecodeState
 from cgwatch.engine.tensor_parallel import check_shapes, full_shape, shard, shard_dim
 from cgwatch.errors import CgwatchError
 from cgwatch.workload import WorkloadSpec
