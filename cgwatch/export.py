@@ -63,6 +63,7 @@ from typing import IO, Iterable, Iterator
 
 from cgwatch import records as R
 from cgwatch.errors import CgwatchError
+from cgwatch.event_text import event_text
 from cgwatch.trace import iter_numbered, read_header
 
 FORMATS = {"perfetto": ".perfetto.json", "csv": ".csv"}
@@ -461,7 +462,7 @@ class _PerfettoWriter:
             self._instant(ALERTS, "alert", f"{rec.get('level', 'warn')}: {rec.get('message', '')}", t, _args(rec))
         else:
             tid = GRAPHS if kind in GRAPH_EVENTS else EVENTS
-            self._instant(tid, str(kind), event_name(rec), t, _args(rec))
+            self._instant(tid, str(kind), event_text(rec), t, _args(rec))
 
     def _capture(self, rec: dict) -> None:
         dur = 0.0 if rec.get("capture_s") is None else round(_num(rec, "capture_s") * 1e6, 3)
@@ -489,32 +490,3 @@ class _PerfettoWriter:
 def _process_name(header: dict) -> str:
     model = (header.get("model") or {}).get("name") or "?"
     return f"cgwatch: {model} on {header.get('gpu') or '?'}"
-
-
-def event_name(rec: dict) -> str:
-    """An instant's name: what the event says, in a few words (args keep every field)."""
-    kind = rec.get("kind")
-    if kind == R.EV_CAPTURE_DONE:
-        done, failed = len(rec.get("sizes") or []), len(rec.get("failed") or [])
-        return f"capture round done: {done} graphs" + (f", {failed} failed" if failed else "")
-    if kind == R.EV_RECAPTURE:
-        return f"recapture {rec.get('sizes')}"
-    if kind == R.EV_RELEASE:
-        freed = rec.get("freed_bytes")
-        return "release graphs" + (f" (allocator returned {freed / MIB:.0f} MiB)" if _is_number(freed) else "")
-    if kind == R.EV_MODE:
-        return f"mode {rec.get('mode')}"
-    if kind == R.EV_MARK:
-        return f"mark: {rec.get('text')}"
-    if kind == R.EV_PADDING:
-        return f"max padding ratio {rec.get('value')}"
-    if kind == R.EV_RATE:
-        return f"arrival rate {rec.get('rate')}"
-    if kind == R.EV_STATE:
-        return f"state: {rec.get('mode')}, sizes {rec.get('sizes')}"
-    if kind == R.EV_PAUSE:
-        return "pause" if rec.get("paused") else "resume"
-    for key in ("message", "text", "label"):
-        if rec.get(key):
-            return str(rec[key])
-    return str(kind)

@@ -30,11 +30,11 @@ import textwrap
 from . import records as R
 from .aggregate import MIB, RunStats, gpu_idle_pct, percentile  # noqa: F401 -- re-exported
 from .errors import CgwatchError
+from .event_text import event_text
 from .text import printable
 from .trace import Trace
 
 EVENT_KINDS = (R.EV_MODE, R.EV_RECAPTURE, R.EV_MARK, R.EV_PADDING, R.EV_RATE, R.EV_PAUSE, R.EV_RESTART)
-EVENT_NAMES = {R.EV_PADDING: "padding"}   # the text report's name of a kind, where it is long
 
 
 def _check_text(check: dict | None) -> str | None:
@@ -43,24 +43,6 @@ def _check_text(check: dict | None) -> str | None:
     verdict = "ok" if check.get("tokens_equal") else "MISMATCH"
     err = check.get("rel_err")
     return verdict if err is None else f"{verdict} {err:.1e}"
-
-
-def _event_text(ev: dict) -> str:
-    kind = ev.get("kind")
-    if kind == R.EV_PADDING:
-        return f"max padding ratio {ev.get('value')}"
-    if kind == R.EV_RATE:
-        return f"arrival rate {ev.get('rate')} req/step"
-    if kind == R.EV_PAUSE:
-        return "paused" if ev.get("paused") else "resumed"
-    if kind == R.EV_RESTART:
-        secs = ev.get("seconds")
-        took = f" in {secs:.1f} s" if isinstance(secs, (int, float)) else ""
-        return f"engine restarted{took}: {ev.get('reason') or 'no reason given'}"
-    for key in ("text", "message", "label"):
-        if ev.get(key):
-            return str(ev[key])
-    return " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("type", "kind", "t"))
 
 
 def build_report(trace: Trace) -> dict:
@@ -80,7 +62,7 @@ def build_report(trace: Trace) -> dict:
                     alerts.append({"t": rec.get("t"), "level": str(rec.get("level", "warn")),
                                    "message": str(rec.get("message", ""))})
                 elif kind in EVENT_KINDS:
-                    events.append({"t": rec.get("t"), "kind": kind, "text": _event_text(rec)})
+                    events.append({"t": rec.get("t"), "kind": kind, "text": event_text(rec)})
         if screened.end is not None:
             stats.add(screened.end)
     except (KeyError, TypeError, ValueError) as e:   # past the screen: still one line that names the record
@@ -297,7 +279,7 @@ def format_report(rep: dict) -> str:
     lines += _rank_lines(rep)
     for title, items, fmt in (
             ("alerts", rep["alerts"], lambda a: f"{a['level'].upper():5}  {a['message']}"),
-            ("events", rep["events"], lambda e: f"{EVENT_NAMES.get(e['kind'], e['kind']):9}  {e['text']}")):
+            ("events", rep["events"], lambda e: e["text"])):
         if items:
             lines += ["", f"{title}:"]
             lines += [f"  {_f(x['t'], '10.3f')}s  " + _clip(printable(fmt(x)), 100) for x in items[:MAX_LIST]]

@@ -25,6 +25,7 @@ from cgwatch.protocol import MAX_LINE, LineReader, LineTooLong, encode, parse_ad
 from cgwatch.sinks import Fanout
 from cgwatch.trace import read_trace
 from cgwatch.workload import WorkloadSpec
+from waiting import wait_until, read_snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "s3cret"
@@ -53,25 +54,6 @@ def daemon(addr):
     d = Daemon(addr).start({"cgwatch": "test"}, answer_ok)
     yield d
     d.close(drain_s=0)
-
-
-def wait_until(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-def read_snapshot(conn) -> list[dict]:
-    """Messages from snapshot_begin to snapshot_end (exclusive)."""
-    begin = conn.recv(5)
-    assert begin["type"] == "snapshot_begin"
-    out = []
-    while (msg := conn.recv(5))["type"] != "snapshot_end":
-        out.append(msg)
-    assert len(out) == begin["records"]
-    return out
 
 
 def collect(conn, until, out: list) -> threading.Thread:

@@ -264,7 +264,7 @@ def test_odd_cpu_trace_exports_valid(tmp_path, capsys):
     alerts = of(tracks["alerts"], "i")
     assert len(alerts) == 1 and alerts[0]["name"].startswith("error: bucket 8") and alerts[0]["args"]["bucket"] == 8
     names = [e["name"] for e in of(tracks["events"], "i")]
-    assert names == ["mark: hello", "future_kind", "end (closed)"]
+    assert names == ["mark: hello", "future_kind detail=1", "end (closed)"]
 
     counters = Counter(e["name"] for e in of(doc["traceEvents"], "C"))
     assert counters == {"host launch": 3, "batch": 3, "host CPU": 1, "host RSS": 1}   # nulls skipped

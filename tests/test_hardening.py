@@ -9,7 +9,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 
 import pytest
 import torch
@@ -34,6 +33,7 @@ from cgwatch.tui.widgets import EventLog, HeaderBar
 from cgwatch.workload import MAX_RATE, WorkloadSpec
 from test_tui import HEADER, SIZE, FakeSource, synthetic_run
 from textual.widgets import Input, Static
+from waiting import wait_until, read_snapshot
 
 TOKEN = "s3cret"
 
@@ -58,24 +58,6 @@ def addr():
 
 def answer_ok(cmd):
     cmd.reply({"ok": True, "state": {"cmd": cmd.name, "value": cmd.value}})
-
-
-def wait_until(cond, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def read_snapshot(conn) -> list[dict]:
-    begin = conn.recv(10)
-    assert begin["type"] == "snapshot_begin"
-    out = []
-    while (msg := conn.recv(10))["type"] != "snapshot_end":
-        out.append(msg)
-    assert len(out) == begin["records"]
-    return out
 
 
 # ---- 1-3: one door for every command -----------------------------------------------------------------

@@ -49,3 +49,33 @@ def test_license_is_apache_2_0_in_spdx_form():
 @pytest.mark.skipif(not (ROOT / ".gitignore").exists(), reason="a git checkout (an sdist has no .gitignore)")
 def test_gitignore_covers_bench_traces():
     assert "bench-*.jsonl" in (ROOT / ".gitignore").read_text().split()
+
+
+def _bounds() -> dict[str, str]:
+    """name -> lower bound of every requirement with one (runtime and test), from pyproject.toml."""
+    import re
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    out = {}
+    for req in meta["dependencies"] + meta["optional-dependencies"]["test"]:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9.]*)", req.split(";")[0].strip())
+        if m:
+            out[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return out
+
+
+@pytest.mark.skipif(not (ROOT / ".ci" / "minimums.txt").exists(), reason="a git checkout (CI's own files)")
+def test_ci_tests_the_declared_minimums():
+    """.ci/minimums.txt pins every lower bound pyproject declares (but torch, CI's CPU build, and transformers,
+    whose own needs are newer), at that very version, so CI's minimums job tests what users may install."""
+    pins = {}
+    for line in (ROOT / ".ci" / "minimums.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    bounds = _bounds()
+    assert set(pins) == set(bounds) - {"torch", "transformers"}
+    norm = lambda v: tuple(int(x) for x in v.split("."))   # noqa: E731
+    for name, version in pins.items():
+        assert norm(version) + (0,) * (3 - len(norm(version))) == norm(bounds[name]) + (0,) * (3 - len(norm(bounds[name]))), name
+    assert "minimums.txt" in (ROOT / ".ci" / "run").read_text()

@@ -221,8 +221,8 @@ def test_report_matches_independent_recompute():
     assert len(rep["alerts"]) == 6 and rep["alerts"][1] == {"t": rep["alerts"][1]["t"], "level": "error",
                                                             "message": "alert 500"}
     assert [(e["kind"], e["text"]) for e in rep["events"]] == [
-        ("mode", "mode=eager"), ("mode", "mode=graph"), ("mark", "warm"),
-        ("recapture", "sizes=[1, 2, 4, 8, 16]")]
+        ("mode", "mode eager"), ("mode", "mode graph"), ("mark", "mark: warm"),
+        ("recapture", "recapture [1, 2, 4, 8, 16]")]
     assert rep["header"]["model"] == "tiny" and rep["warnings"] == []
 
 
@@ -315,7 +315,7 @@ def test_format_report():
     assert f"{b2['hit_pct']:.1f}" in rows["2"] and f"{b2['graph_mib']:.1f}" in rows["2"]
     assert "totals:" in text and f"{rep['totals']['steps']:,}" in text
     assert "alerts:" in text and "ERROR  alert 500" in text
-    assert "events:" in text and "mark       warm" in text
+    assert "events:" in text and "mark: warm" in text
     assert "warning: trace truncated at byte 12345" in text
     assert "eager steps by reason:" in text and "over_max" in text
     assert "graph pool       n/a\n" in text and not text.endswith("\n")  # the latest capture_done had no pool bytes
@@ -514,7 +514,7 @@ def test_report_events_include_padding_ratio_rate_pause_and_restart():
         ("max_padding_ratio", "max padding ratio 0.3"), ("rate", "arrival rate 0.35 req/step"), ("pause", "paused"),
         ("pause", "resumed"), ("restart", "engine restarted in 16.9 s: capture sizes [1, 2]")]
     text = format_report(rep)
-    assert "     1.100s  padding    max padding ratio 0.3" in text and "     1.200s  rate       arrival rate 0.35" in text
+    assert "     1.100s  max padding ratio 0.3" in text and "     1.200s  arrival rate 0.35" in text
 
 
 def test_the_live_h100_sample_lists_its_padding_and_rate_changes():

@@ -14,13 +14,13 @@ import sys
 import tempfile
 import termios
 import threading
-import time
 
 import psutil
 import pytest
 
 from cgwatch.cli import daemon_child_command
 from cgwatch.trace import read_trace
+from waiting import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--model", "tiny", "--max-seq", "64", "--max-concurrency", "4", "--prompt-len", "uniform:4:8",
@@ -45,14 +45,6 @@ def test_the_daemon_child_imports_the_parents_cgwatch(tmp_path):
     assert old.returncode != 0 and "decoy" in old.stderr   # what `python -m cgwatch` does here
     out = subprocess.run([*daemon_child_command(), "--help"], cwd=cwd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--listen" in out.stdout, out.stderr
-
-
-def wait_until(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def gone(pid: int) -> bool:
