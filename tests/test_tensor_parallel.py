@@ -484,3 +484,12 @@ def test_rank_0_failing_mid_step_ends_the_other_ranks():
     assert summary["reason"].startswith("rank 0 stopped in the middle of a step")
     assert follower.poll() is not None
     RK.HARD_EXIT = False   # this process goes on (the CLI would exit at once)
+
+
+def test_rank_processes_import_this_cgwatch_wherever_they_start(tmp_path, monkeypatch):
+    """A ``cgwatch/`` folder in the working directory (the parent of a clone) is not what a rank imports."""
+    (tmp_path / "cgwatch").mkdir()
+    (tmp_path / "cgwatch" / "__init__.py").write_text("raise ImportError('the decoy cgwatch was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    _, tokens, summary = _run(_cfg(2), 3)
+    assert summary["steps"] == 3 and "reason" not in summary and len(tokens) == 3

@@ -1,7 +1,8 @@
 """Where tensor-parallel ranks are started, kept in step and stopped.
 
 Rank 0 is the process that runs the engine's loop, the workload and the sinks. Ranks 1..N-1 are child
-processes (``python -m cgwatch.engine.ranks RANK SIZE PORT``, the config pickled on stdin) that run
+processes (``rank_command``: this module's ``_follower_main`` with RANK SIZE PORT, the config pickled
+on stdin, importing the very cgwatch rank 0 runs) that run
 the same Engine in a follower role (``Engine.follow``): they execute what rank 0 sends, so every rank
 runs the same forwards, captures and releases in the same order.
 
@@ -277,9 +278,16 @@ def rank_env() -> dict:
     """The rank processes' environment: NVLink multicast off unless the user chose (facts.md)."""
     env = dict(os.environ)
     env.setdefault("NCCL_NVLS_ENABLE", "0")
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)   # this cgwatch
     return env
+
+
+def rank_command(rank: int, size: int, port: int) -> list[str]:
+    """A rank process that imports the very cgwatch this process runs (not ``python -m``, which would
+    import a ``cgwatch/`` folder in the working directory first: cli.daemon_child_command)."""
+    where = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    boot = ("import sys; sys.path[0] = sys.argv.pop(1); from cgwatch.engine.ranks import _follower_main; "
+            "_follower_main(sys.argv[1:])")
+    return [sys.executable, "-c", boot, where, str(rank), str(size), str(port)]
 
 
 def start(cfg, size: int, cuda: bool) -> Ranks:
@@ -291,8 +299,8 @@ def start(cfg, size: int, cuda: bool) -> Ranks:
     procs = []
     try:
         for r in range(1, size):
-            p = subprocess.Popen([sys.executable, "-m", "cgwatch.engine.ranks", str(r), str(size), str(store.port)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=rank_env())
+            p = subprocess.Popen(rank_command(r, size, store.port), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 env=rank_env())
             procs.append(p)
             p.stdin.write(payload)
             p.stdin.close()
@@ -334,5 +342,3 @@ def _follower_main(argv: list[str]) -> None:
     os._exit(code)                                 # no interpreter teardown: NCCL may hang in it
 
 
-if __name__ == "__main__":
-    _follower_main(sys.argv[1:])
