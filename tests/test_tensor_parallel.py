@@ -493,3 +493,38 @@ def test_rank_processes_import_this_cgwatch_wherever_they_start(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     _, tokens, summary = _run(_cfg(2), 3)
     assert summary["steps"] == 3 and "reason" not in summary and len(tokens) == 3
+
+
+def test_daemon_with_two_ranks_takes_commands_and_stops(tmp_path):
+    """What the TUI drives: a daemon whose engine has two ranks; a client's command runs on both (the
+    ack carries the new state), SIGTERM stops the run and its rank process, the trace gets its end."""
+    from cgwatch.client import connect
+    from waiting import wait_until
+    sock, trace = tmp_path / "d.sock", tmp_path / "d.jsonl"
+    p = _cgwatch("daemon", "--tp", "2", "--max-concurrency", "4", "--max-seq", "64", "--listen", f"unix:{sock}",
+                 "--record", str(trace))
+    try:
+        line = p.stdout.readline()
+        assert "listening on" in line, line + p.stderr.read() if p.poll() is not None else line
+        wait_until(lambda: sum(r.get("type") == "step" for r in _records(trace)) >= 5, 180, "5 steps")
+        follower = _records(trace)[0]["ranks"][1]["pid"]
+        with connect(f"unix:{sock}", timeout=30) as conn:
+            ack = conn.wait_ack(conn.send("mode", "eager"), timeout=120)
+            assert ack["ok"] and ack["state"]["mode"] == "eager"
+            ack = conn.wait_ack(conn.send("mark", "two ranks"), timeout=120)
+            assert ack["ok"]
+        n = sum(r.get("type") == "step" for r in _records(trace))
+        wait_until(lambda: sum(r.get("type") == "step" for r in _records(trace)) >= n + 3, 180, "3 more steps")
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0
+    wait_until(lambda: not _alive(follower), 60, "rank 1 to exit")
+    recs = _records(trace)
+    assert recs[-1]["type"] == "end" and recs[-1]["outcome"] == "interrupted" and "reason" not in recs[-1]
+    t_mode = next(r["t"] for r in recs if r.get("kind") == "mode" and r.get("mode") == "eager")
+    after = [r for r in recs if r["type"] == "step" and r["t"] > t_mode]   # (on the CPU every step is no_cuda)
+    assert len(after) >= 3 and all(len(r["rank_ms"]) == 2 for r in after)
