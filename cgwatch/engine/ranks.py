@@ -235,8 +235,8 @@ class Ranks:
         self._noticed.set()
         if self.lost:
             HARD_EXIT = True                # NCCL's destroy can hang on a lost peer: don't call it
-        else:
-            _bounded(dist.destroy_process_group, TEARDOWN_S)
+        elif not _bounded(dist.destroy_process_group, TEARDOWN_S):
+            HARD_EXIT = True                # it hung (facts.md saw that): the interpreter's exit might too
         wait_s = 2.0 if self.lost else TEARDOWN_S
         for p in self.procs:
             try:
