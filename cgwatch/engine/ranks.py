@@ -112,6 +112,9 @@ class Ranks:
         self._noticed = threading.Event()
         self._parent = os.getppid()
         timeout = timedelta(seconds=CTL_TIMEOUT_S)
+        if dist.is_initialized():
+            from cgwatch.errors import CgwatchError
+            raise CgwatchError("this process already runs a tensor-parallel engine (one a process)")
         dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=size,
                                 timeout=timeout)
         self.group = dist.group.WORLD          # the model's all-reduces
@@ -234,7 +237,9 @@ class Ranks:
         self.stopped = True
         self._noticed.set()
         if self.lost:
-            HARD_EXIT = True                # NCCL's destroy can hang on a lost peer: don't call it
+            HARD_EXIT = True                # the process should end at once (the CLI does)
+            if not self.cuda:               # gloo leaves at once; NCCL's destroy can hang on a lost peer
+                _bounded(dist.destroy_process_group, TEARDOWN_S)
         elif not _bounded(dist.destroy_process_group, TEARDOWN_S):
             HARD_EXIT = True                # it hung (facts.md saw that): the interpreter's exit might too
         wait_s = 2.0 if self.lost else TEARDOWN_S
