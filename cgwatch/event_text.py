@@ -1,5 +1,5 @@
-"""An event record in a few words: the one wording of the report's event list and Perfetto's instants
-(the TUI's log has its own, with colours and sizes in MiB: tui/eventlog.py)."""
+"""An event record in a few words: the one wording of the report's event list, the headless run's event
+lines and Perfetto's instants (the TUI's log has its own, with colours: tui/eventlog.py)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,14 @@ def event_text(ev: dict) -> str:
         secs = ev.get("seconds")
         took = f" in {secs:.1f} s" if _num(secs) else ""
         return f"engine restarted{took}: {ev.get('reason') or 'no reason given'}"
+    if kind == R.EV_ALERT:
+        return f"{str(ev.get('level') or 'warn').upper()}: {ev.get('message')}"
     if kind == R.EV_CAPTURE_DONE:
-        done, failed = len(ev.get("sizes") or []), len(ev.get("failed") or [])
-        return f"capture round done: {done} graphs" + (f", {failed} failed" if failed else "")
+        pool = ev.get("pool_bytes")
+        mib = f"{pool / MIB:.1f} MiB" if _num(pool) else "n/a"
+        failed = f", failed {ev['failed']}" if ev.get("failed") else ""
+        secs = f"{ev['seconds']:.2f}" if _num(ev.get("seconds")) else "n/a"
+        return f"captured {ev.get('sizes')}{failed} in {secs} s, {ev.get('pool') or 'n/a'} pool {mib}"
     if kind == R.EV_RELEASE:
         freed = ev.get("freed_bytes")
         return "release graphs" + (f" (allocator returned {freed / MIB:.0f} MiB)" if _num(freed) else "")

@@ -459,7 +459,7 @@ class _PerfettoWriter:
         if kind == R.EV_CAPTURE:
             self._capture(rec)
         elif kind == R.EV_ALERT:
-            self._instant(ALERTS, "alert", f"{rec.get('level', 'warn')}: {rec.get('message', '')}", t, _args(rec))
+            self._instant(ALERTS, "alert", event_text(rec), t, _args(rec))
         else:
             tid = GRAPHS if kind in GRAPH_EVENTS else EVENTS
             self._instant(tid, str(kind), event_text(rec), t, _args(rec))

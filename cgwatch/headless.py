@@ -7,6 +7,7 @@ import time
 from typing import TextIO
 
 from cgwatch import records as R
+from cgwatch.event_text import event_text
 from cgwatch.text import printable
 
 
@@ -40,7 +41,7 @@ class StatusLine:
         elif kind == R.SAMPLE:
             self.util = rec.get("gpu_util")
         elif kind == R.EVENT and rec["kind"] in (R.EV_ALERT, R.EV_MODE, R.EV_RECAPTURE, R.EV_CAPTURE_DONE):
-            self.out.write(f"[{rec['t']:8.2f}s] {printable(describe_event(rec))}\n")
+            self.out.write(f"[{rec['t']:8.2f}s] {printable(event_text(rec))}\n")
             self.out.flush()
 
     def finish(self, now: float) -> None:
@@ -57,19 +58,3 @@ class StatusLine:
                        f"batch {self.batch:>3} | graph {hit} | pad {pad} | gpu util {util}\n")
         self.out.flush()
         self._reset(now)
-
-
-def describe_event(rec: dict) -> str:
-    k = rec["kind"]
-    if k == R.EV_ALERT:
-        return f"{rec.get('level', 'warn').upper()}: {rec['message']}"
-    if k == R.EV_MODE:
-        return f"mode -> {rec['mode']}"
-    if k == R.EV_RECAPTURE:
-        return f"recapture {rec['old']} -> {rec['sizes']}"
-    if k == R.EV_CAPTURE_DONE:
-        mib = "n/a" if rec.get("pool_bytes") is None else f"{rec['pool_bytes'] / 2**20:.1f} MiB"
-        failed = f", failed {rec['failed']}" if rec.get("failed") else ""
-        secs = "n/a" if rec.get("seconds") is None else f"{rec['seconds']:.2f}"
-        return f"captured {rec['sizes']}{failed} in {secs} s, {rec.get('pool') or 'n/a'} pool {mib}"
-    return k

@@ -104,11 +104,13 @@ def test_ctrl_c_closes_the_trace_cleanly(tmp_path):
 
 def test_headless_describes_events_with_missing_numbers():
     from cgwatch import records as R
-    from cgwatch.headless import describe_event
+    from cgwatch.event_text import event_text
     done = R.event(R.EV_CAPTURE_DONE, 1.0, sizes=[1, 8], failed=[], pool=None, pool_bytes=None, seconds=None)
-    assert describe_event(done) == "captured [1, 8] in n/a s, n/a pool n/a"
-    done.update(seconds=1.5, pool="shared", pool_bytes=2 ** 21)
-    assert describe_event(done) == "captured [1, 8] in 1.50 s, shared pool 2.0 MiB"
+    assert event_text(done) == "captured [1, 8] in n/a s, n/a pool n/a"
+    done.update(seconds=1.5, pool="shared", pool_bytes=2 ** 21, failed=[4])
+    assert event_text(done) == "captured [1, 8], failed [4] in 1.50 s, shared pool 2.0 MiB"
+    assert event_text(R.event(R.EV_RECAPTURE, 2.0, sizes=[1, 2], old=[1])) == "recapture [1, 2] (was [1])"
+    assert event_text(R.event(R.EV_ALERT, 3.0, level="error", message="x")) == "ERROR: x"
 
 
 @pytest.mark.parametrize("args, plain", [(["replay", "--sample"], "cgwatch report TRACE"),

@@ -259,10 +259,10 @@ def test_odd_cpu_trace_exports_valid(tmp_path, capsys):
     assert [e["name"] for e in caps] == ["capture b8 failed (host sync)", "capture b4"]
     assert caps[0]["ts"] == pytest.approx(100_000) and caps[0]["dur"] == pytest.approx(200_000)
     assert caps[1]["args"]["check"]["rel_err"] is None                   # JSON has no NaN: null
-    assert [e["name"] for e in of(graphs, "i")] == ["capture round done: 1 graphs, 1 failed"]
+    assert [e["name"] for e in of(graphs, "i")] == ["captured [4], failed [8] in 0.41 s, shared pool 1.0 MiB"]
 
     alerts = of(tracks["alerts"], "i")
-    assert len(alerts) == 1 and alerts[0]["name"].startswith("error: bucket 8") and alerts[0]["args"]["bucket"] == 8
+    assert len(alerts) == 1 and alerts[0]["name"].startswith("ERROR: bucket 8") and alerts[0]["args"]["bucket"] == 8
     names = [e["name"] for e in of(tracks["events"], "i")]
     assert names == ["mark: hello", "future_kind detail=1", "end (closed)"]
 
