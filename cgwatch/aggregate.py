@@ -92,6 +92,22 @@ Totals (besides the sums above):
   epochs             size lists the run's forwards ran under (epochs with forwards)
   graph_hit_rate_pct the same value as hit_pct (the key older scripts read)
 Any value that cannot be computed is None ("n/a" on screen).
+
+Per rank (tensor parallelism: ``RunStats.ranks``, a ``RankStats``; empty for a one-GPU run). From
+the step records' ``rank_ms`` / ``skew_ms``, the samples' ``gpus`` and the capture events' ``ranks``,
+by rank r (the GPU cuda:r):
+  steps              forwards with a time measured on rank r (rank_ms[r] not None)
+  step_p50/p99_ms    percentiles of rank_ms[r] (GPU time, else host time), n = steps
+  slowest, slowest_pct  forwards where rank r had the largest time (every rank measured); its share
+                     of those forwards. With the all-reduces in every layer, ranks wait for each
+                     other inside a step: the rank that starts a step first waits longest, so a
+                     rank that is slower to *launch* shows a *shorter* GPU time (docs/TRACE_FORMAT.md)
+  nvml_util_pct      mean of the samples' gpus[r].gpu_util;  mem_used_mib  the last gpus[r].mem_used_bytes
+  graph_pool_mib     rank_pool_bytes[r] of the latest capture_done event (MiB)
+  captured, failed   buckets whose last capture event has ranks[r].ok true / false (a failure of that
+                     rank's own capture; the bucket is disabled on every rank either way)
+  check_mismatch     buckets whose last capture event has ranks[r].check.tokens_equal false
+Totals: skew_p50/p99_ms (percentiles of skew_ms: slowest minus fastest rank, per forward), skew_n.
 """
 
 from __future__ import annotations
@@ -375,6 +391,142 @@ class Epoch:
         return {"epoch": self.n, "t": self.t, "sizes": self.sizes, "forwards": self.forwards}
 
 
+class RankStats:
+    """Per-rank numbers of a tensor-parallel run (module docstring, "Per rank")."""
+
+    def __init__(self, window: int | None = None) -> None:
+        self.window = window
+        self.size = 0
+        self.ms: dict[int, object] = {}            # rank -> step times (percentile values)
+        self.steps: dict[int, int] = {}
+        self.ms_sum: dict[int, float] = {}
+        self.slowest: dict[int, int] = {}
+        self.complete = 0                          # forwards every rank measured
+        self.skew = _values(window)
+        self.skew_n = 0
+        self.skew_sum = 0.0
+        self.util: dict[int, list[float]] = {}     # rank -> [sum, n]
+        self.mem: dict[int, int] = {}
+        self.pool: list | None = None
+        self.captures: dict[int, dict[int, dict]] = {}   # bucket -> rank -> its row of the capture event
+
+    def add_step(self, rank_ms: list, skew) -> None:
+        if not isinstance(rank_ms, list):
+            return
+        self.size = max(self.size, len(rank_ms))
+        best, best_ms, all_in = None, None, True
+        for r, v in enumerate(rank_ms):
+            if type(v) not in _NUM:
+                all_in = False
+                continue
+            if r not in self.steps:
+                self.steps[r], self.ms_sum[r], self.ms[r] = 0, 0.0, _values(self.window)
+            self.steps[r] += 1
+            self.ms_sum[r] += v
+            if self.window != 0:
+                self.ms[r].append(v)
+            if best_ms is None or v > best_ms:
+                best, best_ms = r, v
+        if all_in and best is not None:
+            self.complete += 1
+            self.slowest[best] = self.slowest.get(best, 0) + 1
+        if type(skew) in _NUM:
+            self.skew_n += 1
+            self.skew_sum += skew
+            if self.window != 0:
+                self.skew.append(skew)
+
+    def add_sample(self, gpus: list) -> None:
+        for g in gpus if isinstance(gpus, list) else ():
+            r = g.get("gpu") if isinstance(g, dict) else None
+            if not isinstance(r, int):
+                continue
+            self.size = max(self.size, r + 1)
+            if type(g.get("gpu_util")) in _NUM:
+                acc = self.util.setdefault(r, [0.0, 0])
+                acc[0] += g["gpu_util"]
+                acc[1] += 1
+            if type(g.get("mem_used_bytes")) in _NUM:
+                self.mem[r] = g["mem_used_bytes"]
+
+    def add_capture(self, rec: dict) -> None:
+        rows = rec.get("ranks")
+        if isinstance(rows, list):
+            self.captures[rec["bucket"]] = {row["rank"]: row for row in rows
+                                            if isinstance(row, dict) and isinstance(row.get("rank"), int)}
+            self.size = max([self.size, *(r + 1 for r in self.captures[rec["bucket"]])])
+
+    def add_capture_done(self, rec: dict) -> None:
+        pools = rec.get("rank_pool_bytes")
+        if isinstance(pools, list):
+            self.pool = pools
+            self.size = max(self.size, len(pools))
+
+    def rows(self) -> list[dict]:
+        """One dict a rank (rank 0 first); empty when the run had one rank."""
+        out = []
+        for r in range(self.size if self.size > 1 else 0):
+            vals = sorted(self.ms.get(r) or ())
+            util = self.util.get(r)
+            pool = self.pool[r] if self.pool and r < len(self.pool) else None
+            caps = {b: rows[r] for b, rows in self.captures.items() if r in rows}
+            out.append({
+                "rank": r, "steps": self.steps.get(r, 0),
+                "step_p50_ms": percentile(vals, 50), "step_p99_ms": percentile(vals, 99),
+                "step_mean_ms": self.ms_sum[r] / self.steps[r] if self.steps.get(r) else None,
+                "slowest": self.slowest.get(r, 0), "slowest_pct": pct(self.slowest.get(r, 0), self.complete),
+                "nvml_util_pct": util[0] / util[1] if util else None,
+                "mem_used_mib": self.mem[r] / MIB if r in self.mem else None,
+                "graph_pool_mib": None if type(pool) not in _NUM else pool / MIB,
+                "captured": sorted(b for b, c in caps.items() if c.get("ok")),
+                "failed": sorted(b for b, c in caps.items() if not c.get("ok")),
+                "check_mismatch": sorted(b for b, c in caps.items()
+                                         if isinstance(c.get("check"), dict) and c["check"].get("tokens_equal") is False),
+            })
+        return out
+
+    def state(self) -> dict | None:
+        """What it holds, JSON-ready (None for one rank); ``RankStats.from_state`` rebuilds it."""
+        if not self.size:
+            return None
+        return {"size": self.size, "complete": self.complete, "skew_n": self.skew_n, "skew_sum": self.skew_sum,
+                "skew": None if self.skew is None else list(self.skew), "pool": self.pool,
+                "ranks": [[r, self.steps[r], self.ms_sum[r], None if self.ms[r] is None else list(self.ms[r])]
+                          for r in sorted(self.steps)],
+                "slowest": sorted(self.slowest.items()), "util": [[r, a[0], a[1]] for r, a in sorted(self.util.items())],
+                "mem": sorted(self.mem.items()),
+                "captures": [[b, list(rows.values())] for b, rows in sorted(self.captures.items())]}
+
+    @classmethod
+    def from_state(cls, st, window: int | None = None) -> "RankStats":
+        out = cls(window)
+        if not isinstance(st, dict):
+            return out
+        try:
+            out.size, out.complete = int(st.get("size") or 0), int(st.get("complete") or 0)
+            out.skew_n, out.skew_sum = int(st.get("skew_n") or 0), float(st.get("skew_sum") or 0.0)
+            if out.skew is not None:
+                out.skew.extend(float(x) for x in st.get("skew") or ())
+            out.pool = st.get("pool") if isinstance(st.get("pool"), list) else None
+            for r, n, total, values in st.get("ranks") or ():
+                out.steps[int(r)], out.ms_sum[int(r)], out.ms[int(r)] = int(n), float(total), _values(window)
+                if out.ms[int(r)] is not None:
+                    out.ms[int(r)].extend(float(x) for x in values or ())
+            out.slowest = {int(r): int(n) for r, n in st.get("slowest") or ()}
+            out.util = {int(r): [float(a), int(n)] for r, a, n in st.get("util") or ()}
+            out.mem = {int(r): b for r, b in st.get("mem") or ()}
+            for b, rows in st.get("captures") or ():
+                out.add_capture({"bucket": b, "ranks": rows})
+        except (TypeError, ValueError):
+            return cls(window)   # a state this version cannot read: start the per-rank numbers afresh
+        return out
+
+    def totals(self) -> dict:
+        vals = sorted(self.skew) if self.skew is not None else []
+        return {"skew_p50_ms": percentile(vals, 50), "skew_p99_ms": percentile(vals, 99), "skew_n": self.skew_n,
+                "skew_mean_ms": self.skew_sum / self.skew_n if self.skew_n else None}
+
+
 class RunStats:
     """The accumulator. ``window``: percentile values kept per row and kind (None: all, 0: none)."""
 
@@ -397,6 +549,7 @@ class RunStats:
         self.alerts: dict[str, int] = {}
         self.no_cuda = False   # a forward ran eager for lack of CUDA: no graphs, no pool
         self.idle = {"graph": [0.0, 0.0], "eager": [0.0, 0.0]}   # mode -> [sum gap µs, sum gpu µs]
+        self.ranks = RankStats(window)
 
     _FIELDS = ("n", "graph", "tokens", "origin", "latest_t", "end_t", "gpu_ms_sum", "gpu_ms_any", "util_sum",
                "util_n", "pool_bytes", "prefills", "prefill_tokens", "mode_switches", "recaptures", "no_cuda")
@@ -409,7 +562,7 @@ class RunStats:
         run = {k: getattr(self, k) for k in self._FIELDS}
         epochs = list(self.epochs)
         run.update(sizes_seen=sorted(self.sizes_seen), alerts=dict(self.alerts),
-                   idle={k: list(v) for k, v in self.idle.items()},
+                   idle={k: list(v) for k, v in self.idle.items()}, ranks=self.ranks.state(),
                    epochs=[{**e.summary(), "sizes_seen": sorted(e.sizes_seen)} for e in epochs])
         rows = [{"key": k, "epoch": None, **self.buckets[k].state()} for k in self.keys()]
         rows += [{"key": k, "epoch": e.n, **e.rows[k].state()} for e in epochs for k in e.keys()]
@@ -436,6 +589,7 @@ class RunStats:
                 ep.forwards = int(e.get("forwards") or 0)
                 ep.sizes_seen.update(_sizes(e.get("sizes_seen")))
                 st.epochs.append(ep)
+        st.ranks = RankStats.from_state(run.get("ranks"), window)
         for r in rows:
             st.add_row_state(r)
         return st
@@ -511,6 +665,8 @@ class RunStats:
             if rec.get("gpu_util") is not None:
                 self.util_sum += rec["gpu_util"]
                 self.util_n += 1
+            if "gpus" in rec:
+                self.ranks.add_sample(rec["gpus"])
         elif typ == R.PREFILL:
             self.prefills += 1
             self.prefill_tokens += rec.get("tokens") or 0
@@ -569,6 +725,9 @@ class RunStats:
                 cum.keep(graph, ms, host_us, gap)
         self.tokens += tokens
         self.n += 1
+        rank_ms = rec.get("rank_ms")
+        if rank_ms is not None:
+            self.ranks.add_step(rank_ms, rec.get("skew_ms"))
         end = t + ms / 1000.0   # forwards are emitted when their GPU time is read: the latest end, not the last
         if self.latest_t is None or end > self.latest_t:
             self.latest_t = end
@@ -682,12 +841,16 @@ class RunStats:
                 row.capture = rec
                 if rec.get("ok"):
                     row.last_ok = rec
+            if "ranks" in rec:
+                self.ranks.add_capture(rec)
         elif kind == R.EV_CAPTURE_DONE:
             sizes = _sizes([*(rec.get("sizes") or ()), *(rec.get("failed") or ())])
             self.sizes_seen.update(sizes)
             if sizes:
                 self._new_list(sizes, t)
             self.pool_bytes = rec.get("pool_bytes")
+            if "rank_pool_bytes" in rec:
+                self.ranks.add_capture_done(rec)
         elif kind == R.EV_MODE:
             self.mode_switches += 1
         elif kind == R.EV_RECAPTURE:

@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per request (default 32)")
     p.add_argument("--max-seq", type=int, default=1024, help="KV cache positions per request (default 1024)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--tensor-parallel-size", "--tp", type=int, default=1, metavar="N",
+                   help="split the model over N ranks, one GPU each (pytorch backend; adds the all-reduce share "
+                        "and cgwatch's plan cost per step)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-compile", action="store_true",
@@ -61,6 +64,8 @@ def _make_bench(a, cfg, fan):
             if given is not None:
                 raise CgwatchError(f"{flag} applies to --backend vllm only")
         return Bench(cfg, fan)
+    if a.tensor_parallel_size > 1:
+        raise CgwatchError("--tensor-parallel-size is for --backend pytorch in the bench")
     if a.with_compile:
         raise CgwatchError("--with-compile is for --backend pytorch (vLLM compiles its model itself)")
     if a.device != "auto":
@@ -81,7 +86,8 @@ def run(a) -> int:
 
     cfg = BenchConfig(model=a.model, batch_sizes=_sizes(a.batch_sizes), steps=a.steps, warmup=a.warmup,
                       tokens=a.tokens, prompt_len=a.prompt_len, max_seq=a.max_seq, device=a.device,
-                      dtype=a.dtype, seed=a.seed, with_compile=a.with_compile, nvtx=not a.no_nvtx)
+                      dtype=a.dtype, seed=a.seed, with_compile=a.with_compile, nvtx=not a.no_nvtx,
+                      tensor_parallel_size=a.tensor_parallel_size)
     check_config(cfg)
     fan = Fanout()
     bench = _make_bench(a, cfg, fan)
@@ -149,6 +155,8 @@ def format_result(res: dict) -> str:
     timing = (res.get("latency") if vllm else
               'CUDA events around each step' if bw else
               'host time (CPU: ops are synchronous, so launch µs is the whole step too)')
+    tp = res.get("tensor_parallel_size") or 1
+    engine += f" · {tp} ranks (tensor parallel)" if tp > 1 else ""
     lines = [f"cgwatch bench · {engine} · {model} · {res['gpu']} · {res['dtype']} · max_seq {res['max_seq']} · "
              f"prompt {res['prompt_len']} · {res['steps']} timed steps after {res['warmup']} warm-up · "
              f"throughput over {res['tokens']} tokens",
@@ -179,6 +187,8 @@ def format_result(res: dict) -> str:
         head2 += ["graph capture s"]
     if "compile" in modes:
         head2 += ["compile first call s", "cudagraph skips"]
+    if tp > 1:
+        head2 += [f"{m} {x}" for x in ("all-reduce %", "plan µs", "skew ms") for m in gap_modes]
     table2 = []
     for r in rows:
         g = r.get("graph")
@@ -191,8 +201,15 @@ def format_result(res: dict) -> str:
         if "compile" in modes:
             c = r.get("compile") or {}
             cells += [_f(c.get("compile_s"), ".2f"), _f(c.get("cudagraph_skips"), "d")]
+        if tp > 1:
+            cells += [_cell(r.get(m), key, spec) for key, spec in (("allreduce_pct", ".1f"), ("plan_us_p50", ".0f"),
+                                                                   ("skew_ms_p50", ".3f")) for m in gap_modes]
         table2.append(cells)
     lines += ["", _table(head2, table2)]
+    if tp > 1:
+        lines.append("all-reduce %: NCCL kernels' share of the step's kernel time (profiler, rank 0; CPU: gloo "
+                     "all-reduce share of host time); plan µs: rank 0's host time per step to send the plan and "
+                     "take the other ranks' times (cgwatch's cost of N ranks); skew: slowest - fastest rank")
     if "compile" in modes:
         lines.append("compile first call = dynamo + inductor + cudagraph record at that size; at the second size "
                      "dynamo recompiles with a dynamic batch dimension (automatic dynamic shapes), and later sizes "

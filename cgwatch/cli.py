@@ -36,6 +36,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                    "or a local Hugging Face checkpoint folder (Llama, Mistral, Qwen2); with --backend vllm: "
                    "any model vLLM takes (HF id or path)")
     m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    m.add_argument("--tensor-parallel-size", "--tp", type=int, default=1, metavar="N",
+                   help="split the model over N ranks, one process and one GPU each (rank r on cuda:r; "
+                        "gloo on the CPU); with --backend vllm: passed to vLLM (default 1)")
     m.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
     m.add_argument("--max-seq", type=int, default=1024,
                    help="KV cache positions per request (default 1024; vLLM's max_model_len)")
@@ -55,8 +58,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--enforce-eager", action="store_true", help="same as --mode eager")
     g.add_argument("--graph-pool", choices=("shared", "private"), default=None,
                    help="one memory pool for all graphs (default) or one per graph (pytorch backend)")
-    g.add_argument("--fail-capture-bucket", type=int, action="append", default=[], metavar="N",
-                   help="fault injection for testing: bucket N's capture performs a host sync and fails")
+    g.add_argument("--fail-capture-bucket", action="append", default=[], metavar="N[@RANK]",
+                   help="fault injection for testing: bucket N's capture performs a host sync and fails "
+                        "(on every rank, or only on RANK)")
     v = p.add_argument_group("vLLM (--backend vllm)")
     v.add_argument("--cudagraph-mode", type=str.upper, choices=CUDAGRAPH_MODES, default=None, metavar="MODE",
                    help=f"vLLM's compilation_config.cudagraph_mode: {', '.join(CUDAGRAPH_MODES)} "
@@ -126,8 +130,21 @@ def rotation(a) -> dict:
     return {"rotate_bytes": a.rotate_size, "rotate_s": a.rotate_time}
 
 
+def _fail_captures(values: list[str]) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """--fail-capture-bucket N (every rank) or N@RANK -> (buckets, (bucket, rank) pairs)."""
+    every, on = [], []
+    for v in values:
+        bucket, at, rank = v.partition("@")
+        if not bucket.isdigit() or (at and not rank.isdigit()):
+            raise CgwatchError(f"bad --fail-capture-bucket {v!r}: expected N or N@RANK, e.g. 8 or 8@1")
+        (on.append((int(bucket), int(rank))) if at else every.append(int(bucket)))
+    return tuple(every), tuple(on)
+
+
 def _common_checks(a) -> None:
     rotation(a)
+    if a.tensor_parallel_size < 1:
+        raise CgwatchError(f"--tensor-parallel-size must be >= 1, got {a.tensor_parallel_size}")
     if a.steps is not None and a.steps < 1:
         raise CgwatchError(f"--steps must be >= 1, got {a.steps}")
     if a.sample_interval <= 0:
@@ -148,6 +165,9 @@ def _engine_config(a):
         if getattr(a, name) is not None:
             raise CgwatchError(f"--{name.replace('_', '-')} applies to --backend vllm only")
     sizes = DEFAULT_CAPTURE_SIZES if a.cudagraph_capture_sizes is None else parse_sizes(a.cudagraph_capture_sizes)
+    fail_every, fail_on = _fail_captures(a.fail_capture_bucket)
+    if fail_on and a.tensor_parallel_size == 1 and any(r for _, r in fail_on):
+        raise CgwatchError("--fail-capture-bucket N@RANK: RANK must be 0 without --tensor-parallel-size")
     if a.threads is not None and a.threads < 1:
         raise CgwatchError(f"--threads must be >= 1, got {a.threads}")
     limits = Limits(a.max_concurrency, "--max-concurrency (KV slots)")   # the engine's own (Engine.command_limits)
@@ -162,8 +182,8 @@ def _engine_config(a):
                               max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed),
         schedule=tuple(parse_scheduled(s, limits) for s in a.at),
         profile_steps=parse_step_range(a.profile_steps) if a.profile_steps else None,
-        fail_capture=tuple(a.fail_capture_bucket), nvtx=not a.no_nvtx, sample_interval_s=a.sample_interval,
-        threads=a.threads)
+        fail_capture=fail_every, fail_capture_on=fail_on, tensor_parallel_size=a.tensor_parallel_size,
+        nvtx=not a.no_nvtx, sample_interval_s=a.sample_interval, threads=a.threads)
 
 
 def _vllm_config(a):
@@ -194,7 +214,7 @@ def _vllm_config(a):
         capture_sizes=None if a.cudagraph_capture_sizes is None else tuple(parse_sizes(a.cudagraph_capture_sizes)),
         max_capture_size=a.max_cudagraph_capture_size, cudagraph_mode=a.cudagraph_mode,
         mode="eager" if a.enforce_eager else a.mode, gpu_memory_utilization=a.gpu_memory_utilization,
-        max_num_seqs=a.max_num_seqs, temperature=a.temperature, seed=a.seed, workload=workload,
+        max_num_seqs=a.max_num_seqs, tensor_parallel_size=a.tensor_parallel_size, temperature=a.temperature, seed=a.seed, workload=workload,
         schedule=tuple(parse_scheduled(s) for s in a.at), sample_interval_s=a.sample_interval)
     Workload(workload)          # bad arrival / lengths / replay file: fail now, not after vLLM's start-up
     require_vllm()
@@ -249,11 +269,17 @@ def cmd_run(a) -> int:
     cfg = _engine_config(a)
     fanout = Fanout()
     engine = make_engine(cfg, fanout)
-    h = engine.header()
-    writer = TraceWriter(a.record, h, **rotation(a)) if a.record else None
-    if writer:
-        fanout.add(writer.write)
-    metrics = _start_metrics(a.prometheus, fanout, h)
+    try:
+        h = engine.header()
+        writer = TraceWriter(a.record, h, **rotation(a)) if a.record else None
+        if writer:
+            fanout.add(writer.write)
+        metrics = _start_metrics(a.prometheus, fanout, h)
+    except BaseException:
+        engine.close()   # a bad --record or --prometheus: the engine (and any rank processes) stop too
+        raise
+    if writer and hasattr(engine, "on_abort"):   # a lost rank the main thread cannot see: end the trace
+        engine.on_abort = writer.close
     status = StatusLine()
     fanout.add(status)
     backend = f", vLLM {h['vllm']}" if h.get("backend") == "vllm" else ""
@@ -514,15 +540,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = argv is None   # the process's own command line (not a call from a test): may end it at once
     try:
         argv = sys.argv[1:] if argv is None else argv
         a = build_parser().parse_args(argv)
         a.argv = argv
         _resolve_samples(a)
-        return a.func(a)
+        return _exit(a.func(a), program)
     except CgwatchError as e:
         print(f"cgwatch: {e}", file=sys.stderr)
-        return EXIT_USAGE if not isinstance(e.__cause__, Exception) else 1
+        return _exit(EXIT_USAGE if not isinstance(e.__cause__, Exception) else 1, program)
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:
@@ -534,6 +561,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cgwatch: internal error: {type(e).__name__}: {first} (set CGWATCH_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _exit(code: int, program: bool) -> int:
+    """After a lost tensor-parallel rank, end the process at once: NCCL's teardown may hang on it."""
+    ranks = sys.modules.get("cgwatch.engine.ranks")
+    if program and ranks is not None and ranks.HARD_EXIT:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -451,14 +451,25 @@ def run_daemon(cfg, listen: str | None, token: str | None, record: str | None, p
         fanout = Fanout()
         engine = make_engine(cfg, fanout)   # cgwatch's own loop or vLLM (cgwatch/backends)
         meta = engine.header()
-        if record:
-            writer = TraceWriter(record, meta, **(rotate or {}))
-            fanout.add(writer.write)
-        if prometheus_port is not None:
-            metrics = Metrics(header=meta)
-            metrics.serve(prometheus_port)
-            fanout.add(metrics)
+        try:
+            if record:
+                writer = TraceWriter(record, meta, **(rotate or {}))
+                fanout.add(writer.write)
+            if prometheus_port is not None:
+                metrics = Metrics(header=meta)
+                metrics.serve(prometheus_port)
+                fanout.add(metrics)
+        except BaseException:
+            engine.close()   # the engine (and any rank processes) stop with the daemon
+            raise
         fanout.add(daemon.publish)
+        if hasattr(engine, "on_abort"):   # a lost rank the engine's thread cannot see: end trace and stream
+
+            def abort(summary: dict) -> None:
+                if writer:
+                    writer.close(summary)
+                daemon.publish({"type": R.END, **summary})
+            engine.on_abort = abort
         daemon.start(meta, engine.submit)
         announce(f"cgwatch daemon listening on {daemon.address}")
         if metrics is not None:

@@ -36,7 +36,9 @@ shift is in its args as ``shifted_us``).
 CSV: a header and one row per step record, the schema's columns first (records.step), then any
 other step field in the trace; null is an empty cell. rows, runtime_mode, phase and prompt_tokens
 are filled for traces that predate them (records.step_rows / step_runtime_mode / step_phase; 0
-prompt tokens), so every row has them.
+prompt tokens), so every row has them. A tensor-parallel trace's ``rank_ms`` list becomes one column
+a rank (``rank0_ms``, ``rank1_ms``, ...); Perfetto gets a ``rank step ms`` counter (one series a rank),
+a ``rank skew`` counter, and per-GPU sample counters (``GPU util gpu1``, ...).
 
 Both stream through the trace; a truncated tail is skipped, like every reader does. A first pass runs the
 records through the validation every reader shares (records.screen: NaN, negative or missing numbers,
@@ -204,16 +206,21 @@ def export_csv(trace: str, out: IO[str], skip: frozenset = frozenset()) -> str:
     """One row per step record (less the lines in ``skip``). Two streaming passes: the first finds step
     fields beyond the schema."""
     extra: dict[str, None] = {}
+    ranks = 0
     for rec in _records(trace, skip):
         if rec["type"] == R.STEP:
-            extra.update((k, None) for k in rec if k != "type" and k not in STEP_COLUMNS)
-    columns = STEP_COLUMNS + tuple(extra)
+            extra.update((k, None) for k in rec if k != "type" and k not in STEP_COLUMNS and k != "rank_ms")
+            if isinstance(rec.get("rank_ms"), list):
+                ranks = max(ranks, len(rec["rank_ms"]))
+    columns = STEP_COLUMNS + tuple(extra) + tuple(f"rank{r}_ms" for r in range(ranks))
     w = csv.writer(out, lineterminator="\n")
     w.writerow(columns)
     rows = 0
     for rec in _records(trace, skip):
         if rec["type"] == R.STEP:
             rec = with_derived(rec)
+            if isinstance(rec.get("rank_ms"), list):
+                rec.update((f"rank{r}_ms", v) for r, v in enumerate(rec["rank_ms"]))
             w.writerow([_cell(rec.get(c)) for c in columns])
             rows += 1
     return f"{rows:,} step rows, {len(columns)} columns" + (f", {len(skip):,} records skipped" if skip else "")
@@ -410,6 +417,12 @@ class _PerfettoWriter:
                                    "requests": _num(rec, "batch")})
         if _is_number(rec.get("gpu_ms")):
             self._gpu_step(rec, name, t_us)
+        if isinstance(rec.get("rank_ms"), list):
+            per = {f"rank{r}": v for r, v in enumerate(rec["rank_ms"]) if _is_number(v)}
+            if per:
+                self._counter("rank step ms", t, per)
+            if _is_number(rec.get("skew_ms")):
+                self._counter("rank skew", t, {"ms": rec["skew_ms"]})
 
     def _gpu_step(self, rec: dict, name: str, t_us: float) -> None:
         gap = rec["gap_us"] if _is_number(rec.get("gap_us")) else 0.0
@@ -437,6 +450,11 @@ class _PerfettoWriter:
             v = rec.get(field)
             if _is_number(v):
                 self._counter(name, t, {key: round(v * scale, 3) if scale != 1 else v})
+        for g in rec.get("gpus") if isinstance(rec.get("gpus"), list) else ():
+            for field, (name, key, scale) in SAMPLE_COUNTERS.items():
+                v = g.get(field) if isinstance(g, dict) and g.get("gpu") else None   # gpu 0: the series above
+                if _is_number(v):
+                    self._counter(f"{name} gpu{g['gpu']}", t, {key: round(v * scale, 3) if scale != 1 else v})
 
     def _event(self, rec: dict) -> None:
         kind, t = rec.get("kind"), _num(rec, "t")

@@ -13,6 +13,11 @@ hit % = sum(cgwatch_bucket_steps_total) / (sum(cgwatch_bucket_forwards_total) -
 sum(cgwatch_bucket_misses_total{reason="eager_mode"})), graph share = sum(cgwatch_bucket_steps_total)
 / sum(cgwatch_bucket_forwards_total), padding waste = cgwatch_padding_rows_total /
 cgwatch_graph_rows_total.
+
+NVML gauges are per GPU, labelled ``gpu`` (the rank's CUDA index; "0" for a one-GPU run). A
+tensor-parallel run adds per-rank series labelled ``rank`` (RunStats.ranks): step time and steps
+measured (mean step time per rank = rate of the first over rate of the second), steps that rank was
+the slowest, the skew between ranks, each rank's graph pool and failed captures.
 """
 
 from __future__ import annotations
@@ -37,12 +42,15 @@ LAUNCH_BUCKETS = (0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.00
                   0.5, 1.0, 5.0, 10.0)
 GAP_BUCKETS = (0.000001, 0.000002, 0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05)
 
-# sample field -> (gauge, scale to base unit, help)
+# sample field -> (gauge, scale to base unit, help): per GPU (label gpu) ...
+_GPU_GAUGES = {
+    "gpu_util": ("cgwatch_gpu_utilization_ratio", 0.01, "NVML GPU utilization, 0..1, by GPU"),
+    "mem_used_bytes": ("cgwatch_gpu_memory_used_bytes", 1, "NVML device memory used (all processes), bytes, by GPU"),
+    "power_w": ("cgwatch_gpu_power_watts", 1, "Board power, watts, by GPU"),
+    "sm_clock_mhz": ("cgwatch_sm_clock_hertz", 1e6, "SM clock, hertz, by GPU"),
+}
+# ... and of the engine process (rank 0)
 _SAMPLE_GAUGES = {
-    "gpu_util": ("cgwatch_gpu_utilization_ratio", 0.01, "NVML GPU utilization, 0..1"),
-    "mem_used_bytes": ("cgwatch_gpu_memory_used_bytes", 1, "NVML device memory used (all processes), bytes"),
-    "power_w": ("cgwatch_gpu_power_watts", 1, "Board power, watts"),
-    "sm_clock_mhz": ("cgwatch_sm_clock_hertz", 1e6, "SM clock, hertz"),
     "gpu_busy": ("cgwatch_gpu_busy_ratio", 1, "Share of the last sample interval covered by GPU step time, 0..1"),
     "cpu_pct": ("cgwatch_process_cpu_ratio", 0.01, "CPU use of the engine process, cores (1.0 = one core)"),
 }
@@ -123,6 +131,7 @@ class Metrics:
         self.gap_s = _Histogram("cgwatch_gpu_gap_seconds", "GPU idle between back-to-back steps: the previous "
                                 "step's end to this step's start (host work between steps the GPU waited for)", GAP_BUCKETS)
         self.plain: dict[str, float] = {}   # gauges, present once measured
+        self.by_gpu: dict[str, dict[str, float]] = {name: {} for name, _, _ in _GPU_GAUGES.values()}
         self.by_bucket: dict[str, dict[str, float]] = {name: {} for name in _BUCKET_HELP}
         self.registry.register(self)
         self._server = None
@@ -144,6 +153,14 @@ class Metrics:
                 v = rec.get(field)
                 if v is not None:
                     plain[name] = v * scale
+            gpus = rec.get("gpus")
+            for g in gpus if isinstance(gpus, list) else [{"gpu": 0, **rec}]:
+                for field, (name, scale, _) in _GPU_GAUGES.items():
+                    v = g.get(field)
+                    if v is not None:
+                        self.by_gpu[name][str(g.get("gpu"))] = v * scale
+            if isinstance(gpus, list):
+                self.stats.ranks.add_sample(gpus)
         elif kind == R.EVENT:
             self.stats.add(rec)
             self._event(rec)
@@ -163,6 +180,7 @@ class Metrics:
         elif kind == R.EV_RELEASE:   # the graphs are gone: their per-bucket numbers too
             for values in self.by_bucket.values():
                 values.clear()
+            self.stats.ranks.captures.clear()
             self.plain["cgwatch_graph_pool_bytes"] = 0
         elif kind in (R.EV_STATE, R.EV_MODE) and rec.get("mode") in ("graph", "eager"):
             self.plain["cgwatch_mode_graph"] = 1 if rec["mode"] == "graph" else 0
@@ -216,6 +234,48 @@ class Metrics:
                 for bucket, v in sorted(values.items(), key=lambda kv: int(kv[0])):
                     g.add_metric([bucket], v)
                 yield g
+        for name, _, help_ in _GPU_GAUGES.values():
+            values = self.by_gpu[name].copy()
+            if values:
+                g = GaugeMetricFamily(name, help_, labels=["gpu"])
+                for gpu, v in sorted(values.items()):
+                    g.add_metric([gpu], v)
+                yield g
+        yield from self._rank_families()
+
+    def _rank_families(self):
+        rk = self.stats.ranks
+        steps = rk.steps.copy()
+        if not steps:
+            return
+        ranks = sorted(steps)
+        yield _counter("cgwatch_rank_steps_total", "Steps with a step time measured on the rank (tensor parallel)",
+                       ("rank",), [((str(r),), steps[r]) for r in ranks])
+        yield _counter("cgwatch_rank_step_seconds_total", "Sum of the rank's step times (GPU time where measured, "
+                       "else host), seconds", ("rank",), [((str(r),), rk.ms_sum.get(r, 0.0) / 1000.0) for r in ranks])
+        yield _counter("cgwatch_rank_slowest_steps_total", "Steps where the rank took longest (every rank measured)",
+                       ("rank",), [((str(r),), rk.slowest.get(r, 0)) for r in ranks])
+        yield _counter("cgwatch_rank_skew_seconds_total", "Sum over steps of slowest minus fastest rank, seconds",
+                       (), [((), rk.skew_sum / 1000.0)])
+        yield _counter("cgwatch_rank_skew_steps_total", "Steps in cgwatch_rank_skew_seconds_total", (),
+                       [((), rk.skew_n)])
+        pool = list(rk.pool or ())
+        if any(isinstance(v, (int, float)) for v in pool):
+            g = GaugeMetricFamily("cgwatch_rank_graph_pool_bytes", "The rank's graph pool after the last capture "
+                                  "round, bytes", labels=["rank"])
+            for r, v in enumerate(pool):
+                if isinstance(v, (int, float)):
+                    g.add_metric([str(r)], v)
+            yield g
+        caps = {b: rows.copy() for b, rows in rk.captures.copy().items()}
+        if caps:
+            g = GaugeMetricFamily("cgwatch_rank_bucket_capture_failed", "1 when the rank's own last capture of the "
+                                  "bucket failed (the bucket then runs eager on every rank), else 0",
+                                  labels=["rank", "bucket"])
+            for b in sorted(caps):
+                for r in sorted(caps[b]):
+                    g.add_metric([str(r), str(b)], 0 if caps[b][r].get("ok") else 1)
+            yield g
 
     # -- serving -----------------------------------------------------------------------------
     def serve(self, port: int, addr: str = "127.0.0.1") -> "Metrics":

@@ -78,6 +78,13 @@ def step(i: int, t: float, batch: int, target: int | None, bucket: int | None, r
     keeps ahead of the GPU; else the host work between steps (scheduling, bookkeeping) the GPU waited
     for. Launch gaps inside an eager step are not in it: the events bracket the whole step, so they
     show in its ``gpu_ms``. ``tokens``: tokens the forward produced.
+
+    Tensor parallelism adds (rank 0's engine, engine/rank_merge.py; absent with one rank):
+    ``rank_ms`` [each rank's step time: GPU time where measured, else host; None: not measured],
+    indexed by rank, ``skew_ms`` (max - min of rank_ms; None unless every rank measured) and
+    ``plan_us`` (rank 0's host time sending this step's plan to the other ranks and taking their
+    step times back, before ``t``: cgwatch's own cost of running N ranks). The other fields are
+    rank 0's (every rank runs the same step).
     """
     rows = batch if rows is None else rows
     if runtime_mode is None:
@@ -175,10 +182,14 @@ def check_step(rec: dict) -> str | None:
     for key, nullable, whole in (("i", False, True), ("t", False, False), ("batch", False, True),
                                  ("rows", True, True), ("host_us", False, False), ("gpu_ms", True, False),
                                  ("gap_us", True, False), ("tokens", False, True), ("prompt_tokens", True, True),
-                                 ("padded", True, True)):
+                                 ("padded", True, True), ("skew_ms", True, False), ("plan_us", True, False)):
         why = bad_number(key, rec.get(key), nullable=nullable, whole=whole, minimum=None if key == "padded" else 0.0)
         if why:
             return why
+    rank_ms = rec.get("rank_ms")
+    if rank_ms is not None and (not isinstance(rank_ms, list)
+                                or any(bad_number("rank_ms", v, nullable=True, minimum=0.0) for v in rank_ms)):
+        return f"rank_ms is {rank_ms!r}, not a list of step times"
     rows = step_rows(rec)
     for key in ("target", "bucket"):
         why = bad_number(key, rec[key], nullable=True, whole=True, minimum=1)

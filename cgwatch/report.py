@@ -16,7 +16,9 @@ event; pool_bytes and nvml_bytes in MiB; check is "ok <rel_err>" or "MISMATCH <r
 size list with its number, start t (None: the run's start), sizes and forwards.
 
 Besides the totals, the report lists the alerts and the events that change what the numbers mean:
-mode switches, recaptures, marks, padding-ratio and arrival-rate changes, pauses and engine restarts.
+mode switches, recaptures, marks, padding-ratio and arrival-rate changes, pauses and engine restarts;
+and for a tensor-parallel run the per-rank rows (``ranks``: aggregate.RankStats, plus each rank's
+``gpu`` name from the header) and ``rank_totals`` (the skew between ranks).
 Any value that cannot be computed is None ("n/a" in the text report; null in ``--json``, which is
 strict JSON: no NaN or Infinity).
 """
@@ -99,8 +101,11 @@ def build_report(trace: Trace) -> dict:
         })
     header = {k: v for k, v in trace.header.items() if k != "type"}
     warnings = trace.warnings() + ([screened.warning] if screened.warning else [])
+    names = {r.get("rank"): r.get("gpu") for r in header.get("ranks") or () if isinstance(r, dict)}
+    ranks = [{"gpu": names.get(r["rank"]), **r} for r in stats.ranks.rows()]
     return {"path": trace.path, "header": header, "epochs": [e.summary() for e in shown], "buckets": buckets,
             "totals": stats.totals(), "skipped_records": screened.skipped,
+            "ranks": ranks, "rank_totals": stats.ranks.totals() if ranks else None,
             "alerts": alerts, "events": events, "warnings": warnings}
 
 
@@ -151,6 +156,40 @@ def _table(header: list[tuple[str, str]], rows: list[list[str]], left: set[int],
 
 def _clip(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _buckets_text(buckets: list[int]) -> str:
+    return ",".join(map(str, buckets)) if buckets else "-"
+
+
+def _rank_lines(rep: dict) -> list[str]:
+    """The per-rank table of a tensor-parallel run (none for one rank)."""
+    h = rep["header"]
+    if h.get("backend") == "vllm" and (h.get("tensor_parallel_size") or 1) > 1:
+        return ["", f"ranks: {h['tensor_parallel_size']} (vLLM's stats are per engine, not per rank: "
+                "no per-rank numbers)"]
+    ranks = rep.get("ranks") or []
+    if not ranks:
+        return []
+    head = [("", "rank"), ("", "gpu"), ("", "steps"), ("step ms", "p50/p99"), ("slowest", "%"),
+            ("graph", "MiB"), ("util", "%"), ("mem", "MiB"), ("captured", "buckets"), ("failed", "buckets")]
+    rows = [[str(r["rank"]), _clip(str(r.get("gpu") or NA), 24), f"{r['steps']:,}",
+             f"{_ms(r['step_p50_ms'])}/{_ms(r['step_p99_ms'])}", _f(r["slowest_pct"], ".1f"),
+             _f(r["graph_pool_mib"], ".1f"), _f(r["nvml_util_pct"], ".1f"), _f(r["mem_used_mib"], ",.0f"),
+             _buckets_text(r["captured"]), _buckets_text(r["failed"])] for r in ranks]
+    rt = rep["rank_totals"] or {}
+    lines = ["", f"ranks ({len(ranks)}, tensor parallel):"]
+    lines += ["  " + x for x in _table(head, rows, left={1, 8, 9}, width=116)]
+    lines.append(f"  skew (slowest - fastest rank, per step): p50 {_ms(rt.get('skew_p50_ms'))} ms, "
+                 f"p99 {_ms(rt.get('skew_p99_ms'))} ms, n {rt.get('skew_n', 0):,}")
+    lines += textwrap.wrap("(step ms: each rank's step time, GPU time where measured, else host; slowest %: "
+                           "the share of steps that rank took longest; the all-reduces make ranks wait for each "
+                           "other, so a rank slow to launch shows the shortest time)", 116,
+                           initial_indent="  ", subsequent_indent="   ")
+    mism = [f"rank {r['rank']}: {_buckets_text(r['check_mismatch'])}" for r in ranks if r["check_mismatch"]]
+    if mism:
+        lines.append("  graph tokens differ from eager on " + "; ".join(mism))
+    return lines
 
 
 def format_report(rep: dict) -> str:
@@ -245,6 +284,7 @@ def format_report(rep: dict) -> str:
               f"  mode switches    {t['mode_switches']}, recaptures {t['recaptures']}"
               + (f" ({t['epochs']} size lists)" if several else "")]
 
+    lines += _rank_lines(rep)
     for title, items, fmt in (
             ("alerts", rep["alerts"], lambda a: f"{a['level'].upper():5}  {a['message']}"),
             ("events", rep["events"], lambda e: e["text"])):

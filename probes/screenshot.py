@@ -2,6 +2,7 @@
 
     python3 probes/screenshot.py sample_traces/llama1b_live_h100.jsonl --at 31 --out docs/tui_replay_live_h100.svg
     python3 probes/screenshot.py sample_traces/llama1b_live_h100.jsonl --at 31 --out /tmp/e.svg --size 80x24 --keys tab,tab
+    python3 probes/screenshot.py tp2.jsonl --at 20 --keys G --size 80x24 --out /tmp/gpus.svg   # the per-GPU view
 """
 
 from __future__ import annotations

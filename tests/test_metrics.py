@@ -99,10 +99,10 @@ def test_gauges_hold_the_last_measurement_and_none_changes_nothing(metrics):
     assert value(m, "cgwatch_bucket_graph_bytes", bucket="8") == 4096
     assert value(m, "cgwatch_bucket_graph_bytes", bucket="16") is None   # unknown: not exported
     assert value(m, "cgwatch_capture_seconds", bucket="16") == 0.07
-    assert value(m, "cgwatch_gpu_utilization_ratio") == pytest.approx(0.87)
-    assert value(m, "cgwatch_gpu_memory_used_bytes") == 10 * 2**30
-    assert value(m, "cgwatch_gpu_power_watts") == 300.5
-    assert value(m, "cgwatch_sm_clock_hertz") == 1.98e9
+    assert value(m, "cgwatch_gpu_utilization_ratio", gpu="0") == pytest.approx(0.87)
+    assert value(m, "cgwatch_gpu_memory_used_bytes", gpu="0") == 10 * 2**30
+    assert value(m, "cgwatch_gpu_power_watts", gpu="0") == 300.5
+    assert value(m, "cgwatch_sm_clock_hertz", gpu="0") == 1.98e9
     assert value(m, "cgwatch_gpu_busy_ratio") == 0.5
     assert value(m, "cgwatch_process_cpu_ratio") == 1.5
     assert value(m, "cgwatch_mode_graph") == 0
@@ -144,7 +144,7 @@ def test_http_scrape(metrics):
         with urllib.request.urlopen(metrics.url, timeout=10) as r:
             text = r.read().decode()
         assert 'cgwatch_bucket_steps_total{bucket="8"} 2.0' in text
-        assert "# TYPE cgwatch_gpu_power_watts gauge" in text and "cgwatch_gpu_power_watts 300.5" in text
+        assert "# TYPE cgwatch_gpu_power_watts gauge" in text and 'cgwatch_gpu_power_watts{gpu="0"} 300.5' in text
         assert 'cgwatch_step_seconds_bucket{le="0.002",mode="graph"} 1.0' in text
     finally:
         metrics.close()

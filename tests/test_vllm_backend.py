@@ -295,6 +295,10 @@ def test_flags_map_to_the_vllm_config(monkeypatch):
     assert (c.gpu_memory_utilization, c.num_seqs, c.max_seq, c.dtype) == (0.6, 12, 256, "fp16")
     assert c.schedule == ((10, Command("mode", "graph")),)
     assert c.engine_kwargs(True, c.capture_sizes)["cudagraph_capture_sizes"] == [1, 2, 4, 8]
+    assert "tensor_parallel_size" not in c.engine_kwargs(True, None)
+    c = cfg("--tp", "2")   # passed through to vLLM, whose stats stay per engine
+    assert c.tensor_parallel_size == 2 and c.engine_kwargs(True, None)["tensor_parallel_size"] == 2
+    assert c.engine_kwargs(False, None)["tensor_parallel_size"] == 2
 
 
 def test_default_path_never_imports_vllm():

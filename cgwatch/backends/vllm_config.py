@@ -41,6 +41,7 @@ class VllmEngineConfig:
     mode: str = "graph"                          # graph | eager (= --enforce-eager)
     gpu_memory_utilization: float | None = None  # None: vLLM's default
     max_num_seqs: int | None = None              # None: the workload's --max-concurrency
+    tensor_parallel_size: int = 1                # passed to vLLM (its workers; its stats stay per engine)
     temperature: float = 0.0
     seed: int = 0
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
@@ -63,6 +64,8 @@ class VllmEngineConfig:
             raise CgwatchError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise CgwatchError(f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
+        if self.tensor_parallel_size < 1:
+            raise CgwatchError(f"--tensor-parallel-size must be >= 1, got {self.tensor_parallel_size}")
         if self.max_capture_size is not None and self.max_capture_size < 1:
             raise CgwatchError(f"--max-cudagraph-capture-size must be >= 1, got {self.max_capture_size}")
         if self.max_seq < 8:
@@ -107,6 +110,8 @@ class VllmEngineConfig:
             kw["load_format"] = self.resolved.load_format
         if self.gpu_memory_utilization is not None:
             kw["gpu_memory_utilization"] = self.gpu_memory_utilization
+        if self.tensor_parallel_size > 1:
+            kw["tensor_parallel_size"] = self.tensor_parallel_size
         if graph:
             if sizes is not None:
                 # the sizes are already cut at --max-cudagraph-capture-size; vLLM refuses a max that is

@@ -281,7 +281,10 @@ class VllmEngine(CommandTaker):
                           "max_model_len": mc.max_model_len, "vocab_size": self.vocab, "params": None},
                 "config": cfg, "workload": self.workload.describe(), "command_limits": self.command_limits().describe(),
                 "nvtx": False, "nvml": self.nvml.available,
-                "build_s": round(self.build_s, 3)}
+                "build_s": round(self.build_s, 3)} | ({"tensor_parallel_size": self.cfg.tensor_parallel_size,
+                                                       "rank_stats": "per engine: vLLM reports each step once for "
+                                                       "all its workers, not per rank"}
+                                                      if self.cfg.tensor_parallel_size > 1 else {})
 
     def command_limits(self):
         """Capture sizes are tokens per forward in vLLM: at most max_num_batched_tokens (else max_num_seqs)."""

@@ -17,6 +17,13 @@ checked against eager). ``--batch-sizes`` b requests sit in slots 0..b-1, prefil
 - HBM floor: (weight bytes + the KV bytes a step must read at the mean context) / the measured
   copy bandwidth (measure/bandwidth.py).
 
+With ``tensor_parallel_size`` N > 1 the engine runs N ranks (engine/loop.py): the bench drives them
+through ``Engine.call_all`` (prefill, save / restore the state, drain) and ``Engine.step``, so every
+rank runs the same work; each row also has ``allreduce_pct`` (the share of the step's kernel time in
+NCCL kernels, from the profiler over a few steps on rank 0; on the CPU the share of host time in gloo
+all-reduces) and ``plan_us_p50`` (rank 0's host time per step for the plan exchange, cgwatch's own
+cost of N ranks). The eager kernel count and torch.compile are one-rank only.
+
 All records go to ``emit`` (a trace file: ``report``, ``replay`` and ``recommend --costs`` read it);
 phase boundaries are marks, and the end record carries the result rows.
 """
@@ -53,6 +60,7 @@ class BenchConfig:
     seed: int = 0
     with_compile: bool = False
     nvtx: bool = True
+    tensor_parallel_size: int = 1
     modes: tuple[str, ...] = field(default=("eager", "graph"))
 
 
@@ -84,6 +92,10 @@ def check_config(c: BenchConfig) -> None:
             raise CgwatchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
     if c.warmup < 0:
         raise CgwatchError(f"--warmup must be >= 0, got {c.warmup}")
+    if c.tensor_parallel_size < 1:
+        raise CgwatchError(f"--tensor-parallel-size must be >= 1, got {c.tensor_parallel_size}")
+    if c.with_compile and c.tensor_parallel_size > 1:
+        raise CgwatchError("--with-compile runs one rank: leave out --tensor-parallel-size")
     need = c.prompt_len + max(c.warmup + c.steps, c.tokens) + 1
     if need > c.max_seq:
         raise CgwatchError(f"--max-seq {c.max_seq} is too short: prompt {c.prompt_len} + "
@@ -110,11 +122,12 @@ class Bench:
         sizes = tuple(sorted(set(cfg.batch_sizes)))
         self.sizes = sizes
         self.max_batch = sizes[-1]
-        probe = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+        probe = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else
                              ("cpu" if cfg.device == "auto" else cfg.device))
         ecfg = EngineConfig(model=cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq=cfg.max_seq,
                             capture_sizes=sizes, max_padding_ratio=0.0,
                             mode="graph" if probe.type == "cuda" else "eager", seed=cfg.seed, nvtx=cfg.nvtx,
+                            tensor_parallel_size=cfg.tensor_parallel_size,
                             workload=WorkloadSpec(arrival=f"fixed:{self.max_batch}", max_concurrency=self.max_batch,
                                                   max_seq=cfg.max_seq, seed=cfg.seed))
         self.engine = eng = Engine(ecfg, tap)
@@ -132,10 +145,11 @@ class Bench:
         with torch.inference_mode():
             eng.start()   # captures every size (graph mode on CUDA)
             bandwidth = copy_bandwidth(eng.device)
-            for slot in range(self.max_batch):   # the same prompts for every mode and batch size
-                eng.state.prefill(slot, cfg.prompt_len)
+            # the same prompts for every mode and batch size
+            eng.call_all("prefill_slots", list(range(self.max_batch)), cfg.prompt_len)
             self._sync()
-            saved = eng.state.snapshot()
+            eng.call_all("save_state")
+            saved = eng._saved_state   # (torch.compile restores it itself: one rank)
             compiled = self._compiled() if cfg.with_compile and self.cuda else None
             rows = []
             for b in self.sizes:
@@ -154,8 +168,8 @@ class Bench:
                 row["floor_ms"] = self._floor_ms(b, bandwidth)
                 rows.append(row)
                 eng.emit(R.event(R.EV_INFO, eng.now(), message=f"bench batch {b}: " + _row_text(row), bench=row))
-            eng.state.restore(saved)
-        return {"rows": rows, "bandwidth_bytes_per_s": bandwidth, "model": eng.model_info,
+            eng.call_all("restore_state")
+        return {"rows": rows, "tensor_parallel_size": cfg.tensor_parallel_size, "bandwidth_bytes_per_s": bandwidth, "model": eng.model_info,
                 "device": str(eng.device), "dtype": str(eng.dtype).removeprefix("torch."),
                 "gpu": eng.header()["gpu"], "torch": torch.__version__, "max_seq": cfg.max_seq,
                 "prompt_len": cfg.prompt_len, "steps": cfg.steps, "warmup": cfg.warmup, "tokens": cfg.tokens}
@@ -179,15 +193,15 @@ class Bench:
         """Latency and throughput of batch ``b`` in ``mode``, through the engine's own step."""
         eng, cfg = self.engine, self.cfg
         self._set_mode(mode)
-        eng.state.restore(saved)
+        eng.call_all("restore_state")
         for _ in range(cfg.warmup):
             eng.step()
-        eng._emit_done(eng.timer.drain())
+        eng.call_all("_drain")
         self._mark(f"bench b={b} {mode}: {cfg.steps} timed steps")
         first = len(self.steps)
         for _ in range(cfg.steps):
             eng.step()
-        eng._emit_done(eng.timer.drain())
+        eng.call_all("_drain")
         timed = [r for r in self.steps[first:] if r["batch"] == b]
         out = _stats([R.step_ms(r) for r in timed])
         out["host_us_p50"] = statistics.median(r["host_us"] for r in timed)
@@ -198,7 +212,14 @@ class Bench:
         if mode == "graph":
             g = eng.graphs.graphs.get(b)
             out["capture_s"] = g.capture_s if g else None
-        eng.state.restore(saved)
+        if cfg.tensor_parallel_size > 1:
+            plans = [r["plan_us"] for r in timed if r.get("plan_us") is not None]
+            out["plan_us_p50"] = statistics.median(plans) if plans else None
+            skews = [r["skew_ms"] for r in timed if r.get("skew_ms") is not None]
+            out["skew_ms_p50"] = statistics.median(skews) if skews else None
+            eng.call_all("restore_state")
+            out["allreduce_pct"] = self._allreduce_pct()
+        eng.call_all("restore_state")
         self._mark(f"bench b={b} {mode}: {cfg.tokens}-token throughput")
         self._sync()
         t0 = time.perf_counter()
@@ -206,9 +227,34 @@ class Bench:
             eng.step()
         self._sync()
         wall = time.perf_counter() - t0
-        eng._emit_done(eng.timer.drain())
+        eng.call_all("_drain")
         out["tokens_per_s"] = b * cfg.tokens / wall
         return out
+
+    def _allreduce_pct(self, steps: int = 5) -> float | None:
+        """The share of a step in all-reduce, from the profiler over ``steps`` steps on rank 0: NCCL
+        kernels over all kernels (CUDA), gloo all-reduce over the steps' host time (CPU)."""
+        from torch.profiler import ProfilerActivity, profile
+        eng = self.engine
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        try:
+            with profile(activities=acts) as prof:
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    eng.step()
+                self._sync()
+                wall_us = (time.perf_counter() - t0) * 1e6
+            eng.call_all("_drain")
+            events = prof.events()
+        except Exception:   # a profiler that cannot run here: n/a, the bench goes on
+            return None
+        if self.cuda:
+            kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+            total = sum(e.device_time for e in kernels)
+            nccl = sum(e.device_time for e in kernels if "nccl" in e.name.lower())
+            return 100.0 * nccl / total if total else None
+        ar = sum(e.cpu_time_total for e in events if "all_reduce" in e.name and e.name.startswith("gloo"))
+        return 100.0 * ar / wall_us if wall_us else None
 
     def _kernels(self, b: int, mode: str) -> int | None:
         eng = self.engine
@@ -217,6 +263,8 @@ class Bench:
         if mode == "graph":
             g = eng.graphs.graphs.get(b)
             return g.kernels if g and g.ok else None
+        if eng.ranks is not None:
+            return None   # an eager decode on rank 0 alone would wait for the others' all-reduces
         snap = eng.state.snapshot()
         n = graph_stats.eager_kernels(lambda: eng.state.decode(b))
         eng.state.restore(snap)
@@ -288,17 +336,19 @@ class Bench:
         m = self.engine.model
         weights = sum(p.numel() * p.element_size() for p in m.parameters())
         ctx = self.cfg.prompt_len + self.cfg.warmup + self.cfg.steps / 2   # mean position while timed
-        return hbm_floor_ms(m.args, m.embed_tokens.weight.element_size(), b, ctx, bandwidth, weights)
+        return hbm_floor_ms(m.args, m.embed_tokens.weight.element_size(), b, ctx, bandwidth, weights, m.tp_size)
 
 
-def hbm_floor_ms(a, elt: int, b: int, ctx: float, bandwidth: float, weight_bytes: int | None = None) -> float:
+def hbm_floor_ms(a, elt: int, b: int, ctx: float, bandwidth: float, weight_bytes: int | None = None,
+                 tp_size: int = 1) -> float:
     """The least time a decode step of batch b can take: (weights + KV at context ``ctx``) / bandwidth.
-    ``weight_bytes``: the model's parameter bytes (None: from the shapes, ``a.n_params()``)."""
+    ``weight_bytes``: the model's parameter bytes (None: from the shapes, ``a.n_params()``); with
+    tensor parallelism, one rank's (its shards and the replicated layers) and its share of the KV."""
     weights = a.n_params() * elt if weight_bytes is None else weight_bytes
     # a step gathers b rows of the embedding table, so it is not read in full -- unless it is
     # also the lm_head (tied), which reads all of it; parameters() counts a tied table once
     weights -= 0 if a.tie_embeddings else a.vocab_size * a.dim * elt
-    kv = b * a.n_layers * 2 * a.n_kv_heads * a.head_dim * ctx * elt
+    kv = b * a.n_layers * 2 * (a.n_kv_heads // tp_size) * a.head_dim * ctx * elt
     return (weights + kv) / bandwidth * 1e3
 
 

@@ -4,6 +4,11 @@ Capture follows vLLM/SGLang: warm up on a side stream, capture largest bucket fi
 memory pool so smaller graphs reuse the big graph's blocks (``pool="private"`` gives each graph its own
 pool, for comparison). A bucket whose capture fails is disabled with its cause; the others go on.
 Each graph is checked against eager on the same inputs right after capture.
+
+With tensor parallelism every rank captures the same buckets in the same order (the all-reduces are
+inside the graphs). ``ranks`` (engine/ranks.py) settles each bucket before its check: a bucket that
+failed on any rank is disabled on every rank, its cause the failing rank's (``failed_rank``); then
+every rank checks its graph and the per-rank measures go to rank 0 for the capture event (``ranks``).
 """
 
 from __future__ import annotations
@@ -37,11 +42,22 @@ class BucketGraph:
     hint: str | None = None
     error: str | None = None
     outputs: tuple = field(default=(), repr=False)
+    failed_rank: int | None = None   # tensor parallelism: the rank whose capture failed
+    ranks: list | None = None        # tensor parallelism: every rank's rank_fields(), on rank 0
 
     def event_fields(self) -> dict:
-        return {"bucket": self.size, "ok": self.ok, "capture_s": round(self.capture_s, 4),
-                "pool_bytes": self.pool_bytes, "nvml_bytes": self.nvml_bytes, "kernels": self.kernels,
-                "check": self.check, "cause": self.cause, "hint": self.hint, "error": self.error}
+        out = {"bucket": self.size, "ok": self.ok, "capture_s": round(self.capture_s, 4),
+               "pool_bytes": self.pool_bytes, "nvml_bytes": self.nvml_bytes, "kernels": self.kernels,
+               "check": self.check, "cause": self.cause, "hint": self.hint, "error": self.error}
+        if self.ranks is not None:
+            out |= {"failed_rank": self.failed_rank, "ranks": self.ranks}
+        return out
+
+    def rank_fields(self) -> dict:
+        """What one rank measured of its capture (an entry of the capture event's ``ranks``)."""
+        return {"ok": self.ok, "capture_s": round(self.capture_s, 4), "pool_bytes": self.pool_bytes,
+                "nvml_bytes": self.nvml_bytes, "kernels": self.kernels, "check": self.check,
+                "cause": self.cause, "error": self.error}
 
 
 class _InjectedFault(Exception):
@@ -50,10 +66,11 @@ class _InjectedFault(Exception):
 
 class GraphManager:
     def __init__(self, state: DecodeState, nvml: Nvml, nvtx: Nvtx, pool: str = "shared",
-                 fail_buckets: tuple[int, ...] = ()):
+                 fail_buckets: tuple[int, ...] = (), ranks=None):
         if pool not in ("shared", "private"):
             raise ValueError(pool)
         self.state, self.nvml, self.nvtx, self.pool_mode = state, nvml, nvtx, pool
+        self.ranks = ranks                      # engine/ranks.Ranks with tensor parallelism, else None
         self.fail_buckets = set(fail_buckets)   # fault injection: these captures hit a real host sync
         self.graphs: dict[int, BucketGraph] = {}
         self.pool = None
@@ -74,10 +91,19 @@ class GraphManager:
         snap = self.state.snapshot()
         with torch.inference_mode():
             for size in sorted(sizes, reverse=largest_first):
-                b = self._capture_one(size, snap)
+                b = self._capture_graph(size, snap)
+                local_failed = not b.ok
+                mine = b.rank_fields()             # this rank's own outcome, before the agreement
+                if self.ranks is not None:
+                    b = self._settle(b)
+                if b.ok:
+                    b.check = mine["check"] = self._check(b, snap)
+                if self.ranks is not None:
+                    rows = self.ranks.all_gather(mine)
+                    b.ranks = [{"rank": r, **row} for r, row in enumerate(rows)]
                 self.graphs[size] = b
                 on_bucket(b)
-                if not b.ok and self.pool is not None:
+                if local_failed and self.pool is not None:
                     # A failed capture leaves the pool marked as recording (torch skips the
                     # allocators' end-of-capture bookkeeping when cudaStreamEndCapture fails), and
                     # every later capture into it would fail: go on in a fresh pool and stream.
@@ -90,6 +116,26 @@ class GraphManager:
                 "pool_bytes": self.total_pool_bytes(), "seconds": round(time.perf_counter() - t0, 4)}
 
     def _capture_one(self, size: int, snap) -> BucketGraph:
+        """One bucket captured and checked (one rank)."""
+        b = self._capture_graph(size, snap)
+        if b.ok:
+            b.check = self._check(b, snap)
+        return b
+
+    def _settle(self, b: BucketGraph) -> BucketGraph:
+        """Agree with the other ranks: a bucket that failed on any rank is disabled on this one too."""
+        rank, cause, hint, error = self.ranks.settle_capture(b.ok, b.cause, b.hint, b.error)
+        if rank is None:
+            return b
+        if b.ok:
+            b.graph.reset()
+            b.graph, b.outputs, b.ok = None, (), False
+        b.failed_rank = rank
+        if rank != self.ranks.rank or b.cause is None:
+            b.cause, b.hint, b.error = cause, hint, error
+        return b
+
+    def _capture_graph(self, size: int, snap) -> BucketGraph:
         st = self.state
         st.set_slots(list(range(min(size, st.scratch))), size)
         torch.cuda.synchronize()
@@ -126,7 +172,6 @@ class GraphManager:
         nvml_after = self.nvml.used_bytes()
         b.nvml_bytes = None if nvml_after is None or nvml_before is None else nvml_after - nvml_before
         b.kernels = graph_stats.kernel_nodes(graph)
-        b.check = self._check(b, snap)
         return b
 
     def _capture_into(self, graph: torch.cuda.CUDAGraph, size: int):

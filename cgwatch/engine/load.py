@@ -14,17 +14,38 @@ from cgwatch.errors import CgwatchError
 SUPPORTED_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 
-def load_model(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> tuple[Transformer, dict]:
-    """Returns the model and a JSON-ready description for the trace header."""
+def load_model(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0, rank: int = 0,
+               tp_size: int = 1) -> tuple[Transformer, dict]:
+    """Returns the model (this rank's shard with tensor parallelism) and a JSON-ready description of
+    the whole model for the trace header."""
+    model_args(name)
     if name in PRESETS:
-        model = build_random(PRESETS[name], device, dtype, seed)
+        model = build_random(PRESETS[name], device, dtype, seed, rank, tp_size)
         return model, {"name": name, "source": "preset (random weights)", **model.args.describe()}
+    path = Path(name)
+    model = load_hf(path, device, dtype, rank, tp_size)
+    return model, {"name": path.name, "source": str(path.resolve()), **model.args.describe()}
+
+
+def model_args(name: str) -> ModelArgs:
+    """The shapes of a preset or a local checkpoint (its config.json), without loading weights."""
+    if name in PRESETS:
+        return PRESETS[name]
     path = Path(name)
     if not path.exists():
         raise CgwatchError(f"unknown model {name!r}: use a preset ({', '.join(PRESETS)}) "
                            "or the path of a local Hugging Face checkpoint folder")
-    model = load_hf(path, device, dtype)
-    return model, {"name": path.name, "source": str(path.resolve()), **model.args.describe()}
+    return args_from_hf_config(_read_config(path), str(path / "config.json"))
+
+
+def _read_config(path: Path) -> dict:
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise CgwatchError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
+    try:
+        return json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CgwatchError(f"{cfg_path}: unreadable ({e})") from None
 
 
 def args_from_hf_config(cfg: dict, where: str = "config.json") -> ModelArgs:
@@ -53,21 +74,17 @@ def args_from_hf_config(cfg: dict, where: str = "config.json") -> ModelArgs:
         raise CgwatchError(f"{where}: missing field {e.args[0]!r}") from None
 
 
-def load_hf(path: Path, device: torch.device, dtype: torch.dtype) -> Transformer:
+def load_hf(path: Path, device: torch.device, dtype: torch.dtype, rank: int = 0, tp_size: int = 1) -> Transformer:
+    """Load a checkpoint folder; with tensor parallelism, this rank's shard of every weight."""
     from safetensors import safe_open
 
-    cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise CgwatchError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise CgwatchError(f"{cfg_path}: unreadable ({e})") from None
-    args = args_from_hf_config(cfg, str(cfg_path))
+    from cgwatch.engine.tensor_parallel import full_shape, shard
+
+    args = args_from_hf_config(_read_config(path), str(path / "config.json"))
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise CgwatchError(f"no *.safetensors files in {path} (only safetensors checkpoints are supported)")
-    model = empty_model(args, device, dtype)
+    model = empty_model(args, device, dtype, tp_size)
     params = dict(model.named_parameters())
     loaded: set[str] = set()
     with torch.no_grad():
@@ -80,10 +97,11 @@ def load_hf(path: Path, device: torch.device, dtype: torch.dtype) -> Transformer
                         if p is None:
                             continue   # e.g. rotary inv_freq buffers
                         t = st.get_tensor(key)
-                        if t.shape != p.shape:
+                        want = full_shape(name, p.shape, tp_size)
+                        if tuple(t.shape) != want:
                             raise CgwatchError(f"{f.name}: {key} has shape {tuple(t.shape)}, "
-                                               f"config.json implies {tuple(p.shape)}")
-                        p.copy_(t)
+                                               f"config.json implies {want}")
+                        p.copy_(shard(t, name, rank, tp_size))
                         loaded.add(name)
             except CgwatchError:
                 raise

@@ -4,6 +4,12 @@ records (records.py) to its sinks. It never imports a view.
 One ``step()``: apply pending commands, ask the workload who is live, prefill newcomers (eager), pick
 the bucket (buckets.py), run the step (graph replay or eager), hand the step record to the GPU timer,
 and emit the records whose GPU time is known.
+
+Tensor parallelism (``tensor_parallel_size`` N > 1): this process is rank 0 and starts ranks
+1..N-1 (engine/ranks.py), each an Engine built from the same config that ``follow()``s: rank 0 sends
+every step's plan and every mode / recapture / padding command, and every rank runs them through the
+same ``_run_step`` / ``_cmd_*`` / ``_capture`` code below. Only rank 0 has a workload and sinks;
+the others' step times reach rank 0's step records through rank_merge.py.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
@@ -20,10 +28,13 @@ import torch
 
 import cgwatch
 from cgwatch import records as R
-from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, DispatchTable, check_ratio, effective_sizes
+from cgwatch.engine import ranks as RK
+from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, Dispatch, DispatchTable, check_ratio, effective_sizes
 from cgwatch.engine.control import Command, CommandTaker, Limits
 from cgwatch.engine.graphs import BucketGraph, GraphManager
-from cgwatch.engine.load import load_model
+from cgwatch.engine.load import load_model, model_args
+from cgwatch.engine.rank_merge import RankMerge
+from cgwatch.engine.tensor_parallel import check_shapes
 from cgwatch.engine.step import STAGING_BUFFERS, DecodeState
 from cgwatch.errors import CgwatchError
 from cgwatch.measure.gpu_timer import StepTimer
@@ -51,6 +62,8 @@ class EngineConfig:
     schedule: tuple[tuple[int, Command], ...] = ()   # (step, command): --at
     profile_steps: tuple[int, int] | None = None     # cudaProfilerStart/Stop around these steps
     fail_capture: tuple[int, ...] = ()               # fault injection: these buckets' captures fail
+    fail_capture_on: tuple[tuple[int, int], ...] = ()  # (bucket, rank): ... on that rank only
+    tensor_parallel_size: int = 1                    # ranks, one process and one GPU each
     nvtx: bool = True
     sample_interval_s: float = 0.25
     max_inflight: int = 2
@@ -66,7 +79,19 @@ class EngineConfig:
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, rank: int = 0, tp_size: int = 1) -> torch.device:
+    if tp_size > 1:   # one GPU a rank: rank r on cuda:r (CUDA_VISIBLE_DEVICES picks which)
+        if name not in ("auto", "cpu", "cuda"):
+            raise CgwatchError(f"--device {name} with --tensor-parallel-size {tp_size}: use auto, cuda or cpu "
+                               "(rank r runs on cuda:r; pick the GPUs with CUDA_VISIBLE_DEVICES)")
+        if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise CgwatchError("--device cuda: no CUDA device is available")
+            if torch.cuda.device_count() < tp_size:
+                raise CgwatchError(f"--tensor-parallel-size {tp_size}: only {torch.cuda.device_count()} "
+                                   "CUDA device(s) here")
+            return torch.device("cuda", rank)
+        return torch.device("cpu")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -114,8 +139,15 @@ def cpu_threads(explicit: int | None = None, env: dict | None = None) -> tuple[i
 
 
 class Engine(CommandTaker):
-    def __init__(self, cfg: EngineConfig, emit: Callable[[dict], None]):
-        self.cfg, self.emit = cfg, emit
+    def __init__(self, cfg: EngineConfig, emit: Callable[[dict], None] | None, rank: int = 0, store=None):
+        """Rank 0 (the default) emits records to ``emit``; a rank > 0 (started by engine/ranks.py with
+        the run's ``store``) keeps only its step times, for rank 0."""
+        self.cfg, self.rank, self.tp = cfg, rank, cfg.tensor_parallel_size
+        self.emit = emit if rank == 0 else self._keep_measure
+        self.measures: list[tuple[int, float | None]] = []   # rank > 0: (step, ms) not yet sent
+        self.ranks = self.merge = None
+        self._midway = False   # rank 0 is between sending the other ranks work and finishing its own part
+        self.on_abort: Callable[[dict], None] | None = None  # rank 0: ends the trace if the watchdog must
         if cfg.mode not in ("graph", "eager"):
             raise CgwatchError(f"--mode must be graph or eager, got {cfg.mode!r}")
         if cfg.dtype != "auto" and cfg.dtype not in _DTYPES:
@@ -123,7 +155,15 @@ class Engine(CommandTaker):
         check_ratio(cfg.max_padding_ratio)
         if not 1 <= cfg.max_inflight < STAGING_BUFFERS - 1:
             raise CgwatchError(f"max_inflight must be 1..{STAGING_BUFFERS - 2}")
-        self.device = resolve_device(cfg.device)
+        if cfg.max_seq < 8:
+            raise CgwatchError(f"--max-seq must be >= 8, got {cfg.max_seq}")
+        if self.tp > 1:
+            check_shapes(model_args(cfg.model), self.tp, cfg.model)
+            bad = [r for _, r in cfg.fail_capture_on if not 0 <= r < self.tp]
+            if bad:
+                raise CgwatchError(f"--fail-capture-bucket: rank {bad[0]} is not a rank of "
+                                   f"--tensor-parallel-size {self.tp}")
+        self.device = resolve_device(cfg.device, rank, self.tp)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             torch.cuda.set_device(self.device)
@@ -132,22 +172,45 @@ class Engine(CommandTaker):
         self.threads, self.threads_by = None, None
         if not self.cuda or cfg.threads is not None:
             self.threads, self.threads_by = cpu_threads(cfg.threads)
+            if self.tp > 1 and not self.cuda and cfg.threads is None:   # the ranks share the cores
+                self.threads, self.threads_by = max(1, self.threads // self.tp), f"{self.threads_by} / {self.tp} ranks"
             torch.set_num_threads(self.threads)
         self.dtype = _DTYPES.get(cfg.dtype) or (torch.bfloat16 if self.cuda else torch.float32)
         self.workload = Workload(cfg.workload)
         self.max_batch = cfg.workload.max_concurrency
         self.t0 = time.perf_counter()
-        self.model, self.model_info = load_model(cfg.model, self.device, self.dtype, cfg.seed)
-        if cfg.max_seq < 8:
-            raise CgwatchError(f"--max-seq must be >= 8, got {cfg.max_seq}")
+        if self.tp > 1:   # start (rank 0) or join the other ranks before the slow part, the model load
+            self.ranks = RK.start(cfg, self.tp, self.cuda) if rank == 0 else RK.join(rank, self.tp, store, self.cuda)
+            self.ranks.on_stuck = self._abort_stuck
+        try:
+            self._build(cfg)
+        except BaseException:
+            if self.ranks is not None and rank == 0:
+                self.ranks.lost = self.ranks.lost or "rank 0 failed to start"
+                self.ranks.shutdown()
+            raise
+
+    def _build(self, cfg: EngineConfig) -> None:
+        rank = self.rank
+        self.model, self.model_info = load_model(cfg.model, self.device, self.dtype, cfg.seed, rank, self.tp)
+        if self.ranks is not None:
+            self.model.set_group(self.ranks.group)
         self.model.setup_caches(self.max_batch, cfg.max_seq)
         self.state = DecodeState(self.model, self.max_batch, cfg.temperature, cfg.seed)
         self.nvml = Nvml(self.device if self.cuda else None)
+        self.rank_nvml = [Nvml(torch.device("cuda", r)) if self.cuda else Nvml(None) for r in range(self.tp)] \
+            if self.tp > 1 and rank == 0 else []
         self.nvtx = Nvtx(cfg.nvtx)
         self.timer = StepTimer(self.device, cfg.max_inflight)
-        self.graphs = GraphManager(self.state, self.nvml, self.nvtx, cfg.pool, cfg.fail_capture) if self.cuda else None
-        self.sampler = Sampler(self.nvml, HostStats(self.device), self._busy_ms, self.now, emit,
-                               cfg.sample_interval_s)
+        fails = tuple(cfg.fail_capture) + tuple(b for b, r in cfg.fail_capture_on if r == rank)
+        self.graphs = GraphManager(self.state, self.nvml, self.nvtx, cfg.pool, fails, self.ranks) if self.cuda else None
+        self.sampler = Sampler(self.nvml, HostStats(self.device), self._busy_ms, self.now, self.emit,
+                               cfg.sample_interval_s, self.rank_nvml)
+        if self.ranks is not None:
+            self.ranks.ready()                      # every rank loaded its shard
+            self.plan_len = RK.vector_len(self.max_batch)
+            if rank == 0:
+                self.merge = RankMerge(self.tp, self.emit, self.now)
         self.graph_mode = cfg.mode == "graph"
         self.max_padding_ratio = cfg.max_padding_ratio
         self.sizes, self.dropped_sizes = effective_sizes(cfg.capture_sizes, cfg.max_capture_size, self.max_batch)
@@ -173,7 +236,13 @@ class Engine(CommandTaker):
     def header(self) -> dict:
         info = self.nvml.static_info()
         gpu = info["gpu_name"] or (torch.cuda.get_device_name(self.device) if self.cuda else "cpu")
-        return {"cgwatch": cgwatch.__version__, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        tp = {}
+        if self.tp > 1:
+            tp = {"tensor_parallel_size": self.tp, "ranks": [
+                {"rank": r, "device": str(torch.device("cuda", r)) if self.cuda else "cpu",
+                 "gpu": (n.static_info()["gpu_name"] or (torch.cuda.get_device_name(r) if self.cuda else "cpu")),
+                 "pid": os.getpid() if r == 0 else self.ranks.procs[r - 1].pid} for r, n in enumerate(self.rank_nvml)]}
+        return tp | {"cgwatch": cgwatch.__version__, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "host": socket.gethostname(), "pid": os.getpid(), "python": platform.python_version(),
                 "gpu": gpu, "driver": info["driver"], "gpu_mem_total_bytes": info["mem_total_bytes"],
                 "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(self.device),
@@ -187,6 +256,9 @@ class Engine(CommandTaker):
     def start(self) -> None:
         """Capture graphs (graph mode on CUDA) and start the sampler. Call once, after the header is out."""
         self.started = True
+        if self.ranks is not None and self.rank == 0:
+            self._midway = True       # (_together: cleared once the capture round is done)
+            self._send(RK.OP_START)   # the other ranks start (and capture) with this one
         self.t0 = time.perf_counter()   # t = 0 is the start of the run, after the model loaded
         if self.dropped_sizes:
             self.emit(R.event(R.EV_INFO, self.now(), message=f"capture sizes {self.dropped_sizes} dropped: above "
@@ -198,26 +270,55 @@ class Engine(CommandTaker):
         elif self.graph_mode:
             self._capture(self.sizes)
         self.emit(R.event(R.EV_STATE, self.now(), **self.control_state()))
-        self.sampler.start()
+        self._midway = False
+        if self.rank == 0:
+            self.sampler.start()
 
     def close(self) -> dict:
         """Finish in-flight steps, stop sampling, release graphs. Returns the end-record summary.
-        After a CUDA fault (the device answers nothing) it still emits every step, without GPU times."""
-        try:
-            done = self.timer.drain()
-        except Exception as e:
+        After a CUDA fault (the device answers nothing) it still emits every step, without GPU times.
+        With tensor parallelism, rank 0 tells the other ranks to stop and ends their processes; after a
+        lost rank it waits on nothing (a GPU may be stuck in an all-reduce) and the summary has ``reason``."""
+        rk = self.ranks
+        if rk is not None and self.rank == 0 and self._midway and rk.lost is None:
+            rk.lost = "rank 0 stopped in the middle of a step or command: the other ranks were ended"
+        lost = rk is not None and rk.lost is not None
+        if rk is not None and self.rank == 0 and not lost:
+            try:
+                self._send(RK.OP_STOP)
+            except RK.RankLost:
+                lost = True
+        if lost and self.cuda:
             done = self.timer.abandon()
-            self.emit(R.alert(self.now(), f"GPU times of the last {len(done)} steps lost: {type(e).__name__}: "
-                              f"{(str(e).splitlines() or [''])[0]}", level="error"))
+        else:
+            try:
+                done = self.timer.drain()
+            except Exception as e:
+                done = self.timer.abandon()
+                self.emit(R.alert(self.now(), f"GPU times of the last {len(done)} steps lost: {type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0]}", level="error"))
         self._emit_done(done)
-        self.sampler.stop()
-        self.emit(self.sampler.sample())
-        if self.graphs is not None:
+        if rk is not None and not lost:
+            try:
+                self._sync_measures()
+            except RK.RankLost:
+                lost = True
+        if self.merge is not None:
+            self.merge.flush(force=True)
+        if self.rank == 0:
+            self.sampler.stop()
+            self.emit(self.sampler.sample())
+        if self.graphs is not None and not lost:
             try:
                 self.graphs.release()
             except Exception:
                 pass   # the same fault: the process is ending, and the driver frees the graphs with it
-        return {"steps": self.i, "tokens": self.tokens, "duration_s": round(self.now(), 4)}
+        if rk is not None and self.rank == 0:
+            rk.shutdown()
+        summary = {"steps": self.i, "tokens": self.tokens, "duration_s": round(self.now(), 4)}
+        if lost:
+            summary["reason"] = rk.lost
+        return summary
 
     # -- commands (the mechanism: control.CommandTaker) -------------------------------------------
     def control_state(self) -> dict:
@@ -233,6 +334,19 @@ class Engine(CommandTaker):
     def _commands_changed(self) -> None:
         self.table = self._table()
         self.timer.break_chain()
+
+    def _run_command(self, cmd: Command) -> None:
+        if self.ranks is not None and self.rank == 0 and cmd.name in self.ENGINE_COMMANDS:
+            with self._together():
+                self._send(RK.OP_CMD)                    # every rank runs it, between the same two steps
+                self.ranks.broadcast((cmd.name, cmd.value))
+                try:
+                    super()._run_command(cmd)
+                except CgwatchError:
+                    self._midway = False   # refused alike on every rank: nobody is left inside it
+                    raise
+            return
+        super()._run_command(cmd)
 
     def _cmd_mode(self, mode: str, t: float) -> None:
         want = mode == "graph"
@@ -258,7 +372,7 @@ class Engine(CommandTaker):
         self.emit(R.event(R.EV_PADDING, t, value=ratio))
 
     def _release(self) -> None:
-        self._emit_done(self.timer.drain())   # graphs in flight must finish before they go
+        self._drain()   # graphs in flight must finish before they go
         freed, pool = self.graphs.release()
         self.emit(R.event(R.EV_RELEASE, self.now(), freed_bytes=freed, pool_bytes=pool))
 
@@ -266,23 +380,136 @@ class Engine(CommandTaker):
         def on_bucket(b: BucketGraph) -> None:
             self.emit(R.event(R.EV_CAPTURE, self.now(), **b.event_fields()))
             if not b.ok:
-                self.emit(R.alert(self.now(), f"bucket {b.size} capture failed ({b.cause}): {b.error}; "
-                                  f"batches for it run eager. Hint: {b.hint}", level="error", bucket=b.size))
+                where = "" if b.failed_rank is None else f" on rank {b.failed_rank}"
+                also = "" if b.failed_rank is None else " on every rank"
+                self.emit(R.alert(self.now(), f"bucket {b.size} capture failed{where} ({b.cause}): {b.error}; "
+                                  f"batches for it run eager{also}. Hint: {b.hint}", level="error", bucket=b.size,
+                                  **({} if b.failed_rank is None else {"rank": b.failed_rank})))
             elif b.check and not b.check["tokens_equal"]:
                 self.emit(R.alert(self.now(), f"bucket {b.size}: graph tokens differ from eager "
                                   f"(logits rel err {b.check['rel_err']:.2e})", bucket=b.size))
-        self._emit_done(self.timer.drain())
+            for row in b.ranks or ():
+                if row["rank"] and row["check"] and not row["check"]["tokens_equal"]:
+                    self.emit(R.alert(self.now(), f"bucket {b.size} on rank {row['rank']}: graph tokens differ "
+                                      f"from eager (logits rel err {row['check']['rel_err']:.2e})",
+                                      bucket=b.size, rank=row["rank"]))
+        self._drain()
         done = self.graphs.capture(sizes, on_bucket)
+        if self.ranks is not None:
+            done["rank_pool_bytes"] = self.ranks.all_gather(done["pool_bytes"])
         self.emit(R.event(R.EV_CAPTURE_DONE, self.now(), **done))
         self.table = self._table()
 
     # -- the loop --------------------------------------------------------------------------------
     def _emit_done(self, done: list) -> None:
+        out = self.merge.own if self.merge is not None else self.emit
         for rec, ms, gap_ms in done:
             rec["gpu_ms"] = ms if ms is None else round(ms, 4)
             rec["gap_us"] = gap_ms if gap_ms is None else round(gap_ms * 1000.0, 1)
-            self.emit(rec)
+            out(rec)
 
+    def _drain(self) -> None:
+        """Finish the steps in flight and emit them (with tensor parallelism: on every rank at once,
+        every rank's times included)."""
+        self._emit_done(self.timer.drain())
+        if self.ranks is not None:
+            self._sync_measures()
+
+    # -- tensor parallelism: rank 0's side of the protocol (engine/ranks.py) ---------------------
+    def _send(self, op: float, i: int = 0, bucket: int | None = None, active=(), admitted=()) -> None:
+        """Rank 0: send an op (and a step's plan) to every rank; merge the step times they sent back."""
+        parts = self.ranks.exchange(RK.encode_plan(op, i, bucket, list(active), list(admitted), self.plan_len))
+        for r in range(1, self.tp):
+            self.merge.add(r, RK.decode_measures(parts[r]))
+
+    @contextmanager
+    def _together(self):
+        """Rank 0's side of work every rank does (a step, a command, a capture): if it raises, the other
+        ranks are left inside it, so close() ends them instead of asking them to stop."""
+        self._midway = True
+        yield
+        self._midway = False   # not on an exception: then close() sees it
+
+    def _sync_measures(self) -> None:
+        """Every rank: hand rank 0 all the step times not sent yet (after a drain)."""
+        got = self.ranks.all_gather(self.measures if self.rank else None)
+        self.measures = []
+        if self.merge is not None:
+            for r in range(1, self.tp):
+                self.merge.add(r, got[r])
+            self.merge.flush(force=True)
+
+    ALL_RANK_CALLS = ("prefill_slots", "save_state", "restore_state", "_drain")
+
+    def call_all(self, name: str, *args):
+        """Run one of ALL_RANK_CALLS on every rank (rank 0 sends it; one rank: a plain call). The bench
+        drives the engine through these, so the other ranks' model state follows rank 0's."""
+        if name not in self.ALL_RANK_CALLS:
+            raise ValueError(name)
+        if self.ranks is not None and self.rank == 0:
+            with self._together():
+                self._send(RK.OP_CALL)
+                self.ranks.broadcast((name, args))
+                return getattr(self, name)(*args)
+        return getattr(self, name)(*args)
+
+    def prefill_slots(self, slots: list[int], prompt_len: int) -> None:
+        for slot in slots:
+            self.state.prefill(slot, prompt_len)
+
+    def save_state(self) -> None:
+        self._saved_state = self.state.snapshot()
+
+    def restore_state(self) -> None:
+        self.state.restore(self._saved_state)
+
+    def _keep_measure(self, rec: dict) -> None:
+        """Rank > 0's emit: keep its step times for rank 0, drop the rest (rank 0 reports the run)."""
+        if rec.get("type") == R.STEP:
+            self.measures.append((rec["i"], R.step_ms(rec)))
+
+    def _abort_stuck(self, reason: str) -> None:
+        """The watchdog's way out, when a rank died and rank 0's main thread stays blocked (a GPU waiting
+        in an all-reduce that will never complete): say why, end the trace, end the process."""
+        self.emit(R.alert(self.now(), f"run stopped: {reason}", level="error"))
+        summary = {"steps": self.i, "tokens": self.tokens, "duration_s": round(self.now(), 4),
+                   "outcome": "error", "reason": reason, "t": round(self.now(), 6)}
+        try:
+            if self.on_abort is not None:
+                self.on_abort(summary)
+        finally:
+            print(f"cgwatch: {reason}", file=sys.stderr, flush=True)
+            os._exit(1)
+
+    def follow(self) -> None:
+        """Rank > 0: run what rank 0 sends (steps, commands) until it says stop; then close."""
+        with torch.inference_mode():
+            while True:
+                k = min(len(self.measures), RK.MEASURES)
+                parts = self.ranks.exchange(RK.encode_measures(self.measures[:k], self.plan_len))
+                del self.measures[:k]
+                op, i, bucket, active, admitted = RK.decode_plan(parts[0])
+                if op == RK.OP_STEP:
+                    self._run_step(i, admitted, active, Dispatch(bucket, bucket, None))
+                elif op == RK.OP_CMD:
+                    name, value = self.ranks.broadcast()
+                    try:
+                        CommandTaker._run_command(self, Command(name, value))
+                    except CgwatchError:
+                        continue                       # rank 0 got the same error and answered the sender
+                    self._commands_changed()
+                elif op == RK.OP_CALL:
+                    name, args = self.ranks.broadcast()
+                    self.call_all(name, *args)
+                elif op == RK.OP_NOOP:
+                    self._emit_done(self.timer.poll())
+                elif op == RK.OP_START:
+                    self.start()
+                elif op == RK.OP_STOP:
+                    break
+            self.close()
+
+    # -- the loop --------------------------------------------------------------------------------
     def step(self) -> bool:
         """One decode step. False when the workload has ended."""
         i = self.i
@@ -293,11 +520,28 @@ class Engine(CommandTaker):
         if not plan.active:   # nothing live and nothing arriving (rate 0): wait for commands
             self._starved()
             return True
-        if plan.admitted:
-            self._prefill(plan.admitted, i)
-        active = plan.active
+        admitted = [(a.slot, a.prompt_len) for a in plan.admitted]
+        d = self.table[len(plan.active)]
+        if self.ranks is None:
+            self._run_step(i, admitted, plan.active, d)
+            return True
+        with self._together():
+            t0 = time.perf_counter()
+            self._send(RK.OP_STEP, i, d.bucket, plan.active, admitted)
+            plan_us = (time.perf_counter() - t0) * 1e6
+            try:
+                self._run_step(i, admitted, plan.active, d, plan_us)
+            except Exception as e:   # the model's all-reduces fail when a rank is gone: say which
+                self.ranks.check_failure(e)
+                raise
+        return True
+
+    def _run_step(self, i: int, admitted: list[tuple[int, int]], active: list[int], d: Dispatch,
+                  plan_us: float | None = None) -> None:
+        """The step itself, the same on every rank: prefill newcomers, then one graph replay or eager decode."""
+        if admitted:
+            self._prefill(admitted, i)
         batch = len(active)
-        d = self.table[batch]
         prof = self.cfg.profile_steps
         if prof and i == prof[0] and self.cuda:
             torch.cuda.profiler.start()
@@ -312,21 +556,23 @@ class Engine(CommandTaker):
         host_us = (time.perf_counter() - t0) * 1e6
         self.nvtx.pop()
         rec = R.step(i, t0 - self.t0, batch, d.target, d.bucket, d.reason, host_us, None, batch)
+        if plan_us is not None:
+            rec["plan_us"] = round(plan_us, 2)   # rank 0: sending the plan to the other ranks (before t)
         self._emit_done(self.timer.stop(rec))
         if prof and i == prof[1] and self.cuda:
             torch.cuda.profiler.stop()
         self.i = i + 1
         self.tokens += batch
-        return True
 
-    def _prefill(self, admitted, i: int) -> None:
+    def _prefill(self, admitted: list[tuple[int, int]], i: int) -> None:
+        """(slot, prompt length) pairs."""
         self.timer.break_chain()   # prefill work on the stream: the next step's gap is not idle time
         t0 = time.perf_counter()
         with self.nvtx.range("prefill"):
-            for a in admitted:
-                self.state.prefill(a.slot, a.prompt_len)
+            for slot, prompt_len in admitted:
+                self.state.prefill(slot, prompt_len)
         self.emit({"type": R.PREFILL, "t": round(t0 - self.t0, 6), "i": i, "requests": len(admitted),
-                   "tokens": sum(a.prompt_len for a in admitted),
+                   "tokens": sum(n for _, n in admitted),
                    "host_ms": round((time.perf_counter() - t0) * 1e3, 4)})
 
     def run(self, max_steps: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
@@ -337,6 +583,8 @@ class Engine(CommandTaker):
             while (max_steps is None or self.i < max_steps) and not should_stop():
                 if self.paused or self.idle:   # no steps, but still answer commands (resume among them)
                     self._emit_done(self.timer.drain())
+                    if self.ranks is not None:
+                        self._send(RK.OP_NOOP)   # the other ranks' heartbeat; they hand in their times
                     if self.paused:
                         self.wait_for_command()
                     else:

@@ -1,6 +1,10 @@
 """A Llama-architecture decoder (RMSNorm, RoPE, GQA, SwiGLU) with a static, slot-indexed KV cache.
 
 Shapes follow Hugging Face's Llama so real checkpoints load without permutation (checkpoint.py).
+With tensor parallelism (``tp_size`` > 1, engine/tensor_parallel.py) each rank holds its share of the
+heads and of the MLP, Megatron-style: column-parallel q/k/v and gate/up, row-parallel o_proj and
+down_proj, each followed by one all-reduce over ``group``. Embedding, norms and lm_head stay whole on
+every rank (replicated), so every rank computes the same logits. ``tp_size`` 1 runs no collective.
 The KV cache has one row per request slot plus a scratch row (index ``max_slots``): padding rows of a
 graph point at the scratch row, so they never touch a live request's KV.
 """
@@ -54,6 +58,9 @@ PRESETS: dict[str, ModelArgs] = {
                           rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE, tie_embeddings=True),
     "llama-8b": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=128256,
                           rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE),
+    # Llama-3-70B shapes (141 GB of bf16 weights: N=2 on two 141 GB H200s, 70.6 GB a rank)
+    "llama-70b": ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672, vocab_size=128256,
+                           rope_theta=500000.0),
 }
 
 
@@ -94,6 +101,14 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+def all_reduce(x: torch.Tensor, group) -> torch.Tensor:
+    """Sum the row-parallel partial outputs over the ranks (in place); no-op without a group (N=1)."""
+    if group is not None:
+        import torch.distributed as dist
+        dist.all_reduce(x, group=group)
+    return x
+
+
 class KVCache(nn.Module):
     """One layer's cache: [max_slots + 1, kv_heads, max_seq, head_dim]; the last row is scratch."""
 
@@ -105,15 +120,17 @@ class KVCache(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, tp_size: int = 1):
         super().__init__()
         hd, bias = args.head_dim, args.qkv_bias
-        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, hd
-        self.q_proj = nn.Linear(args.dim, args.n_heads * hd, bias=bias)
-        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=bias)
-        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=bias)
-        self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=False)
+        # this rank's heads (all of them when tp_size is 1)
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads // tp_size, args.n_kv_heads // tp_size, hd
+        self.q_proj = nn.Linear(args.dim, self.n_heads * hd, bias=bias)
+        self.k_proj = nn.Linear(args.dim, self.n_kv_heads * hd, bias=bias)
+        self.v_proj = nn.Linear(args.dim, self.n_kv_heads * hd, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * hd, args.dim, bias=False)
         self.cache: KVCache | None = None
+        self.group = None   # the tensor-parallel process group (None: one rank)
 
     def _qkv(self, x: torch.Tensor):
         b, t, _ = x.shape
@@ -131,7 +148,7 @@ class Attention(nn.Module):
         cache.v[slot_ids, :, pos] = v[:, :, 0]
         keys, values = cache.k.index_select(0, slot_ids), cache.v.index_select(0, slot_ids)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
-        return self.o_proj(out.transpose(1, 2).reshape(x.shape[0], 1, -1))
+        return all_reduce(self.o_proj(out.transpose(1, 2).reshape(x.shape[0], 1, -1)), self.group)
 
     def prefill(self, x, cos, sin, slot: int):
         """A whole prompt for one slot. x [1, T, dim]; cos/sin [1, 1, T, hd]."""
@@ -141,27 +158,29 @@ class Attention(nn.Module):
         self.cache.k[slot, :, :t] = k[0]
         self.cache.v[slot, :, :t] = v[0]
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        return self.o_proj(out.transpose(1, 2).reshape(1, t, -1))
+        return all_reduce(self.o_proj(out.transpose(1, 2).reshape(1, t, -1)), self.group)
 
 
 class MLP(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, tp_size: int = 1):
         super().__init__()
-        self.gate_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
-        self.up_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
-        self.down_proj = nn.Linear(args.ffn_dim, args.dim, bias=False)
+        ffn = args.ffn_dim // tp_size
+        self.gate_proj = nn.Linear(args.dim, ffn, bias=False)
+        self.up_proj = nn.Linear(args.dim, ffn, bias=False)
+        self.down_proj = nn.Linear(ffn, args.dim, bias=False)
+        self.group = None
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return all_reduce(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), self.group)
 
 
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, tp_size: int = 1):
         super().__init__()
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.self_attn = Attention(args)
+        self.self_attn = Attention(args, tp_size)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.mlp = MLP(args)
+        self.mlp = MLP(args, tp_size)
 
     def decode(self, x, cos, sin, slot_ids, pos, mask):
         x = x + self.self_attn.decode(self.input_layernorm(x), cos, sin, slot_ids, pos, mask)
@@ -173,23 +192,28 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, tp_size: int = 1):
         super().__init__()
-        self.args = args
+        self.args, self.tp_size = args, tp_size
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(Block(args, tp_size) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.max_slots = self.max_seq = 0
 
+    def set_group(self, group) -> None:
+        """The process group the row-parallel layers all-reduce over (tensor parallelism)."""
+        for layer in self.layers:
+            layer.self_attn.group = layer.mlp.group = group
+
     def setup_caches(self, max_slots: int, max_seq: int) -> None:
         """Allocate the static KV cache (max_slots rows + 1 scratch row) and the RoPE tables."""
         p = self.embed_tokens.weight
         self.max_slots, self.max_seq = max_slots, max_seq
         for layer in self.layers:
-            layer.self_attn.cache = KVCache(max_slots, max_seq, self.args.n_kv_heads, self.args.head_dim,
+            layer.self_attn.cache = KVCache(max_slots, max_seq, layer.self_attn.n_kv_heads, self.args.head_dim,
                                             p.dtype, p.device)
         cos, sin = rope_tables(self.args, max_seq, p.device)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -218,20 +242,23 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x[:, -1]))[0].float()
 
 
-def empty_model(args: ModelArgs, device, dtype) -> Transformer:
-    """Uninitialised weights allocated straight on ``device`` in ``dtype``."""
+def empty_model(args: ModelArgs, device, dtype, tp_size: int = 1) -> Transformer:
+    """Uninitialised weights (this rank's shards) allocated straight on ``device`` in ``dtype``."""
     with torch.device("meta"):
-        model = Transformer(args)
+        model = Transformer(args, tp_size)
     model = model.to(dtype).to_empty(device=device)
     if args.tie_embeddings:   # to_empty unties shared parameters
         model.lm_head.weight = model.embed_tokens.weight
     return model
 
 
-def build_random(args: ModelArgs, device, dtype, seed: int = 0) -> Transformer:
+def build_random(args: ModelArgs, device, dtype, seed: int = 0, rank: int = 0, tp_size: int = 1) -> Transformer:
     """Random weights, drawn on the target device (no fp32 copy on the host), scaled so activations
-    and logits stay in a sane range."""
-    model = empty_model(args, device, dtype)
+    and logits stay in a sane range. With tensor parallelism each rank draws every whole weight in
+    turn (one at a time) and keeps its shard, so N ranks hold exactly the weights of one."""
+    from cgwatch.engine.tensor_parallel import full_shape, shard
+
+    model = empty_model(args, device, dtype, tp_size)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -239,6 +266,11 @@ def build_random(args: ModelArgs, device, dtype, seed: int = 0) -> Transformer:
                 p.fill_(1.0)
             elif name.endswith(".bias"):
                 p.zero_()
-            else:
+            elif tp_size == 1:
                 p.normal_(0.0, 1.0 / math.sqrt(p.shape[-1]), generator=gen)
+            else:
+                whole = torch.empty(full_shape(name, p.shape, tp_size), dtype=dtype, device=device)
+                whole.normal_(0.0, 1.0 / math.sqrt(whole.shape[-1]), generator=gen)
+                p.copy_(shard(whole, name, rank, tp_size))
+                del whole
     return model.eval().requires_grad_(False)

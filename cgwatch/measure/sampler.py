@@ -1,5 +1,7 @@
 """Periodic samples, a few times a second, on a background thread: NVML, host, allocator, and the
-GPU-busy fraction from the step events (completed GPU step time over wall time in the window)."""
+GPU-busy fraction from the step events (completed GPU step time over wall time in the window).
+With tensor parallelism rank 0 also reads every rank's GPU through NVML (one process can query them
+all): ``gpus`` in the sample, one entry a rank, keyed by ``gpu`` (the rank's CUDA index)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from cgwatch.measure.nvml import Nvml
 
 class Sampler:
     def __init__(self, nvml: Nvml, host: HostStats, busy_ms: Callable[[], float | None],
-                 clock: Callable[[], float], emit: Callable[[dict], None], interval_s: float = 0.25):
+                 clock: Callable[[], float], emit: Callable[[dict], None], interval_s: float = 0.25,
+                 gpus: list[Nvml] = ()):
         self.nvml, self.host, self.busy_ms, self.clock, self.emit = nvml, host, busy_ms, clock, emit
+        self.gpus = list(gpus)
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cgwatch-sampler", daemon=True)
@@ -27,7 +31,10 @@ class Sampler:
         frac = None
         if busy is not None and busy0 is not None and t > t0:
             frac = round(min(1.0, (busy - busy0) / ((t - t0) * 1000.0)), 4)
-        return {"type": R.SAMPLE, "t": round(t, 6), **self.nvml.sample(), **self.host.sample(), "gpu_busy": frac}
+        rec = {"type": R.SAMPLE, "t": round(t, 6), **self.nvml.sample(), **self.host.sample(), "gpu_busy": frac}
+        if self.gpus:
+            rec["gpus"] = [{"gpu": r, **n.sample()} for r, n in enumerate(self.gpus)]
+        return rec
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -25,6 +25,7 @@ from cgwatch.engine.control import limits_from_header
 from cgwatch.source import Source
 
 from .dialogs import HelpScreen, RecaptureDialog
+from .ranks import RankPanel
 from .state import ViewState
 from .widgets import (PANES, Banner, BucketTable, Charts, EventLog, HeaderBar, LastEvent, PaneBar, TooSmall,
                       Totals)
@@ -58,6 +59,8 @@ HIDDEN_KEYS = [
     ("pagedown", "scroll(10)"), ("home", "scroll(-100000)"), ("end", "scroll(100000)"),
 ]
 SCROLL_HELP = ("↑ ↓", "scroll the table (the log on the events pane); PgUp PgDn by 10")
+# in the help but not in the footer (which must fit 80 columns): key, action, help text
+MORE_KEYS = [("G", "toggle_ranks", "per-GPU view of a tensor-parallel run in place of the charts, and back")]
 
 MIN_SIZE = (80, 24)     # the smallest screen laid out; below it, one line says so
 FULL_SIZE = (120, 36)   # from here every part shows at once; below it the compact layout with panes
@@ -79,7 +82,8 @@ class CgwatchApp(App):
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = ([Binding(key, action, label, key_display=shown, priority=key == "tab")
                  for key, action, label, shown, _ in KEYS]
-                + [Binding(key, action, show=False, priority=key == "shift+tab") for key, action in HIDDEN_KEYS])
+                + [Binding(key, action, show=False, priority=key == "shift+tab") for key, action in HIDDEN_KEYS]
+                + [Binding(key, action, show=False) for key, action, _ in MORE_KEYS])
     CSS = """
     PaneBar, LastEvent { display: none; }
     CgwatchApp.-compact PaneBar, CgwatchApp.-compact LastEvent { display: block; }
@@ -90,10 +94,13 @@ class CgwatchApp(App):
     CgwatchApp.-pane-events Totals, CgwatchApp.-pane-events EventLog { display: block; }
     CgwatchApp.-pane-events LastEvent, CgwatchApp.-lost LastEvent { display: none; }
     CgwatchApp.-pane-charts Charts { height: 11; border: round $primary 50%; }
+    CgwatchApp.-ranks Charts { display: none; }
+    CgwatchApp.-ranks RankPanel { display: block; }
     CgwatchApp.-small TooSmall { display: block; }
     CgwatchApp.-small HeaderBar, CgwatchApp.-small Banner, CgwatchApp.-small Charts,
     CgwatchApp.-small PaneBar, CgwatchApp.-small BucketTable, CgwatchApp.-small Totals,
-    CgwatchApp.-small EventLog, CgwatchApp.-small LastEvent, CgwatchApp.-small Footer { display: none; }
+    CgwatchApp.-small EventLog, CgwatchApp.-small LastEvent, CgwatchApp.-small Footer,
+    CgwatchApp.-small RankPanel { display: none; }
     """
 
     def __init__(self, source: Source, refresh_s: float = REFRESH_S, exit_on: tuple[int, ...] = ()) -> None:
@@ -117,6 +124,7 @@ class CgwatchApp(App):
         yield HeaderBar()
         yield Banner()
         yield Charts()
+        yield RankPanel()
         yield PaneBar()
         yield BucketTable()
         yield Totals()
@@ -226,7 +234,7 @@ class CgwatchApp(App):
         if self._dirty:
             self._dirty, self._slow_dirty = False, True
             state = self.state
-            for widget in (HeaderBar, Banner, Charts, EventLog, LastEvent):
+            for widget in (HeaderBar, Banner, Charts, RankPanel, EventLog, LastEvent):
                 self.query_one(widget).show(state)
             self.set_class(not state.connected, "-lost")   # the banner takes the last event's line
         # The bucket table and totals are the costly redraws: at most every SLOW_REFRESH_S, and at once
@@ -284,8 +292,14 @@ class CgwatchApp(App):
     def action_next(self, what: str) -> None:
         self.send("next", what)
 
+    def action_toggle_ranks(self) -> None:
+        """The per-GPU view in place of the charts (so it fits 80x24 too), and back."""
+        self.set_class(not self.has_class("-ranks"), "-ranks")
+        self._redraw_all()
+
     def action_help(self) -> None:
-        self.push_screen(HelpScreen([(shown, text) for _, _, _, shown, text in KEYS] + [SCROLL_HELP]))
+        self.push_screen(HelpScreen([(shown, text) for _, _, _, shown, text in KEYS] + [SCROLL_HELP]
+                                    + [(key, text) for key, _, text in MORE_KEYS]))
 
 
 def run_tui(source: Source, exit_on: tuple[int, ...] = ()) -> int:

@@ -285,6 +285,11 @@ class ViewState:
             return "disabled: eager mode"
         return "ok" if row.capture is not None else "-"
 
+    def rank_rows(self) -> list[dict]:
+        """Per rank (tensor parallelism): RankStats' rows plus the GPU's name from the header."""
+        names = {r.get("rank"): r.get("gpu") for r in self.header.get("ranks") or () if isinstance(r, dict)}
+        return [{"gpu": names.get(r["rank"]), **r} for r in self.stats.ranks.rows()]
+
     def totals(self) -> dict:
         """RunStats' totals (cgwatch/aggregate.py); ``shows_runtime_modes`` / ``shows_phases`` /
         ``shows_rows``: whether the screen shows the FULL/PIECEWISE split, mixed forwards, rows."""

@@ -142,7 +142,9 @@ class HeaderBar(TextLines):
     def show(self, state: ViewState) -> None:
         self._state = state
         h = state.header
-        self.run_text = f"{_name(h.get('model'))} · {_name(h.get('gpu'))} · {h.get('dtype') or NA}"
+        tp = h.get("tensor_parallel_size")
+        ranks = f" ×{tp}" if isinstance(tp, int) and tp > 1 else ""   # tensor parallel: G shows each GPU
+        self.run_text = f"{_name(h.get('model'))} · {_name(h.get('gpu'))}{ranks} · {h.get('dtype') or NA}"
         self.mode_text = state.mode_text + (" · engine paused" if state.engine.get("paused") else "")
         ended = state.ended_text
         if ended:   # no live rates once the run is over: what it averaged
