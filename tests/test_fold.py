@@ -49,7 +49,7 @@ def test_shipped_samples_same_report(path, ext, tmp_path):
     _same_report(path, out)
 
 
-def synthetic(seed: int, n: int = 3000, bad: bool = True) -> list[dict]:
+def synthetic(seed: int, n: int = 3000, bad: bool = True, tp: bool = False) -> list[dict]:
     """Recaptures (epochs, a step in flight across one), eager reasons, vLLM phases and runtime modes, None
     gpu_ms and gap_us, samples and prefills (some with extra fields), and, with ``bad``, records the screen
     must skip: duplicates, t out of order, NaN, negatives, strings, a graph smaller than its rows."""
@@ -94,6 +94,10 @@ def synthetic(seed: int, n: int = 3000, bad: bool = True) -> list[dict]:
                 rec.pop(k, None)
             rec["padded"] = 0 if bucket is None else bucket - batch
             rec["target"] = next((s for s in sizes if s >= batch), None)
+        if tp:                          # tensor parallel: per-rank times (these steps go as JSON rows)
+            ms = [None if gpu is None else round(gpu + rnd.uniform(0, 0.2), 4) for _ in range(2)]
+            rec.update(rank_ms=ms, skew_ms=None if None in ms else round(max(ms) - min(ms), 4),
+                       plan_us=round(rnd.uniform(5, 50), 2))
         out.append(rec)
         if rnd.random() < 0.1:
             out.append({"type": "sample", "t": t, "gpu_util": rnd.choice([None, rnd.randint(0, 100)]),
@@ -135,10 +139,10 @@ def synthetic(seed: int, n: int = 3000, bad: bool = True) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed,tp", [(1, False), (2, False), (3, True)])
 @pytest.mark.parametrize("bad", [False, True])
-def test_synthetic_same_report_and_state(seed, bad, tmp_path):
-    recs = synthetic(seed, bad=bad)
+def test_synthetic_same_report_and_state(seed, tp, bad, tmp_path):
+    recs = synthetic(seed, bad=bad, tp=tp)
     jl = tmp_path / "s.jsonl"
     with TraceWriter(jl, {"model": {"name": "x"}, "gpu": "cpu"}) as w:
         for r in recs:
