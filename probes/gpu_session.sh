@@ -3,14 +3,7 @@
 # Run from the repo root with the nvtx wheel carried in .whl/ (see README "GPU work").
 # Writes everything under $OUT; prints a short table last.
 set -u
-OUT=${OUT:-/tmp/cgwatch-out}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD || exit 1
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
+. probes/gpu_env.sh
 STEPS=${STEPS:-all}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c 'import torch, nvtx, pynvml; print("torch", torch.__version__, "cuda", torch.version.cuda)'; } | tee "$OUT/env.txt"

@@ -5,14 +5,7 @@
 # step, cgwatch's plan cost per step). Run from the repo root; outputs under $OUT; a short table last.
 # Each part fits one 10-minute device call: STEPS=tests, STEPS=trace, STEPS=bench8, STEPS=bench70.
 set -u
-OUT=${OUT:-/tmp/cgwatch-out}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD || exit 1
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
+. probes/gpu_env.sh
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}      # NVLink multicast off (cgwatch sets it too)
 STEPS=${STEPS:-all}
 { nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
