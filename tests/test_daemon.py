@@ -5,12 +5,10 @@ import json
 import os
 import random
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -35,13 +33,6 @@ def tiny_config(**kw) -> EngineConfig:
     return EngineConfig(model="tiny", max_seq=64, sample_interval_s=0.05,
                         workload=WorkloadSpec(arrival="poisson:0.5", prompt_len="uniform:4:8",
                                               output_len="uniform:4:16", max_concurrency=4, max_seq=64), **kw)
-
-
-@pytest.fixture
-def addr():
-    d = tempfile.mkdtemp(prefix="cgw", dir="/tmp")   # short: Unix socket paths are limited to ~107 bytes
-    yield f"unix:{d}/d.sock"
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def answer_ok(cmd):

@@ -6,8 +6,6 @@ and CPU threads."""
 import json
 import math
 import os
-import shutil
-import tempfile
 import threading
 
 import pytest
@@ -47,13 +45,6 @@ def tiny_config(**kw) -> EngineConfig:
     return EngineConfig(model="tiny", max_seq=64, sample_interval_s=0.05,
                         workload=WorkloadSpec(arrival=kw.pop("arrival", "poisson:0.5"), prompt_len="uniform:4:8",
                                               output_len="uniform:2:6", max_concurrency=4, max_seq=64), **kw)
-
-
-@pytest.fixture
-def addr():
-    d = tempfile.mkdtemp(prefix="cgw", dir="/tmp")   # short: Unix socket paths are limited to ~107 bytes
-    yield f"unix:{d}/d.sock"
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def answer_ok(cmd):
