@@ -211,9 +211,9 @@ def _settle_rank(rank, port, q):
     r.stopped = True
 
 
-def test_capture_agreement_names_the_failing_rank():
-    """GraphManager settles every bucket with Ranks.settle_capture: a bucket failing on rank 1 only is
-    disabled on both, with rank 1's cause (the GPU test does it through real capture)."""
+def _two_ranks(target) -> list[tuple]:
+    """Run ``target(rank, port, queue)`` in two spawned processes (a free port for their store); what each
+    put on the queue, bounded waits, no process left behind."""
     import multiprocessing as mp
     import socket
     with socket.socket() as s:
@@ -221,14 +221,22 @@ def test_capture_agreement_names_the_failing_rank():
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_settle_rank, args=(r, port, q)) for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, port, q)) for r in range(2)]
     for p in procs:
         p.start()
-    got = dict((rank, (a, b)) for rank, a, b in (q.get(timeout=120) for _ in procs))
-    for p in procs:
-        p.join(timeout=60)
-        if p.is_alive():
-            p.kill()
+    try:
+        return [q.get(timeout=120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+
+
+def test_capture_agreement_names_the_failing_rank():
+    """GraphManager settles every bucket with Ranks.settle_capture: a bucket failing on rank 1 only is
+    disabled on both, with rank 1's cause (the GPU test does it through real capture)."""
+    got = {item[0]: item[1:] for item in _two_ranks(_settle_rank)}
     for rank in (0, 1):
         assert got[rank][0] == (1, "host_sync", "hint", "boom")
         assert got[rank][1] == (None, None, None, None)
@@ -372,21 +380,7 @@ def _capture_round(rank, port, q):
 
 
 def test_a_capture_failing_on_one_rank_is_disabled_on_both():
-    import multiprocessing as mp
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_capture_round, args=(r, port, q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = {item[0]: item[1:] for item in (q.get(timeout=120) for _ in procs)}
-    for p in procs:
-        p.join(timeout=60)
-        if p.is_alive():
-            p.kill()
+    got = {item[0]: item[1:] for item in _two_ranks(_capture_round)}
     for rank in (0, 1):
         sizes, failed, events, reset = got[rank]
         assert (sizes, failed) == ([1, 2, 8], [4])
