@@ -495,47 +495,61 @@ def _resolve_samples(a) -> None:
             setattr(a, name, [resolve(x) for x in v])
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = ("run", "daemon", "attach", "replay", "report", "samples", "bench", "check", "recommend", "export",
+            "convert")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; ``only``: build just that subcommand (the others' imports, vLLM's config and
+    the engine's among them, cost a report or an export ~0.1 s of its start)."""
     from cgwatch import __version__
 
     from cgwatch.samples import SAMPLE
 
+    want = (lambda name: True) if only not in COMMANDS else (lambda name: name == only)  # noqa: E731
     p = _Parser(prog="cgwatch", description="Watch and tune CUDA graphs in an LLM decode loop.")
     p.add_argument("--version", action="version", version=f"cgwatch {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="run the decode loop with the live TUI (or --headless)")
-    run.add_argument("--headless", action="store_true", help="no TUI: a status line every second")
-    _add_engine_flags(run)
-    run.add_argument("--prometheus", type=int, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT")
-    run.set_defaults(func=cmd_run)
-    d = sub.add_parser("daemon", help="run the decode loop and serve it to TUIs and scripts")
-    _add_engine_flags(d)
-    d.add_argument("--listen", metavar="ADDR", help="unix:PATH (default: a private socket) or HOST:PORT")
-    d.add_argument("--token", help="required for control; required to bind anything but loopback")
-    d.add_argument("--prometheus", type=int, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT")
-    d.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)   # cgwatch run's child
-    d.set_defaults(func=cmd_daemon)
-    at = sub.add_parser("attach", help="attach the TUI to a running daemon")
-    at.add_argument("addr", help="unix:PATH, a socket path, or HOST:PORT")
-    at.add_argument("--token", help="the daemon's control token")
-    at.set_defaults(func=cmd_attach)
-    rp = sub.add_parser("replay", help="replay a trace in the TUI")
-    rp.add_argument("trace", nargs="*", help="a trace file (either format; a rotated run's parts), or sample:NAME")
-    rp.add_argument("--sample", nargs="?", const=SAMPLE, metavar="NAME",
-                    help=f"a bundled trace (default {SAMPLE.removesuffix('.jsonl')}; 'cgwatch samples' lists them)")
-    rp.add_argument("--speed", type=float, default=1.0, help="playback speed, 0.25..16 (default 1)")
-    rp.set_defaults(func=cmd_replay)
-    rep = sub.add_parser("report", help="per-bucket table and totals of a trace")
-    rep.add_argument("trace", nargs="+", help="a trace file written by 'cgwatch run --record' (either format; "
-                     "a rotated run's parts, or its first part), or sample:NAME")
-    rep.add_argument("--json", action="store_true", help="machine-readable output")
-    rep.set_defaults(func=cmd_report)
-    sm = sub.add_parser("samples", help="list the bundled traces (sample:NAME wherever a trace goes)")
-    sm.set_defaults(func=cmd_samples)
+    if want("run"):
+        run = sub.add_parser("run", help="run the decode loop with the live TUI (or --headless)")
+        run.add_argument("--headless", action="store_true", help="no TUI: a status line every second")
+        _add_engine_flags(run)
+        run.add_argument("--prometheus", type=int, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT")
+        run.set_defaults(func=cmd_run)
+    if want("daemon"):
+        d = sub.add_parser("daemon", help="run the decode loop and serve it to TUIs and scripts")
+        _add_engine_flags(d)
+        d.add_argument("--listen", metavar="ADDR", help="unix:PATH (default: a private socket) or HOST:PORT")
+        d.add_argument("--token", help="required for control; required to bind anything but loopback")
+        d.add_argument("--prometheus", type=int, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT")
+        d.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)   # cgwatch run's child
+        d.set_defaults(func=cmd_daemon)
+    if want("attach"):
+        at = sub.add_parser("attach", help="attach the TUI to a running daemon")
+        at.add_argument("addr", help="unix:PATH, a socket path, or HOST:PORT")
+        at.add_argument("--token", help="the daemon's control token")
+        at.set_defaults(func=cmd_attach)
+    if want("replay"):
+        rp = sub.add_parser("replay", help="replay a trace in the TUI")
+        rp.add_argument("trace", nargs="*", help="a trace file (either format; a rotated run's parts), or sample:NAME")
+        rp.add_argument("--sample", nargs="?", const=SAMPLE, metavar="NAME",
+                        help=f"a bundled trace (default {SAMPLE.removesuffix('.jsonl')}; 'cgwatch samples' lists them)")
+        rp.add_argument("--speed", type=float, default=1.0, help="playback speed, 0.25..16 (default 1)")
+        rp.set_defaults(func=cmd_replay)
+    if want("report"):
+        rep = sub.add_parser("report", help="per-bucket table and totals of a trace")
+        rep.add_argument("trace", nargs="+", help="a trace file written by 'cgwatch run --record' (either format; "
+                         "a rotated run's parts, or its first part), or sample:NAME")
+        rep.add_argument("--json", action="store_true", help="machine-readable output")
+        rep.set_defaults(func=cmd_report)
+    if want("samples"):
+        sm = sub.add_parser("samples", help="list the bundled traces (sample:NAME wherever a trace goes)")
+        sm.set_defaults(func=cmd_samples)
     # Analysis commands: each module registers its own subcommand (add_parser) and runs it (run).
-    from cgwatch import bench, check, convert, export, recommend
-    for mod in (bench, check, recommend, export, convert):
-        mod.add_parser(sub)
+    import importlib
+    for name in ("bench", "check", "recommend", "export", "convert"):
+        if want(name):
+            importlib.import_module(f"cgwatch.{name}").add_parser(sub)
     return p
 
 
@@ -543,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     program = argv is None   # the process's own command line (not a call from a test): may end it at once
     try:
         argv = sys.argv[1:] if argv is None else argv
-        a = build_parser().parse_args(argv)
+        a = build_parser(argv[0] if argv else None).parse_args(argv)
         a.argv = argv
         _resolve_samples(a)
         return _exit(a.func(a), program)

@@ -187,6 +187,7 @@ def read_meta(schema_: pa.Schema, path: str) -> dict:
 
 # ---- files ----
 
+_DICT_READ = ("type",) + _STR   # string columns a reader may take as dictionaries (json: mostly distinct)
 FLUSH_INTERVAL_S = 0.25    # the recording's batches reach the file at least this often (a SIGKILL loses < 0.5 s)
 COMPACT_ROWS = 1 << 16     # rows per batch / row group once compacted
 _IPC_OPTIONS = dict(compression="zstd")
@@ -283,9 +284,16 @@ class Reader:
     def header(self) -> dict:
         return self.meta["header"]
 
-    def batches(self, columns: list[str] | None = None):
+    def batches(self, columns: list[str] | None = None, dictionary: bool = False):
+        """``dictionary``: a Parquet file's string columns (not ``json``) as dictionary arrays, as they are
+        stored: no string is built (the vectorized readers take their codes)."""
         if self.kind == "parquet":
             pf = self._pf
+            if dictionary:
+                if getattr(self, "_pf_dict", None) is None:
+                    import pyarrow.parquet as pq
+                    self._pf_dict = pq.ParquetFile(self.path, read_dictionary=list(_DICT_READ))
+                pf = self._pf_dict
             for k in range(pf.num_row_groups):
                 try:
                     t = pf.read_row_group(k, columns=columns)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from . import arrow_np as A
 from . import columnar as C
 from . import records as R
 from .aggregate import RunStats
@@ -34,34 +34,8 @@ _SAMPLE_INT = [k for k in R.SAMPLE_NUMBERS if C.COLUMNS[k][2] != "f"]
 _SAMPLE_FLOAT = [k for k in R.SAMPLE_NUMBERS if C.COLUMNS[k][2] == "f"]
 
 
-# Columns to numpy without pyarrow's conversions of Python values (pa.scalar, pa.array of a list: pyarrow
-# then imports pandas, if installed, 0.25 s of a 1 s report): raw buffers, null masks, dictionary codes.
-def _null(col) -> np.ndarray:
-    n = len(col)
-    if not col.null_count:
-        return np.zeros(n, dtype=bool)
-    bits = col.is_null().buffers()[1]   # a boolean array without nulls: its bit-packed values
-    return np.unpackbits(np.frombuffer(bits, dtype=np.uint8), bitorder="little")[:n].view(bool)
-
-
-def _raw(col, dtype) -> np.ndarray:
-    """The values buffer (whatever sits in a null slot)."""
-    buf = col.buffers()[1]
-    return np.frombuffer(buf, dtype=dtype, count=col.offset + len(col))[col.offset:]
-
-
-_NP = {pa.int32(): np.int32, pa.int64(): np.int64, pa.float64(): np.float64}
-
-
-def _ints(col, fill: int = -1) -> np.ndarray:
-    v = _raw(col, _NP[col.type]).astype(np.int64)
-    return np.where(_null(col), fill, v) if col.null_count else v
-
-
-def _floats(col) -> np.ndarray:
-    """float64 with NaN for null (a columnar value is never NaN where this is used: fine rows exclude it)."""
-    v = _raw(col, _NP[col.type]).astype(np.float64)
-    return np.where(_null(col), np.nan, v) if col.null_count else v
+# Columns to numpy from their buffers (arrow_np.py: no pyarrow.compute, no pandas).
+_null, _raw, _ints, _floats = A.null, A.raw, A.ints, A.floats
 
 
 class _Cols:
@@ -90,12 +64,7 @@ class _Cols:
         return self._get("floats", name)
 
 
-def _codes(col, names) -> np.ndarray:
-    """Per row: the index of its string in ``names``, -1 for null or any other string."""
-    enc = pc.dictionary_encode(col)
-    words = enc.dictionary.to_pylist()
-    table = np.array([names.index(w) if w in names else -1 for w in words] + [-1], dtype=np.int64)
-    return table[_ints(enc.indices, len(words))]
+_codes = A.codes_in
 
 
 def _is(col, value: str) -> np.ndarray:
@@ -155,7 +124,15 @@ def _fine(c: _Cols) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _decode_rows(b: pa.RecordBatch, rows: np.ndarray) -> list[dict]:
-    return C.decode(b.take(indices(rows))) if len(rows) else []
+    """The records of a few rows: JSON rows from their text, the rest a row at a time (no pyarrow.compute)."""
+    if not len(rows):
+        return []
+    js = b.column("json")
+    out = []
+    for r in rows.tolist():
+        text = js[r].as_py()
+        out.append(C._decode_json(text) if text is not None else C.decode(b.slice(r, 1))[0])
+    return out
 
 
 class Screened:
@@ -221,7 +198,7 @@ def _pass(trace, make_stats, known_bad, keep_steps=False):
     kept: dict[str, list] = {"batch": [], "bucket": [], "ms": []}
     end = None
     base = 0
-    for b in trace.batches():
+    for b in trace.batches(dictionary=True):
         n = b.num_rows
         c = _Cols(b)
         step, sample, prefill, fine = _fine(c)
@@ -288,7 +265,7 @@ def _collect(trace, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """(row, i, t) of every step the checks of records.check_record accepted (``bad``: the rows they did not)."""
     out_r, out_i, out_t = [], [], []
     base = 0
-    for b in trace.batches():
+    for b in trace.batches(dictionary=True):
         n = b.num_rows
         c = _Cols(b)
         step, _, _, fine = _fine(c)
@@ -363,7 +340,7 @@ def _step_columns(c: _Cols) -> dict:
     batch = c.ints("batch")
     rows_null = c.null("rows")
     phase = np.maximum(_codes(b.column("phase"), list(R.PHASES)), 0)   # decode for any other
-    reason = pc.dictionary_encode(b.column("reason"))
+    reason, reasons = A.codes(b.column("reason"))
     return {
         "t": c.ints("t_us") / 1e6, "batch": batch,
         "rows": np.where(rows_null, batch, c.ints("rows")),
@@ -371,7 +348,7 @@ def _step_columns(c: _Cols) -> dict:
         "prompt": c.ints("prompt_tokens", 0), "tokens": c.ints("tokens"),
         "phase": phase.astype(np.int8),
         "piecewise": _is(b.column("runtime_mode"), R.RUNTIME_PIECEWISE),
-        "reason": _ints(reason.indices), "reasons": reason.dictionary.to_pylist(),
+        "reason": reason, "reasons": reasons,
         "host_us": c.floats("host_us"), "gpu_ms": c.floats("gpu_ms"), "gap_us": c.floats("gap_us"),
     }
 
@@ -392,8 +369,7 @@ def _add_samples(stats: RunStats, c: _Cols, mask: np.ndarray) -> None:
     idx = np.flatnonzero(mask)
     if not len(idx):
         return
-    util = b.column("gpu_util").take(indices(idx))
-    u = _raw(util.drop_null(), np.int64)
+    u = c.ints("gpu_util")[idx][~c.null("gpu_util")[idx]]
     if len(u):
         stats.util_sum = float(np.add.accumulate(np.concatenate([[stats.util_sum], u.astype(np.float64)]))[-1])
         stats.util_n += len(u)

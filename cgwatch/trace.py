@@ -259,12 +259,13 @@ class Trace:
         self._loaded = compact is None
 
     # -- compact traces: decoded on first use ---------------------------------------------------------
-    def batches(self, columns: list[str] | None = None):
-        """The table's record batches over all parts, in order (compact traces only)."""
+    def batches(self, columns: list[str] | None = None, dictionary: bool = False):
+        """The table's record batches over all parts, in order (compact traces only); ``dictionary``: string
+        columns as dictionary arrays where the file stores them so (columnar.Reader.batches)."""
         for r in self.compact or ():
             r.rows = 0
             r.damage = None
-            yield from r.batches(columns)
+            yield from r.batches(columns, dictionary)
 
     def _load(self) -> None:
         if self._loaded:
@@ -298,7 +299,7 @@ class Trace:
 
             from .fold import _is
             end = None
-            for b in self.batches(["type", "json"]):
+            for b in self.batches(["type", "json"], dictionary=True):
                 rows = [r for r in np.flatnonzero(_is(b.column("type"), END)) if b.column("json")[int(r)].is_valid]
                 if rows:
                     end = _decode(b.column("json")[int(rows[-1])].as_py())
