@@ -352,6 +352,21 @@ def check_step(rec: dict) -> None:
         raise ValueError(bad)
 
 
+def _group(ep, tgt) -> tuple:
+    """(the distinct keys epoch * 2**32 + tgt, sorted; each forward's index in them): np.unique's answer, by
+    counting where the keys are few and small (they are: epochs and capture sizes)."""
+    import numpy as np
+    span = int(tgt.max()) + 1 if len(tgt) else 1
+    dense = ep * span + tgt
+    if len(tgt) and int(tgt.min()) >= 0 and int(dense.max()) < 1 << 20:
+        present = np.flatnonzero(np.bincount(dense))
+        lut = np.zeros(int(present[-1]) + 1, dtype=np.int64)
+        lut[present] = np.arange(len(present))
+        return (present // span) * (1 << 32) + present % span, lut[dense]
+    groups, inv = np.unique(ep * (1 << 32) + tgt, return_inverse=True)
+    return groups, inv.reshape(-1)
+
+
 def _seq_sum(start: float, values) -> float:
     """start + v0 + v1 + ..., added in order (as a loop would: numpy's sum pairs them, rounding otherwise)."""
     import numpy as np
@@ -754,9 +769,7 @@ class RunStats:
             for k in early:
                 ep[k] = self.epochs.index(self.epoch_at(float(t[k])))
         reasons = [r or "unknown" for r in c["reasons"]]
-        key = ep * (1 << 32) + (c["target"] + 1)
-        groups, inv = np.unique(key, return_inverse=True)
-        inv = inv.reshape(-1)
+        groups, inv = _group(ep, c["target"] + 1)
         ng = len(groups)
         rows, batch, phase = c["rows"], c["batch"], c["phase"].astype(np.int64)
         pw = c["piecewise"] & graph
@@ -773,7 +786,7 @@ class RunStats:
         nr = len(reasons) + 1
         eager = ~graph
         miss = np.bincount(inv[eager] * nr + c["reason"][eager] + 1, minlength=ng * nr).reshape(ng, nr)
-        by = np.argsort(inv, kind="stable")
+        by = np.argsort(inv.astype(np.int16) if ng < 1 << 15 else inv, kind="stable")   # int16: a radix sort
         cuts = np.concatenate([[0], np.cumsum(forwards)])
         srows = rows[by]
         rmin = np.minimum.reduceat(srows, cuts[:-1]) if n else []

@@ -27,6 +27,21 @@ def null(col) -> np.ndarray:
     return ~valid[off:off + n].view(bool)
 
 
+def null_at(col, idx: np.ndarray) -> np.ndarray:
+    """``null(col)[idx]`` without unpacking the whole bitmap."""
+    if not col.null_count:
+        return np.zeros(len(idx), dtype=bool)
+    bits = np.frombuffer(col.buffers()[0], dtype=np.uint8)
+    k = idx + col.offset
+    return (bits[k >> 3] >> (k & 7).astype(np.uint8)) & 1 == 0
+
+
+def floats_at(col, idx: np.ndarray) -> np.ndarray:
+    """``floats(col)[idx]``, converting only those rows."""
+    v = raw(col, _NP[col.type])[idx].astype(np.float64)
+    return np.where(null_at(col, idx), np.nan, v) if col.null_count else v
+
+
 def raw(col, dtype) -> np.ndarray:
     """The values buffer (whatever sits in a null slot)."""
     buf = col.buffers()[1]
@@ -48,14 +63,13 @@ def codes(col) -> tuple[np.ndarray, list]:
     """(per row the index of its string in ``words``, -1 for null; ``words``) of a string or dictionary column,
     the words in the order they first occur (as pyarrow.compute.dictionary_encode gives them)."""
     c, words = _codes(col)
-    ok = c >= 0
-    used, first = np.unique(c[ok], return_index=True)
-    if len(used) == len(words) and bool(np.all(np.diff(first) > 0)):
+    first = [int(np.argmax(c == k)) if (c == k).any() else -1 for k in range(len(words))]   # few words
+    order = sorted((f, k) for k, f in enumerate(first) if f >= 0)
+    if [k for _, k in order] == list(range(len(words))):
         return c, words
-    order = used[np.argsort(first, kind="stable")]
     remap = np.full(len(words) + 1, -1, dtype=np.int64)
-    remap[order] = np.arange(len(order))
-    return remap[c], [words[k] for k in order]
+    remap[[k for _, k in order]] = np.arange(len(order))
+    return remap[c], [words[k] for _, k in order]
 
 
 def _codes(col) -> tuple[np.ndarray, list]:
@@ -69,7 +83,7 @@ def _codes(col) -> tuple[np.ndarray, list]:
 
 def codes_in(col, names) -> np.ndarray:
     """Per row: the index of its string in ``names``, -1 for null or any other string."""
-    c, words = codes(col)
+    c, words = _codes(col)   # any order
     table = np.array([names.index(w) if w in names else -1 for w in words] + [-1], dtype=np.int64)
     return table[c]   # -1 indexes the trailing -1
 

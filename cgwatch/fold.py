@@ -30,8 +30,8 @@ STEP_BITS = {k: 1 << n for n, k in enumerate(C.STEP_KEYS)}
 STEP_REQUIRED_MASK = sum(STEP_BITS[k] for k in R.STEP_REQUIRED)
 PREFILL_BITS = {k: 1 << n for n, k in enumerate(C.PREFILL_KEYS)}
 EPOCH_EVENTS = (R.EV_CAPTURE, R.EV_CAPTURE_DONE, R.EV_RECAPTURE)
-_SAMPLE_INT = [k for k in R.SAMPLE_NUMBERS if C.COLUMNS[k][2] != "f"]
-_SAMPLE_FLOAT = [k for k in R.SAMPLE_NUMBERS if C.COLUMNS[k][2] == "f"]
+_SAMPLE_CHECKS = [(k, "null") for k in R.SAMPLE_NUMBERS]                         # null, or finite and >= 0
+_PREFILL_CHECKS = [(k, "missing") for k in ("requests", "tokens", "host_ms")]    # missing, or finite and >= 0
 
 
 # Columns to numpy from their buffers (arrow_np.py: no pyarrow.compute, no pandas).
@@ -106,20 +106,22 @@ def _fine(c: _Cols) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             ok &= n[k] | ((v[k] >= 1) & (v[k] >= rows))
         ok &= n["padded"] | (v["padded"] == want)
         fine |= step & ok
-    if sample.any():
-        ok = t_ok.copy()
-        for k in _SAMPLE_INT:
-            ok &= c.null(k) | (c.ints(k, 0) >= 0)
-        for k in _SAMPLE_FLOAT:
-            ok &= _nonneg(c.floats(k), c.null(k))
-        fine |= sample & ok
-    if prefill.any():
-        ok = t_ok.copy()
-        for k in ("requests", "tokens", "host_ms"):
-            missing = (absent & PREFILL_BITS[k]) != 0
-            x = c.floats(k)
-            ok &= missing | (~c.null(k) & _nonneg(x, np.zeros(len(x), bool)))
-        fine |= prefill & ok
+    for rows, checks in ((sample, _SAMPLE_CHECKS), (prefill, _PREFILL_CHECKS)):   # on their rows only
+        idx = np.flatnonzero(rows)
+        if not len(idx):
+            continue
+        ok = t_ok[idx]
+        for k, optional in checks:
+            col = b.column(k)
+            x = A.floats_at(col, idx)
+            with np.errstate(invalid="ignore"):
+                good = np.isfinite(x) & (x >= 0)      # null: NaN here
+            if optional == "null":
+                good |= A.null_at(col, idx)
+            else:                                     # a prefill's field: missing, or a number
+                good |= (absent[idx] & PREFILL_BITS[k]) != 0
+            ok &= good
+        fine[idx[ok]] = True
     return step, sample, prefill, fine
 
 
@@ -369,7 +371,8 @@ def _add_samples(stats: RunStats, c: _Cols, mask: np.ndarray) -> None:
     idx = np.flatnonzero(mask)
     if not len(idx):
         return
-    u = c.ints("gpu_util")[idx][~c.null("gpu_util")[idx]]
+    col = b.column("gpu_util")
+    u = A.raw(col, np.int64)[idx][~A.null_at(col, idx)]
     if len(u):
         stats.util_sum = float(np.add.accumulate(np.concatenate([[stats.util_sum], u.astype(np.float64)]))[-1])
         stats.util_n += len(u)
