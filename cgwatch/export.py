@@ -64,7 +64,7 @@ from typing import IO, Iterable, Iterator
 from cgwatch import records as R
 from cgwatch.errors import CgwatchError
 from cgwatch.event_text import event_text
-from cgwatch.trace import _sniff, iter_numbered, read_header, trace_files
+from cgwatch.trace import _sniff, iter_numbered, open_trace, read_header, trace_files
 
 FORMATS = {"perfetto": ".perfetto.json", "csv": ".csv"}
 REORDER_WINDOW_S = 10.0   # records are released in t order once the trace has moved this far past them
@@ -133,10 +133,22 @@ def run(a) -> int:
     out = a.output or default_output(a.trace, a.format)
     if out != "-" and os.path.exists(out) and os.path.samefile(out, a.trace):
         raise CgwatchError(f"output {out} is the trace itself; choose another with -o")
-    skip, screen = screen_trace(a.trace)
+    compact = all(_sniff(p) != "jsonl" for p in trace_files(a.trace))
+    tr = open_trace(a.trace) if compact else None
+    fast = compact and a.format == "csv"   # a compact trace: from its columns (export_columnar.py)
+    if fast:
+        from cgwatch.fold import screen as fold_screen
+        scr = fold_screen(tr)
+        screen, skip = scr.screen, scr.bad
+    else:
+        skip, screen = screen_trace(a.trace)
     with _output(out) as f:
         if a.format == "perfetto":
             summary = export_perfetto(a.trace, header, f, skip)
+        elif fast:
+            from cgwatch import export_columnar
+            rows = export_columnar.export_csv(tr, f, skip, STEP_COLUMNS, csv_cells)
+            summary = _csv_summary(rows, len(STEP_COLUMNS), screen.count)
         else:
             summary = export_csv(a.trace, f, skip)
     if screen.warning():
@@ -218,12 +230,21 @@ def export_csv(trace: str, out: IO[str], skip: frozenset = frozenset()) -> str:
     rows = 0
     for rec in _records(trace, skip):
         if rec["type"] == R.STEP:
-            rec = with_derived(rec)
-            if isinstance(rec.get("rank_ms"), list):
-                rec.update((f"rank{r}_ms", v) for r, v in enumerate(rec["rank_ms"]))
-            w.writerow([_cell(rec.get(c)) for c in columns])
+            w.writerow(csv_cells(rec, columns))
             rows += 1
-    return f"{rows:,} step rows, {len(columns)} columns" + (f", {len(skip):,} records skipped" if skip else "")
+    return _csv_summary(rows, len(columns), len(skip))
+
+
+def _csv_summary(rows: int, columns: int, skipped: int) -> str:
+    return f"{rows:,} step rows, {columns} columns" + (f", {skipped:,} records skipped" if skipped else "")
+
+
+def csv_cells(rec: dict, columns: tuple) -> list:
+    """A step record's CSV row: derived fields filled, rank_ms one column a rank."""
+    rec = with_derived(rec)
+    if isinstance(rec.get("rank_ms"), list):
+        rec.update((f"rank{r}_ms", v) for r, v in enumerate(rec["rank_ms"]))
+    return [_cell(rec.get(c)) for c in columns]
 
 
 def _cell(v) -> object:

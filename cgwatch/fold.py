@@ -152,22 +152,27 @@ class Screened:
         return self.screen.count
 
 
+def screen(trace) -> Screened:
+    """Only what ``fold`` finds to skip (``bad`` per row, the warning line), counting nothing: the exports."""
+    return fold(trace, window=0, bucket_values=False, count=False)[1]
+
+
 def fold(trace, window: int | None = None, on_record=None, steps: bool = False,
-         bucket_values: bool = True) -> tuple[RunStats, Screened]:
+         bucket_values: bool = True, count: bool = True) -> tuple[RunStats, Screened]:
     """The trace's accepted records in a ``RunStats(window)`` (header first), and what was skipped.
     ``on_record(rec)`` gets each decoded record (all but the columnar steps, samples and prefills) that is
     accepted, in file order. One pass, which screens each row and counts it; only if that pass finds
     duplicates or steps out of order (which need all the steps) does a second one count without them.
     ``steps``: also keep the accepted steps' ``batch``, ``bucket`` (-1: None) and ``ms`` (records.step_ms) as
     numpy arrays in file order, in the returned Screened's ``steps`` (recommend.py's input).
-    ``bucket_values``: as RunStats'."""
+    ``bucket_values``: as RunStats'. ``count``: False screens only (the stats stay empty)."""
     mk = (lambda: RunStats(window, bucket_values))  # noqa: E731
-    stats, bad, why, ordered, end, later, kept = _pass(trace, mk, None, steps)
+    stats, bad, why, ordered, end, later, kept = _pass(trace, mk, None, steps, count)
     cand = extra = None
     if not ordered:   # the accepted steps are not in i order: find duplicates and steps out of order
         cand = _collect(trace, bad)
         extra = _order_bad(cand)
-        if len(extra[0]) + len(extra[1]):
+        if len(extra[0]) + len(extra[1]) and count:
             bad = bad.copy()
             bad[extra[0]] = True
             bad[extra[1]] = True
@@ -186,7 +191,7 @@ def fold(trace, window: int | None = None, on_record=None, steps: bool = False,
     return stats, out
 
 
-def _pass(trace, make_stats, known_bad, keep_steps=False):
+def _pass(trace, make_stats, known_bad, keep_steps=False, count=True):
     """One pass: (stats, bad rows, why per rejected row, whether the accepted steps came in i order with
     non-decreasing t (then there is no duplicate and none out of order), the end record, the decoded records
     to hand on, the kept step columns). ``known_bad``: the rows to leave out (a second pass)."""
@@ -222,7 +227,7 @@ def _pass(trace, make_stats, known_bad, keep_steps=False):
                 ordered = (ii[0] > last[0] and tt[0] >= last[1] and bool(np.all(ii[1:] > ii[:-1]))
                            and bool(np.all(tt[1:] >= tt[:-1])))
                 last = (int(ii[-1]), float(tt[-1]))
-        cols = _step_columns(c) if vec_steps.any() else None
+        cols = _step_columns(c) if count and vec_steps.any() else None
         start = 0
         for r, rec in specials:   # the records that are not columnar steps, at their place in file order
             typ = rec.get("type")
@@ -230,19 +235,21 @@ def _pass(trace, make_stats, known_bad, keep_steps=False):
                 if cols is not None:
                     _add_steps(stats, cols, vec_steps, start, r, kept if keep_steps else None)
                 start = r
-                if typ == R.STEP and keep_steps:
+                if typ == R.STEP and keep_steps and count:
                     kept["batch"].append(np.array([rec["batch"]]))
                     kept["bucket"].append(np.array([-1 if rec["bucket"] is None else rec["bucket"]]))
                     kept["ms"].append(np.array([float(R.step_ms(rec))]))
-            stats.add(rec)
+            if count:
+                stats.add(rec)
             if typ == R.END:
                 end = rec
             if typ not in (R.STEP, R.SAMPLE, R.PREFILL):
                 later.append(rec)
         if cols is not None:
             _add_steps(stats, cols, vec_steps, start, n, kept if keep_steps else None)
-        _add_samples(stats, c, sample & ok)
-        _add_prefills(stats, c, prefill & ok)
+        if count:
+            _add_samples(stats, c, sample & ok)
+            _add_prefills(stats, c, prefill & ok)
         bads.append(bad)
         base += n
     bad = np.concatenate(bads) if bads else np.zeros(0, bool)
@@ -358,7 +365,8 @@ def _step_columns(c: _Cols) -> dict:
 def _add_steps(stats: RunStats, cols: dict, mask: np.ndarray, a: int, z: int, kept: dict | None = None) -> None:
     idx = np.flatnonzero(mask[a:z]) + a
     if len(idx):
-        sel = {k: (v if k == "reasons" else v[idx]) for k, v in cols.items()}
+        pick = slice(a, z) if len(idx) == z - a else idx   # all rows: views, no copies
+        sel = {k: (v if k == "reasons" else v[pick]) for k, v in cols.items()}
         stats.add_steps(sel)
         if kept is not None:   # int32: batch sizes and buckets fit, at half the memory (recommend on 10M steps)
             kept["batch"].append(sel["batch"].astype(np.int32))

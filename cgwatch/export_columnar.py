@@ -1,0 +1,206 @@
+"""``cgwatch export --format csv`` of a compact trace from its columns: the same bytes as the record path.
+
+A columnar step row becomes a CSV line without a dict: each column's distinct values are formatted once, as
+the csv module writes them (``str`` of an int, ``repr`` of a float, a string quoted where it must be; null,
+NaN and infinity empty), the rows' cells are joined by pyarrow (binary_join_element_wise), and the lines
+are written a batch at a time. Steps kept as JSON (tensor-parallel steps, odd fields) go through the record
+path's own formatting (export.csv_cells) at their place. Only the rows the shared validation accepts are
+written (fold.screen: the same rows records.screen accepts).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pyarrow as pa
+
+from . import arrow_np as A
+from . import columnar as C
+from . import records as R
+
+_STEP = R.STEP
+
+
+def strings(words: list[str]) -> pa.Array:
+    """A string array from Python strings, built from its buffers (pa.array would import pandas)."""
+    offs = np.zeros(len(words) + 1, dtype=np.int64)
+    text = "".join(words)
+    if text.isascii():
+        np.cumsum(list(map(len, words)), out=offs[1:])
+        data = text.encode()
+    else:
+        enc = [w.encode() for w in words]
+        np.cumsum([len(e) for e in enc], out=offs[1:])
+        data = b"".join(enc)
+    return pa.Array.from_buffers(pa.large_string(), len(words), [None, pa.py_buffer(offs), pa.py_buffer(data)])
+
+
+def _s(text: str) -> pa.Scalar:
+    return strings([text])[0]   # pa.scalar would import pandas too
+
+
+def _csv_word(word: str) -> str:
+    """A string as the csv module writes it in a row of several fields (quoted where it must be)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([word, ""])
+    return buf.getvalue()[:-2]
+
+
+def _column(codes: np.ndarray, words: list[str]) -> pa.Array:
+    """The cells of one column: ``words[codes]`` as a string array."""
+    import pyarrow.compute as pc
+    idx = pa.Array.from_buffers(pa.int32(), len(codes), [None, pa.py_buffer(codes.astype(np.int32))])
+    return pc.take(strings(words), idx)
+
+
+def _numbers(x: np.ndarray, null: np.ndarray, fmt) -> tuple[np.ndarray, list[str]]:
+    """(codes, words) of a numeric column: each distinct value (by its bits: -0.0 apart from 0.0) formatted
+    once (``fmt``: str, or repr for floats); null, and a float that is not finite, an empty cell."""
+    is_float = x.dtype == np.float64
+    u, inv = np.unique(x.view(np.int64) if is_float else x, return_inverse=True)
+    vals = u.view(np.float64) if is_float else u
+    words = list(map(fmt, vals.tolist()))
+    if is_float and not np.isfinite(vals).all():
+        for k in np.flatnonzero(~np.isfinite(vals)).tolist():
+            words[k] = ""
+    words.append("")
+    return np.where(null, len(words) - 1, inv.reshape(-1)), words
+
+
+def _ints_text(x: np.ndarray, null: np.ndarray) -> pa.Array:
+    """str of each int, null where null (pyarrow's cast: the same digits)."""
+    import pyarrow.compute as pc
+    arr = pa.Array.from_buffers(pa.int64(), len(x), [_validity(null), pa.py_buffer(np.ascontiguousarray(x, np.int64))])
+    return pc.cast(arr, pa.large_string())
+
+
+def _validity(null: np.ndarray):
+    return pa.py_buffer(np.packbits(~null, bitorder="little")) if null.any() else None
+
+
+def _t_text(t_us: np.ndarray, null: np.ndarray) -> pa.Array | None:
+    """repr(t_us / 1e6) of each row, built from the integers: the seconds, a point and the µs digits without
+    trailing zeros ("12.5", "0.0"). That is repr's answer while a double resolves a µs (t < 4e9 s) and repr
+    does not switch to an exponent (t >= 1e-4 s, or 0); None outside that range."""
+    import pyarrow.compute as pc
+    v = t_us[~null]
+    if len(v) and (int(v.max()) >= 4 * 10 ** 15 or bool(((v > 0) & (v < 100)).any()) or int(v.min()) < 0):
+        return None
+    whole = _ints_text(t_us // 10 ** 6, null)
+    digits = pc.utf8_lpad(_ints_text(t_us % 10 ** 6, null), 6, "0")     # trailing zeros off, the first kept
+    frac = pc.binary_join_element_wise(pc.utf8_slice_codeunits(digits, 0, 1),
+                                       pc.utf8_rtrim(pc.utf8_slice_codeunits(digits, 1, 6), "0"), _s(""))
+    return pc.binary_join_element_wise(whole, frac, _s("."))
+
+
+def _strs(col) -> tuple[np.ndarray, list[str]]:
+    """(codes, words) of a string column, null an empty cell."""
+    codes, words = A.codes(col)
+    words = [_csv_word(w) for w in words] + [""]
+    return np.where(codes < 0, len(words) - 1, codes), words
+
+
+def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
+    """The CSV lines (each ending in a newline) of the columnar step rows ``rows`` of batch ``b``."""
+    import pyarrow.compute as pc
+    b = b.take(A.indices(rows))
+    ints = {k: (A.ints(b.column(k), 0), A.null(b.column(k))) for k in ("i", "batch", "rows", "target", "bucket",
+                                                                         "padded", "tokens", "prompt_tokens")}
+    batch = ints["batch"][0]
+    rows_v = np.where(ints["rows"][1], batch, ints["rows"][0])           # records.step_rows
+    bucket, no_bucket = ints["bucket"]
+    none = np.zeros(len(rows_v), bool)
+    cells: dict[str, tuple[np.ndarray, list[str]]] = {
+        "i": _ints_text(*ints["i"]),
+        "batch": _numbers(batch, ints["batch"][1], str),
+        "rows": _numbers(rows_v, ints["batch"][1], str),
+        "target": _numbers(ints["target"][0], ints["target"][1], str),
+        "bucket": _numbers(bucket, no_bucket, str),
+        "padded": _numbers(np.where(no_bucket, 0, bucket - rows_v), none, str),   # export.with_derived
+        "tokens": _numbers(ints["tokens"][0], ints["tokens"][1], str),
+        "prompt_tokens": _numbers(ints["prompt_tokens"][0], none, str),       # null: 0
+    }
+    for k in ("host_us", "gpu_ms", "gap_us"):
+        cells[k] = _numbers(A.floats(b.column(k)), none, float.__repr__)
+    t_us, t_null = A.ints(b.column("t_us"), 0), A.null(b.column("t_us"))
+    cells["t"] = _t_text(t_us, t_null)
+    if cells["t"] is None:
+        cells["t"] = _numbers(t_us / 1e6, t_null, float.__repr__)
+    for k in ("mode", "reason"):
+        cells[k] = _strs(b.column(k))
+    for k, allowed in (("runtime_mode", R.RUNTIME_MODES), ("phase", R.PHASES)):
+        codes, words = A.codes(b.column(k))
+        ok = np.array([w in allowed for w in words] + [False], dtype=bool)[codes]   # codes -1: the False
+        if k == "runtime_mode":   # records.step_runtime_mode: NONE on an eager step, FULL on a graph one
+            fallback = np.where(no_bucket, len(words), len(words) + 1)
+            words = words + [R.RUNTIME_NONE, R.RUNTIME_FULL]
+        else:                     # records.step_phase: decode
+            fallback = np.full(len(codes), len(words))
+            words = words + [R.PHASE_DECODE]
+        cells[k] = (np.where(ok, codes, fallback), [_csv_word(w) for w in words])
+    n = len(rows_v)
+    arrays = []
+    for name in columns:
+        got = cells.get(name, (np.zeros(n, np.int64), [""]))
+        arrays.append(got if isinstance(got, (pa.Array, pa.ChunkedArray)) else _column(*got))
+    arrays[-1] = pc.binary_join_element_wise(arrays[-1], _s("\n"), _s(""), null_handling="replace",
+                                             null_replacement="")
+    return pc.binary_join_element_wise(*arrays, _s(","), null_handling="replace", null_replacement="")
+
+
+def json_steps(b: pa.RecordBatch, ok: np.ndarray) -> list[tuple[int, dict]]:
+    """(row, record) of the accepted steps kept as JSON in batch ``b``."""
+    is_step = A.codes_in(b.column("type"), [_STEP]) == 0
+    rows = np.flatnonzero(is_step & ~A.null(b.column("json")) & ok)
+    js = b.column("json")
+    return [(r, C._decode_json(js[r].as_py())) for r in rows.tolist()]
+
+
+def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> int:
+    """The CSV of a compact trace (``bad``: the rows to leave out, per row); returns the step rows written.
+    Two passes: the first reads only ``type`` and ``json`` (the JSON steps' extra fields and ranks)."""
+    extra: dict[str, None] = {}
+    ranks = 0
+    base = 0
+    for b in trace.batches(["type", "json"], dictionary=True):
+        for _, rec in json_steps(b, ~bad[base:base + b.num_rows]):
+            extra.update((k, None) for k in rec if k != "type" and k not in header_cols and k != "rank_ms")
+            if isinstance(rec.get("rank_ms"), list):
+                ranks = max(ranks, len(rec["rank_ms"]))
+        base += b.num_rows
+    columns = header_cols + tuple(extra) + tuple(f"rank{r}_ms" for r in range(ranks))
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(columns)
+    written = base = 0
+    for b in trace.batches(dictionary=True):
+        n = b.num_rows
+        ok = ~bad[base:base + n]
+        base += n
+        is_step = A.codes_in(b.column("type"), [_STEP]) == 0
+        vec = np.flatnonzero(is_step & A.null(b.column("json")) & ok)
+        special = json_steps(b, ok)
+        lines = step_lines(b, vec, columns) if len(vec) else None
+        written += len(vec) + len(special)
+        if not special:
+            if lines is not None:
+                out.write(_text(lines, 0, len(lines)))
+            continue
+        pos = np.searchsorted(vec, [r for r, _ in special])   # the columnar lines before each JSON step
+        at = 0
+        for p, (_, rec) in zip(pos.tolist(), special):
+            if lines is not None and p > at:
+                out.write(_text(lines, at, p))
+            at = p
+            w.writerow(csv_cells(rec, columns))
+        if lines is not None and at < len(lines):
+            out.write(_text(lines, at, len(lines)))
+    return written
+
+
+def _text(lines: pa.Array, a: int, z: int) -> str:
+    """Lines [a, z) of a string array as one str (its data buffer between their offsets)."""
+    width = np.int64 if lines.type == pa.large_string() else np.int32
+    offs = np.frombuffer(lines.buffers()[1], dtype=width, count=lines.offset + len(lines) + 1)[lines.offset:]
+    return lines.buffers()[2].to_pybytes()[offs[a]:offs[z]].decode()
