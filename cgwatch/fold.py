@@ -172,11 +172,12 @@ def fold(trace, window: int | None = None, on_record=None, steps: bool = False,
     if not ordered:   # the accepted steps are not in i order: find duplicates and steps out of order
         cand = _collect(trace, bad)
         extra = _order_bad(cand)
-        if len(extra[0]) + len(extra[1]) and count:
+        if len(extra[0]) + len(extra[1]):
             bad = bad.copy()
             bad[extra[0]] = True
             bad[extra[1]] = True
-            stats, _, _, _, end, later, kept = _pass(trace, mk, bad, steps)
+            if count:
+                stats, _, _, _, end, later, kept = _pass(trace, mk, bad, steps)
     sc = _screen_line(trace, bad, why, cand, extra)
     trace.cache_end(end)   # read on the way: warnings() need no pass of their own
     if on_record is not None:

@@ -1,0 +1,83 @@
+"""The export of a compact trace from its columns (export_columnar.py) writes what the record-by-record path
+writes for the same records as JSON Lines: the same bytes (Perfetto: but the source path in the metadata)."""
+
+import json
+
+import pytest
+
+from cgwatch import records as R
+from cgwatch.cli import main
+from cgwatch.convert import convert
+from cgwatch.trace import TraceWriter
+
+from test_fold import synthetic
+
+
+def _edge_records() -> list[dict]:
+    """Values whose text is easy to get wrong: t below 1e-4 s (repr's exponent), t = 0, whole seconds, strings
+    that need quoting, -0.0, huge and tiny floats, a step with an unknown field, a tensor-parallel step and a
+    sample with per-GPU fields (both JSON rows), an old step without rows / runtime_mode / phase."""
+    steps = [
+        R.step(0, 0.0, 1, 1, 1, None, 0.0, None, 1),
+        R.step(1, 0.00005, 2, 2, 2, None, 1e-07, 1e22, 2, rows=2, phase="weird", runtime_mode="odd"),
+        R.step(2, 1.0, 3, 4, None, "a,b \"q\"", 12.5, -0.0, 3),
+        {**R.step(3, 2.000001, 4, 4, 4, None, 99.99999999, 2.5, 4), "gap_us": 0.1},
+        {**R.step(4, 2.5, 4, 4, 4, None, 5.0, 2.0, 4), "rank_ms": [2.0, None], "skew_ms": None, "plan_us": 7.5},
+        {**R.step(5, 2.75, 5, 8, 8, None, 5.0, 2.0, 5), "note": "x"},
+        {k: v for k, v in R.step(6, 3.0, 6, 8, 8, None, 5.0, 2.0, 6).items()
+         if k not in ("rows", "runtime_mode", "phase", "prompt_tokens")},
+        R.step(7, 3.5, 7, 8, None, "über", 5.0, 2.0, 7),
+    ]
+    sample = {"type": "sample", "t": 2.6, "gpu_util": 50, "power_w": 100.5,
+              "gpus": [{"gpu": 0, "gpu_util": 50}, {"gpu": 1, "gpu_util": 40, "power_w": 90.0}]}
+    return steps[:5] + [sample] + steps[5:] + [R.alert(3.6, "done"), R.event(R.EV_MARK, 3.7, text="m,1")]
+
+
+def _write(path, recs) -> None:
+    with TraceWriter(path, {"model": {"name": "x"}, "gpu": "cpu"}) as w:
+        for r in recs:
+            w.write(r)
+
+
+def _export(path, fmt, out, capsys) -> bytes:
+    assert main(["export", str(path), "--format", fmt, "-o", str(out)]) == 0
+    capsys.readouterr()
+    data = out.read_bytes()
+    if fmt == "perfetto":
+        doc = json.loads(data)
+        doc["metadata"].pop("source")
+        return json.dumps(doc).encode()
+    return data
+
+
+CASES = [("edge", None), ("s1", dict(seed=1, bad=True)), ("s2", dict(seed=2, bad=False)),
+         ("tp", dict(seed=3, bad=True, tp=True))]
+
+
+@pytest.mark.parametrize("name,kw", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("fmt", ["csv"])
+def test_compact_export_equals_record_path(name, kw, fmt, tmp_path, capsys):
+    recs = _edge_records() if kw is None else synthetic(n=1500, **kw)
+    jl = tmp_path / "t.jsonl"
+    _write(jl, recs)
+    want = _export(jl, fmt, tmp_path / f"want.{fmt}", capsys)
+    assert len(want) > 200
+    for ext in (".parquet", ".arrows"):
+        compact = tmp_path / f"t{ext}"
+        convert(str(jl), str(compact))
+        assert _export(compact, fmt, tmp_path / f"got{ext}.{fmt}", capsys) == want, ext
+
+
+def test_rotated_parts_export_as_one(tmp_path, capsys):
+    recs = synthetic(4, n=1500, bad=False)
+    jl = tmp_path / "t.jsonl"
+    _write(jl, recs)
+    want = _export(jl, "csv", tmp_path / "want.csv", capsys)
+    half = len(recs) // 2
+    for k, part in enumerate((recs[:half], recs[half:])):
+        with TraceWriter(tmp_path / f"r.{k:03d}.parquet", {"model": {"name": "x"}, "gpu": "cpu", "part": k}) as w:
+            for r in part:
+                w.write(r)
+    # each part has its own end record: the first one's is a record of the set like any other (a row)
+    got = _export(tmp_path / "r.000.parquet", "csv", tmp_path / "got.csv", capsys)
+    assert got == want
