@@ -133,21 +133,36 @@ def run(a) -> int:
     out = a.output or default_output(a.trace, a.format)
     if out != "-" and os.path.exists(out) and os.path.samefile(out, a.trace):
         raise CgwatchError(f"output {out} is the trace itself; choose another with -o")
-    compact = all(_sniff(p) != "jsonl" for p in trace_files(a.trace))
-    tr = open_trace(a.trace) if compact else None
-    fast = compact and a.format == "csv"   # a compact trace: from its columns (export_columnar.py)
-    if fast:
+    # a compact trace: screened a column batch at a time (fold.py) and written from its columns (CSV:
+    # export_columnar.py; Perfetto: perfetto_columnar.py, unless a record comes later than _InOrder's window)
+    tr = open_trace(a.trace) if all(_sniff(p) != "jsonl" for p in trace_files(a.trace)) else None
+    fast = False
+    if tr is not None:
+        import numpy as np
+
         from cgwatch.fold import screen as fold_screen
         scr = fold_screen(tr)
-        screen, skip = scr.screen, scr.bad
+        screen, bad = scr.screen, scr.bad
+        skip = frozenset(np.flatnonzero(bad).tolist())
+        if a.format == "csv":
+            fast = True
+        else:
+            from cgwatch import perfetto_columnar
+            fast = perfetto_columnar.in_order(tr, bad)
     else:
         skip, screen = screen_trace(a.trace)
     with _output(out) as f:
         if a.format == "perfetto":
-            summary = export_perfetto(a.trace, header, f, skip)
+            if fast:
+                w = _PerfettoWriter(f, header)
+                perfetto_columnar.export(tr, w, bad)
+                w.close(a.trace, header, late=0)
+                summary = _perfetto_summary(w, len(skip), 0)
+            else:
+                summary = export_perfetto(a.trace, header, f, skip)
         elif fast:
             from cgwatch import export_columnar
-            rows = export_columnar.export_csv(tr, f, skip, STEP_COLUMNS, csv_cells)
+            rows = export_columnar.export_csv(tr, f, bad, STEP_COLUMNS, csv_cells)
             summary = _csv_summary(rows, len(STEP_COLUMNS), screen.count)
         else:
             summary = export_csv(a.trace, f, skip)
@@ -294,17 +309,21 @@ def export_perfetto(trace: str, header: dict, out: IO[str], skip: frozenset = fr
     for rec in ordered:
         w.add(rec)
     w.close(trace, header, late=ordered.late)
+    return _perfetto_summary(w, len(skip), ordered.late)
+
+
+def _perfetto_summary(w: "_PerfettoWriter", skipped: int, late: int) -> str:
     c = w.counts
     parts = [f"{w.events:,} events", f"{c['step']:,} steps", f"{c['gpu']:,} GPU slices",
              f"{c['prefill']:,} prefills", f"{c['capture']:,} captures", f"{c['counter']:,} counter values"]
-    if skip:
-        parts.append(f"{len(skip):,} records skipped (cannot be trusted)")
+    if skipped:
+        parts.append(f"{skipped:,} records skipped (cannot be trusted)")
     if c["skipped"]:
         parts.append(f"{c['skipped']:,} records of unknown types left out")
     if w.end is None:
         parts.append("no end record: partial trace")
-    if ordered.late:
-        parts.append(f"{ordered.late} records out of order")
+    if late:
+        parts.append(f"{late} records out of order")
     return ", ".join(parts)
 
 
@@ -370,6 +389,9 @@ class _PerfettoWriter:
             line = json.dumps(ev, separators=(",", ":"), allow_nan=False)
         except ValueError:
             line = json.dumps(_json_safe(ev), separators=(",", ":"), allow_nan=False)
+        self._line(line)
+
+    def _line(self, line: str) -> None:
         self.out.write(line if self.events == 0 else ",\n" + line)
         self.events += 1
 

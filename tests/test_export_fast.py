@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from cgwatch import export_columnar, perfetto_columnar
 from cgwatch import records as R
 from cgwatch.cli import main
 from cgwatch.convert import convert
@@ -55,17 +56,34 @@ CASES = [("edge", None), ("s1", dict(seed=1, bad=True)), ("s2", dict(seed=2, bad
 
 
 @pytest.mark.parametrize("name,kw", CASES, ids=[c[0] for c in CASES])
-@pytest.mark.parametrize("fmt", ["csv"])
-def test_compact_export_equals_record_path(name, kw, fmt, tmp_path, capsys):
+@pytest.mark.parametrize("fmt", ["csv", "perfetto"])
+def test_compact_export_equals_record_path(name, kw, fmt, tmp_path, capsys, monkeypatch):
     recs = _edge_records() if kw is None else synthetic(n=1500, **kw)
     jl = tmp_path / "t.jsonl"
     _write(jl, recs)
     want = _export(jl, fmt, tmp_path / f"want.{fmt}", capsys)
     assert len(want) > 200
+    used = []
+    for mod, fn in ((export_columnar, "export_csv"), (perfetto_columnar, "export")):
+        real = getattr(mod, fn)
+        monkeypatch.setattr(mod, fn, lambda *a, _real=real, **k: used.append(1) or _real(*a, **k))
     for ext in (".parquet", ".arrows"):
         compact = tmp_path / f"t{ext}"
         convert(str(jl), str(compact))
         assert _export(compact, fmt, tmp_path / f"got{ext}.{fmt}", capsys) == want, ext
+    assert len(used) == 2   # the columnar path wrote both
+
+
+def test_a_record_later_than_the_window_takes_the_record_path(tmp_path, capsys):
+    recs = [R.step(k, 1.0 + k, 1, 1, 1, None, 5.0, 1.0, 1) for k in range(30)]
+    recs.append({"type": "sample", "t": 2.0, "gpu_util": 5})   # 27 s late: _InOrder counts it
+    jl = tmp_path / "t.jsonl"
+    _write(jl, recs)
+    want = _export(jl, "perfetto", tmp_path / "want.json", capsys)
+    convert(str(jl), str(tmp_path / "t.parquet"))
+    assert main(["export", str(tmp_path / "t.parquet"), "--format", "perfetto", "-o", str(tmp_path / "g.json")]) == 0
+    assert "records out of order" in capsys.readouterr().err
+    assert _export(tmp_path / "t.parquet", "perfetto", tmp_path / "got.json", capsys) == want
 
 
 def test_rotated_parts_export_as_one(tmp_path, capsys):
