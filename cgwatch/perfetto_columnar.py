@@ -12,15 +12,17 @@ before. A trace with a record later than the window: None, and the caller takes 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
 import numpy as np
+import pyarrow as pa
 
 from . import arrow_np as A
 from . import columnar as C
 from . import records as R
-from .export import GPU, HOST, REORDER_WINDOW_S
+from .export import GPU, HOST, REORDER_WINDOW_S, SAMPLE_COUNTERS
 
 _NAMES: dict[str, str] = {}
 
@@ -106,8 +108,9 @@ def _take(cols: dict, idx) -> dict:
 
 def _columns(b, newest: float) -> dict:
     """One batch's rows: the sort key, whether a columnar step, its values; every other row decoded."""
-    is_step = (A.codes_in(b.column("type"), [R.STEP]) == 0) & A.null(b.column("json"))
-    out = {"key": _t_keys(_row_t(b), newest), "step": is_step, "t_us": A.ints(b.column("t_us"), 0)}
+    code = np.where(A.null(b.column("json")), A.codes_in(b.column("type"), [R.STEP, R.SAMPLE, R.PREFILL]), -1)
+    is_step = code == 0
+    out = {"key": _t_keys(_row_t(b), newest), "step": is_step, "t_us": A.ints(b.column("t_us"), 0), "code": code}
     for k in _INTS:
         out[k] = A.ints(b.column(k))
     for k in _FLOATS:
@@ -127,16 +130,173 @@ def _columns(b, newest: float) -> dict:
     return out
 
 
+CHUNK = 8192   # rows whose text is built at once (the text of a step is ~1 KB)
+
+
 def _write(w, cols: dict) -> None:
-    if not len(cols["key"]):
+    for a in range(0, len(cols["key"]), CHUNK):
+        _write_rows(w, _take(cols, slice(a, a + CHUNK)))
+
+
+def _write_rows(w, cols: dict) -> None:
+    """Rows in output order. One pass in order runs the writer's state (where each slice starts) and writes every
+    row that is not a columnar step through the writer, into a buffer; the steps' text is then built by column
+    (``_step_text``) and everything written at once, in order."""
+    m = len(cols["key"])
+    if not m:
         return
-    c = {k: v.tolist() for k, v in cols.items() if k != "key"}
-    step, rec = c["step"], c["rec"]
-    for k in range(len(step)):
-        if step[k]:
-            step_events(w, c, k)
+    step, rec, code = cols["step"].tolist(), cols["rec"].tolist(), cols["code"].tolist()
+    T, H = cols["t_us"].astype(np.float64).tolist(), cols["host_us"].tolist()
+    G, P = cols["gpu_ms"].tolist(), cols["gap_us"].tolist()
+    ts, dur, gts, gdur = [0.0] * m, [0.0] * m, [0.0] * m, [0.0] * m
+    vec = np.zeros(m, dtype=bool)
+    pieces: list = []
+    where = np.zeros(m, dtype=np.int64)        # a vector step's place in pieces
+    real, buf = w.out, io.StringIO()
+    he, ge = w.host_end, w.gpu_end
+    scalar = None
+    try:
+        w.out = buf
+        for k in range(m):
+            if step[k] and HOST in w.named and (GPU in w.named or G[k] != G[k]):
+                tu = T[k]                      # round(t * 1e6, 3) for t = t_us / 1e6 (checked in _step_text)
+                x = he if he > tu else tu      # max(t_us, host_end)
+                d = round(H[k], 3)
+                ts[k], dur[k], he = x, d, x + d
+                g = G[k]
+                if g == g:                     # _PerfettoWriter._gpu_step
+                    p = P[k]
+                    y = ge + (p if p == p else 0.0)
+                    y = y if y > tu else tu
+                    gd = round(g * 1000, 3)
+                    gts[k], gdur[k], ge = y, gd, y + gd
+                vec[k] = True
+                where[k] = len(pieces)
+                pieces.append(None)
+                continue
+            w.host_end, w.gpu_end = he, ge
+            if step[k]:                        # a track named by this step: the record path's text, one row
+                if scalar is None:
+                    scalar = {k2: v.tolist() for k2, v in cols.items() if k2 not in ("key", "rec")}
+                step_events(w, scalar, k)
+            elif code[k] == 1:
+                sample_events(w, rec[k])
+            elif code[k] == 2 and HOST in w.named and type(rec[k].get("host_ms")) is float and "requests" in rec[k]:
+                prefill_events(w, rec[k])
+            else:
+                w.add(rec[k])
+            he, ge = w.host_end, w.gpu_end
+            pieces.append(buf.getvalue())
+            buf.seek(0)
+            buf.truncate()
+    finally:
+        w.out = real
+    w.host_end, w.gpu_end = he, ge
+    idx = np.flatnonzero(vec)
+    if len(idx):
+        pick = lambda xs: [xs[k] for k in idx.tolist()]   # noqa: E731
+        text = _step_text(w, {k: v[idx] for k, v in cols.items() if k not in ("key", "rec")},
+                          pick(ts), pick(dur), pick(gts), pick(gdur))
+        for k, piece in zip(where[idx].tolist(), text):
+            pieces[k] = piece
+    w.out.write("".join(pieces))
+
+
+def _step_text(w, c: dict, ts: list, dur: list, gts: list, gdur: list) -> list[str]:
+    """Each columnar step's events (",\n" before each), as step_events writes them, built by column; counts
+    them in the writer."""
+    import pyarrow.compute as pc
+
+    from .export_columnar import _column, _ints_text, _numbers, _s, strings
+    n = len(ts)
+    t_us = c["t_us"]
+    if n and int(t_us.max()) >= 1 << 39:    # then round(t * 1e6, 3) may not be t_us itself
+        raise ValueError("t beyond the exact range")
+    none = np.zeros(n, dtype=bool)
+    batch, bucket, target = c["batch"], c["bucket"], c["target"]
+    rows = np.where(c["rows"] < 0, batch, c["rows"])
+    graph = bucket >= 0
+    padded = np.where(graph, bucket - rows, 0)
+    mode, phase, reason = c["runtime_mode"], c["phase"], c["reason"]
+    ok_mode = np.isin(mode, list(R.RUNTIME_MODES))
+    mode = np.where(ok_mode, mode, np.where(graph, R.RUNTIME_FULL, R.RUNTIME_NONE))
+    phase = np.where(np.isin(phase, list(R.PHASES)), phase, R.PHASE_DECODE)
+    has_gap, has_gpu = ~np.isnan(c["gap_us"]), ~np.isnan(c["gpu_ms"])
+
+    def ints(x, null=none, fmt=str):
+        return _column(*_numbers(x, null, fmt))
+
+    def codes(x):        # an object array (strings, None) -> (codes, the distinct values)
+        table: dict = {}
+        out = np.fromiter((table.setdefault(v, len(table)) for v in x.tolist()), np.int64, len(x))
+        return out, list(table)
+
+    def words(x, fmt):
+        cx, vals = codes(x)
+        return _column(cx, [fmt(v) for v in vals])
+
+    def reprs(xs):
+        return strings(list(map(float.__repr__, xs)))
+
+    name_key = np.stack([np.where(graph, bucket, -1), (mode == R.RUNTIME_PIECEWISE) & graph, codes(phase)[0],
+                         np.where(graph, 0, rows), np.where(graph, -1, codes(reason)[0])], 1)
+    _, first, inv = np.unique(name_key, axis=0, return_index=True, return_inverse=True)
+    names = []
+    for k in first.tolist():
+        ph = phase[k]
+        tail = "" if ph == R.PHASE_DECODE else f" {ph}"
+        if graph[k]:
+            nm = f"graph b{bucket[k]}{' PIECEWISE' if mode[k] == R.RUNTIME_PIECEWISE else ''}{tail}"
         else:
-            w.add(rec[k])
+            nm = f"eager b{rows[k]}{tail}" + (f" ({reason[k]})" if reason[k] else "")
+        names.append(_q(nm))
+    name = _column(inv.reshape(-1), names)
+    tus = pc.binary_join_element_wise(_ints_text(t_us, none), _s(".0"), _s(""))   # repr of a whole float
+    host = ints(c["host_us"], fmt=float.__repr__)
+    gpu_ms = ints(c["gpu_ms"], ~has_gpu, float.__repr__)
+    i_s, batch_s, rows_s = _ints_text(c["i"], none), ints(batch), ints(rows)
+    bucket_f = ints(bucket, ~graph, lambda v: f',"bucket":{v}')
+    target_f = ints(target, target < 0, lambda v: f',"target":{v}')
+    mode_s, phase_s = words(mode, _q), words(phase, _q)
+    reason_f = words(reason, lambda v: "" if v is None else f',"reason":{_q(v)}')
+    gap_f = ints(c["gap_us"], ~has_gap, lambda v: f',"gap_us":{v!r}')
+    gpu_f = ints(c["gpu_ms"], ~has_gpu, lambda v: f',"gpu_ms":{v!r}')
+    ts_s, dur_s = reprs(ts), reprs(dur)
+    t_f = np.array(t_us, dtype=np.float64)
+    shifted = np.array(ts) > t_f
+    shift_f = strings([f',"shifted_us":{round(x - t, 3)!r}' if s else "" for x, t, s in
+                       zip(ts, t_f.tolist(), shifted.tolist())])
+    j = lambda *parts: pc.binary_join_element_wise(*parts, _s(""))   # noqa: E731
+    common = j(_s(',"args":{"i":'), i_s, _s(',"batch":'), batch_s, _s(',"rows":'), rows_s, bucket_f)
+    host_line = j(_s(',\n{"ph":"X","cat":"step","name":'), name, _s(f',"pid":1,"tid":{HOST},"ts":'), ts_s,
+                  _s(',"dur":'), dur_s, common, target_f, _s(',"runtime_mode":'), mode_s, _s(',"phase":'), phase_s,
+                  _s(',"prompt_tokens":'), ints(np.maximum(c["prompt_tokens"], 0)), _s(',"padded":'), ints(padded),
+                  reason_f, _s(',"tokens":'), ints(c["tokens"]), _s(',"host_us":'), host, gpu_f, gap_f, shift_f,
+                  _s("}}"))
+    counter = _s(f',\n{{"ph":"C","name":"host launch","pid":1,"tid":{HOST},"ts":')
+    launch = j(counter, tus, _s(',"args":{"us":'), host, _s("}}"))
+    gap_line = j(_s(f',\n{{"ph":"C","name":"GPU gap","pid":1,"tid":{HOST},"ts":'), tus, _s(',"args":{"us":'),
+                 ints(c["gap_us"], ~has_gap, float.__repr__), _s("}}"))
+    gap_line = pc.if_else(_mask(has_gap), gap_line, _s(""))
+    batch_line = j(_s(f',\n{{"ph":"C","name":"batch","pid":1,"tid":{HOST},"ts":'), tus, _s(',"args":{"rows":'),
+                   rows_s, _s(',"padded":'), ints(padded), _s(',"requests":'), batch_s, _s("}}"))
+    q = [f"{round(g - t, 3)!r}" for g, t in zip(gts, t_f.tolist())]
+    gpu_line = j(_s(',\n{"ph":"X","cat":"gpu","name":'), name, _s(f',"pid":1,"tid":{GPU},"ts":'), reprs(gts),
+                 _s(',"dur":'), reprs(gdur), common, _s(',"runtime_mode":'), mode_s, _s(',"phase":'), phase_s,
+                 _s(',"gpu_ms":'), gpu_ms, gap_f, _s(',"start":"lower bound","enqueued_us":'), tus,
+                 _s(',"queued_us":'), strings(q), _s("}}"))
+    gpu_line = pc.if_else(_mask(has_gpu), gpu_line, _s(""))
+    text = j(host_line, launch, gap_line, batch_line, gpu_line)
+    ngap, ngpu = int(has_gap.sum()), int(has_gpu.sum())
+    w.events += 3 * n + ngap + ngpu
+    w.counts["step"] += n
+    w.counts["gpu"] += ngpu
+    w.counts["counter"] += 4 * n + ngap
+    return text.to_pylist()
+
+
+def _mask(x: np.ndarray):
+    return pa.Array.from_buffers(pa.bool_(), len(x), [None, pa.py_buffer(np.packbits(x, bitorder="little"))])
 
 
 def step_events(w, c: dict, k: int) -> None:
@@ -197,3 +357,36 @@ def step_events(w, c: dict, k: int) -> None:
              f'"args":{{{gargs}}}}}')
         w.counts["gpu"] += 1
         w.gpu_end = gts + gdur
+
+
+_COUNTERS = [(f, _q(name), _q(key), scale) for f, (name, key, scale) in SAMPLE_COUNTERS.items()]
+
+
+def sample_events(w, rec: dict) -> None:
+    """A columnar sample's counters, as _PerfettoWriter._sample writes them (its fields are numbers or null)."""
+    ts = repr(round(rec["t"] * 1e6, 3))
+    n = 0
+    for field, name, key, scale in _COUNTERS:
+        v = rec.get(field)
+        if v is None or v != v or v in (math.inf, -math.inf):
+            continue
+        w._line(f'{{"ph":"C","name":{name},"pid":1,"tid":{HOST},"ts":{ts},"args":{{{key}:'
+                f'{(round(v * scale, 3) if scale != 1 else v)!r}}}}}')
+        n += 1
+    w.counts["counter"] += n
+
+
+def prefill_events(w, rec: dict) -> None:
+    """A columnar prefill's slice, as _PerfettoWriter._prefill writes it (t, i, requests, tokens: numbers or
+    null; host_ms a float; its host track named)."""
+    t_us = round(rec["t"] * 1e6, 3)
+    ts = max(t_us, w.host_end)
+    args = ",".join(f'"{k}":{v!r}' for k, v in rec.items() if k not in ("type", "t") and v is not None)
+    if ts > t_us:
+        args += ("," if args else "") + f'"shifted_us":{round(ts - t_us, 3)!r}'
+    dur = round(rec["host_ms"] * 1000, 3)
+    name = _q(f"prefill {rec['requests']} req")
+    w._line(f'{{"ph":"X","cat":"prefill","name":{name},"pid":1,"tid":{HOST},"ts":{ts!r},"dur":{dur!r},'
+            f'"args":{{{args}}}}}')
+    w.counts["prefill"] += 1
+    w.host_end = ts + dur
