@@ -56,8 +56,8 @@ class ReplaySource(Source):
         self.title = f"replay {os.path.basename(self.path)}"
         self.header = trace.header
         self._index = None
-        if trace.compact is not None and len(trace.compact) == 1 and trace.compact[0].kind == "parquet":
-            # a Parquet trace plays from its row groups, never decoded as a whole (replay_index.py); the view
+        if trace.compact is not None:
+            # a compact trace plays from its row groups, never decoded as a whole (replay_index.py); the view
             # screens what it is given, as it does live
             from .replay_index import CompactRecords
             self._index = self.records = CompactRecords(trace)

@@ -1,4 +1,4 @@
-"""A compact (Parquet) trace for replay without decoding it: ``CompactRecords`` is the sequence of its records
+"""A compact trace (Parquet or Arrow IPC, one file or a rotated run's parts) for replay without decoding it: ``CompactRecords`` is the sequence of its records
 (decoded a row group at a time, the last few kept), with ``tmax`` (the running maximum of t per row, for
 due-ness and seeks) and ``snapshot(j)``: what a view needs to show the trace at row j at once, the way a
 late joiner of a live run gets it (docs/PROTOCOL.md): the header, the aggregate of rows [0, j) (RunStats
@@ -21,6 +21,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import fold as F
+from .row_groups import RowGroups
 from . import records as R
 from .aggregate import VIEW_WINDOW, RunStats
 from .protocol import AGGREGATE, AGGREGATE_ROW, SNAPSHOT_END
@@ -35,12 +36,10 @@ STATE_KINDS = frozenset((R.EV_CAPTURE, R.EV_CAPTURE_DONE, R.EV_RECAPTURE, R.EV_R
 
 class CompactRecords:
     def __init__(self, trace):
-        r = trace.compact[0]
-        self.pf = r._pf
-        self.path = r.path
+        self.groups = RowGroups(trace.compact)   # Parquet row groups, IPC batches, over all parts
+        self.path = trace.compact[0].path
         self.header = trace.header
-        md = self.pf.metadata
-        sizes = [md.row_group(k).num_rows for k in range(md.num_row_groups)]
+        sizes = self.groups.sizes
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.n = int(self.starts[-1])
         t = np.empty(self.n, dtype=np.float64)
@@ -48,10 +47,10 @@ class CompactRecords:
         self.event_recs: list[dict] = []            # ... and the events themselves: a snapshot replays them
         end = None
         for k in range(len(sizes)):
-            g = self.pf.read_row_group(k, columns=["t_us", "json"])
+            g = self.groups.read(k, ["t_us", "json"])
             a = int(self.starts[k])
-            t[a:a + sizes[k]] = F._floats(g.column("t_us").combine_chunks()) / 1e6
-            js = g.column("json").combine_chunks()
+            t[a:a + sizes[k]] = F._floats(g.column("t_us")) / 1e6
+            js = g.column("json")
             rows = np.flatnonzero(~F._null(js))
             for row, text in zip(rows, js.take(F.indices(rows)).to_pylist()):
                 rec = json.loads(text)
@@ -82,7 +81,7 @@ class CompactRecords:
             recs = self._cache.get(g)
             if recs is None:
                 from . import columnar as C
-                recs = C.decode(self.pf.read_row_group(g))
+                recs = C.decode(self.groups.read(g))
                 self._cache[g] = recs
                 while len(self._cache) > CACHE_GROUPS:
                     self._cache.popitem(last=False)
@@ -102,7 +101,8 @@ class CompactRecords:
             if cached is not None:
                 out += cached[a - lo:min(z, hi) - lo]
             else:
-                b = self.pf.read_row_group(g).combine_chunks()
+                with self._lock:
+                    b = self.groups.read(g)
                 out += C.decode(b.slice(a - lo, min(z, hi) - a))
             a = min(z, hi)
         return out
@@ -113,26 +113,27 @@ class CompactRecords:
             self._thread.join(timeout=10)
 
     # -- the aggregate at a row ---------------------------------------------------------------------
-    def _fold_to(self, stats: RunStats, a: int, z: int, pf=None) -> None:
-        """Rows [a, z) into stats, a row group at a time (``pf``: the background thread's own reader: one
-        ParquetFile is not read from two threads)."""
-        pf = pf or self.pf
+    def _fold_to(self, stats: RunStats, a: int, z: int, groups=None) -> None:
+        """Rows [a, z) into stats, a row group at a time (``groups``: the background thread's own handles: one
+        file is not read from two threads)."""
+        pf = groups or self.groups
         g = int(np.searchsorted(self.starts, a, side="right") - 1)
         while a < z and g < len(self.starts) - 1:
             lo, hi = int(self.starts[g]), int(self.starts[g + 1])
-            if pf is not self.pf and self._stop.is_set():
+            if pf is not self.groups and self._stop.is_set():
                 return
-            b = pf.read_row_group(g).combine_chunks().to_batches()
-            batch = b[0] if b else None
-            if batch is not None:
-                F.fold_rows(stats, batch, a - lo, min(z, hi) - lo)
+            if pf is self.groups:
+                with self._lock:
+                    batch = pf.read(g)
+            else:
+                batch = pf.read(g)
+            F.fold_rows(stats, batch, a - lo, min(z, hi) - lo)
             a = min(z, hi)
             g += 1
 
     def _build(self) -> None:
         try:
-            import pyarrow.parquet as pq
-            pf = pq.ParquetFile(self.path)
+            pf = self.groups.reopen()
             stats = RunStats(VIEW_WINDOW)
             stats.add(self.header)
             pos = 0

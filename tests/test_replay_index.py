@@ -1,4 +1,4 @@
-"""Replay of a Parquet trace from its row groups (replay_index.py): after any seeks, the TUI's state has the
+"""Replay of a compact trace (Parquet, Arrow IPC, a rotated run's parts) from its row groups (replay_index.py): after any seeks, the TUI's state has the
 same totals and bucket rows as the replay of the same trace as JSON Lines."""
 
 import glob
@@ -20,6 +20,7 @@ def _view(path, seeks):
     st = ViewState()
     s = ReplaySource(path, clock=lambda: 0.0, start_paused=True)
     s.start(st.fold, lambda _: None)
+    assert (s._index is not None) == (not str(path).endswith(".jsonl"))
     if s._index is not None:
         s._index._thread.join()
     for target in seeks:
@@ -29,13 +30,28 @@ def _view(path, seeks):
     return out
 
 
+def _parts(path: str, out: str, ext: str, n: int = 3) -> str:
+    """The trace as a rotated run's n parts (each its own file, the header with ``part``); the first part's path."""
+    from cgwatch import columnar as C
+    from cgwatch.trace import iter_records, read_header
+    head, recs = read_header(path), list(iter_records(path))
+    cut = [len(recs) * k // n for k in range(n + 1)]
+    for k in range(n):
+        C.write_table(f"{out}.{k:03d}{ext}", {**head, "part": k}, [recs[cut[k]:cut[k + 1]]], part=k)
+    return f"{out}.000{ext}"
+
+
+@pytest.mark.parametrize("kind", ["parquet", "arrows", "parts.parquet", "parts.arrows"])
 @pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
-def test_seeks_give_the_jsonl_replays_view(path, tmp_path, monkeypatch):
+def test_seeks_give_the_jsonl_replays_view(path, kind, tmp_path, monkeypatch):
     monkeypatch.setattr(RI, "CHECKPOINT_ROWS", 700)    # small, so that the samples cross checkpoints
     monkeypatch.setattr(RP, "SNAPSHOT_ROWS", 500)
     monkeypatch.setattr(RI, "SNAPSHOT_ROWS", 300)
-    pq = str(tmp_path / "t.parquet")
-    convert(path, pq)
+    if kind.startswith("parts"):   # a rotated run: the parts' row groups (or stream batches) in one index
+        pq = _parts(path, str(tmp_path / "r"), kind[len("parts"):])
+    else:
+        pq = str(tmp_path / f"t.{kind}")
+        convert(path, pq)
     assert _view(pq, [])[4] == _view(path, [])[4]
     for seeks in ([1e9], [12.0], [30.0, 10.0], [1e9, 5.0, 25.0], [0.5]):
         assert _view(pq, seeks) == _view(path, seeks)

@@ -1,0 +1,93 @@
+"""Random access to a compact trace's row groups, over all its parts: a Parquet file's row groups, an Arrow IPC
+stream's record batches. A stream has no index (no footer), so opening one scans its messages once and keeps
+where each batch starts (decoding each batch once to count its rows); a group is then read by seeking there.
+A damaged or truncated stream ends at its last whole batch, as columnar.Reader reads it."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+class RowGroups:
+    """``sizes``: the rows of each group, in file order over the parts; ``read(g, columns)``: one group as a
+    RecordBatch. Not for two threads at once: ``reopen()`` gives another thread its own file handles."""
+
+    def __init__(self, readers, _index=None):
+        self.paths = [r.path for r in readers]
+        self.kinds = [r.kind for r in readers]
+        self._files: dict[int, object] = {}
+        if _index is not None:
+            self.where, self.sizes = _index
+            return
+        self.where: list[tuple[int, object]] = []   # per group: (part, row group number or stream offset)
+        self.sizes: list[int] = []
+        for p, r in enumerate(readers):
+            if r.kind == "parquet":
+                md = r._pf.metadata
+                for k in range(md.num_row_groups):
+                    if md.row_group(k).num_rows:
+                        self.where.append((p, k))
+                        self.sizes.append(md.row_group(k).num_rows)
+            else:
+                index, damage = _stream_index(r.path)
+                for pos, rows in index:
+                    self.where.append((p, pos))
+                    self.sizes.append(rows)
+                if damage:   # said by the trace's warnings, as a read through columnar.Reader says it
+                    r.damage, r.rows = damage, sum(rows for _, rows in index)
+
+    def reopen(self) -> "RowGroups":
+        return RowGroups([_Named(p, k) for p, k in zip(self.paths, self.kinds)], (self.where, self.sizes))
+
+    def _file(self, p: int):
+        f = self._files.get(p)
+        if f is None:
+            if self.kinds[p] == "parquet":
+                import pyarrow.parquet as pq
+                f = pq.ParquetFile(self.paths[p])
+            else:
+                src = pa.memory_map(self.paths[p])
+                f = (src, pa.ipc.open_stream(src).schema)
+            self._files[p] = f
+        return f
+
+    def read(self, g: int, columns: list[str] | None = None) -> pa.RecordBatch:
+        p, at = self.where[g]
+        f = self._file(p)
+        if self.kinds[p] == "parquet":
+            t = f.read_row_group(at, columns=columns).combine_chunks()
+            bs = t.to_batches()
+            return bs[0] if bs else pa.RecordBatch.from_pylist([], schema=t.schema)
+        src, schema = f
+        src.seek(at)
+        b = pa.ipc.read_record_batch(pa.ipc.read_message(src), schema)
+        return b if columns is None else b.select(columns)
+
+
+class _Named:
+    def __init__(self, path: str, kind: str):
+        self.path, self.kind = path, kind
+
+
+def _stream_index(path: str) -> tuple[list[tuple[int, int]], str | None]:
+    """(offset, rows) of each non-empty record batch of an IPC stream, up to its last whole one; and what
+    stopped it short, if anything (columnar.Reader's phrase)."""
+    src = pa.memory_map(path)
+    out = []
+    damage = None
+    try:
+        reader = pa.ipc.MessageReader.open_stream(src)
+        schema = pa.ipc.read_schema(reader.read_next_message())
+        while True:
+            pos = src.tell()
+            try:
+                msg = reader.read_next_message()
+            except StopIteration:
+                break
+            if msg.type == "record batch":
+                rows = pa.ipc.read_record_batch(msg, schema).num_rows
+                if rows:
+                    out.append((pos, rows))
+    except (pa.ArrowException, OSError, ValueError) as e:   # cut short or damaged: up to the last whole batch
+        damage = f"truncated or damaged after byte {src.tell()} ({str(e).splitlines()[0][:60]})"
+    return out, damage
