@@ -85,7 +85,8 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--record", metavar="PATH", help="write a trace file: PATH.jsonl JSON Lines, any other name the "
                    "compact format (PATH.parquet: Parquet once closed)")
     r.add_argument("--rotate-size", type=_size, metavar="SIZE", help="with --record: a new part file (PATH "
-                   "-> PATH.000, .001, ... before the suffix) when a part reaches SIZE (e.g. 512MB)")
+                   "-> PATH.000, .001, ... before the suffix) when a part reaches SIZE on disk (e.g. 512MB; a "
+                   "compact part's closed size, estimated while it records)")
     r.add_argument("--rotate-time", type=_duration, metavar="TIME", help="with --record: a new part file "
                    "when a part is TIME old (e.g. 1h, 30m, 90s)")
     r.add_argument("--profile-steps", metavar="A:B",
