@@ -36,31 +36,36 @@ STATE_KINDS = frozenset((R.EV_CAPTURE, R.EV_CAPTURE_DONE, R.EV_RECAPTURE, R.EV_R
 
 class CompactRecords:
     def __init__(self, trace):
-        self.groups = RowGroups(trace.compact)   # Parquet row groups, IPC batches, over all parts
         self.path = trace.compact[0].path
         self.header = trace.header
-        sizes = self.groups.sizes
-        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.n = int(self.starts[-1])
-        t = np.empty(self.n, dtype=np.float64)
         self.events: list[tuple[int, str]] = []     # (row, event kind) of the decoded rows: for ``next``
         self.event_recs: list[dict] = []            # ... and the events themselves: a snapshot replays them
+        ts: list[np.ndarray] = []
         end = None
-        for k in range(len(sizes)):
-            g = self.groups.read(k, ["t_us", "json"])
-            a = int(self.starts[k])
-            t[a:a + sizes[k]] = F._floats(g.column("t_us")) / 1e6
+        base = [0]
+
+        def visit(k: int, g) -> None:               # each group's t and JSON rows, as the groups are found
+            nonlocal end
+            a = base[0]
+            t = F._floats(g.column("t_us")) / 1e6
             js = g.column("json")
-            rows = np.flatnonzero(~F._null(js))
-            for row, text in zip(rows, js.take(F.indices(rows)).to_pylist()):
-                rec = json.loads(text)
+            for row in np.flatnonzero(~F._null(js)).tolist():
+                rec = json.loads(js[row].as_py())
                 tt = rec.get("t")
-                t[a + row] = tt if isinstance(tt, (int, float)) and not isinstance(tt, bool) else np.nan
+                t[row] = tt if isinstance(tt, (int, float)) and not isinstance(tt, bool) else np.nan
                 if rec.get("type") == "event":
-                    self.events.append((a + int(row), rec.get("kind")))
+                    self.events.append((a + row, rec.get("kind")))
                     self.event_recs.append(rec)
                 elif rec.get("type") == "end":
                     end = rec
+            ts.append(t)
+            base[0] += g.num_rows
+
+        # Parquet row groups, IPC batches, over all parts
+        self.groups = RowGroups(trace.compact, visit=visit, columns=["t_us", "json"])
+        self.starts = np.concatenate([[0], np.cumsum(self.groups.sizes)]).astype(np.int64)
+        self.n = int(self.starts[-1])
+        t = np.concatenate(ts) if ts else np.zeros(0)
         trace.cache_end(end)   # found on the way: the trace's warnings need no pass of their own
         t = np.where(np.isnan(t), -np.inf, t)
         self.tmax = np.maximum.accumulate(np.maximum(t, 0.0)) if self.n else t

@@ -12,7 +12,9 @@ class RowGroups:
     """``sizes``: the rows of each group, in file order over the parts; ``read(g, columns)``: one group as a
     RecordBatch. Not for two threads at once: ``reopen()`` gives another thread its own file handles."""
 
-    def __init__(self, readers, _index=None):
+    def __init__(self, readers, _index=None, visit=None, columns=None):
+        """``visit(g, batch)``: called with each group's ``columns`` while the groups are found (an IPC
+        stream's batches are decoded for it anyway: a stream is then read once)."""
         self.paths = [r.path for r in readers]
         self.kinds = [r.kind for r in readers]
         self._files: dict[int, object] = {}
@@ -28,11 +30,15 @@ class RowGroups:
                     if md.row_group(k).num_rows:
                         self.where.append((p, k))
                         self.sizes.append(md.row_group(k).num_rows)
+                        if visit is not None:
+                            visit(len(self.sizes) - 1, self.read(len(self.sizes) - 1, columns))
             else:
-                index, damage = _stream_index(r.path)
-                for pos, rows in index:
+                def found(pos, b, p=p):
                     self.where.append((p, pos))
-                    self.sizes.append(rows)
+                    self.sizes.append(b.num_rows)
+                    if visit is not None:
+                        visit(len(self.sizes) - 1, b if columns is None else b.select(columns))
+                index, damage = _stream_index(r.path, found)
                 if damage:   # said by the trace's warnings, as a read through columnar.Reader says it
                     r.damage, r.rows = damage, sum(rows for _, rows in index)
 
@@ -69,9 +75,9 @@ class _Named:
         self.path, self.kind = path, kind
 
 
-def _stream_index(path: str) -> tuple[list[tuple[int, int]], str | None]:
-    """(offset, rows) of each non-empty record batch of an IPC stream, up to its last whole one; and what
-    stopped it short, if anything (columnar.Reader's phrase)."""
+def _stream_index(path: str, found=None) -> tuple[list[tuple[int, int]], str | None]:
+    """(offset, rows) of each non-empty record batch of an IPC stream, up to its last whole one (``found(offset,
+    batch)`` with each); and what stopped it short, if anything (columnar.Reader's phrase)."""
     src = pa.memory_map(path)
     out = []
     damage = None
@@ -85,9 +91,11 @@ def _stream_index(path: str) -> tuple[list[tuple[int, int]], str | None]:
             except StopIteration:
                 break
             if msg.type == "record batch":
-                rows = pa.ipc.read_record_batch(msg, schema).num_rows
-                if rows:
-                    out.append((pos, rows))
+                b = pa.ipc.read_record_batch(msg, schema)
+                if b.num_rows:
+                    out.append((pos, b.num_rows))
+                    if found is not None:
+                        found(pos, b)
     except (pa.ArrowException, OSError, ValueError) as e:   # cut short or damaged: up to the last whole batch
         damage = f"truncated or damaged after byte {src.tell()} ({str(e).splitlines()[0][:60]})"
     return out, damage

@@ -178,7 +178,9 @@ def child(cmd: list[str]) -> dict:
             "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
             "print(time.perf_counter()-t,u.ru_utime+u.ru_stime,u.ru_maxrss,r)")
     load = os.getloadavg()[0]
-    out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True).stdout.split()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}   # .pyc as installed
+    out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True,
+                         env=env).stdout.split()
     return {"wall_s": round(float(out[0]), 2), "cpu_s": round(float(out[1]), 2), "rss_mib": round(int(out[2]) / 1024),
             "rc": int(out[3]), "load": round(load, 1)}
 
@@ -303,6 +305,9 @@ def main() -> int:
     ap.add_argument("--only", default="size,write,journal,report,recommend,export,convert,replay,kill")
     a = ap.parse_args()
     only = set(a.only.split(","))
+    import compileall   # the children run with .pyc files, as an installed cgwatch does
+    compileall.compile_dir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cgwatch"),
+                           quiet=1)
     os.makedirs(a.out, exist_ok=True)
     import platform
     res: dict = {"machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
@@ -345,6 +350,7 @@ def main() -> int:
             r["convert_to_parquet"] = child(cg("convert", jl, f"{a.out}/back.parquet"))
         if "replay" in only:
             r["replay"] = replay_times(pq_path)
+            r["replay_arrows"] = replay_times(ipc_path)
         res[str(steps)] = r
         print(steps, json.dumps(r), flush=True)
     with open(f"{a.out}/results.json", "w") as f:
