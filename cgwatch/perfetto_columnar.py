@@ -79,6 +79,16 @@ def _row_t(b) -> np.ndarray:
 _INTS = ("i", "batch", "rows", "target", "bucket", "prompt_tokens", "tokens")   # -1: null (accepted steps)
 _FLOATS = ("host_us", "gpu_ms", "gap_us")                                       # NaN: null
 _STRS = ("runtime_mode", "phase", "reason")
+_WORD_IDS: dict = {}
+_WORD_LIST: list = []
+
+
+def _word_id(word: str | None) -> int:
+    k = _WORD_IDS.get(word)
+    if k is None:
+        k = _WORD_IDS[word] = len(_WORD_LIST)
+        _WORD_LIST.append(word)
+    return k
 
 
 def export(trace, w, bad: np.ndarray) -> None:
@@ -115,9 +125,9 @@ def _columns(b, newest: float) -> dict:
         out[k] = A.ints(b.column(k))
     for k in _FLOATS:
         out[k] = A.floats(b.column(k))
-    for k in _STRS:
+    for k in _STRS:   # as ids in _WORD_LIST: the same over batches
         codes, words = A.codes(b.column(k))
-        out[k] = np.array(words + [None], dtype=object)[codes]
+        out[k] = np.array([_word_id(x) for x in words] + [_word_id(None)], dtype=np.int64)[codes]
     rec = np.empty(b.num_rows, dtype=object)
     other = np.flatnonzero(~is_step)
     if len(other):
@@ -178,6 +188,8 @@ def _write_rows(w, cols: dict) -> None:
             if step[k]:                        # a track named by this step: the record path's text, one row
                 if scalar is None:
                     scalar = {k2: v.tolist() for k2, v in cols.items() if k2 not in ("key", "rec")}
+                    for k2 in _STRS:
+                        scalar[k2] = [_WORD_LIST[x] for x in scalar[k2]]
                 step_events(w, scalar, k)
             elif code[k] == 1:
                 sample_events(w, rec[k])
@@ -217,38 +229,34 @@ def _step_text(w, c: dict, ts: list, dur: list, gts: list, gdur: list) -> list[s
     rows = np.where(c["rows"] < 0, batch, c["rows"])
     graph = bucket >= 0
     padded = np.where(graph, bucket - rows, 0)
-    mode, phase, reason = c["runtime_mode"], c["phase"], c["reason"]
-    ok_mode = np.isin(mode, list(R.RUNTIME_MODES))
-    mode = np.where(ok_mode, mode, np.where(graph, R.RUNTIME_FULL, R.RUNTIME_NONE))
-    phase = np.where(np.isin(phase, list(R.PHASES)), phase, R.PHASE_DECODE)
+    mode, phase, reason = c["runtime_mode"], c["phase"], c["reason"]   # ids in _WORD_LIST
+    ok_mode = np.isin(mode, [_word_id(x) for x in R.RUNTIME_MODES])
+    mode = np.where(ok_mode, mode, np.where(graph, _word_id(R.RUNTIME_FULL), _word_id(R.RUNTIME_NONE)))
+    phase = np.where(np.isin(phase, [_word_id(x) for x in R.PHASES]), phase, _word_id(R.PHASE_DECODE))
+    pw = mode == _word_id(R.RUNTIME_PIECEWISE)
     has_gap, has_gpu = ~np.isnan(c["gap_us"]), ~np.isnan(c["gpu_ms"])
 
     def ints(x, null=none, fmt=str):
         return _column(*_numbers(x, null, fmt))
 
-    def codes(x):        # an object array (strings, None) -> (codes, the distinct values)
-        table: dict = {}
-        out = np.fromiter((table.setdefault(v, len(table)) for v in x.tolist()), np.int64, len(x))
-        return out, list(table)
-
-    def words(x, fmt):
-        cx, vals = codes(x)
-        return _column(cx, [fmt(v) for v in vals])
+    def words(x, fmt):   # word ids -> the cells
+        u, inv = np.unique(x, return_inverse=True)
+        return _column(inv.reshape(-1), [fmt(_WORD_LIST[v]) for v in u.tolist()])
 
     def reprs(xs):
         return strings(list(map(float.__repr__, xs)))
 
-    name_key = np.stack([np.where(graph, bucket, -1), (mode == R.RUNTIME_PIECEWISE) & graph, codes(phase)[0],
-                         np.where(graph, 0, rows), np.where(graph, -1, codes(reason)[0])], 1)
+    name_key = np.stack([np.where(graph, bucket, -1), pw & graph, phase, np.where(graph, 0, rows),
+                         np.where(graph, -1, reason)], 1)
     _, first, inv = np.unique(name_key, axis=0, return_index=True, return_inverse=True)
     names = []
     for k in first.tolist():
-        ph = phase[k]
+        ph, why = _WORD_LIST[phase[k]], _WORD_LIST[reason[k]]
         tail = "" if ph == R.PHASE_DECODE else f" {ph}"
         if graph[k]:
-            nm = f"graph b{bucket[k]}{' PIECEWISE' if mode[k] == R.RUNTIME_PIECEWISE else ''}{tail}"
+            nm = f"graph b{bucket[k]}{' PIECEWISE' if pw[k] else ''}{tail}"
         else:
-            nm = f"eager b{rows[k]}{tail}" + (f" ({reason[k]})" if reason[k] else "")
+            nm = f"eager b{rows[k]}{tail}" + (f" ({why})" if why else "")
         names.append(_q(nm))
     name = _column(inv.reshape(-1), names)
     tus = pc.binary_join_element_wise(_ints_text(t_us, none), _s(".0"), _s(""))   # repr of a whole float
