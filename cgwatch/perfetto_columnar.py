@@ -165,10 +165,11 @@ def _write_rows(w, cols: dict) -> None:
     real, buf = w.out, io.StringIO()
     he, ge = w.host_end, w.gpu_end
     scalar = None
+    fast = int(cols["t_us"].max()) < 1 << 39   # else round(t * 1e6, 3) may not be t_us: a row at a time
     try:
         w.out = buf
         for k in range(m):
-            if step[k] and HOST in w.named and (GPU in w.named or G[k] != G[k]):
+            if step[k] and fast and HOST in w.named and (GPU in w.named or G[k] != G[k]):
                 tu = T[k]                      # round(t * 1e6, 3) for t = t_us / 1e6 (checked in _step_text)
                 x = he if he > tu else tu      # max(t_us, host_end)
                 d = round(H[k], 3)
@@ -222,8 +223,6 @@ def _step_text(w, c: dict, ts: list, dur: list, gts: list, gdur: list) -> list[s
     from .export_columnar import _column, _ints_text, _numbers, _s, strings
     n = len(ts)
     t_us = c["t_us"]
-    if n and int(t_us.max()) >= 1 << 39:    # then round(t * 1e6, 3) may not be t_us itself
-        raise ValueError("t beyond the exact range")
     none = np.zeros(n, dtype=bool)
     batch, bucket, target = c["batch"], c["bucket"], c["target"]
     rows = np.where(c["rows"] < 0, batch, c["rows"])

@@ -99,3 +99,18 @@ def test_rotated_parts_export_as_one(tmp_path, capsys):
     # each part has its own end record: the first one's is a record of the set like any other (a row)
     got = _export(tmp_path / "r.000.parquet", "csv", tmp_path / "got.csv", capsys)
     assert got == want
+
+
+@pytest.mark.parametrize("fmt", ["csv", "perfetto"])
+def test_a_run_of_days_exports_the_same(fmt, tmp_path, capsys):
+    """t past 2**39 µs (6.4 days): the Perfetto steps go a row at a time (the float text built from the
+    integers would not be repr's)."""
+    from cgwatch import columnar as C
+    recs = [R.step(k, round(600000.0 + k * 0.013, 6), 4, 4, 4, None, 50.25, 2.5, 4) for k in range(40)]
+    recs.append({"type": "end", "t": 600001.0, "steps": 40, "outcome": "completed"})
+    pq = tmp_path / "d.parquet"
+    C.write_table(str(pq), {"type": "header", "format": "cgwatch-trace", "version": 1, "model": {"name": "x"}}, [recs])
+    jl = tmp_path / "d.jsonl"
+    convert(str(pq), str(jl))
+    want = _export(jl, fmt, tmp_path / f"want.{fmt}", capsys)
+    assert _export(pq, fmt, tmp_path / f"got.{fmt}", capsys) == want
