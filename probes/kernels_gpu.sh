@@ -11,7 +11,7 @@ SIZES=${SIZES:-1,2,4,8,16,32,64}
   python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)'
   python3 -c 'import pyarrow; print("pyarrow", pyarrow.__version__)' 2>&1 | tail -1; } | tee "$OUT/env.txt"
 if [[ $STEPS == *tests* ]]; then
-  timeout ${TESTS_TIMEOUT:-360} python3 -m pytest -m gpu -q -x -p no:cacheprovider ${TESTS:-tests/} 2>&1 | tail -30 > "$OUT/gpu_tests.txt"
+  timeout ${TESTS_TIMEOUT:-360} python3 -m pytest -m gpu -q -x -p no:cacheprovider ${TESTS:-tests/} -k "${TESTK:-}" 2>&1 | tail -30 > "$OUT/gpu_tests.txt"
   tail -12 "$OUT/gpu_tests.txt"
 fi
 if [[ $STEPS == *bench1* ]]; then
@@ -27,6 +27,7 @@ if [[ $STEPS == *bench8* ]]; then
   python3 -c "import json,sys; sys.path.insert(0,'.'); from cgwatch.bench import format_result; print(format_result(json.load(open('$OUT/bench_llama8b.json'))))"
 fi
 if [[ $STEPS == *startup* ]]; then   # Triton's on-disk cache: the second start compiles nothing
+  rm -rf ~/.triton/cache
   for run in first second; do
     timeout 200 python3 -m cgwatch run --headless --model llama-1b --arrival fixed:8 --steps 50 \
       --record "$OUT/startup_$run.jsonl" > "$OUT/startup_$run.txt" 2>&1

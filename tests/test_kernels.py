@@ -142,3 +142,16 @@ def test_switching_kernels_mid_run_keeps_the_greedy_tokens(triton_interpret):
     assert any(e.get("message") == "kernels: fused" for e in recs)
     assert int(pos_a.max()) > 4 and torch.equal(pos_a, pos_b)
     assert torch.equal(tok_a, tok_b)
+
+
+def test_two_pass_argmax_is_argmax_ties_included():
+    from cgwatch.engine.step import argmax_rows
+    torch.manual_seed(4)
+    x = torch.randn(5, 32000)
+    x[1, 7], x[1, 31999] = 50.0, 50.0          # a tie across pieces: the first wins
+    x[2, 100], x[2, 101] = 9.0, 9.0            # a tie inside a piece
+    x[3] = 0.0                                 # all equal: index 0
+    assert torch.equal(argmax_rows(x), x.argmax(-1))
+    assert argmax_rows(x)[1] == 7 and argmax_rows(x)[3] == 0
+    odd = torch.randn(2, 101)                  # no good divisor: plain argmax
+    assert torch.equal(argmax_rows(odd), odd.argmax(-1))

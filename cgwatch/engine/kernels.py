@@ -26,6 +26,7 @@ import torch
 ATTN_BLOCK = 32       # cache positions per inner iteration
 MIN_CHUNK = 256       # positions per split of one row's attention
 MAX_SPLITS = 64       # at most this many splits per row (longer caches get longer chunks)
+FEW_PROGRAMS = 128    # rows x kv heads below this: short chunks, so one row's work spreads over more SMs
 
 
 def interpreting() -> bool:
@@ -237,20 +238,32 @@ def rope_to_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: 
     return q
 
 
-def attention_chunk(max_seq: int) -> int:
-    """Cache positions per split: MIN_CHUNK, longer when the cache would need over MAX_SPLITS splits."""
-    chunk = max(MIN_CHUNK, -(-max_seq // MAX_SPLITS))
-    return -(-chunk // ATTN_BLOCK) * ATTN_BLOCK
+def attention_chunk(max_seq: int, least: int = MIN_CHUNK, block: int = ATTN_BLOCK) -> int:
+    """Cache positions per split: ``least``, longer when the cache would need over MAX_SPLITS splits."""
+    chunk = max(least, -(-max_seq // MAX_SPLITS))
+    return -(-chunk // block) * block
+
+
+def attention_config(batch: int, n_kv: int, head_dim: int, max_seq: int) -> tuple[int, int, int]:
+    """(chunk, block, warps) for a batch, measured on an H200 (probes/attention_tune.py, docs/BENCHMARKS.md):
+    few rows want short chunks of wide blocks on 4 warps; many rows long chunks on 2 warps."""
+    if batch * n_kv < FEW_PROGRAMS:
+        return attention_chunk(max_seq, 64, 64), 64, 4
+    least = MIN_CHUNK if head_dim <= 64 else MIN_CHUNK // 2
+    return attention_chunk(max_seq, least, ATTN_BLOCK), ATTN_BLOCK, 2
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_ids: torch.Tensor,
-                     pos: torch.Tensor) -> torch.Tensor:
+                     pos: torch.Tensor, chunk: int | None = None, block: int | None = None,
+                     num_warps: int | None = None) -> torch.Tensor:
     """Attention of one new token per row over its cache row's positions 0..pos[b] (GQA: q heads
-    share kv heads in groups). q [B, H, hd]; caches [slots, KVH, max_seq, hd]. Returns [B, H * hd]."""
+    share kv heads in groups). q [B, H, hd]; caches [slots, KVH, max_seq, hd]. Returns [B, H * hd].
+    ``chunk``, ``block``, ``num_warps``: tuning (probes/attention_tune.py); chunk a multiple of block."""
     b, n_heads, hd = q.shape
     n_kv, max_seq = k_cache.shape[1], k_cache.shape[2]
     group = n_heads // n_kv
-    chunk = attention_chunk(max_seq)
+    auto = attention_config(b, n_kv, hd, max_seq)
+    chunk, block, num_warps = chunk or auto[0], block or auto[1], num_warps or auto[2]
     n_split = -(-max_seq // chunk)
     part = torch.empty((b, n_heads, n_split, hd), dtype=torch.float32, device=q.device)
     ml = torch.empty((b, n_heads, n_split, 2), dtype=torch.float32, device=q.device)
@@ -260,8 +273,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     k["attn_chunk"][(b, n_kv, n_split)](
         q, k_cache, v_cache, slot_ids, pos, part, ml, q.stride(0), q.stride(1), ks[0], ks[1], ks[2],
         part.stride(0), part.stride(1), part.stride(2), ml.stride(0), ml.stride(1), hd ** -0.5,
-        CHUNK=chunk, GROUP=group, G_PAD=_pow2(group, 16), HD=hd, HD_PAD=_pow2(hd, 16), BLOCK=ATTN_BLOCK,
-        IEEE=q.dtype == torch.float32, num_warps=4)
+        CHUNK=chunk, GROUP=group, G_PAD=_pow2(group, 16), HD=hd, HD_PAD=_pow2(hd, 16), BLOCK=block,
+        IEEE=q.dtype == torch.float32, num_warps=num_warps)
     k["attn_merge"][(b, n_heads)](
         part, ml, pos, out, part.stride(0), part.stride(1), part.stride(2), ml.stride(0), ml.stride(1),
         out.stride(0), CHUNK=chunk, HD=hd, HD_PAD=_pow2(hd), S_PAD=_pow2(n_split, 2))
