@@ -177,6 +177,9 @@ class Bench:
     def close(self) -> dict:
         return self.engine.close()
 
+    def now(self) -> float:
+        return self.engine.now()
+
     def _sync(self) -> None:
         if self.cuda:
             torch.cuda.synchronize()
