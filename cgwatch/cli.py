@@ -266,9 +266,10 @@ def cmd_run(a) -> int:
     from cgwatch.session import Session, stopped_error
 
     cfg = _engine_config(a)
-    status = StatusLine()
     session = Session.open(lambda emit: make_engine(cfg, emit), record=a.record, rotate=rotation(a),
-                           prometheus=a.prometheus, views=(status,))
+                           prometheus=a.prometheus)
+    status = StatusLine()
+    session.fanout.add(status)
     engine, h = session.engine, session.header
     backend = f", vLLM {h['vllm']}" if h.get("backend") == "vllm" else ""
     no_cuda = cfg.mode == "graph" and getattr(engine, "cuda", True) is False

@@ -2,8 +2,8 @@
 (cli.py), the daemon (daemon.py) and the bench (bench.py) all go through a ``Session``.
 
 ``Session.open(build, ...)`` builds the engine on a Fanout (``build(emit)``), takes its header and
-adds the sinks in their order: the trace file, the Prometheus metrics, then the views (a daemon's
-socket, a status line). ``run(loop)`` runs the engine and settles the outcome (completed,
+adds the sinks in their order: the trace file, the Prometheus metrics, then a daemon's socket (a
+caller adds its own views after them: the status line). ``run(loop)`` runs the engine and settles the outcome (completed,
 interrupted or error); ``end()`` closes the engine and gives the trace and the daemon's clients the
 end record; ``close()`` (also on leaving ``with``) ends the run if nobody did, then stops the daemon
 and the metrics. Whatever fails, and wherever, the trace keeps what was recorded and gets its end
@@ -47,8 +47,7 @@ class Session:
 
     @classmethod
     def open(cls, build: Callable[[Sink], object], *, record: str | None = None, rotate: dict | None = None,
-             prometheus: int | None = None, daemon=None, views: tuple[Sink, ...] = (), what: str = "run",
-             end_fields: dict | None = None) -> Session:
+             prometheus: int | None = None, daemon=None, what: str = "run", end_fields: dict | None = None) -> Session:
         """Build the engine and open its sinks. ``rotate``: TraceWriter's rotation arguments; ``daemon``:
         a bound daemon.Daemon (started by the caller, closed by the session). If anything fails here,
         what was built or opened is closed again, the daemon too."""
@@ -75,8 +74,6 @@ class Session:
             raise
         if daemon is not None:
             fanout.add(daemon.publish)
-        for view in views:
-            fanout.add(view)
         if hasattr(s.engine, "on_abort"):   # a lost rank the engine's thread cannot see: end trace and stream
             s.engine.on_abort = s._end_sinks
         return s
