@@ -106,10 +106,7 @@ class VllmBench:
         return bw
 
     def header(self) -> dict:
-        h = self.engine.header()
-        h["bench"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.cfg).items()}
-        h["bench"]["backend"] = "vllm"
-        return h
+        return self.engine.header() | {"bench": self.cfg.describe() | {"backend": "vllm"}}
 
     def close(self) -> dict:
         return self.engine.close()

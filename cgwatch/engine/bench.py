@@ -63,6 +63,10 @@ class BenchConfig:
     tensor_parallel_size: int = 1
     modes: tuple[str, ...] = field(default=("eager", "graph"))
 
+    def describe(self) -> dict:
+        """The header's ``bench`` (both backends' benches): the config, tuples as lists."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
+
 
 class FixedSlots:
     """The bench's workload: the same ``batch`` slots every step, nobody joins or leaves.
@@ -135,9 +139,7 @@ class Bench:
         self.cuda = eng.cuda
 
     def header(self) -> dict:
-        h = self.engine.header()
-        h["bench"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.cfg).items()}
-        return h
+        return self.engine.header() | {"bench": self.cfg.describe()}
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, progress: Callable[[str], None] = lambda s: None) -> dict:
