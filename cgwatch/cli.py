@@ -290,8 +290,9 @@ def cmd_run(a) -> int:
         status.finish(time.monotonic())
         summary = session.summary
         if summary is not None:
+            trace = f"; trace {a.record} (cgwatch report {a.record})" if a.record else ""
             print(f"{session.outcome}: {summary['steps']} steps, {summary['tokens']} tokens in "
-                  f"{summary['duration_s']:.1f} s" + (f"; trace {a.record} (cgwatch report {a.record})" if a.record else ""))
+                  f"{summary['duration_s']:.1f} s{trace}")
     return 0
 
 
