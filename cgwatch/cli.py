@@ -56,6 +56,10 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="run eager when (bucket - batch) / bucket would exceed this (default 0.5; pytorch backend)")
     g.add_argument("--mode", choices=("graph", "eager"), default="graph", help="start in graph or eager mode")
     g.add_argument("--enforce-eager", action="store_true", help="same as --mode eager")
+    g.add_argument("--kernels", choices=("auto", "fused", "plain"), default=None,
+                   help="the decode step's kernels: fused (Triton: add+norm, RoPE+KV write, attention over "
+                        "live positions, SiLU*up) or plain PyTorch; auto (default) = fused where CUDA and "
+                        "Triton are (pytorch backend)")
     g.add_argument("--graph-pool", choices=("shared", "private"), default=None,
                    help="one memory pool for all graphs (default) or one per graph (pytorch backend)")
     g.add_argument("--fail-capture-bucket", action="append", default=[], metavar="N[@RANK]",
@@ -176,8 +180,8 @@ def _engine_config(a):
         capture_sizes=tuple(sizes),
         max_capture_size=a.max_cudagraph_capture_size,
         max_padding_ratio=0.5 if a.max_padding_ratio is None else a.max_padding_ratio,
-        mode="eager" if a.enforce_eager else a.mode, pool=a.graph_pool or "shared", temperature=a.temperature,
-        seed=a.seed,
+        mode="eager" if a.enforce_eager else a.mode, kernels=a.kernels or "auto", pool=a.graph_pool or "shared",
+        temperature=a.temperature, seed=a.seed,
         workload=WorkloadSpec(arrival=a.arrival, prompt_len=a.prompt_len, output_len=a.output_len,
                               max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed),
         schedule=tuple(parse_scheduled(s, limits) for s in a.at),
@@ -201,7 +205,8 @@ def _vllm_config(a):
                    (a.graph_pool is not None, "--graph-pool (vLLM captures into one shared pool)"),
                    (bool(a.fail_capture_bucket), "--fail-capture-bucket"),
                    (a.profile_steps is not None, "--profile-steps (use vLLM's own profiler)"),
-                   (a.threads is not None, "--threads")]
+                   (a.threads is not None, "--threads"),
+                   (a.kernels is not None, "--kernels (vLLM picks its own kernels)")]
     for given, what in unavailable:
         if given:
             raise CgwatchError(f"{what} is not available with --backend vllm")

@@ -343,6 +343,9 @@ class VllmEngine(EngineBase):
     def _cmd_padding(self, value: float, t: float) -> None:
         raise CgwatchError(NO_PADDING_RATIO)
 
+    def _cmd_kernels(self, value: str, t: float) -> None:
+        raise CgwatchError("vLLM picks its own kernels: 'kernels' is for cgwatch's engine (--backend pytorch)")
+
     def _restart_or_note(self, why: str, previous: tuple) -> None:
         """Restart for ``why``; if that fails, go back to ``previous`` (mode, sizes, description) and
         refuse the command. If even the previous config does not start again, the run ends (RuntimeError)."""

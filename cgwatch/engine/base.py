@@ -75,7 +75,7 @@ class EngineBase(CommandTaker):
                 "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(self.device),
                 "dtype": dtype, "backend": self.backend}
 
-    def _header_plan(self, model: dict, config: dict) -> dict:
-        """The header's model, config, workload and command limits."""
-        return {"model": model, "config": config, "workload": self.workload.describe(),
+    def _header_plan(self, model: dict, config: dict, **fields) -> dict:
+        """The header's model, config and workload, the backend's ``fields``, then the command limits."""
+        return {"model": model, "config": config, "workload": self.workload.describe(), **fields,
                 "command_limits": self.command_limits().describe()}

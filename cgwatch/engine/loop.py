@@ -28,6 +28,7 @@ from cgwatch.engine import ranks as RK
 from cgwatch.engine.base import EngineBase
 from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, Dispatch, DispatchTable, check_ratio, effective_sizes
 from cgwatch.engine.control import Command, CommandTaker, Limits
+from cgwatch.engine import kernels as K
 from cgwatch.engine.graphs import BucketGraph, GraphManager
 from cgwatch.engine.load import load_model, model_args
 from cgwatch.engine.rank_merge import RankMerge
@@ -52,6 +53,7 @@ class EngineConfig:
     max_capture_size: int | None = None
     max_padding_ratio: float = 0.5
     mode: str = "graph"                   # graph | eager
+    kernels: str = "auto"                 # auto (fused where CUDA and Triton are) | fused | plain
     pool: str = "shared"                  # shared | private (one pool per graph, for comparison)
     temperature: float = 0.0
     seed: int = 0
@@ -194,6 +196,8 @@ class Engine(EngineBase):
         self.model, self.model_info = load_model(cfg.model, self.device, self.dtype, cfg.seed, rank, self.tp)
         if self.ranks is not None:
             self.model.set_group(self.ranks.group)
+        self.kernels, self.kernels_why = K.choose(cfg.kernels, self.device, self.dtype)
+        self.model.kernels = self.kernels
         self.model.setup_caches(self.max_batch, cfg.max_seq)
         self.state = DecodeState(self.model, self.max_batch, cfg.temperature, cfg.seed)
         self.nvml = Nvml(self.device if self.cuda else None)
@@ -237,7 +241,8 @@ class Engine(EngineBase):
                  "gpu": (n.static_info()["gpu_name"] or (torch.cuda.get_device_name(r) if self.cuda else "cpu")),
                  "pid": os.getpid() if r == 0 else self.ranks.procs[r - 1].pid} for r, n in enumerate(self.rank_nvml)]}
         return (tp | self._header_run(str(self.dtype).removeprefix("torch."), "cpu")
-                | self._header_plan(self.model_info, self.cfg.describe())
+                | self._header_plan(self.model_info, self.cfg.describe(),
+                                    kernels=self.kernels, kernels_why=self.kernels_why)
                 | {"cpu_threads": torch.get_num_threads(), "cpu_threads_by": self.threads_by or "torch default",
                    "nvtx": self.nvtx.available, "nvml": self.nvml.available})
 
@@ -252,6 +257,8 @@ class Engine(EngineBase):
         if self.dropped_sizes:
             self.emit(R.event(R.EV_INFO, self.now(), message=f"capture sizes {self.dropped_sizes} dropped: above "
                               f"max capture size / --max-concurrency {self.max_batch}"))
+        if self.cuda and self.kernels_why:   # on a GPU, plain kernels by default is news
+            self.emit(R.event(R.EV_INFO, self.now(), message=f"plain PyTorch kernels: {self.kernels_why}"))
         if not self.cuda:
             if self.graph_mode:
                 self.emit(R.alert(self.now(), "CUDA graphs need CUDA: no GPU here, running eager on the CPU",
@@ -312,7 +319,8 @@ class Engine(EngineBase):
     # -- commands (the mechanism: control.CommandTaker) -------------------------------------------
     def control_state(self) -> dict:
         g = self.graphs
-        return {"mode": "graph" if self.graph_mode else "eager", "cuda": self.cuda, "sizes": list(self.sizes),
+        return {"mode": "graph" if self.graph_mode else "eager", "kernels": self.kernels, "cuda": self.cuda,
+                "sizes": list(self.sizes),
                 "captured": g.ok_sizes() if g else [], "failed": g.failed_sizes() if g else [],
                 "max_padding_ratio": self.max_padding_ratio, "rate": self.workload.rate,
                 "arrival": self.workload.kind, "paused": self.paused}
@@ -355,6 +363,21 @@ class Engine(EngineBase):
         if self.cuda and (self.graph_mode or self.graphs.graphs):
             self._release()
             self._capture(sizes)
+
+    def _cmd_kernels(self, kind: str, t: float) -> None:
+        """Switch the decode step's kernels (model.py: plain or fused); graphs are captured again."""
+        if kind == self.kernels:
+            return
+        why = K.unavailable(self.device, self.dtype, interpreter=True) if kind == "fused" else None
+        if why:
+            raise CgwatchError(f"kernels {kind}: {why}")
+        self._drain()   # steps in flight finish with the kernels they were launched with
+        self.kernels = self.model.kernels = kind
+        self.kernels_why = None
+        self.emit(R.event(R.EV_INFO, t, message=f"kernels: {kind}", kernels=kind))
+        if self.cuda and self.graphs.graphs:
+            self._release()
+            self._capture(self.sizes)
 
     def _cmd_padding(self, ratio: float, t: float) -> None:
         self.max_padding_ratio = check_ratio(ratio)
