@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 
-from cgwatch import records as R
 from cgwatch.errors import CgwatchError
 
 NA = "n/a"
@@ -86,8 +85,7 @@ def _make_bench(a, cfg, fan):
 
 def run(a) -> int:
     from cgwatch.engine.bench import BenchConfig, check_config
-    from cgwatch.sinks import Fanout
-    from cgwatch.trace import TraceWriter
+    from cgwatch.session import Session, stopped_error
 
     cfg = BenchConfig(model=a.model, batch_sizes=_sizes(a.batch_sizes), steps=a.steps, warmup=a.warmup,
                       tokens=a.tokens, prompt_len=a.prompt_len, max_seq=a.max_seq, device=a.device,
@@ -95,34 +93,21 @@ def run(a) -> int:
                       tensor_parallel_size=a.tensor_parallel_size,
                       kernels=tuple(k.strip() for k in a.kernels.split(",") if k.strip()))
     check_config(cfg)
-    fan = Fanout()
-    bench = _make_bench(a, cfg, fan)
     if a.no_record and a.record:
         raise CgwatchError("--record and --no-record together: choose one")
     path = a.record   # opt-in: a bench writes nothing it was not asked for
-    writer = TraceWriter(path, bench.header()) if path else None
-    if writer:
-        fan.add(writer.write)
+    session = Session.open(lambda emit: _make_bench(a, cfg, emit), record=path, what="bench",
+                           end_fields={"bench": None})
+    bench = session.engine
     say = (lambda s: print(f"cgwatch bench: {s}", file=sys.stderr, flush=True))
-    outcome, result = "completed", None
     try:
-        result = bench.run(progress=say)
-    except KeyboardInterrupt:
-        outcome = "interrupted"
-        raise
+        with session:
+            result = session.run(lambda: bench.run(progress=say))
+            session.end_fields["bench"] = result   # the trace's end record carries the tables
     except CgwatchError:
-        outcome = "error"
         raise
     except Exception as e:   # a crash mid-sweep: the trace keeps what was measured, and says why it stopped
-        outcome = "error"
-        first = str(e).splitlines()[0] if str(e) else ""
-        fan(R.alert(bench.engine.now(), f"bench stopped by {type(e).__name__}: {first}", level="error"))
-        raise CgwatchError(f"bench stopped by {type(e).__name__}: {first}"
-                           + (f" (trace so far: {path})" if path else "")) from e
-    finally:
-        summary = bench.close() | {"outcome": outcome, "t": round(bench.engine.now(), 6)}
-        if writer:
-            writer.close(summary | {"bench": result})
+        raise stopped_error("bench", e, path) from e
     result["trace"] = path
     if a.json:
         json.dump(result, sys.stdout, indent=2)

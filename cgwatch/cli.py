@@ -268,66 +268,37 @@ def cmd_run(a) -> int:
         return _run_with_tui(a)
     from cgwatch.backends import make_engine
     from cgwatch.headless import StatusLine
-    from cgwatch.sinks import Fanout
-    from cgwatch.trace import TraceWriter
+    from cgwatch.session import Session, stopped_error
 
     cfg = _engine_config(a)
-    fanout = Fanout()
-    engine = make_engine(cfg, fanout)
-    try:
-        h = engine.header()
-        writer = TraceWriter(a.record, h, **rotation(a)) if a.record else None
-        if writer:
-            fanout.add(writer.write)
-        metrics = _start_metrics(a.prometheus, fanout, h)
-    except BaseException:
-        engine.close()   # a bad --record or --prometheus: the engine (and any rank processes) stop too
-        raise
-    if writer and hasattr(engine, "on_abort"):   # a lost rank the main thread cannot see: end the trace
-        engine.on_abort = writer.close
+    session = Session.open(lambda emit: make_engine(cfg, emit), record=a.record, rotate=rotation(a),
+                           prometheus=a.prometheus)
     status = StatusLine()
-    fanout.add(status)
+    session.fanout.add(status)
+    engine, h = session.engine, session.header
     backend = f", vLLM {h['vllm']}" if h.get("backend") == "vllm" else ""
     no_cuda = cfg.mode == "graph" and getattr(engine, "cuda", True) is False
     mode = "eager (graphs need CUDA)" if no_cuda else cfg.mode
     print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}{backend}), mode {mode}, "
-          f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if writer else ""))
+          f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if a.record else ""))
     for note in h.get("vllm_notes") or ():
         print(note)
     stop = _stop_on_signals()
-    outcome = "completed"
     try:
-        engine.run(a.steps, stop.is_set)
-        if stop.is_set():
-            outcome = "interrupted"
+        with session:
+            session.run(lambda: engine.run(a.steps, stop.is_set), stop)
     except CgwatchError:
-        outcome = "error"
         raise
-    except Exception as e:  # a crash inside the loop: keep what was recorded, say what happened
-        from cgwatch import records as R
-        outcome = "error"
-        fanout(R.alert(engine.now(), f"run stopped by {type(e).__name__}: {e}", level="error"))
-        raise CgwatchError(f"run stopped by {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    except Exception as e:  # a crash inside the loop: the trace keeps what was recorded; say what happened
+        raise stopped_error("run", e) from e
     finally:
-        summary = engine.close() | {"outcome": outcome, "t": round(engine.now(), 6)}
-        if writer:
-            writer.close(summary)
-        if metrics:
-            metrics.close()
         status.finish(time.monotonic())
-        print(f"{outcome}: {summary['steps']} steps, {summary['tokens']} tokens in {summary['duration_s']:.1f} s"
-              + (f"; trace {a.record} (cgwatch report {a.record})" if writer else ""))
+        summary = session.summary
+        if summary is not None:
+            trace = f"; trace {a.record} (cgwatch report {a.record})" if a.record else ""
+            print(f"{session.outcome}: {summary['steps']} steps, {summary['tokens']} tokens in "
+                  f"{summary['duration_s']:.1f} s{trace}")
     return 0
-
-
-def _start_metrics(port, fanout, header: dict | None = None):
-    if port is None:
-        return None
-    from cgwatch.metrics import Metrics
-    m = Metrics(header=header)
-    m.serve(port)
-    fanout.add(m)
-    return m
 
 
 # what to use instead of the TUI, per command

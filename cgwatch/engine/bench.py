@@ -69,6 +69,10 @@ class BenchConfig:
     modes: tuple[str, ...] = field(default=("eager", "graph"))
     kernels: tuple[str, ...] = ("plain", "fused")   # fused is skipped (with why) where it cannot run
 
+    def describe(self) -> dict:
+        """The header's ``bench`` (both backends' benches): the config, tuples as lists."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
+
 
 class FixedSlots:
     """The bench's workload: the same ``batch`` slots every step, nobody joins or leaves.
@@ -150,9 +154,7 @@ class Bench:
             raise CgwatchError(f"--kernels fused: {self.kernels_why}")
 
     def header(self) -> dict:
-        h = self.engine.header()
-        h["bench"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.cfg).items()}
-        return h
+        return self.engine.header() | {"bench": self.cfg.describe()}
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, progress: Callable[[str], None] = lambda s: None) -> dict:
@@ -198,6 +200,9 @@ class Bench:
 
     def close(self) -> dict:
         return self.engine.close()
+
+    def now(self) -> float:
+        return self.engine.now()
 
     def _sync(self) -> None:
         if self.cuda:
