@@ -9,11 +9,10 @@ import argparse
 import json
 import sys
 
-from cgwatch import records as R
 from cgwatch.errors import CgwatchError
 
 NA = "n/a"
-MODES = ("eager", "graph", "compile")
+MODES = ("eager", "graph", "eager_fused", "graph_fused", "compile")   # *_fused: engine/kernels.py
 
 
 def add_parser(sub) -> None:
@@ -36,6 +35,9 @@ def add_parser(sub) -> None:
                         "and cgwatch's plan cost per step)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kernels", default="plain,fused",
+                   help="the engine's kernels to measure: plain (PyTorch ops), fused (Triton; CUDA only, skipped "
+                        "with a note elsewhere) or both (default %(default)s; pytorch backend)")
     p.add_argument("--with-compile", action="store_true",
                    help='also torch.compile(mode="reduce-overhead") as a third column (CUDA only)')
     p.add_argument("--record", metavar="PATH", help="also write the bench's trace here (for report, replay and "
@@ -66,6 +68,8 @@ def _make_bench(a, cfg, fan):
         return Bench(cfg, fan)
     if a.tensor_parallel_size > 1:
         raise CgwatchError("--tensor-parallel-size is for --backend pytorch in the bench")
+    if a.kernels != "plain,fused":
+        raise CgwatchError("--kernels is for --backend pytorch (vLLM picks its own kernels)")
     if a.with_compile:
         raise CgwatchError("--with-compile is for --backend pytorch (vLLM compiles its model itself)")
     if a.device != "auto":
@@ -81,42 +85,29 @@ def _make_bench(a, cfg, fan):
 
 def run(a) -> int:
     from cgwatch.engine.bench import BenchConfig, check_config
-    from cgwatch.sinks import Fanout
-    from cgwatch.trace import TraceWriter
+    from cgwatch.session import Session, stopped_error
 
     cfg = BenchConfig(model=a.model, batch_sizes=_sizes(a.batch_sizes), steps=a.steps, warmup=a.warmup,
                       tokens=a.tokens, prompt_len=a.prompt_len, max_seq=a.max_seq, device=a.device,
                       dtype=a.dtype, seed=a.seed, with_compile=a.with_compile, nvtx=not a.no_nvtx,
-                      tensor_parallel_size=a.tensor_parallel_size)
+                      tensor_parallel_size=a.tensor_parallel_size,
+                      kernels=tuple(k.strip() for k in a.kernels.split(",") if k.strip()))
     check_config(cfg)
-    fan = Fanout()
-    bench = _make_bench(a, cfg, fan)
     if a.no_record and a.record:
         raise CgwatchError("--record and --no-record together: choose one")
     path = a.record   # opt-in: a bench writes nothing it was not asked for
-    writer = TraceWriter(path, bench.header()) if path else None
-    if writer:
-        fan.add(writer.write)
+    session = Session.open(lambda emit: _make_bench(a, cfg, emit), record=path, what="bench",
+                           end_fields={"bench": None})
+    bench = session.engine
     say = (lambda s: print(f"cgwatch bench: {s}", file=sys.stderr, flush=True))
-    outcome, result = "completed", None
     try:
-        result = bench.run(progress=say)
-    except KeyboardInterrupt:
-        outcome = "interrupted"
-        raise
+        with session:
+            result = session.run(lambda: bench.run(progress=say))
+            session.end_fields["bench"] = result   # the trace's end record carries the tables
     except CgwatchError:
-        outcome = "error"
         raise
     except Exception as e:   # a crash mid-sweep: the trace keeps what was measured, and says why it stopped
-        outcome = "error"
-        first = str(e).splitlines()[0] if str(e) else ""
-        fan(R.alert(bench.engine.now(), f"bench stopped by {type(e).__name__}: {first}", level="error"))
-        raise CgwatchError(f"bench stopped by {type(e).__name__}: {first}"
-                           + (f" (trace so far: {path})" if path else "")) from e
-    finally:
-        summary = bench.close() | {"outcome": outcome, "t": round(bench.engine.now(), 6)}
-        if writer:
-            writer.close(summary | {"bench": result})
+        raise stopped_error("bench", e, path) from e
     result["trace"] = path
     if a.json:
         json.dump(result, sys.stdout, indent=2)
@@ -138,7 +129,8 @@ def _cell(m: dict | None, key: str, spec: str) -> str:
 
 
 def _speedup(row: dict, mode: str) -> str:
-    e, m = row.get("eager"), row.get(mode)
+    """Against plain eager (the seed's baseline); without it, against eager of the same kernels."""
+    e, m = row.get("eager") or row.get("eager_fused"), row.get(mode)
     if not e or not m or "p50_ms" not in m or "p50_ms" not in e:
         return NA
     return f"{e['p50_ms'] / m['p50_ms']:.2f}x"
@@ -165,7 +157,8 @@ def format_result(res: dict) -> str:
     head = ["batch"]
     for m in modes:
         head += [f"{m} ms mean/p50/p99"]
-    head += [f"{m} speedup" for m in modes if m != "eager"]
+    base = "eager" if "eager" in modes else "eager_fused"
+    head += [f"{m} speedup" for m in modes if m != base]
     head += [f"{m} launch µs" for m in modes] + ["kernels " + "/".join(modes)]
     table = []
     for r in rows:
@@ -174,30 +167,31 @@ def format_result(res: dict) -> str:
             x = r.get(m)
             cells.append(NA if not x or "error" in x else
                          f"{x['mean_ms']:.3f}/{x['p50_ms']:.3f}/{x['p99_ms']:.3f}")
-        cells += [_speedup(r, m) for m in modes if m != "eager"]
+        cells += [_speedup(r, m) for m in modes if m != base]
         cells += [_cell(r.get(m), "host_us_p50", ".0f") for m in modes]
         cells.append("/".join(_cell(r.get(m), "kernels", "d") for m in modes))
         table.append(cells)
     lines += ["", _table(head, table)]
     gap_modes = [m for m in modes if m != "compile"]   # torch.compile runs outside the engine's loop
+    graphs = [m for m in ("graph", "graph_fused") if m in modes]
     extra = ("wall_p50_ms", "step wall ms", ".3f") if vllm else ("gap_us_p50", "gap µs", ".1f")
     head2 = (["batch"] + [f"{m} tok/s" for m in modes] + [f"{m} {extra[1]}" for m in gap_modes]
-             + ["HBM floor ms", "graph / floor"])
-    if "graph" in modes:
-        head2 += ["graph capture s"]
+             + ["HBM floor ms"] + [f"{m} / floor" for m in graphs or ["graph"]])
+    head2 += [f"{m} capture s" for m in graphs]
     if "compile" in modes:
         head2 += ["compile first call s", "cudagraph skips"]
     if tp > 1:
         head2 += [f"{m} {x}" for x in ("all-reduce %", "plan µs", "skew ms") for m in gap_modes]
     table2 = []
     for r in rows:
-        g = r.get("graph")
         cells = ([str(r["batch"])] + [_cell(r.get(m), "tokens_per_s", ",.0f") for m in modes]
                  + [_cell(r.get(m), extra[0], extra[2]) for m in gap_modes])
         floor = r.get("floor_ms")
-        cells += [_f(floor, ".3f"), NA if not floor or not g or "p50_ms" not in g else f"{g['p50_ms'] / floor:.1f}x"]
-        if "graph" in modes:
-            cells.append(_cell(g, "capture_s", ".2f"))
+        cells.append(_f(floor, ".3f"))
+        for m in graphs or ["graph"]:
+            g = r.get(m)
+            cells.append(NA if not floor or not g or "p50_ms" not in g else f"{g['p50_ms'] / floor:.1f}x")
+        cells += [_cell(r.get(m), "capture_s", ".2f") for m in graphs]
         if "compile" in modes:
             c = r.get("compile") or {}
             cells += [_f(c.get("compile_s"), ".2f"), _f(c.get("cudagraph_skips"), "d")]
@@ -214,6 +208,11 @@ def format_result(res: dict) -> str:
         lines.append("compile first call = dynamo + inductor + cudagraph record at that size; at the second size "
                      "dynamo recompiles with a dynamic batch dimension (automatic dynamic shapes), and later sizes "
                      "only record a graph")
+    if any(m.endswith("_fused") for m in modes):
+        lines.append("*_fused: the fused Triton kernels (add+RMSNorm, RoPE+KV write, attention over each row's live "
+                     "positions, SiLU*up); eager / graph: plain PyTorch ops, attention over whole cache rows")
+    elif res.get("kernels_why"):
+        lines.append(f"fused kernels not measured: {res['kernels_why']}")
     errors = {f"{m} (batch {r['batch']})": r[m]["error"] for r in rows for m in modes
               if isinstance(r.get(m), dict) and "error" in r[m]}
     lines += [f"{k}: {v}" for k, v in errors.items()]

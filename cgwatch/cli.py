@@ -56,6 +56,10 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="run eager when (bucket - batch) / bucket would exceed this (default 0.5; pytorch backend)")
     g.add_argument("--mode", choices=("graph", "eager"), default="graph", help="start in graph or eager mode")
     g.add_argument("--enforce-eager", action="store_true", help="same as --mode eager")
+    g.add_argument("--kernels", choices=("auto", "fused", "plain"), default=None,
+                   help="the decode step's kernels: fused (Triton: add+norm, RoPE+KV write, attention over "
+                        "live positions, SiLU*up) or plain PyTorch; auto (default) = fused where CUDA and "
+                        "Triton are (pytorch backend)")
     g.add_argument("--graph-pool", choices=("shared", "private"), default=None,
                    help="one memory pool for all graphs (default) or one per graph (pytorch backend)")
     g.add_argument("--fail-capture-bucket", action="append", default=[], metavar="N[@RANK]",
@@ -177,8 +181,8 @@ def _engine_config(a):
         capture_sizes=tuple(sizes),
         max_capture_size=a.max_cudagraph_capture_size,
         max_padding_ratio=0.5 if a.max_padding_ratio is None else a.max_padding_ratio,
-        mode="eager" if a.enforce_eager else a.mode, pool=a.graph_pool or "shared", temperature=a.temperature,
-        seed=a.seed,
+        mode="eager" if a.enforce_eager else a.mode, kernels=a.kernels or "auto", pool=a.graph_pool or "shared",
+        temperature=a.temperature, seed=a.seed,
         workload=WorkloadSpec(arrival=a.arrival, prompt_len=a.prompt_len, output_len=a.output_len,
                               max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed),
         schedule=tuple(parse_scheduled(s, limits) for s in a.at),
@@ -202,7 +206,8 @@ def _vllm_config(a):
                    (a.graph_pool is not None, "--graph-pool (vLLM captures into one shared pool)"),
                    (bool(a.fail_capture_bucket), "--fail-capture-bucket"),
                    (a.profile_steps is not None, "--profile-steps (use vLLM's own profiler)"),
-                   (a.threads is not None, "--threads")]
+                   (a.threads is not None, "--threads"),
+                   (a.kernels is not None, "--kernels (vLLM picks its own kernels)")]
     for given, what in unavailable:
         if given:
             raise CgwatchError(f"{what} is not available with --backend vllm")
@@ -264,66 +269,37 @@ def cmd_run(a) -> int:
         return _run_with_tui(a)
     from cgwatch.backends import make_engine
     from cgwatch.headless import StatusLine
-    from cgwatch.sinks import Fanout
-    from cgwatch.trace import TraceWriter
+    from cgwatch.session import Session, stopped_error
 
     cfg = _engine_config(a)
-    fanout = Fanout()
-    engine = make_engine(cfg, fanout)
-    try:
-        h = engine.header()
-        writer = TraceWriter(a.record, h, **rotation(a)) if a.record else None
-        if writer:
-            fanout.add(writer.write)
-        metrics = _start_metrics(a.prometheus, fanout, h)
-    except BaseException:
-        engine.close()   # a bad --record or --prometheus: the engine (and any rank processes) stop too
-        raise
-    if writer and hasattr(engine, "on_abort"):   # a lost rank the main thread cannot see: end the trace
-        engine.on_abort = writer.close
+    session = Session.open(lambda emit: make_engine(cfg, emit), record=a.record, rotate=rotation(a),
+                           prometheus=a.prometheus)
     status = StatusLine()
-    fanout.add(status)
+    session.fanout.add(status)
+    engine, h = session.engine, session.header
     backend = f", vLLM {h['vllm']}" if h.get("backend") == "vllm" else ""
     no_cuda = cfg.mode == "graph" and getattr(engine, "cuda", True) is False
     mode = "eager (graphs need CUDA)" if no_cuda else cfg.mode
     print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}{backend}), mode {mode}, "
-          f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if writer else ""))
+          f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if a.record else ""))
     for note in h.get("vllm_notes") or ():
         print(note)
     stop = _stop_on_signals()
-    outcome = "completed"
     try:
-        engine.run(a.steps, stop.is_set)
-        if stop.is_set():
-            outcome = "interrupted"
+        with session:
+            session.run(lambda: engine.run(a.steps, stop.is_set), stop)
     except CgwatchError:
-        outcome = "error"
         raise
-    except Exception as e:  # a crash inside the loop: keep what was recorded, say what happened
-        from cgwatch import records as R
-        outcome = "error"
-        fanout(R.alert(engine.now(), f"run stopped by {type(e).__name__}: {e}", level="error"))
-        raise CgwatchError(f"run stopped by {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    except Exception as e:  # a crash inside the loop: the trace keeps what was recorded; say what happened
+        raise stopped_error("run", e) from e
     finally:
-        summary = engine.close() | {"outcome": outcome, "t": round(engine.now(), 6)}
-        if writer:
-            writer.close(summary)
-        if metrics:
-            metrics.close()
         status.finish(time.monotonic())
-        print(f"{outcome}: {summary['steps']} steps, {summary['tokens']} tokens in {summary['duration_s']:.1f} s"
-              + (f"; trace {a.record} (cgwatch report {a.record})" if writer else ""))
+        summary = session.summary
+        if summary is not None:
+            trace = f"; trace {a.record} (cgwatch report {a.record})" if a.record else ""
+            print(f"{session.outcome}: {summary['steps']} steps, {summary['tokens']} tokens in "
+                  f"{summary['duration_s']:.1f} s{trace}")
     return 0
-
-
-def _start_metrics(port, fanout, header: dict | None = None):
-    if port is None:
-        return None
-    from cgwatch.metrics import Metrics
-    m = Metrics(header=header)
-    m.serve(port)
-    fanout.add(m)
-    return m
 
 
 # what to use instead of the TUI, per command

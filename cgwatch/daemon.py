@@ -436,62 +436,29 @@ class Daemon:
 def run_daemon(cfg, listen: str | None, token: str | None, record: str | None, prometheus_port: int | None,
                max_steps: int | None, stop: threading.Event, announce: Callable[[str], None] = print,
                rotate: dict | None = None) -> dict:
-    """Run the engine in this thread and serve it: the engine of ``cfg``'s backend (backends.make_engine)
-    + Fanout + optional TraceWriter + Daemon + optional Prometheus metrics. Announces ``cgwatch daemon listening on <addr>`` once clients can
-    connect; returns the engine summary (with ``outcome``) when ``stop`` is set, ``max_steps`` ran or
-    the workload ended. The trace gets its end record, clients get the ``end`` record."""
+    """Run the engine of ``cfg``'s backend (backends.make_engine) in this thread and serve it: a
+    session.Session with the Daemon as its view, an optional trace and Prometheus metrics. Announces
+    ``cgwatch daemon listening on <addr>`` once clients can connect; returns the engine summary (with
+    ``outcome``) when ``stop`` is set, ``max_steps`` ran or the workload ended. The trace gets its end
+    record, clients get the ``end`` record."""
     from cgwatch.backends import make_engine
-    from cgwatch.metrics import Metrics
-    from cgwatch.sinks import Fanout
-    from cgwatch.trace import TraceWriter
+    from cgwatch.session import Session
 
     daemon = Daemon(listen, token)   # bind first: a bad address fails before the model loads
-    writer = metrics = engine = None
-    try:
-        fanout = Fanout()
-        engine = make_engine(cfg, fanout)   # cgwatch's own loop or vLLM (cgwatch/backends)
-        meta = engine.header()
-        try:
-            if record:
-                writer = TraceWriter(record, meta, **(rotate or {}))
-                fanout.add(writer.write)
-            if prometheus_port is not None:
-                metrics = Metrics(header=meta)
-                metrics.serve(prometheus_port)
-                fanout.add(metrics)
-        except BaseException:
-            engine.close()   # the engine (and any rank processes) stop with the daemon
-            raise
-        fanout.add(daemon.publish)
-        if hasattr(engine, "on_abort"):   # a lost rank the engine's thread cannot see: end trace and stream
-
-            def abort(summary: dict) -> None:
-                if writer:
-                    writer.close(summary)
-                daemon.publish({"type": R.END, **summary})
-            engine.on_abort = abort
-        daemon.start(meta, engine.submit)
+    with Session.open(lambda emit: make_engine(cfg, emit), record=record, rotate=rotate,
+                      prometheus=prometheus_port, daemon=daemon) as session:
+        engine = session.engine
+        daemon.start(session.header, engine.submit)
         announce(f"cgwatch daemon listening on {daemon.address}")
-        if metrics is not None:
-            announce(f"cgwatch metrics on {metrics.url}")
+        if session.metrics is not None:
+            announce(f"cgwatch metrics on {session.metrics.url}")
         sys.stdout.flush()
-        outcome, failure = "completed", None
+        failure = None
         try:
-            engine.run(max_steps, stop.is_set)
-            if stop.is_set():
-                outcome = "interrupted"
-        except BaseException as e:
-            outcome = "error"
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            fanout(R.alert(engine.now(), f"run stopped by {type(e).__name__}: {first}", level="error"))
-            if not isinstance(e, Exception):   # Ctrl-C, exit: no serving on
-                raise
+            session.run(lambda: engine.run(max_steps, stop.is_set), stop)
+        except Exception as e:
             failure = e
-        finally:
-            summary = engine.close() | {"outcome": outcome, "t": round(engine.now(), 6)}
-            if writer:
-                writer.close(summary)
-            daemon.publish({"type": R.END, **summary})
+        summary = session.end()
         if failure is not None:
             # the engine is gone (say, a vLLM restart that failed), but what it recorded is not: clients
             # that are attached or join now still get the whole history, until the daemon is stopped
@@ -501,9 +468,3 @@ def run_daemon(cfg, listen: str | None, token: str | None, record: str | None, p
             stop.wait()
             raise failure
         return summary
-    finally:
-        if writer:
-            writer.close({"outcome": "error"})   # no-op after a clean close
-        daemon.close()
-        if metrics is not None:
-            metrics.close()

@@ -40,7 +40,9 @@ def event_text(ev: dict) -> str:
         mib = f"{pool / MIB:.1f} MiB" if _num(pool) else "n/a"
         failed = f", failed {ev['failed']}" if ev.get("failed") else ""
         secs = f"{ev['seconds']:.2f}" if _num(ev.get("seconds")) else "n/a"
-        return f"captured {ev.get('sizes')}{failed} in {secs} s, {ev.get('pool') or 'n/a'} pool {mib}"
+        comp = ev.get("compile_s")
+        of = f" (compile {comp:.2f} s)" if _num(comp) and comp >= 0.01 else ""
+        return f"captured {ev.get('sizes')}{failed} in {secs} s{of}, {ev.get('pool') or 'n/a'} pool {mib}"
     if kind == R.EV_RELEASE:
         freed = ev.get("freed_bytes")
         return "release graphs" + (f" (allocator returned {freed / MIB:.0f} MiB)" if _num(freed) else "")

@@ -98,6 +98,20 @@ def step(i: int, t: float, batch: int, target: int | None, bucket: int | None, r
             "phase": phase, "prompt_tokens": prompt_tokens}
 
 
+def prefill(i: int, t: float, requests: int, tokens: int, host_ms: float) -> dict:
+    """Eager prefill of ``requests`` newly admitted requests (``tokens`` prompt tokens) before step ``i``."""
+    return {"type": PREFILL, "t": round(t, 6), "i": i, "requests": requests, "tokens": tokens,
+            "host_ms": round(host_ms, 4)}
+
+
+def capture_done(t: float, *, sizes: list[int], failed: list[int], pool_bytes: int | None, seconds: float,
+                 pool: str, pools: int | None, **fields) -> dict:
+    """A capture round finished: the sizes captured and failed, the graph memory and seconds of the
+    round, the pool mode and pools used; ``fields``: what a backend adds (TRACE_FORMAT.md, VLLM.md)."""
+    return event(EV_CAPTURE_DONE, t, sizes=sizes, failed=failed, pool_bytes=pool_bytes, seconds=seconds,
+                 pool=pool, pools=pools, **fields)
+
+
 def step_rows(rec: dict) -> int:
     """Tokens a step computed (unpadded); traces before the field: the batch."""
     rows = rec.get("rows")

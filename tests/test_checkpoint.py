@@ -36,11 +36,15 @@ def save_hf(tmp_path, case):
     return hf
 
 
+@pytest.mark.parametrize("kernels", ["plain", "fused"])
 @pytest.mark.parametrize("case", list(CASES))
 @torch.inference_mode()
-def test_prefill_and_decode_match_transformers(tmp_path, case):
+def test_prefill_and_decode_match_transformers(tmp_path, case, kernels, request):
+    if kernels == "fused":
+        request.getfixturevalue("triton_interpret")   # the Triton kernels, interpreted on the CPU
     hf = save_hf(tmp_path, case)
     model, info = load_model(str(tmp_path), torch.device("cpu"), torch.float32)
+    model.kernels = kernels
     assert info["name"] == tmp_path.name
     model.setup_caches(2, 128)
     ids = torch.randint(COMMON["vocab_size"], (1, 90))     # past the llama3 scaling's original window

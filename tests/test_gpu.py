@@ -192,3 +192,51 @@ def test_gpu_gap_is_measured_for_back_to_back_steps_only():
             assert s["gap_us"] is not None and s["gap_us"] >= 0, s
     assert sum(s["gap_us"] is not None for s in st) >= 30
     assert {s["mode"] for s in st if s["gap_us"] is not None} == {"graph", "eager"}
+
+
+# -- the fused kernels (engine/kernels.py) ------------------------------------------------------
+
+def _tokens(kernels, mode="graph", dtype="fp32", n=30):
+    eng, recs = engine("tiny", arrival="fixed:8", mode=mode, kernels=kernels, dtype=dtype)
+    trail = []
+    with torch.inference_mode():
+        eng.start()
+        for _ in range(n):
+            eng.step()
+            trail.append(eng.state.next_token.cpu().clone())
+    eng.close()
+    return trail, recs
+
+
+@pytest.mark.parametrize("mode", ["graph", "eager"])
+def test_fused_kernels_give_the_plain_kernels_tokens_in_fp32(mode):
+    fused, frecs = _tokens("fused", mode)
+    plain, _ = _tokens("plain", mode)
+    assert all(s["bucket"] == (8 if mode == "graph" else None) for s in steps(frecs))
+    for k, (a, b) in enumerate(zip(fused, plain)):
+        assert torch.equal(a[:-1], b[:-1]), f"tokens differ at step {k}"
+
+
+def test_fused_graphs_capture_with_fewer_kernels_and_show_compile_time():
+    counts = {}
+    for kernels in ("plain", "fused"):
+        eng, recs = engine("tiny", arrival="fixed:8", kernels=kernels, max_seq=1024)
+        eng.run(5)
+        eng.close()
+        caps = events(recs, R.EV_CAPTURE)
+        assert all(c["ok"] and c["check"]["tokens_equal"] and c["compile_s"] is not None for c in caps), caps
+        counts[kernels] = caps[0]["kernels"]
+        assert events(recs, R.EV_CAPTURE_DONE)[0]["compile_s"] is not None
+        assert eng.kernels == kernels
+    if counts["plain"] is not None:
+        assert counts["fused"] < counts["plain"] / 2, counts
+
+
+def test_kernels_command_recaptures_every_bucket():
+    sched = tuple(parse_scheduled(s) for s in ("5:kernels=plain", "10:kernels=fused"))
+    eng, recs = engine("tiny", arrival="fixed:3", schedule=sched, kernels="fused")
+    eng.run(15)
+    eng.close()
+    assert len(events(recs, R.EV_CAPTURE_DONE)) == 3 and len(events(recs, R.EV_RELEASE)) == 2
+    assert all(s["bucket"] == 4 for s in steps(recs))
+    assert [e["kernels"] for e in events(recs, R.EV_STATE)][-1] == "fused"

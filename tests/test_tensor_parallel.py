@@ -20,7 +20,7 @@ from cgwatch.engine.control import Command, parse_scheduled
 from cgwatch.engine.loop import Engine, EngineConfig
 from cgwatch.engine.model import PRESETS, ModelArgs, build_random
 from cgwatch.engine.rank_merge import RankMerge, SkewWatch
-from cgwatch.engine.tensor_parallel import check_shapes, full_shape, shard, shard_dim
+from cgwatch.engine.tensor_parallel import check_shapes, full_shape, fused_parts, shard, shard_dim
 from cgwatch.errors import CgwatchError
 from cgwatch.workload import WorkloadSpec
 
@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # -- sharding (pure) ----------------------------------------------------------------------------
 
 def test_shard_rules_megatron():
-    assert shard_dim("layers.0.self_attn.q_proj.weight") == 0
-    assert shard_dim("layers.0.self_attn.k_proj.bias") == 0
-    assert shard_dim("layers.3.mlp.up_proj.weight") == 0
+    assert shard_dim("layers.0.self_attn.qkv_proj.weight") == 0
+    assert shard_dim("layers.0.self_attn.qkv_proj.bias") == 0
+    assert shard_dim("layers.3.mlp.gate_up_proj.weight") == 0
     assert shard_dim("layers.3.self_attn.o_proj.weight") == 1
     assert shard_dim("layers.3.mlp.down_proj.weight") == 1
     for name in ("embed_tokens.weight", "lm_head.weight", "norm.weight", "layers.0.input_layernorm.weight"):
@@ -40,8 +40,21 @@ def test_shard_rules_megatron():
     w = torch.arange(24.0).view(4, 6)
     assert full_shape("layers.0.mlp.down_proj.weight", torch.Size([4, 3]), 2) == (4, 6)
     assert torch.equal(shard(w, "layers.0.mlp.down_proj.weight", 1, 2), w[:, 3:])
-    assert torch.equal(shard(w, "layers.0.mlp.gate_proj.weight", 1, 2), w[2:])
+    assert torch.equal(shard(w, "layers.0.self_attn.o_proj.weight", 0, 2), w[:, :3])
     assert shard(w, "lm_head.weight", 1, 2) is w
+
+
+def test_fused_layers_shard_part_by_part():
+    """Rank r's fused qkv is its block of q's rows, then k's, then v's; gate/up alike."""
+    a = PRESETS["tiny"]
+    parts = fused_parts("layers.0.self_attn.qkv_proj.weight", a)
+    assert parts == [a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim, a.n_kv_heads * a.head_dim]
+    assert fused_parts("layers.1.mlp.gate_up_proj.weight", a) == [a.ffn_dim, a.ffn_dim]
+    assert fused_parts("layers.1.mlp.down_proj.weight", a) is None
+    rows = torch.arange(12.0)[:, None].expand(12, 3)          # parts of 4, 4, 4 rows
+    got = shard(rows, "layers.0.self_attn.qkv_proj.weight", 1, 2, [4, 4, 4])
+    assert got[:, 0].tolist() == [2, 3, 6, 7, 10, 11]
+    assert shard(rows, "layers.0.mlp.gate_up_proj.weight", 0, 2, [6, 6])[:, 0].tolist() == [0, 1, 2, 6, 7, 8]
 
 
 def test_shapes_must_split_evenly():
@@ -64,8 +77,15 @@ def test_shards_hold_exactly_the_whole_model():
     parts = [dict(build_random(args, "cpu", torch.float32, seed=3, rank=r, tp_size=2).named_parameters())
              for r in range(2)]
     for name, w in whole.items():
-        d = shard_dim(name)
-        got = parts[0][name] if d is None else torch.cat([parts[0][name], parts[1][name]], dim=d)
+        d, fused = shard_dim(name), fused_parts(name, args)
+        if d is None:
+            got = parts[0][name]
+        elif fused is None:
+            got = torch.cat([parts[0][name], parts[1][name]], dim=d)
+        else:   # rank r holds its block of each part, in order: reassemble part by part
+            local = [n // 2 for n in fused]
+            pieces = [p[name].split(local, dim=0) for p in parts]
+            got = torch.cat([torch.cat([pieces[0][i], pieces[1][i]]) for i in range(len(fused))])
         assert torch.equal(got, w), name
 
 

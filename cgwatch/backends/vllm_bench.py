@@ -66,7 +66,7 @@ def _stats(values: list[float]) -> dict:
 
 
 class VllmBench:
-    """Same interface as engine/bench.py's Bench: header(), run(progress) -> result, close(), engine."""
+    """Same interface as engine/bench.py's Bench: header(), run(progress) -> result, close(), now(), engine."""
 
     def __init__(self, cfg, emit: Callable[[dict], None], vllm_options: dict | None = None):
         from cgwatch.backends.vllm_config import VllmEngineConfig
@@ -106,13 +106,13 @@ class VllmBench:
         return bw
 
     def header(self) -> dict:
-        h = self.engine.header()
-        h["bench"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.cfg).items()}
-        h["bench"]["backend"] = "vllm"
-        return h
+        return self.engine.header() | {"bench": self.cfg.describe() | {"backend": "vllm"}}
 
     def close(self) -> dict:
         return self.engine.close()
+
+    def now(self) -> float:
+        return self.engine.now()
 
     def _mark(self, text: str) -> None:
         self.engine.emit(R.event(R.EV_MARK, self.engine.now(), text=text))

@@ -25,22 +25,18 @@ from __future__ import annotations
 
 import gc
 import os
-import platform
 import random
-import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Callable
 
-import cgwatch
 from cgwatch import records as R
 from cgwatch.backends.vllm_config import NO_PADDING_RATIO, VllmEngineConfig, drop_above
 from cgwatch.backends.vllm_log import CaptureTap, QuietStepLogs
 from cgwatch.backends.vllm_stats import StatsCollector, StepMapper
 from cgwatch.backends.vllm_timing import ForwardTimer
 from cgwatch.backends.vllm_version import adapter_for, import_vllm
-from cgwatch.engine.control import CommandTaker
+from cgwatch.engine.base import EngineBase
 from cgwatch.errors import CgwatchError
 from cgwatch.workload import Workload
 
@@ -74,7 +70,9 @@ class _Request:
     finished: bool = False
 
 
-class VllmEngine(CommandTaker):
+class VllmEngine(EngineBase):
+    backend = "vllm"
+
     def __init__(self, cfg: VllmEngineConfig, emit: Callable[[dict], None]):
         self.workload = Workload(cfg.workload)   # bad workload specs fail before vLLM's slow import
         self.vllm = import_vllm()          # checked and imported: a one-line CgwatchError otherwise
@@ -223,11 +221,11 @@ class VllmEngine(CommandTaker):
             self.emit(R.event(R.EV_INFO, t, message="vLLM did not log its graph capture total (VLLM_LOGGING_LEVEL "
                               "above INFO?): capture time and graph memory are n/a"))
             return
-        self.emit(R.event(R.EV_CAPTURE_DONE, t, sizes=list(self.sizes), failed=[], pool_bytes=self.tap.bytes,
-                          seconds=round(self.tap.seconds, 3), pool="shared", pools=1, source="vllm", scope="total",
-                          cudagraph_mode=self.cudagraph_mode,
-                          label=f"vLLM total for {len(self.sizes)} sizes: Graph capturing finished in "
-                                f"{self.tap.seconds:.0f} secs, took {self.tap.bytes / (1 << 30):.2f} GiB"))
+        self.emit(R.capture_done(t, sizes=list(self.sizes), failed=[], pool_bytes=self.tap.bytes,
+                                 seconds=round(self.tap.seconds, 3), pool="shared", pools=1, source="vllm",
+                                 scope="total", cudagraph_mode=self.cudagraph_mode,
+                                 label=f"vLLM total for {len(self.sizes)} sizes: Graph capturing finished in "
+                                       f"{self.tap.seconds:.0f} secs, took {self.tap.bytes / (1 << 30):.2f} GiB"))
 
     def _restart(self, why: str, old: dict) -> None:
         """Rebuild the engine for the current mode/sizes (a CgwatchError if vLLM does not start); ``old``:
@@ -257,34 +255,22 @@ class VllmEngine(CommandTaker):
         return self.busy_ms if self.timer.reason is None else None
 
     # -- metadata and state ------------------------------------------------------------------------
-    def now(self) -> float:
-        return time.perf_counter() - self.t0
-
     def header(self) -> dict:
-        import torch
-        info = self.nvml.static_info()
-        gpu = info["gpu_name"] or (torch.cuda.get_device_name(self.device) if self.cuda else self.device_type)
         mc = self.llm.vllm_config.model_config
+        model = {"name": self.cfg.model, "source": f"vllm ({self.cfg.resolved.source})",
+                 "load_format": self.cfg.resolved.load_format, "architecture": (mc.architectures or [None])[0],
+                 "max_model_len": mc.max_model_len, "vocab_size": self.vocab, "params": None}
         cfg = self.cfg.describe() | {"capture_sizes": list(self.sizes), "cudagraph_mode": self.cudagraph_mode}
-        return {"cgwatch": cgwatch.__version__, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "host": socket.gethostname(), "pid": os.getpid(), "python": platform.python_version(),
-                "gpu": gpu, "driver": info["driver"], "gpu_mem_total_bytes": info["mem_total_bytes"],
-                "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(self.device),
-                "dtype": self.model_dtype, "backend": "vllm", "vllm": self.vllm.__version__,
-                "model_runner": self.runner, "vllm_notes": self.adapter.notes,
-                "gpu_timing": ("CUDA events around each forward (model runner)" if self.timer.reason is None
-                               else f"n/a: {self.timer.reason}"),
-                "async_scheduling": bool(self.llm.vllm_config.scheduler_config.async_scheduling),
-                "model": {"name": self.cfg.model, "source": f"vllm ({self.cfg.resolved.source})",
-                          "load_format": self.cfg.resolved.load_format,
-                          "architecture": (mc.architectures or [None])[0],
-                          "max_model_len": mc.max_model_len, "vocab_size": self.vocab, "params": None},
-                "config": cfg, "workload": self.workload.describe(), "command_limits": self.command_limits().describe(),
-                "nvtx": False, "nvml": self.nvml.available,
-                "build_s": round(self.build_s, 3)} | ({"tensor_parallel_size": self.cfg.tensor_parallel_size,
-                                                       "rank_stats": "per engine: vLLM reports each step once for "
-                                                       "all its workers, not per rank"}
-                                                      if self.cfg.tensor_parallel_size > 1 else {})
+        tp = ({"tensor_parallel_size": self.cfg.tensor_parallel_size,
+               "rank_stats": "per engine: vLLM reports each step once for all its workers, not per rank"}
+              if self.cfg.tensor_parallel_size > 1 else {})
+        return (self._header_run(self.model_dtype, self.device_type)
+                | {"vllm": self.vllm.__version__, "model_runner": self.runner, "vllm_notes": self.adapter.notes,
+                   "gpu_timing": ("CUDA events around each forward (model runner)" if self.timer.reason is None
+                                  else f"n/a: {self.timer.reason}"),
+                   "async_scheduling": bool(self.llm.vllm_config.scheduler_config.async_scheduling)}
+                | self._header_plan(model, cfg)
+                | {"nvtx": False, "nvml": self.nvml.available, "build_s": round(self.build_s, 3)} | tp)
 
     def command_limits(self):
         """Capture sizes are tokens per forward in vLLM: at most max_num_batched_tokens (else max_num_seqs)."""
@@ -317,7 +303,7 @@ class VllmEngine(CommandTaker):
                           f"{len(self.sizes)} capture sizes)"))
         self._note_adjustments()
         self._emit_capture()
-        self.emit(R.event(R.EV_STATE, self.now(), **self.control_state()))
+        self._emit_state()
         self.sampler.start()
 
     def close(self) -> dict:
@@ -326,7 +312,7 @@ class VllmEngine(CommandTaker):
         self._shutdown()
         self.tap.uninstall()
         self.quiet.uninstall()
-        return {"steps": self.i, "tokens": self.tokens, "duration_s": round(self.now(), 4)}
+        return self._summary()
 
     # -- commands (the mechanism, and rate / pause / mark: control.CommandTaker) -------------------
     def _previous(self) -> tuple:
@@ -357,6 +343,9 @@ class VllmEngine(CommandTaker):
     def _cmd_padding(self, value: float, t: float) -> None:
         raise CgwatchError(NO_PADDING_RATIO)
 
+    def _cmd_kernels(self, value: str, t: float) -> None:
+        raise CgwatchError("vLLM picks its own kernels: 'kernels' is for cgwatch's engine (--backend pytorch)")
+
     def _restart_or_note(self, why: str, previous: tuple) -> None:
         """Restart for ``why``; if that fails, go back to ``previous`` (mode, sizes, description) and
         refuse the command. If even the previous config does not start again, the run ends (RuntimeError)."""
@@ -375,7 +364,7 @@ class VllmEngine(CommandTaker):
             self.emit(R.alert(self.now(), "vLLM is back on the previous config", level="warn"))
             self._emit_capture()
             self._resubmit_live()
-            self.emit(R.event(R.EV_STATE, self.now(), **self.control_state()))
+            self._emit_state()
             raise CgwatchError(f"vLLM restart for {why} failed, back on the previous config: {e}") from None
 
     def _resubmit_live(self) -> int:
@@ -463,17 +452,3 @@ class VllmEngine(CommandTaker):
                 self.emit(rec)
             self._flush_wall()
         return True
-
-    def run(self, max_steps: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Step until max_steps decode steps, the workload ends, or should_stop()."""
-        if not self.started:
-            self.start()
-        while (max_steps is None or self.i < max_steps) and not should_stop():
-            if self.paused:
-                self.wait_for_command()
-                continue
-            if self.idle:
-                self._wait_idle()
-                continue
-            if not self.step():
-                break

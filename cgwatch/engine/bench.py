@@ -15,7 +15,12 @@ checked against eager). ``--batch-sizes`` b requests sit in slots 0..b-1, prefil
   fuses, then cudagraph trees record a graph per shape), timed the same way with CUDA events around
   each call; its first call per batch size (compile + record) is reported as compile seconds.
 - HBM floor: (weight bytes + the KV bytes a step must read at the mean context) / the measured
-  copy bandwidth (measure/bandwidth.py).
+  copy bandwidth (measure/bandwidth.py). The fused attention reads exactly that KV (each row's live
+  positions); the plain one reads every row's whole cache row (``max_seq`` positions).
+- kernels: each mode runs with the plain PyTorch kernels (``eager``, ``graph``: the seed's
+  eager-vs-graph comparison) and with the fused Triton kernels (``eager_fused``, ``graph_fused``,
+  engine/kernels.py), the same weights and GEMMs; ``--kernels`` picks which. Fused needs CUDA and
+  Triton: without them the bench runs plain only and says why (``kernels_why``).
 
 With ``tensor_parallel_size`` N > 1 the engine runs N ranks (engine/loop.py): the bench drives them
 through ``Engine.call_all`` (prefill, save / restore the state, drain) and ``Engine.step``, so every
@@ -62,6 +67,11 @@ class BenchConfig:
     nvtx: bool = True
     tensor_parallel_size: int = 1
     modes: tuple[str, ...] = field(default=("eager", "graph"))
+    kernels: tuple[str, ...] = ("plain", "fused")   # fused is skipped (with why) where it cannot run
+
+    def describe(self) -> dict:
+        """The header's ``bench`` (both backends' benches): the config, tuples as lists."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
 
 
 class FixedSlots:
@@ -94,6 +104,8 @@ def check_config(c: BenchConfig) -> None:
         raise CgwatchError(f"--warmup must be >= 0, got {c.warmup}")
     if c.tensor_parallel_size < 1:
         raise CgwatchError(f"--tensor-parallel-size must be >= 1, got {c.tensor_parallel_size}")
+    if not c.kernels or any(k not in ("plain", "fused") for k in c.kernels):
+        raise CgwatchError(f"--kernels must list plain and/or fused, got {','.join(c.kernels) or 'nothing'}")
     if c.with_compile and c.tensor_parallel_size > 1:
         raise CgwatchError("--with-compile runs one rank: leave out --tensor-parallel-size")
     need = c.prompt_len + max(c.warmup + c.steps, c.tokens) + 1
@@ -127,17 +139,22 @@ class Bench:
         ecfg = EngineConfig(model=cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq=cfg.max_seq,
                             capture_sizes=sizes, max_padding_ratio=0.0,
                             mode="graph" if probe.type == "cuda" else "eager", seed=cfg.seed, nvtx=cfg.nvtx,
+                            kernels="auto" if cfg.kernels[0] == "fused" else "plain",
                             tensor_parallel_size=cfg.tensor_parallel_size,
                             workload=WorkloadSpec(arrival=f"fixed:{self.max_batch}", max_concurrency=self.max_batch,
                                                   max_seq=cfg.max_seq, seed=cfg.seed))
         self.engine = eng = Engine(ecfg, tap)
         eng.workload = self.slots = FixedSlots(self.max_batch)
         self.cuda = eng.cuda
+        from cgwatch.engine import kernels as K
+        self.kernels_why = K.unavailable(eng.device, eng.dtype) if "fused" in cfg.kernels else None
+        self.kinds = [k for k in dict.fromkeys(cfg.kernels) if k == "plain" or not self.kernels_why]
+        if not self.kinds:
+            eng.close()
+            raise CgwatchError(f"--kernels fused: {self.kernels_why}")
 
     def header(self) -> dict:
-        h = self.engine.header()
-        h["bench"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self.cfg).items()}
-        return h
+        return self.engine.header() | {"bench": self.cfg.describe()}
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, progress: Callable[[str], None] = lambda s: None) -> dict:
@@ -150,32 +167,42 @@ class Bench:
             self._sync()
             eng.call_all("save_state")
             saved = eng._saved_state   # (torch.compile restores it itself: one rank)
-            compiled = self._compiled() if cfg.with_compile and self.cuda else None
-            rows = []
-            for b in self.sizes:
-                self.slots.batch = b
-                row = {"batch": b}
-                for mode in cfg.modes:
-                    if mode == "graph" and not self.cuda:
-                        row[mode] = None
-                        continue
-                    progress(f"batch {b}: {mode}")
-                    row[mode] = self._measure_engine(b, mode, saved)
-                if cfg.with_compile:
+            rows = {b: {"batch": b} for b in self.sizes}
+            for kind in self.kinds:
+                self._set_kernels(kind)
+                for b in self.sizes:
+                    self.slots.batch = b
+                    for mode in cfg.modes:
+                        key = mode if kind == "plain" else f"{mode}_fused"
+                        if mode == "graph" and not self.cuda:
+                            rows[b][key] = None
+                            continue
+                        progress(f"batch {b}: {mode} ({kind} kernels)")
+                        rows[b][key] = self._measure_engine(b, mode, saved)
+            if cfg.with_compile:
+                self._set_kernels("plain")   # torch.compile of the plain step (inductor fuses it itself)
+                compiled = self._compiled() if self.cuda else None
+                for b in self.sizes:
                     progress(f"batch {b}: compile")
-                    row["compile"] = self._measure_compiled(b, compiled, saved) if compiled else \
+                    rows[b]["compile"] = self._measure_compiled(b, compiled, saved) if compiled else \
                         {"error": "torch.compile reduce-overhead needs CUDA"}
-                row["floor_ms"] = self._floor_ms(b, bandwidth)
-                rows.append(row)
-                eng.emit(R.event(R.EV_INFO, eng.now(), message=f"bench batch {b}: " + _row_text(row), bench=row))
+            for row in rows.values():
+                row["floor_ms"] = self._floor_ms(row["batch"], bandwidth)
+                eng.emit(R.event(R.EV_INFO, eng.now(), message=f"bench batch {row['batch']}: " + _row_text(row),
+                                 bench=row))
+            rows = list(rows.values())
             eng.call_all("restore_state")
-        return {"rows": rows, "tensor_parallel_size": cfg.tensor_parallel_size, "bandwidth_bytes_per_s": bandwidth, "model": eng.model_info,
+        return {"rows": rows, "kernels": self.kinds, "kernels_why": self.kernels_why,
+                "tensor_parallel_size": cfg.tensor_parallel_size, "bandwidth_bytes_per_s": bandwidth, "model": eng.model_info,
                 "device": str(eng.device), "dtype": str(eng.dtype).removeprefix("torch."),
                 "gpu": eng.header()["gpu"], "torch": torch.__version__, "max_seq": cfg.max_seq,
                 "prompt_len": cfg.prompt_len, "steps": cfg.steps, "warmup": cfg.warmup, "tokens": cfg.tokens}
 
     def close(self) -> dict:
         return self.engine.close()
+
+    def now(self) -> float:
+        return self.engine.now()
 
     def _sync(self) -> None:
         if self.cuda:
@@ -188,6 +215,10 @@ class Bench:
         eng = self.engine
         if ("graph" if eng.graph_mode else "eager") != mode:
             eng._apply(Command("mode", mode))
+
+    def _set_kernels(self, kind: str) -> None:
+        if self.engine.kernels != kind:
+            self.engine._apply(Command("kernels", kind))   # every rank; graphs are captured again
 
     def _measure_engine(self, b: int, mode: str, saved) -> dict:
         """Latency and throughput of batch ``b`` in ``mode``, through the engine's own step."""
@@ -354,7 +385,7 @@ def hbm_floor_ms(a, elt: int, b: int, ctx: float, bandwidth: float, weight_bytes
 
 def _row_text(row: dict) -> str:
     parts = []
-    for mode in ("eager", "graph", "compile"):
+    for mode in ("eager", "graph", "eager_fused", "graph_fused", "compile"):
         m = row.get(mode)
         if m and "p50_ms" in m:
             parts.append(f"{mode} {m['p50_ms']:.3f} ms")

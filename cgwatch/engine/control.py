@@ -12,8 +12,9 @@ from cgwatch.errors import CgwatchError
 from cgwatch.text import clip
 from cgwatch.workload import MAX_RATE
 
-ACTIONS_HELP = "eager | graph | recapture=1,2,4,8 | padding=0.25 | rate=0.5 | pause | resume | mark=TEXT"
-COMMANDS = ("mode", "recapture", "padding", "rate", "pause", "resume", "mark")
+ACTIONS_HELP = ("eager | graph | recapture=1,2,4,8 | padding=0.25 | kernels=fused|plain | rate=0.5 | pause | "
+                "resume | mark=TEXT")
+COMMANDS = ("mode", "recapture", "padding", "kernels", "rate", "pause", "resume", "mark")
 MAX_MARK = 200   # characters of a mark (longer ones are cut)
 
 
@@ -94,6 +95,10 @@ def make_command(name: object, value: object = None, limits: Limits = Limits()) 
             raise CgwatchError(f"capture size {clip(sizes[-1])} is above what the engine can serve: at most "
                                f"{limits.max_size} ({limits.max_size_by})")
         return Command("recapture", sizes)
+    if name == "kernels":
+        if value in ("fused", "plain") and isinstance(value, str):
+            return Command("kernels", value)
+        raise CgwatchError(f"bad kernels {clip(value)}: expected 'fused' or 'plain'")
     if name == "padding":
         v = _number("padding ratio", value, "a number between 0 and 1")
         try:
@@ -122,7 +127,7 @@ def parse_action(text: str, limits: Limits = Limits()) -> Command:
     name, _, arg = text.partition("=")
     if name in ("eager", "graph") and not arg:
         return make_command("mode", name)
-    if name in ("recapture", "mark") and arg:
+    if name in ("recapture", "mark", "kernels") and arg:
         return make_command(name, arg, limits)
     if name in ("padding", "rate") and arg:
         try:
@@ -164,14 +169,14 @@ class CommandTaker:
     submits can kill the loop.
 
     rate, pause and mark mean the same on every engine and live here; an engine implements the
-    commands that differ as ``_cmd_mode(value, t)``, ``_cmd_recapture(value, t)`` and
-    ``_cmd_padding(value, t)``. It provides ``emit``, ``now()``, ``control_state()``, ``workload``,
+    commands that differ as ``_cmd_mode(value, t)``, ``_cmd_recapture(value, t)``,
+    ``_cmd_padding(value, t)`` and ``_cmd_kernels(value, t)``. It provides ``emit``, ``now()``, ``control_state()``, ``workload``,
     ``paused``, ``i``, ``command_limits()``, and calls ``_init_commands(schedule)`` in its constructor.
 
     ``idle``: the workload has nothing to decode and nothing arriving (a poisson rate of 0 once the
     live requests finished); the loop then waits for commands, as when paused, until one comes."""
 
-    ENGINE_COMMANDS = ("mode", "recapture", "padding")
+    ENGINE_COMMANDS = ("mode", "recapture", "padding", "kernels")
     idle = False
 
     def _init_commands(self, schedule) -> None:

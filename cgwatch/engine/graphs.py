@@ -34,6 +34,8 @@ class BucketGraph:
     ok: bool
     graph: torch.cuda.CUDAGraph | None = None
     capture_s: float = 0.0
+    compile_s: float | None = None   # the first warm-up call less the second: JIT compile (Triton) and
+                                     # lazy init this bucket caused; ~0 when the kernels were cached
     pool_bytes: int | None = None    # allocator segments this capture added (shared) / its pool (private)
     nvml_bytes: int | None = None    # NVML used-memory delta across the capture (driver-side memory too)
     kernels: int | None = None       # kernel nodes in the graph
@@ -47,6 +49,7 @@ class BucketGraph:
 
     def event_fields(self) -> dict:
         out = {"bucket": self.size, "ok": self.ok, "capture_s": round(self.capture_s, 4),
+               "compile_s": None if self.compile_s is None else round(self.compile_s, 4),
                "pool_bytes": self.pool_bytes, "nvml_bytes": self.nvml_bytes, "kernels": self.kernels,
                "check": self.check, "cause": self.cause, "hint": self.hint, "error": self.error}
         if self.ranks is not None:
@@ -112,8 +115,10 @@ class GraphManager:
                     self.stream = torch.cuda.Stream()
         self.state.restore(snap)
         torch.cuda.synchronize()
+        compile_s = [self.graphs[s].compile_s for s in sizes if self.graphs[s].compile_s is not None]
         return {"sizes": self.ok_sizes(), "failed": self.failed_sizes(), "pool": self.pool_mode, "pools": len(self.pools) or None,
-                "pool_bytes": self.total_pool_bytes(), "seconds": round(time.perf_counter() - t0, 4)}
+                "pool_bytes": self.total_pool_bytes(), "seconds": round(time.perf_counter() - t0, 4),
+                "compile_s": round(sum(compile_s), 4) if compile_s else None}
 
     def _capture_one(self, size: int, snap) -> BucketGraph:
         """One bucket captured and checked (one rank)."""
@@ -141,12 +146,16 @@ class GraphManager:
         torch.cuda.synchronize()
         pool_before = graph_stats.pool_bytes(self.pool) if self.pool is not None else 0
         t0 = time.perf_counter()
+        warm: list[float] = []
         try:
             self.stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.stream):
                 for _ in range(WARMUP_ITERS):
+                    w = time.perf_counter()
                     st.restore(snap)
                     st.decode(size)
+                    self.stream.synchronize()
+                    warm.append(time.perf_counter() - w)
             torch.cuda.current_stream().wait_stream(self.stream)
             st.restore(snap)
             torch.cuda.synchronize()
@@ -161,9 +170,9 @@ class GraphManager:
             torch.cuda.synchronize()
             cause, hint = capture_errors.classify(exc)
             return BucketGraph(size, ok=False, capture_s=time.perf_counter() - t0, cause=cause, hint=hint,
-                               error=capture_errors.first_line(exc))
+                               error=capture_errors.first_line(exc), compile_s=_compile_s(warm))
         capture_s = time.perf_counter() - t0
-        b = BucketGraph(size, ok=True, graph=graph, capture_s=capture_s, outputs=outputs)
+        b = BucketGraph(size, ok=True, graph=graph, capture_s=capture_s, outputs=outputs, compile_s=_compile_s(warm))
         pool_after = graph_stats.pool_bytes(graph.pool())
         if self.pool_mode == "shared":
             b.pool_bytes = None if pool_after is None or pool_before is None else pool_after - pool_before
@@ -248,6 +257,10 @@ class GraphManager:
         self.pool, self.pools = None, []
         torch.cuda.empty_cache()
         return before - torch.cuda.memory_reserved(), pool
+
+
+def _compile_s(warm: list[float]) -> float | None:
+    return max(0.0, warm[0] - warm[-1]) if len(warm) >= 2 else None
 
 
 def _clear_cublas_workspaces() -> None:

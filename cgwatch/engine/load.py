@@ -75,10 +75,11 @@ def args_from_hf_config(cfg: dict, where: str = "config.json") -> ModelArgs:
 
 
 def load_hf(path: Path, device: torch.device, dtype: torch.dtype, rank: int = 0, tp_size: int = 1) -> Transformer:
-    """Load a checkpoint folder; with tensor parallelism, this rank's shard of every weight."""
+    """Load a checkpoint folder; with tensor parallelism, this rank's shard of every weight. The
+    checkpoint's q/k/v and gate/up projections go into their parts of the fused layers."""
     from safetensors import safe_open
 
-    from cgwatch.engine.tensor_parallel import full_shape, shard
+    from cgwatch.engine.tensor_parallel import HF_PARTS, full_shape, fused_parts, shard
 
     args = args_from_hf_config(_read_config(path), str(path / "config.json"))
     files = sorted(path.glob("*.safetensors"))
@@ -87,21 +88,34 @@ def load_hf(path: Path, device: torch.device, dtype: torch.dtype, rank: int = 0,
     model = empty_model(args, device, dtype, tp_size)
     params = dict(model.named_parameters())
     loaded: set[str] = set()
+    expected = {n for n in params if fused_parts(n, args) is None}
+    for n in params:
+        if fused_parts(n, args) is not None:
+            expected |= {_hf_name(n, part) for part in HF_PARTS if HF_PARTS[part][0] == n.split(".")[-2]}
     with torch.no_grad():
         for f in files:
             try:
                 with safe_open(str(f), framework="pt", device="cpu") as st:
                     for key in st.keys():
                         name = key.removeprefix("model.")
-                        p = params.get(name)
+                        target, part = _fused_target(name)
+                        p = params.get(target)
                         if p is None:
                             continue   # e.g. rotary inv_freq buffers
                         t = st.get_tensor(key)
-                        want = full_shape(name, p.shape, tp_size)
+                        parts = fused_parts(target, args)
+                        if parts is None:
+                            want = full_shape(name, p.shape, tp_size)
+                            dst, src = p, shard(t, name, rank, tp_size)
+                        else:
+                            want = (parts[part],) + tuple(p.shape[1:])
+                            local = [n // tp_size for n in parts]
+                            dst = p.narrow(0, sum(local[:part]), local[part])
+                            src = shard(t, target, rank, tp_size)
                         if tuple(t.shape) != want:
                             raise CgwatchError(f"{f.name}: {key} has shape {tuple(t.shape)}, "
                                                f"config.json implies {want}")
-                        p.copy_(shard(t, name, rank, tp_size))
+                        dst.copy_(src)
                         loaded.add(name)
             except CgwatchError:
                 raise
@@ -109,10 +123,25 @@ def load_hf(path: Path, device: torch.device, dtype: torch.dtype, rank: int = 0,
                 raise CgwatchError(f"{f}: not a readable safetensors file ({e})") from None
     if args.tie_embeddings:
         loaded.add("lm_head.weight")
-    missing = sorted(set(params) - loaded)
+    missing = sorted(expected - loaded)
     if missing:
         raise CgwatchError(f"{path}: checkpoint lacks {len(missing)} weights, e.g. {', '.join(missing[:3])}")
     return model.eval().requires_grad_(False)
+
+
+def _fused_target(name: str) -> tuple[str, int | None]:
+    """A checkpoint name -> (the model parameter it fills, its part there): q_proj -> qkv_proj part 0."""
+    from cgwatch.engine.tensor_parallel import HF_PARTS
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[-2] in HF_PARTS:
+        fused, part = HF_PARTS[parts[-2]]
+        return ".".join(parts[:-2] + [fused, parts[-1]]), part
+    return name, None
+
+
+def _hf_name(fused_name: str, hf_layer: str) -> str:
+    parts = fused_name.split(".")
+    return ".".join(parts[:-2] + [hf_layer, parts[-1]])
 
 
 def hf_config(args: ModelArgs) -> dict:

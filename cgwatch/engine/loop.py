@@ -15,22 +15,20 @@ the others' step times reach rank 0's step records through rank_merge.py.
 from __future__ import annotations
 
 import os
-import platform
-import socket
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from typing import Callable
 
 import torch
 
-import cgwatch
 from cgwatch import records as R
 from cgwatch.engine import ranks as RK
+from cgwatch.engine.base import EngineBase
 from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, Dispatch, DispatchTable, check_ratio, effective_sizes
 from cgwatch.engine.control import Command, CommandTaker, Limits
+from cgwatch.engine import kernels as K
 from cgwatch.engine.graphs import BucketGraph, GraphManager
 from cgwatch.engine.load import load_model, model_args
 from cgwatch.engine.rank_merge import RankMerge
@@ -55,6 +53,7 @@ class EngineConfig:
     max_capture_size: int | None = None
     max_padding_ratio: float = 0.5
     mode: str = "graph"                   # graph | eager
+    kernels: str = "auto"                 # auto (fused where CUDA and Triton are) | fused | plain
     pool: str = "shared"                  # shared | private (one pool per graph, for comparison)
     temperature: float = 0.0
     seed: int = 0
@@ -138,7 +137,9 @@ def cpu_threads(explicit: int | None = None, env: dict | None = None) -> tuple[i
     return max(1, min(min(physical, usable) - 1, MAX_AUTO_THREADS)), "auto"
 
 
-class Engine(CommandTaker):
+class Engine(EngineBase):
+    backend = "pytorch"
+
     def __init__(self, cfg: EngineConfig, emit: Callable[[dict], None] | None, rank: int = 0, store=None):
         """Rank 0 (the default) emits records to ``emit``; a rank > 0 (started by engine/ranks.py with
         the run's ``store``) keeps only its step times, for rank 0."""
@@ -195,6 +196,8 @@ class Engine(CommandTaker):
         self.model, self.model_info = load_model(cfg.model, self.device, self.dtype, cfg.seed, rank, self.tp)
         if self.ranks is not None:
             self.model.set_group(self.ranks.group)
+        self.kernels, self.kernels_why = K.choose(cfg.kernels, self.device, self.dtype)
+        self.model.kernels = self.kernels
         self.model.setup_caches(self.max_batch, cfg.max_seq)
         self.state = DecodeState(self.model, self.max_batch, cfg.temperature, cfg.seed)
         self.nvml = Nvml(self.device if self.cuda else None)
@@ -222,9 +225,6 @@ class Engine(CommandTaker):
         self.paused = False
 
     # -- helpers ---------------------------------------------------------------------------------
-    def now(self) -> float:
-        return time.perf_counter() - self.t0
-
     def _busy_ms(self) -> float | None:
         return self.timer.busy_ms if self.cuda else None
 
@@ -234,23 +234,17 @@ class Engine(CommandTaker):
         return DispatchTable(self.max_batch, sizes, failed, self.max_padding_ratio, self.graph_mode, self.cuda)
 
     def header(self) -> dict:
-        info = self.nvml.static_info()
-        gpu = info["gpu_name"] or (torch.cuda.get_device_name(self.device) if self.cuda else "cpu")
         tp = {}
         if self.tp > 1:
             tp = {"tensor_parallel_size": self.tp, "ranks": [
                 {"rank": r, "device": str(torch.device("cuda", r)) if self.cuda else "cpu",
                  "gpu": (n.static_info()["gpu_name"] or (torch.cuda.get_device_name(r) if self.cuda else "cpu")),
                  "pid": os.getpid() if r == 0 else self.ranks.procs[r - 1].pid} for r, n in enumerate(self.rank_nvml)]}
-        return tp | {"cgwatch": cgwatch.__version__, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "host": socket.gethostname(), "pid": os.getpid(), "python": platform.python_version(),
-                "gpu": gpu, "driver": info["driver"], "gpu_mem_total_bytes": info["mem_total_bytes"],
-                "torch": torch.__version__, "cuda": torch.version.cuda, "device": str(self.device),
-                "dtype": str(self.dtype).removeprefix("torch."), "backend": "pytorch",
-                "model": self.model_info, "config": self.cfg.describe(), "workload": self.workload.describe(),
-                "command_limits": self.command_limits().describe(),
-                "cpu_threads": torch.get_num_threads(), "cpu_threads_by": self.threads_by or "torch default",
-                "nvtx": self.nvtx.available, "nvml": self.nvml.available}
+        return (tp | self._header_run(str(self.dtype).removeprefix("torch."), "cpu")
+                | self._header_plan(self.model_info, self.cfg.describe(),
+                                    kernels=self.kernels, kernels_why=self.kernels_why)
+                | {"cpu_threads": torch.get_num_threads(), "cpu_threads_by": self.threads_by or "torch default",
+                   "nvtx": self.nvtx.available, "nvml": self.nvml.available})
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -263,13 +257,15 @@ class Engine(CommandTaker):
         if self.dropped_sizes:
             self.emit(R.event(R.EV_INFO, self.now(), message=f"capture sizes {self.dropped_sizes} dropped: above "
                               f"max capture size / --max-concurrency {self.max_batch}"))
+        if self.cuda and self.kernels_why:   # on a GPU, plain kernels by default is news
+            self.emit(R.event(R.EV_INFO, self.now(), message=f"plain PyTorch kernels: {self.kernels_why}"))
         if not self.cuda:
             if self.graph_mode:
                 self.emit(R.alert(self.now(), "CUDA graphs need CUDA: no GPU here, running eager on the CPU",
                                   level="info"))
         elif self.graph_mode:
             self._capture(self.sizes)
-        self.emit(R.event(R.EV_STATE, self.now(), **self.control_state()))
+        self._emit_state()
         self._midway = False
         if self.rank == 0:
             self.sampler.start()
@@ -315,7 +311,7 @@ class Engine(CommandTaker):
                 pass   # the same fault: the process is ending, and the driver frees the graphs with it
         if rk is not None and self.rank == 0:
             rk.shutdown()
-        summary = {"steps": self.i, "tokens": self.tokens, "duration_s": round(self.now(), 4)}
+        summary = self._summary()
         if lost:
             summary["reason"] = rk.lost
         return summary
@@ -323,7 +319,8 @@ class Engine(CommandTaker):
     # -- commands (the mechanism: control.CommandTaker) -------------------------------------------
     def control_state(self) -> dict:
         g = self.graphs
-        return {"mode": "graph" if self.graph_mode else "eager", "cuda": self.cuda, "sizes": list(self.sizes),
+        return {"mode": "graph" if self.graph_mode else "eager", "kernels": self.kernels, "cuda": self.cuda,
+                "sizes": list(self.sizes),
                 "captured": g.ok_sizes() if g else [], "failed": g.failed_sizes() if g else [],
                 "max_padding_ratio": self.max_padding_ratio, "rate": self.workload.rate,
                 "arrival": self.workload.kind, "paused": self.paused}
@@ -367,6 +364,21 @@ class Engine(CommandTaker):
             self._release()
             self._capture(sizes)
 
+    def _cmd_kernels(self, kind: str, t: float) -> None:
+        """Switch the decode step's kernels (model.py: plain or fused); graphs are captured again."""
+        if kind == self.kernels:
+            return
+        why = K.unavailable(self.device, self.dtype, interpreter=True) if kind == "fused" else None
+        if why:
+            raise CgwatchError(f"kernels {kind}: {why}")
+        self._drain()   # steps in flight finish with the kernels they were launched with
+        self.kernels = self.model.kernels = kind
+        self.kernels_why = None
+        self.emit(R.event(R.EV_INFO, t, message=f"kernels: {kind}", kernels=kind))
+        if self.cuda and self.graphs.graphs:
+            self._release()
+            self._capture(self.sizes)
+
     def _cmd_padding(self, ratio: float, t: float) -> None:
         self.max_padding_ratio = check_ratio(ratio)
         self.emit(R.event(R.EV_PADDING, t, value=ratio))
@@ -397,7 +409,7 @@ class Engine(CommandTaker):
         done = self.graphs.capture(sizes, on_bucket)
         if self.ranks is not None:
             done["rank_pool_bytes"] = self.ranks.all_gather(done["pool_bytes"])
-        self.emit(R.event(R.EV_CAPTURE_DONE, self.now(), **done))
+        self.emit(R.capture_done(self.now(), **done))
         self.table = self._table()
 
     # -- the loop --------------------------------------------------------------------------------
@@ -472,8 +484,7 @@ class Engine(CommandTaker):
         """The watchdog's way out, when a rank died and rank 0's main thread stays blocked (a GPU waiting
         in an all-reduce that will never complete): say why, end the trace, end the process."""
         self.emit(R.alert(self.now(), f"run stopped: {reason}", level="error"))
-        summary = {"steps": self.i, "tokens": self.tokens, "duration_s": round(self.now(), 4),
-                   "outcome": "error", "reason": reason, "t": round(self.now(), 6)}
+        summary = self._summary() | {"outcome": "error", "reason": reason, "t": round(self.now(), 6)}
         try:
             if self.on_abort is not None:
                 self.on_abort(summary)
@@ -571,24 +582,14 @@ class Engine(CommandTaker):
         with self.nvtx.range("prefill"):
             for slot, prompt_len in admitted:
                 self.state.prefill(slot, prompt_len)
-        self.emit({"type": R.PREFILL, "t": round(t0 - self.t0, 6), "i": i, "requests": len(admitted),
-                   "tokens": sum(n for _, n in admitted),
-                   "host_ms": round((time.perf_counter() - t0) * 1e3, 4)})
+        self.emit(R.prefill(i, t0 - self.t0, len(admitted), sum(n for _, n in admitted),
+                            (time.perf_counter() - t0) * 1e3))
 
-    def run(self, max_steps: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Step until max_steps, the workload ends, or should_stop() (checked every step)."""
-        with torch.inference_mode():
-            if not self.started:
-                self.start()
-            while (max_steps is None or self.i < max_steps) and not should_stop():
-                if self.paused or self.idle:   # no steps, but still answer commands (resume among them)
-                    self._emit_done(self.timer.drain())
-                    if self.ranks is not None:
-                        self._send(RK.OP_NOOP)   # the other ranks' heartbeat; they hand in their times
-                    if self.paused:
-                        self.wait_for_command()
-                    else:
-                        self._wait_idle()
-                    continue
-                if not self.step():
-                    break
+    def _loop_context(self):
+        return torch.inference_mode()
+
+    def _before_wait(self) -> None:
+        """Paused or idle: emit the steps in flight; the other ranks get their heartbeat and hand in their times."""
+        self._emit_done(self.timer.drain())
+        if self.ranks is not None:
+            self._send(RK.OP_NOOP)

@@ -1,12 +1,20 @@
 """A Llama-architecture decoder (RMSNorm, RoPE, GQA, SwiGLU) with a static, slot-indexed KV cache.
 
 Shapes follow Hugging Face's Llama so real checkpoints load without permutation (checkpoint.py).
+The q, k and v projections are one fused Linear (``qkv_proj``, rows q then k then v) and so are gate
+and up (``gate_up_proj``), as in vLLM: one GEMM each instead of three and two (load.py splits a
+checkpoint's separate weights into them).
 With tensor parallelism (``tp_size`` > 1, engine/tensor_parallel.py) each rank holds its share of the
-heads and of the MLP, Megatron-style: column-parallel q/k/v and gate/up, row-parallel o_proj and
+heads and of the MLP, Megatron-style: column-parallel qkv and gate/up, row-parallel o_proj and
 down_proj, each followed by one all-reduce over ``group``. Embedding, norms and lm_head stay whole on
 every rank (replicated), so every rank computes the same logits. ``tp_size`` 1 runs no collective.
 The KV cache has one row per request slot plus a scratch row (index ``max_slots``): padding rows of a
 graph point at the scratch row, so they never touch a live request's KV.
+
+A decode step runs one of two kernel sets (``Transformer.kernels``): "plain", unfused PyTorch ops
+(attention through SDPA over each row's whole cache row), or "fused", the Triton kernels of
+engine/kernels.py (residual add + RMSNorm, RoPE + KV write, attention over the live positions only,
+SiLU * up), with the same weights and GEMMs. Prefill is always plain.
 """
 
 from __future__ import annotations
@@ -125,18 +133,18 @@ class Attention(nn.Module):
         hd, bias = args.head_dim, args.qkv_bias
         # this rank's heads (all of them when tp_size is 1)
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads // tp_size, args.n_kv_heads // tp_size, hd
-        self.q_proj = nn.Linear(args.dim, self.n_heads * hd, bias=bias)
-        self.k_proj = nn.Linear(args.dim, self.n_kv_heads * hd, bias=bias)
-        self.v_proj = nn.Linear(args.dim, self.n_kv_heads * hd, bias=bias)
+        self.split = [self.n_heads * hd, self.n_kv_heads * hd, self.n_kv_heads * hd]   # q, k, v rows
+        self.qkv_proj = nn.Linear(args.dim, sum(self.split), bias=bias)
         self.o_proj = nn.Linear(self.n_heads * hd, args.dim, bias=False)
         self.cache: KVCache | None = None
         self.group = None   # the tensor-parallel process group (None: one rank)
 
     def _qkv(self, x: torch.Tensor):
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
     def decode(self, x, cos, sin, slot_ids, pos, mask):
@@ -160,18 +168,30 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         return all_reduce(self.o_proj(out.transpose(1, 2).reshape(1, t, -1)), self.group)
 
+    def decode_fused(self, x, rope_cos, rope_sin, slot_ids, pos):
+        """decode() through the fused kernels. x [B, dim]; rope tables [max_seq, hd] float32."""
+        from cgwatch.engine import kernels as K
+        cache = self.cache
+        q = K.rope_to_cache(self.qkv_proj(x), rope_cos, rope_sin, pos, slot_ids, cache.k, cache.v,
+                            self.n_heads, self.n_kv_heads, self.head_dim)
+        return all_reduce(self.o_proj(K.decode_attention(q, cache.k, cache.v, slot_ids, pos)), self.group)
+
 
 class MLP(nn.Module):
     def __init__(self, args: ModelArgs, tp_size: int = 1):
         super().__init__()
         ffn = args.ffn_dim // tp_size
-        self.gate_proj = nn.Linear(args.dim, ffn, bias=False)
-        self.up_proj = nn.Linear(args.dim, ffn, bias=False)
+        self.gate_up_proj = nn.Linear(args.dim, 2 * ffn, bias=False)   # gate rows, then up rows
         self.down_proj = nn.Linear(ffn, args.dim, bias=False)
         self.group = None
 
     def forward(self, x):
-        return all_reduce(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), self.group)
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return all_reduce(self.down_proj(F.silu(gate) * up), self.group)
+
+    def forward_fused(self, x):
+        from cgwatch.engine import kernels as K
+        return all_reduce(self.down_proj(K.silu_mul(self.gate_up_proj(x))), self.group)
 
 
 class Block(nn.Module):
@@ -202,6 +222,7 @@ class Transformer(nn.Module):
         if args.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.max_slots = self.max_seq = 0
+        self.kernels = "plain"   # or "fused" (engine/kernels.py): set by the engine
 
     def set_group(self, group) -> None:
         """The process group the row-parallel layers all-reduce over (tensor parallelism)."""
@@ -222,6 +243,8 @@ class Transformer(nn.Module):
 
     def decode(self, tokens: torch.Tensor, slot_ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """tokens, slot_ids, pos: [B] int64 on the model's device. Returns float32 logits [B, vocab]."""
+        if self.kernels == "fused":
+            return self.decode_fused(tokens, slot_ids, pos)
         x = self.embed_tokens(tokens).unsqueeze(1)
         dtype = x.dtype
         cos = self.rope_cos[pos].to(dtype)[:, None, None, :]
@@ -230,6 +253,21 @@ class Transformer(nn.Module):
         for layer in self.layers:
             x = layer.decode(x, cos, sin, slot_ids, pos, mask)
         return self.lm_head(self.norm(x))[:, 0].float()
+
+    def decode_fused(self, tokens: torch.Tensor, slot_ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """decode() through the fused kernels: the residual stream is one [B, dim] tensor that each
+        norm kernel adds the previous sub-layer's output into, in place."""
+        from cgwatch.engine import kernels as K
+        residual = self.embed_tokens(tokens)
+        eps = self.args.norm_eps
+        h = K.rms_norm(residual, self.layers[0].input_layernorm.weight, eps)
+        for i, layer in enumerate(self.layers):
+            out = layer.self_attn.decode_fused(h, self.rope_cos, self.rope_sin, slot_ids, pos)
+            h = K.rms_norm(out, layer.post_attention_layernorm.weight, eps, residual)
+            out = layer.mlp.forward_fused(h)
+            nxt = self.layers[i + 1].input_layernorm.weight if i + 1 < len(self.layers) else self.norm.weight
+            h = K.rms_norm(out, nxt, eps, residual)
+        return self.lm_head(h).float()
 
     def prefill(self, tokens: torch.Tensor, slot: int) -> torch.Tensor:
         """tokens [T] int64 for one slot, written to cache positions 0..T-1. Returns last logits [vocab]."""
@@ -256,7 +294,7 @@ def build_random(args: ModelArgs, device, dtype, seed: int = 0, rank: int = 0, t
     """Random weights, drawn on the target device (no fp32 copy on the host), scaled so activations
     and logits stay in a sane range. With tensor parallelism each rank draws every whole weight in
     turn (one at a time) and keeps its shard, so N ranks hold exactly the weights of one."""
-    from cgwatch.engine.tensor_parallel import full_shape, shard
+    from cgwatch.engine.tensor_parallel import full_shape, fused_parts, shard
 
     model = empty_model(args, device, dtype, tp_size)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -271,6 +309,6 @@ def build_random(args: ModelArgs, device, dtype, seed: int = 0, rank: int = 0, t
             else:
                 whole = torch.empty(full_shape(name, p.shape, tp_size), dtype=dtype, device=device)
                 whole.normal_(0.0, 1.0 / math.sqrt(whole.shape[-1]), generator=gen)
-                p.copy_(shard(whole, name, rank, tp_size))
+                p.copy_(shard(whole, name, rank, tp_size, fused_parts(name, args)))
                 del whole
     return model.eval().requires_grad_(False)

@@ -18,10 +18,32 @@ STAGING_BUFFERS = 8   # > the loop's max steps in flight + 1
 def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Greedy (temperature 0) or temperature sampling, without a host sync (gpt-fast's exponential trick)."""
     if temperature <= 0:
-        return logits.argmax(dim=-1)
+        return argmax_rows(logits)
     probs = torch.softmax(logits / temperature, dim=-1)
     noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / noise).argmax(dim=-1)
+    return argmax_rows(probs / noise)
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(-1)`` of [B, V] in two passes: the argmax of each of ``k`` equal pieces of a row,
+    then of the pieces' maxima. Same index (the first maximum: a piece's first, in the first piece
+    holding the maximum), but a whole GPU works on a row: one argmax over 128,256 logits at batch 1
+    took 28 µs of a 1.1 ms step on an H200 (probes/step_profile.py). k: a divisor of V near sqrt(V)."""
+    b, v = x.shape
+    k = _pieces(v)
+    if k == 1:
+        return x.argmax(dim=-1)
+    top, idx = x.view(b, k, v // k).max(dim=-1)    # per piece: its maximum and its first index
+    first = top.argmax(dim=-1, keepdim=True)       # the first piece with the overall maximum
+    return (first * (v // k) + idx.gather(1, first))[:, 0]
+
+
+def _pieces(v: int) -> int:
+    best = 1
+    for k in range(2, 1025):
+        if v % k == 0 and v // k >= 64 and abs(k * k - v) < abs(best * best - v):
+            best = k
+    return best
 
 
 class DecodeState:
