@@ -188,3 +188,21 @@ def test_recommend_same_answer_from_either_format(tmp_path, capsys):
         out = capsys.readouterr().out.replace(pq, src)
         outs.append(out)
     assert outs[0] == outs[1]
+
+
+def test_capture_sizes_too_large_to_count_by_index(tmp_path):
+    """Targets past 2**20 (the accumulator groups them with np.unique instead of counting): the same report."""
+    recs = []
+    for i in range(400):
+        big = i % 3 == 0
+        rows = 3_000_000 if big else 8
+        size = 4_194_304 if big else 8
+        recs.append(R.step(i, round(0.01 * (i + 1), 6), rows, size, size if i % 5 else None,
+                           None if i % 5 else R.REASON_PADDING, 50.0 + i % 7, 2.0 + i % 3, rows))
+    jl = tmp_path / "big.jsonl"
+    with TraceWriter(jl, {}) as w:
+        for r in recs:
+            w.write(r)
+    pq = str(tmp_path / "big.parquet")
+    convert(str(jl), pq)
+    _same_report(str(jl), pq)
