@@ -451,7 +451,8 @@ def run(a) -> int:
     trace = read_trace(a.trace)
     cost_trace = read_trace(a.costs) if a.costs else trace
     for t in (trace,) if cost_trace is trace else (trace, cost_trace):
-        for w in t.warnings() + ([view(t).warning] if view(t).warning else []):
+        v = view(t)   # first: its pass finds the end record, so warnings() needs no pass of its own
+        for w in t.warnings() + ([v.warning] if v.warning else []):
             print(f"cgwatch: {t.path}: {w}", file=sys.stderr)
     for what in ("model", "gpu", "dtype"):   # costs of another model or card answer another question
         mine, theirs = _name(trace.header.get(what)), _name(cost_trace.header.get(what))
