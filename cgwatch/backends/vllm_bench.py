@@ -20,6 +20,7 @@ import time
 from typing import Callable
 
 from cgwatch import records as R
+from cgwatch.engine.bench_base import BenchBase, latency_stats
 from cgwatch.errors import CgwatchError
 from cgwatch.workload import Admit, StepPlan, WorkloadSpec
 
@@ -60,12 +61,7 @@ class BenchRequests:
         return {"arrival": "bench", "kind": "bench", "max_concurrency": self.max_batch}
 
 
-def _stats(values: list[float]) -> dict:
-    from cgwatch.engine.bench import _stats as stats
-    return stats(values)
-
-
-class VllmBench:
+class VllmBench(BenchBase):
     """Same interface as engine/bench.py's Bench: header(), run(progress) -> result, close(), now(), engine."""
 
     def __init__(self, cfg, emit: Callable[[dict], None], vllm_options: dict | None = None):
@@ -74,12 +70,7 @@ class VllmBench:
 
         check_config(cfg)
         self.cfg = cfg
-        self.records: list[dict] = []
-
-        def tap(rec: dict) -> None:
-            if rec.get("type") == R.STEP:
-                self.records.append(rec)
-            emit(rec)
+        tap = self._tap(emit)   # self.steps: every step record, for the statistics
 
         self.sizes = tuple(sorted(set(cfg.batch_sizes)))
         self.bandwidth = self._bandwidth()     # before vLLM takes most of the GPU's memory
@@ -107,15 +98,6 @@ class VllmBench:
 
     def header(self) -> dict:
         return self.engine.header() | {"bench": self.cfg.describe() | {"backend": "vllm"}}
-
-    def close(self) -> dict:
-        return self.engine.close()
-
-    def now(self) -> float:
-        return self.engine.now()
-
-    def _mark(self, text: str) -> None:
-        self.engine.emit(R.event(R.EV_MARK, self.engine.now(), text=text))
 
     def run(self, progress: Callable[[str], None] = lambda s: None) -> dict:
         from cgwatch.engine.control import Command
@@ -157,12 +139,12 @@ class VllmBench:
 
     def _decode_steps(self, n: int, b: int) -> tuple[list[dict], float]:
         """Run ``n`` forwards; the decode records of batch b among them, and the wall seconds."""
-        first = len(self.records)
+        first = len(self.steps)
         t0 = time.perf_counter()
         for _ in range(n):
             self.engine.step()
         wall = time.perf_counter() - t0
-        recs = [r for r in self.records[first:] if R.step_phase(r) == R.PHASE_DECODE and r["batch"] == b]
+        recs = [r for r in self.steps[first:] if R.step_phase(r) == R.PHASE_DECODE and r["batch"] == b]
         return recs, wall
 
     def _measure(self, b: int, mode: str) -> dict:
@@ -170,9 +152,9 @@ class VllmBench:
         self.requests.join(b, cfg.prompt_len, cfg.warmup + cfg.steps + cfg.tokens + MAX_PREFILL_STEPS)
         try:
             for _ in range(MAX_PREFILL_STEPS):       # prefill until all b decode together
-                first = len(self.records)
+                first = len(self.steps)
                 eng.step()
-                if any(R.step_phase(r) == R.PHASE_DECODE and r["batch"] == b for r in self.records[first:]):
+                if any(R.step_phase(r) == R.PHASE_DECODE and r["batch"] == b for r in self.steps[first:]):
                     break
             else:
                 return {"error": f"the {b} requests did not reach a pure decode batch in {MAX_PREFILL_STEPS} forwards"}
@@ -181,7 +163,7 @@ class VllmBench:
             timed, _ = self._decode_steps(cfg.steps, b)
             if not timed:
                 return {"error": f"no decode forward of batch {b} was recorded"}
-            out = _stats([R.step_ms(r) for r in timed])
+            out = latency_stats([R.step_ms(r) for r in timed])
             out["wall_p50_ms"] = statistics.median(r["host_us"] for r in timed) / 1e3
             out["host_us_p50"] = statistics.median(r["host_us"] for r in timed)
             out["gpu_timed"] = sum(r["gpu_ms"] is not None for r in timed)
@@ -195,7 +177,7 @@ class VllmBench:
         finally:
             self.requests.leave_all()
             eng.step()                                # the aborts reach vLLM
-            self.records.clear()
+            self.steps.clear()
 
     def _floor_ms(self, b: int) -> float | None:
         """The HBM floor of a decode step at batch b, for a cgwatch preset (same formula as engine/bench.py)."""

@@ -46,6 +46,7 @@ from cgwatch import records as R
 from cgwatch.engine.control import Command
 from cgwatch.engine.loop import Engine, EngineConfig
 from cgwatch.errors import CgwatchError
+from cgwatch.engine.bench_base import BenchBase, latency_stats
 from cgwatch.measure import graph_stats
 from cgwatch.measure.bandwidth import copy_bandwidth
 from cgwatch.workload import StepPlan, WorkloadSpec
@@ -114,22 +115,11 @@ def check_config(c: BenchConfig) -> None:
                            f"max(warmup + steps, tokens) needs {need} positions")
 
 
-def _stats(values: list[float]) -> dict:
-    v = sorted(values)
-    return {"mean_ms": statistics.fmean(v), "p50_ms": statistics.median(v),
-            "p99_ms": v[min(len(v) - 1, round(0.99 * (len(v) - 1)))], "n": len(v)}
-
-
-class Bench:
+class Bench(BenchBase):
     def __init__(self, cfg: BenchConfig, emit: Callable[[dict], None]):
         check_config(cfg)
         self.cfg = cfg
-        self.steps: list[dict] = []   # every step record, for the statistics
-
-        def tap(rec: dict) -> None:
-            if rec.get("type") == R.STEP:
-                self.steps.append(rec)
-            emit(rec)
+        tap = self._tap(emit)   # self.steps: every step record, for the statistics
 
         sizes = tuple(sorted(set(cfg.batch_sizes)))
         self.sizes = sizes
@@ -198,18 +188,9 @@ class Bench:
                 "gpu": eng.header()["gpu"], "torch": torch.__version__, "max_seq": cfg.max_seq,
                 "prompt_len": cfg.prompt_len, "steps": cfg.steps, "warmup": cfg.warmup, "tokens": cfg.tokens}
 
-    def close(self) -> dict:
-        return self.engine.close()
-
-    def now(self) -> float:
-        return self.engine.now()
-
     def _sync(self) -> None:
         if self.cuda:
             torch.cuda.synchronize()
-
-    def _mark(self, text: str) -> None:
-        self.engine.emit(R.event(R.EV_MARK, self.engine.now(), text=text))
 
     def _set_mode(self, mode: str) -> None:
         eng = self.engine
@@ -234,7 +215,7 @@ class Bench:
             eng.step()
         eng.call_all("_drain")
         timed = [r for r in self.steps[first:] if r["batch"] == b]
-        out = _stats([R.step_ms(r) for r in timed])
+        out = latency_stats([R.step_ms(r) for r in timed])
         out["host_us_p50"] = statistics.median(r["host_us"] for r in timed)
         gaps = [r["gap_us"] for r in timed if r.get("gap_us") is not None]
         out["gap_us_p50"] = statistics.median(gaps) if gaps else None   # GPU idle between steps
@@ -343,7 +324,7 @@ class Bench:
             host.append((time.perf_counter() - h) * 1e6)
             pairs.append((s, e))
         self._sync()
-        out = _stats([s.elapsed_time(e) for s, e in pairs])
+        out = latency_stats([s.elapsed_time(e) for s, e in pairs])
         out["host_us_p50"] = statistics.median(host)
         st.restore(saved)
         self._sync()
