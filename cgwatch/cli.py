@@ -280,6 +280,7 @@ def cmd_run(a) -> int:
     backend = f", vLLM {h['vllm']}" if h.get("backend") == "vllm" else ""
     no_cuda = cfg.mode == "graph" and getattr(engine, "cuda", True) is False
     mode = "eager (graphs need CUDA)" if no_cuda else cfg.mode
+    mode += f", {h['kernels']} kernels" if h.get("kernels") else ""
     print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}{backend}), mode {mode}, "
           f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if a.record else ""))
     for note in h.get("vllm_notes") or ():

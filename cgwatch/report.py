@@ -197,7 +197,8 @@ def format_report(rep: dict) -> str:
     h, t = rep["header"], rep["totals"]
     d = t["duration_s"]
     dur = NA if d is None else f"{d:.3f} s" if d < 10 else f"{d:.1f} s"
-    dtype = f" ({h['dtype']})" if h.get("dtype") else ""
+    what = [str(x) for x in (h.get("dtype"), h.get("kernels") and f"{h['kernels']} kernels") if x]
+    dtype = f" ({', '.join(what)})" if what else ""
     lines = [f"cgwatch report: {_name(h.get('model'))}{dtype} on {_name(h.get('gpu'))}, "
              f"torch {_name(h.get('torch'))}, {dur}", ""]
 
