@@ -14,10 +14,11 @@ from typing import Callable
 ACK = "ack"   # {"type": "ack", "id": int, "cmd": str, "ok": bool, "state": {...} | "error": str}
 
 # Commands a view may send (value in brackets):
-#   engine:   mode [eager|graph], recapture [list of sizes], padding [0..1], rate [req/step], mark [text]
+#   engine:   mode [eager|graph], recapture [list of sizes], padding [0..1], kernels [fused|plain],
+#             rate [req/step], mark [text]
 #   both:     pause, resume       (a live engine pauses its loop; a replay pauses playback)
 #   playback: speed [0.25..16], seek [seconds, relative], next [alert|mark]
-ENGINE_COMMANDS = ("mode", "recapture", "padding", "rate", "mark")
+ENGINE_COMMANDS = ("mode", "recapture", "padding", "kernels", "rate", "mark")
 PLAYBACK_COMMANDS = ("speed", "seek", "next")
 
 RecordCallback = Callable[[dict], None]

@@ -81,16 +81,28 @@ def synthetic_run() -> list[dict]:
     return recs
 
 
+def kernels_run() -> list[dict]:
+    """synthetic_run() from an engine that reports its kernels (fused) and each capture's compile seconds."""
+    recs = [dict(HEADER, kernels="fused", kernels_why=None)]
+    for rec in synthetic_run()[1:]:
+        if rec.get("kind") == R.EV_CAPTURE and rec["ok"]:
+            rec = dict(rec, compile_s=0.04)
+        elif rec.get("kind") == R.EV_STATE:
+            rec = dict(rec, kernels="fused")
+        recs.append(rec)
+    return recs
+
+
 class FakeSource(Source):
     """Plays ``records`` when the test says so; answers commands as the engine does (events, then
     a state event, then the ack with the new state), and refuses playback commands."""
 
     title = "live (fake)"
 
-    def __init__(self, records: list[dict]) -> None:
+    def __init__(self, records: list[dict], state: dict | None = None) -> None:
         self.records, self.i = records, 0
         self.sent: list[tuple] = []
-        self.state = _state()
+        self.state = state or _state()
         self.t = 4.0
 
     def start(self, on_record, on_status) -> None:
@@ -126,6 +138,18 @@ class FakeSource(Source):
             emit(R.event(R.EV_CAPTURE_DONE, t, sizes=value, failed=[], pool="shared", pool_bytes=64 * MIB,
                          seconds=0.3))
             self.state.update(sizes=value, captured=value, failed=[])
+        elif cmd == "kernels":
+            if "kernels" not in self.state:   # as vLLM's backend: its state has no kernels
+                emit(ack(req, cmd, False, error="vLLM picks its own kernels: 'kernels' is for cgwatch's engine"))
+                return req
+            self.state["kernels"] = value
+            emit(R.event(R.EV_INFO, t, message=f"kernels: {value}", kernels=value))
+            emit(R.event(R.EV_RELEASE, t, freed_bytes=128 * MIB))
+            for b in reversed(self.state["sizes"]):   # every bucket again; the first compiles the kernels
+                ok = b not in self.state["failed"]
+                emit(dict(_capture(t, b, ok=ok, pool=64 * MIB if b == 64 else 0), compile_s=0.5 if b == 64 else 0.0))
+            emit(R.event(R.EV_CAPTURE_DONE, t, sizes=self.state["captured"], failed=self.state["failed"],
+                         pool="shared", pool_bytes=64 * MIB, seconds=0.7, compile_s=0.5))
         elif cmd == "rate":
             self.state["rate"] = value
             emit(R.event(R.EV_RATE, t, rate=value))
@@ -198,6 +222,32 @@ def test_state_no_cuda_and_over_max():
     assert rows[">64"]["steps"] == 1 and rows[">64"]["status"] == "-"
 
 
+def test_state_kernels_from_the_header_then_the_latest_state():
+    state = ViewState()
+    state.fold(dict(HEADER))
+    assert state.kernels is None   # a trace from before the field (or vLLM): not shown
+    state.fold(dict(HEADER, kernels="plain", kernels_why="fused kernels need CUDA (no CUDA here)"))
+    assert state.kernels == "plain"
+    state.fold(R.event(R.EV_STATE, 1.0, **_state(kernels="fused")))
+    assert state.kernels == "fused"
+    state.fold(R.event(R.EV_INFO, 2.0, message="kernels: plain", kernels="plain"))   # before its state event
+    assert state.kernels == "plain"
+    state.fold(R.event(R.EV_STATE, 3.0, **_state()))   # a state without the field leaves it
+    assert state.kernels == "plain"
+    state.fold(dict(HEADER))   # a new run starts from its header
+    assert state.kernels is None
+
+
+def test_state_compile_seconds_per_bucket():
+    state = ViewState()
+    state.fold(dict(HEADER))
+    state.fold(dict(_capture(0.1, 64, pool=MIB), compile_s=1.25))
+    state.fold(dict(_capture(0.2, 32), compile_s="1.5"))   # not a number: not shown
+    state.fold(_capture(0.3, 16))                           # an older engine: no field
+    rows = {r["label"]: r for r in state.bucket_rows()}
+    assert (rows["64"]["compile_s"], rows["32"]["compile_s"], rows["16"]["compile_s"]) == (1.25, None, None)
+
+
 def _gap_p50(recs: list[dict], target: int) -> str:
     """Independent: the linearly interpolated p50 (numpy's) of the gaps of graph / eager steps targeting ``target``."""
     def p50(values):
@@ -255,6 +305,42 @@ async def test_g_toggles_mode_from_the_acknowledged_state():
         assert log.texts()[-1].endswith("mode ok → eager")
         await pilot.press("g")
         assert src.sent[-1] == ("mode", "graph") and header.mode_text == "graph"
+
+
+async def test_k_switches_kernels_and_the_header_and_table_follow():
+    src = FakeSource(kernels_run(), state=_state(kernels="fused"))
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await _live(pilot, src)
+        header, table, log = _widgets(app)
+        assert header.mode_text == "graph · fused kernels"
+        assert header.plain_lines()[0].endswith("  mode graph · fused kernels")
+        assert table.plain_lines()[0].split()[-1] == "compile"   # after capture s
+        rows = _rows(app)
+        assert rows["64"][9:] == ["0.10", "0.04", "ok"] and rows["8"][9:] == ["n/a", "n/a", "failed: host sync"]
+        await pilot.press("k")
+        assert src.sent == [("kernels", "plain")]
+        assert header.mode_text == "graph · plain kernels"
+        assert log.texts()[-1].endswith("kernels ok → plain kernels")
+        assert any(t.endswith("kernels: plain") for t in log.texts())
+        rows = _rows(app)   # captured again: the new compile seconds
+        assert rows["64"][10] == "0.50" and rows["32"][10] == "0.00" and rows["64"][-1] == "ok"
+        await pilot.press("k")
+        assert src.sent[-1] == ("kernels", "fused") and header.mode_text == "graph · fused kernels"
+
+
+async def test_k_refused_by_an_engine_without_kernels_says_why():
+    src = FakeSource(synthetic_run())   # as vLLM: no kernels in the header or the state
+    app = CgwatchApp(src)
+    async with app.run_test(size=SIZE) as pilot:
+        await _live(pilot, src)
+        header, table, log = _widgets(app)
+        assert header.mode_text == "graph" and "compile" not in table.plain_lines()[0]
+        await pilot.press("k")
+        assert src.sent == [("kernels", "fused")]
+        assert log.texts()[-1].endswith("kernels refused: vLLM picks its own kernels: 'kernels' is for "
+                                         "cgwatch's engine")
+        assert header.mode_text == "graph"
 
 
 async def test_r_recaptures_with_the_typed_sizes():
@@ -383,6 +469,7 @@ async def test_help_screen():
         await pilot.press("?")
         assert isinstance(app.screen, HelpScreen)
         assert "recapture" in "\n".join(app.screen.lines)
+        assert "    k  kernels fused / plain (every bucket is captured again)" in app.screen.lines
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
         assert src.sent == []
@@ -473,6 +560,24 @@ async def test_replay_next_alert_on_a_generated_trace(tmp_path):
         assert log.texts()[-1].endswith("no further alert")
         await pilot.press("right")   # to the end
         assert "end of trace" in header.conn_text and "run ended (completed)" in log.texts()[-2]
+
+
+async def test_replay_shows_the_kernels_and_refuses_k(tmp_path):
+    path = tmp_path / "kernels.jsonl"
+    recs = kernels_run()
+    w = TraceWriter(path, {k: v for k, v in recs[0].items() if k not in ("type", "format", "version")})
+    for rec in recs[1:]:
+        w.write(rec)
+    w.close({"t": 4.0, "outcome": "completed"})
+    app, src, clock = _replay(path, start_paused=True)
+    async with app.run_test(size=SIZE) as pilot:
+        header, table, log = _widgets(app)
+        assert header.mode_text == "graph · fused kernels"   # from the header, before any state event
+        await pilot.press("right")
+        assert header.mode_text == "graph · fused kernels" and _rows(app)["64"][10] == "0.04"
+        await pilot.press("k")
+        assert log.texts()[-1].endswith("kernels refused: replay is read-only")
+        assert header.mode_text == "graph · fused kernels"
 
 
 async def test_replay_real_time_thread():
@@ -737,6 +842,43 @@ def test_snapshot_live_80x24_events_pane(snap_compare):
         await pilot.press("]")   # a refusal: in the log, wrapped, not cut
 
     assert snap_compare(CgwatchApp(src), terminal_size=SMALL, run_before=run_before)
+
+
+async def test_80x24_kernels_and_compile_seconds_fit():
+    """The kernels go on the mode's line in their short form; compile s joins the graphs pane."""
+    src = FakeSource(kernels_run(), state=_state(kernels="fused"))
+    app = CgwatchApp(src)
+    async with app.run_test(size=SMALL) as pilot:
+        await _live(pilot, src)
+        screen = screen_text(app)
+        assert len(screen) == 24 and max(map(len, screen)) <= 80
+        assert screen[0].rstrip().endswith("  mode graph · fused") and "tok/s" in screen[1]
+        await pilot.press("tab")   # the graphs pane
+        screen = screen_text(app)
+        assert max(map(len, screen)) <= 80
+        row = next(line.split() for line in screen if line.split()[:1] == ["64"])
+        assert row[-4:] == ["128.0", "0.10", "0.04", "ok"]
+
+
+def test_snapshot_live_80x24_kernels_graphs_pane(snap_compare):
+    src = FakeSource(kernels_run(), state=_state(kernels="fused"))
+
+    async def run_before(pilot):
+        await _live(pilot, src)
+        await pilot.press("tab")   # the graphs pane: capture s and compile s
+        await pilot.press("k")     # plain: captured again, the answer in the last line
+
+    assert snap_compare(CgwatchApp(src), terminal_size=SMALL, run_before=run_before)
+
+
+async def test_80x24_the_help_fits_with_every_key():
+    app = CgwatchApp(FakeSource(synthetic_run()))
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.press("?")
+        await pilot.pause()
+        text = "\n".join(screen_text(app))
+        assert all(line in text for line in app.screen.lines)   # one row each, none cut
+        assert "a live run cannot seek)." in text
 
 
 # ---- labels, the end of a run, what a release counts ---------------------------------------------------

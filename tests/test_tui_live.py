@@ -1,5 +1,5 @@
 """The TUI against a real daemon (tiny model, CPU): every control key sends its command and the screen
-shows the acknowledged result."""
+shows the acknowledged result (or the engine's refusal: fused kernels on a CPU)."""
 
 import os
 import tempfile
@@ -48,12 +48,18 @@ async def until(pilot, pred, what, timeout=60.0):
     raise AssertionError(f"timed out waiting for {what}; log: {pilot.app.query_one(EventLog).texts()[-5:]}")
 
 
-async def test_every_control_key_round_trips_through_a_real_daemon(daemon):
+async def test_every_control_key_round_trips_through_a_real_daemon(daemon, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # Triton's CPU interpreter would let fused run
     app = CgwatchApp(LiveSource(daemon))
     async with app.run_test(size=(120, 40)) as pilot:
         header, log, st = app.query_one(HeaderBar), app.query_one(EventLog), app.state
         await until(pilot, lambda: st.engine.get("mode") == "graph" and st.steps > 0, "the first steps")
-        assert "tiny" in header.run_text and "no CUDA" in header.mode_text
+        assert "tiny" in header.run_text and header.mode_text == "eager only: no CUDA · plain kernels"
+
+        await pilot.press("k")              # fused needs CUDA: the engine's refusal, shown as it said it
+        await until(pilot, lambda: any("kernels refused: kernels fused: fused kernels need CUDA" in t
+                                       for t in log.texts()), "the kernels refusal")
+        assert st.kernels == "plain" and "plain kernels" in header.mode_text
 
         await pilot.press("g")
         await until(pilot, lambda: st.engine.get("mode") == "eager", "mode eager")

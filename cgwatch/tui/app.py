@@ -41,6 +41,7 @@ KEYS = [
     ("tab", "pane(1)", "pane", "tab", "the next pane below 120x36 (buckets, graphs, events, charts)"),
     ("q", "quit", "quit", "q", "quit"),
     ("g", "toggle_mode", "mode", "g", "toggle graph / eager mode (from the engine's last state)"),
+    ("k", "toggle_kernels", "kernels", "k", "kernels fused / plain (every bucket is captured again)"),
     ("r", "recapture", "recapture", "r", "recapture the graphs with new batch sizes (a dialog)"),
     ("p", "pause", "pause", "p", "pause / resume (the engine's loop, or the replay)"),
     ("plus", f"rate({RATE_STEP})", "rate", "+", f"workload arrival rate ×{RATE_STEP}"),
@@ -59,8 +60,9 @@ HIDDEN_KEYS = [
     ("pagedown", "scroll(10)"), ("home", "scroll(-100000)"), ("end", "scroll(100000)"),
 ]
 SCROLL_HELP = ("↑ ↓", "scroll the table (the log on the events pane); PgUp PgDn by 10")
-# in the help but not in the footer (which must fit 80 columns): key, action, help text
-MORE_KEYS = [("G", "toggle_ranks", "per-GPU view of a tensor-parallel run in place of the charts, and back")]
+# in the help but not in the footer (which must fit 80 columns): key, action, help text. Every help line
+# fits the 80x24 dialog's one line (about 65 characters): the whole help then fits 24 rows
+MORE_KEYS = [("G", "toggle_ranks", "per-GPU view (tensor parallel) in place of the charts, and back")]
 
 MIN_SIZE = (80, 24)     # the smallest screen laid out; below it, one line says so
 FULL_SIZE = (120, 36)   # from here every part shows at once; below it the compact layout with panes
@@ -255,6 +257,10 @@ class CgwatchApp(App):
 
     def action_toggle_mode(self) -> None:
         self.send("mode", "eager" if self.state.mode == "graph" else "graph")
+
+    def action_toggle_kernels(self) -> None:
+        """fused <-> plain; where the run never said (vLLM, an old trace) ask for fused: the answer says."""
+        self.send("kernels", "plain" if self.state.kernels == "fused" else "fused")
 
     def action_recapture(self) -> None:
         if self.state.read_only:   # no dialog for a command that cannot go through

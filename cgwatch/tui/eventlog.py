@@ -68,6 +68,8 @@ def describe_ack(ack: dict) -> tuple[str, str]:
         result = _sizes(state["sizes"])
         if state.get("failed"):
             result += f", failed {_sizes(state['failed'])}"
+    elif cmd == "kernels" and state.get("kernels"):
+        result = f"{state['kernels']} kernels"
     elif cmd == "rate" and "rate" in state:
         result = f"{state['rate']:.3g} req/step"
     elif cmd == "padding" and "max_padding_ratio" in state:

@@ -35,6 +35,11 @@ SKIPS_LOGGED = 3     # skipped records logged one by one; after that a count at 
 _SCREENED = frozenset((R.STEP, R.PREFILL, R.SAMPLE, R.EVENT, R.END))   # what records.Screen checks
 
 
+def _seconds(v: object) -> float | None:
+    """A number of seconds, or None (a field the readers' screen does not check: never trusted blindly)."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 class ViewState:
     def __init__(self) -> None:
         self.status: dict = {}   # the source's latest on_status; survives a reset
@@ -47,6 +52,7 @@ class ViewState:
         self.header: dict = header or {}
         self.engine: dict = {}           # controllable state: last ``state`` event or ack.state
         self.mode_seen: str | None = None
+        self.kernels_seen: str | None = None   # the last state's or kernels info event's "kernels"
         self.no_cuda = False
         cfg = self.header.get("config") or {}
         self.in_force: set[int] = set(cfg.get("capture_sizes") or ())
@@ -175,6 +181,8 @@ class ViewState:
             self.mode_seen = rec.get("mode")
         elif kind == R.EV_STATE:
             self._set_engine({k: v for k, v in rec.items() if k not in ("type", "kind", "t")})
+        elif kind == R.EV_INFO and rec.get("kernels"):   # "kernels: fused", before the recapture
+            self.kernels_seen = str(rec["kernels"])
         elif kind == R.EV_ALERT and "need CUDA" in str(rec.get("message", "")):
             self.no_cuda = True
 
@@ -184,6 +192,8 @@ class ViewState:
             self.in_force = set(state["sizes"])
         if state.get("cuda") is False:
             self.no_cuda = True
+        if state.get("kernels"):
+            self.kernels_seen = str(state["kernels"])
 
     # -- derived values (read by widgets) ------------------------------------------------------------
     @property
@@ -204,6 +214,12 @@ class ViewState:
     @property
     def mode_text(self) -> str:
         return "eager only: no CUDA" if self.no_cuda else (self.mode or "n/a")
+
+    @property
+    def kernels(self) -> str | None:
+        """The decode step's kernels ("fused" / "plain"): the latest state, else the header; None where
+        the run does not say (vLLM, a trace from before the field)."""
+        return self.kernels_seen or self.header.get("kernels") or None
 
     @property
     def sizes(self) -> list[int]:
@@ -252,7 +268,8 @@ class ViewState:
 
     def bucket_rows(self) -> list[dict]:
         """One dict per bucket of the size list in force (RunStats' epoch in force), sorted, over-max last:
-        RunStats' row numbers (cgwatch/aggregate.py) plus the label, graph MiB, capture s and the status."""
+        RunStats' row numbers (cgwatch/aggregate.py) plus the label, graph MiB, capture s, compile s (its
+        kernel compile share, where the engine measured it) and the status."""
         epoch = self.stats.epoch
         largest = epoch.largest_size()
         if self.in_force:
@@ -267,7 +284,7 @@ class ViewState:
                 "label": str(key) if key is not None else (f">{largest}" if largest else "eager"),
                 **row.summary(), "hits": row.graph_steps,
                 "graph_mib": None if pool is None else pool / MIB,
-                "capture_s": ok.get("capture_s"),
+                "capture_s": ok.get("capture_s"), "compile_s": _seconds(ok.get("compile_s")),
                 "status": self._bucket_status(key, row),
             })
         return out

@@ -126,7 +126,7 @@ def _style(spec: str | None) -> Style | None:
 
 
 class HeaderBar(TextLines):
-    """What runs (model, GPU, dtype, mode), then how fast and where from: two lines, or three on a
+    """What runs (model, GPU, dtype, mode and kernels), then how fast and where from: two lines, or three on a
     narrow screen (the parts wrap whole, so the replay position, "paused" and "end of trace" stay)."""
 
     DEFAULT_CSS = """
@@ -145,7 +145,15 @@ class HeaderBar(TextLines):
         tp = h.get("tensor_parallel_size")
         ranks = f" ×{tp}" if isinstance(tp, int) and tp > 1 else ""   # tensor parallel: G shows each GPU
         self.run_text = f"{_name(h.get('model'))} · {_name(h.get('gpu'))}{ranks} · {h.get('dtype') or NA}"
-        self.mode_text = state.mode_text + (" · engine paused" if state.engine.get("paused") else "")
+        paused = " · engine paused" if state.engine.get("paused") else ""
+        kernels = state.kernels
+        # "· fused kernels", or "· fused" where the long form would push the mode to a line of its own
+        long = f" · {kernels} kernels" if kernels else ""
+        short = f" · {kernels}" if kernels else ""
+        width = self.content_size.width
+        room = width - len("cgwatch ") - len(self.run_text) - len("  mode ") - len(state.mode_text + paused)
+        kern = long if not width or len(long) <= room else short
+        self.mode_text = state.mode_text + kern + paused
         ended = state.ended_text
         if ended:   # no live rates once the run is over: what it averaged
             t = state.totals()
@@ -161,10 +169,10 @@ class HeaderBar(TextLines):
         read_only = " · read-only" if state.read_only and "read-only" not in text else ""
         self.conn_text = printable(text) + read_only + (f" · dropped {dropped:,}" if dropped else "")
         mode_style = "bold green" if self.mode_text.startswith("graph") else "bold yellow"
-        width = self.content_size.width
         rate_style = "bold" if ended else None
         self.set_lines(pack([[("cgwatch ", "bold"), (self.run_text, None)],
-                             [("  mode ", None), (self.mode_text, mode_style)]], width)
+                             [("  mode ", None), (state.mode_text, mode_style), (kern, None),
+                              (paused, mode_style)]], width)
                        + pack([[(self.rate_text, rate_style)], [("   ", None), (self.conn_text, "italic")]], width))
 
 
@@ -271,28 +279,33 @@ class Charts(TextLines):
 COLUMNS = (("", "bucket"), ("", "steps"), ("", "hits"), ("hit", "%"), ("pad", "waste %"),
            ("graph ms", "p50/p99"), ("eager ms", "p50/p99"), ("gpu idle", "µs g/e"), ("graph", "MiB"),
            ("capture", "s"), ("", "status"))
-# with vLLM's PIECEWISE graphs the hits column splits FULL / PIECEWISE; with mixed forwards a column counts them
+# with vLLM's PIECEWISE graphs the hits column splits FULL / PIECEWISE; with mixed forwards a column counts them;
+# where the engine measured the kernels' compile time in a capture (its share of capture s) a column shows it
 HITS_SPLIT = ("hits", "full/pw")
 MIXED = ("", "mixed")
+COMPILE = ("compile", "s")
 
 
-def columns(runtime: bool = False, phases: bool = False) -> tuple[tuple[str, str], ...]:
+def columns(runtime: bool = False, phases: bool = False, compiled: bool = False) -> tuple[tuple[str, str], ...]:
     cols = list(COLUMNS)
     if runtime:
         cols[2] = HITS_SPLIT
     if phases:
         cols.insert(3, MIXED)
+    if compiled:
+        cols.insert(len(cols) - 1, COMPILE)   # after capture s, before the status
     return tuple(cols)
 
 
-def row_cells(r: dict, runtime: bool = False, phases: bool = False) -> tuple[str, ...]:
+def row_cells(r: dict, runtime: bool = False, phases: bool = False, compiled: bool = False) -> tuple[str, ...]:
     hits = f"{r['full']:,}/{r['piecewise']:,}" if runtime else f"{r['hits']:,}"
     return (r["label"], f"{r['steps']:,}", hits, *((f"{r['non_decode']:,}",) if phases else ()),
             fmt(r["hit_pct"]), fmt(r["padding_waste_pct"]),
             f"{fmt_ms(r['graph_p50_ms'])}/{fmt_ms(r['graph_p99_ms'])}",
             f"{fmt_ms(r['eager_p50_ms'])}/{fmt_ms(r['eager_p99_ms'])}",
             f"{fmt(r['gap_us_graph_p50'], '.0f')}/{fmt(r['gap_us_eager_p50'], '.0f')}",
-            fmt(r["graph_mib"]), fmt(r["capture_s"], ".2f"), r["status"])
+            fmt(r["graph_mib"]), fmt(r["capture_s"], ".2f"),
+            *((fmt(r["compile_s"], ".2f"),) if compiled else ()), r["status"])
 
 
 def _status_style(status: str) -> str:
@@ -312,7 +325,7 @@ class BucketTable(TextLines):
     GAP = "  "
     SHADE = "on #1f2630"
     MAX_ROWS = 14   # max-height 16 less the two header lines (the full layout's height is auto)
-    # the columns of each part (by header, second line), the bucket column in both
+    # the columns of each part (by header, second line: "s" is capture s and compile s), the bucket column in both
     PARTS = (("bucket", "steps", "hits", "full/pw", "mixed", "%", "waste %", "p50/p99"),
              ("bucket", "µs g/e", "MiB", "s", "status"))
     _rows: list[tuple[str, ...]] = []
@@ -340,8 +353,10 @@ class BucketTable(TextLines):
     def show(self, state: ViewState) -> None:
         self._state = state
         runtime, phases = state.stats.shows_runtime_modes(), state.stats.shows_phases()
-        rows = self._rows = [row_cells(r, runtime, phases) for r in state.bucket_rows()]
-        cols = columns(runtime, phases)
+        dicts = state.bucket_rows()
+        compiled = any(r["compile_s"] is not None for r in dicts)
+        rows = self._rows = [row_cells(r, runtime, phases, compiled) for r in dicts]
+        cols = columns(runtime, phases, compiled)
         keep = list(range(len(cols))) if self.part is None else [
             k for k, (_, second) in enumerate(cols) if second in self.PARTS[self.part]]
         heads = [tuple(cols[k][line] for k in keep) for line in (0, 1)]
@@ -472,7 +487,7 @@ class EventLog(RichLog):
 
 PANES = ("buckets", "graphs", "events", "charts")   # the 80x24 layout's panes, in tab order
 PANE_HELP = {"buckets": "per bucket: steps, hits, hit %, padding waste, graph / eager step ms",
-             "graphs": "per bucket: gpu idle between steps, graph MiB, capture s, status",
+             "graphs": "per bucket: gpu idle between steps, graph MiB, capture s (compile s), status",
              "events": "the totals and the event log", "charts": "the six charts with their max and min"}
 
 
