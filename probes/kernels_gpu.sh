@@ -16,13 +16,13 @@ if [[ $STEPS == *tests* ]]; then
 fi
 if [[ $STEPS == *bench1* ]]; then
   timeout 400 python3 -m cgwatch bench --model llama-1b --batch-sizes "$SIZES" --steps ${BSTEPS:-100} \
-    --tokens ${BTOKENS:-128} --json --record "$OUT/bench_llama1b.jsonl" > "$OUT/bench_llama1b.json" 2> "$OUT/bench_llama1b.err"
+    --tokens ${BTOKENS:-128} --kernels ${BKERNELS:-plain,fused} --json --record "$OUT/bench_llama1b.jsonl" > "$OUT/bench_llama1b.json" 2> "$OUT/bench_llama1b.err"
   echo "bench llama-1b rc=$?"; tail -3 "$OUT/bench_llama1b.err"
   python3 -c "import json,sys; sys.path.insert(0,'.'); from cgwatch.bench import format_result; print(format_result(json.load(open('$OUT/bench_llama1b.json'))))"
 fi
 if [[ $STEPS == *bench8* ]]; then
   timeout 500 python3 -m cgwatch bench --model llama-8b --batch-sizes "$SIZES" --steps ${BSTEPS:-100} \
-    --tokens ${BTOKENS:-128} --json > "$OUT/bench_llama8b.json" 2> "$OUT/bench_llama8b.err"
+    --tokens ${BTOKENS:-128} --kernels ${BKERNELS:-plain,fused} --json > "$OUT/bench_llama8b.json" 2> "$OUT/bench_llama8b.err"
   echo "bench llama-8b rc=$?"; tail -3 "$OUT/bench_llama8b.err"
   python3 -c "import json,sys; sys.path.insert(0,'.'); from cgwatch.bench import format_result; print(format_result(json.load(open('$OUT/bench_llama8b.json'))))"
 fi

@@ -76,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="llama-1b")
     ap.add_argument("--batches", default="1,64")
-    ap.add_argument("--kernels", default="plain,fused")
+    ap.add_argument("--kernels", default=os.environ.get("PKERNELS", "plain,fused"))
     ap.add_argument("--replays", type=int, default=50)
     ap.add_argument("--json")
     a = ap.parse_args()

@@ -57,10 +57,11 @@ def test_decode_attention_reads_each_rows_live_positions(triton_interpret, group
     kc, vc = torch.randn(6, nkv, max_seq, hd), torch.randn(6, nkv, max_seq, hd)
     slots, pos = torch.tensor([1, 5, 0, 3]), torch.tensor([0, 255, 256, 599])
     q = torch.randn(4, nkv * group, hd)
-    out = K.decode_attention(q, kc, vc, slots, pos)
     mask = (torch.arange(max_seq)[None, :] <= pos[:, None])[:, None, None, :]
     ref = F.scaled_dot_product_attention(q[:, :, None], kc[slots], vc[slots], attn_mask=mask, enable_gqa=True)
-    torch.testing.assert_close(out, ref[:, :, 0].reshape(4, -1), rtol=1e-5, atol=1e-5)
+    for chunk, block in ((None, None), (64, 32), (608, 32)):   # default; many chunks; one (no merge pass)
+        out = K.decode_attention(q, kc, vc, slots, pos, chunk, block)
+        torch.testing.assert_close(out, ref[:, :, 0].reshape(4, -1), rtol=1e-5, atol=1e-5)
 
 
 def test_silu_mul(triton_interpret):

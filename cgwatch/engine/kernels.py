@@ -7,7 +7,8 @@ decode step (``--kernels fused``; model.py's ``decode_fused`` calls them).
 - ``rope_to_cache``: RoPE on the q and k heads of the fused qkv projection, and k and v written into
   the static KV cache at each row's slot and position, in one launch.
 - ``decode_attention``: flash-decoding over the cache: each row reads only its live positions
-  (0..pos), split into chunks run in parallel, then one small kernel merges the chunks. Every shape
+  (0..pos), in one pass, or (few rows, long caches) split into chunks run in parallel, then one
+  small kernel merges the chunks. Every shape
   and grid depends only on the batch and the cache size, and lengths are read on the device, so the
   step stays capturable and one compiled kernel serves every bucket.
 - ``silu_mul``: SwiGLU's silu(gate) * up on the fused gate/up projection.
@@ -26,7 +27,7 @@ import torch
 ATTN_BLOCK = 32       # cache positions per inner iteration
 MIN_CHUNK = 256       # positions per split of one row's attention
 MAX_SPLITS = 64       # at most this many splits per row (longer caches get longer chunks)
-FEW_PROGRAMS = 128    # rows x kv heads below this: short chunks, so one row's work spreads over more SMs
+FEW_PROGRAMS = 128    # rows x kv heads below this, a long cache row is split in chunks (more SMs at work)
 
 
 def interpreting() -> bool:
@@ -128,7 +129,8 @@ def _k():
     def attn_chunk_kernel(Q, KC, VC, SLOT, POS, OP, ML, s_q_b, s_q_h, s_c_slot, s_c_head, s_c_pos,
                           s_op_b, s_op_h, s_op_s, s_ml_b, s_ml_h, scale, CHUNK: tl.constexpr,
                           GROUP: tl.constexpr, G_PAD: tl.constexpr, HD: tl.constexpr, HD_PAD: tl.constexpr,
-                          BLOCK: tl.constexpr, IEEE: tl.constexpr):
+                          BLOCK: tl.constexpr, IEEE: tl.constexpr, SINGLE: tl.constexpr):
+        # SINGLE: one chunk covers the whole cache row: OP is the output [B, H * HD], no merge pass
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
@@ -170,10 +172,13 @@ def _k():
                 acc = acc * alpha[:, None] + pv
                 m_i = m_new
             out = OP + b * s_op_b + heads[:, None] * s_op_h + split * s_op_s + d[None, :]
-            tl.store(out, acc, mask=gm[:, None] & dm[None, :])
-            ml = ML + b * s_ml_b + heads * s_ml_h + split * 2
-            tl.store(ml, m_i, mask=gm)
-            tl.store(ml + 1, l_i, mask=gm)
+            if SINGLE:
+                tl.store(out, (acc / l_i[:, None]).to(OP.dtype.element_ty), mask=gm[:, None] & dm[None, :])
+            else:
+                tl.store(out, acc, mask=gm[:, None] & dm[None, :])
+                ml = ML + b * s_ml_b + heads * s_ml_h + split * 2
+                tl.store(ml, m_i, mask=gm)
+                tl.store(ml + 1, l_i, mask=gm)
 
     @triton.jit
     def attn_merge_kernel(OP, ML, POS, OUT, s_op_b, s_op_h, s_op_s, s_ml_b, s_ml_h, s_out_b,
@@ -245,12 +250,18 @@ def attention_chunk(max_seq: int, least: int = MIN_CHUNK, block: int = ATTN_BLOC
 
 
 def attention_config(batch: int, n_kv: int, head_dim: int, max_seq: int) -> tuple[int, int, int]:
-    """(chunk, block, warps) for a batch, measured on an H200 (probes/attention_tune.py, docs/BENCHMARKS.md):
-    few rows want short chunks of wide blocks on 4 warps; many rows long chunks on 2 warps."""
-    if batch * n_kv < FEW_PROGRAMS:
-        return attention_chunk(max_seq, 64, 64), 64, 4
-    least = MIN_CHUNK if head_dim <= 64 else MIN_CHUNK // 2
-    return attention_chunk(max_seq, least, ATTN_BLOCK), ATTN_BLOCK, 2
+    """(chunk, block, warps) for a batch, from a sweep on an H200 (probes/attention_tune.py, 8 layers'
+    caches in turn; docs/BENCHMARKS.md). One pass over the whole row (no merge kernel) won at every
+    batch of 1-64 rows at contexts of 100-400, and at 64 rows up to 1,000 (3.8 TB/s); only few rows
+    with a long context gained from splitting (8 rows at 1,000: 9.6 µs split, 14.4 one pass). So: one
+    pass up to a 1,024-position cache or from FEW_PROGRAMS rows x kv heads on, else chunks of 256."""
+    many = batch * n_kv >= FEW_PROGRAMS
+    wide = batch * n_kv >= 2 * FEW_PROGRAMS
+    block = ATTN_BLOCK if wide and head_dim > 64 else 64
+    warps = 2 if wide else 4
+    if many or max_seq <= 1024:
+        return -(-max_seq // block) * block, block, warps
+    return attention_chunk(max_seq, MIN_CHUNK, 64), 64, 4
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_ids: torch.Tensor,
@@ -265,16 +276,21 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     auto = attention_config(b, n_kv, hd, max_seq)
     chunk, block, num_warps = chunk or auto[0], block or auto[1], num_warps or auto[2]
     n_split = -(-max_seq // chunk)
-    part = torch.empty((b, n_heads, n_split, hd), dtype=torch.float32, device=q.device)
-    ml = torch.empty((b, n_heads, n_split, 2), dtype=torch.float32, device=q.device)
     out = torch.empty((b, n_heads * hd), dtype=q.dtype, device=q.device)
     ks = k_cache.stride()
     k = _k()
+    consts = dict(CHUNK=chunk, GROUP=group, G_PAD=_pow2(group, 16), HD=hd, HD_PAD=_pow2(hd, 16), BLOCK=block,
+                  IEEE=q.dtype == torch.float32, SINGLE=n_split == 1, num_warps=num_warps)
+    if n_split == 1:   # one program a row and kv head writes the output itself
+        k["attn_chunk"][(b, n_kv, 1)](
+            q, k_cache, v_cache, slot_ids, pos, out, out, q.stride(0), q.stride(1), ks[0], ks[1], ks[2],
+            out.stride(0), hd, 0, 0, 0, hd ** -0.5, **consts)
+        return out
+    part = torch.empty((b, n_heads, n_split, hd), dtype=torch.float32, device=q.device)
+    ml = torch.empty((b, n_heads, n_split, 2), dtype=torch.float32, device=q.device)
     k["attn_chunk"][(b, n_kv, n_split)](
         q, k_cache, v_cache, slot_ids, pos, part, ml, q.stride(0), q.stride(1), ks[0], ks[1], ks[2],
-        part.stride(0), part.stride(1), part.stride(2), ml.stride(0), ml.stride(1), hd ** -0.5,
-        CHUNK=chunk, GROUP=group, G_PAD=_pow2(group, 16), HD=hd, HD_PAD=_pow2(hd, 16), BLOCK=block,
-        IEEE=q.dtype == torch.float32, num_warps=num_warps)
+        part.stride(0), part.stride(1), part.stride(2), ml.stride(0), ml.stride(1), hd ** -0.5, **consts)
     k["attn_merge"][(b, n_heads)](
         part, ml, pos, out, part.stride(0), part.stride(1), part.stride(2), ml.stride(0), ml.stride(1),
         out.stride(0), CHUNK=chunk, HD=hd, HD_PAD=_pow2(hd), S_PAD=_pow2(n_split, 2))
