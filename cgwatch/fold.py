@@ -228,13 +228,13 @@ def _pass(trace, make_stats, known_bad, keep_steps=False, count=True):
                 ordered = (ii[0] > last[0] and tt[0] >= last[1] and bool(np.all(ii[1:] > ii[:-1]))
                            and bool(np.all(tt[1:] >= tt[:-1])))
                 last = (int(ii[-1]), float(tt[-1]))
-        cols = _step_columns(c) if count and vec_steps.any() else None
+        cols = _step_columns(c, vec_steps) if count and vec_steps.any() else None
         start = 0
         for r, rec in specials:   # the records that are not columnar steps, at their place in file order
             typ = rec.get("type")
             if typ == R.STEP or (typ == R.EVENT and rec.get("kind") in EPOCH_EVENTS):
                 if cols is not None:
-                    _add_steps(stats, cols, vec_steps, start, r, kept if keep_steps else None)
+                    _add_steps(stats, cols, start, r, kept if keep_steps else None)
                 start = r
                 if typ == R.STEP and keep_steps and count:
                     kept["batch"].append(np.array([rec["batch"]]))
@@ -247,7 +247,7 @@ def _pass(trace, make_stats, known_bad, keep_steps=False, count=True):
             if typ not in (R.STEP, R.SAMPLE, R.PREFILL):
                 later.append(rec)
         if cols is not None:
-            _add_steps(stats, cols, vec_steps, start, n, kept if keep_steps else None)
+            _add_steps(stats, cols, start, n, kept if keep_steps else None)
         if count:
             _add_samples(stats, c, sample & ok)
             _add_prefills(stats, c, prefill & ok)
@@ -345,29 +345,29 @@ def _screen_line(trace, bad, why, cand, extra) -> R.Screen:
     return sc
 
 
-def _step_columns(c: _Cols) -> dict:
+def _step_columns(c: _Cols, vec_steps: np.ndarray) -> dict:
+    """The accepted columnar steps' columns (``row``: their rows), each gathered once."""
     b = c.b
-    batch = c.ints("batch")
-    rows_null = c.null("rows")
-    phase = np.maximum(_codes(b.column("phase"), list(R.PHASES)), 0)   # decode for any other
+    idx = np.flatnonzero(vec_steps)
+    batch = c.ints("batch")[idx]
     reason, reasons = A.codes(b.column("reason"))
     return {
-        "t": c.ints("t_us") / 1e6, "batch": batch,
-        "rows": np.where(rows_null, batch, c.ints("rows")),
-        "target": c.ints("target"), "bucket": c.ints("bucket"),
-        "prompt": c.ints("prompt_tokens", 0), "tokens": c.ints("tokens"),
-        "phase": phase.astype(np.int8),
-        "piecewise": _is(b.column("runtime_mode"), R.RUNTIME_PIECEWISE),
-        "reason": reason, "reasons": reasons,
-        "host_us": c.floats("host_us"), "gpu_ms": c.floats("gpu_ms"), "gap_us": c.floats("gap_us"),
+        "row": idx, "t": c.ints("t_us")[idx] / 1e6, "batch": batch,
+        "rows": np.where(c.null("rows")[idx], batch, c.ints("rows")[idx]),
+        "target": c.ints("target")[idx], "bucket": c.ints("bucket")[idx],
+        "prompt": c.ints("prompt_tokens", 0)[idx], "tokens": c.ints("tokens")[idx],
+        "phase": np.maximum(_codes(b.column("phase"), list(R.PHASES)), 0)[idx].astype(np.int8),  # decode: any other
+        "piecewise": _is(b.column("runtime_mode"), R.RUNTIME_PIECEWISE)[idx],
+        "reason": reason[idx], "reasons": reasons,
+        "host_us": c.floats("host_us")[idx], "gpu_ms": c.floats("gpu_ms")[idx], "gap_us": c.floats("gap_us")[idx],
     }
 
 
-def _add_steps(stats: RunStats, cols: dict, mask: np.ndarray, a: int, z: int, kept: dict | None = None) -> None:
-    idx = np.flatnonzero(mask[a:z]) + a
-    if len(idx):
-        pick = slice(a, z) if len(idx) == z - a else idx   # all rows: views, no copies
-        sel = {k: (v if k == "reasons" else v[pick]) for k, v in cols.items()}
+def _add_steps(stats: RunStats, cols: dict, a: int, z: int, kept: dict | None = None) -> None:
+    """The accepted columnar steps of rows [a, z) (views of ``cols``: they are in row order)."""
+    lo, hi = np.searchsorted(cols["row"], [a, z])
+    if hi > lo:
+        sel = {k: (v if k == "reasons" else v[lo:hi]) for k, v in cols.items() if k != "row"}
         stats.add_steps(sel)
         if kept is not None:   # int32: batch sizes and buckets fit, at half the memory (recommend on 10M steps)
             kept["batch"].append(sel["batch"].astype(np.int32))
@@ -416,16 +416,16 @@ def fold_rows(stats: RunStats, b: pa.RecordBatch, a: int, z: int) -> None:
             specials.append((int(r), rec))
     ok = fine & ~bad
     vec_steps = step & ok
-    cols = _step_columns(c) if vec_steps.any() else None
+    cols = _step_columns(c, vec_steps) if vec_steps.any() else None
     start = 0
     for r, rec in specials:
         typ = rec.get("type")
         if typ == R.STEP or (typ == R.EVENT and rec.get("kind") in EPOCH_EVENTS):
             if cols is not None:
-                _add_steps(stats, cols, vec_steps, start, r)
+                _add_steps(stats, cols, start, r)
             start = r
         stats.add(rec)
     if cols is not None:
-        _add_steps(stats, cols, vec_steps, start, b.num_rows)
+        _add_steps(stats, cols, start, b.num_rows)
     _add_samples(stats, c, sample & ok)
     _add_prefills(stats, c, prefill & ok)

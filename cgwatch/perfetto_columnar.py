@@ -1,15 +1,17 @@
 """``cgwatch export --format perfetto`` of a compact trace: the record path's events, without a dict per step.
 
 export.py puts the records back in t order (``_InOrder``: a heap over a 10 s window) and writes each through
-``_PerfettoWriter``. When no record comes more than that window late (every cgwatch trace: the two writer
-threads are milliseconds apart), that order is a stable sort by t, which this module takes a column batch at
-a time: the rows are sorted by (t, row) within the rows still pending, and those that no later row can
-precede are written. A columnar step is written from its column values by ``step_events``, the very text
-json.dumps gives the record path's events (the same keys in the same order, ``repr`` of the same floats);
-every other row (samples, prefills, events, steps kept as JSON) is decoded and goes through the writer as
-before. A trace with a record later than the window: None, and the caller takes the record path.
+``_PerfettoWriter``. When no record comes more than that window late (``in_order``; every cgwatch trace: its
+two writer threads are milliseconds apart), that order is a stable sort by t, which this module takes a column
+batch at a time: the rows are sorted by (t, row) within the rows still pending, and those that no later row
+can precede are written. One Python pass over them in that order runs the writer's state (where each slice
+starts depends on the one before: the host and GPU tracks' ends) and writes every row that is not a columnar
+step; the columnar steps' events are then built by column (``_step_text``: pyarrow joins of each field's
+text), the very text json.dumps gives the record path's events (the same keys in the same order, ``str`` of
+the same ints, ``repr`` of the same floats). Samples and prefills are written by ``sample_events`` and
+``prefill_events`` (f-strings, no json.dumps); events and the steps kept as JSON go through the writer. A
+trace with a record later than the window takes the record path (export.py).
 """
-
 from __future__ import annotations
 
 import io

@@ -1,9 +1,9 @@
-"""A compact trace (Parquet or Arrow IPC, one file or a rotated run's parts) for replay without decoding it: ``CompactRecords`` is the sequence of its records
-(decoded a row group at a time, the last few kept), with ``tmax`` (the running maximum of t per row, for
-due-ness and seeks) and ``snapshot(j)``: what a view needs to show the trace at row j at once, the way a
-late joiner of a live run gets it (docs/PROTOCOL.md): the header, the aggregate of rows [0, j) (RunStats
-state, window as the TUI's), the events before the window and the records of the last SNAPSHOT_ROWS rows
-for its charts, log and bucket status.
+"""A compact trace (Parquet or Arrow IPC, one file or a rotated run's parts) for replay without decoding it:
+``CompactRecords`` is the sequence of its records (decoded a row group at a time, the last few kept), with
+``tmax`` (the running maximum of t per row, for due-ness and seeks) and ``snapshot(j)``: what a view needs
+to show the trace at row j at once, the way a late joiner of a live run gets it (docs/PROTOCOL.md): the
+header, the aggregate of rows [0, j) (RunStats state, window as the TUI's), the events before the window and
+the records of the last SNAPSHOT_ROWS rows for its charts, log and bucket status.
 
 The aggregate comes from checkpoints: a background thread folds the trace once (fold.fold_rows, a row
 group at a time) and keeps the RunStats state every CHECKPOINT_ROWS rows; a snapshot restores the nearest

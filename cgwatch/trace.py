@@ -83,7 +83,8 @@ class TraceWriter:
         self.rotating = bool(rotate_bytes or rotate_s)
         self.parts: list[str] = []
         self._compacting: list[threading.Thread] = []
-        self.ratio = FIRST_RATIO[self.path.endswith(".parquet")] if self.compact else 1.0   # size on disk / bytes written
+        # a part's size on disk / the bytes written to it while it records
+        self.ratio = FIRST_RATIO[self.path.endswith(".parquet")] if self.compact else 1.0
         parent = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(parent):
             raise CgwatchError(f"cannot write trace {self.path}: directory {parent} does not exist")

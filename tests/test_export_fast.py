@@ -114,3 +114,31 @@ def test_a_run_of_days_exports_the_same(fmt, tmp_path, capsys):
     convert(str(pq), str(jl))
     want = _export(jl, fmt, tmp_path / f"want.{fmt}", capsys)
     assert _export(pq, fmt, tmp_path / f"got.{fmt}", capsys) == want
+
+
+@pytest.mark.parametrize("fmt", ["csv", "perfetto"])
+def test_a_truncated_stream_exports_what_the_record_path_reads(fmt, tmp_path, capsys):
+    """A recording cut short (an IPC stream, no end record): both paths read up to its last whole batch."""
+    import io
+
+    from cgwatch import export as E
+    from cgwatch.columnar import StreamWriter
+    path = tmp_path / "cut.arrows"
+    w = StreamWriter(str(path), {"type": "header", "format": "cgwatch-trace", "version": 1}, flush_s=3600)
+    for k, rec in enumerate(synthetic(5, n=1200, bad=False)):
+        w.write(rec)
+        if k % 300 == 299:
+            w.flush()
+    w.close(compact=False)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - 700])   # the last batch cut
+    skip, _ = E.screen_trace(str(path))
+    buf = io.StringIO()
+    if fmt == "csv":
+        E.export_csv(str(path), buf, skip)
+    else:
+        E.export_perfetto(str(path), E.read_header(str(path)), buf, skip)
+    want = buf.getvalue().encode()
+    got = tmp_path / f"got.{fmt}"
+    assert main(["export", str(path), "--format", fmt, "-o", str(got)]) == 0
+    assert got.read_bytes() == want and len(want) > 1000

@@ -1,5 +1,6 @@
-"""Replay of a compact trace (Parquet, Arrow IPC, a rotated run's parts) from its row groups (replay_index.py): after any seeks, the TUI's state has the
-same totals and bucket rows as the replay of the same trace as JSON Lines."""
+"""Replay of a compact trace (Parquet, Arrow IPC, a rotated run's parts) from its row groups (replay_index.py):
+after any seeks, the TUI's state has the same totals and bucket rows as the replay of the same trace as JSON
+Lines."""
 
 import glob
 import os
