@@ -156,6 +156,12 @@ def gpu_idle_pct(acc: list[float]) -> float | None:
     return pct(acc[0], acc[0] + acc[1])
 
 
+def _seq_sum(start: float, v) -> float:
+    """start + v[0] + v[1] + ..., added one by one (the record path's float sum, bit for bit)."""
+    import numpy as np
+    return float(np.add.accumulate(np.concatenate([[start], v]))[-1])
+
+
 def _values(window: int | None):
     if window is None:
         return array("d")
@@ -476,6 +482,56 @@ class RankStats:
         if isinstance(pools, list):
             self.pool = pools
             self.size = max(self.size, len(pools))
+
+    def add_steps(self, ms, lens, skew) -> None:
+        """``add_step`` on many steps at once (fold.py, a compact trace's columns): ``ms`` (steps x the longest
+        list) with NaN where a rank's time is None or past the step's list, ``lens`` each list's length,
+        ``skew`` (NaN: None). The same state: per-rank values and sums in step order."""
+        import numpy as np
+        if not len(lens):
+            return
+        self.size = max(self.size, int(lens.max()))
+        have = ~np.isnan(ms)
+        for r in range(ms.shape[1]):
+            v = ms[have[:, r], r]
+            if not len(v):
+                continue
+            if r not in self.steps:
+                self.steps[r], self.ms_sum[r], self.ms[r] = 0, 0.0, _values(self.window)
+            self.steps[r] += len(v)
+            self.ms_sum[r] = _seq_sum(self.ms_sum[r], v)
+            if self.window != 0:
+                self.ms[r].extend(v.tolist())
+        some = have.any(axis=1)
+        complete = some & (have.sum(axis=1) == lens)
+        if complete.any():
+            best = np.argmax(np.where(have, ms, -np.inf)[complete], axis=1)   # the first of equal maxima
+            for r, k in zip(*np.unique(best, return_counts=True)):
+                self.slowest[int(r)] = self.slowest.get(int(r), 0) + int(k)
+            self.complete += int(complete.sum())
+        s = skew[~np.isnan(skew)]
+        if len(s):
+            self.skew_n += len(s)
+            self.skew_sum = _seq_sum(self.skew_sum, s)
+            if self.window != 0:
+                self.skew.extend(s.tolist())
+
+    def add_samples(self, gpu, gpu_ok, util, mem, mem_ok) -> None:
+        """``add_sample`` on many samples' ``gpus`` items at once, flattened in order: ``gpu`` (``gpu_ok``:
+        not None), ``gpu_util`` (NaN: None), ``mem_used_bytes`` (``mem_ok``: not None)."""
+        import numpy as np
+        for r in np.unique(gpu[gpu_ok]).tolist():
+            mine = gpu_ok & (gpu == r)
+            self.size = max(self.size, r + 1)
+            u = util[mine]
+            u = u[~np.isnan(u)]
+            if len(u):
+                acc = self.util.setdefault(r, [0.0, 0])
+                acc[0] = _seq_sum(acc[0], u)
+                acc[1] += len(u)
+            m = mem[mine & mem_ok]
+            if len(m):
+                self.mem[r] = int(m[-1])
 
     def rows(self) -> list[dict]:
         """One dict a rank (rank 0 first); empty when the run had one rank."""

@@ -92,3 +92,33 @@ def indices(rows) -> pa.Array:
     """An Arrow int64 array of row numbers, built from the numpy buffer."""
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     return pa.Array.from_buffers(pa.int64(), len(rows), [None, pa.py_buffer(rows)])
+
+
+def list_floats(col) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A list<float64> column: (offsets, n + 1 of them into the values; the values, NaN for null; null per
+    value). A null list spans no values (as Arrow writes it)."""
+    vals = col.values
+    return list_offsets(col), floats(vals), null(vals)
+
+
+def list_offsets(col) -> np.ndarray:
+    """A list column's offsets into its values (``col.values``: all of them, not sliced), n + 1 of them."""
+    return np.frombuffer(col.buffers()[1], dtype=np.int32, count=col.offset + len(col) + 1)[col.offset:].astype(np.int64)
+
+
+def list_items(off: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The positions in the values of the items of ``rows``' lists, in order."""
+    lens = off[rows + 1] - off[rows]
+    first = np.repeat(off[rows] - (np.cumsum(lens) - lens), lens)
+    return first + np.arange(int(lens.sum()))
+
+
+def gather_lists(off: np.ndarray, vals: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lists of ``rows`` as a matrix (rows x the longest), NaN past each list's end; and their lengths."""
+    start, lens = off[rows], off[rows + 1] - off[rows]
+    width = int(lens.max()) if len(lens) else 0
+    col = np.arange(width)
+    inside = col[None, :] < lens[:, None]
+    pos = np.where(inside, start[:, None] + col[None, :], 0)
+    out = np.where(inside, vals[pos] if len(vals) else np.nan, np.nan)
+    return out.reshape(len(rows), width), lens

@@ -5,7 +5,8 @@ One row per record after the header, in file order. Steps, samples and prefills 
 as integer µs in ``t_us``; every other number as it was: int32/int64 for integers, float64 for floats,
 so nothing is rounded); any other record, and any step/sample/prefill whose fields do not fit the columns
 exactly (an unknown field, a string where a number goes, an int ``t``, a ``t`` that is not whole µs, ...),
-is kept whole as JSON in the ``json`` column. ``absent`` says which of the type's fields the record did
+is kept whole as JSON in the ``json`` column. Tensor-parallel fields have columns too (table 2): a step's
+``rank_ms`` (list<float64>, null items), ``skew_ms`` and ``plan_us``; a sample's ``gpus`` (list<struct>). ``absent`` says which of the type's fields the record did
 not have (bit k: the k-th key of its type's key list), so null and missing stay apart. Decoding a row gives
 back the same dict (==) as the JSON line it came from: the round trip is lossless.
 
@@ -24,24 +25,34 @@ import pyarrow as pa
 
 from . import records as R
 
-TABLE_VERSION = 1          # the newest table layout this code writes and reads
+TABLE_VERSION = 2          # the newest table layout this code writes and reads (2: the tensor-parallel columns)
 META_KEY = b"cgwatch"
 PARQUET_MAGIC = b"PAR1"
 IPC_MAGIC = b"\xff\xff\xff\xff"   # an Arrow IPC stream starts with a continuation marker
 _I32 = 2 ** 31
 
 # the keys of each columnar record type, in records.py's order (the JSON line's order on the way back)
+# (the keys a type gained in a later table layout come last: the bits of ``absent`` keep their meaning)
+TP_STEP_KEYS = ("plan_us", "rank_ms", "skew_ms")   # in the order the engine adds them (engine/loop, rank_merge)
 STEP_KEYS = ("i", "t", "batch", "rows", "target", "bucket", "mode", "runtime_mode", "reason", "padded", "host_us",
-             "gpu_ms", "gap_us", "tokens", "phase", "prompt_tokens")
+             "gpu_ms", "gap_us", "tokens", "phase", "prompt_tokens") + TP_STEP_KEYS
 PREFILL_KEYS = ("t", "i", "requests", "tokens", "host_ms")
-SAMPLE_KEYS = ("t",) + R.SAMPLE_NUMBERS
+SAMPLE_KEYS = ("t",) + R.SAMPLE_NUMBERS + ("gpus",)
 KEYS = {R.STEP: STEP_KEYS, R.PREFILL: PREFILL_KEYS, R.SAMPLE: SAMPLE_KEYS}
+ADDED = {"plan_us": 2, "rank_ms": 2, "skew_ms": 2, "gpus": 2}   # column -> the table layout that added it
 
-# key -> (column, arrow type, kind); kind: "t" (float s <-> int µs), "i32"/"i64" (int), "f" (float), "s" (str)
+# a sample's ``gpus`` item (measure/sampler.py: the rank, then Nvml.sample()'s fields), exactly these keys
+GPU_KEYS = ("gpu", "gpu_util", "mem_util", "mem_used_bytes", "mem_total_bytes", "power_w", "sm_clock_mhz")
+GPU_TYPE = pa.struct([pa.field(k, pa.float64() if k == "power_w" else pa.int64()) for k in GPU_KEYS])
+
+# key -> (column, arrow type, kind); kind: "t" (float s <-> int µs), "i32"/"i64" (int), "f" (float), "s" (str),
+# "lf" (a list of floats or None), "gpus" (a list of GPU_KEYS dicts)
 _INT32 = ("batch", "rows", "target", "bucket", "padded", "tokens", "prompt_tokens", "requests")
-_FLOAT = ("host_us", "gpu_ms", "gap_us", "host_ms", "power_w", "cpu_pct", "gpu_busy")
+_FLOAT = ("host_us", "gpu_ms", "gap_us", "host_ms", "power_w", "cpu_pct", "gpu_busy", "plan_us", "skew_ms")
 _STR = ("mode", "runtime_mode", "reason", "phase")
-COLUMNS: dict[str, tuple[str, pa.DataType, str]] = {"t": ("t_us", pa.int64(), "t"), "i": ("i", pa.int64(), "i64")}
+COLUMNS: dict[str, tuple[str, pa.DataType, str]] = {"t": ("t_us", pa.int64(), "t"), "i": ("i", pa.int64(), "i64"),
+                                                   "rank_ms": ("rank_ms", pa.list_(pa.float64()), "lf"),
+                                                   "gpus": ("gpus", pa.list_(GPU_TYPE), "gpus")}
 for _k in dict.fromkeys(STEP_KEYS + PREFILL_KEYS + SAMPLE_KEYS):
     if _k not in COLUMNS:
         COLUMNS[_k] = ((_k, pa.int32(), "i32") if _k in _INT32 else (_k, pa.float64(), "f") if _k in _FLOAT
@@ -51,6 +62,9 @@ SCHEMA = pa.schema([pa.field("type", pa.string()), *(pa.field(c, typ) for c, typ
                     pa.field("absent", pa.int32()), pa.field("json", pa.string())])
 NAMES = SCHEMA.names
 _KEYSETS = {typ: frozenset(keys) for typ, keys in KEYS.items()}
+_LATER = {typ: tuple(k for k in KEYS[typ] if k in ADDED) for typ in (R.STEP, R.SAMPLE)}   # table 2's keys
+_NEW_BITS = {typ: sum(1 << b for b, k in enumerate(KEYS[typ]) if k in ADDED) for typ in (R.STEP, R.SAMPLE)}
+_GPU_INT = tuple(k != "power_w" for k in GPU_KEYS)
 _encode_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
 _decode_json = json.JSONDecoder().decode
 
@@ -74,6 +88,9 @@ def _fits(typ: str, rec: dict) -> int | None:
     for k in rec:
         if k != "type" and k not in keyset:
             return None
+    later = _LATER.get(typ)
+    if later and any(k in rec for k in later) and not _in_order(typ, rec):
+        return None
     mask = 0
     for bit, k in enumerate(KEYS[typ]):
         if k not in rec:
@@ -95,9 +112,37 @@ def _fits(typ: str, rec: dict) -> int | None:
         elif kind == "s":
             if tv is not str:
                 return None
+        elif kind == "lf":
+            if tv is not list or any(x is not None and type(x) is not float for x in v):
+                return None
+        elif kind == "gpus":
+            if tv is not list or not all(_gpu_fits(g) for g in v):
+                return None
         elif tv is not int or not (-_I32 <= v < _I32 if kind == "i32" else -2 ** 63 <= v < 2 ** 63):
             return None
     return mask
+
+
+def _in_order(typ: str, rec: dict) -> bool:
+    """Whether a record with a later layout's keys has its keys in KEYS order (decoding writes them so: a
+    record in another order goes as JSON, so that convert gives the same bytes back)."""
+    keys = [k for k in rec if k != "type"]
+    return keys == [k for k in KEYS[typ] if k in rec]
+
+
+def _gpu_fits(g) -> bool:
+    """A ``gpus`` item with exactly GPU_KEYS, in order, each an int (int64) or a float (power_w) or None."""
+    if type(g) is not dict or tuple(g) != GPU_KEYS:
+        return False
+    for is_int, v in zip(_GPU_INT, g.values()):
+        if v is None:
+            continue
+        if is_int:
+            if type(v) is not int or not -2 ** 63 <= v < 2 ** 63:
+                return False
+        elif type(v) is not float:
+            return False
+    return True
 
 
 def encode(records: list[dict], header: dict | None = None) -> pa.RecordBatch:
@@ -122,6 +167,20 @@ def encode(records: list[dict], header: dict | None = None) -> pa.RecordBatch:
                     cols[k][row] = v
     arrays = [pa.array(cols[f.name], type=f.type) for f in SCHEMA]
     return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA if header is None else schema(header))
+
+
+def later_rows(batch) -> "np.ndarray":
+    """Per row: has a value in a column added after table 1 (ADDED: the tensor-parallel fields). The exports
+    write these rows through the record path (decoded), as they did when they were JSON rows."""
+    import numpy as np
+    from . import arrow_np as A
+    out = np.zeros(batch.num_rows, dtype=bool)
+    for name in ADDED:
+        if name in batch.schema.names:
+            col = batch.column(name)
+            if col.null_count < len(col):
+                out |= ~A.null(col)
+    return out
 
 
 def indices(rows) -> pa.Array:
@@ -179,10 +238,45 @@ def read_meta(schema_: pa.Schema, path: str) -> dict:
     if meta["version"] > VERSION or meta["table"] > TABLE_VERSION:
         raise TraceError(f"{path}: trace format version {meta['version']} (table {meta['table']}) is newer than "
                          f"this cgwatch reads (version {VERSION}, table {TABLE_VERSION}); upgrade cgwatch")
-    missing = [f.name for f in SCHEMA if f.name not in schema_.names]
+    missing = [f.name for f in SCHEMA if f.name not in schema_.names and ADDED.get(f.name, 1) <= meta["table"]]
     if missing:
         raise TraceError(f"{path} is not a cgwatch trace (table without columns {', '.join(missing[:3])})")
     return meta
+
+
+def upgrade(batch: pa.RecordBatch, table: int) -> pa.RecordBatch:
+    """A batch of an older table layout as this one reads it: the columns added since (ADDED) as nulls, in
+    SCHEMA order, and their bits set in ``absent`` on the rows of their type (those records did not have
+    them). Reads ``type`` and ``absent`` when present; any other column passes as it is (dictionary or not)."""
+    if table >= TABLE_VERSION:
+        return batch
+    import numpy as np
+    from . import arrow_np as A
+    n = batch.num_rows
+    names = batch.schema.names
+    if "absent" in names and "type" in names and n:
+        col = batch.column("absent")
+        code = A.codes_in(batch.column("type"), [R.STEP, R.SAMPLE])
+        v = A.raw(col, np.int32).copy() if len(col) else np.zeros(0, np.int32)
+        v[code == 0] |= _NEW_BITS[R.STEP]
+        v[code == 1] |= _NEW_BITS[R.SAMPLE]
+        null = A.null(col)
+        valid = pa.py_buffer(np.packbits(~null, bitorder="little")) if null.any() else None
+        absent = pa.Array.from_buffers(pa.int32(), n, [valid, pa.py_buffer(v)])
+    else:
+        absent = None
+    arrays, fields = [], []
+    for f in SCHEMA:
+        if f.name == "absent" and absent is not None:
+            arrays.append(absent)
+            fields.append(f)
+        elif f.name in names:
+            arrays.append(batch.column(f.name))
+            fields.append(batch.schema.field(f.name))
+        elif ADDED.get(f.name, 1) > table:
+            arrays.append(pa.nulls(n, f.type))
+            fields.append(f)
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=batch.schema.metadata))
 
 
 # ---- files ----
@@ -279,6 +373,7 @@ class Reader:
             raise TraceError(f"{path} is not a readable cgwatch trace (damaged {what} file: "
                              f"{str(e).splitlines()[0][:80]})") from None
         self.meta = read_meta(sch, path)
+        self.old = self.meta["table"] < TABLE_VERSION   # batches pass through ``upgrade``
 
     @property
     def header(self) -> dict:
@@ -294,14 +389,16 @@ class Reader:
                     import pyarrow.parquet as pq
                     self._pf_dict = pq.ParquetFile(self.path, read_dictionary=list(_DICT_READ))
                 pf = self._pf_dict
+            have = None if columns is None or not self.old else [c for c in columns if c in pf.schema_arrow.names]
             for k in range(pf.num_row_groups):
                 try:
-                    t = pf.read_row_group(k, columns=columns)
+                    t = pf.read_row_group(k, columns=have if self.old else columns)
                 except (pa.ArrowException, OSError) as e:
                     self.damage = f"row group {k} of {pf.num_row_groups} is damaged ({str(e).splitlines()[0][:60]})"
                     return
                 self.rows += t.num_rows
-                yield from t.to_batches()
+                for b in t.to_batches():
+                    yield self._fit(b, columns)
             return
         if self._reader is None:   # a second pass: the stream again from its start
             self._src = pa.memory_map(self.path)
@@ -316,7 +413,13 @@ class Reader:
                 self.damage = f"truncated or damaged after byte {self._src.tell()} ({str(e).splitlines()[0][:60]})"
                 return
             self.rows += b.num_rows
-            yield b if columns is None else b.select(columns)
+            yield self._fit(b, columns)
+
+    def _fit(self, b: pa.RecordBatch, columns: list[str] | None) -> pa.RecordBatch:
+        """A batch as this layout reads it (``upgrade``), with only ``columns``."""
+        if self.old:
+            b = upgrade(b, self.meta["table"])
+        return b if columns is None else b.select(columns)
 
 
 class StreamWriter:

@@ -151,21 +151,44 @@ def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
 
 
 def json_steps(b: pa.RecordBatch, ok: np.ndarray) -> list[tuple[int, dict]]:
-    """(row, record) of the accepted steps kept as JSON in batch ``b``."""
+    """(row, record) of the accepted steps that go through the record path in batch ``b``: those kept as JSON
+    and the tensor-parallel ones (rank_ms, one CSV column a rank), decoded, in row order."""
     is_step = A.codes_in(b.column("type"), [_STEP]) == 0
-    rows = np.flatnonzero(is_step & ~A.null(b.column("json")) & ok)
+    js_rows = is_step & ~A.null(b.column("json")) & ok
+    tp_rows = np.flatnonzero(is_step & ~js_rows & C.later_rows(b) & ok)
     js = b.column("json")
-    return [(r, C._decode_json(js[r].as_py())) for r in rows.tolist()]
+    out = [(r, C._decode_json(js[r].as_py())) for r in np.flatnonzero(js_rows).tolist()]
+    if len(tp_rows):
+        out += zip(tp_rows.tolist(), C.decode(b.take(A.indices(tp_rows))))
+        out.sort(key=lambda x: x[0])
+    return out
+
+
+def _later_keys(b: pa.RecordBatch, ok: np.ndarray) -> list[tuple[int, dict]]:
+    """(row, {key: rank_ms or None}) of the accepted tensor-parallel columnar steps: the keys they have (the
+    ``absent`` bits) and their rank_ms, without decoding them (the CSV's first pass)."""
+    is_step = A.codes_in(b.column("type"), [_STEP]) == 0
+    rows = np.flatnonzero(is_step & A.null(b.column("json")) & C.later_rows(b) & ok)
+    if not len(rows):
+        return []
+    absent = A.ints(b.column("absent"), 0)[rows].tolist()
+    ranks = b.column("rank_ms").take(A.indices(rows)).to_pylist()
+    bits = [(1 << C.STEP_KEYS.index(k), k) for k in C.TP_STEP_KEYS]
+    return [(r, {k: (rk if k == "rank_ms" else None) for bit, k in bits if not m & bit})
+            for r, m, rk in zip(rows.tolist(), absent, ranks)]
 
 
 def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> int:
     """The CSV of a compact trace (``bad``: the rows to leave out, per row); returns the step rows written.
-    Two passes: the first reads only ``type`` and ``json`` (the JSON steps' extra fields and ranks)."""
+    Two passes: the first reads only ``type``, ``json`` and the tensor-parallel columns (the extra fields and
+    ranks of the steps that take the record path)."""
     extra: dict[str, None] = {}
     ranks = 0
     base = 0
-    for b in trace.batches(["type", "json"], dictionary=True):
-        for _, rec in json_steps(b, ~bad[base:base + b.num_rows]):
+    for b in trace.batches(["type", "json", "absent", *C.TP_STEP_KEYS], dictionary=True):
+        ok = ~bad[base:base + b.num_rows]
+        js = [(r, rec) for r, rec in json_steps(b.select(["type", "json"]), ok)]
+        for _, rec in sorted(js + _later_keys(b, ok), key=lambda x: x[0]):
             extra.update((k, None) for k in rec if k != "type" and k not in header_cols and k != "rank_ms")
             if isinstance(rec.get("rank_ms"), list):
                 ranks = max(ranks, len(rec["rank_ms"]))
@@ -179,7 +202,7 @@ def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> in
         ok = ~bad[base:base + n]
         base += n
         is_step = A.codes_in(b.column("type"), [_STEP]) == 0
-        vec = np.flatnonzero(is_step & A.null(b.column("json")) & ok)
+        vec = np.flatnonzero(is_step & A.null(b.column("json")) & ~C.later_rows(b) & ok)
         special = json_steps(b, ok)
         lines = step_lines(b, vec, columns) if len(vec) else None
         written += len(vec) + len(special)

@@ -105,6 +105,11 @@ def _fine(c: _Cols) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         for k in ("target", "bucket"):
             ok &= n[k] | ((v[k] >= 1) & (v[k] >= rows))
         ok &= n["padded"] | (v["padded"] == want)
+        for k in ("skew_ms", "plan_us"):   # tensor parallelism's (all null in a one-GPU trace)
+            if not _all_null(b.column(k)):
+                ok &= _nonneg(c.floats(k), c.null(k))
+        if not _all_null(b.column("rank_ms")):
+            ok &= _ranks_fine(b.column("rank_ms"))
         fine |= step & ok
     for rows, checks in ((sample, _SAMPLE_CHECKS), (prefill, _PREFILL_CHECKS)):   # on their rows only
         idx = np.flatnonzero(rows)
@@ -123,6 +128,19 @@ def _fine(c: _Cols) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             ok &= good
         fine[idx[ok]] = True
     return step, sample, prefill, fine
+
+
+def _all_null(col) -> bool:
+    return col.null_count == len(col)
+
+
+def _ranks_fine(col) -> np.ndarray:
+    """Per row: rank_ms null, or each of its items null or finite and >= 0 (records.check_step)."""
+    off, vals, vnull = A.list_floats(col)
+    with np.errstate(invalid="ignore"):
+        bad = ~vnull & ~(np.isfinite(vals) & (vals >= 0))
+    cum = np.concatenate([[0], np.cumsum(bad)])
+    return cum[off[1:]] == cum[off[:-1]]
 
 
 def _decode_rows(b: pa.RecordBatch, rows: np.ndarray) -> list[dict]:
@@ -351,7 +369,7 @@ def _step_columns(c: _Cols, vec_steps: np.ndarray) -> dict:
     idx = np.flatnonzero(vec_steps)
     batch = c.ints("batch")[idx]
     reason, reasons = A.codes(b.column("reason"))
-    return {
+    out = {
         "row": idx, "t": c.ints("t_us")[idx] / 1e6, "batch": batch,
         "rows": np.where(c.null("rows")[idx], batch, c.ints("rows")[idx]),
         "target": c.ints("target")[idx], "bucket": c.ints("bucket")[idx],
@@ -361,6 +379,13 @@ def _step_columns(c: _Cols, vec_steps: np.ndarray) -> dict:
         "reason": reason[idx], "reasons": reasons,
         "host_us": c.floats("host_us")[idx], "gpu_ms": c.floats("gpu_ms")[idx], "gap_us": c.floats("gap_us")[idx],
     }
+    rk = b.column("rank_ms")
+    if not _all_null(rk):   # tensor parallelism: each step's rank_ms (NaN past its end; length -1: null)
+        off, vals, _ = A.list_floats(rk)
+        out["rank_ms"], lens = A.gather_lists(off, vals, idx)
+        out["rank_len"] = np.where(c.null("rank_ms")[idx], -1, lens)
+        out["skew_ms"] = c.floats("skew_ms")[idx]
+    return out
 
 
 def _add_steps(stats: RunStats, cols: dict, a: int, z: int, kept: dict | None = None) -> None:
@@ -369,6 +394,9 @@ def _add_steps(stats: RunStats, cols: dict, a: int, z: int, kept: dict | None = 
     if hi > lo:
         sel = {k: (v if k == "reasons" else v[lo:hi]) for k, v in cols.items() if k != "row"}
         stats.add_steps(sel)
+        if "rank_ms" in sel:   # RunStats.add: ranks.add_step for a step with rank_ms
+            has = sel["rank_len"] >= 0
+            stats.ranks.add_steps(sel["rank_ms"][has], sel["rank_len"][has], sel["skew_ms"][has])
         if kept is not None:   # int32: batch sizes and buckets fit, at half the memory (recommend on 10M steps)
             kept["batch"].append(sel["batch"].astype(np.int32))
             kept["bucket"].append(sel["bucket"].astype(np.int32))
@@ -385,6 +413,13 @@ def _add_samples(stats: RunStats, c: _Cols, mask: np.ndarray) -> None:
     if len(u):
         stats.util_sum = float(np.add.accumulate(np.concatenate([[stats.util_sum], u.astype(np.float64)]))[-1])
         stats.util_n += len(u)
+    g = b.column("gpus")
+    if not _all_null(g):   # tensor parallelism: each GPU's NVML numbers
+        rows = idx[~A.null_at(g, idx)]
+        items = A.list_items(A.list_offsets(g), rows)
+        gpu, util, mem = (g.values.field(k) for k in ("gpu", "gpu_util", "mem_used_bytes"))
+        stats.ranks.add_samples(A.raw(gpu, np.int64)[items], ~A.null_at(gpu, items), A.floats_at(util, items),
+                                A.raw(mem, np.int64)[items], ~A.null_at(mem, items))
     stats._seen(float(c.ints("t_us")[idx].max() / 1e6))
 
 

@@ -120,7 +120,9 @@ def _take(cols: dict, idx) -> dict:
 
 def _columns(b, newest: float) -> dict:
     """One batch's rows: the sort key, whether a columnar step, its values; every other row decoded."""
-    code = np.where(A.null(b.column("json")), A.codes_in(b.column("type"), [R.STEP, R.SAMPLE, R.PREFILL]), -1)
+    # rows kept as JSON, and tensor-parallel steps and samples (per-rank tracks), go through the record path
+    code = np.where(A.null(b.column("json")) & ~C.later_rows(b),
+                    A.codes_in(b.column("type"), [R.STEP, R.SAMPLE, R.PREFILL]), -1)
     is_step = code == 0
     out = {"key": _t_keys(_row_t(b), newest), "step": is_step, "t_us": A.ints(b.column("t_us"), 0), "code": code}
     for k in _INTS:
@@ -134,7 +136,7 @@ def _columns(b, newest: float) -> dict:
     other = np.flatnonzero(~is_step)
     if len(other):
         js = b.column("json")
-        col = [r for r in other.tolist() if not js[r].is_valid]   # samples and prefills
+        col = [r for r in other.tolist() if not js[r].is_valid]   # samples, prefills, tensor-parallel steps
         dec = dict(zip(col, C.decode(b.take(A.indices(np.array(col, dtype=np.int64)))))) if col else {}
         for r in other.tolist():
             rec[r] = dec[r] if r in dec else C._decode_json(js[r].as_py())

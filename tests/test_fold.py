@@ -94,14 +94,27 @@ def synthetic(seed: int, n: int = 3000, bad: bool = True, tp: bool = False) -> l
                 rec.pop(k, None)
             rec["padded"] = 0 if bucket is None else bucket - batch
             rec["target"] = next((s for s in sizes if s >= batch), None)
-        if tp:                          # tensor parallel: per-rank times (these steps go as JSON rows)
-            ms = [None if gpu is None else round(gpu + rnd.uniform(0, 0.2), 4) for _ in range(2)]
-            rec.update(rank_ms=ms, skew_ms=None if None in ms else round(max(ms) - min(ms), 4),
-                       plan_us=round(rnd.uniform(5, 50), 2))
+        if tp:                          # tensor parallel: per-rank times (columns since table 2)
+            ms = [None if gpu is None or rnd.random() < 0.05 else round(gpu + rnd.uniform(0, 0.2), 4)
+                  for _ in range(2 if rnd.random() < 0.97 else rnd.choice([0, 1, 3]))]   # a few odd lengths
+            skew = None if None in ms or not ms else round(max(ms) - min(ms), 4)
+            if rnd.random() < 0.03:       # rank_ms before plan_us, or no plan_us: other key orders and sets
+                rec.update(rank_ms=ms, skew_ms=skew, **({"plan_us": 9.5} if rnd.random() < 0.5 else {}))
+            elif rnd.random() < 0.02:
+                rec.update(plan_us=1.0, rank_ms=None, skew_ms=None)
+            else:
+                rec.update(plan_us=round(rnd.uniform(5, 50), 2), rank_ms=ms, skew_ms=skew)
         out.append(rec)
         if rnd.random() < 0.1:
             out.append({"type": "sample", "t": t, "gpu_util": rnd.choice([None, rnd.randint(0, 100)]),
                         "power_w": round(rnd.uniform(100, 400), 3), "gpu_busy": None})
+            if tp:                      # per-GPU NVML numbers (measure/sampler.py); a few not in column form
+                out[-1]["gpus"] = [{"gpu": g, "gpu_util": rnd.choice([None, rnd.randint(0, 100)]), "mem_util": 3,
+                                    "mem_used_bytes": rnd.choice([None, rnd.randint(1, 1 << 40)]),
+                                    "mem_total_bytes": 1 << 40, "power_w": rnd.choice([None, 300.5]),
+                                    "sm_clock_mhz": 1980} for g in range(2)]
+                if rnd.random() < 0.1:
+                    out[-1]["gpus"][1] = {"gpu": 1, "gpu_util": 40}
         if rnd.random() < 0.1:
             p = {"type": "prefill", "t": t, "i": i, "requests": 2, "tokens": rnd.randint(1, 300), "host_ms": 1.5}
             if rnd.random() < 0.3:
@@ -114,7 +127,7 @@ def synthetic(seed: int, n: int = 3000, bad: bool = True, tp: bool = False) -> l
         steps = [k for k, r in enumerate(out) if r["type"] == "step"]
         for k in rnd.sample(steps, 40):
             r = dict(out[k])
-            what = rnd.randrange(8)
+            what = rnd.randrange(11 if tp else 8)
             if what == 0:
                 out.append(r)                                        # a duplicate, later
             elif what == 1:
@@ -132,6 +145,12 @@ def synthetic(seed: int, n: int = 3000, bad: bool = True, tp: bool = False) -> l
                 r["padded"] = r["padded"] + 1
             elif what == 7:
                 del r["tokens"]
+            elif what == 8 and r.get("rank_ms"):
+                r["rank_ms"] = [-1.0] + r["rank_ms"][1:]                 # a negative rank time
+            elif what == 9:
+                r["skew_ms"] = float("inf")
+            elif what == 10:
+                r["plan_us"] = -2.0
             out[k] = r if what else out[k]
         out.insert(len(out) // 2, {"type": "sample", "t": -1.0, "gpu_util": 5})
         out.insert(len(out) // 2, {"type": "prefill", "t": 3.0, "i": 5, "requests": -1, "tokens": 1, "host_ms": 1.0})
