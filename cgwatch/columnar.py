@@ -5,10 +5,11 @@ One row per record after the header, in file order. Steps, samples and prefills 
 as integer µs in ``t_us``; every other number as it was: int32/int64 for integers, float64 for floats,
 so nothing is rounded); any other record, and any step/sample/prefill whose fields do not fit the columns
 exactly (an unknown field, a string where a number goes, an int ``t``, a ``t`` that is not whole µs, ...),
-is kept whole as JSON in the ``json`` column. Tensor-parallel fields have columns too (table 2): a step's
-``rank_ms`` (list<float64>, null items), ``skew_ms`` and ``plan_us``; a sample's ``gpus`` (list<struct>). ``absent`` says which of the type's fields the record did
-not have (bit k: the k-th key of its type's key list), so null and missing stay apart. Decoding a row gives
-back the same dict (==) as the JSON line it came from: the round trip is lossless.
+is kept whole as JSON in the ``json`` column. The tensor-parallel fields have columns since table 2: a step's
+``rank_ms`` (list<float64>, null items), ``skew_ms`` and ``plan_us``; a sample's ``gpus`` (list<struct>).
+``absent`` says which of the type's fields the record did not have (bit k: the k-th key of its type's key
+list), so null and missing stay apart. Decoding a row gives back the same dict (==) as the JSON line it came
+from: the round trip is lossless. A file of an older table layout reads as this one (``upgrade``).
 
 The header, the format, the table layout's version and the part number are in the schema metadata
 (``cgwatch``: JSON). On disk: an Arrow IPC stream (zstd) while recording and for any name but
@@ -88,9 +89,11 @@ def _fits(typ: str, rec: dict) -> int | None:
     for k in rec:
         if k != "type" and k not in keyset:
             return None
-    later = _LATER.get(typ)
-    if later and any(k in rec for k in later) and not _in_order(typ, rec):
-        return None
+    for k in _LATER.get(typ, ()):   # a later layout's key: the record's keys must be in KEYS order
+        if k in rec:
+            if not _in_order(typ, rec):
+                return None
+            break
     mask = 0
     for bit, k in enumerate(KEYS[typ]):
         if k not in rec:

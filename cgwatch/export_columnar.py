@@ -3,8 +3,8 @@
 A columnar step row becomes a CSV line without a dict: each column's distinct values are formatted once, as
 the csv module writes them (``str`` of an int, ``repr`` of a float, a string quoted where it must be; null,
 NaN and infinity empty), the rows' cells are joined by pyarrow (binary_join_element_wise), and the lines
-are written a batch at a time. Steps kept as JSON (tensor-parallel steps, odd fields) go through the record
-path's own formatting (export.csv_cells) at their place. Only the rows the shared validation accepts are
+are written a batch at a time. Steps kept as JSON (odd fields) and tensor-parallel steps (decoded from their
+columns) go through the record path's own formatting (export.csv_cells) at their place. Only the rows the shared validation accepts are
 written (fold.screen: the same rows records.screen accepts).
 """
 
@@ -187,7 +187,7 @@ def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> in
     base = 0
     for b in trace.batches(["type", "json", "absent", *C.TP_STEP_KEYS], dictionary=True):
         ok = ~bad[base:base + b.num_rows]
-        js = [(r, rec) for r, rec in json_steps(b.select(["type", "json"]), ok)]
+        js = json_steps(b.select(["type", "json"]), ok)
         for _, rec in sorted(js + _later_keys(b, ok), key=lambda x: x[0]):
             extra.update((k, None) for k in rec if k != "type" and k not in header_cols and k != "rank_ms")
             if isinstance(rec.get("rank_ms"), list):

@@ -9,7 +9,8 @@ starts depends on the one before: the host and GPU tracks' ends) and writes ever
 step; the columnar steps' events are then built by column (``_step_text``: pyarrow joins of each field's
 text), the very text json.dumps gives the record path's events (the same keys in the same order, ``str`` of
 the same ints, ``repr`` of the same floats). Samples and prefills are written by ``sample_events`` and
-``prefill_events`` (f-strings, no json.dumps); events and the steps kept as JSON go through the writer. A
+``prefill_events`` (f-strings, no json.dumps); events, the steps kept as JSON and the tensor-parallel steps
+and samples (decoded from their columns: per-rank and per-GPU tracks) go through the writer. A
 trace with a record later than the window takes the record path (export.py).
 """
 from __future__ import annotations

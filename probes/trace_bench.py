@@ -4,6 +4,7 @@ convert time and peak memory (each in a child process), replay open and seek, an
 
     python probes/trace_bench.py --steps 1000000,10000000 --out /tmp/tb       # all of it (minutes)
     python probes/trace_bench.py --steps 100000 --only size,report            # a quick look
+    python probes/trace_bench.py --steps 1000000 --ranks 2 --only report      # a tensor-parallel trace
 
 The synthetic run looks like the samples: ~150 steps/s of a llama-1b-like decode loop, batches from a
 slowly moving Poisson mix (1..70: a few over the largest size), graphs for 7 sizes, a recapture to 11 sizes
@@ -146,14 +147,37 @@ def _table(data: dict, n: int) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=C.SCHEMA)
 
 
-def write_compact(path: str, steps: int) -> int:
-    """The synthetic trace as a compact file (rows in t order); returns its rows."""
+def with_ranks(recs: list[dict], ranks: int, rng) -> list[dict]:
+    """The records as a tensor-parallel run of ``ranks`` writes them (engine/rank_merge.py, measure/sampler.py):
+    steps get plan_us, rank_ms (rank 0's gpu_ms, the others a little off) and skew_ms; samples get gpus."""
+    for rec in recs:
+        if rec["type"] == "step":
+            ms = [rec["gpu_ms"]] + [round(rec["gpu_ms"] + abs(float(x)), 4) for x in rng.normal(0, 0.02, ranks - 1)]
+            rec["plan_us"] = round(float(rng.lognormal(np.log(25), 0.2)), 2)
+            rec["rank_ms"] = ms
+            rec["skew_ms"] = round(max(ms) - min(ms), 4)
+        elif rec["type"] == "sample":
+            rec["gpus"] = [{"gpu": g, "gpu_util": rec["gpu_util"] - g, "mem_util": rec["mem_util"],
+                            "mem_used_bytes": rec["mem_used_bytes"] + g * 4096, "mem_total_bytes": rec["mem_total_bytes"],
+                            "power_w": rec["power_w"], "sm_clock_mhz": rec["sm_clock_mhz"]} for g in range(ranks)]
+    return recs
+
+
+def write_compact(path: str, steps: int, ranks: int = 1) -> int:
+    """The synthetic trace as a compact file (rows in t order); returns its rows. ``ranks`` > 1: with the
+    tensor-parallel fields (encoded from records: as columns, or as JSON where the table has none)."""
     end_t = [0.0]
+    rng = np.random.default_rng(1)
 
     def batches():
         for cols, others in synth(steps):
             t = pa.concat_tables([step_batch(cols), pa.Table.from_batches([C.encode(others)])])
-            yield from t.take(pc_fill_t(t)).to_batches()
+            t = t.take(pc_fill_t(t))
+            if ranks > 1:
+                for b in t.to_batches(max_chunksize=C.COMPACT_ROWS):
+                    yield C.encode(with_ranks(C.decode(b), ranks, rng))
+            else:
+                yield from t.to_batches()
             end_t[0] = float(cols["t_us"][-1] / 1e6 + 0.01)
         yield [{"type": "end", "t": round(end_t[0], 6), "steps": steps, "tokens": 0, "duration_s": end_t[0],
                 "outcome": "completed"}]
@@ -303,6 +327,7 @@ def main() -> int:
     ap.add_argument("--steps", default="1000000")
     ap.add_argument("--out", default="/tmp/trace_bench")
     ap.add_argument("--only", default="size,write,journal,report,recommend,export,convert,replay,kill")
+    ap.add_argument("--ranks", type=int, default=1, help="a tensor-parallel trace of this many ranks")
     a = ap.parse_args()
     only = set(a.only.split(","))
     import compileall   # the children run with .pyc files, as an installed cgwatch does
@@ -323,12 +348,13 @@ def main() -> int:
         res["sigkill"] = sigkill_loss()
         print("SIGKILL:", res["sigkill"], flush=True)
     for steps in map(int, a.steps.split(",")):
-        pq_path = f"{a.out}/synth_{steps}.parquet"
-        ipc_path = f"{a.out}/synth_{steps}.arrows"
-        r: dict = {}
+        tag = f"{steps}" if a.ranks == 1 else f"{steps}_r{a.ranks}"
+        pq_path = f"{a.out}/synth_{tag}.parquet"
+        ipc_path = f"{a.out}/synth_{tag}.arrows"
+        r: dict = {"ranks": a.ranks, "table": C.TABLE_VERSION}
         if not os.path.exists(pq_path):
             t0 = time.perf_counter()
-            write_compact(pq_path, steps)
+            write_compact(pq_path, steps, a.ranks)
             print(f"{steps:,} steps synthesized in {time.perf_counter() - t0:.1f} s", flush=True)
         if not os.path.exists(ipc_path):
             subprocess.run(cg("convert", pq_path, ipc_path), check=True, capture_output=True)
@@ -343,7 +369,7 @@ def main() -> int:
             r["export_csv"] = child(cg("export", pq_path, "--format", "csv", "-o", f"{a.out}/x.csv"))
             r["export_perfetto"] = child(cg("export", pq_path, "--format", "perfetto", "-o", f"{a.out}/x.json"))
         if "convert" in only and steps <= 1_000_000:
-            jl = f"{a.out}/synth_{steps}.jsonl"
+            jl = f"{a.out}/synth_{tag}.jsonl"
             r["convert_to_jsonl"] = child(cg("convert", pq_path, jl))
             r["jsonl_bytes_per_step"] = os.path.getsize(jl) / steps
             r["report_jsonl"] = child(cg("report", jl))
@@ -351,7 +377,7 @@ def main() -> int:
         if "replay" in only:
             r["replay"] = replay_times(pq_path)
             r["replay_arrows"] = replay_times(ipc_path)
-        res[str(steps)] = r
+        res[tag] = r
         print(steps, json.dumps(r), flush=True)
     with open(f"{a.out}/results.json", "w") as f:
         json.dump(res, f, indent=1)
