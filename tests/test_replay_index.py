@@ -67,3 +67,35 @@ def test_next_mark_in_a_parquet_trace(tmp_path):
     s.send("next", "mark")
     assert abs(s.pos - 35.513) < 0.01      # the sample's one mark (README)
     s.close()
+
+
+@pytest.mark.parametrize("kind", ["parquet", "arrows", "table1.arrows"])
+def test_tensor_parallel_seeks_give_the_jsonl_replays_view(kind, tmp_path, monkeypatch):
+    """A TP trace's rank_ms and gpus columns (a table-1 file: as JSON rows) fold into the view's per-rank rows
+    as the JSON Lines replay folds them."""
+    from test_fold import synthetic
+    from test_trace_format_tp import _as_table_1, _jsonl
+    monkeypatch.setattr(RI, "CHECKPOINT_ROWS", 700)
+    monkeypatch.setattr(RP, "SNAPSHOT_ROWS", 500)
+    monkeypatch.setattr(RI, "SNAPSHOT_ROWS", 300)
+    jl = _jsonl(tmp_path / "tp.jsonl", synthetic(3, n=3000, bad=False, tp=True))
+    out = str(tmp_path / f"t.{kind}")
+    if kind.startswith("table1"):
+        _as_table_1(jl, out)
+    else:
+        convert(jl, out)
+
+    def view(path, seeks):
+        st = ViewState()
+        s = ReplaySource(path, clock=lambda: 0.0, start_paused=True)
+        s.start(st.fold, lambda _: None)
+        if s._index is not None:
+            s._index._thread.join()
+        for target in seeks:
+            s.send("seek", target - s.pos)
+        got = (st.totals(), st.bucket_rows(), st.steps, st.rank_rows())
+        s.close()
+        return got
+    for seeks in ([1e9], [4.0], [6.0, 2.0], [0.3]):
+        a, b = view(out, seeks), view(jl, seeks)
+        assert a == b and (a[3] or seeks == [0.3])
