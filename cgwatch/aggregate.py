@@ -147,6 +147,14 @@ def _sorted(values):
     return sorted(values)
 
 
+def _extend(values, v) -> None:
+    """values (array('d') or deque) += a float64 numpy array, in order."""
+    if isinstance(values, array):
+        values.frombytes(v.astype("float64").tobytes())
+    else:
+        values.extend(v.tolist())
+
+
 def pct(num: float, den: float) -> float | None:
     return 100.0 * num / den if den else None
 
@@ -501,7 +509,7 @@ class RankStats:
             self.steps[r] += len(v)
             self.ms_sum[r] = _seq_sum(self.ms_sum[r], v)
             if self.window != 0:
-                self.ms[r].extend(v.tolist())
+                _extend(self.ms[r], v)
         some = have.any(axis=1)
         complete = some & (have.sum(axis=1) == lens)
         if complete.any():
@@ -514,7 +522,7 @@ class RankStats:
             self.skew_n += len(s)
             self.skew_sum = _seq_sum(self.skew_sum, s)
             if self.window != 0:
-                self.skew.extend(s.tolist())
+                _extend(self.skew, s)
 
     def add_samples(self, gpu, gpu_ok, util, mem, mem_ok) -> None:
         """``add_sample`` on many samples' ``gpus`` items at once, flattened in order: ``gpu`` (``gpu_ok``:
@@ -537,7 +545,7 @@ class RankStats:
         """One dict a rank (rank 0 first); empty when the run had one rank."""
         out = []
         for r in range(self.size if self.size > 1 else 0):
-            vals = sorted(self.ms.get(r) or ())
+            vals = _sorted(self.ms.get(r))
             util = self.util.get(r)
             pool = self.pool[r] if self.pool and r < len(self.pool) else None
             caps = {b: rows[r] for b, rows in self.captures.items() if r in rows}
@@ -593,7 +601,7 @@ class RankStats:
         return out
 
     def totals(self) -> dict:
-        vals = sorted(self.skew) if self.skew is not None else []
+        vals = _sorted(self.skew)
         return {"skew_p50_ms": percentile(vals, 50), "skew_p99_ms": percentile(vals, 99), "skew_n": self.skew_n,
                 "skew_mean_ms": self.skew_sum / self.skew_n if self.skew_n else None}
 
