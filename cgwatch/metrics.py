@@ -57,6 +57,8 @@ _SAMPLE_GAUGES = {
 _PLAIN_HELP = {
     "cgwatch_graph_pool_bytes": "Graph memory of the last capture round (shared pool), bytes; 0 with no CUDA",
     "cgwatch_mode_graph": "1 in graph mode, 0 in eager mode",
+    "cgwatch_kernels_fused": "1 when the decode step runs cgwatch's fused Triton kernels, 0 the plain PyTorch ones "
+                             "(cgwatch's engine only)",
     **{name: help_ for name, _, help_ in _SAMPLE_GAUGES.values()},
 }
 _BUCKET_HELP = {
@@ -133,6 +135,7 @@ class Metrics:
         self.plain: dict[str, float] = {}   # gauges, present once measured
         self.by_gpu: dict[str, dict[str, float]] = {name: {} for name, _, _ in _GPU_GAUGES.values()}
         self.by_bucket: dict[str, dict[str, float]] = {name: {} for name in _BUCKET_HELP}
+        self._kernels((header or {}).get("kernels"))
         self.registry.register(self)
         self._server = None
         self._lock = threading.Lock()
@@ -184,6 +187,12 @@ class Metrics:
             self.plain["cgwatch_graph_pool_bytes"] = 0
         elif kind in (R.EV_STATE, R.EV_MODE) and rec.get("mode") in ("graph", "eager"):
             self.plain["cgwatch_mode_graph"] = 1 if rec["mode"] == "graph" else 0
+        if kind == R.EV_STATE:
+            self._kernels(rec.get("kernels"))
+
+    def _kernels(self, kind) -> None:
+        if kind in ("fused", "plain"):
+            self.plain["cgwatch_kernels_fused"] = 1 if kind == "fused" else 0
 
     # -- the collector (prometheus_client calls these) ---------------------------------------
     def describe(self):

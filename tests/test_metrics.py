@@ -106,6 +106,12 @@ def test_gauges_hold_the_last_measurement_and_none_changes_nothing(metrics):
     assert value(m, "cgwatch_gpu_busy_ratio") == 0.5
     assert value(m, "cgwatch_process_cpu_ratio") == 1.5
     assert value(m, "cgwatch_mode_graph") == 0
+    assert value(m, "cgwatch_kernels_fused") is None            # never said (a vLLM run, an old trace)
+    m(R.event(R.EV_STATE, 2.5, mode="eager", kernels="fused"))
+    assert value(m, "cgwatch_kernels_fused") == 1
+    m(R.event(R.EV_STATE, 2.6, mode="eager", kernels="plain"))
+    assert value(m, "cgwatch_kernels_fused") == 0
+    assert value(Metrics(header={"kernels": "fused", "model": {"name": "tiny"}}), "cgwatch_kernels_fused") == 1
     m(R.event(R.EV_RELEASE, 3.0, freed_bytes=8192))   # graphs released: their numbers go with them
     assert value(m, "cgwatch_bucket_graph_bytes", bucket="8") is None
     assert value(m, "cgwatch_graph_pool_bytes") == 0

@@ -212,6 +212,15 @@ def test_two_ranks_equal_one_rank_on_a_local_checkpoint(hf_checkpoint):
     assert t1 and t2 == t1
 
 
+def test_two_ranks_with_fused_kernels_equal_one_rank_plain(hf_checkpoint, triton_interpret):
+    """The fused kernels on each rank's share of the heads (Triton's interpreter on the CPU), the
+    all-reduces between them: the greedy tokens of one plain rank (fp32)."""
+    _, t1, _ = _run(_cfg(1, model=hf_checkpoint, kernels="plain"), 10)
+    r2, t2, _ = _run(_cfg(2, model=hf_checkpoint, kernels="fused"), 10)
+    assert t1 and t2 == t1
+    assert [r["kernels"] for r in r2 if r.get("kind") == "state"][0] == "fused"
+
+
 def test_bad_tensor_parallel_settings_are_one_line_errors(tmp_path):
     with pytest.raises(CgwatchError, match="not divisible by 3"):
         Engine(_cfg(3), lambda r: None)

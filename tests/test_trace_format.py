@@ -238,8 +238,8 @@ def test_rotation_by_size_loses_no_record(tmp_path, name):
         if k % 200 == 0 and not name.endswith(".jsonl"):
             w._part.flush()            # as the 0.25 s clock would: the size grows as batches land
     w.close({"steps": 4000})
-    if not name.endswith(".jsonl"):   # the estimate learnt from the compacted parts
-        assert w.ratio != FIRST_RATIO[name.endswith(".parquet")] and 0 < w.ratio < 1
+    if not name.endswith(".jsonl"):   # the estimate learnt from the compacted parts (parts this small can
+        assert w.ratio != FIRST_RATIO[name.endswith(".parquet")] and w.ratio > 0   # grow: pyarrow 15, 1.13)
     parts = sorted(glob.glob(str(tmp_path / "run.*")))
     assert 3 <= len(parts) < 200 and parts == [part_path(str(path), k) for k in range(len(parts))]   # the header
     # does not count toward a part's size: a part never holds just one record
