@@ -393,6 +393,8 @@ class Reader:
                     self._pf_dict = pq.ParquetFile(self.path, read_dictionary=list(_DICT_READ))
                 pf = self._pf_dict
             have = None if columns is None or not self.old else [c for c in columns if c in pf.schema_arrow.names]
+            if have is not None and "absent" in have and "type" not in have:
+                have.append("type")   # upgrade sets absent's new bits by type
             for k in range(pf.num_row_groups):
                 try:
                     t = pf.read_row_group(k, columns=have if self.old else columns)
