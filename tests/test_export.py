@@ -17,7 +17,7 @@ from cgwatch.samples import sample_path
 from cgwatch.trace import TraceWriter, read_trace
 
 SAMPLES = ["llama1b_poisson_h100.jsonl", "llama1b_live_h100.jsonl", "bench_llama1b_h100.jsonl", "bench_tiny_h100.jsonl",
-           "llama1b_fixed8_gap_h100.jsonl"]
+           "llama1b_fixed8_gap_h100.jsonl", "bench_llama1b_fused_h200.jsonl"]
 EPS = 1e-6   # µs: float noise in ts + dur, far below the trace's 1 µs resolution
 META_NAMES = {"process_name", "thread_name", "thread_sort_index", "process_sort_index"}
 
