@@ -17,7 +17,7 @@ from cgwatch.samples import sample_path
 from cgwatch.trace import TraceWriter, read_trace
 
 SAMPLES = ["llama1b_poisson_h100.jsonl", "llama1b_live_h100.jsonl", "bench_llama1b_h100.jsonl", "bench_tiny_h100.jsonl",
-           "llama1b_fixed8_gap_h100.jsonl"]
+           "llama1b_fixed8_gap_h100.jsonl", "bench_llama1b_fused_h200.jsonl"]
 EPS = 1e-6   # µs: float noise in ts + dur, far below the trace's 1 µs resolution
 META_NAMES = {"process_name", "thread_name", "thread_sort_index", "process_sort_index"}
 
@@ -288,12 +288,11 @@ def test_csv_has_one_row_per_step_with_the_trace_values(name, tmp_path, capsys):
                                              "prompt_tokens"]
     assert len(rows) == len(steps) + 1
     for row, step in zip(rows[1:], steps):
-        # the samples predate rows / runtime_mode / phase / prompt_tokens: filled with their old meaning
-        assert "rows" not in step and "runtime_mode" not in step
+        # the H100 samples predate rows / runtime_mode / phase / prompt_tokens: filled with their old meaning
         derived = {"rows": step["batch"], "runtime_mode": "NONE" if step["bucket"] is None else "FULL",
                    "phase": "decode", "prompt_tokens": 0}
         for col, cell in zip(rows[0], row):
-            v = derived[col] if col in derived else step.get(col)   # gap_us in traces before it: an empty cell
+            v = step[col] if col in step else derived.get(col)   # gap_us in traces before it: an empty cell
             if v is None:
                 assert cell == ""
             elif isinstance(v, str):

@@ -18,6 +18,7 @@ SAMPLES = {
     "bench_llama1b_h100": "H100, cgwatch bench of llama-1b at batch 1..64 (eager, graph, torch.compile)",
     "bench_tiny_h100": "H100, cgwatch bench of the tiny preset at batch 1..64 (eager, graph, torch.compile)",
     "vllm026_llama1b_poisson_h200": "H200, vLLM 0.26.0, llama-1b shapes, Poisson traffic with a toggle and a recapture",
+    "bench_llama1b_fused_h200": "H200, cgwatch bench of llama-1b at batch 1..64 with the fused Triton kernels",
 }
 
 
