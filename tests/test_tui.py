@@ -541,13 +541,17 @@ async def test_replay_next_mark_and_alert():
         assert rows["56"][8] == "56.0" and rows["24"][-1] == "ok"
 
 
-async def test_replay_next_alert_on_a_generated_trace(tmp_path):
-    path = tmp_path / "synthetic.jsonl"
-    recs = synthetic_run()
+def _write_trace(path, recs) -> None:
+    """A trace file of ``recs`` (a header first), ended as completed at t = 4 s."""
     w = TraceWriter(path, {k: v for k, v in recs[0].items() if k not in ("type", "format", "version")})
     for rec in recs[1:]:
         w.write(rec)
     w.close({"t": 4.0, "outcome": "completed"})
+
+
+async def test_replay_next_alert_on_a_generated_trace(tmp_path):
+    path = tmp_path / "synthetic.jsonl"
+    _write_trace(path, synthetic_run())
     app, src, clock = _replay(path, start_paused=True)
     async with app.run_test(size=SIZE) as pilot:
         header, table, log = _widgets(app)
@@ -564,11 +568,7 @@ async def test_replay_next_alert_on_a_generated_trace(tmp_path):
 
 async def test_replay_shows_the_kernels_and_refuses_k(tmp_path):
     path = tmp_path / "kernels.jsonl"
-    recs = kernels_run()
-    w = TraceWriter(path, {k: v for k, v in recs[0].items() if k not in ("type", "format", "version")})
-    for rec in recs[1:]:
-        w.write(rec)
-    w.close({"t": 4.0, "outcome": "completed"})
+    _write_trace(path, kernels_run())
     app, src, clock = _replay(path, start_paused=True)
     async with app.run_test(size=SIZE) as pilot:
         header, table, log = _widgets(app)
