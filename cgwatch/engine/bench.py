@@ -43,10 +43,11 @@ from typing import Callable
 import torch
 
 from cgwatch import records as R
+from cgwatch.engine import kernels as K
+from cgwatch.engine.bench_base import BenchBase, latency_stats
 from cgwatch.engine.control import Command
 from cgwatch.engine.loop import Engine, EngineConfig
 from cgwatch.errors import CgwatchError
-from cgwatch.engine.bench_base import BenchBase, latency_stats
 from cgwatch.measure import graph_stats
 from cgwatch.measure.bandwidth import copy_bandwidth
 from cgwatch.workload import StepPlan, WorkloadSpec
@@ -136,7 +137,6 @@ class Bench(BenchBase):
         self.engine = eng = Engine(ecfg, tap)
         eng.workload = self.slots = FixedSlots(self.max_batch)
         self.cuda = eng.cuda
-        from cgwatch.engine import kernels as K
         self.kernels_why = K.unavailable(eng.device, eng.dtype) if "fused" in cfg.kernels else None
         self.kinds = [k for k in dict.fromkeys(cfg.kernels) if k == "plain" or not self.kernels_why]
         if not self.kinds:

@@ -24,11 +24,11 @@ from typing import Callable
 import torch
 
 from cgwatch import records as R
+from cgwatch.engine import kernels as K
 from cgwatch.engine import ranks as RK
 from cgwatch.engine.base import EngineBase
 from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, Dispatch, DispatchTable, check_ratio, effective_sizes
 from cgwatch.engine.control import Command, CommandTaker, Limits
-from cgwatch.engine import kernels as K
 from cgwatch.engine.graphs import BucketGraph, GraphManager
 from cgwatch.engine.load import load_model, model_args
 from cgwatch.engine.rank_merge import RankMerge

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cgwatch.engine import kernels as K
+
 
 @dataclass(frozen=True)
 class ModelArgs:
@@ -170,7 +172,6 @@ class Attention(nn.Module):
 
     def decode_fused(self, x, rope_cos, rope_sin, slot_ids, pos):
         """decode() through the fused kernels. x [B, dim]; rope tables [max_seq, hd] float32."""
-        from cgwatch.engine import kernels as K
         cache = self.cache
         q = K.rope_to_cache(self.qkv_proj(x), rope_cos, rope_sin, pos, slot_ids, cache.k, cache.v,
                             self.n_heads, self.n_kv_heads, self.head_dim)
@@ -190,7 +191,6 @@ class MLP(nn.Module):
         return all_reduce(self.down_proj(F.silu(gate) * up), self.group)
 
     def forward_fused(self, x):
-        from cgwatch.engine import kernels as K
         return all_reduce(self.down_proj(K.silu_mul(self.gate_up_proj(x))), self.group)
 
 
@@ -257,7 +257,6 @@ class Transformer(nn.Module):
     def decode_fused(self, tokens: torch.Tensor, slot_ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """decode() through the fused kernels: the residual stream is one [B, dim] tensor that each
         norm kernel adds the previous sub-layer's output into, in place."""
-        from cgwatch.engine import kernels as K
         residual = self.embed_tokens(tokens)
         eps = self.args.norm_eps
         h = K.rms_norm(residual, self.layers[0].input_layernorm.weight, eps)

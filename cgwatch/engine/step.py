@@ -8,6 +8,8 @@ padding rows read and write only the scratch KV row.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from cgwatch.engine.model import Transformer
@@ -38,6 +40,7 @@ def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     return (first * (v // k) + idx.gather(1, first))[:, 0]
 
 
+@functools.cache
 def _pieces(v: int) -> int:
     best = 1
     for k in range(2, 1025):
