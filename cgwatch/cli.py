@@ -473,6 +473,7 @@ def _resolve_samples(a) -> None:
             setattr(a, name, [resolve(x) for x in v])
 
 
+TRACE_COMMANDS = ("report", "recommend", "export", "convert")   # read a trace; numpy without BLAS threads
 COMMANDS = ("run", "daemon", "attach", "replay", "report", "samples", "bench", "check", "recommend", "export",
             "convert")
 
@@ -535,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     program = argv is None   # the process's own command line (not a call from a test): may end it at once
     try:
         argv = sys.argv[1:] if argv is None else argv
+        if argv and argv[0] in TRACE_COMMANDS:   # before numpy loads: OpenBLAS's idle threads cost ~0.1 s CPU
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         a = build_parser(argv[0] if argv else None).parse_args(argv)
         a.argv = argv
         _resolve_samples(a)

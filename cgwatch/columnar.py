@@ -390,14 +390,16 @@ class Reader:
             if dictionary:
                 if getattr(self, "_pf_dict", None) is None:
                     import pyarrow.parquet as pq
-                    self._pf_dict = pq.ParquetFile(self.path, read_dictionary=list(_DICT_READ))
+                    self._pf_dict = pq.ParquetFile(self.path, metadata=pf.metadata,   # the footer parsed once
+                                                   read_dictionary=list(_DICT_READ))
                 pf = self._pf_dict
             have = None if columns is None or not self.old else [c for c in columns if c in pf.schema_arrow.names]
             if have is not None and "absent" in have and "type" not in have:
                 have.append("type")   # upgrade sets absent's new bits by type
             for k in range(pf.num_row_groups):
                 try:
-                    t = pf.read_row_group(k, columns=have if self.old else columns)
+                    # one thread: decoding a row group's columns in parallel costs more CPU in all
+                    t = pf.read_row_group(k, columns=have if self.old else columns, use_threads=False)
                 except (pa.ArrowException, OSError) as e:
                     self.damage = f"row group {k} of {pf.num_row_groups} is damaged ({str(e).splitlines()[0][:60]})"
                     return

@@ -183,7 +183,7 @@ def fold(trace, window: int | None = None, on_record=None, steps: bool = False,
     duplicates or steps out of order (which need all the steps) does a second one count without them.
     ``steps``: also keep the accepted steps' ``batch``, ``bucket`` (-1: None) and ``ms`` (records.step_ms) as
     numpy arrays in file order, in the returned Screened's ``steps`` (recommend.py's input).
-    ``bucket_values``: as RunStats'. ``count``: False screens only (the stats stay empty)."""
+    ``bucket_values``: as RunStats'. ``count``: False leaves the stats empty (screens, and keeps ``steps``)."""
     mk = (lambda: RunStats(window, bucket_values))  # noqa: E731
     stats, bad, why, ordered, end, later, kept = _pass(trace, mk, None, steps, count)
     cand = extra = None
@@ -194,8 +194,8 @@ def fold(trace, window: int | None = None, on_record=None, steps: bool = False,
             bad = bad.copy()
             bad[extra[0]] = True
             bad[extra[1]] = True
-            if count:
-                stats, _, _, _, end, later, kept = _pass(trace, mk, bad, steps)
+            if count or steps:
+                stats, _, _, _, end, later, kept = _pass(trace, mk, bad, steps, count)
     sc = _screen_line(trace, bad, why, cand, extra)
     trace.cache_end(end)   # read on the way: warnings() need no pass of their own
     if on_record is not None:
@@ -246,15 +246,15 @@ def _pass(trace, make_stats, known_bad, keep_steps=False, count=True):
                 ordered = (ii[0] > last[0] and tt[0] >= last[1] and bool(np.all(ii[1:] > ii[:-1]))
                            and bool(np.all(tt[1:] >= tt[:-1])))
                 last = (int(ii[-1]), float(tt[-1]))
-        cols = _step_columns(c, vec_steps) if count and vec_steps.any() else None
+        cols = _step_columns(c, vec_steps, count) if (count or keep_steps) and vec_steps.any() else None
         start = 0
         for r, rec in specials:   # the records that are not columnar steps, at their place in file order
             typ = rec.get("type")
             if typ == R.STEP or (typ == R.EVENT and rec.get("kind") in EPOCH_EVENTS):
                 if cols is not None:
-                    _add_steps(stats, cols, start, r, kept if keep_steps else None)
+                    _add_steps(stats if count else None, cols, start, r, kept if keep_steps else None)
                 start = r
-                if typ == R.STEP and keep_steps and count:
+                if typ == R.STEP and keep_steps:
                     kept["batch"].append(np.array([rec["batch"]]))
                     kept["bucket"].append(np.array([-1 if rec["bucket"] is None else rec["bucket"]]))
                     kept["ms"].append(np.array([float(R.step_ms(rec))]))
@@ -265,7 +265,7 @@ def _pass(trace, make_stats, known_bad, keep_steps=False, count=True):
             if typ not in (R.STEP, R.SAMPLE, R.PREFILL):
                 later.append(rec)
         if cols is not None:
-            _add_steps(stats, cols, start, n, kept if keep_steps else None)
+            _add_steps(stats if count else None, cols, start, n, kept if keep_steps else None)
         if count:
             _add_samples(stats, c, sample & ok)
             _add_prefills(stats, c, prefill & ok)
@@ -363,11 +363,15 @@ def _screen_line(trace, bad, why, cand, extra) -> R.Screen:
     return sc
 
 
-def _step_columns(c: _Cols, vec_steps: np.ndarray) -> dict:
-    """The accepted columnar steps' columns (``row``: their rows), each gathered once."""
+def _step_columns(c: _Cols, vec_steps: np.ndarray, count: bool = True) -> dict:
+    """The accepted columnar steps' columns (``row``: their rows), each gathered once; ``count`` False: only
+    those the kept steps need."""
     b = c.b
     idx = np.flatnonzero(vec_steps)
     batch = c.ints("batch")[idx]
+    if not count:
+        return {"row": idx, "batch": batch, "bucket": c.ints("bucket")[idx], "host_us": c.floats("host_us")[idx],
+                "gpu_ms": c.floats("gpu_ms")[idx]}
     reason, reasons = A.codes(b.column("reason"))
     out = {
         "row": idx, "t": c.ints("t_us")[idx] / 1e6, "batch": batch,
@@ -388,13 +392,15 @@ def _step_columns(c: _Cols, vec_steps: np.ndarray) -> dict:
     return out
 
 
-def _add_steps(stats: RunStats, cols: dict, a: int, z: int, kept: dict | None = None) -> None:
-    """The accepted columnar steps of rows [a, z) (views of ``cols``: they are in row order)."""
+def _add_steps(stats: RunStats | None, cols: dict, a: int, z: int, kept: dict | None = None) -> None:
+    """The accepted columnar steps of rows [a, z) (views of ``cols``: they are in row order) into ``stats``
+    (None: not counted) and ``kept``."""
     lo, hi = np.searchsorted(cols["row"], [a, z])
     if hi > lo:
         sel = {k: (v if k == "reasons" else v[lo:hi]) for k, v in cols.items() if k != "row"}
-        stats.add_steps(sel)
-        if "rank_ms" in sel:   # RunStats.add: ranks.add_step for a step with rank_ms
+        if stats is not None:
+            stats.add_steps(sel)
+        if stats is not None and "rank_ms" in sel:   # RunStats.add: ranks.add_step for a step with rank_ms
             has = sel["rank_len"] >= 0
             stats.ranks.add_steps(sel["rank_ms"][has], sel["rank_len"][has], sel["skew_ms"][has])
         if kept is not None:   # int32: batch sizes and buckets fit, at half the memory (recommend on 10M steps)

@@ -172,7 +172,7 @@ class _View:
         if trace.compact is not None:
             from cgwatch.fold import fold
             self.others: list[dict] = []
-            _, scr = fold(trace, window=0, on_record=self.others.append, steps=True)
+            _, scr = fold(trace, window=0, on_record=self.others.append, steps=True, count=False)   # no stats
             st = scr.steps
             self.batch, self.bucket, self.ms = st["batch"], st["bucket"], st["ms"]
             self.warning = scr.warning

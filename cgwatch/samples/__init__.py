@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from importlib import resources
-
 from cgwatch.errors import CgwatchError
 
 SAMPLE = "llama1b_poisson_h100.jsonl"   # NVIDIA H100 80GB HBM3, llama-1b, Poisson traffic, 2026-11-27
@@ -27,6 +25,7 @@ def sample_path(name: str = SAMPLE) -> str:
     stem = name.removesuffix(".jsonl")
     if stem not in SAMPLES:
         raise CgwatchError(f"no bundled trace {name!r}; there are: {', '.join(SAMPLES)} (cgwatch samples)")
+    from importlib import resources   # 0.02 s to import: only where a sample is named
     return str(resources.files(__package__) / f"{stem}.jsonl")
 
 
