@@ -150,9 +150,15 @@ def _sorted(values):
 def _extend(values, v) -> None:
     """values (array('d') or deque) += a float64 numpy array, in order."""
     if isinstance(values, array):
-        values.frombytes(v.astype("float64").tobytes())
+        values.frombytes(_bytes(v))
     else:
         values.extend(v.tolist())
+
+
+def _bytes(v):
+    """A numpy array's float64 values as a bytes-like view (array('d').frombytes: one copy, not three)."""
+    import numpy as np
+    return np.ascontiguousarray(v, dtype=np.float64).view(np.uint8)
 
 
 def pct(num: float, den: float) -> float | None:
@@ -319,7 +325,7 @@ class Row:
             if not len(vals):
                 continue
             if isinstance(dest, array):
-                dest.frombytes(vals.astype("float64").tobytes())
+                dest.frombytes(_bytes(vals))
             else:
                 dest.extend(vals[-dest.maxlen:].tolist())
 
@@ -850,9 +856,14 @@ class RunStats:
         nr = len(reasons) + 1
         eager = ~graph
         miss = np.bincount(inv[eager] * nr + c["reason"][eager] + 1, minlength=ng * nr).reshape(ng, nr)
-        by = np.argsort(inv.astype(np.int16) if ng < 1 << 15 else inv, kind="stable")   # int16: a radix sort
+        # by group, then eager after graph, each in file order: every (group, kind) a slice
+        key = inv * 2 + eager
+        by = np.argsort(key.astype(np.int16) if ng < 1 << 14 else key, kind="stable")   # int16: a radix sort
         cuts = np.concatenate([[0], np.cumsum(forwards)])
         srows = rows[by]
+        if self.window != 0:
+            kcuts = np.searchsorted(key[by], np.arange(2 * ng + 1))
+            sms, shost, sgap = ms[by], host[by], gap[by]
         rmin = np.minimum.reduceat(srows, cuts[:-1]) if n else []
         rmax = np.maximum.reduceat(srows, cuts[:-1]) if n else []
         for g, k in enumerate(groups):
@@ -877,13 +888,10 @@ class RunStats:
                 r.add_counts(counts)
             epoch.forwards += int(forwards[g])
             if self.window != 0:
-                idx = by[cuts[g]:cuts[g + 1]]
-                gr = graph[idx]
-                for kind in (True, False):
-                    sel = idx[gr == kind]
-                    gp = gap[sel]
+                for kind, a, z in ((True, kcuts[2 * g], kcuts[2 * g + 1]), (False, kcuts[2 * g + 1], kcuts[2 * g + 2])):
+                    gp = sgap[a:z]
                     for r in (row, cum) if self.bucket_window != 0 else (row,):
-                        r.keep_many(kind, ms[sel], host[sel], gp[~np.isnan(gp)])
+                        r.keep_many(kind, sms[a:z], shost[a:z], gp[~np.isnan(gp)])
         self.graph += int(graph.sum())
         if c["reasons"] and R.REASON_NO_CUDA in c["reasons"]:
             code = c["reasons"].index(R.REASON_NO_CUDA)

@@ -382,9 +382,11 @@ class Reader:
     def header(self) -> dict:
         return self.meta["header"]
 
-    def batches(self, columns: list[str] | None = None, dictionary: bool = False):
+    def batches(self, columns: list[str] | None = None, dictionary: bool = False, inert: dict | None = None):
         """``dictionary``: a Parquet file's string columns (not ``json``) as dictionary arrays, as they are
-        stored: no string is built (the vectorized readers take their codes)."""
+        stored: no string is built (the vectorized readers take their codes). ``inert``: column -> test of a
+        Parquet row group's statistics of it (``test(stats, num_values)``, of its first leaf); where it passes,
+        the column is not read but comes all null (the caller's promise: it cannot tell them apart)."""
         if self.kind == "parquet":
             pf = self._pf
             if dictionary:
@@ -396,15 +398,23 @@ class Reader:
             have = None if columns is None or not self.old else [c for c in columns if c in pf.schema_arrow.names]
             if have is not None and "absent" in have and "type" not in have:
                 have.append("type")   # upgrade sets absent's new bits by type
+            inert = inert if inert and columns is None and not self.old else None
             for k in range(pf.num_row_groups):
                 try:
+                    skip = _inert_columns(pf, k, inert) if inert else ()
+                    want = (have if self.old else columns) if not skip else [
+                        c for c in pf.schema_arrow.names if c not in skip]
                     # one thread: decoding a row group's columns in parallel costs more CPU in all
-                    t = pf.read_row_group(k, columns=have if self.old else columns, use_threads=False)
+                    t = pf.read_row_group(k, columns=want, use_threads=False)
                 except (pa.ArrowException, OSError) as e:
                     self.damage = f"row group {k} of {pf.num_row_groups} is damaged ({str(e).splitlines()[0][:60]})"
                     return
                 self.rows += t.num_rows
                 for b in t.to_batches():
+                    if skip:
+                        b = pa.RecordBatch.from_arrays([b.column(f.name) if f.name not in skip else
+                                                        pa.nulls(b.num_rows, f.type) for f in pf.schema_arrow],
+                                                       schema=pf.schema_arrow)
                     yield self._fit(b, columns)
             return
         if self._reader is None:   # a second pass: the stream again from its start
@@ -427,6 +437,23 @@ class Reader:
         if self.old:
             b = upgrade(b, self.meta["table"])
         return b if columns is None else b.select(columns)
+
+
+def _inert_columns(pf, k: int, inert: dict) -> set[str]:
+    """The columns of row group ``k`` whose statistics pass their ``inert`` test (Reader.batches)."""
+    rg, out = pf.metadata.row_group(k), set()
+    leaf = getattr(pf, "_first_leaf", None)
+    if leaf is None:   # column -> its first leaf column (a list of structs has one per field)
+        leaf = pf._first_leaf = {}
+        for j in range(pf.metadata.num_columns):
+            leaf.setdefault(pf.metadata.schema.column(j).path.split(".")[0], j)
+    for name, test in inert.items():
+        if name in leaf:
+            cc = rg.column(leaf[name])
+            st = cc.statistics
+            if st is not None and st.has_null_count and test(st, cc.num_values):
+                out.add(name)
+    return out
 
 
 class StreamWriter:

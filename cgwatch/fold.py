@@ -31,6 +31,23 @@ STEP_REQUIRED_MASK = sum(STEP_BITS[k] for k in R.STEP_REQUIRED)
 PREFILL_BITS = {k: 1 << n for n, k in enumerate(C.PREFILL_KEYS)}
 EPOCH_EVENTS = (R.EV_CAPTURE, R.EV_CAPTURE_DONE, R.EV_RECAPTURE)
 _SAMPLE_CHECKS = [(k, "null") for k in R.SAMPLE_NUMBERS]                         # null, or finite and >= 0
+
+
+def _no_values(st, n: int) -> bool:
+    return st.null_count == n      # all null (a list column's first leaf: no item has that field)
+
+
+def _not_negative(st, n: int) -> bool:
+    return st.null_count == n or (st.has_min_max and st.min >= 0)
+
+
+# Columns a Parquet row group need not decode when its statistics pass these tests (columnar.Reader.batches
+# reads them as all null): the screen's verdicts and the numbers come out the same. mode: no check or count
+# reads a step's mode; gpus with no GPU number: no rank's NVML numbers; the tensor-parallel step times all
+# null; a sample's integer fields but gpu_util (counted) when none is negative (each passes its check).
+INERT = {"mode": lambda st, n: True, "gpus": _no_values, "plan_us": _no_values, "skew_ms": _no_values,
+         **dict.fromkeys(("mem_util", "mem_used_bytes", "mem_total_bytes", "sm_clock_mhz", "rss_bytes",
+                          "torch_allocated_bytes", "torch_reserved_bytes"), _not_negative)}
 _PREFILL_CHECKS = [(k, "missing") for k in ("requests", "tokens", "host_ms")]    # missing, or finite and >= 0
 
 
@@ -51,8 +68,21 @@ class _Cols:
         if v is None:
             col = self.b.column(name)
             v = self._memo[key] = (_null(col) if kind == "null" else _ints(col, arg) if kind == "ints"
-                                   else _floats(col))
+                                   else _floats(col) if kind == "floats" else _raw(col, A._NP[col.type]))
         return v
+
+    def raw(self, name: str) -> np.ndarray:
+        """The values as stored (int32, int64 or float64; a null slot holds any value): no conversion."""
+        return self._get("raw", name)
+
+    def at(self, name: str, idx: np.ndarray, fill=np.nan) -> np.ndarray:
+        """``ints(name, fill)[idx]`` (``floats(name)[idx]`` for a float column), converting only those rows."""
+        v = self.raw(name)[idx]
+        if self.b.column(name).null_count:
+            nul = self.null(name)[idx]
+            if nul.any():
+                v = np.where(nul, fill, v)
+        return v.astype(np.float64 if v.dtype.kind == "f" else np.int64, copy=False)
 
     def null(self, name: str) -> np.ndarray:
         return self._get("null", name)
@@ -91,17 +121,19 @@ def _fine(c: _Cols) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     t_ok = ~c.null("t_us")
     fine = np.zeros(b.num_rows, dtype=bool)
     if step.any():
-        n = {k: c.null(k) for k in ("i", "batch", "rows", "target", "bucket", "padded", "host_us", "gpu_ms",
-                                              "gap_us", "tokens", "prompt_tokens")}
-        v = {k: c.ints(k) for k in ("i", "batch", "rows", "target", "bucket", "padded", "tokens",
-                                             "prompt_tokens")}
-        host, gpu, gap = (c.floats(k) for k in ("host_us", "gpu_ms", "gap_us"))
+        # the stored values, unconverted: a null slot's value never decides (each test has its null mask;
+        # int32 differences cannot overflow on a row that passes the other tests)
+        keys = ("i", "batch", "rows", "target", "bucket", "padded", "host_us", "gpu_ms", "gap_us", "tokens",
+                "prompt_tokens")
+        n = {k: c.null(k) for k in keys}
+        v = {k: c.raw(k) for k in keys}
         rows = np.where(n["rows"], v["batch"], v["rows"])
         want = np.where(n["bucket"], 0, v["bucket"] - rows)
         ok = ((absent & STEP_REQUIRED_MASK) == 0) & t_ok & ~n["i"] & ~n["batch"] & ~n["host_us"] & ~n["tokens"]
         ok &= (v["i"] >= 0) & (v["batch"] >= 0) & (v["tokens"] >= 0) & (n["rows"] | (v["rows"] >= 0))
         ok &= n["prompt_tokens"] | (v["prompt_tokens"] >= 0)
-        ok &= _nonneg(host, n["host_us"]) & _nonneg(gpu, n["gpu_ms"]) & _nonneg(gap, n["gap_us"])
+        for k in ("host_us", "gpu_ms", "gap_us"):
+            ok &= _nonneg(v[k], n[k])
         for k in ("target", "bucket"):
             ok &= n[k] | ((v[k] >= 1) & (v[k] >= rows))
         ok &= n["padded"] | (v["padded"] == want)
@@ -224,7 +256,7 @@ def _pass(trace, make_stats, known_bad, keep_steps=False, count=True):
     kept: dict[str, list] = {"batch": [], "bucket": [], "ms": []}
     end = None
     base = 0
-    for b in trace.batches(dictionary=True):
+    for b in trace.batches(dictionary=True, inert=INERT):
         n = b.num_rows
         c = _Cols(b)
         step, sample, prefill, fine = _fine(c)
@@ -278,7 +310,7 @@ def _pass(trace, make_stats, known_bad, keep_steps=False, count=True):
 def _accepted(c: _Cols, vec_steps: np.ndarray, specials: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, i, t) of one batch's accepted steps, in file order: the columnar ones and the decoded ones."""
     fs = np.flatnonzero(vec_steps)
-    rows, ii, tt = fs, c.ints("i")[fs], c.ints("t_us")[fs] / 1e6
+    rows, ii, tt = fs, c.at("i", fs, -1), c.at("t_us", fs, -1) / 1e6
     more = [(r, rec["i"], rec["t"]) for r, rec in specials if rec.get("type") == R.STEP]
     if more:
         rows = np.concatenate([rows, np.array([m[0] for m in more], dtype=np.int64)])
@@ -293,7 +325,7 @@ def _collect(trace, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """(row, i, t) of every step the checks of records.check_record accepted (``bad``: the rows they did not)."""
     out_r, out_i, out_t = [], [], []
     base = 0
-    for b in trace.batches(dictionary=True):
+    for b in trace.batches(dictionary=True, inert=INERT):
         n = b.num_rows
         c = _Cols(b)
         step, _, _, fine = _fine(c)
@@ -368,27 +400,27 @@ def _step_columns(c: _Cols, vec_steps: np.ndarray, count: bool = True) -> dict:
     those the kept steps need."""
     b = c.b
     idx = np.flatnonzero(vec_steps)
-    batch = c.ints("batch")[idx]
+    batch = c.at("batch", idx, -1)
     if not count:
-        return {"row": idx, "batch": batch, "bucket": c.ints("bucket")[idx], "host_us": c.floats("host_us")[idx],
-                "gpu_ms": c.floats("gpu_ms")[idx]}
+        return {"row": idx, "batch": batch, "bucket": c.at("bucket", idx, -1), "host_us": c.at("host_us", idx),
+                "gpu_ms": c.at("gpu_ms", idx)}
     reason, reasons = A.codes(b.column("reason"))
     out = {
-        "row": idx, "t": c.ints("t_us")[idx] / 1e6, "batch": batch,
-        "rows": np.where(c.null("rows")[idx], batch, c.ints("rows")[idx]),
-        "target": c.ints("target")[idx], "bucket": c.ints("bucket")[idx],
-        "prompt": c.ints("prompt_tokens", 0)[idx], "tokens": c.ints("tokens")[idx],
+        "row": idx, "t": c.at("t_us", idx, -1) / 1e6, "batch": batch,
+        "rows": np.where(c.null("rows")[idx], batch, c.at("rows", idx, -1)),
+        "target": c.at("target", idx, -1), "bucket": c.at("bucket", idx, -1),
+        "prompt": c.at("prompt_tokens", idx, 0), "tokens": c.at("tokens", idx, -1),
         "phase": np.maximum(_codes(b.column("phase"), list(R.PHASES)), 0)[idx].astype(np.int8),  # decode: any other
         "piecewise": _is(b.column("runtime_mode"), R.RUNTIME_PIECEWISE)[idx],
         "reason": reason[idx], "reasons": reasons,
-        "host_us": c.floats("host_us")[idx], "gpu_ms": c.floats("gpu_ms")[idx], "gap_us": c.floats("gap_us")[idx],
+        "host_us": c.at("host_us", idx), "gpu_ms": c.at("gpu_ms", idx), "gap_us": c.at("gap_us", idx),
     }
     rk = b.column("rank_ms")
     if not _all_null(rk):   # tensor parallelism: each step's rank_ms (NaN past its end; length -1: null)
         off, vals, _ = A.list_floats(rk)
         out["rank_ms"], lens = A.gather_lists(off, vals, idx)
         out["rank_len"] = np.where(c.null("rank_ms")[idx], -1, lens)
-        out["skew_ms"] = c.floats("skew_ms")[idx]
+        out["skew_ms"] = c.at("skew_ms", idx)
     return out
 
 
@@ -426,7 +458,7 @@ def _add_samples(stats: RunStats, c: _Cols, mask: np.ndarray) -> None:
         gpu, util, mem = (g.values.field(k) for k in ("gpu", "gpu_util", "mem_used_bytes"))
         stats.ranks.add_samples(A.raw(gpu, np.int64)[items], ~A.null_at(gpu, items), A.floats_at(util, items),
                                 A.raw(mem, np.int64)[items], ~A.null_at(mem, items))
-    stats._seen(float(c.ints("t_us")[idx].max() / 1e6))
+    stats._seen(float(c.at("t_us", idx, -1).max() / 1e6))
 
 
 def _add_prefills(stats: RunStats, c: _Cols, mask: np.ndarray) -> None:
@@ -434,8 +466,8 @@ def _add_prefills(stats: RunStats, c: _Cols, mask: np.ndarray) -> None:
     if not len(idx):
         return
     stats.prefills += len(idx)
-    stats.prefill_tokens += int(c.ints("tokens", 0)[idx].sum())
-    stats._seen(float(c.ints("t_us")[idx].max() / 1e6))
+    stats.prefill_tokens += int(c.at("tokens", idx, 0).sum())
+    stats._seen(float(c.at("t_us", idx, -1).max() / 1e6))
 
 
 def fold_rows(stats: RunStats, b: pa.RecordBatch, a: int, z: int) -> None:

@@ -268,13 +268,14 @@ class Trace:
         self._loaded = compact is None
 
     # -- compact traces: decoded on first use ---------------------------------------------------------
-    def batches(self, columns: list[str] | None = None, dictionary: bool = False):
+    def batches(self, columns: list[str] | None = None, dictionary: bool = False, inert: dict | None = None):
         """The table's record batches over all parts, in order (compact traces only); ``dictionary``: string
-        columns as dictionary arrays where the file stores them so (columnar.Reader.batches)."""
+        columns as dictionary arrays where the file stores them so; ``inert``: columns read as all null where
+        a Parquet row group's statistics allow (columnar.Reader.batches)."""
         for r in self.compact or ():
             r.rows = 0
             r.damage = None
-            yield from r.batches(columns, dictionary)
+            yield from r.batches(columns, dictionary, inert)
 
     def _load(self) -> None:
         if self._loaded:
