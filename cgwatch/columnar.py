@@ -399,11 +399,12 @@ class Reader:
             if have is not None and "absent" in have and "type" not in have:
                 have.append("type")   # upgrade sets absent's new bits by type
             inert = inert if inert and columns is None and not self.old else None
+            fields, nulls = pf.schema_arrow, {}
             for k in range(pf.num_row_groups):
                 try:
                     skip = _inert_columns(pf, k, inert) if inert else ()
                     want = (have if self.old else columns) if not skip else [
-                        c for c in pf.schema_arrow.names if c not in skip]
+                        c for c in fields.names if c not in skip]
                     # one thread: decoding a row group's columns in parallel costs more CPU in all
                     t = pf.read_row_group(k, columns=want, use_threads=False)
                 except (pa.ArrowException, OSError) as e:
@@ -413,8 +414,8 @@ class Reader:
                 for b in t.to_batches():
                     if skip:
                         b = pa.RecordBatch.from_arrays([b.column(f.name) if f.name not in skip else
-                                                        pa.nulls(b.num_rows, f.type) for f in pf.schema_arrow],
-                                                       schema=pf.schema_arrow)
+                                                        _null_array(nulls, f.type, b.num_rows) for f in fields],
+                                                       schema=fields)
                     yield self._fit(b, columns)
             return
         if self._reader is None:   # a second pass: the stream again from its start
@@ -437,6 +438,14 @@ class Reader:
         if self.old:
             b = upgrade(b, self.meta["table"])
         return b if columns is None else b.select(columns)
+
+
+def _null_array(cache: dict, typ: pa.DataType, n: int) -> pa.Array:
+    """An all-null array, one per type and length (arrays are immutable: shared)."""
+    a = cache.get((typ, n))
+    if a is None:
+        a = cache[(typ, n)] = pa.nulls(n, typ)
+    return a
 
 
 def _inert_columns(pf, k: int, inert: dict) -> set[str]:

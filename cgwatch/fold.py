@@ -76,13 +76,15 @@ class _Cols:
         return self._get("raw", name)
 
     def at(self, name: str, idx: np.ndarray, fill=np.nan) -> np.ndarray:
-        """``ints(name, fill)[idx]`` (``floats(name)[idx]`` for a float column), converting only those rows."""
+        """``ints(name, fill)[idx]`` (``floats(name)[idx]`` for a float column), converting only those rows;
+        ``fill`` None: no row of ``idx`` is null (a field the screen requires)."""
         v = self.raw(name)[idx]
-        if self.b.column(name).null_count:
+        v = v.astype(np.float64 if v.dtype.kind == "f" else np.int64, copy=False)   # a copy already: ours
+        if fill is not None and self.b.column(name).null_count:
             nul = self.null(name)[idx]
             if nul.any():
-                v = np.where(nul, fill, v)
-        return v.astype(np.float64 if v.dtype.kind == "f" else np.int64, copy=False)
+                v[nul] = fill
+        return v
 
     def null(self, name: str) -> np.ndarray:
         return self._get("null", name)
@@ -150,6 +152,8 @@ def _fine(c: _Cols) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ok = t_ok[idx]
         for k, optional in checks:
             col = b.column(k)
+            if optional == "null" and _all_null(col):
+                continue   # null passes
             x = A.floats_at(col, idx)
             with np.errstate(invalid="ignore"):
                 good = np.isfinite(x) & (x >= 0)      # null: NaN here
@@ -310,7 +314,7 @@ def _pass(trace, make_stats, known_bad, keep_steps=False, count=True):
 def _accepted(c: _Cols, vec_steps: np.ndarray, specials: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, i, t) of one batch's accepted steps, in file order: the columnar ones and the decoded ones."""
     fs = np.flatnonzero(vec_steps)
-    rows, ii, tt = fs, c.at("i", fs, -1), c.at("t_us", fs, -1) / 1e6
+    rows, ii, tt = fs, c.at("i", fs, None), c.at("t_us", fs, None) / 1e6
     more = [(r, rec["i"], rec["t"]) for r, rec in specials if rec.get("type") == R.STEP]
     if more:
         rows = np.concatenate([rows, np.array([m[0] for m in more], dtype=np.int64)])
@@ -400,20 +404,20 @@ def _step_columns(c: _Cols, vec_steps: np.ndarray, count: bool = True) -> dict:
     those the kept steps need."""
     b = c.b
     idx = np.flatnonzero(vec_steps)
-    batch = c.at("batch", idx, -1)
+    batch = c.at("batch", idx, None)   # the screen's required fields: never null here
     if not count:
-        return {"row": idx, "batch": batch, "bucket": c.at("bucket", idx, -1), "host_us": c.at("host_us", idx),
+        return {"row": idx, "batch": batch, "bucket": c.at("bucket", idx, -1), "host_us": c.at("host_us", idx, None),
                 "gpu_ms": c.at("gpu_ms", idx)}
     reason, reasons = A.codes(b.column("reason"))
     out = {
-        "row": idx, "t": c.at("t_us", idx, -1) / 1e6, "batch": batch,
+        "row": idx, "t": c.at("t_us", idx, None) / 1e6, "batch": batch,
         "rows": np.where(c.null("rows")[idx], batch, c.at("rows", idx, -1)),
         "target": c.at("target", idx, -1), "bucket": c.at("bucket", idx, -1),
-        "prompt": c.at("prompt_tokens", idx, 0), "tokens": c.at("tokens", idx, -1),
+        "prompt": c.at("prompt_tokens", idx, 0), "tokens": c.at("tokens", idx, None),
         "phase": np.maximum(_codes(b.column("phase"), list(R.PHASES)), 0)[idx].astype(np.int8),  # decode: any other
         "piecewise": _is(b.column("runtime_mode"), R.RUNTIME_PIECEWISE)[idx],
         "reason": reason[idx], "reasons": reasons,
-        "host_us": c.at("host_us", idx), "gpu_ms": c.at("gpu_ms", idx), "gap_us": c.at("gap_us", idx),
+        "host_us": c.at("host_us", idx, None), "gpu_ms": c.at("gpu_ms", idx), "gap_us": c.at("gap_us", idx),
     }
     rk = b.column("rank_ms")
     if not _all_null(rk):   # tensor parallelism: each step's rank_ms (NaN past its end; length -1: null)
@@ -458,7 +462,7 @@ def _add_samples(stats: RunStats, c: _Cols, mask: np.ndarray) -> None:
         gpu, util, mem = (g.values.field(k) for k in ("gpu", "gpu_util", "mem_used_bytes"))
         stats.ranks.add_samples(A.raw(gpu, np.int64)[items], ~A.null_at(gpu, items), A.floats_at(util, items),
                                 A.raw(mem, np.int64)[items], ~A.null_at(mem, items))
-    stats._seen(float(c.at("t_us", idx, -1).max() / 1e6))
+    stats._seen(float(c.at("t_us", idx, None).max() / 1e6))
 
 
 def _add_prefills(stats: RunStats, c: _Cols, mask: np.ndarray) -> None:
@@ -467,7 +471,7 @@ def _add_prefills(stats: RunStats, c: _Cols, mask: np.ndarray) -> None:
         return
     stats.prefills += len(idx)
     stats.prefill_tokens += int(c.at("tokens", idx, 0).sum())
-    stats._seen(float(c.at("t_us", idx, -1).max() / 1e6))
+    stats._seen(float(c.at("t_us", idx, None).max() / 1e6))
 
 
 def fold_rows(stats: RunStats, b: pa.RecordBatch, a: int, z: int) -> None:

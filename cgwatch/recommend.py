@@ -196,7 +196,8 @@ def view(trace) -> _View:
 
 def _by(keys: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
     """values grouped by key (each group in file order)."""
-    order = np.argsort(keys, kind="stable")
+    small = len(keys) and -(1 << 15) <= int(keys.min()) and int(keys.max()) < 1 << 15
+    order = np.argsort(keys.astype(np.int16) if small else keys, kind="stable")   # int16: a radix sort
     ks, vs = keys[order], values[order]
     cuts = np.flatnonzero(np.diff(ks)) + 1
     return {int(g[0]): v for g, v in zip(np.split(ks, cuts), np.split(vs, cuts))} if len(ks) else {}
