@@ -58,13 +58,17 @@ def _packet_head(seq_flags: int) -> bytes:
 
 def _starts(t: np.ndarray, dur: np.ndarray, gap: np.ndarray) -> np.ndarray:
     """Slice starts on one track, its slices in t order: s_k = max(t_k, s_(k-1) + dur_(k-1) + gap_k), as
-    S_k + max over j <= k of (t_j - S_j), S the prefix sums of dur_(k-1) + gap_k (int64 ns: exact)."""
+    S_k + max over j <= k of (t_j - S_j), S the prefix sums of dur_(k-1) + gap_k (int64 ns: exact). Works in
+    place: ``t`` (a copy) becomes the result."""
     if not len(t):
         return t
-    step = np.zeros(len(t), dtype=np.int64)
-    step[1:] = dur[:-1] + gap[1:]
-    s = np.cumsum(step)
-    return s + np.maximum.accumulate(t - s)
+    s = np.zeros(len(t), dtype=np.int64)
+    np.add(dur[:-1], gap[1:], out=s[1:])
+    np.cumsum(s, out=s)
+    t -= s
+    np.maximum.accumulate(t, out=t)
+    t += s
+    return t
 
 
 def _row_values(b: pa.RecordBatch) -> dict:
@@ -83,36 +87,43 @@ def _row_values(b: pa.RecordBatch) -> dict:
     return out
 
 
-def placement(trace, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per row: the start (ns) of its host slice and of its GPU slice, -1 where it has none; and the newest t
-    (ns). Reads type, t_us, json and the four durations."""
+def placement(trace, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the start (ns) of its host slice and of its GPU slice, -1 where it has none. Reads type, t_us,
+    json and the four durations; keeps 32 bytes a row."""
     from .perfetto_columnar import _t_keys
-    keys, kinds, vals = [], [], {k: [] for k in ("host_us", "host_ms", "gpu_ms", "gap_us")}
-    newest = -math.inf
+    keys, host, gpu, gaps = [], [], [], []
+    newest, base = -math.inf, 0
     for b in trace.batches(["type", "t_us", "json", "host_us", "host_ms", "gpu_ms", "gap_us"], dictionary=True):
         v = _row_values(b)
         key = _t_keys(v["t"], newest)
         if len(key):
             newest = max(newest, float(key.max()))
+        ok = ~bad[base:base + len(key)]
+        base += len(key)
+        kind = A.codes_in(b.column("type"), [R.STEP, R.PREFILL])
+        host_us = np.where(kind == 0, v["host_us"], v["host_ms"] * 1e3)
         keys.append(key)
-        kinds.append(A.codes_in(b.column("type"), [R.STEP, R.PREFILL]).astype(np.int8))
-        for k in vals:
-            vals[k].append(v[k])
-    key = np.concatenate(keys) if keys else np.zeros(0)
-    kind = np.concatenate(kinds) if kinds else np.zeros(0, np.int8)
-    v = {k: np.concatenate(x) if x else np.zeros(0) for k, x in vals.items()}
-    ok = ~bad[:len(key)]
+        host.append(np.where(ok & (kind >= 0) & np.isfinite(host_us), _ns(host_us), -1))   # duration, ns
+        gpu.append(np.where(ok & (kind == 0) & np.isfinite(v["gpu_ms"]), _ns(v["gpu_ms"] * 1e3), -1))
+        gaps.append(np.maximum(_ns(v["gap_us"]), 1))
+    if not keys:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    key = np.concatenate(keys)
+    keys.clear()
     order = np.argsort(key, kind="stable")
     t_ns = _ns(key * 1e6)
-    host_us = np.where(kind == 0, v["host_us"], v["host_ms"] * 1e3)
-    host_ts = np.full(len(key), -1, dtype=np.int64)
-    rows = order[(ok & (kind >= 0) & np.isfinite(host_us))[order]]
-    host_ts[rows] = _starts(t_ns[rows], _ns(host_us[rows]), np.ones(len(rows), np.int64))
-    gpu_ts = np.full(len(key), -1, dtype=np.int64)
-    rows = order[(ok & (kind == 0) & np.isfinite(v["gpu_ms"]))[order]]
-    gpu_ts[rows] = _starts(t_ns[rows], _ns(v["gpu_ms"][rows] * 1e3), np.maximum(_ns(v["gap_us"][rows]), 1))
-    end = int(t_ns.max()) if len(t_ns) else 0
-    return host_ts, gpu_ts, end
+    del key
+    out = []
+    for parts, gap in ((host, None), (gpu, gaps)):
+        dur = np.concatenate(parts)
+        parts.clear()
+        rows = order[dur[order] >= 0]
+        step = np.ones(len(rows), np.int64) if gap is None else np.concatenate(gap)[rows]
+        starts = np.full(len(dur), -1, dtype=np.int64)
+        starts[rows] = _starts(t_ns[rows], dur[rows], step)
+        out.append(starts)
+        del dur, rows, step
+    return out[0], out[1]
 
 
 # ---- tracks and names ----
@@ -243,7 +254,9 @@ MAX_NS = 1 << 53   # a time or duration past this (104 days) is drawn as this: i
 
 def _ns(us: np.ndarray) -> np.ndarray:
     """µs (NaN: 0) as integer ns, at most MAX_NS."""
-    return np.round(np.minimum(np.nan_to_num(us), MAX_NS / 1e3) * 1e3).astype(np.int64)
+    x = np.round(np.minimum(us, MAX_NS / 1e3) * 1e3)
+    x[np.isnan(x)] = 0
+    return x.astype(np.int64)
 
 
 def steps(decl: Declared, c: _Sel, host_ts: np.ndarray, gpu_ts: np.ndarray, flow: np.ndarray,
@@ -566,14 +579,14 @@ def _coerced(typ: str, rec: dict) -> dict:
 def export(trace, out, header: dict, bad: np.ndarray, source: str) -> tuple[Counter, bool]:
     """Write the whole trace (``bad``: rows left out) to the binary stream ``out``; returns the counts and
     whether it has an end record."""
-    host_ts, gpu_ts, _ = placement(trace, bad)
+    host_ts, gpu_ts = placement(trace, bad)
     counts: Counter = Counter()
     decl = Declared(header)
     names = b"".join(field_bytes(3, field_varint(1, IID[k]) + field_bytes(2, k)) for k in ARG_NAMES)
     out.write(field_bytes(1, _packet_head(SEQ_CLEARED) + field_bytes(12, names)))
     events = Events(decl, counts)
     base = 0
-    for b in trace.batches(dictionary=True):
+    for b in _ahead(trace.batches(dictionary=True)):
         n = b.num_rows
         parts = _split(b, ~bad[base:base + n])
         extra_cols, rest = _columnize(parts.pop("rest"))
@@ -611,6 +624,17 @@ def export(trace, out, header: dict, bad: np.ndarray, source: str) -> tuple[Coun
     out.write(decl.take() + info)
     counts["packets"] += 1
     return counts, events.end is not None
+
+
+def _ahead(batches):
+    """The batches, each read in a thread while the one before is written (pyarrow decodes without the GIL:
+    on two cores the read and the encoding overlap)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        coming = pool.submit(next, batches, None)
+        while (b := coming.result()) is not None:
+            coming = pool.submit(next, batches, None)
+            yield b
 
 
 def _t_of(rec: dict) -> float:
