@@ -31,6 +31,7 @@ STEP_REQUIRED_MASK = sum(STEP_BITS[k] for k in R.STEP_REQUIRED)
 PREFILL_BITS = {k: 1 << n for n, k in enumerate(C.PREFILL_KEYS)}
 EPOCH_EVENTS = (R.EV_CAPTURE, R.EV_CAPTURE_DONE, R.EV_RECAPTURE)
 _SAMPLE_CHECKS = [(k, "null") for k in R.SAMPLE_NUMBERS]                         # null, or finite and >= 0
+_PREFILL_CHECKS = [(k, "missing") for k in ("requests", "tokens", "host_ms")]    # missing, or finite and >= 0
 
 
 def _no_values(st, n: int) -> bool:
@@ -48,7 +49,6 @@ def _not_negative(st, n: int) -> bool:
 INERT = {"mode": lambda st, n: True, "gpus": _no_values, "plan_us": _no_values, "skew_ms": _no_values,
          **dict.fromkeys(("mem_util", "mem_used_bytes", "mem_total_bytes", "sm_clock_mhz", "rss_bytes",
                           "torch_allocated_bytes", "torch_reserved_bytes"), _not_negative)}
-_PREFILL_CHECKS = [(k, "missing") for k in ("requests", "tokens", "host_ms")]    # missing, or finite and >= 0
 
 
 # Columns to numpy from their buffers (arrow_np.py: no pyarrow.compute, no pandas).
