@@ -84,6 +84,14 @@ def _codes(col) -> tuple[np.ndarray, list]:
 
 def codes_in(col, names) -> np.ndarray:
     """Per row: the index of its string in ``names``, -1 for null or any other string."""
+    if pa.types.is_dictionary(col.type):   # the stored indices looked up as they are (no int64 copy)
+        words = col.dictionary.to_pylist()
+        c = raw(col.indices, _NP[col.indices.type])
+        if not len(c) or 0 <= int(c.min()) <= int(c.max()) < len(words):   # a null's slot may hold any value
+            out = np.array([names.index(w) if w in names else -1 for w in words], dtype=np.int64)[c]
+            if col.null_count:
+                out[null(col)] = -1
+            return out
     c, words = _codes(col)   # any order
     table = np.array([names.index(w) if w in names else -1 for w in words] + [-1], dtype=np.int64)
     return table[c]   # -1 indexes the trailing -1
