@@ -80,6 +80,61 @@ def _validity(null: np.ndarray):
     return pa.py_buffer(np.packbits(~null, bitorder="little")) if null.any() else None
 
 
+def _strs(col) -> tuple[np.ndarray, list[str]]:
+    """(codes, words) of a string column, null an empty cell."""
+    codes, words = A.codes(col)
+    words = [_csv_word(w) for w in words] + [""]
+    return np.where(codes < 0, len(words) - 1, codes), words
+
+
+def _encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, distinct values) of an int64 array, by hashing (pyarrow's dictionary_encode: np.unique sorts)."""
+    import pyarrow.compute as pc
+    x = np.ascontiguousarray(x, np.int64)
+    d = pc.dictionary_encode(pa.Array.from_buffers(pa.int64(), len(x), [None, pa.py_buffer(x)]))
+    return A.raw(d.indices, np.int32), A.raw(d.dictionary, np.int64)
+
+
+def _coded(x: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """(codes, words) of an int or float column, as _numbers gives them (str of an int, repr of a float
+    told apart by its bits; null, NaN and infinity empty), each distinct value formatted once."""
+    if x.dtype != np.float64:
+        lo, hi = (int(x.min()), int(x.max())) if len(x) else (0, 0)
+        if hi - lo < len(x) + 64:   # a narrow range of ints: each code the offset from the least
+            codes, words = x - lo, list(map(str, range(lo, hi + 1)))
+        else:
+            codes, u = _encode(x)
+            words = list(map(str, u.tolist()))
+    else:
+        codes, u = _encode(x.view(np.int64))
+        vals = u.view(np.float64)
+        words = list(map(float.__repr__, vals.tolist()))
+        for k in np.flatnonzero(~np.isfinite(vals)).tolist():
+            words[k] = ""
+    words.append("")
+    return (np.where(null, len(words) - 1, codes) if null.any() else codes), words
+
+
+def _merged(run: list[tuple[np.ndarray, list[str]]]) -> tuple[np.ndarray, list[str]]:
+    """Adjacent coded columns as one: each distinct combination of their cells joined by commas once."""
+    if len(run) == 1:
+        return run[0]
+    key, size = np.zeros(len(run[0][0]), np.int64), 1
+    for k, (codes, words) in enumerate(run):   # a mixed-radix number of the columns' codes
+        if size * len(words) >= 1 << 62:   # it could overflow: the first k columns as one first
+            return _merged([_merged(run[:k]), *run[k:]])
+        key, size = key * len(words) + codes, size * len(words)
+    codes, u = _encode(key)
+    cells = []
+    for _, words in reversed(run):
+        u, d = np.divmod(u, len(words))
+        cells.append(map(words.__getitem__, d.tolist()))
+    return codes, list(map(",".join, zip(*reversed(cells))))
+
+
+_NARROW = 4096   # a coded column with at most this many words merges with its coded neighbours
+
+
 def _t_text(t_us: np.ndarray, null: np.ndarray) -> pa.Array | None:
     """repr(t_us / 1e6) of each row, built from the integers: the seconds, a point and the µs digits without
     trailing zeros ("12.5", "0.0"). That is repr's answer while a double resolves a µs (t < 4e9 s) and repr
@@ -88,50 +143,50 @@ def _t_text(t_us: np.ndarray, null: np.ndarray) -> pa.Array | None:
     v = t_us[~null]
     if len(v) and (int(v.max()) >= 4 * 10 ** 15 or bool(((v > 0) & (v < 100)).any()) or int(v.min()) < 0):
         return None
-    whole = _ints_text(t_us // 10 ** 6, null)
-    digits = pc.utf8_lpad(_ints_text(t_us % 10 ** 6, null), 6, "0")     # trailing zeros off, the first kept
-    frac = pc.binary_join_element_wise(pc.utf8_slice_codeunits(digits, 0, 1),
-                                       pc.utf8_rtrim(pc.utf8_slice_codeunits(digits, 1, 6), "0"), _s(""))
-    return pc.binary_join_element_wise(whole, frac, _s("."))
-
-
-def _strs(col) -> tuple[np.ndarray, list[str]]:
-    """(codes, words) of a string column, null an empty cell."""
-    codes, words = A.codes(col)
-    words = [_csv_word(w) for w in words] + [""]
-    return np.where(codes < 0, len(words) - 1, codes), words
+    frac = t_us % 10 ** 6
+    width = np.full(len(frac), 6)
+    for _ in range(5):   # trailing zeros off, the first digit kept
+        z = frac % 10 == 0
+        z &= width > 1
+        frac = np.where(z, frac // 10, frac)
+        width -= z
+    # 10**width + frac: a 1, then the digits zero-padded; the 1 becomes the point
+    dot = pc.utf8_replace_slice(_ints_text(frac + 10 ** width, null), 0, 1, ".")
+    return pc.binary_join_element_wise(_ints_text(t_us // 10 ** 6, null), dot, _s(""))
 
 
 def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
-    """The CSV lines (each ending in a newline) of the columnar step rows ``rows`` of batch ``b``."""
+    """The CSV lines (each ending in a newline) of the columnar step rows ``rows`` of batch ``b``. Adjacent
+    columns of few distinct cells are joined as one (each distinct combination once), the rest by pyarrow."""
     import pyarrow.compute as pc
-    b = b.take(A.indices(rows))
-    ints = {k: (A.ints(b.column(k), 0), A.null(b.column(k))) for k in ("i", "batch", "rows", "target", "bucket",
-                                                                         "padded", "tokens", "prompt_tokens")}
+    ints = {k: (A.ints(b.column(k), 0)[rows], A.null(b.column(k))[rows])
+            for k in ("i", "batch", "rows", "target", "bucket", "tokens", "prompt_tokens", "t_us")}
     batch = ints["batch"][0]
     rows_v = np.where(ints["rows"][1], batch, ints["rows"][0])           # records.step_rows
     bucket, no_bucket = ints["bucket"]
     none = np.zeros(len(rows_v), bool)
-    cells: dict[str, tuple[np.ndarray, list[str]]] = {
+    cells: dict = {
         "i": _ints_text(*ints["i"]),
-        "batch": _numbers(batch, ints["batch"][1], str),
-        "rows": _numbers(rows_v, ints["batch"][1], str),
-        "target": _numbers(ints["target"][0], ints["target"][1], str),
-        "bucket": _numbers(bucket, no_bucket, str),
-        "padded": _numbers(np.where(no_bucket, 0, bucket - rows_v), none, str),   # export.with_derived
-        "tokens": _numbers(ints["tokens"][0], ints["tokens"][1], str),
-        "prompt_tokens": _numbers(ints["prompt_tokens"][0], none, str),       # null: 0
+        "batch": _coded(batch, ints["batch"][1]),
+        "rows": _coded(rows_v, ints["batch"][1]),
+        "target": _coded(*ints["target"]),
+        "bucket": _coded(bucket, no_bucket),
+        "padded": _coded(np.where(no_bucket, 0, bucket - rows_v), none),   # export.with_derived
+        "tokens": _coded(*ints["tokens"]),
+        "prompt_tokens": _coded(ints["prompt_tokens"][0], none),       # null: 0
     }
     for k in ("host_us", "gpu_ms", "gap_us"):
-        cells[k] = _numbers(A.floats(b.column(k)), none, float.__repr__)
-    t_us, t_null = A.ints(b.column("t_us"), 0), A.null(b.column("t_us"))
+        cells[k] = _coded(A.floats(b.column(k))[rows], none)
+    t_us, t_null = ints["t_us"]
     cells["t"] = _t_text(t_us, t_null)
     if cells["t"] is None:
-        cells["t"] = _numbers(t_us / 1e6, t_null, float.__repr__)
+        cells["t"] = _coded(t_us / 1e6, t_null)
     for k in ("mode", "reason"):
-        cells[k] = _strs(b.column(k))
+        codes, words = _strs(b.column(k))
+        cells[k] = (codes[rows], words)
     for k, allowed in (("runtime_mode", R.RUNTIME_MODES), ("phase", R.PHASES)):
         codes, words = A.codes(b.column(k))
+        codes = codes[rows]
         ok = np.array([w in allowed for w in words] + [False], dtype=bool)[codes]   # codes -1: the False
         if k == "runtime_mode":   # records.step_runtime_mode: NONE on an eager step, FULL on a graph one
             fallback = np.where(no_bucket, len(words), len(words) + 1)
@@ -140,13 +195,22 @@ def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
             fallback = np.full(len(codes), len(words))
             words = words + [R.PHASE_DECODE]
         cells[k] = (np.where(ok, codes, fallback), [_csv_word(w) for w in words])
-    n = len(rows_v)
-    arrays = []
+    pieces: list = []   # text arrays, and runs of narrow coded columns
     for name in columns:
-        got = cells.get(name, (np.zeros(n, np.int64), [""]))
-        arrays.append(got if isinstance(got, (pa.Array, pa.ChunkedArray)) else _column(*got))
-    arrays[-1] = pc.binary_join_element_wise(arrays[-1], _s("\n"), _s(""), null_handling="replace",
-                                             null_replacement="")
+        got = cells.get(name, (np.zeros(len(rows_v), np.int64), [""]))
+        if isinstance(got, tuple) and len(got[1]) <= _NARROW:
+            if not (pieces and isinstance(pieces[-1], list)):
+                pieces.append([])
+            pieces[-1].append(got)
+        else:
+            pieces.append(got)
+    pieces = [_merged(p) if isinstance(p, list) else p for p in pieces]
+    if isinstance(pieces[-1], tuple):
+        pieces[-1] = (pieces[-1][0], [w + "\n" for w in pieces[-1][1]])
+    else:
+        pieces[-1] = pc.binary_join_element_wise(pieces[-1], _s("\n"), _s(""), null_handling="replace",
+                                                 null_replacement="")
+    arrays = [_column(*p) if isinstance(p, tuple) else p for p in pieces]
     return pc.binary_join_element_wise(*arrays, _s(","), null_handling="replace", null_replacement="")
 
 
@@ -178,26 +242,34 @@ def _later_keys(b: pa.RecordBatch, ok: np.ndarray) -> list[tuple[int, dict]]:
             for r, m, rk in zip(rows.tolist(), absent, ranks)]
 
 
+def _plain(b: pa.RecordBatch) -> bool:
+    """No row of the batch is kept as JSON or has a tensor-parallel value (the first pass has nothing to do)."""
+    return all(b.column(k).null_count == b.num_rows for k in ("json", *C.TP_STEP_KEYS))
+
+
 def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> int:
     """The CSV of a compact trace (``bad``: the rows to leave out, per row); returns the step rows written.
     Two passes: the first reads only ``type``, ``json`` and the tensor-parallel columns (the extra fields and
-    ranks of the steps that take the record path)."""
+    ranks of the steps that take the record path); the second only the step's columns."""
     extra: dict[str, None] = {}
     ranks = 0
     base = 0
     for b in trace.batches(["type", "json", "absent", *C.TP_STEP_KEYS], dictionary=True):
         ok = ~bad[base:base + b.num_rows]
+        base += b.num_rows
+        if _plain(b):
+            continue
         js = json_steps(b.select(["type", "json"]), ok)
         for _, rec in sorted(js + _later_keys(b, ok), key=lambda x: x[0]):
             extra.update((k, None) for k in rec if k != "type" and k not in header_cols and k != "rank_ms")
             if isinstance(rec.get("rank_ms"), list):
                 ranks = max(ranks, len(rec["rank_ms"]))
-        base += b.num_rows
     columns = header_cols + tuple(extra) + tuple(f"rank{r}_ms" for r in range(ranks))
     w = csv.writer(out, lineterminator="\n")
     w.writerow(columns)
+    put = _bytes_writer(out)
     written = base = 0
-    for b in trace.batches(dictionary=True):
+    for b in trace.batches(["type", "json", "absent", *(C.COLUMNS[k][0] for k in C.STEP_KEYS)], dictionary=True):
         n = b.num_rows
         ok = ~bad[base:base + n]
         base += n
@@ -208,22 +280,35 @@ def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> in
         written += len(vec) + len(special)
         if not special:
             if lines is not None:
-                out.write(_text(lines, 0, len(lines)))
+                put(_data(lines, 0, len(lines)))
             continue
         pos = np.searchsorted(vec, [r for r, _ in special])   # the columnar lines before each JSON step
         at = 0
         for p, (_, rec) in zip(pos.tolist(), special):
             if lines is not None and p > at:
-                out.write(_text(lines, at, p))
+                put(_data(lines, at, p))
             at = p
             w.writerow(csv_cells(rec, columns))
         if lines is not None and at < len(lines):
-            out.write(_text(lines, at, len(lines)))
+            put(_data(lines, at, len(lines)))
     return written
 
 
-def _text(lines: pa.Array, a: int, z: int) -> str:
-    """Lines [a, z) of a string array as one str (its data buffer between their offsets)."""
+def _bytes_writer(out):
+    """A function that writes UTF-8 bytes to the text file ``out``: to its binary buffer, after what ``out``
+    holds, where it has one (no decoding and encoding again); else decoded."""
+    buf = getattr(out, "buffer", None)
+    if buf is None or (getattr(out, "encoding", "") or "").lower().replace("-", "") != "utf8":
+        return lambda data: out.write(bytes(data).decode())
+
+    def put(data) -> None:
+        out.flush()
+        buf.write(data)
+    return put
+
+
+def _data(lines: pa.Array, a: int, z: int) -> memoryview:
+    """Lines [a, z) of a string array: its data buffer between their offsets (no copy)."""
     width = np.int64 if lines.type == pa.large_string() else np.int32
     offs = np.frombuffer(lines.buffers()[1], dtype=width, count=lines.offset + len(lines) + 1)[lines.offset:]
-    return lines.buffers()[2].to_pybytes()[offs[a]:offs[z]].decode()
+    return memoryview(lines.buffers()[2])[int(offs[a]):int(offs[z])]
