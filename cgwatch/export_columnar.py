@@ -115,44 +115,46 @@ def _coded(x: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return (np.where(null, len(words) - 1, codes) if null.any() else codes), words
 
 
-def _merged(run: list[tuple[np.ndarray, list[str]]]) -> tuple[np.ndarray, list[str]]:
-    """Adjacent coded columns as one: each distinct combination of their cells joined by commas once."""
-    if len(run) == 1:
-        return run[0]
-    key, size = np.zeros(len(run[0][0]), np.int64), 1
-    for k, (codes, words) in enumerate(run):   # a mixed-radix number of the columns' codes
-        if size * len(words) >= 1 << 62:   # it could overflow: the first k columns as one first
-            return _merged([_merged(run[:k]), *run[k:]])
-        key, size = key * len(words) + codes, size * len(words)
-    codes, u = _encode(key)
-    cells = []
-    for _, words in reversed(run):
-        u, d = np.divmod(u, len(words))
-        cells.append(map(words.__getitem__, d.tolist()))
-    return codes, list(map(",".join, zip(*reversed(cells))))
+_FEW = 2048   # coded parts merge while their distinct combinations are at most this many (a Python join each)
 
 
-_NARROW = 4096   # a coded column with at most this many words merges with its coded neighbours
+def _merge(a: tuple[np.ndarray, list[str]], b: tuple[np.ndarray, list[str]]) -> tuple[np.ndarray, list[str]] | None:
+    """Two adjacent coded parts as one, each distinct pair of words joined once; None if there are too many."""
+    if max(len(a[1]), len(b[1])) > _FEW:
+        return None
+    codes, u = _encode(a[0].astype(np.int64) * len(b[1]) + b[0])
+    if len(u) > _FEW:
+        return None
+    wa, wb = a[1], b[1]
+    return codes, [wa[i] + wb[j] for i, j in zip(*map(np.ndarray.tolist, np.divmod(u, len(wb))))]
 
 
-def _t_text(t_us: np.ndarray, null: np.ndarray) -> pa.Array | None:
-    """repr(t_us / 1e6) of each row, built from the integers: the seconds, a point and the µs digits without
-    trailing zeros ("12.5", "0.0"). That is repr's answer while a double resolves a µs (t < 4e9 s) and repr
-    does not switch to an exponent (t >= 1e-4 s, or 0); None outside that range."""
+_TZ = None   # the number of trailing zeros (at most 5) of each 6-digit fraction of a second
+
+
+def _trailing_zeros(frac: np.ndarray) -> np.ndarray:
+    global _TZ
+    if _TZ is None:
+        _TZ = np.zeros(10 ** 6, np.int8)
+        for k in range(1, 6):
+            _TZ[::10 ** k] = k
+    return _TZ[frac]
+
+
+def _t_parts(t_us: np.ndarray, null: np.ndarray) -> list | None:
+    """repr(t_us / 1e6) of each row, built from the integers, as two parts: the seconds (coded) and the point
+    with the µs digits without trailing zeros (".5", ".0"). That is repr's answer while a double resolves a µs
+    (t < 4e9 s) and repr does not switch to an exponent (t >= 1e-4 s, or 0); None outside that range."""
     import pyarrow.compute as pc
     v = t_us[~null]
     if len(v) and (int(v.max()) >= 4 * 10 ** 15 or bool(((v > 0) & (v < 100)).any()) or int(v.min()) < 0):
         return None
     frac = t_us % 10 ** 6
-    width = np.full(len(frac), 6)
-    for _ in range(5):   # trailing zeros off, the first digit kept
-        z = frac % 10 == 0
-        z &= width > 1
-        frac = np.where(z, frac // 10, frac)
-        width -= z
-    # 10**width + frac: a 1, then the digits zero-padded; the 1 becomes the point
-    dot = pc.utf8_replace_slice(_ints_text(frac + 10 ** width, null), 0, 1, ".")
-    return pc.binary_join_element_wise(_ints_text(t_us // 10 ** 6, null), dot, _s(""))
+    tz = _trailing_zeros(frac)
+    # 10**width + the digits left: a 1, then those digits zero-padded; the 1 becomes the point
+    digits = frac // 10 ** tz.astype(np.int64) + 10 ** (6 - tz.astype(np.int64))
+    dot = pc.utf8_replace_slice(_ints_text(digits, null), 0, 1, ".")
+    return [_coded(t_us // 10 ** 6, null), dot]
 
 
 def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
@@ -178,7 +180,7 @@ def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
     for k in ("host_us", "gpu_ms", "gap_us"):
         cells[k] = _coded(A.floats(b.column(k))[rows], none)
     t_us, t_null = ints["t_us"]
-    cells["t"] = _t_text(t_us, t_null)
+    cells["t"] = _t_parts(t_us, t_null)
     if cells["t"] is None:
         cells["t"] = _coded(t_us / 1e6, t_null)
     for k in ("mode", "reason"):
@@ -195,23 +197,34 @@ def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
             fallback = np.full(len(codes), len(words))
             words = words + [R.PHASE_DECODE]
         cells[k] = (np.where(ok, codes, fallback), [_csv_word(w) for w in words])
-    pieces: list = []   # text arrays, and runs of narrow coded columns
-    for name in columns:
-        got = cells.get(name, (np.zeros(len(rows_v), np.int64), [""]))
-        if isinstance(got, tuple) and len(got[1]) <= _NARROW:
-            if not (pieces and isinstance(pieces[-1], list)):
-                pieces.append([])
-            pieces[-1].append(got)
-        else:
-            pieces.append(got)
-    pieces = [_merged(p) if isinstance(p, list) else p for p in pieces]
+    n = len(rows_v)
+    return _lines([cells.get(name, (np.zeros(n, np.int64), [""])) for name in columns])
+
+
+def _lines(cols: list) -> pa.Array:
+    """The lines of rows given by column: each coded (codes, words), text (a string array, null empty), or a
+    list of such parts written without a comma between them. Adjacent coded parts of few combinations become
+    one, then pyarrow joins the pieces."""
+    import pyarrow.compute as pc
+    pieces: list = []   # text arrays, "," and coded parts (each word with the comma before it)
+    for c, col in enumerate(cols):
+        for k, part in enumerate(col if isinstance(col, list) else [col]):
+            comma = c > 0 and k == 0
+            if not isinstance(part, tuple):
+                pieces += [_s(","), part] if comma else [part]
+                continue
+            part = (part[0], ["," + w for w in part[1]]) if comma else part
+            merged = _merge(pieces[-1], part) if pieces and isinstance(pieces[-1], tuple) else None
+            if merged is None:
+                pieces.append(part)
+            else:
+                pieces[-1] = merged
     if isinstance(pieces[-1], tuple):
         pieces[-1] = (pieces[-1][0], [w + "\n" for w in pieces[-1][1]])
     else:
-        pieces[-1] = pc.binary_join_element_wise(pieces[-1], _s("\n"), _s(""), null_handling="replace",
-                                                 null_replacement="")
+        pieces.append(_s("\n"))
     arrays = [_column(*p) if isinstance(p, tuple) else p for p in pieces]
-    return pc.binary_join_element_wise(*arrays, _s(","), null_handling="replace", null_replacement="")
+    return pc.binary_join_element_wise(*arrays, _s(""), null_handling="replace", null_replacement="")
 
 
 def json_steps(b: pa.RecordBatch, ok: np.ndarray) -> list[tuple[int, dict]]:
