@@ -129,7 +129,10 @@ def _float_words(x: np.ndarray) -> pa.Array:
 
 
 def _bools(arr: pa.Array) -> np.ndarray:
-    return arr.to_numpy(zero_copy_only=False)
+    """A boolean array without nulls as numpy (from its bits: to_numpy would import pandas)."""
+    n, off = len(arr), arr.offset
+    bits = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=(off + n + 7) // 8)
+    return np.unpackbits(bits, bitorder="little")[off:off + n].view(bool)
 
 
 def _mask(b: np.ndarray) -> pa.Array:
@@ -158,6 +161,7 @@ def _merge(a: tuple[np.ndarray, list[str]], b: tuple[np.ndarray, list[str]]) -> 
     return codes, [wa[i] + wb[j] for i, j in zip(*map(np.ndarray.tolist, np.divmod(u, len(wb))))]
 
 
+_P10 = 10 ** np.arange(7, dtype=np.int64)
 _TZ = None   # the number of trailing zeros (at most 5) of each 6-digit fraction of a second
 
 
@@ -181,7 +185,7 @@ def _t_parts(t_us: np.ndarray, null: np.ndarray) -> list | None:
     frac = t_us % 10 ** 6
     tz = _trailing_zeros(frac)
     # 10**width + the digits left: a 1, then those digits zero-padded; the 1 becomes the point
-    digits = frac // 10 ** tz.astype(np.int64) + 10 ** (6 - tz.astype(np.int64))
+    digits = frac // _P10[tz] + _P10[6 - tz]
     dot = pc.utf8_replace_slice(_ints_text(digits, null), 0, 1, ".")
     return [_coded(t_us // 10 ** 6, null), dot]
 
