@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -150,15 +151,38 @@ def _affix(words: list[str] | pa.Array, before: str, after: str) -> list[str] | 
 _FEW = 2048   # coded parts merge while their distinct combinations are at most this many (a Python join each)
 
 
-def _merge(a: tuple[np.ndarray, list[str]], b: tuple[np.ndarray, list[str]]) -> tuple[np.ndarray, list[str]] | None:
-    """Two adjacent coded parts as one, each distinct pair of words joined once; None if there are too many."""
-    if max(len(a[1]), len(b[1])) > _FEW:
+def _merge(parts: list) -> tuple[np.ndarray, list[str]] | None:
+    """Adjacent coded parts as one, each distinct combination of their words joined once; None if there are
+    too many combinations."""
+    size = math.prod(len(w) for _, w in parts)
+    if size >= 1 << 62:
         return None
-    codes, u = _encode(a[0].astype(np.int64) * len(b[1]) + b[0])
+    key = np.zeros(len(parts[0][0]), np.int64)
+    for codes, words in parts:   # a mixed-radix number
+        key = key * len(words) + codes
+    codes, u = _encode(key)
     if len(u) > _FEW:
         return None
-    wa, wb = (w if isinstance(w, list) else w.to_pylist() for w in (a[1], b[1]))
-    return codes, [wa[i] + wb[j] for i, j in zip(*map(np.ndarray.tolist, np.divmod(u, len(wb))))]
+    cells = []
+    for _, words in reversed(parts):
+        u, d = np.divmod(u, len(words))
+        cells.append(map((words if isinstance(words, list) else words.to_pylist()).__getitem__, d.tolist()))
+    return codes, list(map("".join, zip(*reversed(cells))))
+
+
+def _merged(run: list) -> list:
+    """A run of narrow coded parts as few: all as one if their combinations are few, else pairs left to right."""
+    whole = _merge(run) if len(run) > 1 else run[0]
+    if whole is not None:
+        return [whole]
+    out = run[:1]
+    for part in run[1:]:
+        two = _merge([out[-1], part])
+        if two is None:
+            out.append(part)
+        else:
+            out[-1] = two
+    return out
 
 
 _P10 = 10 ** np.arange(7, dtype=np.int64)
@@ -239,7 +263,7 @@ def _lines(cols: list) -> pa.Array:
     list of such parts written without a comma between them. Adjacent coded parts of few combinations become
     one, then pyarrow joins the pieces."""
     import pyarrow.compute as pc
-    pieces: list = []   # text arrays, "," and coded parts (each word with the comma before it)
+    pieces: list = []   # text arrays, "," and coded parts (each word with the comma before it), runs of those
     for c, col in enumerate(cols):
         for k, part in enumerate(col if isinstance(col, list) else [col]):
             comma = c > 0 and k == 0
@@ -247,11 +271,13 @@ def _lines(cols: list) -> pa.Array:
                 pieces += [_s(","), part] if comma else [part]
                 continue
             part = (part[0], _affix(part[1], ",", "")) if comma else part
-            merged = _merge(pieces[-1], part) if pieces and isinstance(pieces[-1], tuple) else None
-            if merged is None:
+            if len(part[1]) > _FEW:
                 pieces.append(part)
+            elif pieces and isinstance(pieces[-1], list):
+                pieces[-1].append(part)
             else:
-                pieces[-1] = merged
+                pieces.append([part])
+    pieces = [q for p in pieces for q in (_merged(p) if isinstance(p, list) else [p])]
     if isinstance(pieces[-1], tuple):
         pieces[-1] = (pieces[-1][0], _affix(pieces[-1][1], "", "\n"))
     else:
