@@ -337,9 +337,16 @@ def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> in
             if isinstance(rec.get("rank_ms"), list):
                 ranks = max(ranks, len(rec["rank_ms"]))
     columns = header_cols + tuple(extra) + tuple(f"rank{r}_ms" for r in range(ranks))
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(columns)
     put = _bytes_writer(out)
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+
+    def row(cells) -> None:   # a row as the csv module writes it
+        text.seek(0)
+        text.truncate()
+        w.writerow(cells)
+        put(text.getvalue().encode())
+    row(columns)
     written = base = 0
     for b in trace.batches(["type", "json", "absent", *(C.COLUMNS[k][0] for k in C.STEP_KEYS)], dictionary=True):
         n = b.num_rows
@@ -360,23 +367,20 @@ def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> in
             if lines is not None and p > at:
                 put(_data(lines, at, p))
             at = p
-            w.writerow(csv_cells(rec, columns))
+            row(csv_cells(rec, columns))
         if lines is not None and at < len(lines):
             put(_data(lines, at, len(lines)))
     return written
 
 
 def _bytes_writer(out):
-    """A function that writes UTF-8 bytes to the text file ``out``: to its binary buffer, after what ``out``
-    holds, where it has one (no decoding and encoding again); else decoded."""
+    """A function that writes UTF-8 bytes to the text file ``out``: straight to its binary buffer where it has
+    one (no decoding and encoding again), after what ``out`` holds; else decoded."""
     buf = getattr(out, "buffer", None)
     if buf is None or (getattr(out, "encoding", "") or "").lower().replace("-", "") != "utf8":
         return lambda data: out.write(bytes(data).decode())
-
-    def put(data) -> None:
-        out.flush()
-        buf.write(data)
-    return put
+    out.flush()
+    return buf.write
 
 
 def _data(lines: pa.Array, a: int, z: int) -> memoryview:
