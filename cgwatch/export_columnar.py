@@ -1,11 +1,13 @@
 """``cgwatch export --format csv`` of a compact trace from its columns: the same bytes as the record path.
 
-A columnar step row becomes a CSV line without a dict: each column's distinct values are formatted once, as
+A columnar step row becomes a CSV line without a dict. Each column's distinct values are formatted once, as
 the csv module writes them (``str`` of an int, ``repr`` of a float, a string quoted where it must be; null,
-NaN and infinity empty), the rows' cells are joined by pyarrow (binary_join_element_wise), and the lines
-are written a batch at a time. Steps kept as JSON (odd fields) and tensor-parallel steps (decoded from their
-columns) go through the record path's own formatting (export.csv_cells) at their place. Only the rows the shared validation accepts are
-written (fold.screen: the same rows records.screen accepts).
+NaN and infinity empty): a column is its codes and words. Adjacent columns of few distinct values are merged
+into one (each distinct combination of their words joined once); ``t`` and ``i`` are text built by pyarrow;
+pyarrow joins the pieces into lines, whose bytes go to the file a batch at a time. Steps kept as JSON (odd
+fields) and tensor-parallel steps (decoded from their columns) go through the record path's own formatting
+(export.csv_cells) at their place. Only the rows the shared validation accepts are written (fold.screen: the
+same rows records.screen accepts).
 """
 
 from __future__ import annotations
@@ -217,7 +219,6 @@ def _t_parts(t_us: np.ndarray, null: np.ndarray) -> list | None:
 def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
     """The CSV lines (each ending in a newline) of the columnar step rows ``rows`` of batch ``b``. Adjacent
     columns of few distinct cells are joined as one (each distinct combination once), the rest by pyarrow."""
-    import pyarrow.compute as pc
     ints = {k: (A.ints(b.column(k), 0)[rows], A.null(b.column(k))[rows])
             for k in ("i", "batch", "rows", "target", "bucket", "tokens", "prompt_tokens", "t_us")}
     batch = ints["batch"][0]
