@@ -66,7 +66,7 @@ from cgwatch.errors import CgwatchError
 from cgwatch.event_text import event_text
 from cgwatch.trace import _sniff, iter_numbered, open_trace, read_header, trace_files
 
-FORMATS = {"perfetto": ".perfetto.json", "csv": ".csv"}
+FORMATS = {"perfetto": ".perfetto.json", "pftrace": ".pftrace", "csv": ".csv"}
 REORDER_WINDOW_S = 10.0   # records are released in t order once the trace has moved this far past them
 NAME_MAX = 80             # longer event names are cut; args keep the full text
 
@@ -119,12 +119,15 @@ SAMPLE_COUNTERS = {
 # ---- the command ----
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="a trace as Perfetto / chrome://tracing JSON, or CSV (one row per step)")
+    p = sub.add_parser("export", help="a trace as Perfetto's protobuf trace, Perfetto / chrome://tracing JSON, "
+                                      "or CSV (one row per step)")
     p.add_argument("trace", help="a trace file written by 'cgwatch run --record', or sample:NAME (cgwatch samples)")
-    p.add_argument("--format", required=True, choices=tuple(FORMATS), help="perfetto (Chrome Trace Event JSON) or csv")
+    p.add_argument("--format", required=True, choices=tuple(FORMATS),
+                   help="pftrace (Perfetto's own protobuf trace: small, fast, for long runs), perfetto (Chrome "
+                        "Trace Event JSON, also for chrome://tracing) or csv")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file, '-' for stdout (default: the trace's name with .perfetto.json / .csv, "
-                        "in the current directory)")
+                   help="output file, '-' for stdout (default: the trace's name with .pftrace / .perfetto.json / "
+                        ".csv, in the current directory)")
     p.set_defaults(func=run)
 
 
@@ -136,6 +139,8 @@ def run(a) -> int:
     # a compact trace: screened a column batch at a time (fold.py) and written from its columns (CSV:
     # export_columnar.py; Perfetto: perfetto_columnar.py, unless a record comes later than _InOrder's window)
     tr = open_trace(a.trace) if all(_sniff(p) != "jsonl" for p in trace_files(a.trace)) else None
+    if a.format == "pftrace":
+        return _export_pftrace(a.trace, tr, header, out)
     fast = False
     if tr is not None:
         import numpy as np
@@ -173,6 +178,42 @@ def run(a) -> int:
     return 0
 
 
+def _export_pftrace(trace: str, tr, header: dict, out: str) -> int:
+    """Perfetto's protobuf trace (export_pftrace.py): a compact trace from its columns, a JSON Lines one
+    encoded into the same columns first."""
+    import numpy as np
+
+    from cgwatch import export_pftrace
+    if tr is not None:
+        from cgwatch.fold import screen as fold_screen
+        scr = fold_screen(tr)
+        screen, bad = scr.screen, scr.bad
+        skipped = int(bad.sum())
+    else:
+        skip, screen = screen_trace(trace)
+        tr = export_pftrace.RecordTable(_records(trace, skip))
+        bad, skipped = np.zeros(tr.rows, dtype=bool), len(skip)
+    with _output(out, binary=True) as f:
+        counts, complete = export_pftrace.export(tr, f, header, bad, trace)
+    if screen.warning():
+        print(f"cgwatch: warning: {screen.warning()}", file=sys.stderr)
+    if out != "-":
+        print(f"cgwatch export: {_pftrace_summary(counts, complete, skipped)} -> {out}", file=sys.stderr)
+    return 0
+
+
+def _pftrace_summary(c: Counter, complete: bool, skipped: int) -> str:
+    parts = [f"{c['packets']:,} packets", f"{c['step']:,} steps", f"{c['gpu']:,} GPU slices",
+             f"{c['prefill']:,} prefills", f"{c['capture']:,} captures", f"{c['counter']:,} counter values"]
+    if skipped:
+        parts.append(f"{skipped:,} records skipped (cannot be trusted)")
+    if c["skipped"]:
+        parts.append(f"{c['skipped']:,} records of unknown types left out")
+    if not complete:
+        parts.append("no end record: partial trace")
+    return ", ".join(parts)
+
+
 def screen_trace(trace: str) -> tuple[frozenset, R.Screen]:
     """The line numbers of the records that cannot be trusted (records.screen) and the Screen that says so."""
     files = trace_files(trace)
@@ -194,11 +235,13 @@ def default_output(trace: str, fmt: str) -> str:
 
 
 @contextmanager
-def _output(out: str) -> Iterator[IO[str]]:
+def _output(out: str, binary: bool = False) -> Iterator[IO]:
     """stdout for '-'; else a temporary file next to OUT, renamed onto it only when the export
-    succeeded (a failed export leaves no half-written file)."""
+    succeeded (a failed export leaves no half-written file). Text, or bytes with ``binary``."""
     if out == "-":
-        yield sys.stdout
+        if binary:
+            sys.stdout.flush()
+        yield sys.stdout.buffer if binary else sys.stdout
         return
     try:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)),
@@ -209,7 +252,7 @@ def _output(out: str) -> Iterator[IO[str]]:
         mask = os.umask(0o022)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)   # mkstemp makes it private; give it a new file's mode
-        with open(fd, "w", encoding="utf-8", newline="") as f:
+        with (open(fd, "wb") if binary else open(fd, "w", encoding="utf-8", newline="")) as f:
             yield f
         os.replace(tmp, out)
     except OSError as e:

@@ -366,8 +366,13 @@ def main() -> int:
         if "recommend" in only:
             r["recommend"] = child(cg("recommend", pq_path, "--memory-budget", "256", "--max-buckets", "6"))
         if "export" in only and steps <= 1_000_000:
-            r["export_csv"] = child(cg("export", pq_path, "--format", "csv", "-o", f"{a.out}/x.csv"))
-            r["export_perfetto"] = child(cg("export", pq_path, "--format", "perfetto", "-o", f"{a.out}/x.json"))
+            for fmt, ext in (("csv", "csv"), ("perfetto", "json"), ("pftrace", "pftrace")):
+                out = f"{a.out}/x.{ext}"
+                if os.path.exists(out):
+                    os.unlink(out)   # (a rename over an old file makes ext4 flush it: seconds, not ours)
+                r[f"export_{fmt}"] = child(cg("export", pq_path, "--format", fmt, "-o", out))
+                if os.path.exists(out):
+                    r[f"export_{fmt}"]["bytes_per_step"] = round(os.path.getsize(out) / steps, 1)
         if "convert" in only and steps <= 1_000_000:
             jl = f"{a.out}/synth_{tag}.jsonl"
             r["convert_to_jsonl"] = child(cg("convert", pq_path, jl))
