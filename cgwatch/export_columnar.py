@@ -346,7 +346,7 @@ def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> in
         text.seek(0)
         text.truncate()
         w.writerow(cells)
-        put(text.getvalue().encode())
+        put(text.getvalue().encode("utf-8", getattr(out, "errors", None) or "strict"))
     row(columns)
     written = base = 0
     for b in trace.batches(["type", "json", "absent", *(C.COLUMNS[k][0] for k in C.STEP_KEYS)], dictionary=True):
