@@ -1,17 +1,20 @@
 """``cgwatch export --format csv`` of a compact trace from its columns: the same bytes as the record path.
 
-A columnar step row becomes a CSV line without a dict: each column's distinct values are formatted once, as
+A columnar step row becomes a CSV line without a dict. Each column's distinct values are formatted once, as
 the csv module writes them (``str`` of an int, ``repr`` of a float, a string quoted where it must be; null,
-NaN and infinity empty), the rows' cells are joined by pyarrow (binary_join_element_wise), and the lines
-are written a batch at a time. Steps kept as JSON (odd fields) and tensor-parallel steps (decoded from their
-columns) go through the record path's own formatting (export.csv_cells) at their place. Only the rows the shared validation accepts are
-written (fold.screen: the same rows records.screen accepts).
+NaN and infinity empty): a column is its codes and words. Adjacent columns of few distinct values are merged
+into one (each distinct combination of their words joined once); ``t`` and ``i`` are text built by pyarrow;
+pyarrow joins the pieces into lines, whose bytes go to the file a batch at a time. Steps kept as JSON (odd
+fields) and tensor-parallel steps (decoded from their columns) go through the record path's own formatting
+(export.csv_cells) at their place. Only the rows the shared validation accepts are written (fold.screen: the
+same rows records.screen accepts).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -48,11 +51,11 @@ def _csv_word(word: str) -> str:
     return buf.getvalue()[:-2]
 
 
-def _column(codes: np.ndarray, words: list[str]) -> pa.Array:
+def _column(codes: np.ndarray, words: list[str] | pa.Array) -> pa.Array:
     """The cells of one column: ``words[codes]`` as a string array."""
     import pyarrow.compute as pc
     idx = pa.Array.from_buffers(pa.int32(), len(codes), [None, pa.py_buffer(codes.astype(np.int32))])
-    return pc.take(strings(words), idx)
+    return pc.take(words if isinstance(words, pa.Array) else strings(words), idx)
 
 
 def _numbers(x: np.ndarray, null: np.ndarray, fmt) -> tuple[np.ndarray, list[str]]:
@@ -80,21 +83,6 @@ def _validity(null: np.ndarray):
     return pa.py_buffer(np.packbits(~null, bitorder="little")) if null.any() else None
 
 
-def _t_text(t_us: np.ndarray, null: np.ndarray) -> pa.Array | None:
-    """repr(t_us / 1e6) of each row, built from the integers: the seconds, a point and the µs digits without
-    trailing zeros ("12.5", "0.0"). That is repr's answer while a double resolves a µs (t < 4e9 s) and repr
-    does not switch to an exponent (t >= 1e-4 s, or 0); None outside that range."""
-    import pyarrow.compute as pc
-    v = t_us[~null]
-    if len(v) and (int(v.max()) >= 4 * 10 ** 15 or bool(((v > 0) & (v < 100)).any()) or int(v.min()) < 0):
-        return None
-    whole = _ints_text(t_us // 10 ** 6, null)
-    digits = pc.utf8_lpad(_ints_text(t_us % 10 ** 6, null), 6, "0")     # trailing zeros off, the first kept
-    frac = pc.binary_join_element_wise(pc.utf8_slice_codeunits(digits, 0, 1),
-                                       pc.utf8_rtrim(pc.utf8_slice_codeunits(digits, 1, 6), "0"), _s(""))
-    return pc.binary_join_element_wise(whole, frac, _s("."))
-
-
 def _strs(col) -> tuple[np.ndarray, list[str]]:
     """(codes, words) of a string column, null an empty cell."""
     codes, words = A.codes(col)
@@ -102,36 +90,163 @@ def _strs(col) -> tuple[np.ndarray, list[str]]:
     return np.where(codes < 0, len(words) - 1, codes), words
 
 
-def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
-    """The CSV lines (each ending in a newline) of the columnar step rows ``rows`` of batch ``b``."""
+def _encode(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, distinct values) of an int64 array, by hashing (pyarrow's dictionary_encode: np.unique sorts)."""
     import pyarrow.compute as pc
-    b = b.take(A.indices(rows))
-    ints = {k: (A.ints(b.column(k), 0), A.null(b.column(k))) for k in ("i", "batch", "rows", "target", "bucket",
-                                                                         "padded", "tokens", "prompt_tokens")}
+    x = np.ascontiguousarray(x, np.int64)
+    d = pc.dictionary_encode(pa.Array.from_buffers(pa.int64(), len(x), [None, pa.py_buffer(x)]))
+    return A.raw(d.indices, np.int32), A.raw(d.dictionary, np.int64)
+
+
+def _coded(x: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, list[str] | pa.Array]:
+    """(codes, words) of an int or float column, as _numbers gives them (str of an int, repr of a float
+    told apart by its bits; null, NaN and infinity empty), each distinct value formatted once."""
+    if x.dtype == np.float64:
+        codes, u = _encode(x.view(np.int64))
+        words = pa.concat_arrays([_float_words(u.view(np.float64)), strings([""])])
+    else:
+        lo, hi = (int(x.min()), int(x.max())) if len(x) else (0, 0)
+        if hi - lo < len(x) + 64:   # a narrow range of ints: each code the offset from the least
+            codes, words = x - lo, list(map(str, range(lo, hi + 1))) + [""]
+        else:
+            codes, u = _encode(x)
+            words = list(map(str, u.tolist())) + [""]
+    return (np.where(null, len(words) - 1, codes) if null.any() else codes), words
+
+
+def _float_words(x: np.ndarray) -> pa.Array:
+    """repr of each float (NaN and infinity empty), by pyarrow's cast where its text can differ from repr's
+    only by repr's ".0" of a whole number: the same shortest digits (checked on 35M random values) unless
+    below 1e-4 in size (but 0) or in pyarrow's exponent form; those by repr."""
+    import pyarrow.compute as pc
+    text = pc.cast(pa.Array.from_buffers(pa.float64(), len(x), [None, pa.py_buffer(x)]), pa.large_string())
+    with np.errstate(invalid="ignore"):
+        odd = ~np.isfinite(x) | ((x != 0) & (np.abs(x) < 1e-4)) | _bools(pc.match_substring(text, "e"))
+    whole = ~odd & ~_bools(pc.match_substring(text, "."))
+    if whole.any():
+        text = pc.if_else(_mask(whole), pc.binary_join_element_wise(text, _s(".0"), _s("")), text)
+    if odd.any():
+        text = pc.replace_with_mask(text, _mask(odd), strings([repr(v) if np.isfinite(v) else ""
+                                                             for v in x[odd].tolist()]))
+    return text
+
+
+def _bools(arr: pa.Array) -> np.ndarray:
+    """A boolean array without nulls as numpy (from its bits: to_numpy would import pandas)."""
+    n, off = len(arr), arr.offset
+    bits = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=(off + n + 7) // 8)
+    return np.unpackbits(bits, bitorder="little")[off:off + n].view(bool)
+
+
+def _mask(b: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(pa.bool_(), len(b), [None, pa.py_buffer(np.packbits(b, bitorder="little"))])
+
+
+def _affix(words: list[str] | pa.Array, before: str, after: str) -> list[str] | pa.Array:
+    """Each word with ``before`` and ``after`` it."""
+    import pyarrow.compute as pc
+    if isinstance(words, pa.Array):
+        return pc.binary_join_element_wise(_s(before), words, _s(after), _s(""))
+    return [before + w + after for w in words]
+
+
+_FEW = 2048   # coded parts merge while their distinct combinations are at most this many (a Python join each)
+
+
+def _merge(parts: list) -> tuple[np.ndarray, list[str]] | None:
+    """Adjacent coded parts as one, each distinct combination of their words joined once; None if there are
+    too many combinations."""
+    size = math.prod(len(w) for _, w in parts)
+    if size >= 1 << 62:
+        return None
+    key = np.zeros(len(parts[0][0]), np.int64)
+    for codes, words in parts:   # a mixed-radix number
+        key = key * len(words) + codes
+    codes, u = _encode(key)
+    if len(u) > _FEW:
+        return None
+    cells = []
+    for _, words in reversed(parts):
+        u, d = np.divmod(u, len(words))
+        cells.append(map((words if isinstance(words, list) else words.to_pylist()).__getitem__, d.tolist()))
+    return codes, list(map("".join, zip(*reversed(cells))))
+
+
+def _merged(run: list) -> list:
+    """A run of narrow coded parts as few: all as one if their combinations are few, else pairs left to right."""
+    whole = _merge(run) if len(run) > 1 else run[0]
+    if whole is not None:
+        return [whole]
+    out = run[:1]
+    for part in run[1:]:
+        two = _merge([out[-1], part])
+        if two is None:
+            out.append(part)
+        else:
+            out[-1] = two
+    return out
+
+
+_P10 = 10 ** np.arange(7, dtype=np.int64)
+_TZ = None   # the number of trailing zeros (at most 5) of each 6-digit fraction of a second
+
+
+def _trailing_zeros(frac: np.ndarray) -> np.ndarray:
+    global _TZ
+    if _TZ is None:
+        _TZ = np.zeros(10 ** 6, np.int8)
+        for k in range(1, 6):
+            _TZ[::10 ** k] = k
+    return _TZ[frac]
+
+
+def _t_parts(t_us: np.ndarray, null: np.ndarray) -> list | None:
+    """repr(t_us / 1e6) of each row, built from the integers, as two parts: the seconds (coded) and the point
+    with the µs digits without trailing zeros (".5", ".0"). That is repr's answer while a double resolves a µs
+    (t < 4e9 s) and repr does not switch to an exponent (t >= 1e-4 s, or 0); None outside that range."""
+    import pyarrow.compute as pc
+    v = t_us[~null]
+    if len(v) and (int(v.max()) >= 4 * 10 ** 15 or bool(((v > 0) & (v < 100)).any()) or int(v.min()) < 0):
+        return None
+    frac = t_us % 10 ** 6
+    tz = _trailing_zeros(frac)
+    # 10**width + the digits left: a 1, then those digits zero-padded; the 1 becomes the point
+    digits = frac // _P10[tz] + _P10[6 - tz]
+    dot = pc.utf8_replace_slice(_ints_text(digits, null), 0, 1, ".")
+    return [_coded(t_us // 10 ** 6, null), dot]
+
+
+def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
+    """The CSV lines (each ending in a newline) of the columnar step rows ``rows`` of batch ``b``. Adjacent
+    columns of few distinct cells are joined as one (each distinct combination once), the rest by pyarrow."""
+    ints = {k: (A.ints(b.column(k), 0)[rows], A.null(b.column(k))[rows])
+            for k in ("i", "batch", "rows", "target", "bucket", "tokens", "prompt_tokens", "t_us")}
     batch = ints["batch"][0]
     rows_v = np.where(ints["rows"][1], batch, ints["rows"][0])           # records.step_rows
     bucket, no_bucket = ints["bucket"]
     none = np.zeros(len(rows_v), bool)
-    cells: dict[str, tuple[np.ndarray, list[str]]] = {
+    cells: dict = {
         "i": _ints_text(*ints["i"]),
-        "batch": _numbers(batch, ints["batch"][1], str),
-        "rows": _numbers(rows_v, ints["batch"][1], str),
-        "target": _numbers(ints["target"][0], ints["target"][1], str),
-        "bucket": _numbers(bucket, no_bucket, str),
-        "padded": _numbers(np.where(no_bucket, 0, bucket - rows_v), none, str),   # export.with_derived
-        "tokens": _numbers(ints["tokens"][0], ints["tokens"][1], str),
-        "prompt_tokens": _numbers(ints["prompt_tokens"][0], none, str),       # null: 0
+        "batch": _coded(batch, ints["batch"][1]),
+        "rows": _coded(rows_v, ints["batch"][1]),
+        "target": _coded(*ints["target"]),
+        "bucket": _coded(bucket, no_bucket),
+        "padded": _coded(np.where(no_bucket, 0, bucket - rows_v), none),   # export.with_derived
+        "tokens": _coded(*ints["tokens"]),
+        "prompt_tokens": _coded(ints["prompt_tokens"][0], none),       # null: 0
     }
     for k in ("host_us", "gpu_ms", "gap_us"):
-        cells[k] = _numbers(A.floats(b.column(k)), none, float.__repr__)
-    t_us, t_null = A.ints(b.column("t_us"), 0), A.null(b.column("t_us"))
-    cells["t"] = _t_text(t_us, t_null)
+        cells[k] = _coded(A.floats(b.column(k))[rows], none)
+    t_us, t_null = ints["t_us"]
+    cells["t"] = _t_parts(t_us, t_null)
     if cells["t"] is None:
-        cells["t"] = _numbers(t_us / 1e6, t_null, float.__repr__)
+        cells["t"] = _coded(t_us / 1e6, t_null)
     for k in ("mode", "reason"):
-        cells[k] = _strs(b.column(k))
+        codes, words = _strs(b.column(k))
+        cells[k] = (codes[rows], words)
     for k, allowed in (("runtime_mode", R.RUNTIME_MODES), ("phase", R.PHASES)):
         codes, words = A.codes(b.column(k))
+        codes = codes[rows]
         ok = np.array([w in allowed for w in words] + [False], dtype=bool)[codes]   # codes -1: the False
         if k == "runtime_mode":   # records.step_runtime_mode: NONE on an eager step, FULL on a graph one
             fallback = np.where(no_bucket, len(words), len(words) + 1)
@@ -141,13 +256,35 @@ def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
             words = words + [R.PHASE_DECODE]
         cells[k] = (np.where(ok, codes, fallback), [_csv_word(w) for w in words])
     n = len(rows_v)
-    arrays = []
-    for name in columns:
-        got = cells.get(name, (np.zeros(n, np.int64), [""]))
-        arrays.append(got if isinstance(got, (pa.Array, pa.ChunkedArray)) else _column(*got))
-    arrays[-1] = pc.binary_join_element_wise(arrays[-1], _s("\n"), _s(""), null_handling="replace",
-                                             null_replacement="")
-    return pc.binary_join_element_wise(*arrays, _s(","), null_handling="replace", null_replacement="")
+    return _lines([cells.get(name, (np.zeros(n, np.int64), [""])) for name in columns])
+
+
+def _lines(cols: list) -> pa.Array:
+    """The lines of rows given by column: each coded (codes, words), text (a string array, null empty), or a
+    list of such parts written without a comma between them. Adjacent coded parts of few combinations become
+    one, then pyarrow joins the pieces."""
+    import pyarrow.compute as pc
+    pieces: list = []   # text arrays, "," and coded parts (each word with the comma before it), runs of those
+    for c, col in enumerate(cols):
+        for k, part in enumerate(col if isinstance(col, list) else [col]):
+            comma = c > 0 and k == 0
+            if not isinstance(part, tuple):
+                pieces += [_s(","), part] if comma else [part]
+                continue
+            part = (part[0], _affix(part[1], ",", "")) if comma else part
+            if len(part[1]) > _FEW:
+                pieces.append(part)
+            elif pieces and isinstance(pieces[-1], list):
+                pieces[-1].append(part)
+            else:
+                pieces.append([part])
+    pieces = [q for p in pieces for q in (_merged(p) if isinstance(p, list) else [p])]
+    if isinstance(pieces[-1], tuple):
+        pieces[-1] = (pieces[-1][0], _affix(pieces[-1][1], "", "\n"))
+    else:
+        pieces.append(_s("\n"))
+    arrays = [_column(*p) if isinstance(p, tuple) else p for p in pieces]
+    return pc.binary_join_element_wise(*arrays, _s(""), null_handling="replace", null_replacement="")
 
 
 def json_steps(b: pa.RecordBatch, ok: np.ndarray) -> list[tuple[int, dict]]:
@@ -178,26 +315,41 @@ def _later_keys(b: pa.RecordBatch, ok: np.ndarray) -> list[tuple[int, dict]]:
             for r, m, rk in zip(rows.tolist(), absent, ranks)]
 
 
+def _plain(b: pa.RecordBatch) -> bool:
+    """No row of the batch is kept as JSON or has a tensor-parallel value (the first pass has nothing to do)."""
+    return all(b.column(k).null_count == b.num_rows for k in ("json", *C.TP_STEP_KEYS))
+
+
 def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> int:
     """The CSV of a compact trace (``bad``: the rows to leave out, per row); returns the step rows written.
     Two passes: the first reads only ``type``, ``json`` and the tensor-parallel columns (the extra fields and
-    ranks of the steps that take the record path)."""
+    ranks of the steps that take the record path); the second only the step's columns."""
     extra: dict[str, None] = {}
     ranks = 0
     base = 0
     for b in trace.batches(["type", "json", "absent", *C.TP_STEP_KEYS], dictionary=True):
         ok = ~bad[base:base + b.num_rows]
+        base += b.num_rows
+        if _plain(b):
+            continue
         js = json_steps(b.select(["type", "json"]), ok)
         for _, rec in sorted(js + _later_keys(b, ok), key=lambda x: x[0]):
             extra.update((k, None) for k in rec if k != "type" and k not in header_cols and k != "rank_ms")
             if isinstance(rec.get("rank_ms"), list):
                 ranks = max(ranks, len(rec["rank_ms"]))
-        base += b.num_rows
     columns = header_cols + tuple(extra) + tuple(f"rank{r}_ms" for r in range(ranks))
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(columns)
+    put = _bytes_writer(out)
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+
+    def row(cells) -> None:   # a row as the csv module writes it
+        text.seek(0)
+        text.truncate()
+        w.writerow(cells)
+        put(text.getvalue().encode("utf-8", getattr(out, "errors", None) or "strict"))
+    row(columns)
     written = base = 0
-    for b in trace.batches(dictionary=True):
+    for b in trace.batches(["type", "json", "absent", *(C.COLUMNS[k][0] for k in C.STEP_KEYS)], dictionary=True):
         n = b.num_rows
         ok = ~bad[base:base + n]
         base += n
@@ -208,22 +360,32 @@ def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> in
         written += len(vec) + len(special)
         if not special:
             if lines is not None:
-                out.write(_text(lines, 0, len(lines)))
+                put(_data(lines, 0, len(lines)))
             continue
         pos = np.searchsorted(vec, [r for r, _ in special])   # the columnar lines before each JSON step
         at = 0
         for p, (_, rec) in zip(pos.tolist(), special):
             if lines is not None and p > at:
-                out.write(_text(lines, at, p))
+                put(_data(lines, at, p))
             at = p
-            w.writerow(csv_cells(rec, columns))
+            row(csv_cells(rec, columns))
         if lines is not None and at < len(lines):
-            out.write(_text(lines, at, len(lines)))
+            put(_data(lines, at, len(lines)))
     return written
 
 
-def _text(lines: pa.Array, a: int, z: int) -> str:
-    """Lines [a, z) of a string array as one str (its data buffer between their offsets)."""
+def _bytes_writer(out):
+    """A function that writes UTF-8 bytes to the text file ``out``: straight to its binary buffer where it has
+    one (no decoding and encoding again), after what ``out`` holds; else decoded."""
+    buf = getattr(out, "buffer", None)
+    if buf is None or (getattr(out, "encoding", "") or "").lower().replace("-", "") != "utf8":
+        return lambda data: out.write(bytes(data).decode())
+    out.flush()
+    return buf.write
+
+
+def _data(lines: pa.Array, a: int, z: int) -> memoryview:
+    """Lines [a, z) of a string array: its data buffer between their offsets (no copy)."""
     width = np.int64 if lines.type == pa.large_string() else np.int32
     offs = np.frombuffer(lines.buffers()[1], dtype=width, count=lines.offset + len(lines) + 1)[lines.offset:]
-    return lines.buffers()[2].to_pybytes()[offs[a]:offs[z]].decode()
+    return memoryview(lines.buffers()[2])[int(offs[a]):int(offs[z])]

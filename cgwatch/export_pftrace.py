@@ -51,7 +51,7 @@ IID = {k: n + 1 for n, k in enumerate(ARG_NAMES)}
 
 
 def _packet_head(seq_flags: int) -> bytes:
-    return field_varint(10, SEQ) + field_varint(13, seq_flags)
+    return field_varint(10, SEQ) + (field_varint(13, seq_flags) if seq_flags else b"")
 
 
 # ---- where slices start ----

@@ -37,6 +37,13 @@ def _width(top: int) -> int:
 def _varints(v: np.ndarray, width: int) -> np.ndarray:
     """(n, max(width, 8)) uint8: each value as a varint padded to ``width`` bytes (the first ``width``). Up to 8 bytes (56 bits) the 7-bit
     groups are spread into bytes in three shifts (28-, 14-, 7-bit halves), not one pass a byte."""
+    if width == 1:
+        return v.astype(np.uint8).reshape(-1, 1)
+    if width == 2:
+        out = np.empty((len(v), 2), dtype=np.uint8)
+        out[:, 0] = (v & 0x7F) | 0x80
+        out[:, 1] = v >> 7
+        return out
     v = v.astype(np.uint64)
     if width > 8:
         shifts = np.arange(width, dtype=np.uint64) * np.uint64(7)
@@ -59,21 +66,22 @@ class Rows:
     def __init__(self, n: int):
         self.n = n
         # (data: n x w or wider (padding: a row is one 1-, 2-, 4- or 8-byte element), or 1 x w for bytes every
-        #  row shares; have: None (all w bytes) or per row how many of them; w)
-        self._blocks: list[tuple[np.ndarray, np.ndarray | None, int]] = []
+        #  row shares; have: None (all w bytes) or per row how many of them; w; by_shape: the same in rows of one
+        #  shape, as a length is)
+        self._blocks: list[tuple[np.ndarray, np.ndarray | None, int, bool]] = []
 
-    def _add(self, data: np.ndarray, have, width: int | None = None) -> None:
+    def _add(self, data: np.ndarray, have, width: int | None = None, by_shape: bool = False) -> None:
         width = data.shape[1] if width is None else width
         if have is not None and have.dtype == bool:
             have = have * np.int64(width)
         if self._blocks and data.shape[0] == 1:   # constant bytes after constant bytes of the same rows: one block
-            d, h, w = self._blocks[-1]
+            d, h, w, _ = self._blocks[-1]
             if d.shape[0] == 1 and (h is None and have is None or h is not None and have is not None
                                     and np.array_equal(h > 0, have > 0)):
                 self._blocks[-1] = (np.concatenate([d[:, :w], data[:, :width]], axis=1),
-                                    None if h is None else h + have, w + width)
+                                    None if h is None else h + have, w + width, True)
                 return
-        self._blocks.append((data, have, width))
+        self._blocks.append((data, have, width, by_shape or data.shape[0] == 1))
 
     def raw(self, data: bytes, where=None) -> None:
         self._add(np.frombuffer(data, dtype=np.uint8)[None, :], where)
@@ -108,7 +116,7 @@ class Rows:
         n = lens[codes]
         self.raw(key(field, LEN), where)
         w = _width(width)
-        self._add(_varints(n, w), where, w)
+        self._add(_varints(n, w), where, w, by_shape=True)   # the length: the shape has it
         if width:
             self._add(table[codes], n if where is None else np.where(where, n, 0), width)
 
@@ -131,16 +139,16 @@ class Rows:
         else:
             self.raw(key(field, LEN), where)
             w = _width(live.max() if len(live) else 0)
-            self._add(_varints(size, w), where, w)
-        for data, have, w in sub._blocks:
+            self._add(_varints(size, w), where, w, by_shape=True)
+        for data, have, w, by_shape in sub._blocks:
             if where is not None:
                 have = np.where(where, w if have is None else have, 0)
-            self._blocks.append((data, have, w))
+            self._blocks.append((data, have, w, by_shape))
 
     def sizes(self) -> np.ndarray:
         """Bytes of each row's message."""
         out = np.zeros(self.n, dtype=np.int64)
-        for _, have, w in self._blocks:
+        for _, have, w, _ in self._blocks:
             out += w if have is None else have
         return out
 
@@ -155,14 +163,14 @@ class Rows:
     def grouped(self) -> list[np.ndarray]:
         """Every row's message, rows grouped by shape: per group a (rows x bytes) array."""
         group = np.zeros(self.n, dtype=np.int64)   # rows of one shape: the same bytes of every block
-        for _, h, _ in self._blocks:
+        for _, h, _, _ in self._blocks:
             if h is not None:
                 group = group * (int(h.max()) + 1) + h
                 if group.max() > 1 << 40:
                     group = np.unique(group, return_inverse=True)[1].reshape(-1)
         order = np.argsort(group, kind="stable")
         ends = np.append(np.flatnonzero(np.diff(group[order])) + 1, self.n)
-        varying = {k: _gather(d, order) for k, (d, _, _) in enumerate(self._blocks) if d.shape[0] > 1}
+        varying = {k: _gather(d, order) for k, (d, _, _, by_shape) in enumerate(self._blocks) if not by_shape}
         out = []
         a = 0
         for z in ends.tolist():
@@ -172,7 +180,7 @@ class Rows:
             slab = np.empty((z - a, size), dtype=np.uint8)
             slab[:] = template
             at = 0
-            for k, (_, h, w) in enumerate(self._blocks):
+            for k, (_, h, w, _) in enumerate(self._blocks):
                 w = w if h is None else int(h[r])
                 if w and k in varying:
                     src = varying[k][a:z]
@@ -187,10 +195,10 @@ class Rows:
 
     def _masked(self, rows: np.ndarray) -> bytes:
         """The messages of ``rows``, in order, through a byte mask."""
-        data = np.empty((len(rows), sum(w for _, _, w in self._blocks)), dtype=np.uint8)
+        data = np.empty((len(rows), sum(w for _, _, w, _ in self._blocks)), dtype=np.uint8)
         mask = np.ones(data.shape, dtype=bool)
         at = 0
-        for d, h, w in self._blocks:
+        for d, h, w, _ in self._blocks:
             data[:, at:at + w] = d[:, :w] if d.shape[0] == 1 else d[rows, :w]
             if h is not None:
                 mask[:, at:at + w] = np.arange(w)[None, :] < h[rows][:, None]

@@ -248,3 +248,36 @@ def test_rows_encode_what_protobuf_decodes():
         want = [(int(ts[k]), words[codes[k]] if has_s[k] else None,
                  ([(3, int(iv[k]), 0.0)] if has_i[k] else []) + [(0, 0, float(dv[k]))]) for k in range(n)]
         assert (got if ordered else sorted(got, key=repr)) == (want if ordered else sorted(want, key=repr))
+
+
+def test_a_truncated_stream_and_a_part_set(tmp_path, capsys):
+    """A recording cut short (an IPC stream, no end record) draws up to its last whole batch and says so; the
+    parts of a rotated run draw as the one trace they make."""
+    from cgwatch.columnar import StreamWriter
+    from cgwatch.trace import TraceWriter
+    recs = synthetic(5, n=1200, bad=False)
+    path = tmp_path / "cut.arrows"
+    w = StreamWriter(str(path), {"type": "header", "format": "cgwatch-trace", "version": 1}, flush_s=3600)
+    for k, rec in enumerate(recs):
+        w.write(rec)
+        if k % 300 == 299:
+            w.flush()
+    w.close(compact=False)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) - 700])
+    assert main(["export", str(path), "--format", "pftrace", "-o", str(tmp_path / "cut.pftrace")]) == 0
+    assert "no end record: partial trace" in capsys.readouterr().err
+    steps = read((tmp_path / "cut.pftrace").read_bytes())["slices"][TRACKS[1]]
+    assert 0 < len([s for s in steps if s["name"].startswith(("graph", "eager"))]) < 1200
+    jl = tmp_path / "whole.jsonl"
+    _write(jl, recs)
+    half = len(recs) // 2
+    for k, part in enumerate((recs[:half], recs[half:])):
+        with TraceWriter(tmp_path / f"r.{k:03d}.parquet", {"model": {"name": "x"}, "gpu": "cpu", "part": k}) as pw:
+            for r in part:
+                pw.write(r)
+    whole = read(_export(jl, "pftrace", tmp_path / "w.pftrace", capsys))
+    parts = read(_export(tmp_path / "r.000.parquet", "pftrace", tmp_path / "p.pftrace", capsys))
+    assert parts["counters"] == whole["counters"]
+    for track in (TRACKS[1], TRACKS[2], TRACKS[3]):
+        assert parts["slices"][track] == whole["slices"][track], track
