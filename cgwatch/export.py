@@ -198,20 +198,9 @@ def _export_pftrace(trace: str, tr, header: dict, out: str) -> int:
     if screen.warning():
         print(f"cgwatch: warning: {screen.warning()}", file=sys.stderr)
     if out != "-":
-        print(f"cgwatch export: {_pftrace_summary(counts, complete, skipped)} -> {out}", file=sys.stderr)
+        summary = _timeline_summary(counts, f"{counts['packets']:,} packets", skipped, complete)
+        print(f"cgwatch export: {summary} -> {out}", file=sys.stderr)
     return 0
-
-
-def _pftrace_summary(c: Counter, complete: bool, skipped: int) -> str:
-    parts = [f"{c['packets']:,} packets", f"{c['step']:,} steps", f"{c['gpu']:,} GPU slices",
-             f"{c['prefill']:,} prefills", f"{c['capture']:,} captures", f"{c['counter']:,} counter values"]
-    if skipped:
-        parts.append(f"{skipped:,} records skipped (cannot be trusted)")
-    if c["skipped"]:
-        parts.append(f"{c['skipped']:,} records of unknown types left out")
-    if not complete:
-        parts.append("no end record: partial trace")
-    return ", ".join(parts)
 
 
 def screen_trace(trace: str) -> tuple[frozenset, R.Screen]:
@@ -356,14 +345,18 @@ def export_perfetto(trace: str, header: dict, out: IO[str], skip: frozenset = fr
 
 
 def _perfetto_summary(w: "_PerfettoWriter", skipped: int, late: int) -> str:
-    c = w.counts
-    parts = [f"{w.events:,} events", f"{c['step']:,} steps", f"{c['gpu']:,} GPU slices",
+    return _timeline_summary(w.counts, f"{w.events:,} events", skipped, w.end is not None, late)
+
+
+def _timeline_summary(c: Counter, events: str, skipped: int, complete: bool, late: int = 0) -> str:
+    """A timeline export's summary line (``events``: how many it wrote, in its own unit)."""
+    parts = [events, f"{c['step']:,} steps", f"{c['gpu']:,} GPU slices",
              f"{c['prefill']:,} prefills", f"{c['capture']:,} captures", f"{c['counter']:,} counter values"]
     if skipped:
         parts.append(f"{skipped:,} records skipped (cannot be trusted)")
     if c["skipped"]:
         parts.append(f"{c['skipped']:,} records of unknown types left out")
-    if w.end is None:
+    if not complete:
         parts.append("no end record: partial trace")
     if late:
         parts.append(f"{late} records out of order")
