@@ -505,7 +505,7 @@ class RecordTable:
             self._batches.append(C.encode(part))
         self.rows = sum(b.num_rows for b in self._batches)
 
-    def batches(self, columns: list[str] | None = None, dictionary: bool = False):
+    def batches(self, columns: list[str] | None = None, dictionary: bool = False, inert: dict | None = None):
         for b in self._batches:
             yield b if columns is None else b.select(columns)
 
@@ -576,6 +576,19 @@ def _coerced(typ: str, rec: dict) -> dict:
     return out
 
 
+def _always(st, n: int) -> bool:
+    return True
+
+
+def _no_values(st, n: int) -> bool:
+    return st.null_count == n
+
+
+# Columns a Parquet row group need not decode (columnar.Reader.batches reads them as all null): a step's mode
+# is not drawn; all-null tensor-parallel columns draw nothing.
+INERT = {"mode": _always, **dict.fromkeys(("gpus", "plan_us", "rank_ms", "skew_ms"), _no_values)}
+
+
 def export(trace, out, header: dict, bad: np.ndarray, source: str) -> tuple[Counter, bool]:
     """Write the whole trace (``bad``: rows left out) to the binary stream ``out``; returns the counts and
     whether it has an end record."""
@@ -586,7 +599,7 @@ def export(trace, out, header: dict, bad: np.ndarray, source: str) -> tuple[Coun
     out.write(field_bytes(1, _packet_head(SEQ_CLEARED) + field_bytes(12, names)))
     events = Events(decl, counts)
     base = 0
-    for b in _ahead(trace.batches(dictionary=True)):
+    for b in _ahead(trace.batches(dictionary=True, inert=INERT)):
         n = b.num_rows
         parts = _split(b, ~bad[base:base + n])
         extra_cols, rest = _columnize(parts.pop("rest"))
