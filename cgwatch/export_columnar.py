@@ -4,10 +4,10 @@ A columnar step row becomes a CSV line without a dict. Each column's distinct va
 the csv module writes them (``str`` of an int, ``repr`` of a float, a string quoted where it must be; null,
 NaN and infinity empty): a column is its codes and words. Adjacent columns of few distinct values are merged
 into one (each distinct combination of their words joined once); ``t`` and ``i`` are text built by pyarrow;
-pyarrow joins the pieces into lines, whose bytes go to the file a batch at a time. Steps kept as JSON (odd
-fields) and tensor-parallel steps (decoded from their columns) go through the record path's own formatting
-(export.csv_cells) at their place. Only the rows the shared validation accepts are written (fold.screen: the
-same rows records.screen accepts).
+pyarrow joins the pieces into lines, whose bytes go to the file a batch at a time. A tensor-parallel step's
+``plan_us``, ``skew_ms`` and ``rank_ms`` (one column a rank) are columns like the others; only steps kept as
+JSON (odd fields) go through the record path's own formatting (export.csv_cells) at their place. Only the
+rows the shared validation accepts are written (fold.screen: the same rows records.screen accepts).
 """
 
 from __future__ import annotations
@@ -235,8 +235,11 @@ def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
         "tokens": _coded(*ints["tokens"]),
         "prompt_tokens": _coded(ints["prompt_tokens"][0], none),       # null: 0
     }
-    for k in ("host_us", "gpu_ms", "gap_us"):
-        cells[k] = _coded(A.floats(b.column(k))[rows], none)
+    for k in ("host_us", "gpu_ms", "gap_us", "plan_us", "skew_ms"):
+        if k in columns:
+            cells[k] = _coded(A.floats(b.column(k))[rows], none)
+    if "rank0_ms" in columns:
+        cells.update(_rank_cells(b.column("rank_ms"), rows))
     t_us, t_null = ints["t_us"]
     cells["t"] = _t_parts(t_us, t_null)
     if cells["t"] is None:
@@ -257,6 +260,15 @@ def step_lines(b: pa.RecordBatch, rows: np.ndarray, columns: tuple) -> pa.Array:
         cells[k] = (np.where(ok, codes, fallback), [_csv_word(w) for w in words])
     n = len(rows_v)
     return _lines([cells.get(name, (np.zeros(n, np.int64), [""])) for name in columns])
+
+
+def _rank_cells(col, rows: np.ndarray) -> dict:
+    """``rank{r}_ms`` -> (codes, words) of the rows' rank_ms lists (export.csv_cells: one column a rank); past
+    a list's end, a null list and a null item: NaN, an empty cell."""
+    off, vals, _ = A.list_floats(col)
+    ms, _ = A.gather_lists(off, vals, rows)
+    none = np.zeros(len(rows), bool)
+    return {f"rank{r}_ms": _coded(np.ascontiguousarray(ms[:, r]), none) for r in range(ms.shape[1])}
 
 
 def _lines(cols: list) -> pa.Array:
@@ -287,53 +299,48 @@ def _lines(cols: list) -> pa.Array:
     return pc.binary_join_element_wise(*arrays, _s(""), null_handling="replace", null_replacement="")
 
 
+def _columnar_steps(b: pa.RecordBatch, ok: np.ndarray) -> np.ndarray:
+    """The accepted steps of batch ``b`` held in its columns (not kept as JSON), as row numbers."""
+    is_step = A.codes_in(b.column("type"), [_STEP]) == 0
+    return np.flatnonzero(is_step & A.null(b.column("json")) & ok)
+
+
 def json_steps(b: pa.RecordBatch, ok: np.ndarray) -> list[tuple[int, dict]]:
-    """(row, record) of the accepted steps that go through the record path in batch ``b``: those kept as JSON
-    and the tensor-parallel ones (rank_ms, one CSV column a rank), decoded, in row order."""
+    """(row, record) of the accepted steps kept as JSON in batch ``b`` (the record path writes them), in row
+    order."""
     is_step = A.codes_in(b.column("type"), [_STEP]) == 0
-    js_rows = is_step & ~A.null(b.column("json")) & ok
-    tp_rows = np.flatnonzero(is_step & ~js_rows & C.later_rows(b) & ok)
     js = b.column("json")
-    out = [(r, C._decode_json(js[r].as_py())) for r in np.flatnonzero(js_rows).tolist()]
-    if len(tp_rows):
-        out += zip(tp_rows.tolist(), C.decode(b.take(A.indices(tp_rows))))
-        out.sort(key=lambda x: x[0])
-    return out
+    return [(r, C._decode_json(js[r].as_py())) for r in np.flatnonzero(is_step & ~A.null(js) & ok).tolist()]
 
 
-def _later_keys(b: pa.RecordBatch, ok: np.ndarray) -> list[tuple[int, dict]]:
-    """(row, {key: rank_ms or None}) of the accepted tensor-parallel columnar steps: the keys they have (the
-    ``absent`` bits) and their rank_ms, without decoding them (the CSV's first pass)."""
-    is_step = A.codes_in(b.column("type"), [_STEP]) == 0
-    rows = np.flatnonzero(is_step & A.null(b.column("json")) & C.later_rows(b) & ok)
-    if not len(rows):
-        return []
-    absent = A.ints(b.column("absent"), 0)[rows].tolist()
-    ranks = b.column("rank_ms").take(A.indices(rows)).to_pylist()
-    bits = [(1 << C.STEP_KEYS.index(k), k) for k in C.TP_STEP_KEYS]
-    return [(r, {k: (rk if k == "rank_ms" else None) for bit, k in bits if not m & bit})
-            for r, m, rk in zip(rows.tolist(), absent, ranks)]
-
-
-def _plain(b: pa.RecordBatch) -> bool:
-    """No row of the batch is kept as JSON or has a tensor-parallel value (the first pass has nothing to do)."""
-    return all(b.column(k).null_count == b.num_rows for k in ("json", *C.TP_STEP_KEYS))
+def _tp_keys(b: pa.RecordBatch, ok: np.ndarray) -> tuple[list[tuple[int, dict]], int]:
+    """The CSV's first pass over the accepted columnar steps, without decoding them: (row, {key: None}) of
+    the first row to have each tensor-parallel key (the ``absent`` bits: a later row adds no new column and
+    moves none), and the longest rank_ms list (0 if none)."""
+    rows = _columnar_steps(b, ok)
+    absent = A.ints(b.column("absent"), 0)[rows]
+    has = {k: (absent & 1 << C.STEP_KEYS.index(k)) == 0 for k in C.TP_STEP_KEYS}
+    first = sorted({int(rows[np.argmax(h)]) for h in has.values() if h.any()})
+    at = np.searchsorted(rows, first)
+    keyed = [(r, {k: None for k in C.TP_STEP_KEYS if has[k][p]}) for r, p in zip(first, at.tolist())]
+    off = A.list_offsets(b.column("rank_ms"))
+    return keyed, int((off[rows + 1] - off[rows]).max()) if len(rows) else 0
 
 
 def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> int:
     """The CSV of a compact trace (``bad``: the rows to leave out, per row); returns the step rows written.
-    Two passes: the first reads only ``type``, ``json`` and the tensor-parallel columns (the extra fields and
-    ranks of the steps that take the record path); the second only the step's columns."""
+    Two passes: the first reads only ``type``, ``json``, ``absent`` and the tensor-parallel columns (the
+    fields beyond the schema and the number of ranks, in export.export_csv's order); the second only the
+    step's columns."""
     extra: dict[str, None] = {}
     ranks = 0
     base = 0
     for b in trace.batches(["type", "json", "absent", *C.TP_STEP_KEYS], dictionary=True):
         ok = ~bad[base:base + b.num_rows]
         base += b.num_rows
-        if _plain(b):
-            continue
-        js = json_steps(b.select(["type", "json"]), ok)
-        for _, rec in sorted(js + _later_keys(b, ok), key=lambda x: x[0]):
+        keyed, longest = _tp_keys(b, ok)
+        ranks = max(ranks, longest)
+        for _, rec in sorted(json_steps(b, ok) + keyed, key=lambda x: x[0]):
             extra.update((k, None) for k in rec if k != "type" and k not in header_cols and k != "rank_ms")
             if isinstance(rec.get("rank_ms"), list):
                 ranks = max(ranks, len(rec["rank_ms"]))
@@ -353,8 +360,7 @@ def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> in
         n = b.num_rows
         ok = ~bad[base:base + n]
         base += n
-        is_step = A.codes_in(b.column("type"), [_STEP]) == 0
-        vec = np.flatnonzero(is_step & A.null(b.column("json")) & ~C.later_rows(b) & ok)
+        vec = _columnar_steps(b, ok)
         special = json_steps(b, ok)
         lines = step_lines(b, vec, columns) if len(vec) else None
         written += len(vec) + len(special)

@@ -12,7 +12,7 @@ from cgwatch import records as R
 from cgwatch.cli import main
 from cgwatch.convert import convert
 
-from test_export_fast import _edge_records, _export, _write
+from test_export_fast import _edge_records, _export, _tp_records, _write
 from test_fold import synthetic
 
 EDGE_FLOATS = [0.0, -0.0, 0.1, 0.2, 0.30000000000000004, 1.0, -2.5, 14406.0, 14946.9, 1e-4, 1.5e-4, 9.9999e-5,
@@ -46,12 +46,12 @@ def _steps_with_edge_numbers() -> list[dict]:
 
 
 @pytest.mark.parametrize("few", [None, 1])
-@pytest.mark.parametrize("name", ["numbers", "edge", "synthetic"])
+@pytest.mark.parametrize("name", ["numbers", "edge", "tp", "synthetic"])
 def test_csv_equals_record_path(name, few, tmp_path, capsys, monkeypatch):
     """Byte for byte the record path's CSV, with the coded columns merged as usual and (few=1) not at all."""
     if few is not None:
         monkeypatch.setattr(export_columnar, "_FEW", few)
-    recs = {"numbers": _steps_with_edge_numbers, "edge": _edge_records,
+    recs = {"numbers": _steps_with_edge_numbers, "edge": _edge_records, "tp": _tp_records,
             "synthetic": lambda: synthetic(6, n=1500, bad=True)}[name]()
     jl = tmp_path / "t.jsonl"
     _write(jl, recs)
@@ -82,3 +82,24 @@ def test_stdout_and_a_text_buffer_get_the_same_csv(tmp_path, capsys):
     buf = io.StringIO()
     export_columnar.export_csv(tr, buf, screen(tr).bad, E.STEP_COLUMNS, E.csv_cells)
     assert buf.getvalue().encode() == want
+
+
+def test_tensor_parallel_nan_and_infinity_are_empty(tmp_path):
+    """NaN and infinity in rank_ms, skew_ms and plan_us (the screen leaves such steps out; here nothing is left
+    out): empty cells, as the record path writes them."""
+    from cgwatch import export as E
+    from cgwatch.fold import screen
+    from cgwatch.trace import open_trace
+    recs = _tp_records()
+    recs[3] = {**recs[3], "plan_us": math.nan, "rank_ms": [math.inf, -math.inf, math.nan, 1.0], "skew_ms": math.inf}
+    recs[7] = {**recs[7], "plan_us": -math.inf, "skew_ms": math.nan}
+    jl = tmp_path / "t.jsonl"
+    _write(jl, recs)
+    want = io.StringIO()
+    E.export_csv(str(jl), want)
+    pq = tmp_path / "t.parquet"
+    convert(str(jl), str(pq))
+    tr = open_trace(str(pq))
+    got = io.StringIO()
+    export_columnar.export_csv(tr, got, np.zeros_like(screen(tr).bad), E.STEP_COLUMNS, E.csv_cells)
+    assert got.getvalue() == want.getvalue() and "inf" not in want.getvalue() and "nan" not in want.getvalue()

@@ -34,6 +34,33 @@ def _edge_records() -> list[dict]:
     return steps[:5] + [sample] + steps[5:] + [R.alert(3.6, "done"), R.event(R.EV_MARK, 3.7, text="m,1")]
 
 
+def _tp_records() -> list[dict]:
+    """Tensor-parallel steps held in columns, mixed with one-rank steps and steps kept as JSON: rank_ms of
+    different lengths (none, empty, 1 to 4 ranks, 5 in a JSON row), null items and null lists, null or absent
+    skew_ms / plan_us (the first column-held step has rank_ms and skew_ms, null, but no plan_us: the header's
+    order is that of the keys as they come), floats whose text is easy to get wrong."""
+    def step(k, **tp):
+        return {**R.step(k, round(1.0 + k * 0.01, 6), 2, 2, 2, None, 10.5, 1.25, 2), **tp}
+    recs = [
+        step(0),
+        {**step(1), "note": "a,b"},                                        # JSON: an odd field
+        step(2, rank_ms=None, skew_ms=None),                              # no plan_us; present, null
+        step(3, plan_us=7.25, rank_ms=[2.0, 2.5, None, 14406.0], skew_ms=14404.0),
+        step(4, plan_us=None, rank_ms=None, skew_ms=None),
+        step(5, rank_ms=[1.5, None], skew_ms=None),
+        step(6, plan_us=0.1, rank_ms=[], skew_ms=None),
+        step(7, plan_us=1e-05, rank_ms=[None, None], skew_ms=-0.0),
+        {**R.step(8, 1.08, 2, 2, 2, None, 10.5, 1.25, 2), "rank_ms": [1.0, 2.0, 3.0, 4.0, 5.0], "plan_us": 3.0,
+         "skew_ms": 4.0},                                                  # JSON: rank_ms before plan_us
+        step(9, plan_us=1e16, rank_ms=[0.30000000000000004, 5e-324, 1e22], skew_ms=1e22),
+        {"type": "sample", "t": 1.095, "gpu_util": 5},
+        step(10, rank_ms=[123456789.125]),
+        step(11, plan_us=2.5),
+    ]
+    return recs + [step(k, plan_us=round(0.5 * k, 2), rank_ms=[round(k / 7, 4), None if k % 5 == 0 else k * 0.5],
+                        skew_ms=None if k % 5 == 0 else round(abs(k * 0.5 - k / 7), 4)) for k in range(12, 400)]
+
+
 def _write(path, recs) -> None:
     with TraceWriter(path, {"model": {"name": "x"}, "gpu": "cpu"}) as w:
         for r in recs:
@@ -52,13 +79,13 @@ def _export(path, fmt, out, capsys) -> bytes:
 
 
 CASES = [("edge", None), ("s1", dict(seed=1, bad=True)), ("s2", dict(seed=2, bad=False)),
-         ("tp", dict(seed=3, bad=True, tp=True))]
+         ("tp", dict(seed=3, bad=True, tp=True)), ("tpedge", None)]
 
 
 @pytest.mark.parametrize("name,kw", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("fmt", ["csv", "perfetto"])
 def test_compact_export_equals_record_path(name, kw, fmt, tmp_path, capsys, monkeypatch):
-    recs = _edge_records() if kw is None else synthetic(n=1500, **kw)
+    recs = {"edge": _edge_records, "tpedge": _tp_records}[name]() if kw is None else synthetic(n=1500, **kw)
     jl = tmp_path / "t.jsonl"
     _write(jl, recs)
     want = _export(jl, fmt, tmp_path / f"want.{fmt}", capsys)
