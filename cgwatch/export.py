@@ -167,8 +167,8 @@ def run(a) -> int:
                 summary = export_perfetto(a.trace, header, f, skip)
         elif fast:
             from cgwatch import export_columnar
-            rows = export_columnar.export_csv(tr, f, bad, STEP_COLUMNS, csv_cells)
-            summary = _csv_summary(rows, len(STEP_COLUMNS), screen.count)
+            rows, columns = export_columnar.export_csv(tr, f, bad, STEP_COLUMNS, csv_cells)
+            summary = _csv_summary(rows, columns, screen.count)
         else:
             summary = export_csv(a.trace, f, skip)
     if screen.warning():

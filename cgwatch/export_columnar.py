@@ -327,8 +327,9 @@ def _tp_keys(b: pa.RecordBatch, ok: np.ndarray) -> tuple[list[tuple[int, dict]],
     return keyed, int((off[rows + 1] - off[rows]).max()) if len(rows) else 0
 
 
-def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> int:
-    """The CSV of a compact trace (``bad``: the rows to leave out, per row); returns the step rows written.
+def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> tuple[int, int]:
+    """The CSV of a compact trace (``bad``: the rows to leave out, per row); returns the step rows written and
+    the columns.
     Two passes: the first reads only ``type``, ``json``, ``absent`` and the tensor-parallel columns (the
     fields beyond the schema and the number of ranks, in export.export_csv's order); the second only the
     step's columns."""
@@ -377,7 +378,7 @@ def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> in
             row(csv_cells(rec, columns))
         if lines is not None and at < len(lines):
             put(_data(lines, at, len(lines)))
-    return written
+    return written, len(columns)
 
 
 def _bytes_writer(out):

@@ -169,3 +169,17 @@ def test_a_truncated_stream_exports_what_the_record_path_reads(fmt, tmp_path, ca
     got = tmp_path / f"got.{fmt}"
     assert main(["export", str(path), "--format", fmt, "-o", str(got)]) == 0
     assert got.read_bytes() == want and len(want) > 1000
+
+
+def test_the_summary_counts_the_columns_written(tmp_path, capsys):
+    """A tensor-parallel trace's CSV has columns beyond the schema (plan_us, skew_ms, one a rank): the summary
+    line counts what the header has, from JSON Lines and from the columns alike."""
+    jl = tmp_path / "t.jsonl"
+    _write(jl, synthetic(seed=3, n=300, bad=False, tp=True))
+    pq = tmp_path / "t.parquet"
+    convert(str(jl), str(pq))
+    for src in (jl, pq):
+        out = tmp_path / f"{src.suffix[1:]}.csv"
+        assert main(["export", str(src), "--format", "csv", "-o", str(out)]) == 0
+        columns = len(out.read_text().splitlines()[0].split(","))
+        assert columns > 16 and f", {columns} columns" in capsys.readouterr().err, src
