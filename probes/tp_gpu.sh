@@ -25,6 +25,7 @@ if [[ $STEPS == all || $STEPS == *trace* ]]; then   # the README's per-GPU view 
   python3 -m cgwatch report "$OUT/tp2_poisson.jsonl" | tee "$OUT/tp2_report.txt"
   python3 -m cgwatch report "$OUT/tp2_poisson.jsonl" --json > "$OUT/tp2_report.json"
   python3 -m cgwatch export "$OUT/tp2_poisson.jsonl" --format csv -o "$OUT/tp2_poisson.csv" | tail -1
+  python3 -m cgwatch export "$OUT/tp2_poisson.jsonl" --format pftrace -o "$OUT/tp2_poisson.pftrace" | tail -1   # ui.perfetto.dev
   dur=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['totals']['duration_s'] or 10)" "$OUT/tp2_report.json")
   at=$(python3 -c "print(round(float('$dur') * 0.9, 1))")
   python3 probes/screenshot.py "$OUT/tp2_poisson.jsonl" --at "$at" --keys G --size 80x24 --out "$OUT/tui_tp2_gpus_80x24.svg"
