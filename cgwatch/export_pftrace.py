@@ -585,8 +585,10 @@ def _no_values(st, n: int) -> bool:
 
 
 # Columns a Parquet row group need not decode (columnar.Reader.batches reads them as all null): a step's mode
-# is not drawn; all-null tensor-parallel columns draw nothing.
-INERT = {"mode": _always, **dict.fromkeys(("gpus", "plan_us", "rank_ms", "skew_ms"), _no_values)}
+# and padded (drawn from its bucket and rows) and a sample's total memory are not drawn; all-null
+# tensor-parallel columns draw nothing.
+INERT = {**dict.fromkeys(("mode", "padded", "mem_total_bytes"), _always),
+         **dict.fromkeys(("gpus", "plan_us", "rank_ms", "skew_ms"), _no_values)}
 
 
 def export(trace, out, header: dict, bad: np.ndarray, source: str) -> tuple[Counter, bool]:
