@@ -1,9 +1,9 @@
 """``cgwatch export --format pftrace``: Perfetto's own protobuf trace, built by column (protowire.Rows).
 
 The tracks, slices, counters and args of the JSON export (export.py's docstring) as TracePackets of
-TrackEvents: a fraction of the JSON's size, written a column batch at a time, and the format the Perfetto UI
-and trace_processor read fastest (a JSON trace of a few hundred MB is slow to open in the UI, and past ~1 GB
-it does not open). Where it differs from the JSON:
+TrackEvents: a quarter of the JSON's size, written a column batch at a time, and Perfetto's own format (it
+calls JSON a legacy one; the UI works in the browser's memory, typically ~2 GB). Where it differs from the
+JSON:
 
 - A slice is two events, SLICE_BEGIN and SLICE_END. Perfetto sorts all events by time (ties in file order),
   so the file is written a batch at a time, not in t order; but two slices of a track must never touch (an
