@@ -137,11 +137,10 @@ def run(a) -> int:
     if out != "-" and os.path.exists(out) and os.path.samefile(out, a.trace):
         raise CgwatchError(f"output {out} is the trace itself; choose another with -o")
     # a compact trace: screened a column batch at a time (fold.py) and written from its columns (CSV:
-    # export_columnar.py; Perfetto: perfetto_columnar.py, unless a record comes later than _InOrder's window)
+    # export_columnar.py; Perfetto JSON: perfetto_columnar.py, unless a record comes later than _InOrder's
+    # window; pftrace: export_pftrace.py, which also takes a JSON Lines trace encoded into columns)
     tr = open_trace(a.trace) if all(_sniff(p) != "jsonl" for p in trace_files(a.trace)) else None
-    if a.format == "pftrace":
-        return _export_pftrace(a.trace, tr, header, out)
-    fast = False
+    bad = None
     if tr is not None:
         import numpy as np
 
@@ -149,15 +148,16 @@ def run(a) -> int:
         scr = fold_screen(tr)
         screen, bad = scr.screen, scr.bad
         skip = frozenset(np.flatnonzero(bad).tolist())
-        if a.format == "csv":
-            fast = True
-        else:
-            from cgwatch import perfetto_columnar
-            fast = perfetto_columnar.in_order(tr, bad)
     else:
         skip, screen = screen_trace(a.trace)
-    with _output(out) as f:
-        if a.format == "perfetto":
+    fast = tr is not None and a.format == "csv"
+    if tr is not None and a.format == "perfetto":
+        from cgwatch import perfetto_columnar
+        fast = perfetto_columnar.in_order(tr, bad)
+    with _output(out, binary=a.format == "pftrace") as f:
+        if a.format == "pftrace":
+            summary = _export_pftrace(a.trace, tr, header, f, bad, skip)
+        elif a.format == "perfetto":
             if fast:
                 w = _PerfettoWriter(f, header)
                 perfetto_columnar.export(tr, w, bad)
@@ -178,29 +178,17 @@ def run(a) -> int:
     return 0
 
 
-def _export_pftrace(trace: str, tr, header: dict, out: str) -> int:
-    """Perfetto's protobuf trace (export_pftrace.py): a compact trace from its columns, a JSON Lines one
-    encoded into the same columns first."""
+def _export_pftrace(trace: str, tr, header: dict, out, bad, skip: frozenset) -> str:
+    """Perfetto's protobuf trace (export_pftrace.py) from the columns of a compact trace (``tr``; ``bad``: the
+    rows screened out), or of a JSON Lines one (less the lines in ``skip``) encoded into columns first."""
     import numpy as np
 
     from cgwatch import export_pftrace
-    if tr is not None:
-        from cgwatch.fold import screen as fold_screen
-        scr = fold_screen(tr)
-        screen, bad = scr.screen, scr.bad
-        skipped = int(bad.sum())
-    else:
-        skip, screen = screen_trace(trace)
+    if tr is None:
         tr = export_pftrace.RecordTable(_records(trace, skip))
-        bad, skipped = np.zeros(tr.rows, dtype=bool), len(skip)
-    with _output(out, binary=True) as f:
-        counts, complete = export_pftrace.export(tr, f, header, bad, trace)
-    if screen.warning():
-        print(f"cgwatch: warning: {screen.warning()}", file=sys.stderr)
-    if out != "-":
-        summary = _timeline_summary(counts, f"{counts['packets']:,} packets", skipped, complete)
-        print(f"cgwatch export: {summary} -> {out}", file=sys.stderr)
-    return 0
+        bad = np.zeros(tr.rows, dtype=bool)
+    counts, complete = export_pftrace.export(tr, out, header, bad, trace)
+    return _timeline_summary(counts, f"{counts['packets']:,} packets", len(skip), complete)
 
 
 def screen_trace(trace: str) -> tuple[frozenset, R.Screen]:

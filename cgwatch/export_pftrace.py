@@ -35,6 +35,7 @@ from . import arrow_np as A
 from . import columnar as C
 from . import records as R
 from .event_text import event_text
+from .fold import _no_values
 from .export import (ALERTS, CAPTURE_PLACEMENT, EVENTS, GPU, GPU_PLACEMENT, GRAPH_EVENTS, GRAPHS, HOST,
                      SAMPLE_COUNTERS, TRACKS, _args, _process_name, _short)
 from .protowire import Rows, field_bytes, field_double, field_varint
@@ -578,10 +579,6 @@ def _coerced(typ: str, rec: dict) -> dict:
 
 def _always(st, n: int) -> bool:
     return True
-
-
-def _no_values(st, n: int) -> bool:
-    return st.null_count == n
 
 
 # Columns a Parquet row group need not decode (columnar.Reader.batches reads them as all null): a step's mode
