@@ -538,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else argv
         if argv and argv[0] in TRACE_COMMANDS:   # before numpy loads: OpenBLAS's idle threads cost ~0.1 s CPU
             os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+            if program:
+                from cgwatch.heap import keep_freed_memory
+                keep_freed_memory()
         a = build_parser(argv[0] if argv else None).parse_args(argv)
         a.argv = argv
         _resolve_samples(a)

@@ -138,8 +138,50 @@ def run(a) -> int:
         raise CgwatchError(f"output {out} is the trace itself; choose another with -o")
     # a compact trace: screened a column batch at a time (fold.py) and written from its columns (CSV:
     # export_columnar.py; Perfetto JSON: perfetto_columnar.py, unless a record comes later than _InOrder's
-    # window; pftrace: export_pftrace.py, which also takes a JSON Lines trace encoded into columns)
+    # window; pftrace: export_pftrace.py, which also takes a JSON Lines trace encoded into columns). CSV and
+    # pftrace to a file: the screen and the export in one pass (_one_pass), else a pass that screens first.
     tr = open_trace(a.trace) if all(_sniff(p) != "jsonl" for p in trace_files(a.trace)) else None
+    with _output(out, binary=a.format == "pftrace") as f:
+        done = _one_pass(a.format, a.trace, tr, header, f) if tr is not None and out != "-" else None
+        if done is not None:
+            summary, screen = done
+        else:
+            summary, screen = _two_passes(a.format, a.trace, tr, header, f)
+    if screen.warning():
+        print(f"cgwatch: warning: {screen.warning()}", file=sys.stderr)
+    if out != "-":
+        print(f"cgwatch export: {summary} -> {out}", file=sys.stderr)
+    return 0
+
+
+def _one_pass(fmt: str, trace: str, tr, header: dict, f) -> tuple[str, R.Screen] | None:
+    """CSV or pftrace of a compact trace, screened in the pass that writes it (fold.Screening): (summary, the
+    Screen), or None, with ``f`` (a file) emptied again, where that pass met what needs the whole trace first
+    (steps out of order: the screen's second pass; a pftrace slice sorting before an earlier batch's; a CSV
+    header made wider by a row the screen leaves out)."""
+    if fmt not in ("csv", "pftrace"):
+        return None
+    from cgwatch import export_columnar, export_pftrace
+    from cgwatch.fold import Screening
+    screening = Screening(tr)
+    try:
+        if fmt == "pftrace":
+            counts, complete = export_pftrace.export(tr, f, header, None, trace, screening)
+        else:
+            rows, columns = export_columnar.export_csv(tr, f, None, STEP_COLUMNS, csv_cells, screening)
+    except (export_pftrace.Fallback, export_columnar.Fallback):
+        f.seek(0)
+        f.truncate()
+        return None
+    scr = screening.done()
+    if fmt == "pftrace":
+        return _timeline_summary(counts, f"{counts['packets']:,} packets", scr.skipped, complete), scr.screen
+    return _csv_summary(rows, columns, scr.skipped), scr.screen
+
+
+def _two_passes(fmt: str, trace: str, tr, header: dict, f) -> tuple[str, R.Screen]:
+    """Any export of any trace: the screen's pass first (a compact trace's: fold.screen; JSON Lines:
+    records.screen), then the export's: (summary, the Screen)."""
     bad = None
     if tr is not None:
         import numpy as np
@@ -149,33 +191,22 @@ def run(a) -> int:
         screen, bad = scr.screen, scr.bad
         skip = frozenset(np.flatnonzero(bad).tolist())
     else:
-        skip, screen = screen_trace(a.trace)
-    fast = tr is not None and a.format == "csv"
-    if tr is not None and a.format == "perfetto":
+        skip, screen = screen_trace(trace)
+    if fmt == "pftrace":
+        return _export_pftrace(trace, tr, header, f, bad, skip), screen
+    if fmt == "perfetto":
         from cgwatch import perfetto_columnar
-        fast = perfetto_columnar.in_order(tr, bad)
-    with _output(out, binary=a.format == "pftrace") as f:
-        if a.format == "pftrace":
-            summary = _export_pftrace(a.trace, tr, header, f, bad, skip)
-        elif a.format == "perfetto":
-            if fast:
-                w = _PerfettoWriter(f, header)
-                perfetto_columnar.export(tr, w, bad)
-                w.close(a.trace, header, late=0)
-                summary = _perfetto_summary(w, len(skip), 0)
-            else:
-                summary = export_perfetto(a.trace, header, f, skip)
-        elif fast:
-            from cgwatch import export_columnar
-            rows, columns = export_columnar.export_csv(tr, f, bad, STEP_COLUMNS, csv_cells)
-            summary = _csv_summary(rows, columns, screen.count)
-        else:
-            summary = export_csv(a.trace, f, skip)
-    if screen.warning():
-        print(f"cgwatch: warning: {screen.warning()}", file=sys.stderr)
-    if out != "-":
-        print(f"cgwatch export: {summary} -> {out}", file=sys.stderr)
-    return 0
+        if tr is not None and perfetto_columnar.in_order(tr, bad):
+            w = _PerfettoWriter(f, header)
+            perfetto_columnar.export(tr, w, bad)
+            w.close(trace, header, late=0)
+            return _perfetto_summary(w, len(skip), 0), screen
+        return export_perfetto(trace, header, f, skip), screen
+    if tr is not None:
+        from cgwatch import export_columnar
+        rows, columns = export_columnar.export_csv(tr, f, bad, STEP_COLUMNS, csv_cells)
+        return _csv_summary(rows, columns, screen.count), screen
+    return export_csv(trace, f, skip), screen
 
 
 def _export_pftrace(trace: str, tr, header: dict, out, bad, skip: frozenset) -> str:

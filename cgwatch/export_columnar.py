@@ -327,25 +327,51 @@ def _tp_keys(b: pa.RecordBatch, ok: np.ndarray) -> tuple[list[tuple[int, dict]],
     return keyed, int((off[rows + 1] - off[rows]).max()) if len(rows) else 0
 
 
-def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> tuple[int, int]:
+class Fallback(Exception):
+    """The single pass (``export_csv`` with a screening) met what only the whole trace settles: steps out of i
+    or t order (the screen's second pass), or a header that the rows left out made wider."""
+
+
+_READ = ["type", "json", "absent", *(C.COLUMNS[k][0] for k in C.STEP_KEYS)]   # what the step lines read
+
+
+def _always(st, n: int) -> bool:
+    return True
+
+
+class _Header:
+    """The CSV's columns: the schema's, the fields beyond it of the accepted steps (JSON steps' keys, the
+    tensor-parallel keys) in the order they first come, one column a rank (the longest ``rank_ms``)."""
+
+    def __init__(self, header_cols: tuple):
+        self.cols, self.extra, self.ranks = header_cols, {}, 0
+
+    def add(self, b: pa.RecordBatch, ok: np.ndarray) -> None:
+        keyed, longest = _tp_keys(b, ok)
+        self.ranks = max(self.ranks, longest)
+        for _, rec in sorted(json_steps(b, ok) + keyed, key=lambda x: x[0]):
+            self.extra.update((k, None) for k in rec if k != "type" and k not in self.cols and k != "rank_ms")
+            if isinstance(rec.get("rank_ms"), list):
+                self.ranks = max(self.ranks, len(rec["rank_ms"]))
+
+    def columns(self) -> tuple:
+        return self.cols + tuple(self.extra) + tuple(f"rank{r}_ms" for r in range(self.ranks))
+
+
+def export_csv(trace, out, bad: np.ndarray | None, header_cols: tuple, csv_cells,
+               screening=None) -> tuple[int, int]:
     """The CSV of a compact trace (``bad``: the rows to leave out, per row); returns the step rows written and
     the columns.
     Two passes: the first reads only ``type``, ``json``, ``absent`` and the tensor-parallel columns (the
     fields beyond the schema and the number of ranks, in export.export_csv's order); the second only the
-    step's columns."""
-    extra: dict[str, None] = {}
-    ranks = 0
+    step's columns. ``bad`` None: ``screening`` (fold.Screening) screens each batch in the second pass, and the
+    first takes every row: raises Fallback where a row the screen leaves out made the header wider."""
+    head = _Header(header_cols)
     base = 0
     for b in trace.batches(["type", "json", "absent", *C.TP_STEP_KEYS], dictionary=True):
-        ok = ~bad[base:base + b.num_rows]
+        head.add(b, np.ones(b.num_rows, bool) if bad is None else ~bad[base:base + b.num_rows])
         base += b.num_rows
-        keyed, longest = _tp_keys(b, ok)
-        ranks = max(ranks, longest)
-        for _, rec in sorted(json_steps(b, ok) + keyed, key=lambda x: x[0]):
-            extra.update((k, None) for k in rec if k != "type" and k not in header_cols and k != "rank_ms")
-            if isinstance(rec.get("rank_ms"), list):
-                ranks = max(ranks, len(rec["rank_ms"]))
-    columns = header_cols + tuple(extra) + tuple(f"rank{r}_ms" for r in range(ranks))
+    columns = head.columns()
     put = _bytes_writer(out)
     text = io.StringIO()
     w = csv.writer(text, lineterminator="\n")
@@ -356,29 +382,49 @@ def export_csv(trace, out, bad: np.ndarray, header_cols: tuple, csv_cells) -> tu
         w.writerow(cells)
         put(text.getvalue().encode("utf-8", getattr(out, "errors", None) or "strict"))
     row(columns)
+    if screening is None:
+        batches = trace.batches(_READ, dictionary=True)
+    else:   # every column the screen reads too, but those neither it nor the lines need
+        from .fold import INERT, inert_to_both
+        batches = trace.batches(dictionary=True, inert=inert_to_both(
+            INERT, {k: _always for k in C.NAMES if k not in _READ}))
+        head = _Header(header_cols)
     written = base = 0
-    for b in trace.batches(["type", "json", "absent", *(C.COLUMNS[k][0] for k in C.STEP_KEYS)], dictionary=True):
+    for b in batches:
         n = b.num_rows
-        ok = ~bad[base:base + n]
+        if screening is None:
+            ok = ~bad[base:base + n]
+        else:
+            ok = ~screening.batch(b)
+            if not screening.trusted:
+                raise Fallback("steps out of order")
+            head.add(b, ok)
         base += n
-        vec = _columnar_steps(b, ok)
-        special = json_steps(b, ok)
-        lines = step_lines(b, vec, columns) if len(vec) else None
-        written += len(vec) + len(special)
-        if not special:
-            if lines is not None:
-                put(_data(lines, 0, len(lines)))
-            continue
-        pos = np.searchsorted(vec, [r for r, _ in special])   # the columnar lines before each JSON step
-        at = 0
-        for p, (_, rec) in zip(pos.tolist(), special):
-            if lines is not None and p > at:
-                put(_data(lines, at, p))
-            at = p
-            row(csv_cells(rec, columns))
-        if lines is not None and at < len(lines):
-            put(_data(lines, at, len(lines)))
+        written += _write_steps(b, ok, columns, put, row, csv_cells)
+    if screening is not None and head.columns() != columns:
+        raise Fallback("a row left out made the header wider")
     return written, len(columns)
+
+
+def _write_steps(b: pa.RecordBatch, ok: np.ndarray, columns: tuple, put, row, csv_cells) -> int:
+    """The lines of a batch's accepted steps, in row order; returns how many."""
+    vec = _columnar_steps(b, ok)
+    special = json_steps(b, ok)
+    lines = step_lines(b, vec, columns) if len(vec) else None
+    if not special:
+        if lines is not None:
+            put(_data(lines, 0, len(lines)))
+        return len(vec)
+    pos = np.searchsorted(vec, [r for r, _ in special])   # the columnar lines before each JSON step
+    at = 0
+    for p, (_, rec) in zip(pos.tolist(), special):
+        if lines is not None and p > at:
+            put(_data(lines, at, p))
+        at = p
+        row(csv_cells(rec, columns))
+    if lines is not None and at < len(lines):
+        put(_data(lines, at, len(lines)))
+    return len(vec) + len(special)
 
 
 def _bytes_writer(out):

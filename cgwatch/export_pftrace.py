@@ -16,9 +16,11 @@ JSON:
   of an "export info" instant at t = 0 on the events track.
 
 Where each slice starts (export.py: host slices one after the other, a GPU slice no earlier than the end of
-the one before plus the step's gap_us) is computed for the whole trace first, from t, host_us, host_ms,
-gpu_ms and gap_us in t order, as a max-plus prefix scan in integer ns (``_starts``). A JSON Lines trace is
-encoded into the same columns first (columnar.encode), so every trace takes this one path.
+the one before plus the step's gap_us) is slice_placement.py's max-plus scan in integer ns. For a compact trace
+written to a file, the export is one pass: each batch screened (fold.Screening), placed (slice_placement.Placer)
+and written; where that pass meets what needs the whole trace (steps out of order, a slice sorting before an
+earlier batch's), export.py starts the file again from the screen's passes and the whole trace's placement. A
+JSON Lines trace is encoded into the same columns first (columnar.encode), so every trace takes this one path.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ from . import arrow_np as A
 from . import columnar as C
 from . import records as R
 from .event_text import event_text
-from .fold import _no_values
+from .fold import INERT as SCREEN_INERT
+from .fold import _no_values, inert_to_both
 from .export import (ALERTS, CAPTURE_PLACEMENT, EVENTS, GPU, GPU_PLACEMENT, GRAPH_EVENTS, GRAPHS, HOST,
                      SAMPLE_COUNTERS, TRACKS, _args, _process_name, _short)
+from .slice_placement import Placer, ns, placement
 from .protowire import Rows, field_bytes, field_double, field_varint
 
 SEQ = 1                                    # one packet sequence (trusted_packet_sequence_id)
@@ -53,78 +57,6 @@ IID = {k: n + 1 for n, k in enumerate(ARG_NAMES)}
 
 def _packet_head(seq_flags: int) -> bytes:
     return field_varint(10, SEQ) + (field_varint(13, seq_flags) if seq_flags else b"")
-
-
-# ---- where slices start ----
-
-def _starts(t: np.ndarray, dur: np.ndarray, gap: np.ndarray) -> np.ndarray:
-    """Slice starts on one track, its slices in t order: s_k = max(t_k, s_(k-1) + dur_(k-1) + gap_k), as
-    S_k + max over j <= k of (t_j - S_j), S the prefix sums of dur_(k-1) + gap_k (int64 ns: exact). Works in
-    place: ``t`` (a copy) becomes the result."""
-    if not len(t):
-        return t
-    s = np.zeros(len(t), dtype=np.int64)
-    np.add(dur[:-1], gap[1:], out=s[1:])
-    np.cumsum(s, out=s)
-    t -= s
-    np.maximum.accumulate(t, out=t)
-    t += s
-    return t
-
-
-def _row_values(b: pa.RecordBatch) -> dict:
-    """t (s, NaN where none), and host_us / host_ms / gpu_ms / gap_us (NaN where none) of a batch's rows, a
-    JSON row's from its text."""
-    out = {"t": A.ints(b.column("t_us"), 0) / 1e6}
-    out["t"][A.null(b.column("t_us"))] = np.nan
-    for k in ("host_us", "host_ms", "gpu_ms", "gap_us"):
-        out[k] = A.floats(b.column(k))
-    js = b.column("json")
-    for r in np.flatnonzero(~A.null(js)).tolist():
-        rec = C._decode_json(js[r].as_py())
-        for k in out:
-            v = rec.get(k)
-            out[k][r] = v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else np.nan
-    return out
-
-
-def placement(trace, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the start (ns) of its host slice and of its GPU slice, -1 where it has none. Reads type, t_us,
-    json and the four durations; keeps 32 bytes a row."""
-    from .perfetto_columnar import _t_keys
-    keys, host, gpu, gaps = [], [], [], []
-    newest, base = -math.inf, 0
-    for b in trace.batches(["type", "t_us", "json", "host_us", "host_ms", "gpu_ms", "gap_us"], dictionary=True):
-        v = _row_values(b)
-        key = _t_keys(v["t"], newest)
-        if len(key):
-            newest = max(newest, float(key.max()))
-        ok = ~bad[base:base + len(key)]
-        base += len(key)
-        kind = A.codes_in(b.column("type"), [R.STEP, R.PREFILL])
-        host_us = np.where(kind == 0, v["host_us"], v["host_ms"] * 1e3)
-        keys.append(key)
-        host.append(np.where(ok & (kind >= 0) & np.isfinite(host_us), _ns(host_us), -1))   # duration, ns
-        gpu.append(np.where(ok & (kind == 0) & np.isfinite(v["gpu_ms"]), _ns(v["gpu_ms"] * 1e3), -1))
-        gaps.append(np.maximum(_ns(v["gap_us"]), 1))
-    if not keys:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    key = np.concatenate(keys)
-    keys.clear()
-    order = np.argsort(key, kind="stable")
-    t_ns = _ns(key * 1e6)
-    del key
-    out = []
-    for parts, gap in ((host, None), (gpu, gaps)):
-        dur = np.concatenate(parts)
-        parts.clear()
-        rows = order[dur[order] >= 0]
-        step = np.ones(len(rows), np.int64) if gap is None else np.concatenate(gap)[rows]
-        starts = np.full(len(dur), -1, dtype=np.int64)
-        starts[rows] = _starts(t_ns[rows], dur[rows], step)
-        out.append(starts)
-        del dur, rows, step
-    return out[0], out[1]
 
 
 # ---- tracks and names ----
@@ -250,16 +182,6 @@ def _name_ids(decl: Declared, key: np.ndarray, name_of) -> np.ndarray:
     return decl.names([name_of(k) for k in first.tolist()])[inv.reshape(-1)]
 
 
-MAX_NS = 1 << 53   # a time or duration past this (104 days) is drawn as this: int64 ns must not overflow
-
-
-def _ns(us: np.ndarray) -> np.ndarray:
-    """µs (NaN: 0) as integer ns, at most MAX_NS."""
-    x = np.round(np.minimum(us, MAX_NS / 1e3) * 1e3)
-    x[np.isnan(x)] = 0
-    return x.astype(np.int64)
-
-
 def steps(decl: Declared, c: _Sel, host_ts: np.ndarray, gpu_ts: np.ndarray, flow: np.ndarray,
           extra: list[bytes] | None, counts: Counter) -> list:
     """The packets of accepted step rows: a host slice with args and counters, a GPU slice, a flow."""
@@ -307,26 +229,26 @@ def steps(decl: Declared, c: _Sel, host_ts: np.ndarray, gpu_ts: np.ndarray, flow
             _arg(host, field, v, "double", where=~np.isnan(v))
     if extra is not None:
         host.rawrows(extra)
-    values = _count(host, decl.counter("host launch", NS), _ns(host_us))
-    values += _count(host, decl.counter("GPU gap", NS), _ns(gap_us), has_gap)
+    values = _count(host, decl.counter("host launch", NS), ns(host_us))
+    values += _count(host, decl.counter("GPU gap", NS), ns(gap_us), has_gap)
     for cname, v in (("batch rows", rows), ("batch padded", padded), ("batch requests", batch)):
         values += _count(host, decl.counter(cname, COUNT), v)
     if c.has("rank_ms"):
         off, vals, _ = A.list_floats(c.b.column("rank_ms"))
         per, _ = A.gather_lists(off, vals, c.rows)
         for r in range(per.shape[1]):
-            values += _count(host, decl.counter(f"rank{r} step", NS), _ns(per[:, r] * 1e3), np.isfinite(per[:, r]))
+            values += _count(host, decl.counter(f"rank{r} step", NS), ns(per[:, r] * 1e3), np.isfinite(per[:, r]))
         skew = c.floats("skew_ms")
-        values += _count(host, decl.counter("rank skew", NS), _ns(skew * 1e3), ~np.isnan(skew))
+        values += _count(host, decl.counter("rank skew", NS), ns(skew * 1e3), ~np.isnan(skew))
     top = Rows(n)
     _packets(top, host_ts, host)
-    _packets(top, host_ts + _ns(host_us), _event(n, END, decl.slices(HOST)), flags=0)
+    _packets(top, host_ts + ns(host_us), _event(n, END, decl.slices(HOST)), flags=0)
     if has_gpu.any():
         gpu = _event(n, BEGIN, decl.slices(GPU), name)
         gpu.fixed64(48, flow)
         _arg(gpu, "i", i)
         _packets(top, gpu_ts, gpu, has_gpu)
-        _packets(top, gpu_ts + _ns(c.floats("gpu_ms") * 1e3), _event(n, END, decl.slices(GPU)), has_gpu, flags=0)
+        _packets(top, gpu_ts + ns(c.floats("gpu_ms") * 1e3), _event(n, END, decl.slices(GPU)), has_gpu, flags=0)
     ngpu = int(has_gpu.sum())
     counts["step"] += n
     counts["gpu"] += ngpu
@@ -357,7 +279,7 @@ def prefills(decl: Declared, c: _Sel, host_ts: np.ndarray, extra: list[bytes] | 
         ev.rawrows(extra)
     top = Rows(n)
     _packets(top, host_ts, ev)
-    _packets(top, host_ts + _ns(host_ms * 1e3), _event(n, END, decl.slices(HOST)), flags=0)
+    _packets(top, host_ts + ns(host_ms * 1e3), _event(n, END, decl.slices(HOST)), flags=0)
     counts["prefill"] += n
     counts["packets"] += 2 * n
     return top.grouped()
@@ -588,19 +510,23 @@ INERT = {**dict.fromkeys(("mode", "padded", "mem_total_bytes"), _always),
          **dict.fromkeys(("gpus", "plan_us", "rank_ms", "skew_ms"), _no_values)}
 
 
-def export(trace, out, header: dict, bad: np.ndarray, source: str) -> tuple[Counter, bool]:
+class Fallback(Exception):
+    """The single pass (``export`` with a screening) met what only the whole trace settles: steps out of i or t
+    order (the screen's second pass), or a slice that sorts before an earlier batch's (``placement``)."""
+
+
+def export(trace, out, header: dict, bad: np.ndarray | None, source: str, screening=None) -> tuple[Counter, bool]:
     """Write the whole trace (``bad``: rows left out) to the binary stream ``out``; returns the counts and
-    whether it has an end record."""
-    host_ts, gpu_ts = placement(trace, bad)
+    whether it has an end record. ``bad`` None: ``screening`` (fold.Screening) screens each batch in this
+    same pass and the slices are placed a batch at a time; raises Fallback where that cannot be right."""
     counts: Counter = Counter()
     decl = Declared(header)
     names = b"".join(field_bytes(3, field_varint(1, IID[k]) + field_bytes(2, k)) for k in ARG_NAMES)
     out.write(field_bytes(1, _packet_head(SEQ_CLEARED) + field_bytes(12, names)))
     events = Events(decl, counts)
     base = 0
-    for b in _ahead(trace.batches(dictionary=True, inert=INERT)):
-        n = b.num_rows
-        parts = _split(b, ~bad[base:base + n])
+    for b, ok, host_ts, gpu_ts in _ahead(_placed(trace, bad, screening)):
+        parts = _split(b, ok)
         extra_cols, rest = _columnize(parts.pop("rest"))
         chunks = []
         for typ in (R.STEP, R.PREFILL, R.SAMPLE):
@@ -612,9 +538,10 @@ def export(trace, out, header: dict, bad: np.ndarray, source: str) -> tuple[Coun
                 c, extra = piece[0], piece[1]
                 if not c.n:
                     continue
-                at = base + (piece[2] if len(piece) > 2 else c.rows)
+                at = piece[2] if len(piece) > 2 else c.rows   # rows of this batch
                 if typ == R.STEP:
-                    chunks += steps(decl, c, host_ts[at], gpu_ts[at], (at + 1).astype(np.uint64), extra, counts)
+                    chunks += steps(decl, c, host_ts[at], gpu_ts[at], (base + at + 1).astype(np.uint64), extra,
+                                    counts)
                 elif typ == R.PREFILL:
                     chunks += prefills(decl, c, host_ts[at], extra, counts)
                 else:
@@ -624,7 +551,7 @@ def export(trace, out, header: dict, bad: np.ndarray, source: str) -> tuple[Coun
         out.write(decl.take())   # the tracks and names these packets use, before them
         for chunk in chunks:
             out.write(chunk)
-        base += n
+        base += b.num_rows
     meta = {"source": os.path.abspath(source), "format": header.get("format"), "version": header.get("version"),
             **{k: header.get(k) for k in ("cgwatch", "started", "gpu", "dtype", "torch", "device")},
             "model": (header.get("model") or {}).get("name"), "complete": events.end is not None,
@@ -636,6 +563,27 @@ def export(trace, out, header: dict, bad: np.ndarray, source: str) -> tuple[Coun
     out.write(decl.take() + info)
     counts["packets"] += 1
     return counts, events.end is not None
+
+
+def _placed(trace, bad: np.ndarray | None, screening):
+    """(batch, its rows kept, their host and GPU slice starts) of each batch (export's arguments)."""
+    if screening is None:
+        host_ts, gpu_ts = placement(trace, bad)
+        base = 0
+        for b in trace.batches(dictionary=True, inert=INERT):
+            n = b.num_rows
+            yield b, ~bad[base:base + n], host_ts[base:base + n], gpu_ts[base:base + n]
+            base += n
+        return
+    placer = Placer()
+    for b in trace.batches(dictionary=True, inert=inert_to_both(INERT, SCREEN_INERT)):
+        ok = ~screening.batch(b)
+        if not screening.trusted:
+            raise Fallback("steps out of order")
+        got = placer.batch(b, ok)
+        if got is None:
+            raise Fallback("a slice before an earlier batch's")
+        yield (b, ok) + got
 
 
 def _ahead(batches):

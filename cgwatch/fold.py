@@ -247,21 +247,36 @@ def fold(trace, window: int | None = None, on_record=None, steps: bool = False,
 
 
 def _pass(trace, make_stats, known_bad, keep_steps=False, count=True):
-    """One pass: (stats, bad rows, why per rejected row, whether the accepted steps came in i order with
-    non-decreasing t (then there is no duplicate and none out of order), the end record, the decoded records
-    to hand on, the kept step columns). ``known_bad``: the rows to leave out (a second pass)."""
-    stats = make_stats()
-    stats.add(trace.header)
-    bads: list[np.ndarray] = []
-    why: dict[int, str] = {}
-    last = (-1, -np.inf)    # (i, t) of the last accepted step
-    ordered = True
-    later: list[dict] = []
-    kept: dict[str, list] = {"batch": [], "bucket": [], "ms": []}
-    end = None
-    base = 0
+    """One pass over the trace (``_Pass``): (stats, bad rows, why per rejected row, whether the accepted steps
+    came in i order with non-decreasing t, the end record, the decoded records to hand on, the kept step
+    columns). ``known_bad``: the rows to leave out (a second pass)."""
+    p = _Pass(trace.header, make_stats, known_bad, keep_steps, count)
     for b in trace.batches(dictionary=True, inert=INERT):
-        n = b.num_rows
+        p.batch(b)
+    return p.result()
+
+
+class _Pass:
+    """fold's pass, fed a batch at a time. ``batch(b)`` screens and counts one batch and returns its rows to
+    leave out; ``ordered`` stays True while the accepted steps come in i order with non-decreasing t (then
+    there is no duplicate and none out of order, and no later batch changes an earlier one's verdicts)."""
+
+    def __init__(self, header: dict, make_stats, known_bad, keep_steps: bool = False, count: bool = True):
+        self.stats = make_stats()
+        self.stats.add(header)
+        self.known_bad, self.keep_steps, self.count = known_bad, keep_steps, count
+        self.bads: list[np.ndarray] = []
+        self.why: dict[int, str] = {}
+        self.last = (-1, -np.inf)    # (i, t) of the last accepted step
+        self.ordered = True
+        self.later: list[dict] = []
+        self.kept: dict[str, list] = {"batch": [], "bucket": [], "ms": []}
+        self.end = None
+        self.base = 0
+
+    def batch(self, b: pa.RecordBatch) -> np.ndarray:
+        n, base, known_bad, count, stats = b.num_rows, self.base, self.known_bad, self.count, self.stats
+        kept = self.kept if self.keep_steps else None
         c = _Cols(b)
         step, sample, prefill, fine = _fine(c)
         bad = np.zeros(n, dtype=bool) if known_bad is None else known_bad[base:base + n].copy()
@@ -271,44 +286,78 @@ def _pass(trace, make_stats, known_bad, keep_steps=False, count=True):
             w = R.check_record(rec) if known_bad is None else None
             if w is not None:
                 bad[r] = True
-                why[base + int(r)] = w
+                self.why[base + int(r)] = w
                 continue
             specials.append((int(r), rec))
         ok = fine & ~bad
         vec_steps = step & ok
-        if known_bad is None and ordered:
+        if known_bad is None and self.ordered:
             rows, ii, tt = _accepted(c, vec_steps, specials)
             if len(ii):
-                ordered = (ii[0] > last[0] and tt[0] >= last[1] and bool(np.all(ii[1:] > ii[:-1]))
-                           and bool(np.all(tt[1:] >= tt[:-1])))
-                last = (int(ii[-1]), float(tt[-1]))
-        cols = _step_columns(c, vec_steps, count) if (count or keep_steps) and vec_steps.any() else None
+                last = self.last
+                self.ordered = (ii[0] > last[0] and tt[0] >= last[1] and bool(np.all(ii[1:] > ii[:-1]))
+                                and bool(np.all(tt[1:] >= tt[:-1])))
+                self.last = (int(ii[-1]), float(tt[-1]))
+        cols = _step_columns(c, vec_steps, count) if (count or kept is not None) and vec_steps.any() else None
         start = 0
         for r, rec in specials:   # the records that are not columnar steps, at their place in file order
             typ = rec.get("type")
             if typ == R.STEP or (typ == R.EVENT and rec.get("kind") in EPOCH_EVENTS):
                 if cols is not None:
-                    _add_steps(stats if count else None, cols, start, r, kept if keep_steps else None)
+                    _add_steps(stats if count else None, cols, start, r, kept)
                 start = r
-                if typ == R.STEP and keep_steps:
+                if typ == R.STEP and kept is not None:
                     kept["batch"].append(np.array([rec["batch"]]))
                     kept["bucket"].append(np.array([-1 if rec["bucket"] is None else rec["bucket"]]))
                     kept["ms"].append(np.array([float(R.step_ms(rec))]))
             if count:
                 stats.add(rec)
             if typ == R.END:
-                end = rec
+                self.end = rec
             if typ not in (R.STEP, R.SAMPLE, R.PREFILL):
-                later.append(rec)
+                self.later.append(rec)
         if cols is not None:
-            _add_steps(stats if count else None, cols, start, n, kept if keep_steps else None)
+            _add_steps(stats if count else None, cols, start, n, kept)
         if count:
             _add_samples(stats, c, sample & ok)
             _add_prefills(stats, c, prefill & ok)
-        bads.append(bad)
-        base += n
-    bad = np.concatenate(bads) if bads else np.zeros(0, bool)
-    return stats, bad, why, ordered, end, later, kept
+        self.bads.append(bad)
+        self.base += n
+        return bad
+
+    def result(self):
+        bad = np.concatenate(self.bads) if self.bads else np.zeros(0, bool)
+        return self.stats, bad, self.why, self.ordered, self.end, self.later, self.kept
+
+
+class Screening:
+    """``screen`` a batch at a time, for one pass that also writes (the exports): ``batch(b)`` gives the rows
+    of ``b`` to leave out. They are final while ``trusted``: the accepted steps so far came in i and t order.
+    Once it turns False, duplicates or steps out of order may make an earlier row bad: the caller starts
+    again from ``screen``'s two passes. Read the batches with ``inert`` (INERT, or a subset of it)."""
+
+    def __init__(self, trace):
+        self.trace = trace
+        self._p = _Pass(trace.header, lambda: RunStats(0, False), None, count=False)
+
+    def batch(self, b: pa.RecordBatch) -> np.ndarray:
+        return self._p.batch(b)
+
+    @property
+    def trusted(self) -> bool:
+        return self._p.ordered
+
+    def done(self) -> Screened:
+        """What ``screen`` returns, once every batch went through ``batch`` while trusted."""
+        assert self._p.ordered, "the screen's verdicts are not final: use screen()"
+        _, bad, why, _, end, _, _ = self._p.result()
+        self.trace.cache_end(end)
+        return Screened(bad, _screen_line(self.trace, bad, why, None, None))
+
+
+def inert_to_both(a: dict, b: dict) -> dict:
+    """Columns two readers of one pass can both skip: in both ``inert`` maps, where both tests pass."""
+    return {k: (lambda st, n, f=a[k], g=b[k]: f(st, n) and g(st, n)) for k in a.keys() & b.keys()}
 
 
 def _accepted(c: _Cols, vec_steps: np.ndarray, specials: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

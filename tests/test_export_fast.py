@@ -98,7 +98,8 @@ def test_compact_export_equals_record_path(name, kw, fmt, tmp_path, capsys, monk
         compact = tmp_path / f"t{ext}"
         convert(str(jl), str(compact))
         assert _export(compact, fmt, tmp_path / f"got{ext}.{fmt}", capsys) == want, ext
-    assert len(used) == 2   # the columnar path wrote both
+    # the columnar path wrote both; a CSV of steps out of order twice each (its one pass, then after the screen)
+    assert len(used) == (4 if fmt == "csv" and kw and kw["bad"] else 2)
 
 
 def test_a_record_later_than_the_window_takes_the_record_path(tmp_path, capsys):

@@ -1,0 +1,146 @@
+"""Where each slice of a timeline export starts (``cgwatch export --format pftrace``), in integer ns.
+
+export.py's rule: a track's slices go one after the other in t order (a host slice starts at max(t, the end
+of the one before); a GPU slice at max(t, the end of the one before plus its step's gap_us)), and two slices of
+a track never touch (pftrace: a slice that would start where the previous one ended starts 1 ns later). In
+ns that is a max-plus prefix scan (``_starts``), exact in int64.
+
+Two ways to run it over a trace: ``placement`` (the whole trace in t order: one pass over t and the four
+durations, then one sort) and ``Placer`` (a batch at a time, in the export's own pass: each batch sorted by t
+on its own, each track carried over from the batch before; it gives up, returning None, where a batch's slice
+sorts before an earlier batch's, and the caller takes ``placement``). Both give the same starts.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+
+from . import arrow_np as A
+from . import columnar as C
+from . import records as R
+
+MAX_NS = 1 << 53   # a time or duration past this (104 days) is drawn as this: int64 ns must not overflow
+COLUMNS = ["type", "t_us", "json", "host_us", "host_ms", "gpu_ms", "gap_us"]   # what placement reads
+
+
+def ns(us: np.ndarray) -> np.ndarray:
+    """µs (NaN: 0) as integer ns, at most MAX_NS."""
+    x = np.round(np.minimum(us, MAX_NS / 1e3) * 1e3)
+    x[np.isnan(x)] = 0
+    return x.astype(np.int64)
+
+
+def _starts(t: np.ndarray, dur: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """Slice starts on one track, its slices in t order: s_k = max(t_k, s_(k-1) + dur_(k-1) + gap_k), as
+    S_k + max over j <= k of (t_j - S_j), S the prefix sums of dur_(k-1) + gap_k (int64 ns: exact). Works in
+    place: ``t`` (a copy) becomes the result."""
+    if not len(t):
+        return t
+    s = np.zeros(len(t), dtype=np.int64)
+    np.add(dur[:-1], gap[1:], out=s[1:])
+    np.cumsum(s, out=s)
+    t -= s
+    np.maximum.accumulate(t, out=t)
+    t += s
+    return t
+
+
+def _row_values(b: pa.RecordBatch) -> dict:
+    """t (s, NaN where none), and host_us / host_ms / gpu_ms / gap_us (NaN where none) of a batch's rows, a
+    JSON row's from its text."""
+    out = {"t": A.ints(b.column("t_us"), 0) / 1e6}
+    out["t"][A.null(b.column("t_us"))] = np.nan
+    for k in ("host_us", "host_ms", "gpu_ms", "gap_us"):
+        out[k] = A.floats(b.column(k))
+    js = b.column("json")
+    for r in np.flatnonzero(~A.null(js)).tolist():
+        rec = C._decode_json(js[r].as_py())
+        for k in out:
+            v = rec.get(k)
+            out[k][r] = v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else np.nan
+    return out
+
+
+def _rows(b: pa.RecordBatch, ok: np.ndarray, newest: float):
+    """One batch's sort keys (export.py's: t, or the newest t before a row without one), its host and GPU
+    slice durations (ns; -1: no slice, or a row left out) and the gaps before its GPU slices (ns, >= 1)."""
+    from .perfetto_columnar import _t_keys
+    v = _row_values(b)
+    key = _t_keys(v["t"], newest)
+    kind = A.codes_in(b.column("type"), [R.STEP, R.PREFILL])
+    host_us = np.where(kind == 0, v["host_us"], v["host_ms"] * 1e3)
+    host = np.where(ok & (kind >= 0) & np.isfinite(host_us), ns(host_us), -1)
+    gpu = np.where(ok & (kind == 0) & np.isfinite(v["gpu_ms"]), ns(v["gpu_ms"] * 1e3), -1)
+    return key, host, gpu, np.maximum(ns(v["gap_us"]), 1)
+
+
+def placement(trace, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of the whole trace: the start (ns) of its host slice and of its GPU slice, -1 where it has
+    none. Reads COLUMNS; keeps 32 bytes a row."""
+    keys, host, gpu, gaps = [], [], [], []
+    newest, base = -math.inf, 0
+    for b in trace.batches(COLUMNS, dictionary=True):
+        key, h, g, gap = _rows(b, ~bad[base:base + b.num_rows], newest)
+        base += b.num_rows
+        if len(key):
+            newest = max(newest, float(key.max()))
+        keys.append(key)
+        host.append(h)
+        gpu.append(g)
+        gaps.append(gap)
+    if not keys:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    key = np.concatenate(keys)
+    keys.clear()
+    order = np.argsort(key, kind="stable")
+    t_ns = ns(key * 1e6)
+    del key
+    out = []
+    for parts, gap in ((host, None), (gpu, gaps)):
+        dur = np.concatenate(parts)
+        parts.clear()
+        rows = order[dur[order] >= 0]
+        step = np.ones(len(rows), np.int64) if gap is None else np.concatenate(gap)[rows]
+        starts = np.full(len(dur), -1, dtype=np.int64)
+        starts[rows] = _starts(t_ns[rows], dur[rows], step)
+        out.append(starts)
+        del dur, rows, step
+    return out[0], out[1]
+
+
+class Placer:
+    """``placement`` a batch at a time, for an export's single pass over the trace."""
+
+    def __init__(self):
+        self.newest = -math.inf
+        self.last: list = [None, None]   # per track (host, GPU): (key, start, duration) of its last slice
+
+    def batch(self, b: pa.RecordBatch, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The batch's host and GPU slice starts (ns; -1: none), as ``placement`` gives them for its rows; None
+        where one of its slices sorts before a slice of an earlier batch (then only ``placement`` is right)."""
+        key, host, gpu, gap = _rows(b, ok, self.newest)
+        if not len(key):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        self.newest = max(self.newest, float(key.max()))
+        order = np.argsort(key, kind="stable")
+        t_ns = ns(key * 1e6)
+        out = []
+        for track, (dur, step) in enumerate(((host, None), (gpu, gap))):
+            rows = order[dur[order] >= 0]
+            starts = np.full(len(dur), -1, dtype=np.int64)
+            out.append(starts)
+            if not len(rows):
+                continue
+            last = self.last[track]
+            if last is not None and key[rows[0]] < last[0]:
+                return None                  # sorts before a slice already placed
+            t, d = t_ns[rows], dur[rows]
+            g = np.ones(len(rows), np.int64) if step is None else step[rows]
+            if last is not None:             # the track's last slice first: it stays where it is
+                t, d, g = np.concatenate([[last[1]], t]), np.concatenate([[last[2]], d]), np.concatenate([[1], g])
+            s = _starts(t, d, g)
+            starts[rows] = s[1:] if last is not None else s
+            self.last[track] = (float(key[rows[-1]]), int(s[-1]), int(d[-1]))
+        return out[0], out[1]

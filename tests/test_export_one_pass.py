@@ -1,0 +1,158 @@
+"""CSV and pftrace of a compact trace to a file are written in the pass that screens it (export._one_pass:
+fold.Screening, slice_placement.Placer). That pass must write what the two passes write (the screen first,
+then the export: export._two_passes, which stdout and the other formats take), byte for byte; where it meets
+what needs the whole trace (steps out of order, a slice sorting before an earlier batch's, a CSV header made
+wider by a row the screen leaves out), it starts the file again from the two passes."""
+
+import io
+
+import numpy as np
+import pytest
+
+from cgwatch import columnar as C
+from cgwatch import export as E
+from cgwatch import records as R
+from cgwatch.cli import main
+from cgwatch.convert import convert
+from cgwatch.fold import Screening, screen
+from cgwatch.slice_placement import Placer, placement
+from cgwatch.trace import open_trace, read_header
+
+from test_export_fast import _write
+from test_fold import synthetic
+
+
+def _compact(tmp_path, recs, monkeypatch, name="t", ext=".parquet", rows=97) -> str:
+    """The records as a compact trace of many small batches (``rows`` a row group)."""
+    jl = tmp_path / f"{name}.jsonl"
+    _write(jl, recs)
+    out = str(tmp_path / f"{name}{ext}")
+    monkeypatch.setattr(C, "COMPACT_ROWS", rows)
+    convert(str(jl), out)
+    return out
+
+
+def _both(path: str, fmt: str, tmp_path, monkeypatch) -> tuple[bytes, bytes, int]:
+    """(the file ``cgwatch export`` writes, what the two passes write, how many times it took the two passes)."""
+    calls = []
+    two = E._two_passes
+    monkeypatch.setattr(E, "_two_passes", lambda *a: calls.append(1) or two(*a))
+    out = tmp_path / f"out.{fmt}"
+    assert main(["export", path, "--format", fmt, "-o", str(out)]) == 0
+    got = out.read_bytes()
+    buf = io.BytesIO()
+    f = buf if fmt == "pftrace" else io.TextIOWrapper(buf, encoding="utf-8", newline="")
+    two(fmt, path, open_trace(path), read_header(path), f)
+    f.flush()
+    return got, buf.getvalue(), len(calls)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "pftrace"])
+@pytest.mark.parametrize("ext", [".parquet", ".arrows"])
+@pytest.mark.parametrize("seed,tp", [(1, False), (2, True)])
+def test_a_clean_trace_takes_one_pass_and_writes_what_two_passes_write(fmt, ext, seed, tp, tmp_path, monkeypatch,
+                                                                       capsys):
+    path = _compact(tmp_path, synthetic(seed, n=1200, bad=False, tp=tp), monkeypatch, ext=ext)
+    got, want, two = _both(path, fmt, tmp_path, monkeypatch)
+    assert two == 0 and got == want and len(got) > 10_000
+
+
+@pytest.mark.parametrize("fmt", ["csv", "pftrace"])
+def test_duplicates_and_steps_out_of_order_start_the_file_again(fmt, tmp_path, monkeypatch, capsys):
+    path = _compact(tmp_path, synthetic(3, n=1200, bad=True), monkeypatch)
+    got, want, two = _both(path, fmt, tmp_path, monkeypatch)
+    assert two == 1 and got == want
+    assert f"warning: skipped {screen(open_trace(path)).skipped} records" in capsys.readouterr().err
+
+
+def test_a_prefill_before_an_earlier_batch_starts_the_pftrace_again(tmp_path, monkeypatch, capsys):
+    """The steps are in order (the screen trusts its first pass), but a prefill late in the file is earlier than
+    slices already placed: only the whole trace's placement puts it (and what follows it) right."""
+    recs = synthetic(4, n=900, bad=False)
+    steps = [r for r in recs if r["type"] == R.STEP]
+    recs.insert(recs.index(steps[700]), {"type": "prefill", "t": steps[100]["t"], "i": 9999, "requests": 2,
+                                         "tokens": 40, "host_ms": 1.5})
+    path = _compact(tmp_path, recs, monkeypatch)
+    got, want, two = _both(path, "pftrace", tmp_path, monkeypatch)
+    assert two == 1 and got == want
+    got, want, two = _both(path, "csv", tmp_path, monkeypatch)   # no slices in a CSV: one pass
+    assert two == 0 and got == want
+
+
+def test_a_wider_header_from_a_row_left_out_starts_the_csv_again(tmp_path, monkeypatch, capsys):
+    """A step kept as JSON for a field beyond the schema, which the screen leaves out (a negative host time):
+    the one pass's header (from every row) has its column, the screened one must not."""
+    recs = synthetic(5, n=600, bad=False)
+    k = next(n for n, r in enumerate(recs) if r["type"] == R.STEP and n > 300)
+    recs[k] = {**recs[k], "host_us": -1.0, "note": "x"}
+    path = _compact(tmp_path, recs, monkeypatch)
+    got, want, two = _both(path, "csv", tmp_path, monkeypatch)
+    assert two == 1 and got == want and b"note" not in got.split(b"\n")[0]
+    recs[k]["host_us"] = 5.0            # accepted: the column is there, in one pass
+    path = _compact(tmp_path, recs, monkeypatch, name="u")
+    got, want, two = _both(path, "csv", tmp_path, monkeypatch)
+    assert two == 0 and got == want and b"note" in got.split(b"\n")[0]
+
+
+@pytest.mark.parametrize("seed,bad", [(6, False), (7, True)])
+def test_screening_a_batch_at_a_time_is_the_screen(seed, bad, tmp_path, monkeypatch):
+    path = _compact(tmp_path, synthetic(seed, n=1500, bad=bad), monkeypatch)
+    want = screen(open_trace(path))
+    tr = open_trace(path)
+    s = Screening(tr)
+    verdicts = [s.batch(b) for b in tr.batches(dictionary=True)]
+    assert s.trusted is not bad
+    if bad:
+        assert np.concatenate(verdicts).sum() < want.bad.sum()   # the duplicates need the second pass
+        return
+    got = s.done()
+    assert np.array_equal(got.bad, want.bad) and got.warning == want.warning and got.skipped == want.skipped
+
+
+def _timeline(seed: int, rows: int, past_a_batch_start: bool) -> list[dict]:
+    """Random step, prefill and sample times, some prefills late (earlier than rows before them); with
+    ``past_a_batch_start`` False, never earlier than the rows of the batches before theirs (``rows`` a batch)."""
+    rng = np.random.default_rng(seed)
+    recs, t, floor = [], 1.0, 0.0
+    for i in range(2000):
+        t = round(t + float(rng.uniform(0, 0.004)), 6)
+        if rng.random() < 0.2:
+            late = round(t - float(rng.uniform(0, 0.02)), 6) if rng.random() < 0.15 else t
+            if len(recs) % rows == 0:
+                floor = recs[-1]["t"] if recs else 0.0
+            recs.append({"type": "prefill", "t": late if past_a_batch_start else max(late, floor), "i": i,
+                         "requests": 1, "tokens": 8, "host_ms": round(float(rng.uniform(0, 3)), 3)})
+        gpu = None if rng.random() < 0.1 else round(float(rng.uniform(0.5, 5)), 4)
+        rec = R.step(i, t, 4, 4, 4, None, round(float(rng.uniform(10, 3000)), 2), gpu, 4)
+        if rng.random() < 0.5:
+            rec["gap_us"] = round(float(rng.uniform(0, 50)), 1)
+        if len(recs) % rows == 0:
+            floor = recs[-1]["t"] if recs else 0.0
+        recs.append(rec)
+    return recs
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("rows", [61, 400])
+@pytest.mark.parametrize("past", [False, True])
+def test_placing_a_batch_at_a_time_is_placing_the_whole_trace(seed, rows, past, tmp_path, monkeypatch):
+    """Where the Placer never gives up (no slice earlier than a batch before its own), its starts are
+    placement's, each track carried from batch to batch; small batches and late prefills: it gives up."""
+    path = _compact(tmp_path, _timeline(seed, rows, past), monkeypatch, rows=rows)
+    tr = open_trace(path)
+    bad = screen(tr).bad
+    host, gpu = placement(tr, bad)
+    assert (host >= 0).sum() > 2000 and (gpu >= 0).sum() > 1500
+    p, base, got = Placer(), 0, []
+    for b in tr.batches(dictionary=True):
+        got.append(p.batch(b, ~bad[base:base + b.num_rows]))
+        base += b.num_rows
+    gave_up = any(g is None for g in got)   # a late row moves the slices before it, in earlier batches too
+    if not gave_up:
+        assert len(got) > 5
+        assert np.array_equal(np.concatenate([g[0] for g in got]), host)
+        assert np.array_equal(np.concatenate([g[1] for g in got]), gpu)
+    if not past:
+        assert not gave_up
+    elif rows == 61:                        # 400 rows a batch: a late prefill may or may not cross a start
+        assert gave_up
