@@ -39,7 +39,7 @@ from . import records as R
 from .event_text import event_text
 from .fold import INERT as SCREEN_INERT
 from .fold import _no_values, inert_to_both
-from .export import (ALERTS, CAPTURE_PLACEMENT, EVENTS, GPU, GPU_PLACEMENT, GRAPH_EVENTS, GRAPHS, HOST,
+from .export import (REORDER_WINDOW_S, ALERTS, CAPTURE_PLACEMENT, EVENTS, GPU, GPU_PLACEMENT, GRAPH_EVENTS, GRAPHS, HOST,
                      SAMPLE_COUNTERS, TRACKS, _args, _process_name, _short)
 from .slice_placement import Placer, ns, placement
 from .protowire import Rows, field_bytes, field_double, field_varint
@@ -524,8 +524,7 @@ def export(trace, out, header: dict, bad: np.ndarray | None, source: str, screen
     names = b"".join(field_bytes(3, field_varint(1, IID[k]) + field_bytes(2, k)) for k in ARG_NAMES)
     out.write(field_bytes(1, _packet_head(SEQ_CLEARED) + field_bytes(12, names)))
     events = Events(decl, counts)
-    base = 0
-    for b, ok, host_ts, gpu_ts in _ahead(_placed(trace, bad, screening)):
+    for b, base, ok, host_ts, gpu_ts in _ahead(_placed(trace, bad, screening)):
         parts = _split(b, ok)
         extra_cols, rest = _columnize(parts.pop("rest"))
         chunks = []
@@ -551,14 +550,13 @@ def export(trace, out, header: dict, bad: np.ndarray | None, source: str, screen
         out.write(decl.take())   # the tracks and names these packets use, before them
         for chunk in chunks:
             out.write(chunk)
-        base += b.num_rows
     meta = {"source": os.path.abspath(source), "format": header.get("format"), "version": header.get("version"),
             **{k: header.get(k) for k in ("cgwatch", "started", "gpu", "dtype", "torch", "device")},
             "model": (header.get("model") or {}).get("name"), "complete": events.end is not None,
             "outcome": (events.end or {}).get("outcome"), "time_origin": "ts 0 = the run's t = 0",
             "gpu_placement": GPU_PLACEMENT, "capture_placement": CAPTURE_PLACEMENT,
             "slices_touching": "a slice that would start where the previous one on its track ended starts 1 ns later",
-            "counts": json.dumps(dict(counts), separators=(",", ":"))}
+            "counts": json.dumps(dict(counts), separators=(",", ":"), sort_keys=True)}
     info = _one(0, INSTANT, decl.slices(EVENTS), "export info", meta)
     out.write(decl.take() + info)
     counts["packets"] += 1
@@ -566,24 +564,27 @@ def export(trace, out, header: dict, bad: np.ndarray | None, source: str, screen
 
 
 def _placed(trace, bad: np.ndarray | None, screening):
-    """(batch, its rows kept, their host and GPU slice starts) of each batch (export's arguments)."""
+    """(batch, its first row's number, the rows of it to write now, their host and GPU slice starts) in turn
+    (export's arguments): each batch whole, or with a screening, the rows the Placer has placed."""
     if screening is None:
         host_ts, gpu_ts = placement(trace, bad)
         base = 0
         for b in trace.batches(dictionary=True, inert=INERT):
             n = b.num_rows
-            yield b, ~bad[base:base + n], host_ts[base:base + n], gpu_ts[base:base + n]
+            yield b, base, ~bad[base:base + n], host_ts[base:base + n], gpu_ts[base:base + n]
             base += n
         return
-    placer = Placer()
+    placer, base = Placer(REORDER_WINDOW_S), 0
     for b in trace.batches(dictionary=True, inert=inert_to_both(INERT, SCREEN_INERT)):
         ok = ~screening.batch(b)
         if not screening.trusted:
             raise Fallback("steps out of order")
-        got = placer.batch(b, ok)
-        if got is None:
-            raise Fallback("a slice before an earlier batch's")
-        yield (b, ok) + got
+        units = placer.batch(b, ok, base)
+        if units is None:
+            raise Fallback("a slice before one already placed")
+        yield from units
+        base += b.num_rows
+    yield from placer.flush()
 
 
 def _ahead(batches):

@@ -111,36 +111,85 @@ def placement(trace, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Placer:
-    """``placement`` a batch at a time, for an export's single pass over the trace."""
+    """``placement`` a batch at a time, for an export's single pass over the trace. A slice is placed once the
+    trace has moved ``window_s`` past it (its key): rows come in t order but for a few late ones (a step's
+    record waits for its GPU time, so a prefill after it may be written first), and a later batch may hold a
+    slice that sorts before one of this batch's. ``batch`` hands out the rows whose placement is final, as
+    units (batch, its first row's number in the trace, rows of it, host starts, GPU starts: -1 where none),
+    the rows without a slice of a batch with the batch's first unit; ``flush`` the rest at the end. It gives up
+    (None) when a slice sorts before one already placed: then only ``placement`` is right."""
 
-    def __init__(self):
+    def __init__(self, window_s: float = 10.0):
+        self.window_s = window_s
         self.newest = -math.inf
-        self.last: list = [None, None]   # per track (host, GPU): (key, start, duration) of its last slice
+        self.placed_key = -math.inf             # the newest key placed
+        self.last: list = [None, None]          # per track (host, GPU): (start, duration) of its last slice placed
+        self.pending: list[dict] = []           # per batch with slices not yet placed: its arrays
+        self.batches: dict[int, pa.RecordBatch] = {}
 
-    def batch(self, b: pa.RecordBatch, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The batch's host and GPU slice starts (ns; -1: none), as ``placement`` gives them for its rows; None
-        where one of its slices sorts before a slice of an earlier batch (then only ``placement`` is right)."""
+    def batch(self, b: pa.RecordBatch, ok: np.ndarray, base: int) -> list | None:
         key, host, gpu, gap = _rows(b, ok, self.newest)
-        if not len(key):
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        n = len(key)
+        if not n:
+            return [(b, base, np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int64))]
         self.newest = max(self.newest, float(key.max()))
-        order = np.argsort(key, kind="stable")
-        t_ns = ns(key * 1e6)
-        out = []
-        for track, (dur, step) in enumerate(((host, None), (gpu, gap))):
-            rows = order[dur[order] >= 0]
-            starts = np.full(len(dur), -1, dtype=np.int64)
-            out.append(starts)
-            if not len(rows):
+        sliced = (host >= 0) | (gpu >= 0)
+        rows = np.flatnonzero(sliced)
+        if len(rows) and float(key[rows].min()) < self.placed_key:
+            return None                          # sorts before a slice already placed
+        self.batches[base] = b
+        self.pending.append({"key": key[rows], "row": rows, "base": np.full(len(rows), base, np.int64),
+                             "t": ns(key[rows] * 1e6), "host": host[rows], "gpu": gpu[rows], "gap": gap[rows]})
+        units = self._place(self.newest - self.window_s)
+        first = ~sliced & ok                     # the batch's (accepted) rows without a slice go now
+        mine = next((k for k, u in enumerate(units) if u[1] == base), None)
+        if mine is None:
+            units.append((b, base, first, np.full(n, -1, np.int64), np.full(n, -1, np.int64)))
+        else:
+            u = units[mine]
+            units[mine] = (b, base, u[2] | first, u[3], u[4])
+        return units
+
+    def flush(self) -> list:
+        """The slices still pending, placed (the end of the trace)."""
+        return self._place(math.inf)
+
+    def _place(self, cut: float) -> list:
+        """Place the pending slices with keys up to ``cut`` (in (key, row) order); their units."""
+        if not self.pending:
+            return []
+        p = {k: np.concatenate([x[k] for x in self.pending]) for k in self.pending[0]}
+        order = np.lexsort((p["row"], p["base"], p["key"]))
+        done = order[p["key"][order] <= cut]
+        keep = np.setdiff1d(np.arange(len(p["key"])), done, assume_unique=True)
+        self.pending = [{k: v[keep] for k, v in p.items()}] if len(keep) else []
+        if not len(done):
+            return []
+        self.placed_key = max(self.placed_key, float(p["key"][done[-1]]))
+        starts = []
+        for track, name in enumerate(("host", "gpu")):
+            sel = done[p[name][done] >= 0]
+            out = np.full(len(p["key"]), -1, np.int64)
+            starts.append(out)
+            if not len(sel):
                 continue
+            t, d = p["t"][sel], p[name][sel]
+            g = np.ones(len(sel), np.int64) if name == "host" else p["gap"][sel]
             last = self.last[track]
-            if last is not None and key[rows[0]] < last[0]:
-                return None                  # sorts before a slice already placed
-            t, d = t_ns[rows], dur[rows]
-            g = np.ones(len(rows), np.int64) if step is None else step[rows]
-            if last is not None:             # the track's last slice first: it stays where it is
-                t, d, g = np.concatenate([[last[1]], t]), np.concatenate([[last[2]], d]), np.concatenate([[1], g])
+            if last is not None:                # the track's last slice first: it stays where it is
+                t, d, g = np.concatenate([[last[0]], t]), np.concatenate([[last[1]], d]), np.concatenate([[1], g])
             s = _starts(t, d, g)
-            starts[rows] = s[1:] if last is not None else s
-            self.last[track] = (float(key[rows[-1]]), int(s[-1]), int(d[-1]))
-        return out[0], out[1]
+            out[sel] = s[1:] if last is not None else s
+            self.last[track] = (int(s[-1]), int(d[-1]))
+        units = []
+        for base in np.unique(p["base"][done]).tolist():
+            sel = done[p["base"][done] == base]
+            b = self.batches[base]
+            n = b.num_rows
+            mask, host, gpu = np.zeros(n, bool), np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+            r = p["row"][sel]
+            mask[r], host[r], gpu[r] = True, starts[0][sel], starts[1][sel]
+            units.append((b, base, mask, host, gpu))
+        live = set(np.unique(np.concatenate([x["base"] for x in self.pending])).tolist()) if self.pending else set()
+        self.batches = {k: v for k, v in self.batches.items() if k in live}
+        return units
