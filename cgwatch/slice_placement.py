@@ -158,11 +158,13 @@ class Placer:
         """Place the pending slices with keys up to ``cut`` (in (key, row) order); their units."""
         if not self.pending:
             return []
-        p = {k: np.concatenate([x[k] for x in self.pending]) for k in self.pending[0]}
-        order = np.lexsort((p["row"], p["base"], p["key"]))
-        done = order[p["key"][order] <= cut]
-        keep = np.setdiff1d(np.arange(len(p["key"])), done, assume_unique=True)
-        self.pending = [{k: v[keep] for k, v in p.items()}] if len(keep) else []
+        p = {k: np.concatenate([x[k] for x in self.pending]) for k in self.pending[0]} if len(self.pending) > 1 \
+            else self.pending[0]
+        order = np.argsort(p["key"], kind="stable")   # pending rows are in (base, row) order: ties keep it
+        done = order[:int(np.searchsorted(p["key"][order], cut, side="right"))]
+        keep = np.ones(len(order), bool)
+        keep[done] = False
+        self.pending = [{k: v[keep] for k, v in p.items()}] if keep.any() else []
         if not len(done):
             return []
         self.placed_key = max(self.placed_key, float(p["key"][done[-1]]))
