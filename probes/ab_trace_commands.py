@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,16 +31,18 @@ def commands(trace: str, out: str) -> dict[str, list[str]]:
 
 
 def child(root: str, argv: list[str]) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """One run: its own CPU time and peak RSS (os.wait4's rusage of that child), wall time, the load."""
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", RUN, root, *argv], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", RUN, root, *argv], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
-        raise SystemExit(f"{root} {' '.join(argv)}: rc {p.returncode}: {p.stderr.strip()[-300:]}")
-    return {"cpu": after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, "wall": wall,
-            "rss_mib": after.ru_maxrss / 1024, "load": os.getloadavg()[0]}
+        raise SystemExit(f"{root} {' '.join(argv)}: rc {p.returncode}: {err.strip()[-300:]}")
+    return {"cpu": ru.ru_utime + ru.ru_stime, "wall": wall, "rss_mib": ru.ru_maxrss / 1024,
+            "load": os.getloadavg()[0]}
 
 
 def main() -> int:

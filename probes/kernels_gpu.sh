@@ -2,7 +2,9 @@
 # Issue 14 on one GPU: the GPU tests, then `cgwatch bench` plain vs fused kernels on llama-1b (and
 # llama-8b with STEPS=...bench8), a second run's start-up (Triton's cache), and a torch.profiler
 # breakdown of one fused graph step by kernel class. Run from the repo root with the wheels in .whl/.
-# STEPS: tests,bench1,bench8,startup,profile,overhead (default: tests,bench1). Outputs under $OUT.
+# STEPS: tests,bench1,bench8,startup,profile,overhead,record (default: tests,bench1). Outputs under $OUT.
+# record (issue 13): two real llama-1b recordings with prefills (the default Poisson workload): one closed
+# (Parquet), one killed mid-run (an Arrow IPC stream of 0.25 s batches), for the one-pass exports on the CPU.
 set -u
 . probes/gpu_env.sh
 STEPS=${STEPS:-tests,bench1}
@@ -48,4 +50,12 @@ if [[ $STEPS == *overhead* ]]; then   # cgwatch's loop vs a bare replay loop (is
     timeout 200 python3 probes/bench_overhead.py --models llama-1b --batches 1 --trace-ext $ext \
       --json "$OUT/overhead_${ext#.}.json" 2>&1 | tail -4
   done
+fi
+if [[ $STEPS == *record* ]]; then
+  timeout 300 python3 -m cgwatch run --headless --model llama-1b --max-seq 512 --steps ${RSTEPS:-60000} \
+    --record "$OUT/rec_llama1b.parquet" > "$OUT/rec_parquet.txt" 2>&1
+  echo "closed recording rc=$?"; tail -2 "$OUT/rec_parquet.txt"
+  timeout -s KILL ${RKILL:-45} python3 -m cgwatch run --headless --model llama-1b --max-seq 512 \
+    --record "$OUT/rec_killed.arrows" > "$OUT/rec_killed.txt" 2>&1
+  echo "killed recording rc=$? (137: SIGKILL, as meant)"; ls -la "$OUT"/rec_*
 fi
