@@ -157,7 +157,7 @@ def run(a) -> int:
 def _one_pass(fmt: str, trace: str, tr, header: dict, f) -> tuple[str, R.Screen] | None:
     """CSV or pftrace of a compact trace, screened in the pass that writes it (fold.Screening): (summary, the
     Screen), or None, with ``f`` (a file) emptied again, where that pass met what needs the whole trace first
-    (steps out of order: the screen's second pass; a pftrace slice sorting before an earlier batch's; a CSV
+    (steps out of order: the screen's second pass; a pftrace slice later than the Placer's window; a CSV
     header made wider by a row the screen leaves out)."""
     if fmt not in ("csv", "pftrace"):
         return None

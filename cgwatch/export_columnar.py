@@ -7,7 +7,8 @@ into one (each distinct combination of their words joined once); ``t`` and ``i``
 pyarrow joins the pieces into lines, whose bytes go to the file a batch at a time. A tensor-parallel step's
 ``plan_us``, ``skew_ms`` and ``rank_ms`` (one column a rank) are columns like the others; only steps kept as
 JSON (odd fields) go through the record path's own formatting (export.csv_cells) at their place. Only the
-rows the shared validation accepts are written (fold.screen: the same rows records.screen accepts).
+rows the shared validation accepts are written (fold.screen: the same rows records.screen accepts; to a file,
+fold.Screening screens each batch in the pass that writes it, export._one_pass).
 """
 
 from __future__ import annotations
