@@ -23,6 +23,7 @@ import pyarrow as pa
 from . import arrow_np as A
 from . import columnar as C
 from . import records as R
+from .read_ahead import ahead
 
 _STEP = R.STEP
 
@@ -390,7 +391,17 @@ def export_csv(trace, out, bad: np.ndarray | None, header_cols: tuple, csv_cells
         batches = trace.batches(dictionary=True, inert=inert_to_both(
             INERT, {k: _always for k in C.NAMES if k not in _READ}))
         head = _Header(header_cols)
-    written = base = 0
+    written = 0
+    for b, ok in ahead(_screened(batches, bad, screening, head)):   # read and screened in a thread
+        written += _write_steps(b, ok, columns, put, row, csv_cells)
+    if screening is not None and head.columns() != columns:
+        raise Fallback("a row left out made the header wider")
+    return written, len(columns)
+
+
+def _screened(batches, bad: np.ndarray | None, screening, head: _Header):
+    """(batch, its rows to write): by ``bad``, or screened here (``head`` takes the accepted rows' columns)."""
+    base = 0
     for b in batches:
         n = b.num_rows
         if screening is None:
@@ -401,10 +412,7 @@ def export_csv(trace, out, bad: np.ndarray | None, header_cols: tuple, csv_cells
                 raise Fallback("steps out of order")
             head.add(b, ok)
         base += n
-        written += _write_steps(b, ok, columns, put, row, csv_cells)
-    if screening is not None and head.columns() != columns:
-        raise Fallback("a row left out made the header wider")
-    return written, len(columns)
+        yield b, ok
 
 
 def _write_steps(b: pa.RecordBatch, ok: np.ndarray, columns: tuple, put, row, csv_cells) -> int:

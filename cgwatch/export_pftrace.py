@@ -42,6 +42,7 @@ from .fold import _no_values, inert_to_both
 from .export import (REORDER_WINDOW_S, ALERTS, CAPTURE_PLACEMENT, EVENTS, GPU, GPU_PLACEMENT, GRAPH_EVENTS, GRAPHS, HOST,
                      SAMPLE_COUNTERS, TRACKS, _args, _process_name, _short)
 from .slice_placement import Placer, ns, placement
+from .read_ahead import ahead
 from .protowire import Rows, field_bytes, field_double, field_varint
 
 SEQ = 1                                    # one packet sequence (trusted_packet_sequence_id)
@@ -524,7 +525,7 @@ def export(trace, out, header: dict, bad: np.ndarray | None, source: str, screen
     names = b"".join(field_bytes(3, field_varint(1, IID[k]) + field_bytes(2, k)) for k in ARG_NAMES)
     out.write(field_bytes(1, _packet_head(SEQ_CLEARED) + field_bytes(12, names)))
     events = Events(decl, counts)
-    for b, base, ok, host_ts, gpu_ts in _ahead(_placed(trace, bad, screening)):
+    for b, base, ok, host_ts, gpu_ts in ahead(_placed(trace, bad, screening)):
         parts = _split(b, ok)
         extra_cols, rest = _columnize(parts.pop("rest"))
         chunks = []
@@ -585,17 +586,6 @@ def _placed(trace, bad: np.ndarray | None, screening):
         yield from units
         base += b.num_rows
     yield from placer.flush()
-
-
-def _ahead(batches):
-    """The batches, each read in a thread while the one before is written (pyarrow decodes without the GIL:
-    on two cores the read and the encoding overlap)."""
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(1) as pool:
-        coming = pool.submit(next, batches, None)
-        while (b := coming.result()) is not None:
-            coming = pool.submit(next, batches, None)
-            yield b
 
 
 def _t_of(rec: dict) -> float:

@@ -25,6 +25,7 @@ from . import arrow_np as A
 from . import columnar as C
 from . import records as R
 from .aggregate import RunStats
+from .read_ahead import ahead
 
 STEP_BITS = {k: 1 << n for n, k in enumerate(C.STEP_KEYS)}
 STEP_REQUIRED_MASK = sum(STEP_BITS[k] for k in R.STEP_REQUIRED)
@@ -251,7 +252,7 @@ def _pass(trace, make_stats, known_bad, keep_steps=False, count=True):
     came in i order with non-decreasing t, the end record, the decoded records to hand on, the kept step
     columns). ``known_bad``: the rows to leave out (a second pass)."""
     p = _Pass(trace.header, make_stats, known_bad, keep_steps, count)
-    for b in trace.batches(dictionary=True, inert=INERT):
+    for b in ahead(trace.batches(dictionary=True, inert=INERT)):
         p.batch(b)
     return p.result()
 
