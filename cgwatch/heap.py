@@ -21,7 +21,7 @@ def keep_freed_memory() -> bool:
     """Set glibc's malloc to keep what it frees (see the module's docstring); False where it cannot."""
     try:
         mallopt = ctypes.CDLL(None).mallopt   # the C library the interpreter runs on
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):   # no C library by that name, no mallopt in it
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return all(mallopt(k, v) == 1 for k, v in SETTINGS)
