@@ -6,8 +6,9 @@ header, the aggregate of rows [0, j) (RunStats state, window as the TUI's), the 
 the records of the last SNAPSHOT_ROWS rows for its charts, log and bucket status.
 
 The aggregate comes from checkpoints: a background thread folds the trace once (fold.fold_rows, a row
-group at a time) and keeps the RunStats state every CHECKPOINT_ROWS rows; a snapshot restores the nearest
-checkpoint below j and folds the rest. Until the thread has passed j, the fold runs from its last checkpoint.
+group at a time, the next one read ahead) and keeps the RunStats state every CHECKPOINT_ROWS rows; a snapshot
+restores the nearest checkpoint below j and folds the rest. Until the thread has passed j, the fold runs from
+its last checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .row_groups import RowGroups
 from . import records as R
 from .aggregate import VIEW_WINDOW, RunStats
 from .protocol import AGGREGATE, AGGREGATE_ROW, SNAPSHOT_END
+from .read_ahead import ahead
 
 CHECKPOINT_ROWS = 1 << 17   # rows between aggregate checkpoints (a seek folds at most this many)
 SNAPSHOT_ROWS = 2000        # records replayed into a snapshot for the charts (200 points) and the log
@@ -137,22 +139,34 @@ class CompactRecords:
             g += 1
 
     def _build(self) -> None:
+        """Fold the whole trace once, a checkpoint every CHECKPOINT_ROWS rows; each row group is read (decoded)
+        in a second thread while the one before is folded (read_ahead)."""
         try:
             pf = self.groups.reopen()
             stats = RunStats(VIEW_WINDOW)
             stats.add(self.header)
             pos = 0
-            while pos < self.n and not self._stop.is_set():
-                nxt = min(self.n, pos + CHECKPOINT_ROWS)
-                self._fold_to(stats, pos, nxt, pf)
+            for g, batch in ahead(self._groups_read(pf)):
+                hi = int(self.starts[g + 1])
+                while pos < hi:
+                    nxt = min(hi, (pos // CHECKPOINT_ROWS + 1) * CHECKPOINT_ROWS)
+                    F.fold_rows(stats, batch, pos - int(self.starts[g]), nxt - int(self.starts[g]))
+                    pos = nxt
+                    if pos % CHECKPOINT_ROWS == 0 or pos == self.n:
+                        with self._lock:
+                            self._checkpoints[pos] = pickle.dumps(stats.state(), protocol=5)
+                            self._built = pos
                 if self._stop.is_set():
                     return
-                pos = nxt
-                with self._lock:
-                    self._checkpoints[pos] = pickle.dumps(stats.state(), protocol=5)
-                    self._built = pos
         except Exception:   # a damaged row group, the file gone: seeks fold from the last checkpoint instead
             return
+
+    def _groups_read(self, pf):
+        """(group, its batch) in order, until the index is closed (the background thread's own handles)."""
+        for g in range(len(self.starts) - 1):
+            if self._stop.is_set():
+                return
+            yield g, pf.read(g)
 
     def aggregate_at(self, j: int) -> RunStats:
         # the index still being built below j: wait for it (folding beside it would do its work twice)
