@@ -149,6 +149,8 @@ def run(a) -> int:
             summary, screen = _two_passes(a.format, a.trace, tr, header, f)
     if screen.warning():
         print(f"cgwatch: warning: {screen.warning()}", file=sys.stderr)
+    for w in tr.damage() if tr is not None else ():   # found by the passes above: read up to there
+        print(f"cgwatch: warning: {w}", file=sys.stderr)
     if out != "-":
         print(f"cgwatch export: {summary} -> {out}", file=sys.stderr)
     return 0

@@ -337,10 +337,6 @@ class Fallback(Exception):
 _READ = ["type", "json", "absent", *(C.COLUMNS[k][0] for k in C.STEP_KEYS)]   # what the step lines read
 
 
-def _always(st, n: int) -> bool:
-    return True
-
-
 class _Header:
     """The CSV's columns: the schema's, the fields beyond it of the accepted steps (JSON steps' keys, the
     tensor-parallel keys) in the order they first come, one column a rank (the longest ``rank_ms``)."""
@@ -387,10 +383,10 @@ def export_csv(trace, out, bad: np.ndarray | None, header_cols: tuple, csv_cells
     if screening is None:
         batches = trace.batches(_READ, dictionary=True)
     else:   # every column the screen reads too, but those neither it nor the lines need
-        from .fold import INERT, inert_to_both
+        from .fold import INERT, always, inert_to_both
         batches = trace.batches(dictionary=True, inert=inert_to_both(
-            INERT, {k: _always for k in C.NAMES if k not in _READ}))
-        head = _Header(header_cols)
+            INERT, {k: always for k in C.NAMES if k not in _READ}))
+        head = _Header(header_cols)   # now of the accepted rows only: must come out as ``columns``
     written = 0
     for b, ok in ahead(_screened(batches, bad, screening, head)):   # read and screened in a thread
         written += _write_steps(b, ok, columns, put, row, csv_cells)

@@ -38,7 +38,7 @@ from . import columnar as C
 from . import records as R
 from .event_text import event_text
 from .fold import INERT as SCREEN_INERT
-from .fold import _no_values, inert_to_both
+from .fold import _no_values, always, inert_to_both
 from .export import (REORDER_WINDOW_S, ALERTS, CAPTURE_PLACEMENT, EVENTS, GPU, GPU_PLACEMENT, GRAPH_EVENTS, GRAPHS, HOST,
                      SAMPLE_COUNTERS, TRACKS, _args, _process_name, _short)
 from .slice_placement import Placer, ns, placement
@@ -500,14 +500,10 @@ def _coerced(typ: str, rec: dict) -> dict:
     return out
 
 
-def _always(st, n: int) -> bool:
-    return True
-
-
 # Columns a Parquet row group need not decode (columnar.Reader.batches reads them as all null): a step's mode
 # and padded (drawn from its bucket and rows) and a sample's total memory are not drawn; all-null
 # tensor-parallel columns draw nothing.
-INERT = {**dict.fromkeys(("mode", "padded", "mem_total_bytes"), _always),
+INERT = {**dict.fromkeys(("mode", "padded", "mem_total_bytes"), always),
          **dict.fromkeys(("gpus", "plan_us", "rank_ms", "skew_ms"), _no_values)}
 
 

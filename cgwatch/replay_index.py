@@ -120,20 +120,14 @@ class CompactRecords:
             self._thread.join(timeout=10)
 
     # -- the aggregate at a row ---------------------------------------------------------------------
-    def _fold_to(self, stats: RunStats, a: int, z: int, groups=None) -> None:
-        """Rows [a, z) into stats, a row group at a time (``groups``: the background thread's own handles: one
-        file is not read from two threads)."""
-        pf = groups or self.groups
+    def _fold_to(self, stats: RunStats, a: int, z: int) -> None:
+        """Rows [a, z) into stats, a row group at a time (the view's handles; the background fold has its own:
+        one file is not read from two threads)."""
         g = int(np.searchsorted(self.starts, a, side="right") - 1)
         while a < z and g < len(self.starts) - 1:
             lo, hi = int(self.starts[g]), int(self.starts[g + 1])
-            if pf is not self.groups and self._stop.is_set():
-                return
-            if pf is self.groups:
-                with self._lock:
-                    batch = pf.read(g)
-            else:
-                batch = pf.read(g)
+            with self._lock:
+                batch = self.groups.read(g)
             F.fold_rows(stats, batch, a - lo, min(z, hi) - lo)
             a = min(z, hi)
             g += 1

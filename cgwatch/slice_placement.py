@@ -20,6 +20,7 @@ import pyarrow as pa
 from . import arrow_np as A
 from . import columnar as C
 from . import records as R
+from .perfetto_columnar import _t_keys
 
 MAX_NS = 1 << 53   # a time or duration past this (104 days) is drawn as this: int64 ns must not overflow
 COLUMNS = ["type", "t_us", "json", "host_us", "host_ms", "gpu_ms", "gap_us"]   # what placement reads
@@ -66,7 +67,6 @@ def _row_values(b: pa.RecordBatch) -> dict:
 def _rows(b: pa.RecordBatch, ok: np.ndarray, newest: float):
     """One batch's sort keys (export.py's: t, or the newest t before a row without one), its host and GPU
     slice durations (ns; -1: no slice, or a row left out) and the gaps before its GPU slices (ns, >= 1)."""
-    from .perfetto_columnar import _t_keys
     v = _row_values(b)
     key = _t_keys(v["t"], newest)
     kind = A.codes_in(b.column("type"), [R.STEP, R.PREFILL])

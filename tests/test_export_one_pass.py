@@ -197,3 +197,16 @@ def test_a_real_recording_in_small_batches_takes_one_pass(sample, tmp_path, monk
     assert two == 0 and got == want and len(got["slices"]) >= 3
     tr = open_trace(out)
     assert _place(tr, screen(tr).bad, 0.0) is None
+
+
+@pytest.mark.parametrize("fmt", ["csv", "pftrace", "perfetto"])
+def test_a_truncated_stream_is_exported_up_to_its_last_whole_batch_and_said(fmt, tmp_path, monkeypatch, capsys):
+    path = _compact(tmp_path, synthetic(8, n=1200, bad=False), monkeypatch, ext=".arrows")
+    data = open(path, "rb").read()
+    cut = tmp_path / "cut.arrows"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    assert main(["export", str(cut), "--format", fmt, "-o", str(tmp_path / f"cut.{fmt}")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    warned = [w for w in err if w.startswith("cgwatch: warning:")]
+    assert len(warned) == 1 and "truncated or damaged after byte" in warned[0] and "last whole batch" in warned[0]
+    assert (tmp_path / f"cut.{fmt}").stat().st_size > 1000
