@@ -66,6 +66,7 @@ from cgwatch.errors import CgwatchError
 from cgwatch.event_text import event_text
 from cgwatch.trace import _sniff, iter_numbered, open_trace, read_header, trace_files
 
+MAX_NS = 1 << 53   # a time or duration past this (104 days) is drawn as this: int64 ns must not overflow
 FORMATS = {"perfetto": ".perfetto.json", "pftrace": ".pftrace", "csv": ".csv"}
 REORDER_WINDOW_S = 10.0   # records are released in t order once the trace has moved this far past them
 NAME_MAX = 80             # longer event names are cut; args keep the full text
@@ -388,6 +389,19 @@ def _us(seconds: float) -> float:
     return round(seconds * 1e6, 3)
 
 
+def slice_ns(us: float) -> int:
+    """A host or GPU slice's time or duration (µs) in integer ns, as slice_placement.ns rounds it: the
+    slices are placed in ints (no float drift over a long run); a slice's ts / dur is that / 1000."""
+    x = min(us, MAX_NS / 1e3) * 1e3
+    return round(x) if x == x else 0
+
+
+def round3(x: float) -> float:
+    """x to 3 decimals as numpy rounds it (rint(x * 1000) / 1000: the columnar path's vector rounding)."""
+    r = x * 1000
+    return round(r) / 1000 if math.isfinite(r) else x
+
+
 def _num(rec: dict, key: str) -> float:
     """A field that places or sizes a slice: it must be a finite number."""
     v = rec.get(key)
@@ -436,7 +450,9 @@ class _PerfettoWriter:
         self.counts: Counter = Counter()
         self.named: set[int] = set()
         self.end: dict | None = None
-        self.host_end = self.gpu_end = self.graphs_end = -math.inf   # µs, last slice end per track
+        self.host_end: int | None = None   # ns, the end of the host / GPU track's last slice (None: none yet)
+        self.gpu_end: int | None = None
+        self.graphs_end = -math.inf        # µs, the end of the last capture slice
         out.write('{"traceEvents":[\n')
         self._meta("process_name", 0, {"name": _process_name(header)})
 
@@ -447,6 +463,16 @@ class _PerfettoWriter:
         except ValueError:
             line = json.dumps(_json_safe(ev), separators=(",", ":"), allow_nan=False)
         self._line(line)
+
+    def ascii_sink(self):
+        """A function that writes lines already worded (",\n" before each: the columnar path's) as bytes, past
+        the text layer (flushed here): the export is ASCII."""
+        raw = getattr(self.out, "buffer", None)
+        if raw is None:
+            out = self.out
+            return lambda data: out.write(bytes(data).decode("ascii"))
+        self.out.flush()
+        return raw.write
 
     def _line(self, line: str) -> None:
         self.out.write(line if self.events == 0 else ",\n" + line)
@@ -501,22 +527,26 @@ class _PerfettoWriter:
 
     def _step(self, rec: dict) -> None:
         t, host_us, name = _num(rec, "t"), _num(rec, "host_us"), step_name(rec)
-        t_us = _us(t)
         rec = with_derived(rec)
         args = {k: rec[k] for k in STEP_ARGS if rec.get(k) is not None}
-        ts = max(t_us, self.host_end)
-        if ts > t_us:
-            args["shifted_us"] = round(ts - t_us, 3)
-        dur = round(host_us, 3)
-        self._slice(HOST, "step", name, ts, dur, args)
+        t_ns = slice_ns(t * 1e6)
+        ts = t_ns if self.host_end is None else max(t_ns, self.host_end)
+        if ts > t_ns:
+            args["shifted_us"] = (ts - t_ns) / 1000
+        dur = slice_ns(host_us)
+        self._track(HOST)
+        gpu = _is_number(rec.get("gpu_ms"))
+        if gpu:
+            self._track(GPU)   # both tracks named before the step's events (the columnar path does the same)
+        self._slice(HOST, "step", name, ts / 1000, dur / 1000, args)
         self.host_end = ts + dur
         self._counter("host launch", t, {"us": host_us})
         if _is_number(rec.get("gap_us")):
             self._counter("GPU gap", t, {"us": rec["gap_us"]})
         self._counter("batch", t, {"rows": _num(rec, "rows"), "padded": _num(rec, "padded"),
                                    "requests": _num(rec, "batch")})
-        if _is_number(rec.get("gpu_ms")):
-            self._gpu_step(rec, name, t_us)
+        if gpu:
+            self._gpu_step(rec, name, t_ns)
         if isinstance(rec.get("rank_ms"), list):
             per = {f"rank{r}": v for r, v in enumerate(rec["rank_ms"]) if _is_number(v)}
             if per:
@@ -524,24 +554,25 @@ class _PerfettoWriter:
             if _is_number(rec.get("skew_ms")):
                 self._counter("rank skew", t, {"ms": rec["skew_ms"]})
 
-    def _gpu_step(self, rec: dict, name: str, t_us: float) -> None:
-        gap = rec["gap_us"] if _is_number(rec.get("gap_us")) else 0.0
-        ts = max(t_us, self.gpu_end + gap)   # lower bound (module docstring)
-        dur = round(rec["gpu_ms"] * 1000, 3)
+    def _gpu_step(self, rec: dict, name: str, t_ns: int) -> None:
+        gap = slice_ns(rec["gap_us"]) if _is_number(rec.get("gap_us")) else 0
+        ts = t_ns if self.gpu_end is None else max(t_ns, self.gpu_end + gap)   # lower bound (module docstring)
+        dur = slice_ns(rec["gpu_ms"] * 1e3)
         args = {"i": rec["i"], "batch": rec["batch"], "rows": rec["rows"], "bucket": rec.get("bucket"),
                 "runtime_mode": rec["runtime_mode"], "phase": rec["phase"], "gpu_ms": rec["gpu_ms"],
-                "gap_us": rec.get("gap_us"), "start": "lower bound", "enqueued_us": t_us, "queued_us": round(ts - t_us, 3)}
-        self._slice(GPU, "gpu", name, ts, dur, {k: v for k, v in args.items() if v is not None})
+                "gap_us": rec.get("gap_us"), "start": "lower bound", "enqueued_us": t_ns / 1000,
+                "queued_us": (ts - t_ns) / 1000}
+        self._slice(GPU, "gpu", name, ts / 1000, dur / 1000, {k: v for k, v in args.items() if v is not None})
         self.gpu_end = ts + dur
 
     def _prefill(self, rec: dict) -> None:
-        t_us = _us(_num(rec, "t"))
-        ts = max(t_us, self.host_end)
+        t_ns = slice_ns(_num(rec, "t") * 1e6)
+        ts = t_ns if self.host_end is None else max(t_ns, self.host_end)
         args = _args(rec)
-        if ts > t_us:
-            args["shifted_us"] = round(ts - t_us, 3)
-        dur = round(_num(rec, "host_ms") * 1000, 3)
-        self._slice(HOST, "prefill", f"prefill {rec['requests']} req", ts, dur, args)
+        if ts > t_ns:
+            args["shifted_us"] = (ts - t_ns) / 1000
+        dur = slice_ns(_num(rec, "host_ms") * 1e3)
+        self._slice(HOST, "prefill", f"prefill {rec['requests']} req", ts / 1000, dur / 1000, args)
         self.host_end = ts + dur
 
     def _sample(self, rec: dict) -> None:
@@ -549,12 +580,12 @@ class _PerfettoWriter:
         for field, (name, key, scale) in SAMPLE_COUNTERS.items():
             v = rec.get(field)
             if _is_number(v):
-                self._counter(name, t, {key: round(v * scale, 3) if scale != 1 else v})
+                self._counter(name, t, {key: round3(v * scale) if scale != 1 else v})
         for g in rec.get("gpus") if isinstance(rec.get("gpus"), list) else ():
             for field, (name, key, scale) in SAMPLE_COUNTERS.items():
                 v = g.get(field) if isinstance(g, dict) and g.get("gpu") else None   # gpu 0: the series above
                 if _is_number(v):
-                    self._counter(f"{name} gpu{g['gpu']}", t, {key: round(v * scale, 3) if scale != 1 else v})
+                    self._counter(f"{name} gpu{g['gpu']}", t, {key: round3(v * scale) if scale != 1 else v})
 
     def _event(self, rec: dict) -> None:
         kind, t = rec.get("kind"), _num(rec, "t")
@@ -583,7 +614,7 @@ class _PerfettoWriter:
                 "complete": self.end is not None, "outcome": (self.end or {}).get("outcome"),
                 "time_origin": "ts 0 = the run's t = 0 (µs)", "gpu_placement": GPU_PLACEMENT,
                 "capture_placement": CAPTURE_PLACEMENT, "late_records": late,
-                "counts": dict(self.counts) | {"events": self.events}}
+                "counts": dict(sorted(self.counts.items())) | {"events": self.events}}
         self.out.write('\n],\n"displayTimeUnit":"ms",\n"metadata":')
         self.out.write(json.dumps(_json_safe(meta), separators=(",", ":"), allow_nan=False))
         self.out.write("}\n")

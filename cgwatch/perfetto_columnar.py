@@ -1,17 +1,21 @@
-"""``cgwatch export --format perfetto`` of a compact trace: the record path's events, without a dict per step.
+"""``cgwatch export --format perfetto`` of a compact trace: the record path's events, built by column.
 
 export.py puts the records back in t order (``_InOrder``: a heap over a 10 s window) and writes each through
 ``_PerfettoWriter``. When no record comes more than that window late (``in_order``; every cgwatch trace: its
 two writer threads are milliseconds apart), that order is a stable sort by t, which this module takes a column
 batch at a time: the rows are sorted by (t, row) within the rows still pending, and those that no later row
-can precede are written. One Python pass over them in that order runs the writer's state (where each slice
-starts depends on the one before: the host and GPU tracks' ends) and writes every row that is not a columnar
-step; the columnar steps' events are then built by column (``_step_text``: pyarrow joins of each field's
-text), the very text json.dumps gives the record path's events (the same keys in the same order, ``str`` of
-the same ints, ``repr`` of the same floats). Samples and prefills are written by ``sample_events`` and
-``prefill_events`` (f-strings, no json.dumps); events, the steps kept as JSON and the tensor-parallel steps
-and samples (decoded from their columns: per-rank and per-GPU tracks) go through the writer. A
-trace with a record later than the window takes the record path (export.py).
+can precede are written, a chunk at a time (``_write_rows``):
+
+- where each host and GPU slice starts (it depends on the slice before on its track) is one scan over the
+  chunk in integer ns (``slice_placement.starts_after``, the rule the writer applies a record at a time);
+- steps (one rank or tensor-parallel), prefills and samples held in columns become text by column
+  (``_step_text``, ``_prefill_text``, ``_sample_text``: pyarrow joins of each field's text), the very text
+  json.dumps gives the record path's events (the same keys in the same order, ``str`` of the same ints,
+  ``repr`` of the same floats); every other row (events, rows kept as JSON, samples with per-GPU fields) is
+  decoded and goes through the writer, its track ends set to where the scan put them;
+- the chunk's text goes out as the bytes of one Arrow string array (the export is ASCII: json.dumps escapes).
+
+A trace with a record later than the window takes the record path (export.py).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import pyarrow as pa
 from . import arrow_np as A
 from . import columnar as C
 from . import records as R
-from .export import GPU, HOST, REORDER_WINDOW_S, SAMPLE_COUNTERS
+from .export import GPU, HOST, MAX_NS, REORDER_WINDOW_S, SAMPLE_COUNTERS
 
 _NAMES: dict[str, str] = {}
 
@@ -79,8 +83,10 @@ def _row_t(b) -> np.ndarray:
     return t
 
 
-_INTS = ("i", "batch", "rows", "target", "bucket", "prompt_tokens", "tokens")   # -1: null (accepted steps)
-_FLOATS = ("host_us", "gpu_ms", "gap_us")                                       # NaN: null
+# what a row becomes: text built by column (a step, a prefill, a sample), or a record through the writer
+V_STEP, V_PREFILL, V_SAMPLE, WRITER = 0, 1, 2, 3
+_INTS = ("i", "batch", "rows", "target", "bucket", "prompt_tokens", "tokens", "requests")   # -1: null
+_FLOATS = ("host_us", "gpu_ms", "gap_us", "host_ms")                                         # NaN: null
 _STRS = ("runtime_mode", "phase", "reason")
 _WORD_IDS: dict = {}
 _WORD_LIST: list = []
@@ -95,24 +101,40 @@ def _word_id(word: str | None) -> int:
 
 
 def export(trace, w, bad: np.ndarray) -> None:
-    """All accepted rows through the writer ``w`` (export._PerfettoWriter), in _InOrder's order."""
+    """All accepted rows through the writer ``w`` (export._PerfettoWriter), in _InOrder's order. The text is
+    written in a worker thread (the write of one chunk overlaps the wording of the next), the batches read in
+    another (read_ahead)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .read_ahead import ahead
     pend: dict | None = None
     newest, base = -math.inf, 0
-    for b in trace.batches(dictionary=True):
-        n = b.num_rows
-        ok = np.flatnonzero(~bad[base:base + n])
-        base += n
-        if not len(ok):
-            continue
-        cols = _columns(b.take(A.indices(ok)) if len(ok) < n else b, newest)
-        newest = max(newest, float(cols["key"].max()))
-        pend = cols if pend is None else {k: np.concatenate([pend[k], cols[k]]) for k in cols}
-        pend = _take(pend, np.argsort(pend["key"], kind="stable"))   # pending rows are in row order: ties keep it
-        cut = int(np.searchsorted(pend["key"], newest - REORDER_WINDOW_S, side="left"))   # no later row is before
-        _write(w, _take(pend, slice(0, cut)))
-        pend = _take(pend, slice(cut, None))
-    if pend is not None:
-        _write(w, pend)
+    sink = w.ascii_sink()
+    with ThreadPoolExecutor(1) as pool:
+        writing: list = []
+
+        def put(data) -> None:   # one chunk in flight at most
+            if writing:
+                writing.pop().result()
+            writing.append(pool.submit(sink, data))
+
+        for b in ahead(trace.batches(dictionary=True)):
+            n = b.num_rows
+            ok = np.flatnonzero(~bad[base:base + n])
+            base += n
+            if not len(ok):
+                continue
+            cols = _columns(b.take(A.indices(ok)) if len(ok) < n else b, newest)
+            newest = max(newest, float(cols["key"].max()))
+            pend = cols if pend is None else {k: _cat(pend[k], cols[k]) for k in cols}
+            pend = _take(pend, np.argsort(pend["key"], kind="stable"))   # pending rows are in row order: ties keep it
+            cut = int(np.searchsorted(pend["key"], newest - REORDER_WINDOW_S, side="left"))   # no later row is before
+            _write(w, _take(pend, slice(0, cut)), put)
+            pend = _take(pend, slice(cut, None))
+        if pend is not None:
+            _write(w, pend, put)
+        if writing:
+            writing.pop().result()
 
 
 def _take(cols: dict, idx) -> dict:
@@ -120,12 +142,11 @@ def _take(cols: dict, idx) -> dict:
 
 
 def _columns(b, newest: float) -> dict:
-    """One batch's rows: the sort key, whether a columnar step, its values; every other row decoded."""
-    # rows kept as JSON, and tensor-parallel steps and samples (per-rank tracks), go through the record path
-    code = np.where(A.null(b.column("json")) & ~C.later_rows(b),
-                    A.codes_in(b.column("type"), [R.STEP, R.SAMPLE, R.PREFILL]), -1)
-    is_step = code == 0
-    out = {"key": _t_keys(_row_t(b), newest), "step": is_step, "t_us": A.ints(b.column("t_us"), 0), "code": code}
+    """One batch's rows: the sort key, what each becomes, its slices' durations (ns, -1: none), the values its
+    text is built from; the rows that go through the writer decoded."""
+    n = b.num_rows
+    code = np.where(A.null(b.column("json")), A.codes_in(b.column("type"), [R.STEP, R.PREFILL, R.SAMPLE]), -1)
+    out = {"key": _t_keys(_row_t(b), newest), "t_us": A.ints(b.column("t_us"), 0)}
     for k in _INTS:
         out[k] = A.ints(b.column(k))
     for k in _FLOATS:
@@ -133,128 +154,316 @@ def _columns(b, newest: float) -> dict:
     for k in _STRS:   # as ids in _WORD_LIST: the same over batches
         codes, words = A.codes(b.column(k))
         out[k] = np.array([_word_id(x) for x in words] + [_word_id(None)], dtype=np.int64)[codes]
-    rec = np.empty(b.num_rows, dtype=object)
-    other = np.flatnonzero(~is_step)
-    if len(other):
-        js = b.column("json")
-        col = [r for r in other.tolist() if not js[r].is_valid]   # samples, prefills, tensor-parallel steps
-        dec = dict(zip(col, C.decode(b.take(A.indices(np.array(col, dtype=np.int64)))))) if col else {}
-        for r in other.tolist():
-            rec[r] = dec[r] if r in dec else C._decode_json(js[r].as_py())
+    # a prefill by column: every field there (a record with a field absent or null words its args otherwise)
+    # (a row whose record the writer refuses, such as one without a number t, goes there for its message)
+    has_t = ~A.null(b.column("t_us"))
+    whole = (A.ints(b.column("absent"), 0) == 0) & (out["i"] >= 0) & (out["requests"] >= 0) & (out["tokens"] >= 0)
+    kind = np.full(n, WRITER, dtype=np.int8)
+    kind[(code == 0) & has_t & (out["i"] >= 0) & (out["batch"] >= 0) & (out["tokens"] >= 0)
+         & np.isfinite(out["host_us"])] = V_STEP
+    kind[(code == 1) & has_t & whole & np.isfinite(out["host_ms"])] = V_PREFILL
+    kind[(code == 2) & has_t] = V_SAMPLE
+    out["kind"] = kind
+    _list_columns(b, out)
+    _sample_columns(b, out)
+    host_us, host_ms, gpu_ms, gap_us = out["host_us"], out["host_ms"] * 1e3, out["gpu_ms"] * 1e3, out["gap_us"]
+    rec = np.empty(n, dtype=object)
+    other = np.flatnonzero(kind == WRITER)
+    if len(other):   # decoded: events, rows kept as JSON, prefills and samples the columns do not word
+        host_us, host_ms, gpu_ms, gap_us = host_us.copy(), host_ms.copy(), gpu_ms.copy(), gap_us.copy()
+        for r, record in zip(other.tolist(), C.decode(b.take(A.indices(other)))):
+            rec[r] = record
+            for arr, k, scale in ((host_us, "host_us", 1), (host_ms, "host_ms", 1e3), (gpu_ms, "gpu_ms", 1e3),
+                                  (gap_us, "gap_us", 1)):
+                v = record.get(k)
+                arr[r] = v * scale if _is_number(v) else np.nan
     out["rec"] = rec
+    typ = A.codes_in(b.column("type"), [R.STEP, R.PREFILL])
+    for r in other.tolist():   # a JSON row's type is in its text
+        typ[r] = {R.STEP: 0, R.PREFILL: 1}.get(rec[r].get("type"), -1)
+    from .slice_placement import ns
+    # the writer's slices: a step's host slice (host_us) and GPU slice (gpu_ms, where a number), a prefill's
+    # host slice (host_ms); a value that is not a number fails the record in the writer, with its own message
+    out["host_dur"] = np.where(typ == 0, np.where(np.isfinite(host_us), ns(host_us), -1),
+                               np.where((typ == 1) & np.isfinite(host_ms), ns(host_ms), -1))
+    out["gpu_dur"] = np.where((typ == 0) & np.isfinite(gpu_ms), ns(gpu_ms), -1)
+    out["gap"] = np.where(np.isfinite(gap_us), ns(gap_us), 0)
     return out
 
 
-CHUNK = 8192   # rows whose text is built at once (the text of a step is ~1 KB)
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _write(w, cols: dict) -> None:
+_SAMPLE_FIELDS = tuple(SAMPLE_COUNTERS)
+
+
+def _sample_columns(b, out: dict) -> None:
+    """A sample's counter values: s:<field> (int64 or float64 as stored), n:<field> (no number: skipped)."""
+    for f in _SAMPLE_FIELDS:
+        col = b.column(f)
+        if pa.types.is_floating(col.type):
+            v = A.floats(col)
+            out[f"s:{f}"], out[f"n:{f}"] = v, ~np.isfinite(v)
+        else:
+            out[f"s:{f}"], out[f"n:{f}"] = A.ints(col, 0), A.null(col)
+
+
+def _matrix(off: np.ndarray, items: np.ndarray, fill) -> np.ndarray:
+    """Per row its list's items (``off``: the n + 1 offsets into ``items``), as a row of a matrix as wide as the
+    longest list, ``fill`` past each list's end."""
+    n = len(off) - 1
+    lens = off[1:] - off[:-1]
+    width = int(lens.max()) if n else 0
+    col = np.arange(width)
+    inside = col[None, :] < lens[:, None]
+    pos = np.where(inside, off[:-1, None] + col[None, :], 0)
+    return np.where(inside, items[pos] if len(items) else fill, fill)
+
+
+def _list_columns(b, out: dict) -> None:
+    """A tensor-parallel step's lists as matrices: rank_ms (NaN: no number; rank_n: the list's length, -1: no
+    list) and skew_ms; a sample's ``gpus`` items' fields (g:gpu and g:<field>, with gn:<field> where null)."""
+    n = b.num_rows
+    names = b.schema.names
+    if "rank_ms" in names:
+        col = b.column("rank_ms")
+        off, vals, _ = A.list_floats(col)
+        out["rank_ms"] = _matrix(off, vals, np.nan)
+        out["rank_n"] = np.where(A.null(col), -1, off[1:] - off[:-1])
+        out["skew_ms"] = A.floats(b.column("skew_ms"))
+    else:
+        out["rank_ms"], out["rank_n"], out["skew_ms"] = np.zeros((n, 0)), np.full(n, -1), np.full(n, np.nan)
+    if "gpus" in names:
+        col = b.column("gpus")
+        off = A.list_offsets(col)
+        fields = dict(zip([f.name for f in col.type.value_type], col.values.flatten()))   # struct nulls: nulls
+    else:
+        off, fields = np.zeros(n + 1, np.int64), {}
+    for f in ("gpu",) + _GPU_FIELDS:
+        arr = fields.get(f)
+        if arr is None or not pa.types.is_floating(arr.type):
+            v, none = (A.ints(arr, 0), A.null(arr)) if arr is not None else (np.zeros(0, np.int64), np.zeros(0, bool))
+            out[f"g:{f}"], out[f"gn:{f}"] = _matrix(off, v, 0), _matrix(off, none, True)
+        else:
+            v = A.floats(arr)
+            out[f"g:{f}"], out[f"gn:{f}"] = _matrix(off, v, np.nan), _matrix(off, ~np.isfinite(v), True)
+
+
+_GPU_FIELDS = tuple(f for f in SAMPLE_COUNTERS if f in C.GPU_KEYS)
+
+
+def _cat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two batches' column, one after the other; matrices padded to the wider (NaN, 0, or True: null)."""
+    if a.ndim == 2 and a.shape[1] != b.shape[1]:
+        fill = np.nan if a.dtype.kind == "f" else True if a.dtype == bool else 0
+        w = max(a.shape[1], b.shape[1])
+        a, b = (np.pad(x, ((0, 0), (0, w - x.shape[1])), constant_values=fill) for x in (a, b))
+    return np.concatenate([a, b])
+
+
+CHUNK = 16384   # rows whose text is built at once (the text of a step is ~1 KB)
+
+
+def _write(w, cols: dict, put) -> None:
     for a in range(0, len(cols["key"]), CHUNK):
-        _write_rows(w, _take(cols, slice(a, a + CHUNK)))
+        _write_rows(w, _take(cols, slice(a, a + CHUNK)), put)
 
 
-def _write_rows(w, cols: dict) -> None:
-    """Rows in output order. One pass in order runs the writer's state (where each slice starts) and writes every
-    row that is not a columnar step through the writer, into a buffer; the steps' text is then built by column
-    (``_step_text``) and everything written at once, in order."""
+def _write_rows(w, cols: dict, put) -> None:
+    """Rows in output order: their slices placed in one scan, the rows held in columns worded by column, the
+    others written through the writer, and the chunk's text handed to ``put`` as bytes, in order."""
+    from .export_columnar import strings
+    from .slice_placement import ns, starts_after
     m = len(cols["key"])
     if not m:
         return
-    step, rec, code = cols["step"].tolist(), cols["rec"].tolist(), cols["code"].tolist()
-    T, H = cols["t_us"].astype(np.float64).tolist(), cols["host_us"].tolist()
-    G, P = cols["gpu_ms"].tolist(), cols["gap_us"].tolist()
-    ts, dur, gts, gdur = [0.0] * m, [0.0] * m, [0.0] * m, [0.0] * m
-    vec = np.zeros(m, dtype=bool)
-    pieces: list = []
-    where = np.zeros(m, dtype=np.int64)        # a vector step's place in pieces
-    real, buf = w.out, io.StringIO()
-    he, ge = w.host_end, w.gpu_end
-    scalar = None
-    fast = int(cols["t_us"].max()) < 1 << 39   # else round(t * 1e6, 3) may not be t_us: a row at a time
+    t_ns = ns(cols["key"] * 1e6)
+    hd, gd = cols["host_dur"], cols["gpu_dur"]
+    H, G = np.flatnonzero(hd >= 0), np.flatnonzero(gd >= 0)
+    hs, gs = np.full(m, -1, np.int64), np.full(m, -1, np.int64)
+    hs[H] = starts_after(t_ns[H], hd[H], np.zeros(len(H), np.int64), w.host_end)
+    gs[G] = starts_after(t_ns[G], gd[G], cols["gap"][G], w.gpu_end)
+    kind = cols["kind"]
+    parts: list = []          # (positions, text): position 2k + 1 is row k's text, 2k the tracks it names
+    names = []
+    for rows, tid in ((H, HOST), (G, GPU)):
+        if len(rows) and tid not in w.named:   # named before the row's events, as the writer does
+            names.append((int(rows[0]), _captured(w, lambda tid=tid: w._track(tid))))
+    if names:
+        parts.append((np.array([2 * k for k, _ in names]), strings([text for _, text in names])))
+    W = np.flatnonzero(kind == WRITER)
+    if len(W):
+        texts = []
+        ph, pg = np.searchsorted(H, W) - 1, np.searchsorted(G, W) - 1   # the track's slice before each
+        rec = cols["rec"]
+        end0 = w.host_end, w.gpu_end
+        for k, a, g in zip(W.tolist(), ph.tolist(), pg.tolist()):
+            w.host_end = end0[0] if a < 0 else int(hs[H[a]] + hd[H[a]])
+            w.gpu_end = end0[1] if g < 0 else int(gs[G[g]] + gd[G[g]])
+            texts.append(_captured(w, lambda k=k: w.add(rec[k])))
+        parts.append((2 * W + 1, strings(texts)))
+    if len(H):
+        w.host_end = int(hs[H[-1]] + hd[H[-1]])
+    if len(G):
+        w.gpu_end = int(gs[G[-1]] + gd[G[-1]])
+    for v, build in ((V_STEP, _step_text), (V_PREFILL, _prefill_text), (V_SAMPLE, _sample_text)):
+        rows = np.flatnonzero(kind == v)
+        if len(rows):
+            parts.append((2 * rows + 1, build(w, _take(cols, rows), t_ns[rows], hs[rows], gs[rows])))
+    pos = np.concatenate([p for p, _ in parts])
+    text = pa.concat_arrays([t for _, t in parts]).take(A.indices(np.argsort(pos, kind="stable")))
+    put(_data(text))
+
+
+def _captured(w, write) -> str:
+    """What ``write()`` writes through the writer, as text."""
+    real, w.out = w.out, io.StringIO()
     try:
-        w.out = buf
-        for k in range(m):
-            if step[k] and fast and HOST in w.named and (GPU in w.named or G[k] != G[k]):
-                tu = T[k]                      # round(t * 1e6, 3) for t = t_us / 1e6 (checked in _step_text)
-                x = he if he > tu else tu      # max(t_us, host_end)
-                d = round(H[k], 3)
-                ts[k], dur[k], he = x, d, x + d
-                g = G[k]
-                if g == g:                     # _PerfettoWriter._gpu_step
-                    p = P[k]
-                    y = ge + (p if p == p else 0.0)
-                    y = y if y > tu else tu
-                    gd = round(g * 1000, 3)
-                    gts[k], gdur[k], ge = y, gd, y + gd
-                vec[k] = True
-                where[k] = len(pieces)
-                pieces.append(None)
-                continue
-            w.host_end, w.gpu_end = he, ge
-            if step[k]:                        # a track named by this step: the record path's text, one row
-                if scalar is None:
-                    scalar = {k2: v.tolist() for k2, v in cols.items() if k2 not in ("key", "rec")}
-                    for k2 in _STRS:
-                        scalar[k2] = [_WORD_LIST[x] for x in scalar[k2]]
-                step_events(w, scalar, k)
-            elif code[k] == 1:
-                sample_events(w, rec[k])
-            elif code[k] == 2 and HOST in w.named and type(rec[k].get("host_ms")) is float and "requests" in rec[k]:
-                prefill_events(w, rec[k])
-            else:
-                w.add(rec[k])
-            he, ge = w.host_end, w.gpu_end
-            pieces.append(buf.getvalue())
-            buf.seek(0)
-            buf.truncate()
+        write()
+        return w.out.getvalue()
     finally:
         w.out = real
-    w.host_end, w.gpu_end = he, ge
-    idx = np.flatnonzero(vec)
-    if len(idx):
-        pick = lambda xs: [xs[k] for k in idx.tolist()]   # noqa: E731
-        text = _step_text(w, {k: v[idx] for k, v in cols.items() if k not in ("key", "rec")},
-                          pick(ts), pick(dur), pick(gts), pick(gdur))
-        for k, piece in zip(where[idx].tolist(), text):
-            pieces[k] = piece
-    w.out.write("".join(pieces))
 
 
-def _step_text(w, c: dict, ts: list, dur: list, gts: list, gdur: list) -> list[str]:
-    """Each columnar step's events (",\n" before each), as step_events writes them, built by column; counts
-    them in the writer."""
+def _data(text: pa.Array) -> memoryview:
+    """A string array's characters, end to end (its data buffer between its first and last offsets)."""
+    off = np.frombuffer(text.buffers()[1], dtype=np.int64 if pa.types.is_large_string(text.type) else np.int32,
+                        count=text.offset + len(text) + 1)
+    return memoryview(text.buffers()[2])[int(off[text.offset]):int(off[-1])] if len(text) else memoryview(b"")
+
+
+# ---- text by column ----
+
+_FRAC = [".0"] + ["." + f"{r:03d}".rstrip("0") for r in range(1, 1000)]   # ns % 1000 as repr's decimals
+
+
+def _us_text(x: np.ndarray) -> pa.Array:
+    """repr(x / 1000) of each ns (µs with up to 3 decimals); from the integers below 1e15 ns (15 digits: repr
+    gives those decimals, trailing zeros cut), by repr above."""
+    from .export_columnar import _column, _ints_text, _s, strings
     import pyarrow.compute as pc
+    x = np.ascontiguousarray(x, np.int64)
+    if len(x) and (int(x.max()) >= 10 ** 15 or int(x.min()) < 0):
+        return strings([repr(v / 1000) for v in x.tolist()])
+    q, r = np.divmod(x, 1000)
+    return pc.binary_join_element_wise(_ints_text(q, np.zeros(len(x), bool)), _column(r, _frac_words()), _s(""))
 
-    from .export_columnar import _column, _ints_text, _numbers, _s, strings
+
+_FRAC_ARRAY: list = []
+
+
+def _frac_words() -> pa.Array:
+    if not _FRAC_ARRAY:
+        from .export_columnar import strings
+        _FRAC_ARRAY.append(strings(_FRAC))
+    return _FRAC_ARRAY[0]
+
+
+def _t_text(t_us: np.ndarray) -> pa.Array:
+    """The writer's ``_us(t)`` of each row's t (t = t_us / 1e6): repr(round(t * 1e6, 3)); below 2**39 µs that
+    is the integer and ".0" (checked by the tests at the edges), else by repr."""
+    from .export_columnar import _ints_text, _s, strings
+    import pyarrow.compute as pc
+    if len(t_us) and int(t_us.max()) >= 1 << 39:
+        return strings([repr(round(v / 1e6 * 1e6, 3)) for v in t_us.tolist()])
+    return pc.binary_join_element_wise(_ints_text(t_us, np.zeros(len(t_us), bool)), _s(".0"), _s(""))
+
+
+def _floats_text(x: np.ndarray) -> pa.Array:
+    """repr of each float (NaN: "")."""
+    from .export_columnar import _float_words
+    return _float_words(np.ascontiguousarray(x, np.float64))
+
+
+def _ints(x: np.ndarray) -> pa.Array:
+    from .export_columnar import _ints_text
+    return _ints_text(x, np.zeros(len(x), bool))
+
+
+def _opt(text, present: np.ndarray, before: str, after: str = "") -> list:
+    """Parts of a join: before + text + after where ``present``, else nothing. ``text``: an array, or a
+    function of the rows (an index array) that words only those (for a field few rows have)."""
+    if present.all():
+        return [before, text if isinstance(text, pa.Array) else text(slice(None)), after]
+    if not present.any():
+        return []
+    import pyarrow.compute as pc
+    from .export_columnar import _mask, _s
+    if isinstance(text, pa.Array):
+        return [pc.if_else(_mask(present), pc.binary_join_element_wise(_s(before), text, _s(after), _s("")), _s(""))]
+    n = len(present)
+    empty = pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(np.zeros(n + 1, np.int64)),
+                                                         pa.py_buffer(b"")])
+    return [pc.replace_with_mask(empty, _mask(present), _join(before, text(np.flatnonzero(present)), after))]
+
+
+def _patched(text: pa.Array, differ: np.ndarray, make) -> pa.Array:
+    """``text`` but where ``differ``, there ``make(rows)`` (an index array: the text of those rows)."""
+    if not differ.any():
+        return text
+    import pyarrow.compute as pc
+    from .export_columnar import _mask
+    return pc.replace_with_mask(text, _mask(differ), make(np.flatnonzero(differ)))
+
+
+def _join(*parts) -> pa.Array:
+    """The parts (str: the same text on every row; lists: flattened) joined row by row, in one kernel call."""
+    import pyarrow.compute as pc
+    from .export_columnar import _s
+    flat: list = []
+
+    def add(p) -> None:
+        if isinstance(p, list):
+            for q in p:
+                add(q)
+        elif not isinstance(p, str):
+            flat.append(p)
+        elif flat and isinstance(flat[-1], str):
+            flat[-1] += p
+        elif p:
+            flat.append(p)
+    add(list(parts))
+    return pc.binary_join_element_wise(*(_s(q) if isinstance(q, str) else q for q in flat), _s(""))
+
+
+def _first_rows(codes: np.ndarray, k: int) -> np.ndarray:
+    """The first row of each of ``k`` codes."""
+    first = np.zeros(k, np.int64)
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
+    return first
+
+
+def _step_text(w, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray) -> pa.Array:
+    """Each columnar step's events (",\n" before each), as the writer's _step writes them for its record,
+    built by column (one join of every field's text); counts them in the writer."""
+    has_gpu = gts >= 0
+    if has_gpu.any() and not has_gpu.all():   # the steps with a GPU slice, then the others, each one join
+        parts = [np.flatnonzero(x) for x in (has_gpu, ~has_gpu)]
+        texts = [_step_text(w, _take(c, r), t_ns[r], ts[r], gts[r]) for r in parts]
+        return pa.concat_arrays(texts).take(A.indices(np.argsort(np.concatenate(parts), kind="stable")))
+    from .export_columnar import _column, _encode, strings
+    gpu = bool(has_gpu.all())
     n = len(ts)
-    t_us = c["t_us"]
-    none = np.zeros(n, dtype=bool)
     batch, bucket, target = c["batch"], c["bucket"], c["target"]
-    rows = np.where(c["rows"] < 0, batch, c["rows"])
+    rows = np.where(c["rows"] < 0, batch, c["rows"])                             # records.step_rows
     graph = bucket >= 0
     padded = np.where(graph, bucket - rows, 0)
     mode, phase, reason = c["runtime_mode"], c["phase"], c["reason"]   # ids in _WORD_LIST
-    ok_mode = np.isin(mode, [_word_id(x) for x in R.RUNTIME_MODES])
+    ok_mode = np.isin(mode, [_word_id(x) for x in R.RUNTIME_MODES])              # records.step_runtime_mode
     mode = np.where(ok_mode, mode, np.where(graph, _word_id(R.RUNTIME_FULL), _word_id(R.RUNTIME_NONE)))
     phase = np.where(np.isin(phase, [_word_id(x) for x in R.PHASES]), phase, _word_id(R.PHASE_DECODE))
     pw = mode == _word_id(R.RUNTIME_PIECEWISE)
-    has_gap, has_gpu = ~np.isnan(c["gap_us"]), ~np.isnan(c["gpu_ms"])
-
-    def ints(x, null=none, fmt=str):
-        return _column(*_numbers(x, null, fmt))
+    has_gap = ~np.isnan(c["gap_us"])
 
     def words(x, fmt):   # word ids -> the cells
-        u, inv = np.unique(x, return_inverse=True)
-        return _column(inv.reshape(-1), [fmt(_WORD_LIST[v]) for v in u.tolist()])
+        return _column(x, [fmt(v) for v in _WORD_LIST])
 
-    def reprs(xs):
-        return strings(list(map(float.__repr__, xs)))
-
-    name_key = np.stack([np.where(graph, bucket, -1), pw & graph, phase, np.where(graph, 0, rows),
-                         np.where(graph, -1, reason)], 1)
-    _, first, inv = np.unique(name_key, axis=0, return_index=True, return_inverse=True)
+    nw = len(_WORD_LIST)   # export.step_name: per distinct (bucket, PIECEWISE, phase) or (rows, phase, reason)
+    key = np.where(graph, ((bucket * 2 + pw) * nw + phase) * 2 + 1, ((rows * nw + phase) * nw + reason) * 2)
+    codes, u = _encode(key)
     names = []
-    for k in first.tolist():
+    for k in _first_rows(codes, len(u)).tolist():
         ph, why = _WORD_LIST[phase[k]], _WORD_LIST[reason[k]]
         tail = "" if ph == R.PHASE_DECODE else f" {ph}"
         if graph[k]:
@@ -262,143 +471,137 @@ def _step_text(w, c: dict, ts: list, dur: list, gts: list, gdur: list) -> list[s
         else:
             nm = f"eager b{rows[k]}{tail}" + (f" ({why})" if why else "")
         names.append(_q(nm))
-    name = _column(inv.reshape(-1), names)
-    tus = pc.binary_join_element_wise(_ints_text(t_us, none), _s(".0"), _s(""))   # repr of a whole float
-    host = ints(c["host_us"], fmt=float.__repr__)
-    gpu_ms = ints(c["gpu_ms"], ~has_gpu, float.__repr__)
-    i_s, batch_s, rows_s = _ints_text(c["i"], none), ints(batch), ints(rows)
-    bucket_f = ints(bucket, ~graph, lambda v: f',"bucket":{v}')
-    target_f = ints(target, target < 0, lambda v: f',"target":{v}')
+    name = _column(codes, names)
+    tus = _t_text(c["t_us"])
+    host, gap = _floats_text(c["host_us"]), _floats_text(c["gap_us"])
+    # the same numbers worded once: t in ns is t_us * 1000 (below 2**39 µs, where tus is its integer and ".0"),
+    # a slice starts at its t unless shifted, and host_us has at most 3 decimals (its ns / 1000 is host_us)
+    t_exact = bool((t_ns == c["t_us"] * 1000).all()) and int(c["t_us"].max()) < 1 << 39
+    enq = tus if t_exact else _us_text(t_ns)
+    shifted = ts > t_ns
+    ts_s = _patched(enq, shifted, lambda r: _us_text(ts[r]))
+    dur_s = _patched(host, c["host_dur"] / 1000 != c["host_us"], lambda r: _us_text(c["host_dur"][r]))
+    rows_s, batch_s, padded_s, i_s = _ints(rows), _ints(batch), _ints(padded), _ints(c["i"])
+    bucket_f = _opt(_ints(bucket), graph, ',"bucket":')
     mode_s, phase_s = words(mode, _q), words(phase, _q)
-    reason_f = words(reason, lambda v: "" if v is None else f',"reason":{_q(v)}')
-    gap_f = ints(c["gap_us"], ~has_gap, lambda v: f',"gap_us":{v!r}')
-    gpu_f = ints(c["gpu_ms"], ~has_gpu, lambda v: f',"gpu_ms":{v!r}')
-    ts_s, dur_s = reprs(ts), reprs(dur)
-    t_f = np.array(t_us, dtype=np.float64)
-    shifted = np.array(ts) > t_f
-    shift_f = strings([f',"shifted_us":{round(x - t, 3)!r}' if s else "" for x, t, s in
-                       zip(ts, t_f.tolist(), shifted.tolist())])
-    j = lambda *parts: pc.binary_join_element_wise(*parts, _s(""))   # noqa: E731
-    common = j(_s(',"args":{"i":'), i_s, _s(',"batch":'), batch_s, _s(',"rows":'), rows_s, bucket_f)
-    host_line = j(_s(',\n{"ph":"X","cat":"step","name":'), name, _s(f',"pid":1,"tid":{HOST},"ts":'), ts_s,
-                  _s(',"dur":'), dur_s, common, target_f, _s(',"runtime_mode":'), mode_s, _s(',"phase":'), phase_s,
-                  _s(',"prompt_tokens":'), ints(np.maximum(c["prompt_tokens"], 0)), _s(',"padded":'), ints(padded),
-                  reason_f, _s(',"tokens":'), ints(c["tokens"]), _s(',"host_us":'), host, gpu_f, gap_f, shift_f,
-                  _s("}}"))
-    counter = _s(f',\n{{"ph":"C","name":"host launch","pid":1,"tid":{HOST},"ts":')
-    launch = j(counter, tus, _s(',"args":{"us":'), host, _s("}}"))
-    gap_line = j(_s(f',\n{{"ph":"C","name":"GPU gap","pid":1,"tid":{HOST},"ts":'), tus, _s(',"args":{"us":'),
-                 ints(c["gap_us"], ~has_gap, float.__repr__), _s("}}"))
-    gap_line = pc.if_else(_mask(has_gap), gap_line, _s(""))
-    batch_line = j(_s(f',\n{{"ph":"C","name":"batch","pid":1,"tid":{HOST},"ts":'), tus, _s(',"args":{"rows":'),
-                   rows_s, _s(',"padded":'), ints(padded), _s(',"requests":'), batch_s, _s("}}"))
-    q = [f"{round(g - t, 3)!r}" for g, t in zip(gts, t_f.tolist())]
-    gpu_line = j(_s(',\n{"ph":"X","cat":"gpu","name":'), name, _s(f',"pid":1,"tid":{GPU},"ts":'), reprs(gts),
-                 _s(',"dur":'), reprs(gdur), common, _s(',"runtime_mode":'), mode_s, _s(',"phase":'), phase_s,
-                 _s(',"gpu_ms":'), gpu_ms, gap_f, _s(',"start":"lower bound","enqueued_us":'), tus,
-                 _s(',"queued_us":'), strings(q), _s("}}"))
-    gpu_line = pc.if_else(_mask(has_gpu), gpu_line, _s(""))
-    text = j(host_line, launch, gap_line, batch_line, gpu_line)
-    ngap, ngpu = int(has_gap.sum()), int(has_gpu.sum())
-    w.events += 3 * n + ngap + ngpu
+    gap_f = _opt(gap, has_gap, ',"gap_us":')
+    common = [',"args":{"i":', i_s, ',"batch":', batch_s, ',"rows":', rows_s, bucket_f]
+    parts = [f',\n{{"ph":"X","cat":"step","name":', name, f',"pid":1,"tid":{HOST},"ts":', ts_s,
+             ',"dur":', dur_s, common, _opt(_ints(target), target >= 0, ',"target":'),
+             ',"runtime_mode":', mode_s, ',"phase":', phase_s,
+             ',"prompt_tokens":', _ints(np.maximum(c["prompt_tokens"], 0)), ',"padded":', padded_s,
+             words(reason, lambda v: "" if v is None else f',"reason":{_q(v)}'), ',"tokens":', _ints(c["tokens"]),
+             ',"host_us":', host]
+    if gpu:
+        gpu_ms = _floats_text(c["gpu_ms"])
+        parts += [',"gpu_ms":', gpu_ms]
+    parts += [gap_f, _opt(lambda r: _us_text(ts[r] - t_ns[r]), shifted, ',"shifted_us":'), "}}",
+              f',\n{{"ph":"C","name":"host launch","pid":1,"tid":{HOST},"ts":', tus, ',"args":{"us":', host, "}}",
+              _opt(_join(tus, ',"args":{"us":', gap), has_gap,
+                   f',\n{{"ph":"C","name":"GPU gap","pid":1,"tid":{HOST},"ts":', "}}"),
+              f',\n{{"ph":"C","name":"batch","pid":1,"tid":{HOST},"ts":', tus, ',"args":{"rows":', rows_s,
+              ',"padded":', padded_s, ',"requests":', batch_s, "}}"]
+    if gpu:
+        parts += [',\n{"ph":"X","cat":"gpu","name":', name, f',"pid":1,"tid":{GPU},"ts":', _us_text(gts),
+                  ',"dur":', _us_text(c["gpu_dur"]), common, ',"runtime_mode":', mode_s, ',"phase":', phase_s,
+                  ',"gpu_ms":', gpu_ms, gap_f, ',"start":"lower bound","enqueued_us":', _us_text(t_ns),
+                  ',"queued_us":', _us_text(gts - t_ns), "}}"]
+    parts += _rank_lines(w, c, tus)
+    ngap = int(has_gap.sum())
+    w.events += 3 * n + ngap + (n if gpu else 0)
     w.counts["step"] += n
-    w.counts["gpu"] += ngpu
+    w.counts["gpu"] += n if gpu else 0
     w.counts["counter"] += 4 * n + ngap
-    return text.to_pylist()
+    return _join(*parts)
 
 
-def _mask(x: np.ndarray):
-    return pa.Array.from_buffers(pa.bool_(), len(x), [None, pa.py_buffer(np.packbits(x, bitorder="little"))])
+def _rank_lines(w, c: dict, tus: pa.Array) -> list:
+    """A tensor-parallel step's counters, as the writer's _step writes them after its slices: "rank step ms"
+    (each rank's number, where its list has one) and "rank skew" (where its list is there and skew_ms a number)."""
+    import pyarrow.compute as pc
+    listed = c["rank_n"] >= 0
+    if not listed.any():
+        return []
+    rm = c["rank_ms"]
+    entries, count = [], np.zeros(len(listed), np.int64)
+    for j in range(rm.shape[1]):
+        ok = listed & np.isfinite(rm[:, j])
+        count += ok
+        entries += _opt(_floats_text(rm[:, j]), ok, f',"rank{j}":')
+    per = count > 0
+    skew = listed & np.isfinite(c["skew_ms"])
+    w.events += int(per.sum() + skew.sum())
+    w.counts["counter"] += int(count.sum() + skew.sum())
+    lines = []
+    if per.any():
+        text = pc.utf8_slice_codeunits(_join(*entries), 1)   # less the first entry's comma
+        lines += _opt(_join(tus, ',"args":{', text, "}}"), per,
+                      f',\n{{"ph":"C","name":"rank step ms","pid":1,"tid":{HOST},"ts":')
+    lines += _opt(_join(tus, ',"args":{"ms":', _floats_text(c["skew_ms"]), "}}"), skew,
+                  f',\n{{"ph":"C","name":"rank skew","pid":1,"tid":{HOST},"ts":')
+    return lines
 
 
-def step_events(w, c: dict, k: int) -> None:
-    """One columnar step's events: what _PerfettoWriter._step writes for its record (export.with_derived's
-    fields; keys in the same order; ints as str, floats as repr: json.dumps' text)."""
-    t = c["t_us"][k] / 1e6
-    i, batch, rows, target, bucket = c["i"][k], c["batch"][k], c["rows"][k], c["target"][k], c["bucket"][k]
-    prompt, tokens = c["prompt_tokens"][k], c["tokens"][k]
-    host_us, gpu_ms, gap_us = c["host_us"][k], c["gpu_ms"][k], c["gap_us"][k]
-    mode, phase, reason = c["runtime_mode"][k], c["phase"][k], c["reason"][k]
-    if rows < 0:
-        rows = batch                                              # records.step_rows
-    if mode not in R.RUNTIME_MODES:                               # records.step_runtime_mode
-        mode = R.RUNTIME_NONE if bucket < 0 else R.RUNTIME_FULL
-    if phase not in R.PHASES:                                     # records.step_phase
-        phase = R.PHASE_DECODE
-    prompt = max(prompt, 0)                                       # null: 0
-    padded = 0 if bucket < 0 else bucket - rows
-    tail = "" if phase == R.PHASE_DECODE else f" {phase}"        # export.step_name
-    if bucket >= 0:
-        name = f"graph b{bucket}{' PIECEWISE' if mode == R.RUNTIME_PIECEWISE else ''}{tail}"
-    else:
-        name = f"eager b{rows}{tail}" + (f" ({reason})" if reason else "")
-    name = _q(name)
-    t_us = round(t * 1e6, 3)
-    ts = max(t_us, w.host_end)
-    has_gap = gap_us == gap_us
-    args = (f'"i":{i},"batch":{batch},"rows":{rows}' + (f',"bucket":{bucket}' if bucket >= 0 else "")
-            + (f',"target":{target}' if target >= 0 else "")
-            + f',"runtime_mode":{_q(mode)},"phase":{_q(phase)},"prompt_tokens":{prompt},"padded":{padded}'
-            + ("" if reason is None else f',"reason":{_q(reason)}')
-            + f',"tokens":{tokens},"host_us":{host_us!r}' + (f',"gpu_ms":{gpu_ms!r}' if gpu_ms == gpu_ms else "")
-            + (f',"gap_us":{gap_us!r}' if has_gap else "")
-            + (f',"shifted_us":{round(ts - t_us, 3)!r}' if ts > t_us else ""))
-    dur = round(host_us, 3)
-    w._track(HOST)
-    emit = w._line
-    emit(f'{{"ph":"X","cat":"step","name":{name},"pid":1,"tid":{HOST},"ts":{ts!r},"dur":{dur!r},"args":{{{args}}}}}')
-    w.counts["step"] += 1
-    w.host_end = ts + dur
-    emit(f'{{"ph":"C","name":"host launch","pid":1,"tid":{HOST},"ts":{t_us!r},"args":{{"us":{host_us!r}}}}}')
-    n = 4
-    if has_gap:
-        emit(f'{{"ph":"C","name":"GPU gap","pid":1,"tid":{HOST},"ts":{t_us!r},"args":{{"us":{gap_us!r}}}}}')
-        n += 1
-    emit(f'{{"ph":"C","name":"batch","pid":1,"tid":{HOST},"ts":{t_us!r},'
-         f'"args":{{"rows":{rows},"padded":{padded},"requests":{batch}}}}}')
-    w.counts["counter"] += n
-    if gpu_ms == gpu_ms:                                          # _PerfettoWriter._gpu_step
-        gts = max(t_us, w.gpu_end + (gap_us if has_gap else 0.0))
-        gdur = round(gpu_ms * 1000, 3)
-        gargs = (f'"i":{i},"batch":{batch},"rows":{rows}' + (f',"bucket":{bucket}' if bucket >= 0 else "")
-                 + f',"runtime_mode":{_q(mode)},"phase":{_q(phase)},"gpu_ms":{gpu_ms!r}'
-                 + (f',"gap_us":{gap_us!r}' if has_gap else "")
-                 + f',"start":"lower bound","enqueued_us":{t_us!r},"queued_us":{round(gts - t_us, 3)!r}')
-        w._track(GPU)
-        emit(f'{{"ph":"X","cat":"gpu","name":{name},"pid":1,"tid":{GPU},"ts":{gts!r},"dur":{gdur!r},'
-             f'"args":{{{gargs}}}}}')
-        w.counts["gpu"] += 1
-        w.gpu_end = gts + gdur
+def _prefill_text(w, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray) -> pa.Array:
+    """Each columnar prefill's slice, as the writer's _prefill writes it (every field a number)."""
+    from .export_columnar import _column, _encode
+    n = len(ts)
+    req = c["requests"]
+    codes, u = _encode(req)
+    name = _column(codes, [_q(f"prefill {v} req") for v in u.tolist()])
+    shifted = ts > t_ns
+    w.events += n
+    w.counts["prefill"] += n
+    return _join(',\n{"ph":"X","cat":"prefill","name":', name, f',"pid":1,"tid":{HOST},"ts":', _us_text(ts),
+                 ',"dur":', _us_text(c["host_dur"]), ',"args":{"i":', _ints(c["i"]), ',"requests":', _ints(req),
+                 ',"tokens":', _ints(c["tokens"]), ',"host_ms":', _floats_text(c["host_ms"]),
+                 _opt(lambda r: _us_text(ts[r] - t_ns[r]), shifted, ',"shifted_us":'), "}}")
 
 
-_COUNTERS = [(f, _q(name), _q(key), scale) for f, (name, key, scale) in SAMPLE_COUNTERS.items()]
+def _counter_values(v: np.ndarray, none: np.ndarray, scale: float) -> tuple[pa.Array | None, np.ndarray]:
+    """A sample counter's values as text (scaled: export.round3 of value * scale, by column) and where there is
+    none; (None, all True) when no row has one."""
+    if none.all():
+        return None, none
+    if scale != 1:
+        x = v.astype(np.float64) * scale
+        r = x * 1000
+        with np.errstate(invalid="ignore"):
+            v = np.where(np.isfinite(r), np.rint(r) / 1000, x)
+        none = none | ~np.isfinite(v)
+    return (_floats_text(np.where(none, np.nan, v)) if v.dtype == np.float64 else _ints(v)), none
 
 
-def sample_events(w, rec: dict) -> None:
-    """A columnar sample's counters, as _PerfettoWriter._sample writes them (its fields are numbers or null)."""
-    ts = repr(round(rec["t"] * 1e6, 3))
-    n = 0
-    for field, name, key, scale in _COUNTERS:
-        v = rec.get(field)
-        if v is None or v != v or v in (math.inf, -math.inf):
+def _sample_text(w, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray) -> pa.Array:
+    """Each columnar sample's counters, as the writer's _sample writes them (no per-GPU fields)."""
+    n = len(ts)
+    tus = _t_text(c["t_us"])
+    lines: list = []
+    count = 0
+    for f, (name, key, scale) in SAMPLE_COUNTERS.items():
+        text, none = _counter_values(c[f"s:{f}"], c[f"n:{f}"], scale)
+        if none.all():
             continue
-        w._line(f'{{"ph":"C","name":{name},"pid":1,"tid":{HOST},"ts":{ts},"args":{{{key}:'
-                f'{(round(v * scale, 3) if scale != 1 else v)!r}}}}}')
-        n += 1
-    w.counts["counter"] += n
-
-
-def prefill_events(w, rec: dict) -> None:
-    """A columnar prefill's slice, as _PerfettoWriter._prefill writes it (t, i, requests, tokens: numbers or
-    null; host_ms a float; its host track named)."""
-    t_us = round(rec["t"] * 1e6, 3)
-    ts = max(t_us, w.host_end)
-    args = ",".join(f'"{k}":{v!r}' for k, v in rec.items() if k not in ("type", "t") and v is not None)
-    if ts > t_us:
-        args += ("," if args else "") + f'"shifted_us":{round(ts - t_us, 3)!r}'
-    dur = round(rec["host_ms"] * 1000, 3)
-    name = _q(f"prefill {rec['requests']} req")
-    w._line(f'{{"ph":"X","cat":"prefill","name":{name},"pid":1,"tid":{HOST},"ts":{ts!r},"dur":{dur!r},'
-            f'"args":{{{args}}}}}')
-    w.counts["prefill"] += 1
-    w.host_end = ts + dur
+        lines.append(_opt(_join(tus, f',"args":{{{_q(key)}:', text), ~none,
+                          f',\n{{"ph":"C","name":{_q(name)},"pid":1,"tid":{HOST},"ts":', "}}"))
+        count += int((~none).sum())
+    gid, gnone = c["g:gpu"], c["gn:gpu"]
+    for j in range(gid.shape[1]):   # each GPU of the sample's list (GPU 0 is the plain series above)
+        on = ~gnone[:, j] & (gid[:, j] != 0)
+        if not on.any():
+            continue
+        g_s = _ints(gid[:, j])
+        for f in _GPU_FIELDS:
+            name, key, scale = SAMPLE_COUNTERS[f]
+            v, none = _counter_values(c[f"g:{f}"][:, j], c[f"gn:{f}"][:, j] | ~on, scale)
+            if none.all():
+                continue
+            lines += _opt(_join(f',\n{{"ph":"C","name":"{name} gpu', g_s, f'","pid":1,"tid":{HOST},"ts":', tus,
+                                f',"args":{{{_q(key)}:', v), ~none, "", "}}")
+            count += int((~none).sum())
+    w.events += count
+    w.counts["counter"] += count
+    if not count:
+        from .export_columnar import strings
+        return strings([""] * n)
+    return _join(*lines)

@@ -20,14 +20,13 @@ import pyarrow as pa
 from . import arrow_np as A
 from . import columnar as C
 from . import records as R
+from .export import MAX_NS
 from .perfetto_columnar import _t_keys
-
-MAX_NS = 1 << 53   # a time or duration past this (104 days) is drawn as this: int64 ns must not overflow
 COLUMNS = ["type", "t_us", "json", "host_us", "host_ms", "gpu_ms", "gap_us"]   # what placement reads
 
 
 def ns(us: np.ndarray) -> np.ndarray:
-    """µs (NaN: 0) as integer ns, at most MAX_NS."""
+    """µs (NaN: 0) as integer ns, at most MAX_NS (export.slice_ns: one value)."""
     x = np.round(np.minimum(us, MAX_NS / 1e3) * 1e3)
     x[np.isnan(x)] = 0
     return x.astype(np.int64)
@@ -46,6 +45,15 @@ def _starts(t: np.ndarray, dur: np.ndarray, gap: np.ndarray) -> np.ndarray:
     np.maximum.accumulate(t, out=t)
     t += s
     return t
+
+
+def starts_after(t: np.ndarray, dur: np.ndarray, gap: np.ndarray, end: int | None) -> np.ndarray:
+    """``_starts`` of slices that follow a track's earlier ones, ``end`` being where the last of those ended
+    (None: no slice before): the first starts no earlier than end + its gap."""
+    t = t.copy()
+    if end is not None and len(t):
+        t[0] = max(int(t[0]), end + int(gap[0]))
+    return _starts(t, dur, gap)
 
 
 def _row_values(b: pa.RecordBatch) -> dict:
@@ -123,7 +131,7 @@ class Placer:
         self.window_s = window_s
         self.newest = -math.inf
         self.placed_key = -math.inf             # the newest key placed
-        self.last: list = [None, None]          # per track (host, GPU): (start, duration) of its last slice placed
+        self.end: list = [None, None]           # per track (host, GPU): where its last slice placed ends
         self.pending: list[dict] = []           # per batch with slices not yet placed: its arrays
         self.batches: dict[int, pa.RecordBatch] = {}
 
@@ -175,14 +183,11 @@ class Placer:
             starts.append(out)
             if not len(sel):
                 continue
-            t, d = p["t"][sel], p[name][sel]
+            d = p[name][sel]
             g = np.ones(len(sel), np.int64) if name == "host" else p["gap"][sel]
-            last = self.last[track]
-            if last is not None:                # the track's last slice first: it stays where it is
-                t, d, g = np.concatenate([[last[0]], t]), np.concatenate([[last[1]], d]), np.concatenate([[1], g])
-            s = _starts(t, d, g)
-            out[sel] = s[1:] if last is not None else s
-            self.last[track] = (int(s[-1]), int(d[-1]))
+            s = starts_after(p["t"][sel], d, g, self.end[track])
+            out[sel] = s
+            self.end[track] = int(s[-1] + d[-1])
         units = []
         for base in np.unique(p["base"][done]).tolist():
             sel = done[p["base"][done] == base]
