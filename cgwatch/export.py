@@ -31,7 +31,8 @@ the run's t = 0):
 Slices on one track never overlap: records are put back in t order (the engine and the sampler
 thread write them a little out of order), and a slice that would start before the previous one on
 its track ended starts at that end instead (only rounding of t can do that on the host track; the
-shift is in its args as ``shifted_us``).
+shift is in its args as ``shifted_us``). Host and GPU slices are placed in integer ns (``slice_ns``; ts and
+dur are those / 1000), so a long run's times carry no float drift.
 
 CSV: a header and one row per step record, the schema's columns first (records.step), then any
 other step field in the trace; null is an empty cell. rows, runtime_mode, phase and prompt_tokens

@@ -1,4 +1,4 @@
-"""Two cgwatch checkouts side by side on the trace commands: report, recommend, export csv / pftrace.
+"""Two cgwatch checkouts side by side on the trace commands: report, recommend, export csv / pftrace / perfetto.
 
     python probes/ab_trace_commands.py --a /path/old --b /path/new --rounds 5 TRACE [TRACE ...]
 
@@ -27,7 +27,8 @@ def commands(trace: str, out: str) -> dict[str, list[str]]:
     return {"report": ["report", trace],
             "recommend": ["recommend", trace, "--memory-budget", "256", "--max-buckets", "6"],
             "export csv": ["export", "--format", "csv", trace, "-o", out + ".csv"],
-            "export pftrace": ["export", "--format", "pftrace", trace, "-o", out + ".pftrace"]}
+            "export pftrace": ["export", "--format", "pftrace", trace, "-o", out + ".pftrace"],
+            "export perfetto": ["export", "--format", "perfetto", trace, "-o", out + ".json"]}
 
 
 def child(root: str, argv: list[str]) -> dict:
@@ -50,7 +51,8 @@ def main() -> int:
     ap.add_argument("--a", required=True, help="checkout A (e.g. a git worktree of the commit before)")
     ap.add_argument("--b", required=True, help="checkout B")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--only", default="report,recommend,export csv,export pftrace")
+    ap.add_argument("--only", default="report,recommend,export csv,export pftrace",
+                    help="commands, comma-separated (also: export perfetto, ~1 GB of JSON a 1M-step trace)")
     ap.add_argument("--json", help="write every run here")
     ap.add_argument("traces", nargs="+")
     a = ap.parse_args()
