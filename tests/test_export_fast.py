@@ -184,3 +184,48 @@ def test_the_summary_counts_the_columns_written(tmp_path, capsys):
         assert main(["export", str(src), "--format", "csv", "-o", str(out)]) == 0
         columns = len(out.read_text().splitlines()[0].split(","))
         assert columns > 16 and f", {columns} columns" in capsys.readouterr().err, src
+
+
+@pytest.mark.parametrize("sample,tp", [(None, False), (None, True), ("llama1b_poisson_h100", False),
+                                       ("vllm026_llama1b_poisson_h200", False)])
+def test_perfetto_in_small_batches_and_chunks_equals_record_path(sample, tp, tmp_path, capsys, monkeypatch):
+    """The columnar JSON carries each track's end from chunk to chunk and batch to batch (7-row chunks, 50-row
+    batches): the same events as the record path, on synthetic traces (one rank and tensor-parallel, per-GPU
+    samples) and on real recordings whose rows come a little out of t order."""
+    from cgwatch import columnar as C
+    if sample is None:
+        jl = tmp_path / "t.jsonl"
+        _write(jl, synthetic(6, n=900, bad=False, tp=tp))
+    else:
+        from cgwatch.samples import resolve
+        jl = resolve(f"sample:{sample}")
+    want = _export(jl, "perfetto", tmp_path / "want.json", capsys)
+    monkeypatch.setattr(C, "COMPACT_ROWS", 50)
+    monkeypatch.setattr(perfetto_columnar, "CHUNK", 7)
+    for ext in (".parquet", ".arrows"):
+        compact = tmp_path / f"t{ext}"
+        convert(str(jl), str(compact))
+        assert _export(compact, "perfetto", tmp_path / f"got{ext}.json", capsys) == want, ext
+
+
+def test_perfetto_slice_times_are_placed_in_whole_ns(tmp_path, capsys):
+    """Slices are placed in integer ns: after a day of steps the times carry no float drift (a float sum of
+    microseconds would write 86400000012.30001), and a slice that starts at the previous one's end says by
+    how much it was shifted, to the ns."""
+    recs = [R.step(k, round(86400.0 + k * 0.0123, 6), 1, 1, 1, None, 12.3 if k != 3 else 40000.1, 0.0123, 1)
+            for k in range(6)]
+    jl = tmp_path / "t.jsonl"
+    _write(jl, recs)
+    for path in (jl, tmp_path / "t.parquet"):
+        if path.suffix == ".parquet":
+            convert(str(jl), str(path))
+        assert main(["export", str(path), "--format", "perfetto", "-o", str(tmp_path / "o.json")]) == 0
+        capsys.readouterr()
+        text = (tmp_path / "o.json").read_text()
+        events = json.loads(text)["traceEvents"]
+        host = [e for e in events if e.get("cat") == "step"]
+        gpu = [e for e in events if e.get("cat") == "gpu"]
+        assert [e["ts"] for e in host][:4] == [86400000000.0, 86400012300.0, 86400024600.0, 86400036900.0]
+        assert host[4]["ts"] == 86400036900.0 + 40000.1 and host[4]["args"]["shifted_us"] == 27700.1
+        assert all(len(repr(e["ts"]).split(".")[1]) <= 3 for e in host + gpu)
+        assert all(b["ts"] >= a["ts"] + a["dur"] for a, b in zip(gpu, gpu[1:]))   # the GPU track in order
