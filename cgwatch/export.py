@@ -465,16 +465,6 @@ class _PerfettoWriter:
             line = json.dumps(_json_safe(ev), separators=(",", ":"), allow_nan=False)
         self._line(line)
 
-    def ascii_sink(self):
-        """A function that writes lines already worded (",\n" before each: the columnar path's) as bytes, past
-        the text layer (flushed here): the export is ASCII."""
-        raw = getattr(self.out, "buffer", None)
-        if raw is None:
-            out = self.out
-            return lambda data: out.write(bytes(data).decode("ascii"))
-        self.out.flush()
-        return raw.write
-
     def _line(self, line: str) -> None:
         self.out.write(line if self.events == 0 else ",\n" + line)
         self.events += 1

@@ -13,7 +13,8 @@ can precede are written, a chunk at a time (``_write_rows``):
   json.dumps gives the record path's events (the same keys in the same order, ``str`` of the same ints,
   ``repr`` of the same floats); every other row (events, rows kept as JSON, samples with per-GPU fields) is
   decoded and goes through the writer, its track ends set to where the scan put them;
-- the chunk's text goes out as the bytes of one Arrow string array (the export is ASCII: json.dumps escapes).
+- the chunk's text goes out as the bytes of one Arrow string array (export_columnar's writer of bytes; the
+  export is ASCII: json.dumps escapes), written by a worker thread while the next chunk is built.
 
 A trace with a record later than the window takes the record path (export.py).
 """
@@ -109,7 +110,8 @@ def export(trace, w, bad: np.ndarray) -> None:
     from .read_ahead import ahead
     pend: dict | None = None
     newest, base = -math.inf, 0
-    sink = w.ascii_sink()
+    from .export_columnar import _bytes_writer
+    sink = _bytes_writer(w.out)   # the text as bytes, past the text layer
     with ThreadPoolExecutor(1) as pool:
         writing: list = []
 
@@ -273,7 +275,7 @@ def _write(w, cols: dict, put) -> None:
 def _write_rows(w, cols: dict, put) -> None:
     """Rows in output order: their slices placed in one scan, the rows held in columns worded by column, the
     others written through the writer, and the chunk's text handed to ``put`` as bytes, in order."""
-    from .export_columnar import strings
+    from .export_columnar import _data, strings
     from .slice_placement import ns, starts_after
     m = len(cols["key"])
     if not m:
@@ -313,7 +315,7 @@ def _write_rows(w, cols: dict, put) -> None:
             parts.append((2 * rows + 1, build(w, _take(cols, rows), t_ns[rows], hs[rows], gs[rows])))
     pos = np.concatenate([p for p, _ in parts])
     text = pa.concat_arrays([t for _, t in parts]).take(A.indices(np.argsort(pos, kind="stable")))
-    put(_data(text))
+    put(_data(text, 0, len(text)))
 
 
 def _captured(w, write) -> str:
@@ -324,13 +326,6 @@ def _captured(w, write) -> str:
         return w.out.getvalue()
     finally:
         w.out = real
-
-
-def _data(text: pa.Array) -> memoryview:
-    """A string array's characters, end to end (its data buffer between its first and last offsets)."""
-    off = np.frombuffer(text.buffers()[1], dtype=np.int64 if pa.types.is_large_string(text.type) else np.int32,
-                        count=text.offset + len(text) + 1)
-    return memoryview(text.buffers()[2])[int(off[text.offset]):int(off[-1])] if len(text) else memoryview(b"")
 
 
 # ---- text by column ----
