@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections import Counter, deque
 
 import numpy as np
 import pyarrow as pa
@@ -89,8 +90,8 @@ V_STEP, V_PREFILL, V_SAMPLE, WRITER = 0, 1, 2, 3
 _INTS = ("i", "batch", "rows", "target", "bucket", "prompt_tokens", "tokens", "requests")   # -1: null
 _FLOATS = ("host_us", "gpu_ms", "gap_us", "host_ms")                                         # NaN: null
 _STRS = ("runtime_mode", "phase", "reason")
-_WORD_IDS: dict = {}
-_WORD_LIST: list = []
+_WORD_IDS: dict = {}    # a string column's words, numbered the same over batches (added to by _columns only:
+_WORD_LIST: list = []   # the builder threads read it, and the words they look up are there from the start)
 
 
 def _word_id(word: str | None) -> int:
@@ -101,25 +102,23 @@ def _word_id(word: str | None) -> int:
     return k
 
 
+for _w in (None, *R.RUNTIME_MODES, *R.PHASES):
+    _word_id(_w)
+
+
 def export(trace, w, bad: np.ndarray) -> None:
-    """All accepted rows through the writer ``w`` (export._PerfettoWriter), in _InOrder's order. The text is
-    written in a worker thread (the write of one chunk overlaps the wording of the next), the batches read in
-    another (read_ahead)."""
+    """All accepted rows through the writer ``w`` (export._PerfettoWriter), in _InOrder's order: each chunk's
+    slices placed and its writer rows written here, in order; its text built in a pool of BUILDERS threads
+    (pyarrow's kernels run without the GIL) and written by another, in order; the batches read in another
+    (read_ahead)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from .export_columnar import _bytes_writer
     from .read_ahead import ahead
     pend: dict | None = None
     newest, base = -math.inf, 0
-    from .export_columnar import _bytes_writer
-    sink = _bytes_writer(w.out)   # the text as bytes, past the text layer
-    with ThreadPoolExecutor(1) as pool:
-        writing: list = []
-
-        def put(data) -> None:   # one chunk in flight at most
-            if writing:
-                writing.pop().result()
-            writing.append(pool.submit(sink, data))
-
+    with ThreadPoolExecutor(BUILDERS) as builders, ThreadPoolExecutor(1) as writer:
+        out = _Chunks(w, builders, writer, _bytes_writer(w.out))   # the text as bytes, past the text layer
         for b in ahead(trace.batches(dictionary=True)):
             n = b.num_rows
             ok = np.flatnonzero(~bad[base:base + n])
@@ -131,12 +130,46 @@ def export(trace, w, bad: np.ndarray) -> None:
             pend = cols if pend is None else {k: _cat(pend[k], cols[k]) for k in cols}
             pend = _take(pend, np.argsort(pend["key"], kind="stable"))   # pending rows are in row order: ties keep it
             cut = int(np.searchsorted(pend["key"], newest - REORDER_WINDOW_S, side="left"))   # no later row is before
-            _write(w, _take(pend, slice(0, cut)), put)
+            out.add(_take(pend, slice(0, cut)))
             pend = _take(pend, slice(cut, None))
         if pend is not None:
-            _write(w, pend, put)
-        if writing:
-            writing.pop().result()
+            out.add(pend)
+        out.finish()
+
+
+BUILDERS = 2   # threads building chunks' text at once
+
+
+class _Chunks:
+    """Rows in output order, CHUNK at a time: placed (``_place``, in order), their text built in the pool
+    ``builders`` (``_build``), the bytes written in order by ``writer``; at most BUILDERS + 1 chunks in flight."""
+
+    def __init__(self, w, builders, writer, sink):
+        self.w, self.builders, self.writer, self.sink = w, builders, writer, sink
+        self.building: deque = deque()
+        self.writing = None
+
+    def add(self, cols: dict) -> None:
+        for a in range(0, len(cols["key"]), CHUNK):
+            job = _place(self.w, _take(cols, slice(a, a + CHUNK)))
+            if job is not None:
+                self.building.append(self.builders.submit(_build, *job))
+            while len(self.building) > BUILDERS:
+                self._write_one()
+
+    def finish(self) -> None:
+        while self.building:
+            self._write_one()
+        if self.writing is not None:
+            self.writing.result()
+
+    def _write_one(self) -> None:
+        data, tally = self.building.popleft().result()
+        self.w.events += tally.pop("events", 0)
+        self.w.counts.update(tally)
+        if self.writing is not None:
+            self.writing.result()
+        self.writing = self.writer.submit(self.sink, data)
 
 
 def _take(cols: dict, idx) -> dict:
@@ -267,19 +300,15 @@ def _cat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 CHUNK = 16384   # rows whose text is built at once (the text of a step is ~1 KB)
 
 
-def _write(w, cols: dict, put) -> None:
-    for a in range(0, len(cols["key"]), CHUNK):
-        _write_rows(w, _take(cols, slice(a, a + CHUNK)), put)
-
-
-def _write_rows(w, cols: dict, put) -> None:
-    """Rows in output order: their slices placed in one scan, the rows held in columns worded by column, the
-    others written through the writer, and the chunk's text handed to ``put`` as bytes, in order."""
-    from .export_columnar import _data, strings
+def _place(w, cols: dict) -> tuple[list, list] | None:
+    """A chunk of rows in output order: their slices placed in one scan, the tracks named, the rows the columns
+    do not word written through the writer (its state is the chunk's start: this runs in order); what
+    ``_build`` needs to word the rest: (parts, jobs)."""
+    from .export_columnar import strings
     from .slice_placement import ns, starts_after
     m = len(cols["key"])
     if not m:
-        return
+        return None
     t_ns = ns(cols["key"] * 1e6)
     hd, gd = cols["host_dur"], cols["gpu_dur"]
     H, G = np.flatnonzero(hd >= 0), np.flatnonzero(gd >= 0)
@@ -309,13 +338,22 @@ def _write_rows(w, cols: dict, put) -> None:
         w.host_end = int(hs[H[-1]] + hd[H[-1]])
     if len(G):
         w.gpu_end = int(gs[G[-1]] + gd[G[-1]])
+    jobs = []
     for v, build in ((V_STEP, _step_text), (V_PREFILL, _prefill_text), (V_SAMPLE, _sample_text)):
         rows = np.flatnonzero(kind == v)
         if len(rows):
-            parts.append((2 * rows + 1, build(w, _take(cols, rows), t_ns[rows], hs[rows], gs[rows])))
+            jobs.append((2 * rows + 1, build, _take(cols, rows), t_ns[rows], hs[rows], gs[rows]))
+    return parts, jobs
+
+
+def _build(parts: list, jobs: list) -> tuple[memoryview, Counter]:
+    """A placed chunk's text, in order, as bytes, and the events and counts it holds beyond the writer's."""
+    from .export_columnar import _data
+    tally: Counter = Counter()
+    parts = parts + [(pos, build(tally, c, t_ns, ts, gts)) for pos, build, c, t_ns, ts, gts in jobs]
     pos = np.concatenate([p for p, _ in parts])
     text = pa.concat_arrays([t for _, t in parts]).take(A.indices(np.argsort(pos, kind="stable")))
-    put(_data(text, 0, len(text)))
+    return _data(text, 0, len(text)), tally
 
 
 def _captured(w, write) -> str:
@@ -429,13 +467,13 @@ def _first_rows(codes: np.ndarray, k: int) -> np.ndarray:
     return first
 
 
-def _step_text(w, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray) -> pa.Array:
+def _step_text(tally: Counter, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray) -> pa.Array:
     """Each columnar step's events (",\n" before each), as the writer's _step writes them for its record,
-    built by column (one join of every field's text); counts them in the writer."""
+    built by column (one join of every field's text); counts them in ``tally``."""
     has_gpu = gts >= 0
     if has_gpu.any() and not has_gpu.all():   # the steps with a GPU slice, then the others, each one join
         parts = [np.flatnonzero(x) for x in (has_gpu, ~has_gpu)]
-        texts = [_step_text(w, _take(c, r), t_ns[r], ts[r], gts[r]) for r in parts]
+        texts = [_step_text(tally, _take(c, r), t_ns[r], ts[r], gts[r]) for r in parts]
         return pa.concat_arrays(texts).take(A.indices(np.argsort(np.concatenate(parts), kind="stable")))
     from .export_columnar import _column, _encode, strings
     gpu = bool(has_gpu.all())
@@ -501,16 +539,16 @@ def _step_text(w, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray) ->
                   ',"dur":', _us_text(c["gpu_dur"]), common, ',"runtime_mode":', mode_s, ',"phase":', phase_s,
                   ',"gpu_ms":', gpu_ms, gap_f, ',"start":"lower bound","enqueued_us":', _us_text(t_ns),
                   ',"queued_us":', _us_text(gts - t_ns), "}}"]
-    parts += _rank_lines(w, c, tus)
+    parts += _rank_lines(tally, c, tus)
     ngap = int(has_gap.sum())
-    w.events += 3 * n + ngap + (n if gpu else 0)
-    w.counts["step"] += n
-    w.counts["gpu"] += n if gpu else 0
-    w.counts["counter"] += 4 * n + ngap
+    tally["events"] += 3 * n + ngap + (n if gpu else 0)
+    tally["step"] += n
+    tally["gpu"] += n if gpu else 0
+    tally["counter"] += 4 * n + ngap
     return _join(*parts)
 
 
-def _rank_lines(w, c: dict, tus: pa.Array) -> list:
+def _rank_lines(tally: Counter, c: dict, tus: pa.Array) -> list:
     """A tensor-parallel step's counters, as the writer's _step writes them after its slices: "rank step ms"
     (each rank's number, where its list has one) and "rank skew" (where its list is there and skew_ms a number)."""
     import pyarrow.compute as pc
@@ -525,8 +563,8 @@ def _rank_lines(w, c: dict, tus: pa.Array) -> list:
         entries += _opt(_floats_text(rm[:, j]), ok, f',"rank{j}":')
     per = count > 0
     skew = listed & np.isfinite(c["skew_ms"])
-    w.events += int(per.sum() + skew.sum())
-    w.counts["counter"] += int(count.sum() + skew.sum())
+    tally["events"] += int(per.sum() + skew.sum())
+    tally["counter"] += int(count.sum() + skew.sum())
     lines = []
     if per.any():
         text = pc.utf8_slice_codeunits(_join(*entries), 1)   # less the first entry's comma
@@ -537,7 +575,7 @@ def _rank_lines(w, c: dict, tus: pa.Array) -> list:
     return lines
 
 
-def _prefill_text(w, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray) -> pa.Array:
+def _prefill_text(tally: Counter, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray) -> pa.Array:
     """Each columnar prefill's slice, as the writer's _prefill writes it (every field a number)."""
     from .export_columnar import _column, _encode
     n = len(ts)
@@ -545,8 +583,8 @@ def _prefill_text(w, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray)
     codes, u = _encode(req)
     name = _column(codes, [_q(f"prefill {v} req") for v in u.tolist()])
     shifted = ts > t_ns
-    w.events += n
-    w.counts["prefill"] += n
+    tally["events"] += n
+    tally["prefill"] += n
     return _join(',\n{"ph":"X","cat":"prefill","name":', name, f',"pid":1,"tid":{HOST},"ts":', _us_text(ts),
                  ',"dur":', _us_text(c["host_dur"]), ',"args":{"i":', _ints(c["i"]), ',"requests":', _ints(req),
                  ',"tokens":', _ints(c["tokens"]), ',"host_ms":', _floats_text(c["host_ms"]),
@@ -567,7 +605,7 @@ def _counter_values(v: np.ndarray, none: np.ndarray, scale: float) -> tuple[pa.A
     return (_floats_text(np.where(none, np.nan, v)) if v.dtype == np.float64 else _ints(v)), none
 
 
-def _sample_text(w, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray) -> pa.Array:
+def _sample_text(tally: Counter, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray) -> pa.Array:
     """Each columnar sample's counters, as the writer's _sample writes them (no per-GPU fields)."""
     n = len(ts)
     tus = _t_text(c["t_us"])
@@ -594,8 +632,8 @@ def _sample_text(w, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray) 
             lines += _opt(_join(f',\n{{"ph":"C","name":"{name} gpu', g_s, f'","pid":1,"tid":{HOST},"ts":', tus,
                                 f',"args":{{{_q(key)}:', v), ~none, "", "}}")
             count += int((~none).sum())
-    w.events += count
-    w.counts["counter"] += count
+    tally["events"] += count
+    tally["counter"] += count
     if not count:
         from .export_columnar import strings
         return strings([""] * n)
