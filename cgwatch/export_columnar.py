@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections import deque
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,7 @@ from . import records as R
 from .read_ahead import ahead
 
 _STEP = R.STEP
+BUILDERS = 2   # threads building an export's text at once (pyarrow's kernels run without the GIL)
 
 
 def strings(words: list[str]) -> pa.Array:
@@ -389,8 +391,16 @@ def export_csv(trace, out, bad: np.ndarray | None, header_cols: tuple, csv_cells
             INERT, {k: always for k in C.NAMES if k not in _READ}))
         head = _Header(header_cols)   # now of the accepted rows only: must come out as ``columns``
     written = 0
-    for b, ok in ahead(_screened(batches, bad, screening, head)):   # read and screened in a thread
-        written += _write_steps(b, ok, columns, put, row, csv_cells)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(BUILDERS) as pool:   # each batch's lines built in a pool, written in order
+        building: deque = deque()
+        for b, ok in ahead(_screened(batches, bad, screening, head)):   # read and screened in a thread
+            vec = _columnar_steps(b, ok)
+            building.append((vec, json_steps(b, ok), pool.submit(step_lines, b, vec, columns) if len(vec) else None))
+            while len(building) > BUILDERS:
+                written += _write_steps(*building.popleft(), columns, put, row, csv_cells)
+        while building:
+            written += _write_steps(*building.popleft(), columns, put, row, csv_cells)
     if screening is not None and head.columns() != columns:
         raise Fallback("a row left out made the header wider")
     return written, len(columns)
@@ -412,11 +422,10 @@ def _screened(batches, bad: np.ndarray | None, screening, head: _Header):
         yield b, ok
 
 
-def _write_steps(b: pa.RecordBatch, ok: np.ndarray, columns: tuple, put, row, csv_cells) -> int:
-    """The lines of a batch's accepted steps, in row order; returns how many."""
-    vec = _columnar_steps(b, ok)
-    special = json_steps(b, ok)
-    lines = step_lines(b, vec, columns) if len(vec) else None
+def _write_steps(vec: np.ndarray, special: list, lines, columns: tuple, put, row, csv_cells) -> int:
+    """The lines of a batch's accepted steps, in row order: ``vec`` the columnar ones (their lines: ``lines``, a
+    future), ``special`` the (row, record) of those kept as JSON; returns how many."""
+    lines = lines.result() if lines is not None else None
     if not special:
         if lines is not None:
             put(_data(lines, 0, len(lines)))

@@ -113,7 +113,7 @@ def export(trace, w, bad: np.ndarray) -> None:
     (read_ahead)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .export_columnar import _bytes_writer
+    from .export_columnar import BUILDERS, _bytes_writer
     from .read_ahead import ahead
     pend: dict | None = None
     newest, base = -math.inf, 0
@@ -137,9 +137,6 @@ def export(trace, w, bad: np.ndarray) -> None:
         out.finish()
 
 
-BUILDERS = 2   # threads building chunks' text at once
-
-
 class _Chunks:
     """Rows in output order, CHUNK at a time: placed (``_place``, in order), their text built in the pool
     ``builders`` (``_build``), the bytes written in order by ``writer``; at most BUILDERS + 1 chunks in flight."""
@@ -150,6 +147,7 @@ class _Chunks:
         self.writing = None
 
     def add(self, cols: dict) -> None:
+        from .export_columnar import BUILDERS
         for a in range(0, len(cols["key"]), CHUNK):
             job = _place(self.w, _take(cols, slice(a, a + CHUNK)))
             if job is not None:
