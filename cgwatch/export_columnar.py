@@ -392,12 +392,12 @@ def export_csv(trace, out, bad: np.ndarray | None, header_cols: tuple, csv_cells
         head = _Header(header_cols)   # now of the accepted rows only: must come out as ``columns``
     written = 0
     from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(BUILDERS) as pool:   # each batch's lines built in a pool, written in order
+    with ThreadPoolExecutor(BUILDERS) as pool:   # each batch's lines built in a pool (BUILDERS in flight), in order
         building: deque = deque()
         for b, ok in ahead(_screened(batches, bad, screening, head)):   # read and screened in a thread
             vec = _columnar_steps(b, ok)
             building.append((vec, json_steps(b, ok), pool.submit(step_lines, b, vec, columns) if len(vec) else None))
-            while len(building) > BUILDERS:
+            while len(building) >= BUILDERS:
                 written += _write_steps(*building.popleft(), columns, put, row, csv_cells)
         while building:
             written += _write_steps(*building.popleft(), columns, put, row, csv_cells)
