@@ -171,7 +171,8 @@ def gpu_idle_pct(acc: list[float]) -> float | None:
 
 
 def _seq_sum(start: float, v) -> float:
-    """start + v[0] + v[1] + ..., added one by one (the record path's float sum, bit for bit)."""
+    """start + v[0] + v[1] + ..., added one by one (the record path's float sum, bit for bit: numpy's sum
+    pairs them, rounding otherwise)."""
     import numpy as np
     return float(np.add.accumulate(np.concatenate([[start], v]))[-1])
 
@@ -385,12 +386,6 @@ def _group(ep, tgt) -> tuple:
         return (present // span) * (1 << 32) + present % span, lut[dense]
     groups, inv = np.unique(ep * (1 << 32) + tgt, return_inverse=True)
     return groups, inv.reshape(-1)
-
-
-def _seq_sum(start: float, values) -> float:
-    """start + v0 + v1 + ..., added in order (as a loop would: numpy's sum pairs them, rounding otherwise)."""
-    import numpy as np
-    return float(np.add.accumulate(np.concatenate([[start], values]))[-1])
 
 
 def _sizes(values) -> list[int]:

@@ -31,7 +31,7 @@ import pyarrow as pa
 from . import arrow_np as A
 from . import columnar as C
 from . import records as R
-from .export import GPU, HOST, MAX_NS, REORDER_WINDOW_S, SAMPLE_COUNTERS
+from .export import GPU, HOST, REORDER_WINDOW_S, SAMPLE_COUNTERS
 
 _NAMES: dict[str, str] = {}
 
@@ -473,7 +473,7 @@ def _step_text(tally: Counter, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: n
         parts = [np.flatnonzero(x) for x in (has_gpu, ~has_gpu)]
         texts = [_step_text(tally, _take(c, r), t_ns[r], ts[r], gts[r]) for r in parts]
         return pa.concat_arrays(texts).take(A.indices(np.argsort(np.concatenate(parts), kind="stable")))
-    from .export_columnar import _column, _encode, strings
+    from .export_columnar import _column, _encode
     gpu = bool(has_gpu.all())
     n = len(ts)
     batch, bucket, target = c["batch"], c["bucket"], c["target"]
@@ -517,7 +517,7 @@ def _step_text(tally: Counter, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: n
     mode_s, phase_s = words(mode, _q), words(phase, _q)
     gap_f = _opt(gap, has_gap, ',"gap_us":')
     common = [',"args":{"i":', i_s, ',"batch":', batch_s, ',"rows":', rows_s, bucket_f]
-    parts = [f',\n{{"ph":"X","cat":"step","name":', name, f',"pid":1,"tid":{HOST},"ts":', ts_s,
+    parts = [',\n{"ph":"X","cat":"step","name":', name, f',"pid":1,"tid":{HOST},"ts":', ts_s,
              ',"dur":', dur_s, common, _opt(_ints(target), target >= 0, ',"target":'),
              ',"runtime_mode":', mode_s, ',"phase":', phase_s,
              ',"prompt_tokens":', _ints(np.maximum(c["prompt_tokens"], 0)), ',"padded":', padded_s,

@@ -42,7 +42,6 @@ a unit slip (MiB), and the message says that the alternative is to run eager.
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import operator
 import sys
