@@ -30,6 +30,7 @@ from typing import Callable
 
 from . import records as R
 from .errors import CgwatchError
+from .protocol import AGGREGATE
 from .source import ENGINE_COMMANDS, Source, ack
 from .trace import read_trace
 
@@ -85,6 +86,7 @@ class ReplaySource(Source):
         self.paused = start_paused
         self.pos = 0.0          # trace seconds played
         self._i = 0             # next record to emit
+        self._partial: dict | None = None   # the last snapshot's aggregate counts fewer rows (indexing)
         self._at_end = False
         self._external_clock = clock is not None
         self._clock = clock or time.monotonic
@@ -132,7 +134,10 @@ class ReplaySource(Source):
         """Play everything due by the clock now; status ~4x/s while playing. The thread calls this;
         with ``clock=`` the caller does."""
         with self._lock:
-            changed = self._advance()
+            whole = self._partial is not None and self._index.covers(self._i)
+            if whole:   # the index has passed the position of a partial snapshot: the whole aggregate now
+                self._snapshot(self._i, wait=True)
+            changed = self._advance() or whole
             now = self._clock()
             if changed or (not self.paused and now - self._last_status >= STATUS_EVERY_S):
                 self._status()
@@ -168,14 +173,20 @@ class ReplaySource(Source):
     def _emit_until(self, pos: float) -> None:
         end = self._due(pos)
         if self._index is not None and (end < self._i or end - self._i > SNAPSHOT_ROWS):
-            # far ahead or back: a snapshot of the aggregate up to there, as a late joiner gets it
-            for rec in self._index.snapshot(end):
-                self._on_record(rec)
-            self._i = end
+            # far ahead or back: a snapshot of the aggregate up to there, as a late joiner gets it; at once,
+            # even while the index is still being built (then partial, and the whole one follows: poll)
+            self._snapshot(end, wait=False)
             return
         while self._i < end:
             self._on_record(self.records[self._i])
             self._i += 1
+
+    def _snapshot(self, end: int, wait: bool) -> None:
+        msgs = self._index.snapshot(end, wait=wait)
+        for rec in msgs:
+            self._on_record(rec)
+        self._i = end
+        self._partial = next((m["partial"] for m in msgs if m.get("type") == AGGREGATE and "partial" in m), None)
 
     def _seek_to(self, target: float) -> None:
         target = min(max(target, 0.0), self.duration_s)
@@ -199,6 +210,8 @@ class ReplaySource(Source):
             text += " end of trace"
         elif self.paused:
             text += " paused"
+        if self._partial is not None:   # the totals are those of the index's progress, not yet of here
+            text += f" · totals: indexing {100 * self._partial['records'] // max(1, self._partial['of'])}%"
         self._on_status({"connected": True, "text": text, "dropped": None, "read_only": READ_ONLY,
                          "ended": self._at_end, **self._playback()})
 

@@ -7,8 +7,9 @@ the records of the last SNAPSHOT_ROWS rows for its charts, log and bucket status
 
 The aggregate comes from checkpoints: a background thread folds the trace once (fold.fold_rows, a row
 group at a time, the next one read ahead) and keeps the RunStats state every CHECKPOINT_ROWS rows; a snapshot
-restores the nearest checkpoint below j and folds the rest. Until the thread has passed j, the fold runs from
-its last checkpoint.
+restores the nearest checkpoint below j and folds the rest. Until the thread has passed j, a snapshot waits
+for it, or (a replay's seek: ``wait=False``) is sent at once with the aggregate of the thread's last
+checkpoint, marked partial; the replay sends the whole one once the thread has passed the position.
 """
 
 from __future__ import annotations
@@ -162,24 +163,37 @@ class CompactRecords:
                 return
             yield g, pf.read(g)
 
-    def aggregate_at(self, j: int) -> RunStats:
-        # the index still being built below j: wait for it (folding beside it would do its work twice)
-        while self._thread.is_alive() and self._built + CHECKPOINT_ROWS <= j:
+    def covers(self, j: int) -> bool:
+        """Whether the aggregate at row j comes without waiting for the background fold (at most one
+        checkpoint's rows to fold from the last one)."""
+        return not self._thread.is_alive() or self._built + CHECKPOINT_ROWS > j
+
+    def aggregate_at(self, j: int, wait: bool = True) -> tuple[RunStats, int]:
+        """The aggregate of rows [0, j) and how many rows it counts: j. The index still being built below j:
+        with ``wait``, wait for it (folding beside it would do its work twice); else the aggregate of its
+        last checkpoint (counting fewer rows), at once."""
+        while wait and not self.covers(j):
             time.sleep(0.02)
         with self._lock:
-            base = max(k for k in self._checkpoints if k <= j)
+            upto = j if self.covers(j) else self._built
+            base = max(k for k in self._checkpoints if k <= upto)
             run, rows = pickle.loads(self._checkpoints[base])
         stats = RunStats.from_state(run, rows, window=VIEW_WINDOW)
         if base == 0:
             stats.add(self.header)
-        self._fold_to(stats, base, j)
-        return stats
+        self._fold_to(stats, base, upto)
+        return stats, upto
 
-    def snapshot(self, j: int) -> list[dict]:
-        """The messages that put a view at row j (all rows before it counted)."""
-        stats = self.aggregate_at(j)
+    def snapshot(self, j: int, wait: bool = True) -> list[dict]:
+        """The messages that put a view at row j (all rows before it counted). Without ``wait``, at once: while
+        the index is short of j the aggregate counts only the rows it has passed, and says so (``partial``:
+        {"records": those, "of": j}; docs/PROTOCOL.md)."""
+        stats, counted = self.aggregate_at(j, wait)
         run, rows = stats.state()
-        out = [self.header, {"type": AGGREGATE, "window": VIEW_WINDOW, "rows": len(rows), "run": run},
+        agg = {"type": AGGREGATE, "window": VIEW_WINDOW, "rows": len(rows), "run": run}
+        if counted < j:
+            agg["partial"] = {"records": counted, "of": j}
+        out = [self.header, agg,
                *({"type": AGGREGATE_ROW, "row": row} for row in rows)]
         first = max(0, j - SNAPSHOT_ROWS)
         # the events before the window too, counted in the aggregate already: every one that sets what the

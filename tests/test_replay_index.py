@@ -99,3 +99,53 @@ def test_tensor_parallel_seeks_give_the_jsonl_replays_view(kind, tmp_path, monke
     for seeks in ([1e9], [4.0], [6.0, 2.0], [0.3]):
         a, b = view(out, seeks), view(jl, seeks)
         assert a == b and (a[3] or seeks == [0.3])
+
+
+def test_a_seek_while_indexing_answers_at_once_then_the_whole_aggregate_follows(tmp_path, monkeypatch):
+    """The background fold held back after its first row group: a seek to the end is answered at once (it does
+    not wait for the index), with the totals the index has so far and a status that says so; once the index
+    has passed the position, poll() sends the whole aggregate: the JSON Lines replay's view."""
+    import threading
+    import time
+
+    from cgwatch import columnar as C
+    monkeypatch.setattr(RI, "CHECKPOINT_ROWS", 700)
+    monkeypatch.setattr(RP, "SNAPSHOT_ROWS", 500)
+    monkeypatch.setattr(C, "COMPACT_ROWS", 500)
+    src = os.path.join(ROOT, "sample_traces", "llama1b_poisson_h100.jsonl")
+    pq = str(tmp_path / "t.parquet")
+    convert(src, pq)
+    gate = threading.Event()
+    real = RI.CompactRecords._groups_read
+
+    def gated(self, pf):
+        for k, item in enumerate(real(self, pf)):
+            if k == 2:
+                gate.wait()
+            yield item
+    monkeypatch.setattr(RI.CompactRecords, "_groups_read", gated)
+    st, statuses = ViewState(), []
+    s = ReplaySource(pq, clock=lambda: 0.0, start_paused=True)
+    try:
+        s.start(st.fold, statuses.append)
+        for _ in range(6000):    # the fold's first checkpoint (row 700: the two groups before the gate)
+            if s._index._built:
+                break
+            time.sleep(0.01)
+        assert s._index._built == 700
+        seek = threading.Thread(target=s.send, args=("seek", 1e9))
+        seek.start()
+        seek.join(timeout=120)   # the old seek waited for the index: held back, it would never return
+        assert not seek.is_alive() and s._index._thread.is_alive()
+        assert "totals: indexing 13%" in statuses[-1]["text"] and s._partial == {"records": 700, "of": 5055}
+        partial = st.steps
+        s.poll()                 # the index still held back: nothing changes
+        assert st.steps == partial and "totals: indexing" in statuses[-1]["text"]
+    finally:
+        gate.set()
+    s._index._thread.join()
+    s.poll()
+    assert "indexing" not in statuses[-1]["text"]
+    assert (st.totals(), st.bucket_rows(), st.steps) == _view(src, [1e9])[:3]
+    assert 0 < partial < st.steps
+    s.close()
