@@ -511,7 +511,8 @@ def _step_text(tally: Counter, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: n
     enq = tus if t_exact else _us_text(t_ns)
     shifted = ts > t_ns
     ts_s = _patched(enq, shifted, lambda r: _us_text(ts[r]))
-    dur_s = _patched(host, c["host_dur"] / 1000 != c["host_us"], lambda r: _us_text(c["host_dur"][r]))
+    dur_s = _patched(host, (c["host_dur"] / 1000 != c["host_us"]) | np.signbit(c["host_us"]),   # -0.0: "0.0"
+                     lambda r: _us_text(c["host_dur"][r]))
     rows_s, batch_s, padded_s, i_s = _ints(rows), _ints(batch), _ints(padded), _ints(c["i"])
     bucket_f = _opt(_ints(bucket), graph, ',"bucket":')
     mode_s, phase_s = words(mode, _q), words(phase, _q)

@@ -28,6 +28,7 @@ def _edge_records() -> list[dict]:
         {k: v for k, v in R.step(6, 3.0, 6, 8, 8, None, 5.0, 2.0, 6).items()
          if k not in ("rows", "runtime_mode", "phase", "prompt_tokens")},
         R.step(7, 3.5, 7, 8, None, "über", 5.0, 2.0, 7),
+        R.step(8, 3.75, 1, 1, 1, None, -0.0, 0.0, 1),   # host_us -0.0: its slice lasts 0.0 (ns), its arg is -0.0
     ]
     sample = {"type": "sample", "t": 2.6, "gpu_util": 50, "power_w": 100.5,
               "gpus": [{"gpu": 0, "gpu_util": 50}, {"gpu": 1, "gpu_util": 40, "power_w": 90.0}]}
