@@ -4,17 +4,18 @@ export.py puts the records back in t order (``_InOrder``: a heap over a 10 s win
 ``_PerfettoWriter``. When no record comes more than that window late (``in_order``; every cgwatch trace: its
 two writer threads are milliseconds apart), that order is a stable sort by t, which this module takes a column
 batch at a time: the rows are sorted by (t, row) within the rows still pending, and those that no later row
-can precede are written, a chunk at a time (``_write_rows``):
+can precede are written, a chunk at a time (``_Chunks``):
 
-- where each host and GPU slice starts (it depends on the slice before on its track) is one scan over the
-  chunk in integer ns (``slice_placement.starts_after``, the rule the writer applies a record at a time);
-- steps (one rank or tensor-parallel), prefills and samples held in columns become text by column
-  (``_step_text``, ``_prefill_text``, ``_sample_text``: pyarrow joins of each field's text), the very text
-  json.dumps gives the record path's events (the same keys in the same order, ``str`` of the same ints,
-  ``repr`` of the same floats); every other row (events, rows kept as JSON, samples with per-GPU fields) is
-  decoded and goes through the writer, its track ends set to where the scan put them;
-- the chunk's text goes out as the bytes of one Arrow string array (export_columnar's writer of bytes; the
-  export is ASCII: json.dumps escapes), written by a worker thread while the next chunk is built.
+- in order, on the calling thread (``_place``): where each host and GPU slice starts (it depends on the slice
+  before on its track) is one scan over the chunk in integer ns (``slice_placement.starts_after``, the rule
+  the writer applies a record at a time), and every row the columns do not word (events, rows kept as JSON)
+  is decoded and goes through the writer, its track ends set to where the scan put them;
+- in a pool of threads (``_build``): steps (one rank or tensor-parallel), prefills and samples (per-GPU
+  fields too) become text by column (``_step_text``, ``_prefill_text``, ``_sample_text``: pyarrow joins of
+  each field's text), the very text json.dumps gives the record path's events (the same keys in the same
+  order, ``str`` of the same ints, ``repr`` of the same floats);
+- in order, by a writer thread: the chunk's text as the bytes of one Arrow string array (export_columnar's
+  writer of bytes; the export is ASCII: json.dumps escapes).
 
 A trace with a record later than the window takes the record path (export.py).
 """
