@@ -4,7 +4,8 @@ A columnar step row becomes a CSV line without a dict. Each column's distinct va
 the csv module writes them (``str`` of an int, ``repr`` of a float, a string quoted where it must be; null,
 NaN and infinity empty): a column is its codes and words. Adjacent columns of few distinct values are merged
 into one (each distinct combination of their words joined once); ``t`` and ``i`` are text built by pyarrow;
-pyarrow joins the pieces into lines, whose bytes go to the file a batch at a time. A tensor-parallel step's
+pyarrow joins the pieces into lines (a batch's lines built in a pool of BUILDERS threads: pyarrow's kernels
+run without the GIL), whose bytes go to the file a batch at a time, in order. A tensor-parallel step's
 ``plan_us``, ``skew_ms`` and ``rank_ms`` (one column a rank) are columns like the others; only steps kept as
 JSON (odd fields) go through the record path's own formatting (export.csv_cells) at their place. Only the
 rows the shared validation accepts are written (fold.screen: the same rows records.screen accepts; to a file,
