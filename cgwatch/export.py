@@ -398,7 +398,7 @@ def slice_ns(us: float) -> int:
 
 
 def round3(x: float) -> float:
-    """x to 3 decimals as numpy rounds it (rint(x * 1000) / 1000: the columnar path's vector rounding)."""
+    """x to 3 decimals as numpy rounds it (np.round(x, 3): rint(x * 1000) / 1000, the columnar exports' rounding)."""
     r = x * 1000
     return round(r) / 1000 if math.isfinite(r) else x
 

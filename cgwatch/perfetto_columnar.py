@@ -32,7 +32,9 @@ import pyarrow as pa
 from . import arrow_np as A
 from . import columnar as C
 from . import records as R
-from .export import GPU, HOST, REORDER_WINDOW_S, SAMPLE_COUNTERS
+from .export import GPU, HOST, REORDER_WINDOW_S, SAMPLE_COUNTERS, _is_number
+from .export_columnar import (BUILDERS, _bytes_writer, _column, _data, _encode, _float_words, _ints_text, _mask, _s,
+                              strings)
 
 _NAMES: dict[str, str] = {}
 
@@ -114,7 +116,6 @@ def export(trace, w, bad: np.ndarray) -> None:
     (read_ahead)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .export_columnar import BUILDERS, _bytes_writer
     from .read_ahead import ahead
     pend: dict | None = None
     newest, base = -math.inf, 0
@@ -148,7 +149,6 @@ class _Chunks:
         self.writing = None
 
     def add(self, cols: dict) -> None:
-        from .export_columnar import BUILDERS
         for a in range(0, len(cols["key"]), CHUNK):
             job = _place(self.w, _take(cols, slice(a, a + CHUNK)))
             if job is not None:
@@ -225,10 +225,6 @@ def _columns(b, newest: float) -> dict:
     return out
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 _SAMPLE_FIELDS = tuple(SAMPLE_COUNTERS)
 
 
@@ -303,7 +299,6 @@ def _place(w, cols: dict) -> tuple[list, list] | None:
     """A chunk of rows in output order: their slices placed in one scan, the tracks named, the rows the columns
     do not word written through the writer (its state is the chunk's start: this runs in order); what
     ``_build`` needs to word the rest: (parts, jobs)."""
-    from .export_columnar import strings
     from .slice_placement import ns, starts_after
     m = len(cols["key"])
     if not m:
@@ -347,7 +342,6 @@ def _place(w, cols: dict) -> tuple[list, list] | None:
 
 def _build(parts: list, jobs: list) -> tuple[memoryview, Counter]:
     """A placed chunk's text, in order, as bytes, and the events and counts it holds beyond the writer's."""
-    from .export_columnar import _data
     tally: Counter = Counter()
     parts = parts + [(pos, build(tally, c, t_ns, ts, gts)) for pos, build, c, t_ns, ts, gts in jobs]
     pos = np.concatenate([p for p, _ in parts])
@@ -367,35 +361,23 @@ def _captured(w, write) -> str:
 
 # ---- text by column ----
 
-_FRAC = [".0"] + ["." + f"{r:03d}".rstrip("0") for r in range(1, 1000)]   # ns % 1000 as repr's decimals
+_FRAC = strings([".0"] + ["." + f"{r:03d}".rstrip("0") for r in range(1, 1000)])   # ns % 1000: repr's decimals
 
 
 def _us_text(x: np.ndarray) -> pa.Array:
     """repr(x / 1000) of each ns (µs with up to 3 decimals); from the integers below 1e15 ns (15 digits: repr
     gives those decimals, trailing zeros cut), by repr above."""
-    from .export_columnar import _column, _ints_text, _s, strings
     import pyarrow.compute as pc
     x = np.ascontiguousarray(x, np.int64)
     if len(x) and (int(x.max()) >= 10 ** 15 or int(x.min()) < 0):
         return strings([repr(v / 1000) for v in x.tolist()])
     q, r = np.divmod(x, 1000)
-    return pc.binary_join_element_wise(_ints_text(q, np.zeros(len(x), bool)), _column(r, _frac_words()), _s(""))
-
-
-_FRAC_ARRAY: list = []
-
-
-def _frac_words() -> pa.Array:
-    if not _FRAC_ARRAY:
-        from .export_columnar import strings
-        _FRAC_ARRAY.append(strings(_FRAC))
-    return _FRAC_ARRAY[0]
+    return pc.binary_join_element_wise(_ints_text(q, np.zeros(len(x), bool)), _column(r, _FRAC), _s(""))
 
 
 def _t_text(t_us: np.ndarray) -> pa.Array:
     """The writer's ``_us(t)`` of each row's t (t = t_us / 1e6): repr(round(t * 1e6, 3)); below 2**39 µs that
     is the integer and ".0" (checked by the tests at the edges), else by repr."""
-    from .export_columnar import _ints_text, _s, strings
     import pyarrow.compute as pc
     if len(t_us) and int(t_us.max()) >= 1 << 39:
         return strings([repr(round(v / 1e6 * 1e6, 3)) for v in t_us.tolist()])
@@ -404,12 +386,10 @@ def _t_text(t_us: np.ndarray) -> pa.Array:
 
 def _floats_text(x: np.ndarray) -> pa.Array:
     """repr of each float (NaN: "")."""
-    from .export_columnar import _float_words
     return _float_words(np.ascontiguousarray(x, np.float64))
 
 
 def _ints(x: np.ndarray) -> pa.Array:
-    from .export_columnar import _ints_text
     return _ints_text(x, np.zeros(len(x), bool))
 
 
@@ -421,7 +401,6 @@ def _opt(text, present: np.ndarray, before: str, after: str = "") -> list:
     if not present.any():
         return []
     import pyarrow.compute as pc
-    from .export_columnar import _mask, _s
     if isinstance(text, pa.Array):
         return [pc.if_else(_mask(present), pc.binary_join_element_wise(_s(before), text, _s(after), _s("")), _s(""))]
     n = len(present)
@@ -435,14 +414,12 @@ def _patched(text: pa.Array, differ: np.ndarray, make) -> pa.Array:
     if not differ.any():
         return text
     import pyarrow.compute as pc
-    from .export_columnar import _mask
     return pc.replace_with_mask(text, _mask(differ), make(np.flatnonzero(differ)))
 
 
 def _join(*parts) -> pa.Array:
     """The parts (str: the same text on every row; lists: flattened) joined row by row, in one kernel call."""
     import pyarrow.compute as pc
-    from .export_columnar import _s
     flat: list = []
 
     def add(p) -> None:
@@ -474,7 +451,6 @@ def _step_text(tally: Counter, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: n
         parts = [np.flatnonzero(x) for x in (has_gpu, ~has_gpu)]
         texts = [_step_text(tally, _take(c, r), t_ns[r], ts[r], gts[r]) for r in parts]
         return pa.concat_arrays(texts).take(A.indices(np.argsort(np.concatenate(parts), kind="stable")))
-    from .export_columnar import _column, _encode
     gpu = bool(has_gpu.all())
     n = len(ts)
     batch, bucket, target = c["batch"], c["bucket"], c["target"]
@@ -577,7 +553,6 @@ def _rank_lines(tally: Counter, c: dict, tus: pa.Array) -> list:
 
 def _prefill_text(tally: Counter, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts: np.ndarray) -> pa.Array:
     """Each columnar prefill's slice, as the writer's _prefill writes it (every field a number)."""
-    from .export_columnar import _column, _encode
     n = len(ts)
     req = c["requests"]
     codes, u = _encode(req)
@@ -592,15 +567,12 @@ def _prefill_text(tally: Counter, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts
 
 
 def _counter_values(v: np.ndarray, none: np.ndarray, scale: float) -> tuple[pa.Array | None, np.ndarray]:
-    """A sample counter's values as text (scaled: export.round3 of value * scale, by column) and where there is
-    none; (None, all True) when no row has one."""
+    """A sample counter's values as text (scaled: value * scale to 3 decimals) and where there is none; (None,
+    all True) when no row has one."""
     if none.all():
         return None, none
-    if scale != 1:
-        x = v.astype(np.float64) * scale
-        r = x * 1000
-        with np.errstate(invalid="ignore"):
-            v = np.where(np.isfinite(r), np.rint(r) / 1000, x)
+    if scale != 1:   # export.round3 (numpy's rounding, as the pftrace export's samples)
+        v = np.round(v.astype(np.float64) * scale, 3)
         none = none | ~np.isfinite(v)
     return (_floats_text(np.where(none, np.nan, v)) if v.dtype == np.float64 else _ints(v)), none
 
@@ -635,6 +607,5 @@ def _sample_text(tally: Counter, c: dict, t_ns: np.ndarray, ts: np.ndarray, gts:
     tally["events"] += count
     tally["counter"] += count
     if not count:
-        from .export_columnar import strings
         return strings([""] * n)
     return _join(*lines)
