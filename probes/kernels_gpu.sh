@@ -13,7 +13,7 @@ SIZES=${SIZES:-1,2,4,8,16,32,64}
   python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)'
   python3 -c 'import pyarrow; print("pyarrow", pyarrow.__version__)' 2>&1 | tail -1; } | tee "$OUT/env.txt"
 if [[ $STEPS == *tests* ]]; then
-  timeout ${TESTS_TIMEOUT:-360} python3 -m pytest -m gpu -q -x -p no:cacheprovider ${TESTS:-tests/} -k "${TESTK:-}" 2>&1 | tail -30 > "$OUT/gpu_tests.txt"
+  timeout ${TESTS_TIMEOUT:-450} python3 -m pytest -m gpu -q -x -p no:cacheprovider ${TESTS:-tests/} -k "${TESTK:-}" 2>&1 | tail -30 > "$OUT/gpu_tests.txt"
   tail -12 "$OUT/gpu_tests.txt"
 fi
 if [[ $STEPS == *bench1* ]]; then
