@@ -382,11 +382,13 @@ class Reader:
     def header(self) -> dict:
         return self.meta["header"]
 
-    def batches(self, columns: list[str] | None = None, dictionary: bool = False, inert: dict | None = None):
+    def batches(self, columns: list[str] | None = None, dictionary: bool = False, inert: dict | None = None,
+                group=None):
         """``dictionary``: a Parquet file's string columns (not ``json``) as dictionary arrays, as they are
         stored: no string is built (the vectorized readers take their codes). ``inert``: column -> test of a
         Parquet row group's statistics of it (``test(stats, num_values)``, of its first leaf); where it passes,
-        the column is not read but comes all null (the caller's promise: it cannot tell them apart)."""
+        the column is not read but comes all null (the caller's promise: it cannot tell them apart).
+        ``group(ParquetFile, k)``: whether to read Parquet row group k at all (window.py; default: all)."""
         if self.kind == "parquet":
             pf = self._pf
             if dictionary:
@@ -401,6 +403,8 @@ class Reader:
             inert = inert if inert and columns is None and not self.old else None
             fields, nulls = pf.schema_arrow, {}
             for k in range(pf.num_row_groups):
+                if group is not None and not group(pf, k):
+                    continue
                 try:
                     skip = _inert_columns(pf, k, inert) if inert else ()
                     want = (have if self.old else columns) if not skip else [

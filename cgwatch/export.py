@@ -66,6 +66,7 @@ from cgwatch import records as R
 from cgwatch.errors import CgwatchError
 from cgwatch.event_text import event_text
 from cgwatch.trace import _sniff, iter_numbered, open_trace, read_header, trace_files
+from cgwatch.window import Window
 
 MAX_NS = 1 << 53   # a time or duration past this (104 days) is drawn as this: int64 ns must not overflow
 FORMATS = {"perfetto": ".perfetto.json", "pftrace": ".pftrace", "csv": ".csv"}
@@ -130,25 +131,38 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output file, '-' for stdout (default: the trace's name with .pftrace / .perfetto.json / "
                         ".csv, in the current directory)")
+    p.add_argument("--from", dest="start", metavar="T",
+                   help="only the records from this time of the run on (seconds since its start, or like 90s, "
+                        "15m, 1h30m)")
+    p.add_argument("--to", dest="end", metavar="T", help="only the records up to this time of the run")
     p.set_defaults(func=run)
 
 
 def run(a) -> int:
+    window = Window.of(getattr(a, "start", None), getattr(a, "end", None))   # bad times: one line
     header = read_header(a.trace)          # missing, unreadable or not a trace: TraceError, one line
     out = a.output or default_output(a.trace, a.format)
     if out != "-" and os.path.exists(out) and os.path.samefile(out, a.trace):
         raise CgwatchError(f"output {out} is the trace itself; choose another with -o")
+    if window is not None:   # the files' metadata say which part of the run they hold
+        header = {**header, EXPORT_WINDOW: window.label()}
     # a compact trace: screened a column batch at a time (fold.py) and written from its columns (CSV:
     # export_columnar.py; Perfetto JSON: perfetto_columnar.py, unless a record comes later than _InOrder's
     # window; pftrace: export_pftrace.py, which also takes a JSON Lines trace encoded into columns). CSV and
     # pftrace to a file: the screen and the export in one pass (_one_pass), else a pass that screens first.
+    # A window (--from / --to): a compact trace read with only its rows (window.py), a JSON Lines one with
+    # the other lines left out like untrusted ones.
     tr = open_trace(a.trace) if all(_sniff(p) != "jsonl" for p in trace_files(a.trace)) else None
+    if tr is not None:
+        tr.window = window
     with _output(out, binary=a.format == "pftrace") as f:
         done = _one_pass(a.format, a.trace, tr, header, f) if tr is not None and out != "-" else None
         if done is not None:
             summary, screen = done
         else:
-            summary, screen = _two_passes(a.format, a.trace, tr, header, f)
+            summary, screen = _two_passes(a.format, a.trace, tr, header, f, window)
+    if window is not None:
+        summary = summary.replace(PARTIAL, "no end record in the window") + f", window {window.label()}"
     if screen.warning():
         print(f"cgwatch: warning: {screen.warning()}", file=sys.stderr)
     for w in tr.damage() if tr is not None else ():   # found by the passes above: read up to there
@@ -183,7 +197,7 @@ def _one_pass(fmt: str, trace: str, tr, header: dict, f) -> tuple[str, R.Screen]
     return _csv_summary(rows, columns, scr.skipped), scr.screen
 
 
-def _two_passes(fmt: str, trace: str, tr, header: dict, f) -> tuple[str, R.Screen]:
+def _two_passes(fmt: str, trace: str, tr, header: dict, f, window=None) -> tuple[str, R.Screen]:
     """Any export of any trace: the screen's pass first (a compact trace's: fold.screen; JSON Lines:
     records.screen), then the export's: (summary, the Screen)."""
     bad = None
@@ -194,10 +208,14 @@ def _two_passes(fmt: str, trace: str, tr, header: dict, f) -> tuple[str, R.Scree
         scr = fold_screen(tr)
         screen, bad = scr.screen, scr.bad
         skip = frozenset(np.flatnonzero(bad).tolist())
-    else:
-        skip, screen = screen_trace(trace)
+    else:   # a window: the records in it, screened on their own (as a compact trace's window is)
+        outside = window.outside(iter_numbered(trace)) if window is not None else frozenset()
+        skip, screen = screen_trace(trace, outside)
+    untrusted = len(skip)
+    if tr is None and window is not None:
+        skip = skip | outside
     if fmt == "pftrace":
-        return _export_pftrace(trace, tr, header, f, bad, skip), screen
+        return _export_pftrace(trace, tr, header, f, bad, skip, untrusted), screen
     if fmt == "perfetto":
         from cgwatch import perfetto_columnar
         if tr is not None and perfetto_columnar.in_order(tr, bad):
@@ -205,15 +223,15 @@ def _two_passes(fmt: str, trace: str, tr, header: dict, f) -> tuple[str, R.Scree
             perfetto_columnar.export(tr, w, bad)
             w.close(trace, header, late=0)
             return _perfetto_summary(w, len(skip), 0), screen
-        return export_perfetto(trace, header, f, skip), screen
+        return export_perfetto(trace, header, f, skip, untrusted), screen
     if tr is not None:
         from cgwatch import export_columnar
         rows, columns = export_columnar.export_csv(tr, f, bad, STEP_COLUMNS, csv_cells)
         return _csv_summary(rows, columns, screen.count), screen
-    return export_csv(trace, f, skip), screen
+    return export_csv(trace, f, skip, untrusted), screen
 
 
-def _export_pftrace(trace: str, tr, header: dict, out, bad, skip: frozenset) -> str:
+def _export_pftrace(trace: str, tr, header: dict, out, bad, skip: frozenset, skipped: int) -> str:
     """Perfetto's protobuf trace (export_pftrace.py) from the columns of a compact trace (``tr``; ``bad``: the
     rows screened out), or of a JSON Lines one (less the lines in ``skip``) encoded into columns first."""
     import numpy as np
@@ -223,14 +241,15 @@ def _export_pftrace(trace: str, tr, header: dict, out, bad, skip: frozenset) -> 
         tr = export_pftrace.RecordTable(_records(trace, skip))
         bad = np.zeros(tr.rows, dtype=bool)
     counts, complete = export_pftrace.export(tr, out, header, bad, trace)
-    return _timeline_summary(counts, f"{counts['packets']:,} packets", len(skip), complete)
+    return _timeline_summary(counts, f"{counts['packets']:,} packets", skipped, complete)
 
 
-def screen_trace(trace: str) -> tuple[frozenset, R.Screen]:
-    """The line numbers of the records that cannot be trusted (records.screen) and the Screen that says so."""
+def screen_trace(trace: str, leave: frozenset = frozenset()) -> tuple[frozenset, R.Screen]:
+    """The line numbers of the records that cannot be trusted (records.screen) and the Screen that says so;
+    the lines in ``leave`` are not screened (a window's others)."""
     files = trace_files(trace)
     word = "line" if len(files) == 1 and _sniff(files[0]) == "jsonl" else "row"   # a compact trace: its rows
-    bad, screen = R.screen((n, f"{word} {n}", rec) for n, rec in iter_numbered(trace))
+    bad, screen = R.screen((n, f"{word} {n}", rec) for n, rec in iter_numbered(trace) if n not in leave)
     return frozenset(bad), screen
 
 
@@ -284,9 +303,9 @@ def _unlink(path: str) -> None:
 
 # ---- CSV ----
 
-def export_csv(trace: str, out: IO[str], skip: frozenset = frozenset()) -> str:
-    """One row per step record (less the lines in ``skip``). Two streaming passes: the first finds step
-    fields beyond the schema."""
+def export_csv(trace: str, out: IO[str], skip: frozenset = frozenset(), skipped: int | None = None) -> str:
+    """One row per step record (less the lines in ``skip``; ``skipped``: how many of them the summary counts as
+    untrusted, default all). Two streaming passes: the first finds step fields beyond the schema."""
     extra: dict[str, None] = {}
     ranks = 0
     for rec in _records(trace, skip):
@@ -302,7 +321,7 @@ def export_csv(trace: str, out: IO[str], skip: frozenset = frozenset()) -> str:
         if rec["type"] == R.STEP:
             w.writerow(csv_cells(rec, columns))
             rows += 1
-    return _csv_summary(rows, len(columns), len(skip))
+    return _csv_summary(rows, len(columns), len(skip) if skipped is None else skipped)
 
 
 def _csv_summary(rows: int, columns: int, skipped: int) -> str:
@@ -358,17 +377,22 @@ def _is_number(v) -> bool:
 
 # ---- Perfetto ----
 
-def export_perfetto(trace: str, header: dict, out: IO[str], skip: frozenset = frozenset()) -> str:
+def export_perfetto(trace: str, header: dict, out: IO[str], skip: frozenset = frozenset(),
+                    skipped: int | None = None) -> str:
     ordered = _InOrder(_records(trace, skip))
     w = _PerfettoWriter(out, header)
     for rec in ordered:
         w.add(rec)
     w.close(trace, header, late=ordered.late)
-    return _perfetto_summary(w, len(skip), ordered.late)
+    return _perfetto_summary(w, len(skip) if skipped is None else skipped, ordered.late)
 
 
 def _perfetto_summary(w: "_PerfettoWriter", skipped: int, late: int) -> str:
     return _timeline_summary(w.counts, f"{w.events:,} events", skipped, w.end is not None, late)
+
+
+PARTIAL = "no end record: partial trace"
+EXPORT_WINDOW = "export_window"   # a header key of an export of a window (--from / --to): its label
 
 
 def _timeline_summary(c: Counter, events: str, skipped: int, complete: bool, late: int = 0) -> str:
@@ -380,7 +404,7 @@ def _timeline_summary(c: Counter, events: str, skipped: int, complete: bool, lat
     if c["skipped"]:
         parts.append(f"{c['skipped']:,} records of unknown types left out")
     if not complete:
-        parts.append("no end record: partial trace")
+        parts.append(PARTIAL)
     if late:
         parts.append(f"{late} records out of order")
     return ", ".join(parts)
@@ -605,6 +629,7 @@ class _PerfettoWriter:
                 "complete": self.end is not None, "outcome": (self.end or {}).get("outcome"),
                 "time_origin": "ts 0 = the run's t = 0 (µs)", "gpu_placement": GPU_PLACEMENT,
                 "capture_placement": CAPTURE_PLACEMENT, "late_records": late,
+                **({"window": header[EXPORT_WINDOW]} if header.get(EXPORT_WINDOW) else {}),
                 "counts": dict(sorted(self.counts.items())) | {"events": self.events}}
         self.out.write('\n],\n"displayTimeUnit":"ms",\n"metadata":')
         self.out.write(json.dumps(_json_safe(meta), separators=(",", ":"), allow_nan=False))

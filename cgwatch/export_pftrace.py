@@ -39,8 +39,8 @@ from . import records as R
 from .event_text import event_text
 from .fold import INERT as SCREEN_INERT
 from .fold import _no_values, always, inert_to_both
-from .export import (REORDER_WINDOW_S, ALERTS, CAPTURE_PLACEMENT, EVENTS, GPU, GPU_PLACEMENT, GRAPH_EVENTS, GRAPHS, HOST,
-                     SAMPLE_COUNTERS, TRACKS, _args, _process_name, _short)
+from .export import (REORDER_WINDOW_S, ALERTS, CAPTURE_PLACEMENT, EVENTS, EXPORT_WINDOW, GPU, GPU_PLACEMENT,
+                     GRAPH_EVENTS, GRAPHS, HOST, SAMPLE_COUNTERS, TRACKS, _args, _process_name, _short)
 from .slice_placement import Placer, ns, placement
 from .read_ahead import ahead
 from .protowire import Rows, field_bytes, field_double, field_varint
@@ -553,6 +553,7 @@ def export(trace, out, header: dict, bad: np.ndarray | None, source: str, screen
             "outcome": (events.end or {}).get("outcome"), "time_origin": "ts 0 = the run's t = 0",
             "gpu_placement": GPU_PLACEMENT, "capture_placement": CAPTURE_PLACEMENT,
             "slices_touching": "a slice that would start where the previous one on its track ended starts 1 ns later",
+            **({"window": header[EXPORT_WINDOW]} if header.get(EXPORT_WINDOW) else {}),
             "counts": json.dumps(dict(counts), separators=(",", ":"), sort_keys=True)}
     info = _one(0, INSTANT, decl.slices(EVENTS), "export info", meta)
     out.write(decl.take() + info)

@@ -266,12 +266,16 @@ class Trace:
         self.notes = notes or []            # one-line warnings about the set of parts
         self._screened: Screened | None = None
         self._loaded = compact is None
+        self.window = None                  # a compact trace: window.Window, the rows batches() yields
 
     # -- compact traces: decoded on first use ---------------------------------------------------------
     def batches(self, columns: list[str] | None = None, dictionary: bool = False, inert: dict | None = None):
         """The table's record batches over all parts, in order (compact traces only); ``dictionary``: string
         columns as dictionary arrays where the file stores them so; ``inert``: columns read as all null where
         a Parquet row group's statistics allow (columnar.Reader.batches)."""
+        if self.window is not None:   # only the window's rows (window.py)
+            yield from self.window.batches(self.compact or (), columns, dictionary, inert)
+            return
         for r in self.compact or ():
             r.rows = 0
             r.damage = None

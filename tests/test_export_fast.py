@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from cgwatch import columnar as C
 from cgwatch import export_columnar, perfetto_columnar
 from cgwatch import records as R
 from cgwatch.cli import main
@@ -66,6 +67,16 @@ def _write(path, recs) -> None:
     with TraceWriter(path, {"model": {"name": "x"}, "gpu": "cpu"}) as w:
         for r in recs:
             w.write(r)
+
+
+def _compact(tmp_path, recs, monkeypatch, name="t", ext=".parquet", rows=97) -> str:
+    """The records as a compact trace of many small batches (``rows`` a row group)."""
+    jl = tmp_path / f"{name}.jsonl"
+    _write(jl, recs)
+    out = str(tmp_path / f"{name}{ext}")
+    monkeypatch.setattr(C, "COMPACT_ROWS", rows)
+    convert(str(jl), out)
+    return out
 
 
 def _export(path, fmt, out, capsys) -> bytes:

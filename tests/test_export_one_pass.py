@@ -20,18 +20,8 @@ from cgwatch.slice_placement import Placer, placement
 from cgwatch.trace import open_trace, read_header
 
 from pftrace_read import read
-from test_export_fast import _write
+from test_export_fast import _compact
 from test_fold import synthetic
-
-
-def _compact(tmp_path, recs, monkeypatch, name="t", ext=".parquet", rows=97) -> str:
-    """The records as a compact trace of many small batches (``rows`` a row group)."""
-    jl = tmp_path / f"{name}.jsonl"
-    _write(jl, recs)
-    out = str(tmp_path / f"{name}{ext}")
-    monkeypatch.setattr(C, "COMPACT_ROWS", rows)
-    convert(str(jl), out)
-    return out
 
 
 def _both(path: str, fmt: str, tmp_path, monkeypatch) -> tuple[bytes, bytes, int]:

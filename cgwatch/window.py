@@ -1,0 +1,149 @@
+"""A time window of a trace (``cgwatch export --from T --to T``): the records whose time falls in it.
+
+A record's time is its ``t`` (seconds since the run's start); one without a number t takes the newest t
+before it (the timeline exports' sort key: perfetto_columnar._t_keys). The window keeps the records with
+``lo <= time <= hi``; the trace's header always comes along. A compact trace is filtered as it is read
+(``Window.batches``: every pass of a command sees the same rows), a Parquet row group whose t statistics lie
+more than MARGIN_S outside the window is not read at all; a JSON Lines trace by its line numbers
+(``Window.outside``). So a minute of a day-long trace exports in about the time a minute-long trace takes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from .errors import CgwatchError
+
+# a row group is skipped only when its t statistics are this far outside the window: a record's t may come
+# a few seconds out of order (a step's record waits for its GPU time), and rows kept as JSON carry their t in
+# the JSON, not in the statistics
+MARGIN_S = 60.0
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)?")
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, None: 1.0}
+
+
+def parse_time(text: str, flag: str) -> float:
+    """Seconds from "90", "90s", "1.5m", "2h", "1h30m", "250ms" (a time since the run's start)."""
+    s = text.strip().lower().replace(" ", "")
+    pos, total, units = 0, 0.0, 0
+    while pos < len(s):
+        m = _PART.match(s, pos)
+        if not m or (m.group(2) is None and (pos or m.end() != len(s))):   # a bare number: the whole text
+            raise CgwatchError(f"{flag} {text!r}: not a time (seconds, or like 90s, 15m, 1h30m)")
+        total += float(m.group(1)) * _UNIT[m.group(2)]
+        pos, units = m.end(), units + 1
+    if not units or not math.isfinite(total):
+        raise CgwatchError(f"{flag} {text!r}: not a time (seconds, or like 90s, 15m, 1h30m)")
+    return total
+
+
+@dataclass(frozen=True)
+class Window:
+    lo: float = -math.inf   # s, inclusive
+    hi: float = math.inf
+
+    @classmethod
+    def of(cls, start: str | None, end: str | None) -> "Window | None":
+        """The window of ``--from`` / ``--to`` (None: neither given)."""
+        if start is None and end is None:
+            return None
+        w = cls(-math.inf if start is None else parse_time(start, "--from"),
+                math.inf if end is None else parse_time(end, "--to"))
+        if w.lo > w.hi:
+            raise CgwatchError(f"--from {start} is after --to {end}")
+        return w
+
+    def label(self) -> str:
+        """"120-180 s", "from 120 s", "to 180 s"."""
+        def num(x: float) -> str:
+            return f"{x:g}"
+        if self.lo == -math.inf:
+            return f"to {num(self.hi)} s"
+        if self.hi == math.inf:
+            return f"from {num(self.lo)} s"
+        return f"{num(self.lo)}-{num(self.hi)} s"
+
+    def keep(self, key: np.ndarray) -> np.ndarray:
+        return (key >= self.lo) & (key <= self.hi)
+
+    # -- a compact trace ------------------------------------------------------------------------------
+    def batches(self, readers, columns: list[str] | None, dictionary: bool, inert: dict | None):
+        """The batches of ``readers`` (columnar.Reader, the parts of a run in order; Trace.batches) with only
+        the window's rows; row groups well outside it are not read."""
+        newest = [-math.inf]
+        for r in readers:
+            r.rows = 0
+            r.damage = None
+            yield from self._part(r, columns, dictionary, inert, newest)
+
+    def _part(self, reader, columns, dictionary, inert, newest: list):
+        from . import arrow_np as A
+        from . import columnar as C
+        from .perfetto_columnar import _t_keys
+        want = None if columns is None else list(dict.fromkeys([*columns, "t_us", "json"]))
+
+        def group(pf, k: int) -> bool:   # read row group k? (skipped ones still move ``newest`` on)
+            lo_hi = _t_range(pf, k)
+            if lo_hi is None:
+                return True
+            t0, t1 = lo_hi
+            if t1 < self.lo - MARGIN_S or t0 > self.hi + MARGIN_S:
+                newest[0] = max(newest[0], t1)
+                return False
+            return True
+
+        for b in reader.batches(want, dictionary, inert, group=group):
+            t = A.ints(b.column("t_us"), 0) / 1e6
+            t[A.null(b.column("t_us"))] = np.nan
+            js = b.column("json")
+            for r in np.flatnonzero(~A.null(js)).tolist():   # a row kept as JSON has its t in the JSON
+                v = C._decode_json(js[r].as_py()).get("t")
+                t[r] = v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else np.nan
+            key = _t_keys(t, newest[0])
+            if len(key):
+                newest[0] = max(newest[0], float(key.max()))
+            ok = self.keep(key)
+            if not ok.any():
+                continue
+            if not ok.all():
+                b = b.filter(_mask(ok))
+            yield b if columns is None else b.select(columns)
+
+    # -- a JSON Lines trace ---------------------------------------------------------------------------
+    def outside(self, numbered: Iterable[tuple[int, dict]]) -> frozenset:
+        """The line numbers of the records outside the window (the header never is)."""
+        out, newest = [], -math.inf
+        for n, rec in numbered:
+            t = rec.get("t")
+            if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
+                newest = max(newest, float(t))
+            else:
+                t = max(newest, 0.0)
+            if not self.lo <= t <= self.hi:
+                out.append(n)
+        return frozenset(out)
+
+
+def _mask(ok: np.ndarray):
+    """A boolean Arrow array of ``ok``."""
+    import pyarrow as pa
+    return pa.Array.from_buffers(pa.bool_(), len(ok), [None, pa.py_buffer(np.packbits(ok, bitorder="little"))])
+
+
+def _t_range(pf, k: int) -> tuple[float, float] | None:
+    """Row group k's least and greatest t (s) by its statistics, None where they say nothing."""
+    leaf = getattr(pf, "_t_leaf", None)
+    if leaf is None:
+        names = [pf.metadata.schema.column(j).path for j in range(pf.metadata.num_columns)]
+        leaf = pf._t_leaf = names.index("t_us") if "t_us" in names else -1
+    if leaf < 0:
+        return None
+    st = pf.metadata.row_group(k).column(leaf).statistics
+    if st is None or not st.has_min_max:
+        return None
+    return st.min / 1e6, st.max / 1e6

@@ -1,0 +1,133 @@
+"""``cgwatch export --from T --to T``: a window of the run, exported as a trace of its own (window.py). Its
+file equals the export of a trace made of only the window's records (a record's time: its t, or the newest
+t before it), for every format and every kind of trace file; a Parquet trace's row groups far outside the
+window are not read; bad times are one line and exit 2."""
+
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+
+from cgwatch.cli import main
+from cgwatch.errors import CgwatchError
+from cgwatch.window import MARGIN_S, Window, parse_time
+
+from test_export_fast import _compact, _write
+from test_fold import synthetic
+
+SPREAD = 100.0   # the synthetic run's ~4 s stretched to ~400 s: row groups lie minutes apart
+
+
+def _spread(recs: list[dict]) -> list[dict]:
+    return [{**r, "t": round(r["t"] * SPREAD, 6)} if isinstance(r.get("t"), (int, float)) and
+            not isinstance(r.get("t"), bool) and math.isfinite(r["t"]) else r for r in recs]
+
+
+def _inside(recs: list[dict], lo: float, hi: float) -> list[dict]:
+    """The records a window keeps: by t, or the newest t before a record without one."""
+    out, newest = [], -math.inf
+    for r in recs:
+        t = r.get("t")
+        if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
+            newest = max(newest, t)
+        else:
+            t = max(newest, 0.0)
+        if lo <= t <= hi:
+            out.append(r)
+    return out
+
+
+def _drawn(path, fmt: str, out, argv=()) -> object:
+    assert main(["export", str(path), "--format", fmt, "-o", str(out), *argv]) == 0
+    data = out.read_bytes()
+    if fmt == "pftrace":
+        from pftrace_read import read   # (skips where Perfetto's protos are not installed)
+        got = read(data)
+        got.pop("info", None)
+        return {k: v for k, v in got.items() if k != "meta"}
+    if fmt == "perfetto":
+        doc = json.loads(data)
+        return doc["traceEvents"], doc["metadata"].get("window")
+    return data
+
+
+@pytest.mark.parametrize("fmt", ["csv", "perfetto", "pftrace"])
+@pytest.mark.parametrize("ext", [".parquet", ".arrows", ".jsonl"])
+@pytest.mark.parametrize("bad", [False, True])
+def test_a_window_exports_what_a_trace_of_its_records_exports(fmt, ext, bad, tmp_path, monkeypatch, capsys):
+    recs = _spread(synthetic(7, n=1500, bad=bad))
+    lo, hi = 120.0, 250.0
+    if ext == ".jsonl":
+        path = tmp_path / "t.jsonl"
+        _write(path, recs)
+    else:
+        path = _compact(tmp_path, recs, monkeypatch, ext=ext, rows=97)
+    alone = tmp_path / "alone.jsonl"   # the window's records as a trace of their own, without the end record
+    _write(alone, _inside(recs, lo, hi))   # (the run's end, at t ~0.01 s of the writer's clock, is not in it)
+    lines = alone.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["type"] == "end"
+    alone.write_text("".join(lines[:-1]))
+    got = _drawn(path, fmt, tmp_path / f"w.{fmt}", ["--from", "2m", "--to", "250"])
+    want = _drawn(alone, fmt, tmp_path / f"a.{fmt}")
+    if fmt == "perfetto":
+        assert got[1] == "120-250 s" and want[1] is None
+        got, want = got[0], want[0]
+    assert got == want
+    err = capsys.readouterr().err
+    assert "window 120-250 s" in err and "no end record in the window" in err or fmt == "csv"
+
+
+def test_a_parquet_window_reads_only_the_row_groups_near_it(tmp_path, monkeypatch, capsys):
+    path = _compact(tmp_path, _spread(synthetic(8, n=3000, bad=False)), monkeypatch, rows=100)
+    groups = pq.ParquetFile(path).num_row_groups
+    read_groups = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
+                        lambda self, k, *a, **kw: read_groups.append(k) or real(self, k, *a, **kw))
+    assert main(["export", path, "--format", "csv", "--from", "300", "--to", "310", "-o",
+                 str(tmp_path / "w.csv")]) == 0
+    rows = (tmp_path / "w.csv").read_text().splitlines()[1:]
+    assert rows and all(300 <= float(r.split(",")[1]) <= 310 for r in rows)
+    # ~4 groups a minute of this run: those within MARGIN_S of the window, each read by both passes
+    near = len(set(read_groups))
+    assert 0 < near < groups / 2, (near, groups)
+    meta = pq.ParquetFile(path).metadata
+    t_col = [meta.schema.column(j).path for j in range(meta.num_columns)].index("t_us")
+    for k in set(read_groups):
+        st = meta.row_group(k).column(t_col).statistics
+        assert st.max / 1e6 >= 300 - MARGIN_S and st.min / 1e6 <= 310 + MARGIN_S
+
+
+def test_a_window_past_the_run_writes_an_empty_export(tmp_path, monkeypatch, capsys):
+    path = _compact(tmp_path, _spread(synthetic(9, n=300, bad=False)), monkeypatch)
+    assert main(["export", path, "--format", "csv", "--from", "10h", "-o", str(tmp_path / "w.csv")]) == 0
+    assert len((tmp_path / "w.csv").read_text().splitlines()) == 1   # the header row
+    assert "0 step rows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90.0), ("90s", 90.0), ("1.5m", 90.0), ("2h", 7200.0),
+                                          ("1h30m", 5400.0), ("250ms", 0.25), (".5", 0.5), ("1m 30s", 90.0)])
+def test_times(text, seconds):
+    assert parse_time(text, "--from") == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "10x", "-5", "1e3", "5 minutes", "m", "nan", "1h30"])
+def test_bad_times(text):
+    with pytest.raises(CgwatchError, match="--from"):
+        parse_time(text, "--from")
+
+
+@pytest.mark.parametrize("argv,msg", [(["--from", "soon"], "not a time"), (["--from", "5m", "--to", "1m"], "after")])
+def test_bad_windows_are_one_line(argv, msg, tmp_path, capsys):
+    assert main(["export", "sample:llama1b_live_h100", "--format", "csv", "-o", str(tmp_path / "w.csv"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "w.csv").exists()
+
+
+def test_window_labels():
+    assert Window.of(None, None) is None
+    assert Window.of("2m", None).label() == "from 120 s"
+    assert Window.of(None, "90").label() == "to 90 s"
+    assert Window.of("0", "1.5").label() == "0-1.5 s"
