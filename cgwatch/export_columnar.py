@@ -199,10 +199,11 @@ _TZ = None   # the number of trailing zeros (at most 5) of each 6-digit fraction
 
 def _trailing_zeros(frac: np.ndarray) -> np.ndarray:
     global _TZ
-    if _TZ is None:
-        _TZ = np.zeros(10 ** 6, np.int8)
+    if _TZ is None:   # built whole before it is shared: the builder threads may both get here first
+        tz = np.zeros(10 ** 6, np.int8)
         for k in range(1, 6):
-            _TZ[::10 ** k] = k
+            tz[::10 ** k] = k
+        _TZ = tz
     return _TZ[frac]
 
 

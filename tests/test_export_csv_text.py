@@ -103,3 +103,24 @@ def test_tensor_parallel_nan_and_infinity_are_empty(tmp_path):
     got = io.StringIO()
     export_columnar.export_csv(tr, got, np.zeros_like(screen(tr).bad), E.STEP_COLUMNS, E.csv_cells)
     assert got.getvalue() == want.getvalue() and "inf" not in want.getvalue() and "nan" not in want.getvalue()
+
+
+def test_the_trailing_zeros_table_is_whole_to_every_builder_thread(monkeypatch):
+    """The table the t column's text uses is built on first use, which the two builder threads may reach at
+    once: neither may see it half built (a test's first export wrote some t with their zeros)."""
+    import threading
+    frac = np.arange(10 ** 6, dtype=np.int64)
+    want = np.array([len(str(f)) - len(str(f).rstrip("0")) if f else 5 for f in range(10 ** 6)], np.int8)
+    for _ in range(5):
+        monkeypatch.setattr(export_columnar, "_TZ", None)
+        go, got = threading.Barrier(2), [None, None]
+
+        def build(k: int) -> None:
+            go.wait()
+            got[k] = export_columnar._trailing_zeros(frac)
+        threads = [threading.Thread(target=build, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(np.array_equal(g, want) for g in got)
