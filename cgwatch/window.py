@@ -3,8 +3,9 @@
 A record's time is its ``t`` (seconds since the run's start); one without a number t takes the newest t
 before it (the timeline exports' sort key: perfetto_columnar._t_keys). The window keeps the records with
 ``lo <= time <= hi``; the trace's header always comes along. A compact trace is filtered as it is read
-(``Window.batches``: every pass of a command sees the same rows), a Parquet row group whose t statistics lie
-more than MARGIN_S outside the window is not read at all; a JSON Lines trace by its line numbers
+(``Window.batches``: every pass of a command sees the same rows): a Parquet row group whose t statistics lie
+more than MARGIN_S outside the window is not read at all, nor is such a batch of an Arrow IPC stream (the
+stream indexed once: where each batch starts, its t range); a JSON Lines trace by its line numbers
 (``Window.outside``). So a minute of a day-long trace exports in about the time a minute-long trace takes.
 """
 
@@ -87,8 +88,7 @@ class Window:
         from .perfetto_columnar import _t_keys
         want = None if columns is None else list(dict.fromkeys([*columns, "t_us", "json"]))
 
-        def group(pf, k: int) -> bool:   # read row group k? (skipped ones still move ``newest`` on)
-            lo_hi = _t_range(pf, k)
+        def near(lo_hi) -> bool:   # read a group of this t range? (skipped ones still move ``newest`` on)
             if lo_hi is None:
                 return True
             t0, t1 = lo_hi
@@ -97,7 +97,11 @@ class Window:
                 return False
             return True
 
-        for b in reader.batches(want, dictionary, inert, group=group):
+        if reader.kind == "parquet":
+            read = _parquet_batches(reader, want, dictionary, inert, near)
+        else:
+            read = _stream_batches(reader, want, near)
+        for b in read:
             t = A.ints(b.column("t_us"), 0) / 1e6
             t[A.null(b.column("t_us"))] = np.nan
             js = b.column("json")
@@ -133,6 +137,48 @@ def _mask(ok: np.ndarray):
     """A boolean Arrow array of ``ok``."""
     import pyarrow as pa
     return pa.Array.from_buffers(pa.bool_(), len(ok), [None, pa.py_buffer(np.packbits(ok, bitorder="little"))])
+
+
+def _parquet_batches(reader, columns: list[str] | None, dictionary: bool, inert: dict | None, near):
+    """A Parquet file's row groups for which ``near(their t range)`` holds; a damaged one ends the read with
+    the reader's ``rows`` those of the groups before it, as its own read counts them."""
+    at = [0]
+
+    def group(pf, k: int) -> bool:
+        at[0] = k
+        return near(_t_range(pf, k))
+    yield from reader.batches(columns, dictionary, inert, group=group)
+    if reader.damage:
+        md = reader._pf.metadata
+        reader.rows = sum(md.row_group(k).num_rows for k in range(at[0]))
+
+
+def _stream_batches(reader, columns: list[str] | None, near):
+    """An Arrow IPC stream's batches for which ``near(their t range)`` holds, read by seeking to them: the
+    stream is indexed once (where each batch starts, its least and greatest t: only t_us decoded) and kept
+    on the reader; a damaged or truncated stream ends at its last whole batch, with the reader's ``damage``
+    set as its own read sets it."""
+    import pyarrow as pa
+
+    from . import arrow_np as A
+    from .row_groups import _stream_index
+    index = getattr(reader, "_t_index", None)
+    if index is None:
+        ranges = []
+
+        def found(pos, b) -> None:
+            t = A.ints(b.column("t_us"), 0)[~A.null(b.column("t_us"))]
+            ranges.append((pos, (t.min() / 1e6, t.max() / 1e6) if len(t) else None))
+        batches, damage = _stream_index(reader.path, found, ["t_us"])
+        index = reader._t_index = (ranges, damage, sum(rows for _, rows in batches))
+    ranges, damage, rows = index
+    src = pa.memory_map(reader.path)
+    schema = pa.ipc.open_stream(src).schema
+    for pos, lo_hi in ranges:
+        if near(lo_hi):
+            src.seek(pos)
+            yield reader._fit(pa.ipc.read_record_batch(pa.ipc.read_message(src), schema), columns)
+    reader.damage, reader.rows = damage, rows   # the stream's, as a whole read says them
 
 
 def _t_range(pf, k: int) -> tuple[float, float] | None:

@@ -131,3 +131,40 @@ def test_window_labels():
     assert Window.of("2m", None).label() == "from 120 s"
     assert Window.of(None, "90").label() == "to 90 s"
     assert Window.of("0", "1.5").label() == "0-1.5 s"
+
+
+def test_a_cut_stream_exports_its_window_up_to_the_last_whole_batch(tmp_path, monkeypatch, capsys):
+    path = _compact(tmp_path, _spread(synthetic(10, n=1500, bad=False)), monkeypatch, ext=".arrows", rows=97)
+    data = open(path, "rb").read()
+    cut = tmp_path / "cut.arrows"
+    cut.write_bytes(data[:len(data) * 2 // 3])
+    assert main(["export", str(cut), "--format", "csv", "-o", str(tmp_path / "all.csv")]) == 0
+    whole = capsys.readouterr().err
+    assert main(["export", str(cut), "--format", "csv", "--from", "0", "-o", str(tmp_path / "w.csv")]) == 0
+    err = capsys.readouterr().err
+    assert (tmp_path / "w.csv").read_bytes() == (tmp_path / "all.csv").read_bytes()
+    warning = [line for line in whole.splitlines() if "warning" in line]
+    assert warning and [line for line in err.splitlines() if "warning" in line] == warning
+    # a window of its first minutes reads only the batches near it, and still says where the stream ends
+    assert main(["export", str(cut), "--format", "csv", "--to", "60", "-o", str(tmp_path / "w2.csv")]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if "warning" in line] == warning
+    rows = (tmp_path / "w2.csv").read_text().splitlines()[1:]
+    assert rows and all(float(r.split(",")[1]) <= 60 for r in rows)
+
+
+def test_a_damaged_parquet_row_group_in_the_window_is_said_as_a_whole_read_says_it(tmp_path, monkeypatch, capsys):
+    path = _compact(tmp_path, _spread(synthetic(11, n=1500, bad=False)), monkeypatch, rows=97)
+    md = pq.ParquetFile(path).metadata
+    k = md.num_row_groups // 2
+    rg = md.row_group(k)
+    start = min(rg.column(j).data_page_offset for j in range(rg.num_columns))
+    data = bytearray(open(path, "rb").read())
+    data[start:start + rg.total_byte_size] = b"\xff" * rg.total_byte_size   # the group's pages garbled
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(bytes(data))
+    assert main(["export", str(bad), "--format", "csv", "-o", str(tmp_path / "all.csv")]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warning and f"row group {k} of" in warning[0]
+    # the groups before 90 s are not read: the rows before the damage are counted from the file's metadata
+    assert main(["export", str(bad), "--format", "csv", "--from", "150", "-o", str(tmp_path / "w.csv")]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if "warning" in line] == warning
