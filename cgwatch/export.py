@@ -66,7 +66,7 @@ from cgwatch import records as R
 from cgwatch.errors import CgwatchError
 from cgwatch.event_text import event_text
 from cgwatch.trace import _sniff, iter_numbered, open_trace, read_header, trace_files
-from cgwatch.window import Window
+from cgwatch.window import Window, latest_t
 
 MAX_NS = 1 << 53   # a time or duration past this (104 days) is drawn as this: int64 ns must not overflow
 FORMATS = {"perfetto": ".perfetto.json", "pftrace": ".pftrace", "csv": ".csv"}
@@ -135,15 +135,19 @@ def add_parser(sub) -> None:
                    help="only the records from this time of the run on (seconds since its start, or like 90s, "
                         "15m, 1h30m)")
     p.add_argument("--to", dest="end", metavar="T", help="only the records up to this time of the run")
+    p.add_argument("--last", metavar="D", help="only the last D of the run (like 10m: up to its latest record)")
     p.set_defaults(func=run)
 
 
 def run(a) -> int:
-    window = Window.of(getattr(a, "start", None), getattr(a, "end", None))   # bad times: one line
+    window = Window.of(getattr(a, "start", None), getattr(a, "end", None), getattr(a, "last", None))   # one line
     header = read_header(a.trace)          # missing, unreadable or not a trace: TraceError, one line
     out = a.output or default_output(a.trace, a.format)
     if out != "-" and os.path.exists(out) and os.path.samefile(out, a.trace):
         raise CgwatchError(f"output {out} is the trace itself; choose another with -o")
+    tr = open_trace(a.trace) if all(_sniff(p) != "jsonl" for p in trace_files(a.trace)) else None
+    if window is not None and window.last is not None:   # the span before the trace's latest t
+        window = window.resolved(latest_t(tr.compact) if tr is not None else Window.latest_of(iter_numbered(a.trace)))
     if window is not None:   # the files' metadata say which part of the run they hold
         header = {**header, EXPORT_WINDOW: window.label()}
     # a compact trace: screened a column batch at a time (fold.py) and written from its columns (CSV:
@@ -152,7 +156,6 @@ def run(a) -> int:
     # pftrace to a file: the screen and the export in one pass (_one_pass), else a pass that screens first.
     # A window (--from / --to): a compact trace read with only its rows (window.py), a JSON Lines one with
     # the other lines left out like untrusted ones.
-    tr = open_trace(a.trace) if all(_sniff(p) != "jsonl" for p in trace_files(a.trace)) else None
     if tr is not None:
         tr.window = window
     with _output(out, binary=a.format == "pftrace") as f:
@@ -161,8 +164,10 @@ def run(a) -> int:
             summary, screen = done
         else:
             summary, screen = _two_passes(a.format, a.trace, tr, header, f, window)
-    if window is not None:
-        summary = summary.replace(PARTIAL, "no end record in the window") + f", window {window.label()}"
+    if window is not None:   # a window that ends before the run's end holds no end record
+        if math.isfinite(window.hi):
+            summary = summary.replace(PARTIAL, "no end record in the window")
+        summary += f", window {window.label()}"
     if screen.warning():
         print(f"cgwatch: warning: {screen.warning()}", file=sys.stderr)
     for w in tr.damage() if tr is not None else ():   # found by the passes above: read up to there

@@ -47,10 +47,15 @@ def parse_time(text: str, flag: str) -> float:
 class Window:
     lo: float = -math.inf   # s, inclusive
     hi: float = math.inf
+    last: float | None = None   # ``--last``: the span before the trace's latest t (``resolved`` sets lo, hi)
 
     @classmethod
-    def of(cls, start: str | None, end: str | None) -> "Window | None":
-        """The window of ``--from`` / ``--to`` (None: neither given)."""
+    def of(cls, start: str | None, end: str | None, last: str | None = None) -> "Window | None":
+        """The window of ``--from`` / ``--to``, or of ``--last`` (None: none given)."""
+        if last is not None:
+            if start is not None or end is not None:
+                raise CgwatchError("--last goes alone, not with --from or --to")
+            return cls(last=parse_time(last, "--last"))
         if start is None and end is None:
             return None
         w = cls(-math.inf if start is None else parse_time(start, "--from"),
@@ -59,10 +64,23 @@ class Window:
             raise CgwatchError(f"--from {start} is after --to {end}")
         return w
 
+    def resolved(self, latest: float | None) -> "Window":
+        """``--last`` made a span: from ``last`` seconds before ``latest`` (the trace's latest step, prefill or
+        sample) to the end, the end record and any later event included; all of a shorter run (or of one
+        with no t)."""
+        if self.last is None:
+            return self
+        if latest is None or latest - self.last <= 0:
+            return Window(last=self.last)
+        return Window(latest - self.last, math.inf, self.last)
+
     def label(self) -> str:
-        """"120-180 s", "from 120 s", "to 180 s"."""
+        """"120-180 s", "from 120 s", "to 180 s", "last 60 s (120-180 s)"."""
         def num(x: float) -> str:
-            return f"{x:g}"
+            return f"{round(x, 6):.6f}".rstrip("0").rstrip(".")
+        if self.last is not None:
+            whole = Window(self.lo).label() if math.isfinite(self.lo) else "all"
+            return f"last {num(self.last)} s ({whole})"
         if self.lo == -math.inf:
             return f"to {num(self.hi)} s"
         if self.hi == math.inf:
@@ -119,6 +137,19 @@ class Window:
             yield b if columns is None else b.select(columns)
 
     # -- a JSON Lines trace ---------------------------------------------------------------------------
+    @staticmethod
+    def latest_of(numbered: Iterable[tuple[int, dict]]) -> float | None:
+        """The latest t of the steps, prefills and samples (latest_t's, which a compact trace's statistics
+        give: not the end record's, a moment after the last step); None: none has one."""
+        from .columnar import KEYS
+        best = None
+        for _, rec in numbered:
+            t = rec.get("t")
+            if rec.get("type") in KEYS and isinstance(t, (int, float)) and not isinstance(t, bool) \
+                    and math.isfinite(t):
+                best = t if best is None else max(best, t)
+        return None if best is None else float(best)
+
     def outside(self, numbered: Iterable[tuple[int, dict]]) -> frozenset:
         """The line numbers of the records outside the window (the header never is)."""
         out, newest = [], -math.inf
@@ -139,6 +170,22 @@ def _mask(ok: np.ndarray):
     return pa.Array.from_buffers(pa.bool_(), len(ok), [None, pa.py_buffer(np.packbits(ok, bitorder="little"))])
 
 
+def latest_t(readers) -> float | None:
+    """The latest t (s) of a compact trace's parts by what their index says: a Parquet file's t statistics,
+    an IPC stream's batches (indexed once, as windows read them). None: none has a t."""
+    best = None
+    for r in readers:
+        if r.kind == "parquet":
+            pf = r._pf
+            ranges = [_t_range(pf, k) for k in range(pf.num_row_groups)]
+        else:
+            ranges = [lo_hi for _, lo_hi in _stream_index_of(r)[0]]
+        for lo_hi in ranges:
+            if lo_hi is not None:
+                best = lo_hi[1] if best is None else max(best, lo_hi[1])
+    return best
+
+
 def _parquet_batches(reader, columns: list[str] | None, dictionary: bool, inert: dict | None, near):
     """A Parquet file's row groups for which ``near(their t range)`` holds; a damaged one ends the read with
     the reader's ``rows`` those of the groups before it, as its own read counts them."""
@@ -153,17 +200,13 @@ def _parquet_batches(reader, columns: list[str] | None, dictionary: bool, inert:
         reader.rows = sum(md.row_group(k).num_rows for k in range(at[0]))
 
 
-def _stream_batches(reader, columns: list[str] | None, near):
-    """An Arrow IPC stream's batches for which ``near(their t range)`` holds, read by seeking to them: the
-    stream is indexed once (where each batch starts, its least and greatest t: only t_us decoded) and kept
-    on the reader; a damaged or truncated stream ends at its last whole batch, with the reader's ``damage``
-    set as its own read sets it."""
-    import pyarrow as pa
-
-    from . import arrow_np as A
-    from .row_groups import _stream_index
+def _stream_index_of(reader) -> tuple[list, str | None, int]:
+    """An IPC stream's (offset, t range or None) per batch, what cut it short (None), its rows: read once,
+    decoding only t_us, and kept on the reader."""
     index = getattr(reader, "_t_index", None)
     if index is None:
+        from . import arrow_np as A
+        from .row_groups import _stream_index
         ranges = []
 
         def found(pos, b) -> None:
@@ -171,7 +214,17 @@ def _stream_batches(reader, columns: list[str] | None, near):
             ranges.append((pos, (t.min() / 1e6, t.max() / 1e6) if len(t) else None))
         batches, damage = _stream_index(reader.path, found, ["t_us"])
         index = reader._t_index = (ranges, damage, sum(rows for _, rows in batches))
-    ranges, damage, rows = index
+    return index
+
+
+def _stream_batches(reader, columns: list[str] | None, near):
+    """An Arrow IPC stream's batches for which ``near(their t range)`` holds, read by seeking to them: the
+    stream is indexed once (where each batch starts, its least and greatest t: only t_us decoded) and kept
+    on the reader; a damaged or truncated stream ends at its last whole batch, with the reader's ``damage``
+    set as its own read sets it."""
+    import pyarrow as pa
+
+    ranges, damage, rows = _stream_index_of(reader)
     src = pa.memory_map(reader.path)
     schema = pa.ipc.open_stream(src).schema
     for pos, lo_hi in ranges:

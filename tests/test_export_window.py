@@ -168,3 +168,38 @@ def test_a_damaged_parquet_row_group_in_the_window_is_said_as_a_whole_read_says_
     # the groups before 90 s are not read: the rows before the damage are counted from the file's metadata
     assert main(["export", str(bad), "--format", "csv", "--from", "150", "-o", str(tmp_path / "w.csv")]) == 0
     assert [line for line in capsys.readouterr().err.splitlines() if "warning" in line] == warning
+
+
+def _latest(recs: list[dict]) -> float:
+    return max(r["t"] for r in recs if r["type"] in ("step", "prefill", "sample"))
+
+
+@pytest.mark.parametrize("ext", [".parquet", ".arrows", ".jsonl"])
+def test_last_exports_the_run_from_that_long_before_its_latest_step(ext, tmp_path, monkeypatch, capsys):
+    recs = _spread(synthetic(12, n=1500, bad=False))
+    if ext == ".jsonl":
+        path = tmp_path / "t.jsonl"
+        _write(path, recs)
+    else:
+        path = _compact(tmp_path, recs, monkeypatch, ext=ext, rows=97)
+    lo = _latest(recs) - 90
+    got = _drawn(path, "csv", tmp_path / "w.csv", ["--last", "1m30s"])
+    want = _drawn(path, "csv", tmp_path / "f.csv", ["--from", repr(round(lo, 6))])
+    assert got == want and got.count(b"\n") > 1
+    err = capsys.readouterr().err
+    assert f"window last 90 s (from {round(lo, 6)} s)" in err
+
+
+def test_last_longer_than_the_run_is_all_of_it_with_its_end(tmp_path, monkeypatch, capsys):
+    path = _compact(tmp_path, _spread(synthetic(13, n=300, bad=False)), monkeypatch)
+    assert _drawn(path, "csv", tmp_path / "w.csv", ["--last", "10h"]) == _drawn(path, "csv", tmp_path / "a.csv")
+    assert "window last 36000 s (all)" in capsys.readouterr().err
+    assert main(["export", path, "--format", "perfetto", "--last", "10h", "-o", str(tmp_path / "w.json")]) == 0
+    meta = json.loads((tmp_path / "w.json").read_text())["metadata"]
+    assert meta["complete"] and meta["window"] == "last 36000 s (all)"   # the end record in it
+
+
+def test_last_goes_alone(tmp_path, capsys):
+    assert main(["export", "sample:llama1b_live_h100", "--format", "csv", "--last", "1m", "--to", "5m",
+                 "-o", str(tmp_path / "w.csv")]) == 2
+    assert "--last goes alone" in capsys.readouterr().err
