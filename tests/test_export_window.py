@@ -203,3 +203,16 @@ def test_last_goes_alone(tmp_path, capsys):
     assert main(["export", "sample:llama1b_live_h100", "--format", "csv", "--last", "1m", "--to", "5m",
                  "-o", str(tmp_path / "w.csv")]) == 2
     assert "--last goes alone" in capsys.readouterr().err
+
+
+def test_a_timeline_too_big_for_the_ui_says_how_to_open_it(tmp_path, monkeypatch, capsys):
+    from cgwatch import export
+    monkeypatch.setattr(export, "UI_BYTES", 10_000)
+    for fmt, noted in (("pftrace", True), ("perfetto", True), ("csv", False)):
+        assert main(["export", "sample:llama1b_live_h100", "--format", fmt, "-o", str(tmp_path / f"o.{fmt}")]) == 0
+        err = capsys.readouterr().err
+        assert ("trace_processor --httpd" in err and "--last" in err) == noted, (fmt, err)
+    monkeypatch.setattr(export, "UI_BYTES", (tmp_path / "o.pftrace").stat().st_size)
+    assert main(["export", "sample:llama1b_live_h100", "--format", "pftrace", "--last", "1s",
+                 "-o", str(tmp_path / "w.pftrace")]) == 0
+    assert "note" not in capsys.readouterr().err   # a second's window is smaller than the whole
