@@ -216,3 +216,35 @@ def test_a_timeline_too_big_for_the_ui_says_how_to_open_it(tmp_path, monkeypatch
     assert main(["export", "sample:llama1b_live_h100", "--format", "pftrace", "--last", "1s",
                  "-o", str(tmp_path / "w.pftrace")]) == 0
     assert "note" not in capsys.readouterr().err   # a second's window is smaller than the whole
+
+
+@pytest.mark.parametrize("name", ["run.parquet", "run.arrows", "run.jsonl"])
+def test_a_window_over_a_rotated_runs_parts(name, tmp_path, capsys):
+    import glob
+
+    from cgwatch import records as R
+    from cgwatch.convert import convert
+    from cgwatch.trace import TraceWriter
+    recs = []
+    for k in range(4000):
+        recs.append(R.step(k, round(k * 0.1, 6), 3, 4, 4, None, 40.5, 1.25, 3))
+        if k % 500 == 0:
+            recs.append(R.event(R.EV_MARK, round(k * 0.1, 6), text=f"m{k}"))
+    w = TraceWriter(tmp_path / name, {"model": {"name": "x"}, "gpu": "cpu"},
+                    rotate_bytes=20_000 if name.endswith(".jsonl") else 2_000)
+    for k, r in enumerate(recs):
+        w.write(r)
+        if k % 200 == 0 and not name.endswith(".jsonl"):
+            w._part.flush()
+    w.close({"steps": 4000})
+    parts = sorted(glob.glob(str(tmp_path / "run.*")))
+    assert len(parts) >= 3
+    one = tmp_path / "one.parquet"
+    convert(parts, str(one))
+    for argv in (["--from", "100", "--to", "250"], ["--last", "1m"]):
+        got = _drawn(parts[0], "csv", tmp_path / "p.csv", argv)
+        want = _drawn(one, "csv", tmp_path / "o.csv", argv)
+        assert got == want and got.count(b"\n") > 100
+    rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
+    first, last = float(rows[0].split(",")[1]), float(rows[-1].split(",")[1])
+    assert 339.9 - 1e-9 <= first <= 340.0 and last == 399.9   # the last minute before the latest step
