@@ -1,4 +1,5 @@
-"""A time window of a trace (``cgwatch export --from T --to T``): the records whose time falls in it.
+"""A time window of a trace (``cgwatch export --from T --to T``, or ``--last D``: from D before the latest
+step, prefill or sample on): the records whose time falls in it.
 
 A record's time is its ``t`` (seconds since the run's start); one without a number t takes the newest t
 before it (the timeline exports' sort key: perfetto_columnar._t_keys). The window keeps the records with
