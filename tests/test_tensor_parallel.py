@@ -316,6 +316,56 @@ def test_killed_rank_ends_the_run_with_a_reason(tmp_path):
     assert sum(r["type"] == "step" for r in _records(trace)) >= 10   # what was recorded stays
 
 
+def _run_until_steps(trace, n: int):
+    """A headless two-rank run in a process group of its own, once it has recorded ``n`` steps."""
+    p = _cgwatch("run", "--headless", "--tp", "2", "--max-concurrency", "4", "--max-seq", "64",
+                 "--record", str(trace), start_new_session=True)
+    deadline = time.monotonic() + 180
+    while sum(r.get("type") == "step" for r in _records(trace)) < n:
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "no steps within 180 s"
+        time.sleep(0.2)
+    return p
+
+
+def test_a_stop_sent_to_the_whole_group_ends_the_run_as_on_one_rank(tmp_path):
+    """``timeout``, a systemd stop or a closed terminal signal every process of the group: rank 0 ends the run
+    ("interrupted", the trace closed) before a follower's grace is up; without the grace the follower died
+    first and the run ended as an error, "rank 1 was killed by SIGTERM"."""
+    trace = tmp_path / "t.jsonl"
+    p = _run_until_steps(trace, 10)
+    try:
+        follower = _records(trace)[0]["ranks"][1]["pid"]
+        os.killpg(p.pid, signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    end = _records(trace)[-1]
+    assert end["type"] == "end" and end["outcome"] == "interrupted" and "reason" not in end, end
+    assert "interrupted" in out + err and "Traceback" not in err and "RankLost" not in err
+    deadline = time.monotonic() + 30
+    while _alive(follower) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(follower)
+
+
+def test_sigterm_to_one_follower_ends_the_run_after_its_grace(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    p = _run_until_steps(trace, 10)
+    try:
+        os.kill(_records(trace)[0]["ranks"][1]["pid"], signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert p.returncode == 1 and "rank 1 was killed by SIGTERM" in err and "Traceback" not in err
+    end = _records(trace)[-1]
+    assert end["outcome"] == "error" and end["reason"] == "rank 1 was killed by SIGTERM"
+
+
 def _alive(pid):
     try:
         os.kill(pid, 0)

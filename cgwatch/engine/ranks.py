@@ -321,9 +321,27 @@ def join(rank: int, size: int, store, cuda: bool) -> Ranks:
     return Ranks(rank, size, store, cuda)
 
 
+FOLLOWER_STOP_GRACE_S = 5.0   # a rank > 0 sent SIGTERM / SIGHUP: how long rank 0 has to end the run first
+
+
+def _stop_soon(sig: int, _frame) -> None:
+    """SIGTERM or SIGHUP at a rank > 0. One sent to the whole group (``timeout``, a systemd stop, a closed
+    terminal) reaches rank 0 too, which ends the run on every rank as it ends one rank's run (outcome
+    "interrupted"); one sent to this rank alone ends it after FOLLOWER_STOP_GRACE_S, by that signal, and rank 0
+    names it. A second one ends it at once."""
+    signal.signal(sig, signal.SIG_DFL)
+
+    def later() -> None:
+        time.sleep(FOLLOWER_STOP_GRACE_S)
+        os.kill(os.getpid(), sig)
+    threading.Thread(target=later, name="cgwatch-stop-grace", daemon=True).start()
+
+
 def _follower_main(argv: list[str]) -> None:
     """A rank > 0: build the engine as a follower and run what rank 0 sends until it says stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group: rank 0 decides
+    for sig in (signal.SIGTERM, signal.SIGHUP):    # a stop sent to the group: rank 0 decides too, within a grace
+        signal.signal(sig, _stop_soon)
     rank, size, port = int(argv[0]), int(argv[1]), int(argv[2])
     cfg = pickle.loads(sys.stdin.buffer.read())
     store = None
