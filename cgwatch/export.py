@@ -135,7 +135,7 @@ def add_parser(sub) -> None:
                    help="only the records from this time of the run on (seconds since its start, or like 90s, "
                         "15m, 1h30m)")
     p.add_argument("--to", dest="end", metavar="T", help="only the records up to this time of the run")
-    p.add_argument("--last", metavar="D", help="only the last D of the run (like 10m: up to its latest record)")
+    p.add_argument("--last", metavar="D", help="only the run's last D (like 10m): from D before its latest step on")
     p.set_defaults(func=run)
 
 
