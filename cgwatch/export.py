@@ -236,7 +236,7 @@ def _two_passes(fmt: str, trace: str, tr, header: dict, f, window=None) -> tuple
             perfetto_columnar.export(tr, w, bad)
             w.close(trace, header, late=0)
             return _perfetto_summary(w, len(skip), 0), screen
-        return export_perfetto(trace, header, f, skip, untrusted), screen
+        return export_perfetto(trace, header, f, skip, untrusted, tr), screen
     if tr is not None:
         from cgwatch import export_columnar
         rows, columns = export_columnar.export_csv(tr, f, bad, STEP_COLUMNS, csv_cells)
@@ -266,9 +266,10 @@ def screen_trace(trace: str, leave: frozenset = frozenset()) -> tuple[frozenset,
     return frozenset(bad), screen
 
 
-def _records(trace: str, skip: frozenset = frozenset()) -> Iterator[dict]:
-    """The trace's records (the end record included), less the lines in ``skip``."""
-    return (rec for n, rec in iter_numbered(trace) if n not in skip)
+def _records(trace: str, skip: frozenset = frozenset(), tr=None) -> Iterator[dict]:
+    """The trace's records (the end record included), less the lines in ``skip``; ``tr``: the trace opened
+    (a compact trace's window)."""
+    return (rec for n, rec in (iter_numbered(trace) if tr is None else tr.rows()) if n not in skip)
 
 
 def default_output(trace: str, fmt: str) -> str:
@@ -391,8 +392,10 @@ def _is_number(v) -> bool:
 # ---- Perfetto ----
 
 def export_perfetto(trace: str, header: dict, out: IO[str], skip: frozenset = frozenset(),
-                    skipped: int | None = None) -> str:
-    ordered = _InOrder(_records(trace, skip))
+                    skipped: int | None = None, tr=None) -> str:
+    """The JSON, record by record (``tr``: the compact trace opened, its window's rows numbered as ``skip``
+    numbers them)."""
+    ordered = _InOrder(_records(trace, skip, tr))
     w = _PerfettoWriter(out, header)
     for rec in ordered:
         w.add(rec)

@@ -281,6 +281,18 @@ class Trace:
             r.damage = None
             yield from r.batches(columns, dictionary, inert)
 
+    def rows(self) -> Iterator[tuple[int, dict]]:
+        """(row, record) for the records after the header, the end record included: a compact trace's rows
+        as ``batches()`` yields them (its window's only, where it has one), decoded a batch at a time."""
+        if self.compact is not None:
+            row = 0
+            for b in self.batches():
+                for rec in _columnar().decode(b):
+                    yield row, rec
+                    row += 1
+            return
+        yield from enumerate(self.records + ([self.end] if self.end is not None else []))
+
     def _load(self) -> None:
         if self._loaded:
             return
@@ -594,16 +606,7 @@ def iter_numbered(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             if rec is not None:
                 yield lineno, rec
         return
-    tr = open_trace(paths)
-    if tr.compact is not None:
-        row = 0
-        for b in tr.batches():
-            for rec in _columnar().decode(b):
-                yield row, rec
-                row += 1
-        return
-    for k, rec in enumerate(tr.records + ([tr.end] if tr.end is not None else [])):
-        yield k, rec
+    yield from open_trace(paths).rows()
 
 
 def follow_trace(path: str | os.PathLike, poll_s: float = 0.1,

@@ -102,9 +102,7 @@ class Window:
             yield from self._part(r, columns, dictionary, inert, newest)
 
     def _part(self, reader, columns, dictionary, inert, newest: list):
-        from . import arrow_np as A
-        from . import columnar as C
-        from .perfetto_columnar import _t_keys
+        from .perfetto_columnar import _row_t, _t_keys
         want = None if columns is None else list(dict.fromkeys([*columns, "t_us", "json"]))
 
         def near(lo_hi) -> bool:   # read a group of this t range? (skipped ones still move ``newest`` on)
@@ -121,13 +119,7 @@ class Window:
         else:
             read = _stream_batches(reader, want, near)
         for b in read:
-            t = A.ints(b.column("t_us"), 0) / 1e6
-            t[A.null(b.column("t_us"))] = np.nan
-            js = b.column("json")
-            for r in np.flatnonzero(~A.null(js)).tolist():   # a row kept as JSON has its t in the JSON
-                v = C._decode_json(js[r].as_py()).get("t")
-                t[r] = v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else np.nan
-            key = _t_keys(t, newest[0])
+            key = _t_keys(_row_t(b), newest[0])   # (a row kept as JSON has its t in the JSON)
             if len(key):
                 newest[0] = max(newest[0], float(key.max()))
             ok = self.keep(key)

@@ -248,3 +248,29 @@ def test_a_window_over_a_rotated_runs_parts(name, tmp_path, capsys):
     rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
     first, last = float(rows[0].split(",")[1]), float(rows[-1].split(",")[1])
     assert 339.9 - 1e-9 <= first <= 340.0 and last == 399.9   # the last minute before the latest step
+
+
+@pytest.mark.parametrize("ext", [".parquet", ".jsonl"])
+def test_a_window_of_a_trace_with_late_records_takes_the_record_path_over_its_own_rows(ext, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """A record later than the JSON export's reorder window sends a compact trace's JSON through the record
+    path: it must read the window's rows too, numbered as the screen numbered them."""
+    recs = _spread(synthetic(14, n=1500, bad=True))
+    steps = [k for k, r in enumerate(recs) if r["type"] == "step" and 150 < r["t"] < 200]
+    late = {"type": "prefill", "t": round(recs[steps[0]]["t"] - 25.0, 6), "i": 999999, "requests": 1,
+            "tokens": 8, "host_ms": 1.5}
+    recs.insert(steps[len(steps) // 2], late)   # 25 s late: more than REORDER_WINDOW_S
+    if ext == ".jsonl":
+        path = tmp_path / "t.jsonl"
+        _write(path, recs)
+    else:
+        path = _compact(tmp_path, recs, monkeypatch, rows=97)
+    alone = tmp_path / "alone.jsonl"
+    _write(alone, _inside(recs, 120.0, 250.0))
+    lines = alone.read_text().splitlines(keepends=True)
+    alone.write_text("".join(lines[:-1]))   # less the writer's end record
+    got = _drawn(path, "perfetto", tmp_path / "w.json", ["--from", "120", "--to", "250"])
+    want = _drawn(alone, "perfetto", tmp_path / "a.json")
+    assert got[0] == want[0]
+    err = capsys.readouterr().err
+    assert "1 records out of order" in err and "window 120-250 s" in err
