@@ -321,7 +321,7 @@ def join(rank: int, size: int, store, cuda: bool) -> Ranks:
     return Ranks(rank, size, store, cuda)
 
 
-FOLLOWER_STOP_GRACE_S = 5.0   # a rank > 0 sent SIGTERM / SIGHUP: how long rank 0 has to end the run first
+FOLLOWER_STOP_GRACE_S = 10.0   # a rank > 0 sent SIGTERM / SIGHUP: how long rank 0 has to end the run first
 
 
 def _stop_soon(sig: int, _frame) -> None:
