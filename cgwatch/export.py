@@ -164,8 +164,8 @@ def run(a) -> int:
             summary, screen = done
         else:
             summary, screen = _two_passes(a.format, a.trace, tr, header, f, window)
-    if window is not None:   # a window that ends before the run's end holds no end record
-        if math.isfinite(window.hi):
+    if window is not None:   # the run's end record can lie outside a window (--last takes it in, if there is one)
+        if window.last is None:
             summary = summary.replace(PARTIAL, "no end record in the window")
         summary += f", window {window.label()}"
     if screen.warning():
