@@ -452,14 +452,21 @@ def _null_array(cache: dict, typ: pa.DataType, n: int) -> pa.Array:
     return a
 
 
-def _inert_columns(pf, k: int, inert: dict) -> set[str]:
-    """The columns of row group ``k`` whose statistics pass their ``inert`` test (Reader.batches)."""
-    rg, out = pf.metadata.row_group(k), set()
+def first_leaf(pf) -> dict[str, int]:
+    """A Parquet file's column -> the index of its first leaf column, whose statistics a row group keeps (a
+    list of structs has one per field); built once per file."""
     leaf = getattr(pf, "_first_leaf", None)
-    if leaf is None:   # column -> its first leaf column (a list of structs has one per field)
+    if leaf is None:
         leaf = pf._first_leaf = {}
         for j in range(pf.metadata.num_columns):
             leaf.setdefault(pf.metadata.schema.column(j).path.split(".")[0], j)
+    return leaf
+
+
+def _inert_columns(pf, k: int, inert: dict) -> set[str]:
+    """The columns of row group ``k`` whose statistics pass their ``inert`` test (Reader.batches)."""
+    rg, out = pf.metadata.row_group(k), set()
+    leaf = first_leaf(pf)
     for name, test in inert.items():
         if name in leaf:
             cc = rg.column(leaf[name])

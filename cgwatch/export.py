@@ -222,8 +222,7 @@ def _two_passes(fmt: str, trace: str, tr, header: dict, f, window=None) -> tuple
         screen, bad = scr.screen, scr.bad
         skip = frozenset(np.flatnonzero(bad).tolist())
     else:   # a window: the records in it, screened on their own (as a compact trace's window is)
-        outside = window.outside(iter_numbered(trace)) if window is not None else frozenset()
-        skip, screen = screen_trace(trace, outside)
+        skip, screen, outside = screen_trace(trace, window)
     untrusted = len(skip)
     if tr is None and window is not None:
         skip = skip | outside
@@ -257,13 +256,15 @@ def _export_pftrace(trace: str, tr, header: dict, out, bad, skip: frozenset, ski
     return _timeline_summary(counts, f"{counts['packets']:,} packets", skipped, complete)
 
 
-def screen_trace(trace: str, leave: frozenset = frozenset()) -> tuple[frozenset, R.Screen]:
-    """The line numbers of the records that cannot be trusted (records.screen) and the Screen that says so;
-    the lines in ``leave`` are not screened (a window's others)."""
+def screen_trace(trace: str, window: Window | None = None) -> tuple[frozenset, R.Screen, frozenset]:
+    """The line numbers of the records that cannot be trusted (records.screen), the Screen that says so, and
+    (``window``: only its records are screened) the line numbers of the records outside it; one pass."""
     files = trace_files(trace)
     word = "line" if len(files) == 1 and _sniff(files[0]) == "jsonl" else "row"   # a compact trace: its rows
-    bad, screen = R.screen((n, f"{word} {n}", rec) for n, rec in iter_numbered(trace) if n not in leave)
-    return frozenset(bad), screen
+    outside: list[int] = []
+    numbered = iter_numbered(trace) if window is None else window.inside(iter_numbered(trace), outside)
+    bad, screen = R.screen((n, f"{word} {n}", rec) for n, rec in numbered)
+    return frozenset(bad), screen, frozenset(outside)
 
 
 def _records(trace: str, skip: frozenset = frozenset(), tr=None) -> Iterator[dict]:

@@ -273,13 +273,14 @@ class Trace:
         """The table's record batches over all parts, in order (compact traces only); ``dictionary``: string
         columns as dictionary arrays where the file stores them so; ``inert``: columns read as all null where
         a Parquet row group's statistics allow (columnar.Reader.batches)."""
-        if self.window is not None:   # only the window's rows (window.py)
-            yield from self.window.batches(self.compact or (), columns, dictionary, inert)
-            return
+        newest = [float("-inf")]   # a window's: the newest t before, over the parts
         for r in self.compact or ():
             r.rows = 0
             r.damage = None
-            yield from r.batches(columns, dictionary, inert)
+            if self.window is None:
+                yield from r.batches(columns, dictionary, inert)
+            else:   # only the window's rows (window.py)
+                yield from self.window.batches(r, columns, dictionary, inert, newest)
 
     def rows(self) -> Iterator[tuple[int, dict]]:
         """(row, record) for the records after the header, the end record included: a compact trace's rows

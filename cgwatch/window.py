@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -92,16 +92,11 @@ class Window:
         return (key >= self.lo) & (key <= self.hi)
 
     # -- a compact trace ------------------------------------------------------------------------------
-    def batches(self, readers, columns: list[str] | None, dictionary: bool, inert: dict | None):
-        """The batches of ``readers`` (columnar.Reader, the parts of a run in order; Trace.batches) with only
-        the window's rows; row groups well outside it are not read."""
-        newest = [-math.inf]
-        for r in readers:
-            r.rows = 0
-            r.damage = None
-            yield from self._part(r, columns, dictionary, inert, newest)
-
-    def _part(self, reader, columns, dictionary, inert, newest: list):
+    def batches(self, reader, columns: list[str] | None, dictionary: bool, inert: dict | None, newest: list):
+        """``reader.batches(...)`` (columnar.Reader: one part of a run; Trace.batches) with only the window's
+        rows; row groups well outside it are not read. ``newest``: [the newest t before], carried over the
+        parts."""
+        from .export_columnar import _mask
         from .perfetto_columnar import _row_t, _t_keys
         want = None if columns is None else list(dict.fromkeys([*columns, "t_us", "json"]))
 
@@ -135,32 +130,25 @@ class Window:
         """The latest t of the steps, prefills and samples (latest_t's, which a compact trace's statistics
         give: not the end record's, a moment after the last step); None: none has one."""
         from .columnar import KEYS
-        best = None
-        for _, rec in numbered:
-            t = rec.get("t")
-            if rec.get("type") in KEYS and isinstance(t, (int, float)) and not isinstance(t, bool) \
-                    and math.isfinite(t):
-                best = t if best is None else max(best, t)
-        return None if best is None else float(best)
+        from .export import _is_number
+        ts = [rec["t"] for _, rec in numbered if rec.get("type") in KEYS and _is_number(rec.get("t"))]
+        return float(max(ts)) if ts else None
 
-    def outside(self, numbered: Iterable[tuple[int, dict]]) -> frozenset:
-        """The line numbers of the records outside the window (the header never is)."""
-        out, newest = [], -math.inf
+    def inside(self, numbered: Iterable[tuple[int, dict]], outside: list) -> Iterator[tuple[int, dict]]:
+        """The (line, record) pairs in the window; the others' line numbers go to ``outside`` (the header is
+        never one of them)."""
+        from .export import _is_number
+        newest = -math.inf
         for n, rec in numbered:
             t = rec.get("t")
-            if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
+            if _is_number(t):
                 newest = max(newest, float(t))
             else:
                 t = max(newest, 0.0)
-            if not self.lo <= t <= self.hi:
-                out.append(n)
-        return frozenset(out)
-
-
-def _mask(ok: np.ndarray):
-    """A boolean Arrow array of ``ok``."""
-    import pyarrow as pa
-    return pa.Array.from_buffers(pa.bool_(), len(ok), [None, pa.py_buffer(np.packbits(ok, bitorder="little"))])
+            if self.lo <= t <= self.hi:
+                yield n, rec
+            else:
+                outside.append(n)
 
 
 def latest_t(readers) -> float | None:
@@ -229,11 +217,9 @@ def _stream_batches(reader, columns: list[str] | None, near):
 
 def _t_range(pf, k: int) -> tuple[float, float] | None:
     """Row group k's least and greatest t (s) by its statistics, None where they say nothing."""
-    leaf = getattr(pf, "_t_leaf", None)
+    from .columnar import first_leaf
+    leaf = first_leaf(pf).get("t_us")
     if leaf is None:
-        names = [pf.metadata.schema.column(j).path for j in range(pf.metadata.num_columns)]
-        leaf = pf._t_leaf = names.index("t_us") if "t_us" in names else -1
-    if leaf < 0:
         return None
     st = pf.metadata.row_group(k).column(leaf).statistics
     if st is None or not st.has_min_max:

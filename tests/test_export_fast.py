@@ -172,7 +172,7 @@ def test_a_truncated_stream_exports_what_the_record_path_reads(fmt, tmp_path, ca
     w.close(compact=False)
     data = path.read_bytes()
     path.write_bytes(data[:len(data) - 700])   # the last batch cut
-    skip, _ = E.screen_trace(str(path))
+    skip, _, _ = E.screen_trace(str(path))
     buf = io.StringIO()
     if fmt == "csv":
         E.export_csv(str(path), buf, skip)
