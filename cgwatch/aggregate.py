@@ -93,6 +93,13 @@ Totals (besides the sums above):
   graph_hit_rate_pct the same value as hit_pct (the key older scripts read)
 Any value that cannot be computed is None ("n/a" on screen).
 
+A window of the run (``cgwatch report`` / ``recommend`` with ``--from``, ``--to`` or ``--last``) counts the
+records whose t lies in it (window.py), screened on their own, under the state it opens with: the size
+list in force, the buckets' captures and graph memory (the capture, capture_done and recapture events
+before it; ``RunStats.open_window``). Its epochs are those with forwards in the window and the one in
+force; ``duration_s`` runs from the window's start (the run's, if that is later) to its latest record;
+mode_switches, recaptures and alerts are those in the window.
+
 Per rank (tensor parallelism: ``RunStats.ranks``, a ``RankStats``; empty for a one-GPU run). From
 the step records' ``rank_ms`` / ``skew_ms``, the samples' ``gpus`` and the capture events' ``ranks``,
 by rank r (the GPU cuda:r):
@@ -725,6 +732,18 @@ class RunStats:
     def _seen(self, t) -> None:
         if _finite(t) and (self.latest_t is None or t > self.latest_t):
             self.latest_t = t
+
+    def open_window(self, opening: list[dict], lo: float) -> None:
+        """A window of the run (``cgwatch report --from/--to/--last``) starts here: ``opening`` (the capture,
+        capture_done, recapture and padding events before it: window.windowed) folded as the state it opens under,
+        then every count zeroed and the duration measured from ``lo`` (where that is after the run's start)."""
+        for rec in opening:
+            self.add(rec)
+        self.mode_switches = self.recaptures = 0
+        self.alerts = {}
+        self.latest_t = self.end_t = None
+        if math.isfinite(lo) and lo > self.origin:
+            self.origin = lo
 
     # -- folding -----------------------------------------------------------------------------------
     def add(self, rec: dict) -> None:

@@ -441,7 +441,10 @@ def cmd_report(a) -> int:
     from cgwatch.report import build_report, format_report
     from cgwatch.trace import read_trace
 
-    rep = build_report(read_trace(a.trace))
+    from cgwatch.window import of_args, windowed
+    window = of_args(a)   # a bad time: one line, before the trace is read
+    trace = read_trace(a.trace)
+    rep = build_report(trace if window is None else windowed(trace, window))
     if a.json:   # strict JSON: a value that is not a finite number is null
         from cgwatch.jsonl import dump_strict
         dump_strict(rep, sys.stdout)
@@ -519,6 +522,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         rep.add_argument("trace", nargs="+", help="a trace file written by 'cgwatch run --record' (either format; "
                          "a rotated run's parts, or its first part), or sample:NAME")
         rep.add_argument("--json", action="store_true", help="machine-readable output")
+        from cgwatch.window import add_arguments
+        add_arguments(rep, "numbers of the records")
         rep.set_defaults(func=cmd_report)
     if want("samples"):
         sm = sub.add_parser("samples", help="list the bundled traces (sample:NAME wherever a trace goes)")

@@ -67,6 +67,8 @@ from cgwatch.errors import CgwatchError
 from cgwatch.event_text import event_text
 from cgwatch.trace import _sniff, iter_numbered, open_trace, read_header, trace_files
 from cgwatch.window import Window, latest_t
+from cgwatch.window import add_arguments as add_window_arguments
+from cgwatch.window import of_args as window_of_args
 
 MAX_NS = 1 << 53   # a time or duration past this (104 days) is drawn as this: int64 ns must not overflow
 FORMATS = {"perfetto": ".perfetto.json", "pftrace": ".pftrace", "csv": ".csv"}
@@ -131,16 +133,12 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output file, '-' for stdout (default: the trace's name with .pftrace / .perfetto.json / "
                         ".csv, in the current directory)")
-    p.add_argument("--from", dest="start", metavar="T",
-                   help="only the records from this time of the run on (seconds since its start, or like 90s, "
-                        "15m, 1h30m)")
-    p.add_argument("--to", dest="end", metavar="T", help="only the records up to this time of the run")
-    p.add_argument("--last", metavar="D", help="only the run's last D (like 10m): from D before its latest step on")
+    add_window_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(a) -> int:
-    window = Window.of(getattr(a, "start", None), getattr(a, "end", None), getattr(a, "last", None))   # one line
+    window = window_of_args(a)   # a bad time: one line
     header = read_header(a.trace)          # missing, unreadable or not a trace: TraceError, one line
     out = a.output or default_output(a.trace, a.format)
     if out != "-" and os.path.exists(out) and os.path.samefile(out, a.trace):

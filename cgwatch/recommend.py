@@ -168,9 +168,9 @@ class _View:
     columnar); JSON Lines through Trace.screened()."""
 
     def __init__(self, trace):
+        self.others: list[dict] = list(trace.opening or ())   # a window's: the capture events before it
         if trace.compact is not None:
             from cgwatch.fold import fold
-            self.others: list[dict] = []
             _, scr = fold(trace, window=0, on_record=self.others.append, steps=True, count=False)   # no stats
             st = scr.steps
             self.batch, self.bucket, self.ms = st["batch"], st["bucket"], st["ms"]
@@ -178,7 +178,7 @@ class _View:
         else:
             scr = trace.screened()
             steps = [r for r in scr.records if r.get("type") == R.STEP]
-            self.others = [r for r in scr.records if r.get("type") != R.STEP]
+            self.others += [r for r in scr.records if r.get("type") != R.STEP]
             self.batch = np.array([r["batch"] for r in steps], dtype=np.int64)
             self.bucket = np.array([-1 if r["bucket"] is None else r["bucket"] for r in steps], dtype=np.int64)
             self.ms = np.array([R.step_ms(r) for r in steps], dtype=np.float64)
@@ -438,6 +438,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-padding-ratio", type=float, default=None, metavar="R",
                    help=f"dispatch ratio (default: the trace's, else {DEFAULT_RATIO})")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    from cgwatch.window import add_arguments
+    add_arguments(p, "steps (the batch mix, and the costs without --costs)")
     p.set_defaults(func=run)
 
 
@@ -448,7 +450,11 @@ def run(a) -> int:
         raise CgwatchError(f"--memory-budget must be > 0 MiB, got {a.memory_budget:g}")
     if a.max_buckets < 1:
         raise CgwatchError(f"--max-buckets must be >= 1, got {a.max_buckets}")
+    from cgwatch.window import of_args, windowed
+    window = of_args(a)   # a bad time: one line, before the trace is read
     trace = read_trace(a.trace)
+    if window is not None:   # the window's steps, under the captures before it
+        trace = windowed(trace, window)
     cost_trace = read_trace(a.costs) if a.costs else trace
     for t in (trace,) if cost_trace is trace else (trace, cost_trace):
         v = view(t)   # first: its pass finds the end record, so warnings() needs no pass of its own
@@ -488,6 +494,7 @@ def build_recommendation(trace, cost_trace, budget_mib: float, max_graphs: int,
               ("SGLang default", sglang_default(max_num_seqs))]
     return {
         "trace": trace.path, "costs_trace": cost_trace.path,
+        "window": trace.window.label() if trace.opening is not None else None,
         "model": _name(trace.header.get("model")), "gpu": _name(trace.header.get("gpu")),
         "steps": mix.steps, "max_batch": mix.max_batch, "mean_batch": mix.mean_batch,
         "batch_counts": {str(b): mix.counts[b] for b in sorted(mix.counts)},
@@ -571,7 +578,8 @@ def format_recommendation(r: dict) -> str:
     """The recommendation as plain text (no trailing newline)."""
     best = r["recommended"]
     lines = [f"cgwatch recommend: {r['model'] or 'n/a'} on {r['gpu'] or 'n/a'}; {r['steps']:,} steps, "
-             f"batch 1-{r['max_batch']} (mean {r['mean_batch']:.1f})",
+             f"batch 1-{r['max_batch']} (mean {r['mean_batch']:.1f})"
+             + (f", window {r['window']}" if r.get("window") else ""),
              f"budget {r['memory_budget_mib']:g} MiB, at most {r['max_buckets']} graphs; max padding ratio "
              f"{r['max_padding_ratio']:g} ({r['max_padding_ratio_source']}); costs from "
              + ("this trace" if r["costs_trace"] == r["trace"] else r["costs_trace"]),

@@ -1,6 +1,7 @@
 """``cgwatch report PATH``: the numbers of one run, from its trace.
 
-The numbers are ``cgwatch.aggregate.RunStats`` over the whole trace: its module docstring defines
+The numbers are ``cgwatch.aggregate.RunStats`` over the whole trace, or over a window of it (``--from``,
+``--to``, ``--last``: window.windowed; ``window`` in the report names it): its module docstring defines
 every field (forwards, hit %, graph share, FULL / PIECEWISE, mixed forwards, requests vs rows,
 padding waste, the linearly interpolated percentiles and their n, epochs of one size list, the run's
 duration, the totals), for the report, the TUI and the Prometheus metrics alike. The records go
@@ -25,6 +26,7 @@ strict JSON: no NaN or Infinity).
 
 from __future__ import annotations
 
+import math
 import textwrap
 
 from . import records as R
@@ -43,6 +45,10 @@ def _check_text(check: dict | None) -> str | None:
     verdict = "ok" if check.get("tokens_equal") else "MISMATCH"
     err = check.get("rel_err")
     return verdict if err is None else f"{verdict} {err:.1e}"
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def build_report(trace: Trace) -> dict:
@@ -66,6 +72,8 @@ def build_report(trace: Trace) -> dict:
     else:
         screened = trace.screened()
         stats.add(trace.header)
+        if trace.opening is not None:   # a window of the run (window.windowed): the state it opens under
+            stats.open_window(trace.opening, trace.window.lo)
         rec: dict = {}
         try:
             for rec in screened.records:  # one pass
@@ -103,7 +111,10 @@ def build_report(trace: Trace) -> dict:
     warnings = trace.warnings() + ([screened.warning] if screened.warning else [])
     names = {r.get("rank"): r.get("gpu") for r in header.get("ranks") or () if isinstance(r, dict)}
     ranks = [{"gpu": names.get(r["rank"]), **r} for r in stats.ranks.rows()]
-    return {"path": trace.path, "header": header, "epochs": [e.summary() for e in shown], "buckets": buckets,
+    w = trace.window if trace.opening is not None else None
+    window = None if w is None else {"label": w.label(), "from": _finite(w.lo), "to": _finite(w.hi),
+                                     "last": w.last}
+    return {"path": trace.path, "header": header, "window": window, "epochs": [e.summary() for e in shown], "buckets": buckets,
             "totals": stats.totals(), "skipped_records": screened.skipped,
             "ranks": ranks, "rank_totals": stats.ranks.totals() if ranks else None,
             "alerts": alerts, "events": events, "warnings": warnings}
@@ -199,8 +210,9 @@ def format_report(rep: dict) -> str:
     dur = NA if d is None else f"{d:.3f} s" if d < 10 else f"{d:.1f} s"
     what = [str(x) for x in (h.get("dtype"), h.get("kernels") and f"{h['kernels']} kernels") if x]
     dtype = f" ({', '.join(what)})" if what else ""
+    span = f" (window {rep['window']['label']})" if rep.get("window") else ""
     lines = [f"cgwatch report: {_name(h.get('model'))}{dtype} on {_name(h.get('gpu'))}, "
-             f"torch {_name(h.get('torch'))}, {dur}", ""]
+             f"torch {_name(h.get('torch'))}, {dur}{span}", ""]
 
     buckets = rep["buckets"]
     epochs = {e["epoch"]: e for e in rep.get("epochs") or ()}
@@ -273,7 +285,7 @@ def format_report(rep: dict) -> str:
                 if phases else []),
               *([f"  rows             {t['rows']:,} computed for {t['requests']:,} requests "
                  f"({t['prompt_tokens']:,} prompt tokens)"] if t["rows"] != t["requests"] else []),
-              f"  tokens           {t['tokens']:,} in {dur} (the run, start to end) = {tps} tok/s",
+              f"  tokens           {t['tokens']:,} in {dur} ({'the window, its start to its last record' if span else 'the run, start to end'}) = {tps} tok/s",
               f"  gpu busy         {_p(t['gpu_busy_pct'])} (CUDA events), "
               f"{_p(t['nvml_util_pct'])} (NVML utilization)",
               f"  graph pool       {_f(t['graph_pool_mib'], '.1f')}{'' if t['graph_pool_mib'] is None else ' MiB'}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import glob
 import json
+import math
 import os
 import re
 import threading
@@ -266,7 +267,10 @@ class Trace:
         self.notes = notes or []            # one-line warnings about the set of parts
         self._screened: Screened | None = None
         self._loaded = compact is None
-        self.window = None                  # a compact trace: window.Window, the rows batches() yields
+        self.window = None                  # window.Window: a compact trace's, the rows batches() yields; a
+        #                                     window's trace (window.windowed): the window it holds
+        self.opening: list[dict] | None = None   # a window's trace: the events before it that set its state
+        self.file_records: int | None = None   # a window's trace: the records in the file (warnings count them)
 
     # -- compact traces: decoded on first use ---------------------------------------------------------
     def batches(self, columns: list[str] | None = None, dictionary: bool = False, inert: dict | None = None):
@@ -347,11 +351,12 @@ class Trace:
         out = list(self.notes)
         hurt = self.damage()
         if self.truncated_at is not None:
-            out.append(f"trace truncated at byte {self.truncated_at} after {len(self.records)} "
+            n = len(self.records) if self.file_records is None else self.file_records
+            out.append(f"trace truncated at byte {self.truncated_at} after {n} "
                        "records (the run did not close it: crash or kill?)")
         elif hurt:
             out.append("; ".join(hurt) + " (the run did not close it: crash or kill?)")
-        elif self.end is None:
+        elif self.end is None and (self.window is None or self.window.hi == math.inf):   # a window that reaches it
             out.append("no end record: the run did not finish cleanly")
         if self.end is not None and self.end.get("error"):
             out.append(f"the run ended on an error: {self.end['error']}")

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from . import records as R
 from .errors import CgwatchError
 
 # a row group is skipped only when its t statistics are this far outside the window: a record's t may come
@@ -149,6 +150,97 @@ class Window:
                 yield n, rec
             else:
                 outside.append(n)
+
+
+# ---- a window of a trace as a Trace: report and recommend -------------------------------------------------
+
+# the events whose state outlives them: the capture size lists (epochs), each bucket's capture and graph memory,
+# the padding ratio in force
+STATE_EVENTS = (R.EV_CAPTURE, R.EV_CAPTURE_DONE, R.EV_RECAPTURE, R.EV_PADDING)
+
+
+def add_arguments(p, what: str = "records") -> None:
+    """``--from``, ``--to`` and ``--last`` on a command's parser (export, report, recommend)."""
+    p.add_argument("--from", dest="start", metavar="T",
+                   help=f"only the {what} from this time of the run on (seconds since its start, or like 90s, "
+                        "15m, 1h30m)")
+    p.add_argument("--to", dest="end", metavar="T", help=f"only the {what} up to this time of the run")
+    p.add_argument("--last", metavar="D", help=f"only the run's last D (like 10m): the {what} from D before its "
+                                               "latest step on")
+
+
+def of_args(a) -> "Window | None":
+    """The window of a command's ``--from`` / ``--to`` / ``--last`` (not resolved yet); None: none given."""
+    return Window.of(getattr(a, "start", None), getattr(a, "end", None), getattr(a, "last", None))
+
+
+def windowed(trace, window: Window):
+    """``trace`` cut to ``window`` (``--last`` resolved here), for a command that counts: a Trace of the records
+    in it (the header always; the end record where the window reaches it), screened on their own, whose
+    ``opening`` holds the events before the window that set the state it opens under (STATE_EVENTS: which
+    size list is in force, which buckets are captured and their graph memory, the padding ratio) and ``window``
+    the window."""
+    from .trace import Trace
+
+    if window.last is not None:
+        window = window.resolved(latest_t(trace.compact) if trace.compact is not None
+                                 else Window.latest_of(enumerate(trace.records)))
+    if trace.compact is not None:
+        out = Trace(trace.header, path=trace.path, compact=trace.compact, notes=trace.notes)
+        before = list(_compact_before(trace, window.lo))
+    else:
+        outside: list = []
+        every = [*trace.records, *([trace.end] if trace.end is not None else [])]
+        keep = {k for k, _ in window.inside(enumerate(every), outside)}
+        records = [rec for k, rec in enumerate(trace.records) if k in keep]
+        lines = [x for k, x in enumerate(trace.lines or ()) if k in keep] or None
+        end = trace.end if trace.end is not None and len(trace.records) in keep else None
+        out = Trace(trace.header, records, end, trace.truncated_at, trace.path, lines,
+                    trace.end_line if end else None, notes=trace.notes)
+        out.file_records = len(trace.records)
+        before = _records_before(trace.records, window.lo)
+    out.window = window
+    out.opening = [rec for rec in before if R.check_record(rec) is None]
+    return out
+
+
+def _is_state(rec: dict) -> bool:
+    return rec.get("type") == R.EVENT and rec.get("kind") in STATE_EVENTS
+
+
+def _records_before(records: list[dict], lo: float) -> list[dict]:
+    """The state events whose time (Window.inside's) is before ``lo``."""
+    from .export import _is_number
+    out, newest = [], -math.inf
+    for rec in records:
+        t = rec.get("t")
+        if _is_number(t):
+            newest = max(newest, float(t))
+        else:
+            t = max(newest, 0.0)
+        if t < lo and _is_state(rec):
+            out.append(rec)
+    return out
+
+
+def _compact_before(trace, lo: float):
+    """The state events of a compact trace before ``lo``: only the row groups (stream batches) that start
+    before it read, and of them only the type, t and JSON columns (events are kept as JSON)."""
+    if lo == -math.inf:
+        return
+    from . import arrow_np as A
+    from .columnar import _decode_json
+    from .export import _is_number
+    from .fold import _is
+    upto, newest = Window(-math.inf, lo), [-math.inf]
+    for r in trace.compact:
+        for b in upto.batches(r, ["type", "json"], True, None, newest):
+            js = b.column("json")
+            for k in np.flatnonzero(_is(b.column("type"), R.EVENT) & ~A.null(js)).tolist():
+                rec = _decode_json(js[k].as_py())
+                t = rec.get("t")   # (one at lo itself is the window's)
+                if _is_state(rec) and not (_is_number(t) and t >= lo):
+                    yield rec
 
 
 def latest_t(readers) -> float | None:
