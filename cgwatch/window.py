@@ -294,16 +294,26 @@ def _stream_batches(reader, columns: list[str] | None, near):
     """An Arrow IPC stream's batches for which ``near(their t range)`` holds, read by seeking to them: the
     stream is indexed once (where each batch starts, its least and greatest t: only t_us decoded) and kept
     on the reader; a damaged or truncated stream ends at its last whole batch, with the reader's ``damage``
-    set as its own read sets it."""
+    set as its own read sets it. Given ``columns`` (and the current layout), only their buffers are decoded:
+    the batch's message is read as a stream of its own behind the schema's, with ``included_fields``."""
     import pyarrow as pa
 
     ranges, damage, rows = _stream_index_of(reader)
     src = pa.memory_map(reader.path)
     schema = pa.ipc.open_stream(src).schema
+    head = src.read_at(src.tell(), 0)   # the schema's message: where the stream reader left off
+    options = None
+    if columns is not None and not reader.old:
+        options = pa.ipc.IpcReadOptions(included_fields=sorted({schema.names.index(c) for c in columns}))
     for pos, lo_hi in ranges:
         if near(lo_hi):
             src.seek(pos)
-            yield reader._fit(pa.ipc.read_record_batch(pa.ipc.read_message(src), schema), columns)
+            msg = pa.ipc.read_message(src)
+            if options is None:
+                yield reader._fit(pa.ipc.read_record_batch(msg, schema), columns)
+            else:
+                one = pa.ipc.open_stream(pa.py_buffer(head + src.read_at(src.tell() - pos, pos)), options=options)
+                yield one.read_next_batch().select(columns)
     reader.damage, reader.rows = damage, rows   # the stream's, as a whole read says them
 
 
