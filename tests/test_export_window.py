@@ -218,18 +218,11 @@ def test_a_timeline_too_big_for_the_ui_says_how_to_open_it(tmp_path, monkeypatch
     assert "note" not in capsys.readouterr().err   # a second's window is smaller than the whole
 
 
-@pytest.mark.parametrize("name", ["run.parquet", "run.arrows", "run.jsonl"])
-def test_a_window_over_a_rotated_runs_parts(name, tmp_path, capsys):
+def rotated_run(tmp_path, name: str, recs: list[dict]) -> list[str]:
+    """The records recorded as a run rotated into small parts (``name``: run.EXT); the parts' paths."""
     import glob
 
-    from cgwatch import records as R
-    from cgwatch.convert import convert
     from cgwatch.trace import TraceWriter
-    recs = []
-    for k in range(4000):
-        recs.append(R.step(k, round(k * 0.1, 6), 3, 4, 4, None, 40.5, 1.25, 3))
-        if k % 500 == 0:
-            recs.append(R.event(R.EV_MARK, round(k * 0.1, 6), text=f"m{k}"))
     w = TraceWriter(tmp_path / name, {"model": {"name": "x"}, "gpu": "cpu"},
                     rotate_bytes=20_000 if name.endswith(".jsonl") else 2_000)
     for k, r in enumerate(recs):
@@ -239,6 +232,19 @@ def test_a_window_over_a_rotated_runs_parts(name, tmp_path, capsys):
     w.close({"steps": 4000})
     parts = sorted(glob.glob(str(tmp_path / "run.*")))
     assert len(parts) >= 3
+    return parts
+
+
+@pytest.mark.parametrize("name", ["run.parquet", "run.arrows", "run.jsonl"])
+def test_a_window_over_a_rotated_runs_parts(name, tmp_path, capsys):
+    from cgwatch import records as R
+    from cgwatch.convert import convert
+    recs = []
+    for k in range(4000):
+        recs.append(R.step(k, round(k * 0.1, 6), 3, 4, 4, None, 40.5, 1.25, 3))
+        if k % 500 == 0:
+            recs.append(R.event(R.EV_MARK, round(k * 0.1, 6), text=f"m{k}"))
+    parts = rotated_run(tmp_path, name, recs)
     one = tmp_path / "one.parquet"
     convert(parts, str(one))
     for argv in (["--from", "100", "--to", "250"], ["--last", "1m"]):

@@ -18,7 +18,7 @@ from cgwatch.trace import read_trace
 from cgwatch.window import STATE_EVENTS, Window, windowed
 
 from test_export_fast import _compact, _write
-from test_export_window import _inside, _spread
+from test_export_window import _inside, _spread, rotated_run
 from test_fold import synthetic
 
 LO, HI = 150.0, 300.0   # the synthetic runs recapture at ~135 s and ~260 s of ~385 s
@@ -178,24 +178,13 @@ def test_recommend_takes_the_windows_batch_mix_under_the_captures_before_it(tmp_
 
 @pytest.mark.parametrize("name", ["run.parquet", "run.jsonl"])
 def test_a_window_over_a_rotated_runs_parts_opens_under_the_earlier_parts_captures(name, tmp_path):
-    import glob
-
     from cgwatch.convert import convert
-    from cgwatch.trace import TraceWriter
     recs = [R.event(R.EV_CAPTURE, 0.0, bucket=4, ok=True, capture_s=0.1, pool_bytes=3 << 20, nvml_bytes=None,
                     kernels=10, check=None, cause=None, hint=None, error=None),
             R.event(R.EV_CAPTURE_DONE, 0.0, sizes=[4], failed=[], pool_bytes=3 << 20, seconds=0.5, pool="shared",
                     pools=1)]
     recs += [R.step(k, round(k * 0.1, 6), 3, 4, 4, None, 40.5, 1.25, 3) for k in range(4000)]
-    w = TraceWriter(tmp_path / name, {"model": {"name": "x"}, "gpu": "cpu"},
-                    rotate_bytes=20_000 if name.endswith(".jsonl") else 2_000)
-    for k, r in enumerate(recs):
-        w.write(r)
-        if k % 200 == 0 and not name.endswith(".jsonl"):
-            w._part.flush()
-    w.close({"steps": 4000})
-    parts = sorted(glob.glob(str(tmp_path / "run.*")))
-    assert len(parts) >= 3
+    parts = rotated_run(tmp_path, name, recs)
     one = tmp_path / "one.jsonl"
     convert(parts, str(one))
     for win in (Window(100.0, 250.0), Window(last=60.0)):
