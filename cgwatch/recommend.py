@@ -407,6 +407,11 @@ def _max_concurrency(header: dict) -> int | None:
     return None
 
 
+def _window(trace) -> str | None:
+    """The label of a window's trace (window.windowed), None for a whole one."""
+    return trace.window.label() if trace.opening is not None else None
+
+
 def current_sizes(trace) -> list[int] | None:
     """The sizes of the trace's latest capture round."""
     sizes = None
@@ -494,7 +499,7 @@ def build_recommendation(trace, cost_trace, budget_mib: float, max_graphs: int,
               ("SGLang default", sglang_default(max_num_seqs))]
     return {
         "trace": trace.path, "costs_trace": cost_trace.path,
-        "window": trace.window.label() if trace.opening is not None else None,
+        "window": _window(trace), "costs_window": _window(cost_trace),
         "model": _name(trace.header.get("model")), "gpu": _name(trace.header.get("gpu")),
         "steps": mix.steps, "max_batch": mix.max_batch, "mean_batch": mix.mean_batch,
         "batch_counts": {str(b): mix.counts[b] for b in sorted(mix.counts)},
@@ -582,7 +587,8 @@ def format_recommendation(r: dict) -> str:
              + (f", window {r['window']}" if r.get("window") else ""),
              f"budget {r['memory_budget_mib']:g} MiB, at most {r['max_buckets']} graphs; max padding ratio "
              f"{r['max_padding_ratio']:g} ({r['max_padding_ratio_source']}); costs from "
-             + ("this trace" if r["costs_trace"] == r["trace"] else r["costs_trace"]),
+             + ("this trace" if (r["costs_trace"], r.get("costs_window")) == (r["trace"], r.get("window"))
+                else r["costs_trace"] + (" (the whole run)" if r["costs_trace"] == r["trace"] else "")),
              "",
              f"recommended: --cudagraph-capture-sizes {','.join(map(str, best))}" if best
              else "recommended: no graphs (none lowers the expected step time within the limits)", ""]

@@ -194,3 +194,14 @@ def test_a_window_over_a_rotated_runs_parts_opens_under_the_earlier_parts_captur
         (row,) = got["buckets"]
         assert row["status"] == "ok" and row["graph_mib"] == 3.0 and got["totals"]["graph_pool_mib"] == 3.0
         assert row["steps"] == (1501 if win.last is None else 601)
+
+
+def test_recommend_names_whole_run_costs_apart_from_the_windows(capsys):
+    from cgwatch.samples import sample_path
+    path = sample_path("llama1b_poisson_h100")
+    argv = ["recommend", path, "--memory-budget", "100", "--max-buckets", "3", "--last", "5s"]
+    assert main(argv + ["--costs", path]) == 0   # the window's mix, the whole run's costs
+    assert f"costs from {path} (the whole run)" in capsys.readouterr().out
+    assert main(argv) == 2                         # the last 5 s alone have no eager step to price
+    err = capsys.readouterr().err
+    assert "no eager steps" in err and len(err.strip().splitlines()) == 1
