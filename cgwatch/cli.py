@@ -430,7 +430,9 @@ def cmd_replay(a) -> int:
         a.trace = sample_path(a.sample)
     if not 0.25 <= a.speed <= 16:
         raise CgwatchError(f"--speed must be between 0.25 and 16, got {a.speed}")
-    source = ReplaySource(a.trace, speed=a.speed)
+    from cgwatch.window import Window
+    start = Window.of(a.start, None, a.last)   # a bad time: one line, before the trace is read
+    source = ReplaySource(a.trace, speed=a.speed, start=start)
     _need_terminal("cgwatch replay")
     for w in source.warnings:
         print(f"cgwatch: {w}", file=sys.stderr)
@@ -516,6 +518,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         rp.add_argument("--sample", nargs="?", const=SAMPLE, metavar="NAME",
                         help=f"a bundled trace (default {SAMPLE.removesuffix('.jsonl')}; 'cgwatch samples' lists them)")
         rp.add_argument("--speed", type=float, default=1.0, help="playback speed, 0.25..16 (default 1)")
+        rp.add_argument("--from", dest="start", metavar="T", help="start playing at this time of the run (seconds "
+                        "since its start, or like 90s, 15m, 1h30m)")
+        rp.add_argument("--last", metavar="D", help="start playing D (like 10m) before the run's latest record")
         rp.set_defaults(func=cmd_replay)
     if want("report"):
         rep = sub.add_parser("report", help="per-bucket table and totals of a trace")

@@ -51,7 +51,9 @@ def _noop(_: dict) -> None:
 
 class ReplaySource(Source):
     def __init__(self, path: str | os.PathLike, speed: float = 1.0, start_paused: bool = False,
-                 clock: Callable[[], float] | None = None):
+                 clock: Callable[[], float] | None = None, start=None):
+        """``start``: a window.Window whose start the playback begins at (``--from T``, ``--last D``: D before
+        the trace's latest t), the records before it shown at once, as a seek there shows them."""
         trace = read_trace(path)   # TraceError (a CgwatchError) for a missing or corrupt file
         self.path = trace.path     # the first file of a set of parts
         self.title = f"replay {os.path.basename(self.path)}"
@@ -85,6 +87,8 @@ class ReplaySource(Source):
         self.speed = float(speed)
         self.paused = start_paused
         self.pos = 0.0          # trace seconds played
+        if start is not None:   # (clamped to the trace: a start past its end shows it all, at its end)
+            self.pos = min(max(start.resolved(self.duration_s).lo, 0.0), self.duration_s)
         self._i = 0             # next record to emit
         self._partial: dict | None = None   # the last snapshot's aggregate counts fewer rows (indexing)
         self._at_end = False

@@ -9,6 +9,7 @@ from cgwatch import records as R
 from cgwatch.errors import CgwatchError
 from cgwatch.replay import ReplaySource
 from cgwatch.trace import TraceWriter
+from cgwatch.window import Window
 
 ENGINE_CMDS = [("mode", "eager"), ("recapture", [1, 4]), ("padding", 0.2), ("rate", 0.5), ("mark", "x")]
 
@@ -290,3 +291,40 @@ def test_records_that_cannot_be_trusted_are_not_played_and_the_log_says_so(tmp_p
     assert state.totals()["steps"] == rep["totals"]["steps"] == 9
     assert state.totals()["duration_s"] == rep["totals"]["duration_s"] == 10.5
     assert any("skipped 2 records" in text for _, _, text in state.log)
+
+
+@pytest.mark.parametrize("start,pos", [(Window(4.0), 4.0), (Window(last=3.0), 7.5), (Window(99.0), 10.5),
+                                       (Window(last=99.0), 0.0)])
+def test_a_replay_starts_at_from_or_last(trace_path, start, pos):
+    p = Player(trace_path, start=start)
+    assert p.status["position_s"] == pos                       # the records before it shown at once
+    assert p.times() == [t for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0) if t <= pos]
+    p.at(1.0)
+    assert p.status["position_s"] == min(pos + 1.0, 10.5)    # and plays on from there
+
+
+def test_the_replay_command_takes_from_and_last(trace_path, monkeypatch, capsys):
+    from cgwatch import cli
+    seen = {}
+
+    def run_tui(source, **kw):
+        seen["pos"] = source.pos
+        return 0
+    monkeypatch.setattr("cgwatch.tui.app.run_tui", run_tui)
+    monkeypatch.setattr(cli, "_need_terminal", lambda what: None)
+    assert cli.main(["replay", str(trace_path), "--last", "2.5s"]) == 0 and seen["pos"] == 8.0
+    assert cli.main(["replay", str(trace_path), "--from", "soon"]) == 2
+    assert "--from 'soon': not a time" in capsys.readouterr().err
+    assert cli.main(["replay", str(trace_path), "--from", "1", "--last", "2"]) == 2
+
+
+def test_a_compact_replay_starts_at_from_as_its_json_lines_twin(trace_path, tmp_path):
+    from cgwatch.convert import convert
+    pq = str(tmp_path / "run.parquet")
+    convert(str(trace_path), pq)
+    a, b = Player(trace_path, start=Window(4.0)), Player(pq, start=Window(4.0))
+    try:
+        assert a.status["position_s"] == b.status["position_s"] == 4.0
+        assert b.times() == a.times() == [1.0, 2.0, 3.0, 4.0]
+    finally:
+        b.src.close()
