@@ -178,6 +178,8 @@ def format_result(res: dict) -> str:
     head2 = (["batch"] + [f"{m} tok/s" for m in modes] + [f"{m} {extra[1]}" for m in gap_modes]
              + ["HBM floor ms"] + [f"{m} / floor" for m in graphs or ["graph"]])
     head2 += [f"{m} capture s" for m in graphs]
+    own = [m for m in graphs if any((r.get(m) or {}).get("overhead_pct") is not None for r in rows)]
+    head2 += [f"{m} cgwatch %" for m in own]
     if "compile" in modes:
         head2 += ["compile first call s", "cudagraph skips"]
     if tp > 1:
@@ -192,6 +194,7 @@ def format_result(res: dict) -> str:
             g = r.get(m)
             cells.append(NA if not floor or not g or "p50_ms" not in g else f"{g['p50_ms'] / floor:.1f}x")
         cells += [_cell(r.get(m), "capture_s", ".2f") for m in graphs]
+        cells += [_cell(r.get(m), "overhead_pct", "+.2f") for m in own]
         if "compile" in modes:
             c = r.get("compile") or {}
             cells += [_f(c.get("compile_s"), ".2f"), _f(c.get("cudagraph_skips"), "d")]
@@ -200,6 +203,9 @@ def format_result(res: dict) -> str:
                                                                    ("skew_ms_p50", ".3f")) for m in gap_modes]
         table2.append(cells)
     lines += ["", _table(head2, table2)]
+    if own:
+        lines.append("cgwatch %: cgwatch's own cost per graph step, its loop against the same graph replayed alone "
+                     "from the same state (medians of 5 rounds of the throughput's tokens)")
     if tp > 1:
         lines.append("all-reduce %: NCCL kernels' share of the step's kernel time (profiler, rank 0; CPU: gloo "
                      "all-reduce share of host time); plan µs: rank 0's host time per step to send the plan and "

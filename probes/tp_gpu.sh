@@ -47,7 +47,8 @@ fi
 if [[ $STEPS == all || $STEPS == *bench70* ]]; then
   bench llama-70b 2 ${BENCH70_SIZES:-1,8,32} 560
 fi
-# the short table: p50 step ms eager / graph, speedup, all-reduce share, plan µs (rank 0), skew
+# the short table: p50 step ms eager / graph, speedup, all-reduce share, plan µs (rank 0), skew, cgwatch's own
+# cost per graph step against a bare replay on every rank (the bench's overhead_pct: the issue's <= 1% at N=2)
 python3 - "$OUT" <<'PY'
 import glob, json, os, sys
 rows = []
@@ -63,8 +64,10 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "bench_*_tp*.json"))):
         rows.append((name, res.get("tensor_parallel_size", 1), r["batch"], f(e.get("p50_ms"), ".3f"), f(g.get("p50_ms"), ".3f"),
                      f(e["p50_ms"] / g["p50_ms"] if e.get("p50_ms") and g.get("p50_ms") else None, ".2f"),
                      f(e.get("allreduce_pct"), ".1f"), f(g.get("allreduce_pct"), ".1f"),
-                     f(g.get("plan_us_p50"), ".0f"), f(g.get("skew_ms_p50"), ".3f"), f(g.get("tokens_per_s"), ",.0f")))
-head = ("model", "tp", "batch", "eager ms", "graph ms", "speedup", "AR% eager", "AR% graph", "plan µs", "skew ms", "graph tok/s")
+                     f(g.get("plan_us_p50"), ".0f"), f(g.get("skew_ms_p50"), ".3f"), f(g.get("tokens_per_s"), ",.0f"),
+                     f(g.get("overhead_pct"), "+.2f")))
+head = ("model", "tp", "batch", "eager ms", "graph ms", "speedup", "AR% eager", "AR% graph", "plan µs", "skew ms", "graph tok/s",
+        "cgwatch %")
 if rows:
     w = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     for line in (head, *rows):

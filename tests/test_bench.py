@@ -1,6 +1,7 @@
 """``cgwatch bench`` on the CPU (eager only) and, under ``-m gpu``, eager vs graph vs compile."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -96,6 +97,9 @@ def test_gpu_bench_graph_and_compile_columns(capsys, tmp_path):
         assert r["floor_ms"] > 0
         # 3 timed steps after a warm-up step: the 3 are back to back, each has a GPU gap
         assert g["gap_us_p50"] is not None and g["gap_us_p50"] >= 0 and r["eager"]["gap_us_p50"] >= 0
+        # cgwatch's own cost per graph step: the loop and the bare replays both measured (no bound: a benchmark)
+        assert g["loop_ms"] > 0 and g["bare_ms"] > 0 and math.isfinite(g["overhead_pct"])
+        assert "overhead_pct" not in r["eager"]
     assert res["bandwidth_bytes_per_s"] > 1e11
     rep = build_report(read_trace(trace))
     assert {b["bucket"] for b in rep["buckets"] if b["graph_steps"]} == {1, 4}

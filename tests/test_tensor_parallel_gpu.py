@@ -67,6 +67,17 @@ def test_toggle_and_recapture_on_every_rank():
     assert sorted(c["bucket"] for c in _events(recs, "capture")[-3:]) == [1, 2, 8]
 
 
+def test_the_bench_with_two_gpus_measures_graphs_all_reduce_and_cgwatchs_cost(capsys, tmp_path):
+    from cgwatch.cli import main
+    assert main(["bench", "--tp", "2", "--batch-sizes", "1,4", "--steps", "4", "--warmup", "1", "--tokens", "8",
+                 "--max-seq", "64", "--prompt-len", "8", "--kernels", "plain", "--json", "--no-record"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for row in res["rows"]:
+        g = row["graph"]
+        assert g["served"] == ["graph"] and 0 < g["allreduce_pct"] < 100 and g["plan_us_p50"] > 0
+        assert g["loop_ms"] > 0 and g["bare_ms"] > 0   # every rank replayed its graph alone (replay_bare)
+
+
 def test_a_killed_rank_ends_a_gpu_run_within_seconds(tmp_path):
     trace = tmp_path / "t.jsonl"
     p = _cgwatch("run", "--headless", "--tp", "2", "--model", "llama-1b", "--max-concurrency", "16",

@@ -11,6 +11,11 @@ checked against eager). ``--batch-sizes`` b requests sit in slots 0..b-1, prefil
 - throughput: ``tokens`` consecutive steps, synchronised at both ends: b * tokens / wall seconds.
 - kernels per step: the captured graph's kernel nodes; eager: kernels one step launches (profiler).
 - GPU gap: the median ``gap_us`` of the timed steps (the GPU idle between back-to-back steps).
+- cgwatch's own cost per graph step (``overhead_pct``): ``tokens`` steps through the engine's loop
+  against the same graph replayed ``tokens`` times alone (``Engine.replay_bare``), each from the same
+  saved state (so the same positions: a decode step's attention grows with them), synchronised at both
+  ends, in OWN_COST_ROUNDS alternating rounds: 100 * (median loop / median bare - 1), with
+  ``loop_ms`` / ``bare_ms`` per step. probes/bench_overhead.py's method, on every rank at N > 1.
 - ``with_compile``: ``DecodeState.decode`` under ``torch.compile(mode="reduce-overhead")`` (inductor
   fuses, then cudagraph trees record a graph per shape), timed the same way with CUDA events around
   each call; its first call per batch size (compile + record) is reported as compile seconds.
@@ -51,6 +56,9 @@ from cgwatch.errors import CgwatchError
 from cgwatch.measure import graph_stats
 from cgwatch.measure.bandwidth import copy_bandwidth
 from cgwatch.workload import StepPlan, WorkloadSpec
+
+
+OWN_COST_ROUNDS = 5   # loop / bare rounds of cgwatch's own cost per graph step (medians)
 
 
 @dataclass
@@ -241,7 +249,26 @@ class Bench(BenchBase):
         wall = time.perf_counter() - t0
         eng.call_all("_drain")
         out["tokens_per_s"] = b * cfg.tokens / wall
+        if mode == "graph" and b in eng.graphs.ok_sizes():
+            out.update(self._own_cost(b))
         return out
+
+    def _own_cost(self, b: int) -> dict:
+        """cgwatch's own cost per graph step of batch ``b`` (the module docstring)."""
+        eng, n = self.engine, self.cfg.tokens
+        runs = {"loop": lambda: [eng.step() for _ in range(n)], "bare": lambda: eng.call_all("replay_bare", b, n)}
+        ms: dict[str, list[float]] = {"loop": [], "bare": []}
+        for _ in range(OWN_COST_ROUNDS):
+            for kind, run in runs.items():
+                eng.call_all("restore_state")
+                self._sync()
+                t0 = time.perf_counter()
+                run()
+                self._sync()
+                ms[kind].append((time.perf_counter() - t0) * 1e3 / n)
+                eng.call_all("_drain")
+        loop, bare = statistics.median(ms["loop"]), statistics.median(ms["bare"])
+        return {"loop_ms": loop, "bare_ms": bare, "overhead_pct": 100 * (loop / bare - 1)}
 
     def _allreduce_pct(self, steps: int = 5) -> float | None:
         """The share of a step in all-reduce, from the profiler over ``steps`` steps on rank 0: NCCL

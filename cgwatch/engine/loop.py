@@ -451,7 +451,7 @@ class Engine(EngineBase):
                 self.merge.add(r, got[r])
             self.merge.flush(force=True)
 
-    ALL_RANK_CALLS = ("prefill_slots", "save_state", "restore_state", "_drain")
+    ALL_RANK_CALLS = ("prefill_slots", "save_state", "restore_state", "_drain", "replay_bare")
 
     def call_all(self, name: str, *args):
         """Run one of ALL_RANK_CALLS on every rank (rank 0 sends it; one rank: a plain call). The bench
@@ -474,6 +474,12 @@ class Engine(EngineBase):
 
     def restore_state(self) -> None:
         self.state.restore(self._saved_state)
+
+    def replay_bare(self, size: int, n: int) -> None:
+        """Size ``size``'s captured graph replayed ``n`` times and nothing else: the bench's floor for cgwatch's
+        own cost per step (every rank replays its own graph; the all-reduces inside keep them together)."""
+        for _ in range(n):
+            self.graphs.replay(size)
 
     def _keep_measure(self, rec: dict) -> None:
         """Rank > 0's emit: keep its step times for rank 0, drop the rest (rank 0 reports the run)."""
