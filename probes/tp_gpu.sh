@@ -58,15 +58,16 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "bench_*_tp*.json"))):
     except Exception as e:
         print(f"{os.path.basename(path)}: unreadable ({e})"); continue
     name = res["model"]["name"] if isinstance(res.get("model"), dict) else res.get("model")
-    for r in res["rows"]:
-        e, g = r.get("eager") or {}, r.get("graph") or {}
+    for r, kind in ((r, kind) for r in res["rows"] for kind in ("", "_fused") if r.get("graph" + kind)):
+        e, g = r.get("eager" + kind) or {}, r.get("graph" + kind) or {}
         f = lambda v, s: "n/a" if v is None else format(v, s)
-        rows.append((name, res.get("tensor_parallel_size", 1), r["batch"], f(e.get("p50_ms"), ".3f"), f(g.get("p50_ms"), ".3f"),
+        rows.append((name, res.get("tensor_parallel_size", 1), kind.strip("_") or "plain", r["batch"],
+                     f(e.get("p50_ms"), ".3f"), f(g.get("p50_ms"), ".3f"),
                      f(e["p50_ms"] / g["p50_ms"] if e.get("p50_ms") and g.get("p50_ms") else None, ".2f"),
                      f(e.get("allreduce_pct"), ".1f"), f(g.get("allreduce_pct"), ".1f"),
                      f(g.get("plan_us_p50"), ".0f"), f(g.get("skew_ms_p50"), ".3f"), f(g.get("tokens_per_s"), ",.0f"),
                      f(g.get("overhead_pct"), "+.2f")))
-head = ("model", "tp", "batch", "eager ms", "graph ms", "speedup", "AR% eager", "AR% graph", "plan µs", "skew ms", "graph tok/s",
+head = ("model", "tp", "kernels", "batch", "eager ms", "graph ms", "speedup", "AR% eager", "AR% graph", "plan µs", "skew ms", "graph tok/s",
         "cgwatch %")
 if rows:
     w = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
