@@ -528,7 +528,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                          "a rotated run's parts, or its first part), or sample:NAME")
         rep.add_argument("--json", action="store_true", help="machine-readable output")
         from cgwatch.window import add_arguments
-        add_arguments(rep, "numbers of the records")
+        add_arguments(rep)
         rep.set_defaults(func=cmd_report)
     if want("samples"):
         sm = sub.add_parser("samples", help="list the bundled traces (sample:NAME wherever a trace goes)")
