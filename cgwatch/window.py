@@ -187,7 +187,7 @@ def windowed(trace, window: Window):
                                  else Window.latest_of(enumerate(trace.records)))
     if trace.compact is not None:
         out = Trace(trace.header, path=trace.path, compact=trace.compact, notes=trace.notes)
-        before = list(_compact_before(trace, window.lo))
+        before = list(_compact_before(trace, window.lo))   # (the events of the groups before it)
     else:
         outside: list = []
         every = [*trace.records, *([trace.end] if trace.end is not None else [])]
@@ -198,9 +198,9 @@ def windowed(trace, window: Window):
         out = Trace(trace.header, records, end, trace.truncated_at, trace.path, lines,
                     trace.end_line if end else None, notes=trace.notes)
         out.file_records = len(trace.records)
-        before = _records_before(trace.records, window.lo)
+        before = trace.records
     out.window = window
-    out.opening = [rec for rec in before if R.check_record(rec) is None]
+    out.opening = [rec for rec in _records_before(before, window.lo) if R.check_record(rec) is None]
     return out
 
 
@@ -209,38 +209,32 @@ def _is_state(rec: dict) -> bool:
 
 
 def _records_before(records: list[dict], lo: float) -> list[dict]:
-    """The state events whose time (Window.inside's) is before ``lo``."""
+    """The state events before ``lo`` (an event has a number t, or the screen leaves it out)."""
     from .export import _is_number
-    out, newest = [], -math.inf
-    for rec in records:
-        t = rec.get("t")
-        if _is_number(t):
-            newest = max(newest, float(t))
-        else:
-            t = max(newest, 0.0)
-        if t < lo and _is_state(rec):
-            out.append(rec)
-    return out
+    return [rec for rec in records if _is_state(rec) and _is_number(rec.get("t")) and rec["t"] < lo]
 
 
 def _compact_before(trace, lo: float):
     """The state events of a compact trace before ``lo``: only the row groups (stream batches) that start
-    before it read, and of them only the type, t and JSON columns (events are kept as JSON)."""
+    before it are read, and of them only the type and JSON columns (events are kept as JSON, t inside)."""
     if lo == -math.inf:
         return
     from . import arrow_np as A
     from .columnar import _decode_json
-    from .export import _is_number
     from .fold import _is
-    upto, newest = Window(-math.inf, lo), [-math.inf]
+
+    def early(lo_hi) -> bool:
+        return lo_hi is None or lo_hi[0] < lo
+
     for r in trace.compact:
-        for b in upto.batches(r, ["type", "json"], True, None, newest):
+        if r.kind == "parquet":
+            read = r.batches(["type", "json"], True, None, group=lambda pf, k: early(_t_range(pf, k)))
+        else:
+            read = _stream_batches(r, ["type", "json"], early)
+        for b in read:
             js = b.column("json")
             for k in np.flatnonzero(_is(b.column("type"), R.EVENT) & ~A.null(js)).tolist():
-                rec = _decode_json(js[k].as_py())
-                t = rec.get("t")   # (one at lo itself is the window's)
-                if _is_state(rec) and not (_is_number(t) and t >= lo):
-                    yield rec
+                yield _decode_json(js[k].as_py())
 
 
 def latest_t(readers) -> float | None:
