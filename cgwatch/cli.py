@@ -430,8 +430,8 @@ def cmd_replay(a) -> int:
         a.trace = sample_path(a.sample)
     if not 0.25 <= a.speed <= 16:
         raise CgwatchError(f"--speed must be between 0.25 and 16, got {a.speed}")
-    from cgwatch.window import Window
-    start = Window.of(a.start, None, a.last)   # a bad time: one line, before the trace is read
+    from cgwatch.window import of_args
+    start = of_args(a)   # (--from, --last: no --to) a bad time: one line, before the trace is read
     source = ReplaySource(a.trace, speed=a.speed, start=start)
     _need_terminal("cgwatch replay")
     for w in source.warnings:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from collections import deque
 
 import numpy as np
@@ -25,22 +24,16 @@ import pyarrow as pa
 
 from . import arrow_np as A
 from . import columnar as C
+from . import cores
 from . import records as R
 from .read_ahead import ahead
 
 _STEP = R.STEP
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):   # (not on every platform)
-        return os.cpu_count() or 1
-
-
 # threads building an export's text at once (pyarrow's kernels run without the GIL): the cores this process may
 # use, 2 to 6 (each holds a batch's text and keeps its own malloc arena: ~50-100 MiB more each at 1M steps)
-BUILDERS = max(2, min(6, _cores()))
+BUILDERS = max(2, min(6, cores.usable()))
 
 
 def strings(words: list[str]) -> pa.Array:

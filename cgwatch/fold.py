@@ -251,16 +251,11 @@ def fold(trace, window: int | None = None, on_record=None, steps: bool = False,
     return stats, out
 
 
-def _opening(trace) -> tuple:
-    """(window, the events before it) of a window's trace (window.windowed); (None, ()) otherwise."""
-    return (None, ()) if trace.opening is None else (trace.window, trace.opening)
-
-
 def _pass(trace, make_stats, known_bad, keep_steps=False, count=True):
     """One pass over the trace (``_Pass``): (stats, bad rows, why per rejected row, whether the accepted steps
     came in i order with non-decreasing t, the end record, the decoded records to hand on, the kept step
     columns). ``known_bad``: the rows to leave out (a second pass)."""
-    p = _Pass(trace.header, make_stats, known_bad, keep_steps, count, *_opening(trace))
+    p = _Pass(trace.header, make_stats, known_bad, keep_steps, count, trace.opened_window, trace.opening)
     for b in ahead(trace.batches(dictionary=True, inert=INERT)):
         p.batch(b)
     return p.result()
@@ -272,11 +267,11 @@ class _Pass:
     there is no duplicate and none out of order, and no later batch changes an earlier one's verdicts)."""
 
     def __init__(self, header: dict, make_stats, known_bad, keep_steps: bool = False, count: bool = True,
-                 window=None, opening: list[dict] = ()):
+                 opened=None, opening: list[dict] | None = None):
         self.stats = make_stats()
         self.stats.add(header)
-        if window is not None:   # a window of the run (window.windowed): the state it opens under
-            self.stats.open_window(opening, window.lo)
+        if opened is not None:   # a window of the run (window.windowed): the state it opens under
+            self.stats.open_window(opening, opened.lo)
         self.known_bad, self.keep_steps, self.count = known_bad, keep_steps, count
         self.bads: list[np.ndarray] = []
         self.why: dict[int, str] = {}

@@ -409,7 +409,7 @@ def _max_concurrency(header: dict) -> int | None:
 
 def _window(trace) -> str | None:
     """The label of a window's trace (window.windowed), None for a whole one."""
-    return trace.window.label() if trace.opening is not None else None
+    return None if trace.opened_window is None else trace.opened_window.label()
 
 
 def current_sizes(trace) -> list[int] | None:

@@ -72,8 +72,8 @@ def build_report(trace: Trace) -> dict:
     else:
         screened = trace.screened()
         stats.add(trace.header)
-        if trace.opening is not None:   # a window of the run (window.windowed): the state it opens under
-            stats.open_window(trace.opening, trace.window.lo)
+        if trace.opened_window is not None:   # a window of the run (window.windowed): the state it opens under
+            stats.open_window(trace.opening, trace.opened_window.lo)
         rec: dict = {}
         try:
             for rec in screened.records:  # one pass
@@ -111,7 +111,7 @@ def build_report(trace: Trace) -> dict:
     warnings = trace.warnings() + ([screened.warning] if screened.warning else [])
     names = {r.get("rank"): r.get("gpu") for r in header.get("ranks") or () if isinstance(r, dict)}
     ranks = [{"gpu": names.get(r["rank"]), **r} for r in stats.ranks.rows()]
-    w = trace.window if trace.opening is not None else None
+    w = trace.opened_window
     window = None if w is None else {"label": w.label(), "from": _finite(w.lo), "to": _finite(w.hi),
                                      "last": w.last}
     return {"path": trace.path, "header": header, "window": window, "epochs": [e.summary() for e in shown], "buckets": buckets,

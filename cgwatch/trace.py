@@ -272,6 +272,12 @@ class Trace:
         self.opening: list[dict] | None = None   # a window's trace: the events before it that set its state
         self.file_records: int | None = None   # a window's trace: the records in the file (warnings count them)
 
+    @property
+    def opened_window(self):
+        """The window this trace was cut to for counting (window.windowed), None for a whole trace (or an
+        export's filtered read, which sets ``window`` but no ``opening``)."""
+        return None if self.opening is None else self.window
+
     # -- compact traces: decoded on first use ---------------------------------------------------------
     def batches(self, columns: list[str] | None = None, dictionary: bool = False, inert: dict | None = None):
         """The table's record batches over all parts, in order (compact traces only); ``dictionary``: string

@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from cgwatch import cores
 from cgwatch import records as R
 from cgwatch.engine import kernels as K
 from cgwatch.engine import ranks as RK
@@ -125,10 +126,7 @@ def cpu_threads(explicit: int | None = None, env: dict | None = None) -> tuple[i
     omp = str(env.get("OMP_NUM_THREADS", "")).strip()
     if omp.isdigit() and int(omp) > 0:
         return int(omp), "OMP_NUM_THREADS"
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
+    usable = cores.usable()
     try:
         import psutil
         physical = psutil.cpu_count(logical=False) or usable
