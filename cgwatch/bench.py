@@ -42,6 +42,7 @@ def add_parser(sub) -> None:
                    help='also torch.compile(mode="reduce-overhead") as a third column (CUDA only)')
     p.add_argument("--record", metavar="PATH", help="also write the bench's trace here (for report, replay and "
                    "recommend --costs); without it nothing is written")
+    p.add_argument("--overwrite", action="store_true", help="with --record: replace a trace already at PATH")
     p.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)   # the default now; kept for scripts
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     p.add_argument("--no-nvtx", action="store_true")
@@ -95,6 +96,8 @@ def run(a) -> int:
     check_config(cfg)
     if a.no_record and a.record:
         raise CgwatchError("--record and --no-record together: choose one")
+    from cgwatch.trace import check_record_path
+    check_record_path(a.record, a.overwrite)
     path = a.record   # opt-in: a bench writes nothing it was not asked for
     session = Session.open(lambda emit: _make_bench(a, cfg, emit), record=path, what="bench",
                            end_fields={"bench": None})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -53,7 +54,7 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-cudagraph-capture-size", type=int, default=None, help="drop capture sizes above this")
     g.add_argument("--max-padding-ratio", type=float, default=None,
                    help="run eager when (bucket - batch) / bucket would exceed this (default 0.5; pytorch backend)")
-    g.add_argument("--mode", choices=("graph", "eager"), default="graph", help="start in graph or eager mode")
+    g.add_argument("--mode", choices=("graph", "eager"), default=None, help="start in graph (default) or eager mode")
     g.add_argument("--enforce-eager", action="store_true", help="same as --mode eager")
     g.add_argument("--kernels", choices=("auto", "fused", "plain"), default=None,
                    help="the decode step's kernels: fused (Triton: add+norm, RoPE+KV write, attention over "
@@ -87,6 +88,7 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help=f"before decode step STEP: {ACTIONS_HELP} (repeatable)")
     r.add_argument("--record", metavar="PATH", help="write a trace file: PATH.jsonl JSON Lines, any other name the "
                    "compact format (PATH.parquet: Parquet once closed)")
+    r.add_argument("--overwrite", action="store_true", help="with --record: replace a trace already at PATH")
     r.add_argument("--rotate-size", type=_size, metavar="SIZE", help="with --record: a new part file (PATH "
                    "-> PATH.000, .001, ... before the suffix) when a part reaches SIZE on disk (e.g. 512MB; a "
                    "compact part's closed size, estimated while it records)")
@@ -112,6 +114,17 @@ def _size(text: str) -> int:
     if not n > 0:
         raise argparse.ArgumentTypeError(f"a size must be > 0, got {text!r}")
     return int(n * mult)
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535 (0: any free one), got {n}")
+    return n
 
 
 def _duration(text: str) -> float:
@@ -146,7 +159,18 @@ def _fail_captures(values: list[str]) -> tuple[tuple[int, ...], tuple[tuple[int,
 
 
 def _common_checks(a) -> None:
+    if a.enforce_eager and a.mode == "graph":
+        raise CgwatchError("--enforce-eager and --mode graph contradict each other: choose one")
+    a.mode = "eager" if a.enforce_eager else a.mode or "graph"
+    if not math.isfinite(a.temperature) or a.temperature < 0:
+        raise CgwatchError(f"--temperature must be >= 0 (0: greedy), got {a.temperature}")
+    if a.max_cudagraph_capture_size is not None and a.max_cudagraph_capture_size < 1:
+        raise CgwatchError(f"--max-cudagraph-capture-size must be >= 1, got {a.max_cudagraph_capture_size}")
+    if a.cudagraph_capture_sizes is not None and not a.cudagraph_capture_sizes.replace(",", "").strip():
+        raise CgwatchError("--cudagraph-capture-sizes is empty: give sizes like 1,2,4,8, or --mode eager")
     rotation(a)
+    from cgwatch.trace import check_record_path
+    check_record_path(a.record, a.overwrite)
     if a.tensor_parallel_size < 1:
         raise CgwatchError(f"--tensor-parallel-size must be >= 1, got {a.tensor_parallel_size}")
     if a.steps is not None and a.steps < 1:
@@ -163,7 +187,7 @@ def _engine_config(a):
     from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, parse_sizes
     from cgwatch.engine.control import Limits, parse_scheduled, parse_step_range
     from cgwatch.engine.loop import EngineConfig
-    from cgwatch.workload import WorkloadSpec
+    from cgwatch.workload import Workload, WorkloadSpec, clamp_note
 
     for name in _VLLM_ONLY:
         if getattr(a, name) is not None:
@@ -172,18 +196,27 @@ def _engine_config(a):
     fail_every, fail_on = _fail_captures(a.fail_capture_bucket)
     if fail_on and a.tensor_parallel_size == 1 and any(r for _, r in fail_on):
         raise CgwatchError("--fail-capture-bucket N@RANK: RANK must be 0 without --tensor-parallel-size")
+    for b in (*fail_every, *(b for b, _ in fail_on)):
+        if not 1 <= b <= a.max_concurrency:
+            raise CgwatchError(f"--fail-capture-bucket {b}: no bucket can be {b} (sizes run from 1 to "
+                               f"--max-concurrency {a.max_concurrency})")
     if a.threads is not None and a.threads < 1:
         raise CgwatchError(f"--threads must be >= 1, got {a.threads}")
     limits = Limits(a.max_concurrency, "--max-concurrency (KV slots)")   # the engine's own (Engine.command_limits)
+    workload = WorkloadSpec(arrival=a.arrival, prompt_len=a.prompt_len, output_len=a.output_len,
+                            max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed)
+    Workload(workload)                       # its checks, before the model loads
+    note = clamp_note(workload)
+    if note:
+        print(f"cgwatch: note: {note}", file=sys.stderr)
     return EngineConfig(
         model=a.model or "tiny", device=a.device, dtype=a.dtype, max_seq=a.max_seq,
         capture_sizes=tuple(sizes),
         max_capture_size=a.max_cudagraph_capture_size,
         max_padding_ratio=0.5 if a.max_padding_ratio is None else a.max_padding_ratio,
-        mode="eager" if a.enforce_eager else a.mode, kernels=a.kernels or "auto", pool=a.graph_pool or "shared",
+        mode=a.mode, kernels=a.kernels or "auto", pool=a.graph_pool or "shared",
         temperature=a.temperature, seed=a.seed,
-        workload=WorkloadSpec(arrival=a.arrival, prompt_len=a.prompt_len, output_len=a.output_len,
-                              max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed),
+        workload=workload,
         schedule=tuple(parse_scheduled(s, limits) for s in a.at),
         profile_steps=parse_step_range(a.profile_steps) if a.profile_steps else None,
         fail_capture=fail_every, fail_capture_on=fail_on, tensor_parallel_size=a.tensor_parallel_size,
@@ -218,7 +251,7 @@ def _vllm_config(a):
         model=a.model, load_format=a.load_format, dtype=a.dtype, max_seq=a.max_seq,
         capture_sizes=None if a.cudagraph_capture_sizes is None else tuple(parse_sizes(a.cudagraph_capture_sizes)),
         max_capture_size=a.max_cudagraph_capture_size, cudagraph_mode=a.cudagraph_mode,
-        mode="eager" if a.enforce_eager else a.mode, gpu_memory_utilization=a.gpu_memory_utilization,
+        mode=a.mode, gpu_memory_utilization=a.gpu_memory_utilization,
         max_num_seqs=a.max_num_seqs, tensor_parallel_size=a.tensor_parallel_size, temperature=a.temperature, seed=a.seed, workload=workload,
         schedule=tuple(parse_scheduled(s) for s in a.at), sample_interval_s=a.sample_interval)
     Workload(workload)          # bad arrival / lengths / replay file: fail now, not after vLLM's start-up
@@ -280,10 +313,14 @@ def cmd_run(a) -> int:
     no_cuda = cfg.mode == "graph" and getattr(engine, "cuda", True) is False
     mode = "eager (graphs need CUDA)" if no_cuda else cfg.mode
     mode += f", {h['kernels']} kernels" if h.get("kernels") else ""
-    print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {h['gpu']} ({h['dtype']}{backend}), mode {mode}, "
+    tp = h.get("tensor_parallel_size") or 1
+    gpu = f"{h['gpu']} ×{tp} (tensor parallel)" if tp > 1 else h["gpu"]
+    print(f"cgwatch {h['cgwatch']}: {h['model']['name']} on {gpu} ({h['dtype']}{backend}), mode {mode}, "
           f"sizes {engine.sizes}, workload {cfg.workload.arrival}" + (f", recording {a.record}" if a.record else ""))
     for note in h.get("vllm_notes") or ():
         print(note)
+    if session.metrics is not None:
+        print(f"metrics on {session.metrics.url}")
     stop = _stop_on_signals()
     try:
         with session:
@@ -305,7 +342,7 @@ def cmd_run(a) -> int:
 # what to use instead of the TUI, per command
 _PLAIN = {"cgwatch run": "'cgwatch run --headless' (a status line a second)",
           "cgwatch replay": "'cgwatch report TRACE' (the same numbers as text)",
-          "cgwatch attach": "another terminal, or the daemon's --prometheus metrics"}
+          "cgwatch attach": "the daemon's --prometheus metrics"}
 
 
 def _need_terminal(what: str) -> None:
@@ -383,9 +420,15 @@ def daemon_child_command() -> list[str]:
     return [sys.executable, "-c", boot, where, "daemon"]
 
 
+def _check_token(token: str | None) -> None:
+    if token is not None and not token.strip():
+        raise CgwatchError("--token is empty: give the token (or leave --token out)")
+
+
 def cmd_daemon(a) -> int:
     from cgwatch.daemon import run_daemon
 
+    _check_token(a.token)
     cfg = _engine_config(a)
     stop = _stop_on_signals()
     if a.parent_fd is not None:
@@ -402,9 +445,14 @@ def cmd_attach(a) -> int:
 
     from cgwatch.client import connect
 
+    _check_token(a.token)
     try:                                   # a typo fails now; a daemon lost later is reconnected to
         conn = connect(a.addr, token=a.token, timeout=5)
     except OSError as e:
+        from cgwatch.protocol import parse_address
+        kind, path, _ = parse_address(a.addr)
+        if kind == "unix" and os.path.isfile(path):
+            raise CgwatchError(f"{path} is a file, not a daemon's socket (a trace? cgwatch replay {path})") from None
         raise CgwatchError(f"cannot reach a daemon at {a.addr}: {e.strerror or e}") from None
     try:                                   # so does a wrong token, not at the first key
         reply = conn.auth() if a.token and conn.hello.get("control") == "token" else {"ok": True}
@@ -424,7 +472,8 @@ def cmd_replay(a) -> int:
     from cgwatch.tui.app import run_tui
 
     if (a.sample is not None) == bool(a.trace):
-        raise CgwatchError("give a trace file or --sample [NAME] (a bundled trace: cgwatch samples), not both")
+        raise CgwatchError("give a trace file or --sample [NAME] (a bundled trace: cgwatch samples)"
+                           + (", not both" if a.trace else ""))
     if a.sample is not None:
         from cgwatch.samples import sample_path
         a.trace = sample_path(a.sample)
@@ -497,14 +546,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         run = sub.add_parser("run", help="run the decode loop with the live TUI (or --headless)")
         run.add_argument("--headless", action="store_true", help="no TUI: a status line every second")
         _add_engine_flags(run)
-        run.add_argument("--prometheus", type=int, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT")
+        run.add_argument("--prometheus", type=_port, metavar="PORT",
+                         help="serve /metrics on 127.0.0.1:PORT (0: any free port, printed)")
         run.set_defaults(func=cmd_run)
     if want("daemon"):
         d = sub.add_parser("daemon", help="run the decode loop and serve it to TUIs and scripts")
         _add_engine_flags(d)
         d.add_argument("--listen", metavar="ADDR", help="unix:PATH (default: a private socket) or HOST:PORT")
         d.add_argument("--token", help="required for control; required to bind anything but loopback")
-        d.add_argument("--prometheus", type=int, metavar="PORT", help="serve /metrics on 127.0.0.1:PORT")
+        d.add_argument("--prometheus", type=_port, metavar="PORT",
+                         help="serve /metrics on 127.0.0.1:PORT (0: any free port, printed)")
         d.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)   # cgwatch run's child
         d.set_defaults(func=cmd_daemon)
     if want("attach"):
@@ -565,6 +616,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CGWATCH_DEBUG"):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if isinstance(e, MemoryError) or "OutOfMemoryError" in type(e).__name__ or "can't allocate memory" in first:
+            print(f"cgwatch: out of memory ({type(e).__name__}: {first[:200]}): lower the sizes asked for "
+                  "(--max-concurrency, --max-seq, --batch-sizes)", file=sys.stderr)
+            return 1
         print(f"cgwatch: internal error: {type(e).__name__}: {first} (set CGWATCH_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 1

@@ -93,7 +93,17 @@ def _jsonl_records(path: str, state: dict):
     state["n"] = n
 
 
+# names of what export writes, not a trace: convert would write a trace under them
+_EXPORTS = {".csv": "csv", ".json": "perfetto", ".pftrace": "pftrace", ".perfetto-trace": "pftrace"}
+
+
 def run(a) -> int:
+    if a.output in ("", "-"):
+        raise CgwatchError(f"convert needs a file name for OUT, not {a.output!r} (a trace is not written to stdout)")
+    ext = os.path.splitext(a.output)[1].lower()
+    if ext in _EXPORTS:
+        raise CgwatchError(f"{a.output}: convert writes traces (.jsonl, .parquet, or another name: Arrow IPC); "
+                           f"for {ext} use cgwatch export --format {_EXPORTS[ext]}")
     try:
         n, warnings = convert(a.trace, a.output)
     except OSError as e:

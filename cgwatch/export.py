@@ -140,6 +140,8 @@ def add_parser(sub) -> None:
 def run(a) -> int:
     window = window_of_args(a)   # a bad time: one line
     header = read_header(a.trace)          # missing, unreadable or not a trace: TraceError, one line
+    if a.output is not None and not a.output.strip():
+        raise CgwatchError("-o/--output is empty: give a file name, or - for stdout")
     out = a.output or default_output(a.trace, a.format)
     if out != "-" and os.path.exists(out) and os.path.samefile(out, a.trace):
         raise CgwatchError(f"output {out} is the trace itself; choose another with -o")

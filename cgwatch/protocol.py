@@ -162,6 +162,8 @@ def parse_address(addr: str) -> tuple[str, str, int]:
         return "tcp", host, int(port)
     if addr.startswith("tcp:"):
         raise CgwatchError(f"bad address {addr!r}: expected tcp:HOST:PORT")
+    if sep and "/" not in addr:   # HOST:PORT with a port that is not one (a socket path: unix:PATH, or with a /)
+        raise CgwatchError(f"bad address {addr!r}: the port must be a number 0..65535 (a socket: unix:PATH)")
     if not addr:
         raise CgwatchError("empty address: expected unix:PATH, a path, or HOST:PORT")
     return "unix", addr, 0

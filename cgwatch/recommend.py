@@ -451,8 +451,8 @@ def add_parser(sub) -> None:
 def run(a) -> int:
     from cgwatch.trace import read_trace
 
-    if not a.memory_budget > 0:
-        raise CgwatchError(f"--memory-budget must be > 0 MiB, got {a.memory_budget:g}")
+    if not 0 < a.memory_budget < float("inf"):
+        raise CgwatchError(f"--memory-budget must be > 0 and finite (MiB), got {a.memory_budget:g}")
     if a.max_buckets < 1:
         raise CgwatchError(f"--max-buckets must be >= 1, got {a.max_buckets}")
     from cgwatch.window import of_args, windowed

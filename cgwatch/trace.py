@@ -171,6 +171,24 @@ class TraceWriter:
             self.close({"error": f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__})
 
 
+def check_record_path(path: str | None, overwrite: bool = False) -> None:
+    """What ``--record PATH`` may name, checked before a run starts: a file name ('' and '-' are none: a
+    trace does not go to stdout), in a directory that exists, and no trace already there (nor the first
+    part of a rotated one) unless ``overwrite`` (an empty file holds nothing: it is replaced)."""
+    if path is None:
+        return
+    if path in ("", "-"):
+        raise CgwatchError(f"--record needs a file name, not {path!r} (a trace is not written to stdout)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CgwatchError(f"cannot write trace {path}: directory {parent} does not exist")
+    for p in (path, part_path(path, 0)):
+        if os.path.isdir(p):
+            raise CgwatchError(f"cannot write trace {p}: it is a directory")
+        if not overwrite and os.path.isfile(p) and os.path.getsize(p) > 0:
+            raise CgwatchError(f"{p} exists: record to another name, or add --overwrite to replace it")
+
+
 def part_path(path: str, k: int) -> str:
     """The k-th part of a rotated trace: run.jsonl -> run.000.jsonl, run.parquet -> run.000.parquet."""
     stem, ext = os.path.splitext(path)

@@ -101,6 +101,20 @@ def parse_length(spec: str) -> Callable[[random.Random], int]:
     raise bad()
 
 
+def least_length(spec: str) -> int:
+    """The least length a (valid) distribution gives: N of fixed:N, A of uniform:A:B, else 1."""
+    kind, _, rest = str(spec).strip().partition(":")
+    return int(rest.split(":")[0]) if kind in ("fixed", "uniform") else 1
+
+
+def clamp_note(spec: WorkloadSpec) -> str | None:
+    """A line to say that every prompt will be cut to max_seq // 2 (Workload clamps each one), or None."""
+    if least_length(spec.prompt_len) <= spec.max_seq // 2:
+        return None
+    return (f"every prompt of --prompt-len {spec.prompt_len} is cut to {spec.max_seq // 2} tokens "
+            f"(a prompt takes at most --max-seq {spec.max_seq} // 2 positions)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Poisson sampling
 

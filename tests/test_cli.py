@@ -62,9 +62,61 @@ def test_headless_run_records_a_trace_that_report_reads(tmp_path):
     (["replay", "/no/such/trace"], "no such trace"),
     (["daemon", "--listen", "0.0.0.0:7071"], "not loopback"),
     (["frobnicate"], "invalid choice"),
+    (["run", "--headless", "--max-concurrency", "4", "--fail-capture-bucket", "9"], "--fail-capture-bucket 9"),
+    (["run", "--headless", "--fail-capture-bucket", "0"], "no bucket can be 0"),
+    (["run", "--headless", "--record", ""], "--record needs a file name"),
+    (["run", "--headless", "--record", "-"], "not written to stdout"),
+    (["run", "--headless", "--prometheus", "99999"], "a port is 0..65535"),
+    (["run", "--headless", "--max-cudagraph-capture-size", "0"], "--max-cudagraph-capture-size must be >= 1"),
+    (["run", "--headless", "--cudagraph-capture-sizes", ""], "--cudagraph-capture-sizes is empty"),
+    (["run", "--headless", "--temperature", "-1"], "--temperature must be >= 0"),
+    (["run", "--headless", "--mode", "graph", "--enforce-eager"], "contradict"),
+    (["run", "--headless", "--max-concurrency", "100000", "--max-seq", "100000"], "the KV cache for 100000 slots"),
+    (["daemon", "--listen", "127.0.0.1:abc"], "the port must be a number"),
+    (["daemon", "--token", ""], "--token is empty"),
+    (["replay"], "give a trace file or --sample"),
+    (["recommend", "sample:llama1b_poisson_h100", "--memory-budget", "inf", "--max-buckets", "3"], "finite"),
+    (["convert", "sample:llama1b_poisson_h100", "-"], "convert needs a file name"),
+    (["convert", "sample:llama1b_poisson_h100", "out.csv"], "cgwatch export --format csv"),
 ])
 def test_bad_input_is_one_clear_line(args, needle):
     assert_one_line_error(cgwatch(*args), needle)
+
+
+def test_record_does_not_replace_a_trace_unless_asked(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    assert cgwatch("run", "--headless", "--steps", "2", "--record", str(trace), *SMALL).returncode == 0
+    before = trace.read_bytes()
+    assert_one_line_error(cgwatch("run", "--headless", "--steps", "3", "--record", str(trace), *SMALL),
+                          f"{trace} exists", "--overwrite")
+    assert trace.read_bytes() == before
+    rotated = tmp_path / "r.jsonl"
+    (tmp_path / "r.000.jsonl").write_bytes(before)       # a rotated run's first part
+    assert_one_line_error(cgwatch("run", "--headless", "--steps", "3", "--record", str(rotated),
+                                  "--rotate-size", "8KB", *SMALL), "r.000.jsonl exists")
+    out = cgwatch("run", "--headless", "--steps", "3", "--record", str(trace), "--overwrite", *SMALL)
+    assert out.returncode == 0 and read_trace(trace).end["steps"] == 3
+    empty = tmp_path / "e.jsonl"
+    empty.touch()                                         # an empty file (mktemp's) holds nothing: replaced
+    assert cgwatch("run", "--headless", "--steps", "2", "--record", str(empty), *SMALL).returncode == 0
+
+
+def test_attach_to_a_file_and_check_of_a_script_are_one_line(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("{}\n")
+    assert_one_line_error(cgwatch("attach", str(trace)), "is a file, not a daemon's socket", "cgwatch replay")
+    script = tmp_path / "script.py"
+    script.write_text("import sys\nsys.exit(3)\ndef f(x):\n    return x\n")
+    assert_one_line_error(cgwatch("check", f"{script}:f", "--example-inputs", "f32[4]"), "called sys.exit(3)")
+
+
+def test_fail_capture_bucket_that_cannot_act_says_so(tmp_path):
+    """On the CPU there are no graphs to fail: the run says so in its log instead of ignoring the flag."""
+    trace = tmp_path / "f.jsonl"
+    out = cgwatch("run", "--headless", "--steps", "2", "--fail-capture-bucket", "2", "--record", str(trace), *SMALL)
+    assert out.returncode == 0, out.stderr
+    notes = [r["message"] for r in read_trace(trace).records if r.get("kind") == "info"]
+    assert "--fail-capture-bucket [2]: no CUDA graphs on the CPU" in notes
 
 
 def test_report_on_corrupt_and_truncated_traces(tmp_path):

@@ -151,7 +151,7 @@ async def test_tui_per_gpu_view_fits_80x24():
         await pilot.pause()
         panel = app.query_one(RankPanel)
         lines = panel.plain_lines()
-        assert lines[0].split()[:2] == ["gpu", "name"] and len(lines) == 4
+        assert lines[0].split()[:2] == ["rank", "gpu"] and len(lines) == 4
         assert lines[2].split()[:2] == ["1", "NVIDIA"] and lines[2].rstrip().endswith("16")
         assert lines[3].startswith("skew (slowest - fastest rank) p50 0.500 ms")
         assert all(len(x) <= 78 for x in lines)

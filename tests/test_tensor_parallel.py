@@ -601,3 +601,96 @@ def test_daemon_with_two_ranks_takes_commands_and_stops(tmp_path):
     t_mode = next(r["t"] for r in recs if r.get("kind") == "mode" and r.get("mode") == "eager")
     after = [r for r in recs if r["type"] == "step" and r["t"] > t_mode]   # (on the CPU every step is no_cuda)
     assert len(after) >= 3 and all(len(r["rank_ms"]) == 2 for r in after)
+
+
+# -- a rank lost while the ranks start; what a rank ends with ---------------------------------------
+
+def test_a_rank_dead_before_the_rendezvous_ends_the_start(monkeypatch):
+    """Rank 0 waits for every rank in Ranks._rendezvous, where a dead one is seen (init_process_group would
+    wait for it holding the GIL, so no watchdog could end the wait before its timeout)."""
+    r = _bare_ranks(monkeypatch)
+    r.size = 2
+    r.store = torch.distributed.TCPStore("127.0.0.1", 0, 2, True, timeout=timedelta(seconds=30),
+                                         wait_for_workers=False)
+    with pytest.raises(RK.RankLost, match="^rank 1 was killed by SIGKILL$"):
+        r._rendezvous()
+    assert r.lost == "rank 1 was killed by SIGKILL"
+
+
+def test_a_rank_killed_as_the_ranks_start_ends_the_run_with_one_line():
+    """The CLI: rank 1 killed as soon as it exists. Before: rank 0 waited 120 s in the rendezvous, then
+    'internal error: DistStoreError'. Now one line naming the rank, rc 1, no rank left behind."""
+    import psutil
+    p = _cgwatch("run", "--headless", "--tp", "2", "--max-concurrency", "4", "--max-seq", "64", "--steps", "20")
+    kids = []
+    try:
+        deadline = time.monotonic() + 60
+        while not kids:
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            kids = psutil.Process(p.pid).children()
+            time.sleep(0.01)
+        kids[0].kill()
+        out, err = p.communicate(timeout=100)   # (the rendezvous' own timeout: 120 s)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 1, err
+    assert "rank 1 was killed by SIGKILL" in err and "internal error" not in err and "Traceback" not in err
+    assert not any(psutil.pid_exists(k.pid) and k.status() != psutil.STATUS_ZOMBIE for k in kids)
+
+
+class _Ended:
+    def __init__(self, pid, code):
+        self.pid, self.code = pid, code
+
+    def poll(self):
+        return self.code
+
+
+def test_a_rank_that_lost_its_peers_is_not_blamed():
+    """A follower whose collective failed because another rank died exits with EXIT_PEER_LOST and says
+    nothing; rank 0 names the rank that died even if the survivor's exit is seen first."""
+    r = object.__new__(RK.Ranks)
+    r.rank, r.store, r._parent = 0, None, os.getppid()
+    r.procs = [_Ended(1, None), _Ended(2, RK.EXIT_PEER_LOST), _Ended(3, -signal.SIGKILL)]
+    assert r._dead_rank() == "rank 3 was killed by SIGKILL"
+    r.procs = [_Ended(1, None), _Ended(2, RK.EXIT_PEER_LOST)]
+    assert r._dead_rank() == "rank 2 lost the other ranks"
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:4301: "
+                        "Connection reset by peer")
+    assert RK.peer_gone(gloo) and RK.peer_gone(RK.RankLost("x"))
+    assert not RK.peer_gone(RuntimeError("CUDA out of memory")) and not RK.peer_gone(ValueError("bad"))
+
+
+def test_shutdown_after_a_lost_rank_ends_the_rest_at_one_deadline():
+    """Ranks still there after a lost rank are killed at one shared deadline (was: 2 s, then SIGTERM and
+    10 s more, one rank after the other: 25 s with four ranks)."""
+    r = object.__new__(RK.Ranks)
+    r.rank, r.cuda, r.lost, r.stopped = 0, True, "rank 1 was killed by SIGKILL", False
+    r._noticed = threading.Event()
+    r.procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) for _ in range(3)]
+    try:
+        t = time.monotonic()
+        r.shutdown()
+        assert time.monotonic() - t < 60
+        assert all(p.poll() is not None for p in r.procs)
+    finally:
+        RK.HARD_EXIT = False
+        for p in r.procs:
+            p.kill()
+            p.wait()
+
+
+def test_fail_capture_bucket_outside_the_sizes_is_noted():
+    out = []
+    e = object.__new__(Engine)
+    e.cfg, e.rank, e.cuda, e.sizes = _cfg(2, fail_capture=(3,), fail_capture_on=((2, 1),)), 0, True, [1, 2, 4]
+    e.emit, e.t0 = out.append, time.perf_counter()
+    e._note_fail_capture()
+    assert out[0]["message"] == ("--fail-capture-bucket [2, 3]: 3 not among the capture sizes [1, 2, 4] "
+                                 "(a recapture that adds it fails)")
+    out.clear()
+    e.cfg = _cfg(2, fail_capture=(4,))
+    e._note_fail_capture()
+    assert out == []

@@ -230,6 +230,9 @@ def _import(mod_name: str):
         raise CgwatchError(f"importing {mod_name} failed: {ce.first_line(e)}") from None
     except Exception as e:
         raise CgwatchError(f"importing {mod_name} failed: {ce.first_line(e)}") from None
+    except SystemExit as e:   # a script's sys.exit() at import: cgwatch must not exit with its code, silently
+        raise CgwatchError(f"importing {mod_name} called sys.exit({e.code!r}): check imports modules, it does "
+                           "not run scripts (guard the script's code with if __name__ == '__main__')") from None
 
 
 def _import_file(path: Path):
@@ -247,6 +250,10 @@ def _import_file(path: Path):
     except Exception as e:
         del sys.modules[name]
         raise CgwatchError(f"importing {path.name} failed: {ce.first_line(e)}") from None
+    except SystemExit as e:
+        del sys.modules[name]
+        raise CgwatchError(f"importing {path.name} called sys.exit({e.code!r}): check imports modules, it does "
+                           "not run scripts (guard the script's code with if __name__ == '__main__')") from None
     return module
 
 

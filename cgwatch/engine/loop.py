@@ -111,7 +111,23 @@ def resolve_device(name: str, rank: int = 0, tp_size: int = 1) -> torch.device:
     return dev
 
 
+STARTING = "the tensor-parallel ranks did not start"   # a rank lost before the run began
 MAX_AUTO_THREADS = 8   # small decode batches gain nothing from more
+
+
+def check_cache_fits(need: int, device: torch.device, slots: int, max_seq: int) -> None:
+    """A KV cache larger than the memory free for it is a one-line error before it is allocated (on the CPU the
+    kernel's OOM killer would end the process without a word)."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+        free = psutil.virtual_memory().available
+    if need > free:
+        gib = 1 << 30
+        raise CgwatchError(f"the KV cache for {slots} slots x {max_seq} positions needs {need / gib:,.1f} GiB, more "
+                           f"than the {free / gib:,.1f} GiB free on {device}: lower --max-concurrency or --max-seq "
+                           f"(the bench: --batch-sizes or --max-seq)")
 
 
 def cpu_threads(explicit: int | None = None, env: dict | None = None) -> tuple[int, str]:
@@ -178,15 +194,17 @@ class Engine(EngineBase):
         self.workload = Workload(cfg.workload)
         self.max_batch = cfg.workload.max_concurrency
         self.t0 = time.perf_counter()
-        if self.tp > 1:   # start (rank 0) or join the other ranks before the slow part, the model load
-            self.ranks = RK.start(cfg, self.tp, self.cuda) if rank == 0 else RK.join(rank, self.tp, store, self.cuda)
-            self.ranks.on_stuck = self._abort_stuck
         try:
+            if self.tp > 1:   # start (rank 0) or join the other ranks before the slow part, the model load
+                self.ranks = (RK.start(cfg, self.tp, self.cuda, self._abort_stuck) if rank == 0
+                              else RK.join(rank, self.tp, store, self.cuda))
             self._build(cfg)
-        except BaseException:
+        except BaseException as e:
             if self.ranks is not None and rank == 0:
                 self.ranks.lost = self.ranks.lost or "rank 0 failed to start"
                 self.ranks.shutdown()
+            if isinstance(e, RK.RankLost) and rank == 0:   # a rank died while the ranks started: one line
+                raise CgwatchError(f"{STARTING}: {e}") from e
             raise
 
     def _build(self, cfg: EngineConfig) -> None:
@@ -196,6 +214,7 @@ class Engine(EngineBase):
             self.model.set_group(self.ranks.group)
         self.kernels, self.kernels_why = K.choose(cfg.kernels, self.device, self.dtype)
         self.model.kernels = self.kernels
+        check_cache_fits(self.model.cache_bytes(self.max_batch, cfg.max_seq), self.device, self.max_batch, cfg.max_seq)
         self.model.setup_caches(self.max_batch, cfg.max_seq)
         self.state = DecodeState(self.model, self.max_batch, cfg.temperature, cfg.seed)
         self.nvml = Nvml(self.device if self.cuda else None)
@@ -257,6 +276,7 @@ class Engine(EngineBase):
                               f"max capture size / --max-concurrency {self.max_batch}"))
         if self.cuda and self.kernels_why:   # on a GPU, plain kernels by default is news
             self.emit(R.event(R.EV_INFO, self.now(), message=f"plain PyTorch kernels: {self.kernels_why}"))
+        self._note_fail_capture()
         if not self.cuda:
             if self.graph_mode:
                 self.emit(R.alert(self.now(), "CUDA graphs need CUDA: no GPU here, running eager on the CPU",
@@ -267,6 +287,20 @@ class Engine(EngineBase):
         self._midway = False
         if self.rank == 0:
             self.sampler.start()
+
+    def _note_fail_capture(self) -> None:
+        """--fail-capture-bucket that cannot act now: no graphs without CUDA, or a size not in the list."""
+        asked = sorted(set(self.cfg.fail_capture) | {b for b, _ in self.cfg.fail_capture_on})
+        if not asked or self.rank != 0:
+            return
+        if not self.cuda:
+            why = "no CUDA graphs on the CPU"
+        elif not set(asked) - set(self.sizes):
+            return
+        else:
+            why = (f"{', '.join(str(b) for b in sorted(set(asked) - set(self.sizes)))} not among the capture "
+                   f"sizes {list(self.sizes)} (a recapture that adds it fails)")
+        self.emit(R.event(R.EV_INFO, self.now(), message=f"--fail-capture-bucket {asked}: {why}"))
 
     def close(self) -> dict:
         """Finish in-flight steps, stop sampling, release graphs. Returns the end-record summary.
@@ -486,14 +520,16 @@ class Engine(EngineBase):
 
     def _abort_stuck(self, reason: str) -> None:
         """The watchdog's way out, when a rank died and rank 0's main thread stays blocked (a GPU waiting
-        in an all-reduce that will never complete): say why, end the trace, end the process."""
-        self.emit(R.alert(self.now(), f"run stopped: {reason}", level="error"))
-        summary = self._summary() | {"outcome": "error", "reason": reason, "t": round(self.now(), 6)}
+        in an all-reduce that will never complete, or the ranks' start: the rendezvous, a model load): say
+        why, end the trace if the session has opened one, end the process (Ranks._watch ended the other ranks)."""
+        opened = self.on_abort is not None
         try:
-            if self.on_abort is not None:
-                self.on_abort(summary)
+            if opened:
+                self.emit(R.alert(self.now(), f"run stopped: {reason}", level="error"))
+                self.on_abort(self._summary() | {"outcome": "error", "reason": reason, "t": round(self.now(), 6)})
         finally:
-            print(f"cgwatch: {reason}", file=sys.stderr, flush=True)
+            print(f"cgwatch: {'run stopped by RankLost' if opened else STARTING}: {reason}", file=sys.stderr,
+                  flush=True)
             os._exit(1)
 
     def follow(self) -> None:

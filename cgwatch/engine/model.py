@@ -229,6 +229,12 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.self_attn.group = layer.mlp.group = group
 
+    def cache_bytes(self, max_slots: int, max_seq: int) -> int:
+        """What setup_caches allocates for the KV cache (K and V of every layer, the scratch row too)."""
+        a = self.layers[0].self_attn
+        per_layer = 2 * (max_slots + 1) * a.n_kv_heads * max_seq * a.head_dim * self.embed_tokens.weight.element_size()
+        return per_layer * len(self.layers)
+
     def setup_caches(self, max_slots: int, max_seq: int) -> None:
         """Allocate the static KV cache (max_slots rows + 1 scratch row) and the RoPE tables."""
         p = self.embed_tokens.weight

@@ -46,6 +46,8 @@ WATCHDOG_S = 0.5          # how often rank 0 checks its rank processes
 GRACE_S = 5.0             # after a rank died: time for the main thread to notice before the watchdog ends the run
 TEARDOWN_S = 10.0         # per step of teardown (destroy, join), then terminate / kill
 ERROR_KEY = "cgwatch/error/{}"
+JOIN_KEY = "cgwatch/joining/{}"
+EXIT_PEER_LOST = 3        # a rank > 0 ended because another rank was gone (not its own failure)
 
 HARD_EXIT = False         # set when a rank was lost: the process ends with os._exit (NCCL may hang at exit)
 
@@ -57,6 +59,12 @@ class RankLost(Exception):
 def one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+
+
+def peer_gone(e: BaseException) -> bool:
+    """Whether ``e`` is what a rank sees when another rank is gone: a lost rank, or a failed collective
+    (torch.distributed's errors; gloo's are RuntimeErrors that name its transport)."""
+    return isinstance(e, (RankLost, dist.DistError)) or "gloo/transport" in str(e) or "Connection reset" in str(e)
 
 
 def vector_len(max_batch: int) -> int:
@@ -103,28 +111,54 @@ def decode_measures(v: torch.Tensor) -> list[tuple[int, float | None]]:
 class Ranks:
     """This process's membership in the run: rank, size, the two groups, and (rank 0) the processes."""
 
-    def __init__(self, rank: int, size: int, store, cuda: bool, procs: list | None = None):
+    def __init__(self, rank: int, size: int, store, cuda: bool, procs: list | None = None,
+                 on_stuck: Callable[[str], None] | None = None):
         self.rank, self.size, self.store, self.cuda = rank, size, store, cuda
         self.procs = procs or []             # rank 0: the processes of ranks 1..N-1
         self.lost: str | None = None         # why the run lost a rank
         self.stopped = False
-        self.on_stuck: Callable[[str], None] | None = None
+        self.on_stuck = on_stuck             # rank 0: how the watchdog ends the run (the engine's)
         self._noticed = threading.Event()
         self._parent = os.getppid()
         timeout = timedelta(seconds=CTL_TIMEOUT_S)
         if dist.is_initialized():
             from cgwatch.errors import CgwatchError
             raise CgwatchError("this process already runs a tensor-parallel engine (one a process)")
-        dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=size,
-                                timeout=timeout)
-        self.group = dist.group.WORLD          # the model's all-reduces
-        self.ctl = dist.new_group(backend="gloo", timeout=timeout)
-        self._watchdog = None
+        # the watchdogs first: a rank that dies before it joins leaves the others waiting in the rendezvous
         if rank == 0:
-            self._watchdog = threading.Thread(target=self._watch, name="cgwatch-ranks", daemon=True)
-            self._watchdog.start()
+            threading.Thread(target=self._watch, name="cgwatch-ranks", daemon=True).start()
         else:
             threading.Thread(target=self._watch_parent, name="cgwatch-parent", daemon=True).start()
+        try:
+            self._rendezvous()
+            dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=size,
+                                    timeout=timeout)
+            self.group = dist.group.WORLD          # the model's all-reduces
+            self.ctl = dist.new_group(backend="gloo", timeout=timeout)
+        except Exception as e:
+            self._noticed.set()                    # this thread ends the run: the watchdog stands down
+            self.stopped = True
+            if isinstance(e, RankLost):
+                raise
+            raise RankLost(self._wait_dead(3.0) or f"rank {rank}: joining the other ranks failed "
+                           f"({one_line(e)})") from None
+
+    def _rendezvous(self) -> None:
+        """Every rank says it is about to join; rank 0 waits for them all here, where a rank that dies is
+        seen at once (init_process_group waits for them holding the GIL: no watchdog runs then)."""
+        if self.rank:
+            self.store.set(JOIN_KEY.format(self.rank), "1")
+            return
+        keys = [JOIN_KEY.format(r) for r in range(1, self.size)]
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.store.check(keys):
+            reason = self._dead_rank()
+            if reason is not None:
+                self.lost = reason
+                raise RankLost(reason)
+            if time.monotonic() > deadline:
+                raise RankLost(f"ranks did not start within {START_TIMEOUT_S:.0f} s")
+            time.sleep(0.05)
 
     # -- collectives on ctl (every wait raises RankLost, never hangs) -----------------------
     def _guard(self, fn, *args, **kw):
@@ -193,10 +227,13 @@ class Ranks:
         return self.lost
 
     def _dead_rank(self) -> str | None:
-        for r, p in enumerate(self.procs, start=1):
-            code = p.poll()
-            if code is not None:
-                return f"rank {r} {self._stored_error(r) or _exit_text(code)}"
+        """Why a rank is gone, or None. A rank that ended because a peer was gone (EXIT_PEER_LOST) is
+        named only if no other rank ended: the others' reason is the cause."""
+        gone = [(r, code) for r, p in enumerate(self.procs, start=1) if (code := p.poll()) is not None]
+        first = [(r, code) for r, code in gone if code != EXIT_PEER_LOST] or gone
+        if first:
+            r, code = first[0]
+            return f"rank {r} {self._stored_error(r) or _exit_text(code)}"
         if self.rank != 0 and os.getppid() != self._parent:
             return "rank 0 exited"
         return None
@@ -221,6 +258,9 @@ class Ranks:
             if self._noticed.wait(GRACE_S) or self.stopped:
                 return                      # the main thread saw it and ends the run itself
             if self.on_stuck is not None:   # the main thread is blocked (a GPU waiting in an all-reduce)
+                for p in self.procs:        # the other ranks may be blocked too: end them first
+                    if p.poll() is None:
+                        p.kill()
                 self.on_stuck(self.lost)
             return
 
@@ -242,17 +282,15 @@ class Ranks:
                 _bounded(dist.destroy_process_group, TEARDOWN_S)
         elif not _bounded(dist.destroy_process_group, TEARDOWN_S):
             HARD_EXIT = True                # it hung (facts.md saw that): the interpreter's exit might too
-        wait_s = 2.0 if self.lost else TEARDOWN_S
+        # the ranks end by themselves (told to stop, or seeing a peer gone); those still there at one shared
+        # deadline are killed (SIGTERM would only start a rank's own grace: _stop_soon)
+        deadline = time.monotonic() + (2.0 if self.lost else TEARDOWN_S)
         for p in self.procs:
             try:
-                p.wait(timeout=wait_s)
+                p.wait(timeout=max(deadline - time.monotonic(), 0.0))
             except subprocess.TimeoutExpired:
-                p.terminate()
-                try:
-                    p.wait(timeout=TEARDOWN_S)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                p.kill()
+                p.wait()
 
 
 def _bounded(fn, timeout_s: float) -> bool:
@@ -271,6 +309,8 @@ def _quiet(fn) -> None:
 
 
 def _exit_text(code: int) -> str:
+    if code == EXIT_PEER_LOST:
+        return "lost the other ranks"
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name}"
@@ -295,8 +335,9 @@ def rank_command(rank: int, size: int, port: int) -> list[str]:
     return [sys.executable, "-c", boot, where, str(rank), str(size), str(port)]
 
 
-def start(cfg, size: int, cuda: bool) -> Ranks:
-    """Rank 0: start ranks 1..size-1 and join the groups with them."""
+def start(cfg, size: int, cuda: bool, on_stuck: Callable[[str], None] | None = None) -> Ranks:
+    """Rank 0: start ranks 1..size-1 and join the groups with them (``on_stuck``: Ranks.on_stuck, set before
+    the rendezvous, so a rank that dies while the ranks start ends the run too)."""
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     store = dist.TCPStore("127.0.0.1", 0, size, True, timeout=timedelta(seconds=START_TIMEOUT_S),
                           wait_for_workers=False)
@@ -309,7 +350,7 @@ def start(cfg, size: int, cuda: bool) -> Ranks:
             procs.append(p)
             p.stdin.write(payload)
             p.stdin.close()
-        return Ranks(0, size, store, cuda, procs)
+        return Ranks(0, size, store, cuda, procs, on_stuck)
     except BaseException:
         for p in procs:
             p.kill()
@@ -352,14 +393,18 @@ def _follower_main(argv: list[str]) -> None:
         engine = Engine(cfg, None, rank=rank, store=store)
         engine.follow()
     except BaseException as e:
-        reason = one_line(e)
-        if not isinstance(e, RankLost):
+        if peer_gone(e):   # another rank is gone: rank 0 names it (this rank's own line would be noise)
+            code = EXIT_PEER_LOST
+            if os.environ.get("CGWATCH_DEBUG"):
+                print(f"cgwatch rank {rank}: {one_line(e)}", file=sys.stderr, flush=True)
+        else:
+            reason = one_line(e)
             try:
                 store.set(ERROR_KEY.format(rank), reason)
             except Exception:
                 pass
-        print(f"cgwatch rank {rank}: {reason}", file=sys.stderr, flush=True)
-        code = 1
+            print(f"cgwatch rank {rank}: {reason}", file=sys.stderr, flush=True)
+            code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)                                 # no interpreter teardown: NCCL may hang in it

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .state import ViewState
 from .widgets import NA, TextLines, fmt, fmt_ms
 
-HEAD = f"{'gpu':>3}  {'name':<12}  {'step ms p50/p99':>15}  {'slow%':>5}  {'util%':>5}  {'mem GiB':>7}  " \
+HEAD = f"{'rank':>4}  {'gpu':<12}  {'step ms p50/p99':>15}  {'slow%':>5}  {'util%':>5}  {'mem GiB':>7}  " \
        f"{'pool MiB':>8}  failed"
 
 
@@ -25,7 +25,7 @@ def rank_lines(state: ViewState) -> list[str]:
     lines = [HEAD]
     for r in rows:
         mem = r["mem_used_mib"]
-        lines.append(f"{r['rank']:>3}  {str(r.get('gpu') or NA)[:12]:<12}  "
+        lines.append(f"{r['rank']:>4}  {str(r.get('gpu') or NA)[:12]:<12}  "
                      f"{fmt_ms(r['step_p50_ms']) + '/' + fmt_ms(r['step_p99_ms']):>15}  {fmt(r['slowest_pct'], '.0f'):>5}  "
                      f"{fmt(r['nvml_util_pct'], '.0f'):>5}  {fmt(None if mem is None else mem / 1024):>7}  "
                      f"{fmt(r['graph_pool_mib']):>8}  {','.join(map(str, r['failed'])) or '-'}")
