@@ -488,6 +488,8 @@ def _scan(path: str) -> Iterator[tuple[int, int, dict | None]]:
 def trace_files(arg) -> list[str]:
     """The files of one trace: a path, several paths, a glob, or a rotated run (its first part run.000.EXT,
     or run.EXT when only its parts exist: every run.NNN.EXT in order). TraceError if there are none."""
+    if isinstance(arg, (list, tuple)) and len(arg) == 1:   # one file: as if given alone (a first part: the run)
+        return trace_files(arg[0])
     if isinstance(arg, (list, tuple)):   # files given one by one: each as it is (a glob expanded)
         out = [p for a in arg for p in ([os.fspath(a)] if os.path.exists(a) else trace_files(a))]
         if not out:
@@ -525,11 +527,14 @@ def open_trace(arg) -> Trace:
     """The one way in: any trace (JSON Lines or compact; a file, several parts of one run, a glob, the first
     part) as a Trace. TraceError (one line) for a missing, unreadable, foreign or too new file."""
     paths = trace_files(arg)
-    if len(paths) == 1:
-        return _read_one(paths[0])
     traces = [_read_one(p) for p in paths]
+    if all(isinstance(t.header.get("part"), int) for t in traces):   # parts given in any order: the run's
+        paths, traces = map(list, zip(*sorted(zip(paths, traces), key=lambda pt: pt[1].header["part"])))
     first = traces[0]
-    notes = []
+    notes = _earlier_parts_missing(paths[0], first.header)
+    if len(paths) == 1:
+        first.notes += notes
+        return first
     base = {k: v for k, v in first.header.items() if k != "part"}
     for k, (p, t) in enumerate(zip(paths, traces)):
         if {a: v for a, v in t.header.items() if a != "part"} != base:
@@ -554,6 +559,15 @@ def open_trace(arg) -> Trace:
                   and not w.startswith("the run ended")] if t is not traces[-1] else []
     last = traces[-1]
     return Trace(first.header, records, end, last.truncated_at, paths[0], lines, end_line, notes=notes)
+
+
+def _earlier_parts_missing(path: str, header: dict) -> list[str]:
+    """The note for a set of parts that starts after its run's first part (none for a whole run)."""
+    k = header.get("part")
+    if not isinstance(k, int) or k < 1:
+        return []
+    which = "part 0 is" if k == 1 else f"parts 0-{k - 1} are"
+    return [f"{path} is part {k} of a rotated run: {which} missing (give its first part for the whole run)"]
 
 
 def _read_one(path: str) -> Trace:

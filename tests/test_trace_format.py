@@ -279,6 +279,38 @@ def test_a_missing_part_is_said(tmp_path):
     assert any("a part of the run is missing" in x for x in tr.warnings())
 
 
+def _rotated(tmp_path, name="run.jsonl") -> list[str]:
+    w = TraceWriter(tmp_path / name, HEADER, rotate_bytes=2_000)
+    for r in _steps(300):
+        w.write(r)
+    w.close()
+    parts = sorted(glob.glob(str(tmp_path / "run.*")))
+    assert len(parts) >= 3
+    return parts
+
+
+def test_report_and_replay_of_the_first_part_alone_read_the_whole_run(tmp_path, capsys):
+    from cgwatch.replay import ReplaySource
+    first = _rotated(tmp_path)[0]
+    assert main(["report", first, "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["totals"]["steps"] == 300 and rep["warnings"] == []
+    src = ReplaySource([first])
+    assert sum(r["type"] == "step" for r in src.records) == 300 and src.warnings == []
+
+
+def test_parts_given_out_of_order_are_read_in_order_and_missing_ones_are_said(tmp_path):
+    parts = _rotated(tmp_path)
+    tr = open_trace(parts[::-1])
+    assert tr.records == _steps(300) and tr.warnings() == [] and tr.path == parts[0]
+    later = open_trace(parts[2])   # a later part alone: the parts before it are missing
+    assert later.warnings()[0] == (f"{parts[2]} is part 2 of a rotated run: parts 0-1 are missing (give its first "
+                                   "part for the whole run)")
+    assert "part 0 is missing" in open_trace([parts[2], parts[1]]).warnings()[0]
+    gap = open_trace([parts[2], parts[0]]).warnings()   # a real gap is still said
+    assert any("a part of the run is missing" in x for x in gap)
+
+
 def test_opens_in_pandas_polars_duckdb_without_cgwatch(tmp_path):
     pq_path, ipc_path = tmp_path / "p.parquet", tmp_path / "p.arrows"
     src = os.path.join(ROOT, "sample_traces", "llama1b_poisson_h100.jsonl")
