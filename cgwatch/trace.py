@@ -271,6 +271,7 @@ class Trace:
         #                                     window's trace (window.windowed): the window it holds
         self.opening: list[dict] | None = None   # a window's trace: the events before it that set its state
         self.file_records: int | None = None   # a window's trace: the records in the file (warnings count them)
+        self.past_end: float | None = None   # a window's trace that starts after the run's latest t: that t
 
     @property
     def opened_window(self):
@@ -356,13 +357,17 @@ class Trace:
     def warnings(self) -> list[str]:
         out = list(self.notes)
         hurt = self.damage()
+        past = self.past_end is not None and self.end is None   # a window with nothing of the run in it
+        if past:
+            out.append(f"the window ({self.window.label()}) lies past the trace's end: its records end at "
+                       f"{self.past_end:.3f} s")
         if self.truncated_at is not None:
             n = len(self.records) if self.file_records is None else self.file_records
             out.append(f"trace truncated at byte {self.truncated_at} after {n} "
                        "records (the run did not close it: crash or kill?)")
         elif hurt:
             out.append("; ".join(hurt) + " (the run did not close it: crash or kill?)")
-        elif self.end is None and (self.window is None or self.window.hi == math.inf):   # a window that reaches it
+        elif self.end is None and not past and (self.window is None or self.window.hi == math.inf):   # reaches it
             out.append("no end record: the run did not finish cleanly")
         if self.end is not None and self.end.get("error"):
             out.append(f"the run ended on an error: {self.end['error']}")
