@@ -311,6 +311,16 @@ def test_parts_given_out_of_order_are_read_in_order_and_missing_ones_are_said(tm
     assert any("a part of the run is missing" in x for x in gap)
 
 
+def test_convert_says_a_trace_has_no_end_record(tmp_path, capsys):
+    src = tmp_path / "noend.jsonl"
+    lines = open(os.path.join(ROOT, "sample_traces", "llama1b_fixed8_gap_h100.jsonl")).read().splitlines(True)
+    assert json.loads(lines[-1])["type"] == "end"
+    src.write_text("".join(lines[:-1]))
+    for a, b in ((src, tmp_path / "n.parquet"), (tmp_path / "n.parquet", tmp_path / "n.jsonl")):
+        assert main(["convert", str(a), str(b)]) == 0
+        assert capsys.readouterr().err == "cgwatch: warning: no end record: the run did not finish cleanly\n"
+
+
 def test_opens_in_pandas_polars_duckdb_without_cgwatch(tmp_path):
     pq_path, ipc_path = tmp_path / "p.parquet", tmp_path / "p.arrows"
     src = os.path.join(ROOT, "sample_traces", "llama1b_poisson_h100.jsonl")
