@@ -452,9 +452,13 @@ def _parse_header(path: str, raw: bytes) -> dict:
         head = _decode(raw.decode("utf-8"))
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
         head = None
-    if (not isinstance(head, dict) or head.get("type") != HEADER or head.get("format") != FORMAT
-            or not isinstance(head.get("version"), int) or head["version"] < 1):
+    if not isinstance(head, dict) or head.get("type") != HEADER or head.get("format") != FORMAT:
         raise TraceError(f"{path} is not a cgwatch trace (bad header at byte 0)")
+    if "version" not in head:
+        raise TraceError(f"{path}: bad trace header: it has no format version")
+    if type(head["version"]) is not int or head["version"] < 1:
+        raise TraceError(f"{path}: bad trace header: its format version {_encode(head['version'])} is not a "
+                         "whole number >= 1")
     if head["version"] > VERSION:
         raise TraceError(f"{path}: trace format version {head['version']} is newer than this "
                          f"cgwatch reads (version {VERSION}); upgrade cgwatch")
