@@ -312,11 +312,10 @@ def write_table(path: str, header: dict, batches, part: int = 0) -> int:
     parquet = path.endswith(".parquet")
     rows = 0
     try:
-        with open(tmp, "wb") as f:
-            if parquet:
-                w = _parquet_writer(f, sch)
-            else:
-                w = pa.ipc.new_stream(f, sch, options=pa.ipc.IpcWriteOptions(**_IPC_OPTIONS))
+        # the writer closes before its file, an error too (a Parquet writer left open writes to the closed file
+        # when it is collected)
+        with open(tmp, "wb") as f, (_parquet_writer(f, sch) if parquet else
+                                    pa.ipc.new_stream(f, sch, options=pa.ipc.IpcWriteOptions(**_IPC_OPTIONS))) as w:
             pending: list[pa.RecordBatch] = []
             size = 0
 

@@ -324,6 +324,21 @@ def test_convert_says_a_trace_has_no_end_record(tmp_path, capsys):
         assert capsys.readouterr().err == "cgwatch: warning: no end record: the run did not finish cleanly\n"
 
 
+def test_convert_of_a_corrupt_line_closes_its_writer_and_leaves_no_file(tmp_path, capsys, monkeypatch):
+    import gc
+    src = tmp_path / "badmid.jsonl"
+    lines = open(os.path.join(ROOT, "sample_traces", "llama1b_fixed8_gap_h100.jsonl")).read().splitlines(True)
+    src.write_text("".join(lines[:5]) + '{"type": "step", oops\n' + "".join(lines[5:]))
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    for out in ("o.parquet", "o.arrows", "o.jsonl"):
+        assert main(["convert", str(src), str(tmp_path / out)]) == 2
+        gc.collect()
+        err = capsys.readouterr().err
+        assert "corrupt record" in err and err.count("\n") == 1
+    assert unraisable == [] and sorted(os.listdir(tmp_path)) == ["badmid.jsonl"]
+
+
 def test_opens_in_pandas_polars_duckdb_without_cgwatch(tmp_path):
     pq_path, ipc_path = tmp_path / "p.parquet", tmp_path / "p.arrows"
     src = os.path.join(ROOT, "sample_traces", "llama1b_poisson_h100.jsonl")
