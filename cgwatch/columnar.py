@@ -312,11 +312,10 @@ def write_table(path: str, header: dict, batches, part: int = 0) -> int:
     parquet = path.endswith(".parquet")
     rows = 0
     try:
-        with open(tmp, "wb") as f:
-            if parquet:
-                w = _parquet_writer(f, sch)
-            else:
-                w = pa.ipc.new_stream(f, sch, options=pa.ipc.IpcWriteOptions(**_IPC_OPTIONS))
+        # the writer closes before its file, an error too (a Parquet writer left open writes to the closed file
+        # when it is collected)
+        with open(tmp, "wb") as f, (_parquet_writer(f, sch) if parquet else
+                                    pa.ipc.new_stream(f, sch, options=pa.ipc.IpcWriteOptions(**_IPC_OPTIONS))) as w:
             pending: list[pa.RecordBatch] = []
             size = 0
 
@@ -351,6 +350,13 @@ def write_table(path: str, header: dict, batches, part: int = 0) -> int:
     return rows
 
 
+def _unreadable(e: Exception) -> str:
+    """Why pyarrow cannot open a file, short and whole: the first sentence of its message (a Parquet file cut
+    short: its footer is missing)."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0].rstrip(".")
+    return "its footer is missing" if "magic bytes not found in footer" in first else first
+
+
 class Reader:
     """One compact file: ``meta`` (schema metadata: header, part, versions) and ``batches()``, which yields
     record batches up to the last whole one; a damaged or truncated file sets ``damage`` (a phrase for the
@@ -373,8 +379,8 @@ class Reader:
                 sch = self._reader.schema
         except (pa.ArrowException, OSError) as e:
             what = "Parquet" if self.kind == "parquet" else "Arrow IPC"
-            raise TraceError(f"{path} is not a readable cgwatch trace (damaged {what} file: "
-                             f"{str(e).splitlines()[0][:80]})") from None
+            raise TraceError(f"{path} is not a readable cgwatch trace (damaged or truncated {what} file: "
+                             f"{_unreadable(e)})") from None
         self.meta = read_meta(sch, path)
         self.old = self.meta["table"] < TABLE_VERSION   # batches pass through ``upgrade``
 

@@ -12,7 +12,9 @@ import os
 import sys
 
 from cgwatch.errors import CgwatchError
-from cgwatch.trace import _dumps, _scan, _sniff, iter_numbered, open_trace, read_header, trace_files
+from cgwatch.records import END
+from cgwatch.trace import (Trace, _dumps, _earlier_parts_missing, _scan, _sniff, iter_numbered, open_trace,
+                           read_header, trace_files)
 
 CHUNK = 1 << 16
 
@@ -70,25 +72,26 @@ def convert(src, out: str) -> tuple[int, list[str]]:
                 yield buf
         from cgwatch import columnar
         n = columnar.write_table(out, header, chunks())
-    if tr is None:
-        warnings = [] if state.get("truncated_at") is None else [
-            f"trace truncated at byte {state['truncated_at']} after {state['n']} records (the run did not close it: "
-            "crash or kill?)"]
-    else:
-        warnings = [w for w in tr.warnings() if not w.startswith("no end record")]
-    return n, warnings
+    if tr is None:   # what the streamed file's Trace would say
+        tr = Trace(header, [], state["end"], state.get("truncated_at"), paths[0],
+                   notes=_earlier_parts_missing(paths[0], header))
+        tr.file_records = state["n"]
+    return n, tr.warnings()
 
 
 def _jsonl_records(path: str, state: dict):
-    """A JSON Lines trace's records after the header, streamed; ``state`` gets its truncation."""
+    """A JSON Lines trace's records after the header, streamed; ``state`` gets its end record, truncation and
+    the records after the header (``n``)."""
     scan = _scan(path)
     next(scan)
-    n = 0
+    n, state["end"] = 0, None
     for offset, _, rec in scan:
         if rec is None:
             state["truncated_at"] = offset
         else:
             n += 1
+            if rec["type"] == END:
+                state["end"] = rec
             yield rec
     state["n"] = n
 

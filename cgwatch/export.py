@@ -207,7 +207,7 @@ def _one_pass(fmt: str, trace: str, tr, header: dict, f) -> tuple[str, R.Screen]
     scr = screening.done()
     if fmt == "pftrace":
         return _timeline_summary(counts, f"{counts['packets']:,} packets", scr.skipped, complete), scr.screen
-    return _csv_summary(rows, columns, scr.skipped), scr.screen
+    return _csv_summary(rows, columns, scr.skipped, tr.end is not None), scr.screen
 
 
 def _two_passes(fmt: str, trace: str, tr, header: dict, f, window=None) -> tuple[str, R.Screen]:
@@ -239,7 +239,7 @@ def _two_passes(fmt: str, trace: str, tr, header: dict, f, window=None) -> tuple
     if tr is not None:
         from cgwatch import export_columnar
         rows, columns = export_columnar.export_csv(tr, f, bad, STEP_COLUMNS, csv_cells)
-        return _csv_summary(rows, columns, screen.count), screen
+        return _csv_summary(rows, columns, screen.count, tr.end is not None), screen
     return export_csv(trace, f, skip, untrusted), screen
 
 
@@ -323,7 +323,9 @@ def export_csv(trace: str, out: IO[str], skip: frozenset = frozenset(), skipped:
     untrusted, default all). Two streaming passes: the first finds step fields beyond the schema."""
     extra: dict[str, None] = {}
     ranks = 0
+    complete = False   # an end record among them
     for rec in _records(trace, skip):
+        complete = complete or rec["type"] == R.END
         if rec["type"] == R.STEP:
             extra.update((k, None) for k in rec if k != "type" and k not in STEP_COLUMNS and k != "rank_ms")
             if isinstance(rec.get("rank_ms"), list):
@@ -336,11 +338,13 @@ def export_csv(trace: str, out: IO[str], skip: frozenset = frozenset(), skipped:
         if rec["type"] == R.STEP:
             w.writerow(csv_cells(rec, columns))
             rows += 1
-    return _csv_summary(rows, len(columns), len(skip) if skipped is None else skipped)
+    return _csv_summary(rows, len(columns), len(skip) if skipped is None else skipped, complete)
 
 
-def _csv_summary(rows: int, columns: int, skipped: int) -> str:
-    return f"{rows:,} step rows, {columns} columns" + (f", {skipped:,} records skipped" if skipped else "")
+def _csv_summary(rows: int, columns: int, skipped: int, complete: bool) -> str:
+    """The CSV's summary line; ``complete``: it had the run's end record (else it says so, as a timeline's does)."""
+    return (f"{rows:,} step rows, {columns} columns" + (f", {skipped:,} records skipped" if skipped else "")
+            + ("" if complete else f", {PARTIAL}"))
 
 
 def csv_cells(rec: dict, columns: tuple) -> list:

@@ -286,7 +286,8 @@ def batch_mix(trace) -> Mix:
     sizes, n = np.unique(b[b >= 1], return_counts=True)
     counts = {int(s): int(k) for s, k in zip(sizes, n)}
     if not counts:
-        raise CgwatchError(f"{trace.path} has no step records: no batch sizes to recommend for")
+        what = f"{trace.path} has" if _window(trace) is None else f"the window {_window(trace)} of {trace.path} holds"
+        raise CgwatchError(f"{what} no step records: no batch sizes to recommend for")
     return Mix(dict(counts))
 
 

@@ -289,6 +289,7 @@ class Trace:
         #                                     window's trace (window.windowed): the window it holds
         self.opening: list[dict] | None = None   # a window's trace: the events before it that set its state
         self.file_records: int | None = None   # a window's trace: the records in the file (warnings count them)
+        self.past_end: float | None = None   # a window's trace that starts after the run's latest t: that t
 
     @property
     def opened_window(self):
@@ -374,13 +375,17 @@ class Trace:
     def warnings(self) -> list[str]:
         out = list(self.notes)
         hurt = self.damage()
+        past = self.past_end is not None and self.end is None   # a window with nothing of the run in it
+        if past:
+            out.append(f"the window ({self.window.label()}) lies past the trace's end: its records end at "
+                       f"{self.past_end:.3f} s")
         if self.truncated_at is not None:
             n = len(self.records) if self.file_records is None else self.file_records
             out.append(f"trace truncated at byte {self.truncated_at} after {n} "
                        "records (the run did not close it: crash or kill?)")
         elif hurt:
             out.append("; ".join(hurt) + " (the run did not close it: crash or kill?)")
-        elif self.end is None and (self.window is None or self.window.hi == math.inf):   # a window that reaches it
+        elif self.end is None and not past and (self.window is None or self.window.hi == math.inf):   # reaches it
             out.append("no end record: the run did not finish cleanly")
         if self.end is not None and self.end.get("error"):
             out.append(f"the run ended on an error: {self.end['error']}")
@@ -465,9 +470,13 @@ def _parse_header(path: str, raw: bytes) -> dict:
         head = _decode(raw.decode("utf-8"))
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
         head = None
-    if (not isinstance(head, dict) or head.get("type") != HEADER or head.get("format") != FORMAT
-            or not isinstance(head.get("version"), int) or head["version"] < 1):
+    if not isinstance(head, dict) or head.get("type") != HEADER or head.get("format") != FORMAT:
         raise TraceError(f"{path} is not a cgwatch trace (bad header at byte 0)")
+    if "version" not in head:
+        raise TraceError(f"{path}: bad trace header: it has no format version")
+    if type(head["version"]) is not int or head["version"] < 1:
+        raise TraceError(f"{path}: bad trace header: its format version {_encode(head['version'])} is not a "
+                         "whole number >= 1")
     if head["version"] > VERSION:
         raise TraceError(f"{path}: trace format version {head['version']} is newer than this "
                          f"cgwatch reads (version {VERSION}); upgrade cgwatch")
@@ -506,6 +515,8 @@ def _scan(path: str) -> Iterator[tuple[int, int, dict | None]]:
 def trace_files(arg) -> list[str]:
     """The files of one trace: a path, several paths, a glob, or a rotated run (its first part run.000.EXT,
     or run.EXT when only its parts exist: every run.NNN.EXT in order). TraceError if there are none."""
+    if isinstance(arg, (list, tuple)) and len(arg) == 1:   # one file: as if given alone (a first part: the run)
+        return trace_files(arg[0])
     if isinstance(arg, (list, tuple)):   # files given one by one: each as it is (a glob expanded)
         out = [p for a in arg for p in ([os.fspath(a)] if os.path.exists(a) else trace_files(a))]
         if not out:
@@ -543,11 +554,14 @@ def open_trace(arg) -> Trace:
     """The one way in: any trace (JSON Lines or compact; a file, several parts of one run, a glob, the first
     part) as a Trace. TraceError (one line) for a missing, unreadable, foreign or too new file."""
     paths = trace_files(arg)
-    if len(paths) == 1:
-        return _read_one(paths[0])
     traces = [_read_one(p) for p in paths]
+    if all(isinstance(t.header.get("part"), int) for t in traces):   # parts given in any order: the run's
+        paths, traces = map(list, zip(*sorted(zip(paths, traces), key=lambda pt: pt[1].header["part"])))
     first = traces[0]
-    notes = []
+    notes = _earlier_parts_missing(paths[0], first.header)
+    if len(paths) == 1:
+        first.notes += notes
+        return first
     base = {k: v for k, v in first.header.items() if k != "part"}
     for k, (p, t) in enumerate(zip(paths, traces)):
         if {a: v for a, v in t.header.items() if a != "part"} != base:
@@ -572,6 +586,15 @@ def open_trace(arg) -> Trace:
                   and not w.startswith("the run ended")] if t is not traces[-1] else []
     last = traces[-1]
     return Trace(first.header, records, end, last.truncated_at, paths[0], lines, end_line, notes=notes)
+
+
+def _earlier_parts_missing(path: str, header: dict) -> list[str]:
+    """The note for a set of parts that starts after its run's first part (none for a whole run)."""
+    k = header.get("part")
+    if not isinstance(k, int) or k < 1:
+        return []
+    which = "part 0 is" if k == 1 else f"parts 0-{k - 1} are"
+    return [f"{path} is part {k} of a rotated run: {which} missing (give its first part for the whole run)"]
 
 
 def _read_one(path: str) -> Trace:

@@ -57,7 +57,10 @@ class Window:
         if last is not None:
             if start is not None or end is not None:
                 raise CgwatchError("--last goes alone, not with --from or --to")
-            return cls(last=parse_time(last, "--last"))
+            span = parse_time(last, "--last")
+            if not span > 0:
+                raise CgwatchError(f"--last {last!r}: must be more than 0 s")
+            return cls(last=span)
         if start is None and end is None:
             return None
         w = cls(-math.inf if start is None else parse_time(start, "--from"),
@@ -182,9 +185,8 @@ def windowed(trace, window: Window):
     the window."""
     from .trace import Trace
 
-    if window.last is not None:
-        window = window.resolved(latest_t(trace.compact) if trace.compact is not None
-                                 else Window.latest_of(enumerate(trace.records)))
+    latest = latest_t(trace.compact) if trace.compact is not None else Window.latest_of(enumerate(trace.records))
+    window = window.resolved(latest)
     if trace.compact is not None:
         out = Trace(trace.header, path=trace.path, compact=trace.compact, notes=trace.notes)
         before = list(_compact_before(trace, window.lo))   # (the events of the groups before it)
@@ -200,6 +202,7 @@ def windowed(trace, window: Window):
         out.file_records = len(trace.records)
         before = trace.records
     out.window = window
+    out.past_end = latest if latest is not None and window.lo > latest else None
     out.opening = [rec for rec in _records_before(before, window.lo) if R.check_record(rec) is None]
     return out
 

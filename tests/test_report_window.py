@@ -134,6 +134,19 @@ def test_a_window_past_the_run_counts_nothing_and_keeps_the_state(tmp_path, monk
     assert any(b["status"] == "ok" for b in rep["buckets"])       # its captures, from before the window
 
 
+@pytest.mark.parametrize("ext", [".jsonl", ".parquet", ".arrows"])
+def test_a_window_past_the_runs_end_says_so_not_that_the_run_did_not_finish(ext, tmp_path, monkeypatch):
+    recs = _spread(synthetic(2, n=300, bad=False))
+    latest = max(r["t"] for r in recs if r.get("type") in (R.STEP, R.SAMPLE, R.PREFILL))
+    path = _trace(tmp_path, monkeypatch, recs, ext)
+    assert read_trace(path).end is not None   # the run finished
+    for win in (Window(1e6), Window(1e6, 2e6)):
+        rep = build_report(windowed(read_trace(path), win))
+        assert rep["warnings"] == [f"the window ({win.label()}) lies past the trace's end: its records end at "
+                                   f"{latest:.3f} s"]
+    assert build_report(windowed(read_trace(path), Window(0.0)))["warnings"] == []   # the whole run
+
+
 def test_the_cli_takes_windows_and_says_them(tmp_path, monkeypatch, capsys):
     path = _trace(tmp_path, monkeypatch, _spread(synthetic(6, n=600, bad=False)), ".parquet")
     assert main(["report", path, "--from", "2m", "--to", "250", "--json"]) == 0
@@ -143,7 +156,8 @@ def test_the_cli_takes_windows_and_says_them(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "(window last 60 s (from " in out.splitlines()[0] and "the window, its start to its last record" in out
     for argv, msg in ((["--last", "1m", "--from", "3"], "--last goes alone"),
-                      (["--from", "9", "--to", "3"], "is after --to"), (["--to", "soon"], "not a time")):
+                      (["--from", "9", "--to", "3"], "is after --to"), (["--to", "soon"], "not a time"),
+                      (["--last", "0"], "--last '0': must be more than 0 s")):
         assert main(["report", path, *argv]) == 2
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1
@@ -174,6 +188,11 @@ def test_recommend_takes_the_windows_batch_mix_under_the_captures_before_it(tmp_
     assert rep["batch_counts"] == dict(mix) and "1" not in mix       # the window's batches only
     current = next(x for x in rep["lists"] if x["name"] == "current")
     assert current["sizes"] == [1, 2, 4, 8]                          # the capture round before the window
+    assert main(["recommend", str(path), "--memory-budget", "100", "--max-buckets", "2", "--from", "10000"]) == 2
+    err = capsys.readouterr().err.splitlines()   # past the run's end: no step in the window, and said so
+    assert err == [f"cgwatch: {path}: the window (from 10000 s) lies past the trace's end: its records end at "
+                   f"{t - 0.5:.3f} s",
+                   f"cgwatch: the window from 10000 s of {path} holds no step records: no batch sizes to recommend for"]
 
 
 @pytest.mark.parametrize("name", ["run.parquet", "run.jsonl"])

@@ -259,3 +259,14 @@ def test_follow_trace_partial_line_and_stop(tmp_path):
     w.close()
     with pytest.raises(TraceError, match="no such trace file"):
         next(follow_trace(tmp_path / "none.jsonl"))
+
+
+def test_a_header_without_a_number_version_says_so(tmp_path):
+    base = {"type": "header", "format": "cgwatch-trace"}
+    for head, msg in (({**base, "version": "1"}, 'format version "1" is not a whole number'),
+                      (base, "it has no format version"), ({**base, "version": 0}, "format version 0 is not")):
+        p = tmp_path / "v.jsonl"
+        p.write_text(json.dumps(head) + "\n")
+        with pytest.raises(TraceError) as e:
+            read_trace(p)
+        assert str(e.value).startswith(f"{p}: bad trace header: ") and msg in str(e.value)

@@ -204,6 +204,8 @@ def test_damaged_parquet_and_foreign_or_newer_files_are_one_line_errors(tmp_path
                                                                          "llama1b_fixed8_gap_h100.jsonl"), str(good))
     cut = tmp_path / "cut.parquet"
     cut.write_bytes(good.read_bytes()[:-100])          # the footer is gone
+    half = tmp_path / "half.parquet"
+    half.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
     newer = tmp_path / "newer.arrows"
     C.write_table(str(newer), {"type": "header", "format": "cgwatch-trace", "version": 1}, [_steps(3)])
     t = open_trace(str(newer))
@@ -214,7 +216,8 @@ def test_damaged_parquet_and_foreign_or_newer_files_are_one_line_errors(tmp_path
     foreign = tmp_path / "foreign.parquet"
     import pyarrow.parquet as pq
     pq.write_table(pa.table({"x": [1, 2]}), foreign)
-    for path, msg in ((cut, "damaged Parquet"), (newer, "newer than this cgwatch reads"),
+    footer = "(damaged or truncated Parquet file: its footer is missing)"   # a whole phrase, not pyarrow's cut
+    for path, msg in ((cut, footer), (half, footer), (newer, "newer than this cgwatch reads"),
                       (foreign, "is not a cgwatch trace")):
         with pytest.raises(TraceError, match=msg):
             open_trace(str(path))
@@ -277,6 +280,63 @@ def test_a_missing_part_is_said(tmp_path):
     os.unlink(part_path(str(path), 1))
     tr = open_trace([part_path(str(path), 0), *sorted(glob.glob(str(tmp_path / "run.00[2-9].jsonl")))])
     assert any("a part of the run is missing" in x for x in tr.warnings())
+
+
+def _rotated(tmp_path, name="run.jsonl") -> list[str]:
+    w = TraceWriter(tmp_path / name, HEADER, rotate_bytes=2_000)
+    for r in _steps(300):
+        w.write(r)
+    w.close()
+    parts = sorted(glob.glob(str(tmp_path / "run.*")))
+    assert len(parts) >= 3
+    return parts
+
+
+def test_report_and_replay_of_the_first_part_alone_read_the_whole_run(tmp_path, capsys):
+    from cgwatch.replay import ReplaySource
+    first = _rotated(tmp_path)[0]
+    assert main(["report", first, "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["totals"]["steps"] == 300 and rep["warnings"] == []
+    src = ReplaySource([first])
+    assert sum(r["type"] == "step" for r in src.records) == 300 and src.warnings == []
+
+
+def test_parts_given_out_of_order_are_read_in_order_and_missing_ones_are_said(tmp_path):
+    parts = _rotated(tmp_path)
+    tr = open_trace(parts[::-1])
+    assert tr.records == _steps(300) and tr.warnings() == [] and tr.path == parts[0]
+    later = open_trace(parts[2])   # a later part alone: the parts before it are missing
+    assert later.warnings()[0] == (f"{parts[2]} is part 2 of a rotated run: parts 0-1 are missing (give its first "
+                                   "part for the whole run)")
+    assert "part 0 is missing" in open_trace([parts[2], parts[1]]).warnings()[0]
+    gap = open_trace([parts[2], parts[0]]).warnings()   # a real gap is still said
+    assert any("a part of the run is missing" in x for x in gap)
+
+
+def test_convert_says_a_trace_has_no_end_record(tmp_path, capsys):
+    src = tmp_path / "noend.jsonl"
+    lines = open(os.path.join(ROOT, "sample_traces", "llama1b_fixed8_gap_h100.jsonl")).read().splitlines(True)
+    assert json.loads(lines[-1])["type"] == "end"
+    src.write_text("".join(lines[:-1]))
+    for a, b in ((src, tmp_path / "n.parquet"), (tmp_path / "n.parquet", tmp_path / "n.jsonl")):
+        assert main(["convert", str(a), str(b)]) == 0
+        assert capsys.readouterr().err == "cgwatch: warning: no end record: the run did not finish cleanly\n"
+
+
+def test_convert_of_a_corrupt_line_closes_its_writer_and_leaves_no_file(tmp_path, capsys, monkeypatch):
+    import gc
+    src = tmp_path / "badmid.jsonl"
+    lines = open(os.path.join(ROOT, "sample_traces", "llama1b_fixed8_gap_h100.jsonl")).read().splitlines(True)
+    src.write_text("".join(lines[:5]) + '{"type": "step", oops\n' + "".join(lines[5:]))
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    for out in ("o.parquet", "o.arrows", "o.jsonl"):
+        assert main(["convert", str(src), str(tmp_path / out)]) == 2
+        gc.collect()
+        err = capsys.readouterr().err
+        assert "corrupt record" in err and err.count("\n") == 1
+    assert unraisable == [] and sorted(os.listdir(tmp_path)) == ["badmid.jsonl"]
 
 
 def test_opens_in_pandas_polars_duckdb_without_cgwatch(tmp_path):
