@@ -16,7 +16,14 @@ EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
+    argv: list[str] = []   # the command line being parsed (main sets it)
+
     def error(self, message):  # one line, not argparse's usage block
+        if message.endswith("expected one argument"):   # a value that starts with '-' reads as an option
+            flags = message.removeprefix("argument ").split(":")[0].split("/")
+            after = [b for a, b in zip(self.argv, self.argv[1:]) if a in flags]
+            if after and after[0].startswith("-"):
+                message += f" ({after[0]!r} reads as an option: write {flags[-1]}={after[0]})"
         raise CgwatchError(f"{message} (see '{self.prog} --help')")
 
 
@@ -601,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             if program:
                 from cgwatch.heap import keep_freed_memory
                 keep_freed_memory()
+        _Parser.argv = argv
         a = build_parser(argv[0] if argv else None).parse_args(argv)
         a.argv = argv
         _resolve_samples(a)

@@ -78,6 +78,7 @@ def test_headless_run_records_a_trace_that_report_reads(tmp_path):
     (["recommend", "sample:llama1b_poisson_h100", "--memory-budget", "inf", "--max-buckets", "3"], "finite"),
     (["convert", "sample:llama1b_poisson_h100", "-"], "convert needs a file name"),
     (["convert", "sample:llama1b_poisson_h100", "out.csv"], "cgwatch export --format csv"),
+    (["run", "--headless", "--at", "-1:eager"], "write --at=-1:eager"),
 ])
 def test_bad_input_is_one_clear_line(args, needle):
     assert_one_line_error(cgwatch(*args), needle)

@@ -240,3 +240,11 @@ def test_kernels_command_recaptures_every_bucket():
     assert len(events(recs, R.EV_CAPTURE_DONE)) == 3 and len(events(recs, R.EV_RELEASE)) == 2
     assert all(s["bucket"] == 4 for s in steps(recs))
     assert [e["kernels"] for e in events(recs, R.EV_STATE)][-1] == "fused"
+
+
+def test_a_kv_cache_larger_than_the_gpu_is_one_line_before_it_is_allocated():
+    from cgwatch.errors import CgwatchError
+    free = torch.cuda.mem_get_info()[0]
+    with pytest.raises(CgwatchError, match=r"the KV cache for 100000 slots x 8192 positions needs .* GiB free on cuda"):
+        engine("llama-1b", max_seq=8192, concurrency=100_000)
+    assert torch.cuda.mem_get_info()[0] >= free - (4 << 30)   # the weights at most: no cache was allocated
