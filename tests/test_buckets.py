@@ -65,6 +65,8 @@ def test_zero_ratio_only_exact_buckets():
 
 def test_parse_sizes():
     assert parse_sizes("8,1, 4,4") == [1, 4, 8]
+    assert parse_sizes("1 2 4") == [1, 2, 4]   # spaces separate: not 124
+    assert parse_sizes("8 16") == [8, 16] and parse_sizes("1, 2,\t4") == [1, 2, 4]
     for bad in ("a,b", "1,-2", "1;2", "0"):
         with pytest.raises(CgwatchError):
             parse_sizes(bad)

@@ -67,13 +67,13 @@ MAX_SIZE_DIGITS = 9         # digits of one capture size (no engine serves a bil
 
 
 def parse_sizes(text: str) -> list[int]:
-    """'1,2,4,8' -> [1, 2, 4, 8] (sorted, unique). Raises CgwatchError on anything else; the message
-    quotes at most a short prefix of the text."""
+    """'1,2,4,8' (or '1 2 4 8', '1, 2, 4') -> [1, 2, 4, 8] (sorted, unique). Raises CgwatchError on anything
+    else; the message quotes at most a short prefix of the text."""
     from cgwatch.text import clip
     if len(text) > MAX_SIZE_LIST * (MAX_SIZE_DIGITS + 2):
         raise CgwatchError(f"capture size list of {len(text):,} characters is too long: at most "
                            f"{MAX_SIZE_LIST} sizes")
-    parts = [s for s in text.replace(" ", "").split(",") if s]
+    parts = [s for s in text.replace(",", " ").split() if s]   # spaces separate too ('1 2 4' is not 124)
     if len(parts) > MAX_SIZE_LIST:
         raise CgwatchError(f"too many capture sizes ({len(parts)}): at most {MAX_SIZE_LIST}")
     for s in parts:
