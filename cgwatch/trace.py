@@ -86,9 +86,7 @@ class TraceWriter:
         self._compacting: list[threading.Thread] = []
         # a part's size on disk / the bytes written to it while it records
         self.ratio = FIRST_RATIO[self.path.endswith(".parquet")] if self.compact else 1.0
-        parent = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(parent):
-            raise CgwatchError(f"cannot write trace {self.path}: directory {parent} does not exist")
+        _check_directory(self.path)
         # type/format/version come first and cannot be overridden by the metadata
         head = {"type": HEADER, "format": FORMAT, "version": VERSION}
         head.update((k, v) for k, v in header.items() if k not in head)
@@ -179,14 +177,18 @@ def check_record_path(path: str | None, overwrite: bool = False) -> None:
         return
     if path in ("", "-"):
         raise CgwatchError(f"--record needs a file name, not {path!r} (a trace is not written to stdout)")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise CgwatchError(f"cannot write trace {path}: directory {parent} does not exist")
+    _check_directory(path)
     for p in (path, part_path(path, 0)):
         if os.path.isdir(p):
             raise CgwatchError(f"cannot write trace {p}: it is a directory")
         if not overwrite and os.path.isfile(p) and os.path.getsize(p) > 0:
             raise CgwatchError(f"{p} exists: record to another name, or add --overwrite to replace it")
+
+
+def _check_directory(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CgwatchError(f"cannot write trace {path}: directory {parent} does not exist")
 
 
 def part_path(path: str, k: int) -> str:

@@ -230,9 +230,8 @@ def _import(mod_name: str):
         raise CgwatchError(f"importing {mod_name} failed: {ce.first_line(e)}") from None
     except Exception as e:
         raise CgwatchError(f"importing {mod_name} failed: {ce.first_line(e)}") from None
-    except SystemExit as e:   # a script's sys.exit() at import: cgwatch must not exit with its code, silently
-        raise CgwatchError(f"importing {mod_name} called sys.exit({e.code!r}): check imports modules, it does "
-                           "not run scripts (guard the script's code with if __name__ == '__main__')") from None
+    except SystemExit as e:
+        raise _exited(mod_name, e) from None
 
 
 def _import_file(path: Path):
@@ -252,9 +251,14 @@ def _import_file(path: Path):
         raise CgwatchError(f"importing {path.name} failed: {ce.first_line(e)}") from None
     except SystemExit as e:
         del sys.modules[name]
-        raise CgwatchError(f"importing {path.name} called sys.exit({e.code!r}): check imports modules, it does "
-                           "not run scripts (guard the script's code with if __name__ == '__main__')") from None
+        raise _exited(path.name, e) from None
     return module
+
+
+def _exited(what: str, e: SystemExit) -> CgwatchError:
+    """A script's sys.exit() at import: one line, not cgwatch exiting silently with the script's code."""
+    return CgwatchError(f"importing {what} called sys.exit({e.code!r}): check imports modules, it does not run "
+                        "scripts (guard the script's code with if __name__ == '__main__')")
 
 
 def _call_user(fn, args):

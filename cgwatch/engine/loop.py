@@ -290,16 +290,14 @@ class Engine(EngineBase):
 
     def _note_fail_capture(self) -> None:
         """--fail-capture-bucket that cannot act now: no graphs without CUDA, or a size not in the list."""
-        asked = sorted(set(self.cfg.fail_capture) | {b for b, _ in self.cfg.fail_capture_on})
-        if not asked or self.rank != 0:
+        asked = set(self.cfg.fail_capture) | {b for b, _ in self.cfg.fail_capture_on}
+        missing = sorted(asked - set(self.sizes))
+        if not asked or self.rank != 0 or (self.cuda and not missing):
             return
-        if not self.cuda:
-            why = "no CUDA graphs on the CPU"
-        elif not set(asked) - set(self.sizes):
-            return
-        else:
-            why = (f"{', '.join(str(b) for b in sorted(set(asked) - set(self.sizes)))} not among the capture "
-                   f"sizes {list(self.sizes)} (a recapture that adds it fails)")
+        why = ("no CUDA graphs on the CPU" if not self.cuda else
+               f"{', '.join(map(str, missing))} not among the capture sizes {list(self.sizes)} "
+               "(a recapture that adds it fails)")
+        asked = sorted(asked)
         self.emit(R.event(R.EV_INFO, self.now(), message=f"--fail-capture-bucket {asked}: {why}"))
 
     def close(self) -> dict:
