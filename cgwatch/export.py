@@ -176,13 +176,14 @@ def run(a) -> int:
         print(f"cgwatch export: {summary} -> {out}", file=sys.stderr)
         size = os.path.getsize(out)
         if a.format != "csv" and size > UI_BYTES:
-            print(f"cgwatch: note: {out} is {size / 1e9:.1f} GB, more than the Perfetto UI holds in a browser (~2 GB): "
-                  f"open it through `trace_processor --httpd {out}`, or export a window (--from/--to, --last)",
-                  file=sys.stderr)
+            print(f"cgwatch: note: {out} is {size / 1e9:.1f} GB, likely too big for the Perfetto UI in a browser (a "
+                  f"trace there takes 2-4x its file's size, in ~2 GB in all): open it through "
+                  f"`trace_processor --httpd {out}`, or export a window (--from/--to, --last)", file=sys.stderr)
     return 0
 
 
 UI_BYTES = 1 << 30   # a timeline export this big gets a note: the Perfetto UI works in the browser's memory
+# (~2 GB typical, Perfetto's docs say, and a trace takes 2-4x its file's size there)
 
 
 def _one_pass(fmt: str, trace: str, tr, header: dict, f) -> tuple[str, R.Screen] | None:
