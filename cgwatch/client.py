@@ -322,10 +322,13 @@ def connect(addr: str, token: str | None = None, timeout: float = 5.0) -> Connec
     """Connect and read the hello (CgwatchError if the daemon speaks another protocol)."""
     conn = Connection(open_connection(addr, timeout), token)
     try:
-        hello = conn.recv(timeout)   # None: closed or silent
+        try:
+            hello = conn.recv(timeout)   # None: closed or silent
+        except ProtocolError as e:       # another service on the port (SSH, ...): its first line is no message
+            raise CgwatchError(f"{addr}: not a cgwatch daemon (its first line is no protocol message: {e})") from None
         wrong = _check_hello(hello)
         if wrong:
-            raise CgwatchError(wrong)
+            raise CgwatchError(f"{addr}: {wrong}")
     except BaseException:
         conn.close()
         raise

@@ -122,9 +122,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, header: dict | None = None):
         self.registry = registry or CollectorRegistry()
-        model = (header or {}).get("model")
-        self.info = {k: str((model.get("name") if k == "model" and isinstance(model, dict) else
-                             (header or {}).get(k)) or "") for k in INFO_LABELS} if header else None
+        self.info = None
         self.stats = RunStats(window=0)   # the counters (cgwatch/aggregate.py); no percentile values
         self.step_s = _Histogram("cgwatch_step_seconds", "Step time (GPU time where measured, else host)",
                                  STEP_BUCKETS)
@@ -135,10 +133,19 @@ class Metrics:
         self.plain: dict[str, float] = {}   # gauges, present once measured
         self.by_gpu: dict[str, dict[str, float]] = {name: {} for name, _, _ in _GPU_GAUGES.values()}
         self.by_bucket: dict[str, dict[str, float]] = {name: {} for name in _BUCKET_HELP}
-        self._kernels((header or {}).get("kernels"))
         self.registry.register(self)
         self._server = None
         self._lock = threading.Lock()
+        if header:
+            self.set_header(header)
+
+    def set_header(self, header: dict) -> None:
+        """The run's header: cgwatch_info's labels and the kernels gauge. A session serves the metrics
+        before the engine exists (so that a port in use fails first), and gives the header once it does."""
+        model = header.get("model")
+        self.info = {k: str((model.get("name") if k == "model" and isinstance(model, dict) else header.get(k)) or "")
+                     for k in INFO_LABELS}
+        self._kernels(header.get("kernels"))
 
     # -- the sink ----------------------------------------------------------------------------
     def __call__(self, rec: dict) -> None:

@@ -1,8 +1,8 @@
 """One run from its first record to its end record, with its sinks: ``cgwatch run --headless``
 (cli.py), the daemon (daemon.py) and the bench (bench.py) all go through a ``Session``.
 
-``Session.open(build, ...)`` builds the engine on a Fanout (``build(emit)``), takes its header and
-adds the sinks in their order: the trace file, the Prometheus metrics, then a daemon's socket (a
+``Session.open(build, ...)`` binds the Prometheus port (a port in use fails before anything loads),
+builds the engine on a Fanout (``build(emit)``), takes its header and adds the sinks in their order: the trace file, the Prometheus metrics, then a daemon's socket (a
 caller adds its own views after them: the status line). ``run(loop)`` runs the engine and settles
 the outcome (completed, interrupted or error); ``end()`` closes the engine and gives the trace and
 the daemon's clients the end record; ``close()`` (also on leaving ``with``) ends the run if nobody
@@ -52,25 +52,30 @@ class Session:
         a bound daemon.Daemon (started by the caller, closed by the session). If anything fails here,
         what was built or opened is closed again, the daemon too."""
         fanout = Fanout()
-        s = None
+        s = metrics = None
         try:
+            if prometheus is not None:   # bound first: a port in use fails before the model loads and the trace opens
+                from cgwatch.metrics import Metrics
+                metrics = Metrics().serve(prometheus)
             s = cls(build(fanout), fanout, what)
-            s.daemon, s.end_fields = daemon, dict(end_fields or {})
+            s.daemon, s.end_fields, s.metrics = daemon, dict(end_fields or {}), metrics
             s.header = s.engine.header()
             if record:
                 from cgwatch.trace import TraceWriter
                 s.writer = TraceWriter(record, s.header, **(rotate or {}))
                 fanout.add(s.writer.write)
-            if prometheus is not None:
-                from cgwatch.metrics import Metrics
-                s.metrics = Metrics(header=s.header).serve(prometheus)
-                fanout.add(s.metrics)
+            if metrics is not None:
+                metrics.set_header(s.header)
+                fanout.add(metrics)
         except BaseException:
-            if s is not None:   # a bad --record or --prometheus: the engine stops too
+            if s is not None:   # a bad --record: the engine stops too
                 s.outcome = "error"
                 s.close()
-            elif daemon is not None:
-                daemon.close()
+            else:
+                if daemon is not None:
+                    daemon.close()
+                if metrics is not None:
+                    metrics.close()
             raise
         if daemon is not None:
             fanout.add(daemon.publish)

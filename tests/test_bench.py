@@ -53,6 +53,7 @@ def test_cpu_bench_measures_eager_and_says_graphs_need_cuda(capsys, tmp_path):
     (["--steps", "0"], "--steps must be >= 1"),
     (["--max-seq", "10"], "--max-seq 10 is too short"),
     (["--model", "no-such-model"], "no-such-model"),
+    (["--device", "tpu"], "bad --device 'tpu': expected auto, cpu, cuda or cuda:N"),   # was an internal error
 ])
 def test_bench_bad_input_is_one_line(capsys, tmp_path, flags, needle):
     code = main(["bench", *SMALL, "--no-record", "--device", "cpu", *flags])

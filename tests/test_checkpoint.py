@@ -81,3 +81,95 @@ def test_missing_pieces_are_clear_errors(tmp_path):
         f.unlink()
     with pytest.raises(CgwatchError, match="no \\*.safetensors"):
         load_model(str(tmp_path), torch.device("cpu"), torch.float32)
+
+
+# ---- checkpoints cgwatch cannot compute: a one-line error, never a crash or other logits ----
+
+def _config(**edits):
+    cfg = {"architectures": ["LlamaForCausalLM"], **COMMON, "hidden_act": "silu", "tie_word_embeddings": True}
+    cfg.update(edits)
+    return {k: v for k, v in cfg.items() if v != "DROP"}
+
+
+@pytest.mark.parametrize("edits, match", [
+    (dict(hidden_size=None), "hidden_size must be an integer >= 1, got None"),
+    (dict(hidden_size="64"), "hidden_size must be an integer >= 1, got '64'"),
+    (dict(num_attention_heads=0), "num_attention_heads must be an integer >= 1"),
+    (dict(num_key_value_heads=3), "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "llama3 rope scaling needs .*low_freq_factor is None"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 1.0,
+                        "original_max_position_embeddings": 64}), "high_freq_factor > low_freq_factor"),
+    (dict(rope_scaling=[1, 2]), "rope_scaling / rope_parameters must be an object"),
+    (dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
+    (dict(mlp_bias=True), "mlp_bias is not supported"),
+    (dict(attention_bias=True), "attention_bias is not supported for LlamaForCausalLM"),
+    (dict(quantization_config={"quant_method": "fp8"}), r"quantized checkpoints are not supported \(quantization_config: fp8\)"),
+])
+def test_configs_it_cannot_compute_are_one_line_errors(tmp_path, edits, match):
+    """Each of these was an internal error (a TypeError / KeyError deep in the model) or, worse, loaded
+    and computed another model's logits (GELU as SiLU, biases dropped, fp8 weights without their scales)."""
+    (tmp_path / "config.json").write_text(json.dumps(_config(**edits)))
+    with pytest.raises(CgwatchError, match=match):
+        load_model(str(tmp_path), torch.device("cpu"), torch.float32)
+
+
+def test_a_config_that_is_not_an_object_or_a_file_given_as_the_folder(tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(CgwatchError, match="not a JSON object"):
+        load_model(str(tmp_path), torch.device("cpu"), torch.float32)
+    with pytest.raises(CgwatchError, match="is a file: give the checkpoint's folder"):
+        load_model(str(tmp_path / "config.json"), torch.device("cpu"), torch.float32)
+
+
+def _reshard(path, n_files=2):
+    """The checkpoint's weights split over n_files shards with a transformers-style index."""
+    from safetensors.torch import load_file, save_file
+    weights = {}
+    for f in sorted(path.glob("*.safetensors")):
+        weights.update(load_file(f))
+        f.unlink()
+    keys, weight_map = sorted(weights), {}
+    for i in range(n_files):
+        name = f"model-{i + 1:05d}-of-{n_files:05d}.safetensors"
+        part = keys[i::n_files]
+        save_file({k: weights[k] for k in part}, path / name)
+        weight_map.update(dict.fromkeys(part, name))
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return weights
+
+
+@torch.inference_mode()
+def test_shards_follow_the_index(tmp_path):
+    from safetensors.torch import save_file
+    save_hf(tmp_path, "mistral")
+    weights = _reshard(tmp_path)
+    ref, _ = load_model(str(tmp_path), torch.device("cpu"), torch.float32)
+    # a file the index does not name (Mistral's repos ship consolidated.safetensors) is not read
+    save_file({k: torch.zeros_like(v) for k, v in weights.items()}, tmp_path / "consolidated.safetensors")
+    model, _ = load_model(str(tmp_path), torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(model.state_dict(), ref.state_dict())
+    # without the index the two copies are ambiguous: an error, not the last file read
+    (tmp_path / "model.safetensors.index.json").rename(tmp_path / "index.bak")
+    with pytest.raises(CgwatchError, match="is in .* and in another file"):
+        load_model(str(tmp_path), torch.device("cpu"), torch.float32)
+    # a shard the index names that is not there: named (was "checkpoint lacks N weights")
+    (tmp_path / "index.bak").rename(tmp_path / "model.safetensors.index.json")
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CgwatchError, match="names 1 file.*model-00002-of-00002.safetensors.*unfinished download"):
+        load_model(str(tmp_path), torch.device("cpu"), torch.float32)
+
+
+def test_weights_without_a_place_or_not_float_are_refused(tmp_path):
+    """A tensor the model has no place for (here a third layer in a two-layer config, as an o_proj bias
+    or an MLP bias would be) was skipped without a word; an int8 weight was cast to float."""
+    from safetensors.torch import load_file, save_file
+    save_hf(tmp_path, "mistral")
+    f = next(tmp_path.glob("*.safetensors"))
+    weights = load_file(f)
+    extra = dict(weights, **{"model.layers.2.mlp.down_proj.weight": weights["model.layers.1.mlp.down_proj.weight"].clone()})
+    save_file(extra, f)
+    with pytest.raises(CgwatchError, match="1 weights have no place.*model.layers.2.mlp.down_proj.weight"):
+        load_model(str(tmp_path), torch.device("cpu"), torch.float32)
+    save_file(dict(weights, **{"model.norm.weight": weights["model.norm.weight"].to(torch.int8)}), f)
+    with pytest.raises(CgwatchError, match="model.norm.weight is int8: only float weights"):
+        load_model(str(tmp_path), torch.device("cpu"), torch.float32)

@@ -469,3 +469,26 @@ def test_an_engine_that_fails_leaves_the_daemon_serving_its_history(addr, tmp_pa
     assert "out of memory" in result["error"]
     tr = read_trace(trace)
     assert tr.end["outcome"] == "error"
+
+
+def test_attach_to_another_service_names_the_address_and_says_it_is_no_daemon(addr, capsys):
+    """An SSH server on the port got 'cgwatch: invalid JSON: Expecting value at column 1'."""
+    from cgwatch.cli import main
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(addr[5:])
+    server.listen(4)
+
+    def serve():
+        try:
+            while True:
+                conn, _ = server.accept()
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+        except OSError:
+            pass
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        assert main(["attach", addr]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"cgwatch: {addr}: not a cgwatch daemon (its first line")
+    finally:
+        server.close()

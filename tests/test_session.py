@@ -104,3 +104,22 @@ def test_the_abort_hook_ends_the_trace_and_the_stream(tmp_path):
     s.engine.on_abort({"steps": 0, "outcome": "error", "reason": "rank 1 lost"})
     assert read_trace(path).end["reason"] == "rank 1 lost" and published[-1]["type"] == R.END
     s.close()
+
+
+def test_a_prometheus_port_in_use_fails_before_the_engine_and_the_trace(tmp_path):
+    """It failed after the model had loaded (minutes for a large one) and left a trace with an error end
+    record at PATH, which the next run then refused to replace without --overwrite."""
+    import socket
+    built, path = [], tmp_path / "t.jsonl"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        with pytest.raises(CgwatchError, match="cannot serve metrics on 127.0.0.1:.*in use"):
+            Session.open(lambda emit: built.append(FakeEngine(emit)) or built[-1], record=str(path),
+                         prometheus=taken.getsockname()[1])
+    assert built == [] and not path.exists()
+    # a free port: served, with the header's labels once the engine exists
+    with Session.open(FakeEngine, prometheus=0) as s:
+        import urllib.request
+        text = urllib.request.urlopen(s.metrics.url, timeout=10).read().decode()
+        assert 'cgwatch_info{' in text and 'model="fake"' in text

@@ -51,7 +51,7 @@ from cgwatch import records as R
 from cgwatch.engine import kernels as K
 from cgwatch.engine.bench_base import BenchBase, latency_stats
 from cgwatch.engine.control import Command
-from cgwatch.engine.loop import Engine, EngineConfig
+from cgwatch.engine.loop import Engine, EngineConfig, resolve_device
 from cgwatch.errors import CgwatchError
 from cgwatch.measure import graph_stats
 from cgwatch.measure.bandwidth import copy_bandwidth
@@ -116,6 +116,7 @@ def check_config(c: BenchConfig) -> None:
         raise CgwatchError(f"--tensor-parallel-size must be >= 1, got {c.tensor_parallel_size}")
     if not c.kernels or any(k not in ("plain", "fused") for k in c.kernels):
         raise CgwatchError(f"--kernels must list plain and/or fused, got {','.join(c.kernels) or 'nothing'}")
+    resolve_device(c.device, 0, c.tensor_parallel_size)   # a bad --device: one line, as in cgwatch run
     if c.with_compile and c.tensor_parallel_size > 1:
         raise CgwatchError("--with-compile runs one rank: leave out --tensor-parallel-size")
     need = c.prompt_len + max(c.warmup + c.steps, c.tokens) + 1
@@ -133,8 +134,7 @@ class Bench(BenchBase):
         sizes = tuple(sorted(set(cfg.batch_sizes)))
         self.sizes = sizes
         self.max_batch = sizes[-1]
-        probe = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else
-                             ("cpu" if cfg.device == "auto" else cfg.device))
+        probe = resolve_device(cfg.device, 0, cfg.tensor_parallel_size)
         ecfg = EngineConfig(model=cfg.model, device=cfg.device, dtype=cfg.dtype, max_seq=cfg.max_seq,
                             capture_sizes=sizes, max_padding_ratio=0.0,
                             mode="graph" if probe.type == "cuda" else "eager", seed=cfg.seed, nvtx=cfg.nvtx,

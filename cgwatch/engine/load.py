@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -39,39 +40,101 @@ def model_args(name: str) -> ModelArgs:
 
 
 def _read_config(path: Path) -> dict:
+    if path.is_file():
+        raise CgwatchError(f"{path} is a file: give the checkpoint's folder (the one holding config.json)")
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise CgwatchError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
     try:
-        return json.loads(cfg_path.read_text())
+        cfg = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as e:
         raise CgwatchError(f"{cfg_path}: unreadable ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CgwatchError(f"{cfg_path}: not a JSON object ({type(cfg).__name__})")
+    return cfg
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_supported(cfg: dict, arch: str, where: str) -> None:
+    """What the config asks for that cgwatch's model does not compute: refused, never run as something
+    else (a Llama with a GELU MLP or a bias on o_proj would otherwise load and give other logits)."""
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise CgwatchError(f"{where}: hidden_act {act!r} is not supported (silu only)")
+    if cfg.get("mlp_bias"):
+        raise CgwatchError(f"{where}: mlp_bias is not supported (an MLP without biases only)")
+    if cfg.get("attention_bias") and arch != "Qwen2ForCausalLM":
+        raise CgwatchError(f"{where}: attention_bias is not supported for {arch} (it adds a bias to o_proj too; "
+                           "only Qwen2's q/k/v biases are)")
+    quant = cfg.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method") if isinstance(quant, dict) else None
+        raise CgwatchError(f"{where}: quantized checkpoints are not supported (quantization_config"
+                           + (f": {method})" if method else ")"))
+
+
+def _check_llama3(rope: dict, where: str) -> None:
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    bad = [k for k in keys if not _is_number(rope.get(k)) or rope[k] <= 0]
+    if bad:
+        raise CgwatchError(f"{where}: llama3 rope scaling needs {', '.join(keys)} (numbers > 0); "
+                           f"{bad[0]} is {rope.get(bad[0])!r}")
+    if rope["high_freq_factor"] <= rope["low_freq_factor"]:
+        raise CgwatchError(f"{where}: llama3 rope scaling needs high_freq_factor > low_freq_factor, got "
+                           f"{rope['high_freq_factor']} and {rope['low_freq_factor']}")
 
 
 def args_from_hf_config(cfg: dict, where: str = "config.json") -> ModelArgs:
-    arch = (cfg.get("architectures") or [None])[0]
+    archs = cfg.get("architectures")
+    arch = archs if isinstance(archs, str) else archs[0] if isinstance(archs, list) and archs else None
     if arch not in SUPPORTED_ARCHS:
         raise CgwatchError(f"{where}: architecture {arch!r} is not supported "
                            f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+    _check_supported(cfg, arch, where)
     # transformers < 5 writes rope_theta + rope_scaling; >= 5 writes one rope_parameters dict
-    rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise CgwatchError(f"{where}: rope_scaling / rope_parameters must be an object, got {rope!r:.60}")
+    rope = dict(rope)
     theta = cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0
+    if not _is_number(theta) or theta <= 0:
+        raise CgwatchError(f"{where}: rope_theta must be a number > 0, got {theta!r:.60}")
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind not in ("llama3", "default"):
         raise CgwatchError(f"{where}: rope scaling {kind!r} is not supported (llama3 or none)")
+    if kind == "llama3":
+        _check_llama3(rope, where)
     scaling = rope if kind == "llama3" else None
-    try:
-        n_heads = cfg["num_attention_heads"]
-        return ModelArgs(
-            dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
-            n_kv_heads=cfg.get("num_key_value_heads") or n_heads, ffn_dim=cfg["intermediate_size"],
-            vocab_size=cfg["vocab_size"], norm_eps=cfg.get("rms_norm_eps", 1e-5),
-            rope_theta=float(theta), rope_scaling=scaling,
-            qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            explicit_head_dim=cfg.get("head_dim"))
-    except KeyError as e:
-        raise CgwatchError(f"{where}: missing field {e.args[0]!r}") from None
+    fields = {"hidden_size": None, "num_hidden_layers": None, "num_attention_heads": None,
+              "intermediate_size": None, "vocab_size": None}
+    for name in fields:
+        if name not in cfg:
+            raise CgwatchError(f"{where}: missing field {name!r}")
+        fields[name] = cfg[name]
+    fields["num_key_value_heads"] = cfg.get("num_key_value_heads") or fields["num_attention_heads"]
+    if cfg.get("head_dim") is not None:
+        fields["head_dim"] = cfg["head_dim"]
+    for name, v in fields.items():   # a null, a string or 0 would fail later as an internal error
+        if not _is_int(v) or v < 1:
+            raise CgwatchError(f"{where}: {name} must be an integer >= 1, got {v!r:.60}")
+    n_heads, n_kv = fields["num_attention_heads"], fields["num_key_value_heads"]
+    if n_heads % n_kv:
+        raise CgwatchError(f"{where}: num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}")
+    eps = cfg.get("rms_norm_eps", 1e-5)
+    if not _is_number(eps) or eps <= 0:
+        raise CgwatchError(f"{where}: rms_norm_eps must be a number > 0, got {eps!r:.60}")
+    return ModelArgs(
+        dim=fields["hidden_size"], n_layers=fields["num_hidden_layers"], n_heads=n_heads, n_kv_heads=n_kv,
+        ffn_dim=fields["intermediate_size"], vocab_size=fields["vocab_size"], norm_eps=eps,
+        rope_theta=float(theta), rope_scaling=scaling, qkv_bias=arch == "Qwen2ForCausalLM",
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), explicit_head_dim=cfg.get("head_dim"))
 
 
 def load_hf(path: Path, device: torch.device, dtype: torch.dtype, rank: int = 0, tp_size: int = 1) -> Transformer:
@@ -82,12 +145,11 @@ def load_hf(path: Path, device: torch.device, dtype: torch.dtype, rank: int = 0,
     from cgwatch.engine.tensor_parallel import HF_PARTS, full_shape, fused_parts, shard
 
     args = args_from_hf_config(_read_config(path), str(path / "config.json"))
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CgwatchError(f"no *.safetensors files in {path} (only safetensors checkpoints are supported)")
+    files = _weight_files(path)
     model = empty_model(args, device, dtype, tp_size)
     params = dict(model.named_parameters())
     loaded: set[str] = set()
+    unused: list[str] = []   # tensors in the model's own layout that it has no place for
     expected = {n for n in params if fused_parts(n, args) is None}
     for n in params:
         if fused_parts(n, args) is not None:
@@ -100,9 +162,17 @@ def load_hf(path: Path, device: torch.device, dtype: torch.dtype, rank: int = 0,
                         name = key.removeprefix("model.")
                         target, part = _fused_target(name)
                         p = params.get(target)
-                        if p is None:
-                            continue   # e.g. rotary inv_freq buffers
+                        if p is None:   # e.g. rotary inv_freq buffers, or another format's names
+                            if _ours(key) and not key.endswith("rotary_emb.inv_freq"):
+                                unused.append(key)
+                            continue
+                        if name in loaded:   # two files with the same weight: which one is meant?
+                            raise CgwatchError(f"{path}: {key} is in {f.name} and in another file before it; "
+                                               f"keep one copy (or add {INDEX})")
                         t = st.get_tensor(key)
+                        if not t.dtype.is_floating_point:
+                            raise CgwatchError(f"{f.name}: {key} is {str(t.dtype).removeprefix('torch.')}: "
+                                               "only float weights are supported (not a quantized checkpoint)")
                         parts = fused_parts(target, args)
                         if parts is None:
                             want = full_shape(name, p.shape, tp_size)
@@ -121,12 +191,44 @@ def load_hf(path: Path, device: torch.device, dtype: torch.dtype, rank: int = 0,
                 raise
             except Exception as e:
                 raise CgwatchError(f"{f}: not a readable safetensors file ({e})") from None
+    if unused:   # loading without them would compute another model's logits
+        raise CgwatchError(f"{path}: {len(unused)} weights have no place in the model config.json describes, "
+                           f"e.g. {', '.join(sorted(unused)[:3])}")
     if args.tie_embeddings:
         loaded.add("lm_head.weight")
     missing = sorted(expected - loaded)
     if missing:
         raise CgwatchError(f"{path}: checkpoint lacks {len(missing)} weights, e.g. {', '.join(missing[:3])}")
     return model.eval().requires_grad_(False)
+
+
+INDEX = "model.safetensors.index.json"
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files to read: those the shard index names (as transformers reads them; a folder
+    may hold others, e.g. Mistral's consolidated.safetensors), else every *.safetensors file."""
+    index = path / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CgwatchError(f"{index}: unreadable ({type(e).__name__}: {e})") from None
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise CgwatchError(f"{index} names {len(missing)} file(s) that are not in {path}, e.g. {missing[0]} "
+                               "(an unfinished download?)")
+        return [path / n for n in names]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CgwatchError(f"no *.safetensors files in {path} (only safetensors checkpoints are supported)")
+    return files
+
+
+def _ours(key: str) -> bool:
+    """A checkpoint name in the Hugging Face Llama layout cgwatch loads (not another format's)."""
+    return key.startswith("model.") or key.startswith("lm_head.")
 
 
 def _fused_target(name: str) -> tuple[str, int | None]:
