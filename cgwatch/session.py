@@ -2,8 +2,9 @@
 (cli.py), the daemon (daemon.py) and the bench (bench.py) all go through a ``Session``.
 
 ``Session.open(build, ...)`` binds the Prometheus port (a port in use fails before anything loads),
-builds the engine on a Fanout (``build(emit)``), takes its header and adds the sinks in their order: the trace file, the Prometheus metrics, then a daemon's socket (a
-caller adds its own views after them: the status line). ``run(loop)`` runs the engine and settles
+builds the engine on a Fanout (``build(emit)``), takes its header and adds the sinks in their order:
+the trace file, the Prometheus metrics, then a daemon's socket (a caller adds its own views after
+them: the status line). ``run(loop)`` runs the engine and settles
 the outcome (completed, interrupted or error); ``end()`` closes the engine and gives the trace and
 the daemon's clients the end record; ``close()`` (also on leaving ``with``) ends the run if nobody
 did, then stops the daemon and the metrics. Whatever fails, and wherever, the trace keeps what was
