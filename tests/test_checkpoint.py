@@ -173,3 +173,27 @@ def test_weights_without_a_place_or_not_float_are_refused(tmp_path):
     save_file(dict(weights, **{"model.norm.weight": weights["model.norm.weight"].to(torch.int8)}), f)
     with pytest.raises(CgwatchError, match="model.norm.weight is int8: only float weights"):
         load_model(str(tmp_path), torch.device("cpu"), torch.float32)
+
+
+def test_a_sliding_window_shorter_than_max_seq_is_refused(tmp_path, capsys):
+    """Mistral v0.1 attends to its last 4096 positions; cgwatch's attention is full, the same only while
+    --max-seq fits in the window. Past it the logits would differ without a word: refused before the load."""
+    from cgwatch.cli import main
+    from cgwatch.engine.load import args_from_hf_config, check_window
+    mistral = _config(architectures=["MistralForCausalLM"], sliding_window=64)
+    args = args_from_hf_config(mistral)
+    assert args.sliding_window == 64
+    check_window(args, 64, "m")   # within the window: the same attention
+    with pytest.raises(CgwatchError, match="sliding_window is 64 .* give --max-seq 64 or less"):
+        check_window(args, 65, "m")
+    # Qwen2 names a window but uses it only with use_sliding_window
+    assert args_from_hf_config(_config(architectures=["Qwen2ForCausalLM"], sliding_window=64)).sliding_window is None
+    assert args_from_hf_config(_config(architectures=["Qwen2ForCausalLM"], sliding_window=64,
+                                       use_sliding_window=True)).sliding_window == 64
+    with pytest.raises(CgwatchError, match="sliding_window must be an integer"):
+        args_from_hf_config(_config(architectures=["MistralForCausalLM"], sliding_window="4k"))
+    (tmp_path / "config.json").write_text(json.dumps(mistral))   # no weights: refused before they are read
+    assert main(["run", "--headless", "--model", str(tmp_path), "--max-seq", "128", "--steps", "1",
+                 "--max-concurrency", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give --max-seq 64 or less" in err[0], err

@@ -130,11 +130,33 @@ def args_from_hf_config(cfg: dict, where: str = "config.json") -> ModelArgs:
     eps = cfg.get("rms_norm_eps", 1e-5)
     if not _is_number(eps) or eps <= 0:
         raise CgwatchError(f"{where}: rms_norm_eps must be a number > 0, got {eps!r:.60}")
+    window = _sliding_window(cfg, arch, where)
     return ModelArgs(
         dim=fields["hidden_size"], n_layers=fields["num_hidden_layers"], n_heads=n_heads, n_kv_heads=n_kv,
         ffn_dim=fields["intermediate_size"], vocab_size=fields["vocab_size"], norm_eps=eps,
         rope_theta=float(theta), rope_scaling=scaling, qkv_bias=arch == "Qwen2ForCausalLM",
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), explicit_head_dim=cfg.get("head_dim"))
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), explicit_head_dim=cfg.get("head_dim"),
+        sliding_window=window)
+
+
+def _sliding_window(cfg: dict, arch: str, where: str) -> int | None:
+    """The attention window the config asks for (Mistral v0.1: 4096; Qwen2 only with use_sliding_window), or
+    None. cgwatch's attention is full: the same as the window's while --max-seq fits in it (Engine checks)."""
+    window = cfg.get("sliding_window")
+    if window is None or (arch == "Qwen2ForCausalLM" and not cfg.get("use_sliding_window")):
+        return None
+    if not _is_int(window) or window < 1:
+        raise CgwatchError(f"{where}: sliding_window must be an integer >= 1 or null, got {window!r:.60}")
+    return window
+
+
+def check_window(args: ModelArgs, max_seq: int, model: str) -> None:
+    """A sliding window shorter than --max-seq: past it the full attention computed here gives other
+    logits than the model's; refused in one line."""
+    if args.sliding_window is not None and args.sliding_window < max_seq:
+        raise CgwatchError(f"{model}: its sliding_window is {args.sliding_window} positions and cgwatch's attention "
+                           f"is full, so --max-seq {max_seq} would compute other logits past it: give --max-seq "
+                           f"{args.sliding_window} or less")
 
 
 def load_hf(path: Path, device: torch.device, dtype: torch.dtype, rank: int = 0, tp_size: int = 1) -> Transformer:
@@ -260,4 +282,6 @@ def hf_config(args: ModelArgs) -> dict:
            "bos_token_id": 1, "eos_token_id": 2}
     if args.explicit_head_dim:
         cfg["head_dim"] = args.explicit_head_dim
+    if args.sliding_window is not None:
+        cfg["sliding_window"] = args.sliding_window
     return cfg

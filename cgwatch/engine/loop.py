@@ -31,7 +31,7 @@ from cgwatch.engine.base import EngineBase
 from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, Dispatch, DispatchTable, check_ratio, effective_sizes
 from cgwatch.engine.control import Command, CommandTaker, Limits
 from cgwatch.engine.graphs import BucketGraph, GraphManager
-from cgwatch.engine.load import load_model, model_args
+from cgwatch.engine.load import check_window, load_model, model_args
 from cgwatch.engine.rank_merge import RankMerge
 from cgwatch.engine.tensor_parallel import check_shapes
 from cgwatch.engine.step import STAGING_BUFFERS, DecodeState
@@ -172,6 +172,7 @@ class Engine(EngineBase):
             raise CgwatchError(f"max_inflight must be 1..{STAGING_BUFFERS - 2}")
         if cfg.max_seq < 8:
             raise CgwatchError(f"--max-seq must be >= 8, got {cfg.max_seq}")
+        check_window(model_args(cfg.model), cfg.max_seq, cfg.model)
         if self.tp > 1:
             check_shapes(model_args(cfg.model), self.tp, cfg.model)
             bad = [r for _, r in cfg.fail_capture_on if not 0 <= r < self.tp]

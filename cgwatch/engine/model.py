@@ -43,6 +43,7 @@ class ModelArgs:
     qkv_bias: bool = False          # Qwen2
     tie_embeddings: bool = False    # Llama-3.2-1B ties lm_head to the embedding
     explicit_head_dim: int | None = None  # configs whose head_dim != dim // n_heads
+    sliding_window: int | None = None    # Mistral v0.1's window; the attention here is full (Engine checks --max-seq)
 
     @property
     def head_dim(self) -> int:
