@@ -192,7 +192,7 @@ def _engine_config(a):
     if a.backend == "vllm":
         return _vllm_config(a)
     from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, parse_sizes
-    from cgwatch.engine.control import Limits, parse_scheduled, parse_step_range
+    from cgwatch.engine.control import KV_SLOTS, Limits, parse_scheduled, parse_step_range
     from cgwatch.engine.loop import EngineConfig
     from cgwatch.workload import Workload, WorkloadSpec, clamp_note
 
@@ -209,7 +209,7 @@ def _engine_config(a):
                                f"--max-concurrency {a.max_concurrency})")
     if a.threads is not None and a.threads < 1:
         raise CgwatchError(f"--threads must be >= 1, got {a.threads}")
-    limits = Limits(a.max_concurrency, "--max-concurrency (KV slots)")   # the engine's own (Engine.command_limits)
+    limits = Limits(a.max_concurrency, KV_SLOTS)   # the engine's own (Engine.command_limits)
     workload = WorkloadSpec(arrival=a.arrival, prompt_len=a.prompt_len, output_len=a.output_len,
                             max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed)
     Workload(workload)                       # its checks, before the model loads
@@ -358,8 +358,11 @@ def _need_terminal(what: str) -> None:
     if os.environ.get("TERM") == "dumb":
         raise CgwatchError(f"{what} needs a terminal that can draw a full-screen TUI, and TERM=dumb cannot; "
                            f"use {_PLAIN[what]}")
-    if not (sys.stdin.isatty() and sys.__stderr__.isatty()):   # Textual draws on stderr
-        raise CgwatchError(f"{what} needs a terminal for the TUI; use {_PLAIN[what]} or a terminal")
+    if not sys.__stderr__.isatty():   # Textual draws on stderr: 2>file or 2>/dev/null takes the screen away
+        raise CgwatchError(f"{what} needs a terminal: it draws its TUI on stderr, which is redirected here; "
+                           f"use {_PLAIN[what]}, or leave stderr on the terminal")
+    if not sys.stdin.isatty():
+        raise CgwatchError(f"{what} needs a terminal for the TUI (stdin is not one); use {_PLAIN[what]} or a terminal")
 
 
 def _run_with_tui(a) -> int:

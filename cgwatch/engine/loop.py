@@ -29,7 +29,7 @@ from cgwatch.engine import kernels as K
 from cgwatch.engine import ranks as RK
 from cgwatch.engine.base import EngineBase
 from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, Dispatch, DispatchTable, check_ratio, effective_sizes
-from cgwatch.engine.control import Command, CommandTaker, Limits
+from cgwatch.engine.control import KV_SLOTS, Command, CommandTaker, Limits
 from cgwatch.engine.graphs import BucketGraph, GraphManager
 from cgwatch.engine.load import load_model, model_args
 from cgwatch.engine.rank_merge import RankMerge
@@ -356,7 +356,7 @@ class Engine(EngineBase):
                 "arrival": self.workload.kind, "paused": self.paused}
 
     def command_limits(self) -> Limits:
-        return Limits(self.max_batch, "--max-concurrency (KV slots)")
+        return Limits(self.max_batch, KV_SLOTS)
 
     def _commands_changed(self) -> None:
         self.table = self._table()
