@@ -359,8 +359,11 @@ def _need_terminal(what: str) -> None:
         raise CgwatchError(f"{what} needs a terminal that can draw a full-screen TUI, and TERM=dumb cannot; "
                            f"use {_PLAIN[what]}")
     if not sys.__stderr__.isatty():   # Textual draws on stderr: 2>file or 2>/dev/null takes the screen away
-        raise CgwatchError(f"{what} needs a terminal: it draws its TUI on stderr, which is redirected here; "
-                           f"use {_PLAIN[what]}, or leave stderr on the terminal")
+        why = (f"{what} needs a terminal: it draws its TUI on stderr, which is redirected here; "
+               f"use {_PLAIN[what]}, or leave stderr on the terminal")
+        if sys.stdout.isatty():   # 2>/dev/null would swallow the error: the terminal gets it too
+            print(f"cgwatch: {why}", flush=True)
+        raise CgwatchError(why)
     if not sys.stdin.isatty():
         raise CgwatchError(f"{what} needs a terminal for the TUI (stdin is not one); use {_PLAIN[what]} or a terminal")
 

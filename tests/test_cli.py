@@ -185,11 +185,13 @@ def test_stderr_redirected_says_the_tui_draws_there(tmp_path):
         with open(err, "w") as f:
             rc = subprocess.run([sys.executable, "-m", "cgwatch", "run", "--steps", "2", *SMALL], stdin=slave,
                                 stdout=slave, stderr=f, timeout=120, env={**os.environ, "TERM": "xterm"}).returncode
+        screen = os.read(master, 65536).decode()   # 2>/dev/null would swallow it: the terminal shows it too
     finally:
         os.close(slave)
         os.close(master)
     out = subprocess.CompletedProcess([], rc, "", err.read_text())
     assert_one_line_error(out, "draws its TUI on stderr", "redirected", "cgwatch run --headless")
+    assert screen.strip() == out.stderr.strip()
 
 
 def test_the_kv_slot_limit_reads_without_nested_brackets():
