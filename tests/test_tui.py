@@ -462,6 +462,21 @@ async def test_a_flood_from_a_thread_is_drawn_in_batches(monkeypatch):
         assert _rows(app)["16"][1] == "20,000"
 
 
+async def test_the_help_lists_every_key_the_app_binds():
+    """The help's keys are read off the bindings (Textual's own ctrl+q too): shift+tab, Home and End included."""
+    app = CgwatchApp(FakeSource(synthetic_run()))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("?")
+        assert isinstance(app.screen, HelpScreen)
+        shown = {key for line in app.screen.lines for key in line.strip().split("  ", 1)[0].split()}
+        for _, binding in app._bindings:
+            if not binding.system:
+                assert app.get_key_display(binding) in shown, binding
+        assert {"shift+tab", "Home", "End", "PgUp", "PgDn", "G"} <= shown
+        from cgwatch.tui.app import HELP
+        assert len(app.help_lines()) == len(HELP)   # every binding is on one of HELP's lines
+
+
 async def test_help_screen():
     src = FakeSource(synthetic_run())
     app = CgwatchApp(src)
@@ -469,7 +484,8 @@ async def test_help_screen():
         await pilot.press("?")
         assert isinstance(app.screen, HelpScreen)
         assert "recapture" in "\n".join(app.screen.lines)
-        assert "    k  kernels fused / plain (every bucket is captured again)" in app.screen.lines
+        assert any(line.split() == "k kernels fused / plain (every bucket is captured again)".split()
+                   for line in app.screen.lines)
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
         assert src.sent == []
@@ -842,6 +858,62 @@ def test_snapshot_live_80x24_events_pane(snap_compare):
         await pilot.press("]")   # a refusal: in the log, wrapped, not cut
 
     assert snap_compare(CgwatchApp(src), terminal_size=SMALL, run_before=run_before)
+
+
+def long_alerts(n: int) -> list[dict]:
+    return [R.alert(5.0 + k, f"alert {k}: running eager on the CPU because graphs need CUDA, and this line is long",
+                    level="info") for k in range(n)]
+
+
+def log_box_text(app) -> str:
+    """The text inside the events box, its lines joined (the border and the scrollbar stripped)."""
+    rows = screen_text(app)
+    top = next(i for i, row in enumerate(rows) if "events (trace time)" in row)
+    inside = [row[1:-1] for row in rows[top + 1:] if row.startswith("│")]
+    return " ".join(" ".join(row.strip(" ▁▂▃▄▅▆▇█▏▕").split()) for row in inside)
+
+
+async def test_80x24_the_log_wraps_left_of_its_scrollbar_and_shows_the_end():
+    src = FakeSource(synthetic_run() + long_alerts(12))
+    app = CgwatchApp(src)
+    async with app.run_test(size=SMALL) as pilot:
+        await _live(pilot, src)
+        await pilot.press("tab", "tab")   # the events pane: more lines than it has rows
+        await pilot.pause()
+        log = app.query_one(EventLog)
+        assert log.max_scroll_y > 0 and log.scroll_y == log.max_scroll_y and not log.show_horizontal_scrollbar
+        text = log_box_text(app)
+        for k in (10, 11):   # every character of the last lines, none under the scrollbar
+            assert f"alert {k}: running eager on the CPU because graphs need CUDA, and this line is long" in text
+
+
+async def test_home_and_end_move_the_log_shown_and_the_end_follows():
+    """Home on the 80x24 events pane, then the full layout: End brings the log back to its end, and it follows
+    new lines from there; scrolled back, new lines leave it where it is."""
+    src = FakeSource(synthetic_run() + long_alerts(12))
+    app = CgwatchApp(src)
+    async with app.run_test(size=SMALL) as pilot:
+        await _live(pilot, src)
+        log = app.query_one(EventLog)
+        await pilot.press("tab", "tab", "home")
+        await pilot.pause()
+        assert log.scroll_y == 0 and log.max_scroll_y > 0 and "End follows" in str(log.border_subtitle)
+        src.records, src.i = long_alerts(3), 0
+        await _live(pilot, src)
+        assert log.scroll_y == 0   # scrolled back: it stays
+        await pilot.resize_terminal(*SIZE)
+        await pilot.pause()
+        assert not app.compact and log.scroll_y == 0
+        await pilot.press("end")
+        await pilot.pause()
+        assert log.max_scroll_y > 0 and log.scroll_y == log.max_scroll_y and not log.border_subtitle
+        src.records, src.i = [R.event(R.EV_MARK, 30.0, text="after End")], 0
+        await _live(pilot, src)
+        await pilot.pause()
+        assert log.scroll_y == log.max_scroll_y and "mark: after End" in log_box_text(app)
+        await pilot.press("home")
+        await pilot.pause()
+        assert log.scroll_y == 0 and app.query_one(BucketTable).offset == 0
 
 
 async def test_80x24_kernels_and_compile_seconds_fit():

@@ -438,10 +438,12 @@ class Totals(Static):
 
 class EventLog(RichLog):
     """Alerts, mode switches, recaptures, captures, marks, acks and connection changes. Long lines wrap
-    (at the width when they arrive), so a refusal's reason is never cut."""
+    (at the width when they arrive), so a refusal's reason is never cut. At its end it follows new lines;
+    scrolled back, it stays put (the border says so) until it is at the end again (End)."""
 
     DEFAULT_CSS = """
-    EventLog { height: 1fr; min-height: 4; border: round $primary 50%; padding: 0 1; overflow-y: auto; }
+    EventLog { height: 1fr; min-height: 4; border: round $primary 50%; padding: 0 1; overflow-y: auto;
+               overflow-x: hidden; scrollbar-gutter: stable; }   /* lines wrap at the width left of the scrollbar */
     """
     can_focus = False
 
@@ -451,6 +453,23 @@ class EventLog(RichLog):
 
     def on_mount(self) -> None:
         self.border_title = "events (trace time)"
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        self._follow(new >= self.max_scroll_y)
+
+    def _follow(self, on: bool) -> None:
+        self.auto_scroll = on
+        self.border_subtitle = "" if on else "scrolled back · End follows"
+
+    def to_edge(self, end: bool) -> None:
+        """Home / End: to the top, or to the end and follow new lines again; hidden too (force: a hidden
+        widget's scrollbars are off, and Textual would not scroll it)."""
+        if end:
+            self.scroll_end(animate=False, immediate=True, force=True)
+        else:
+            self.scroll_home(animate=False, immediate=True, force=True)
+        self._follow(end or self.max_scroll_y == 0)
 
     _state: ViewState | None = None
     _width = 0
@@ -477,8 +496,11 @@ class EventLog(RichLog):
         new = min(state.log_seq - self._seq, len(state.log))
         self._width = self.scrollable_content_region.width or self._width   # hidden (a pane): the last width
         for t, style, text in list(state.log)[len(state.log) - new:] if new > 0 else ():
-            self.write(Text.assemble((f"{t:8.2f}s  ", "dim"), (text, style)), width=self._width or None)
+            self.write(Text.assemble((f"{t:8.2f}s  ", "dim"), (text, style)), width=self._width or None,
+                       scroll_end=False)
         self._seq = state.log_seq
+        if new > 0 and self.auto_scroll:   # forced: RichLog's own scroll is lost on a pane just shown
+            self.scroll_end(animate=False, immediate=False, force=True)
 
     def texts(self) -> list[str]:
         """The logged lines as plain text (for tests)."""
