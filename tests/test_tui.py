@@ -15,7 +15,7 @@ from cgwatch.trace import TraceWriter, read_trace
 from cgwatch.tui import CgwatchApp
 from cgwatch.tui.dialogs import HelpScreen, RecaptureDialog
 from cgwatch.tui.state import ViewState
-from cgwatch.tui.widgets import Banner, BucketTable, EventLog, HeaderBar, Totals
+from cgwatch.tui.widgets import Banner, BucketTable, EventLog, HeaderBar, LastEvent, PaneBar, Totals
 from textual.widgets import Input, Static
 
 pytestmark = pytest.mark.anyio   # async tests run on anyio's pytest plugin (asyncio only, below)
@@ -802,18 +802,46 @@ async def test_80x24_a_long_table_scrolls_and_says_which_rows_show():
         assert table.shown[0] == 2
 
 
-@pytest.mark.parametrize("size", [(79, 24), (80, 23), (40, 10)])
-async def test_below_80x24_one_line_says_the_terminal_is_too_small(size):
+@pytest.mark.parametrize("size", [(79, 24), (80, 23), (72, 10), (40, 10), (20, 8)])
+async def test_below_80x24_the_whole_message_says_the_terminal_is_too_small(size):
+    """One line where it fits; narrower, a short form wrapped over a few lines: never cut."""
     app, src, clock = _replay(SAMPLE, start_paused=True)
     async with app.run_test(size=size) as pilot:
         await pilot.pause()
-        lines = [line for line in screen_text(app) if line.strip()]
+        lines = [line.strip() for line in screen_text(app) if line.strip()]
         w, h = size
-        assert len(lines) == 1, lines
-        assert f"at least 80x24; this one is {w}x{h}" in lines[0] or w < 60   # cut at 40 columns, still one line
+        text = " ".join(lines)
+        assert max(map(len, screen_text(app))) <= w and len(lines) <= 4, lines
+        assert text in (f"cgwatch needs a terminal of at least 80x24; this one is {w}x{h} (q quits)",
+                        f"cgwatch needs 80x24 or more; this is {w}x{h}. q quits"), lines
+        assert len(lines) == 1 or w < 60
         await pilot.resize_terminal(80, 24)
         await pilot.pause()
-        assert "needs a terminal" not in "\n".join(screen_text(app)) and "tok/s" in screen_text(app)[1]
+        assert "cgwatch needs" not in "\n".join(screen_text(app)) and "tok/s" in screen_text(app)[1]
+
+
+async def test_back_from_too_small_the_pane_bar_and_the_last_line_are_drawn_again():
+    """Nothing new arrives: the last log line is cut to the width again and the pane bar follows the table's
+    rows whatever changed them (here its height, with no key and no record)."""
+    recs = [dict(HEADER, config={"capture_sizes": list(range(1, 41)), "mode": "graph"})]
+    recs += [R.step(i, 0.01 * i, 1 + i % 40, 1 + i % 40, 1 + i % 40, None, 80.0, 3.0, 1) for i in range(400)]
+    recs.append(R.event(R.EV_MARK, 4.5, text="a long mark that is cut at 80 columns, " * 3))
+    src = FakeSource(recs)
+    app = CgwatchApp(src)
+    async with app.run_test(size=SMALL) as pilot:
+        await _live(pilot, src)
+        table, bar, last = app.query_one(BucketTable), app.query_one(PaneBar), app.query_one(LastEvent)
+        assert "rows 1-13 of 40" in bar.plain_lines()[0] and last.plain_lines()[0].endswith("…")
+        await pilot.resize_terminal(40, 10)
+        await pilot.pause()
+        await pilot.resize_terminal(*SMALL)
+        await pilot.pause()
+        assert last.plain_lines()[0].endswith("…") and len(last.plain_lines()[0]) <= SMALL[0] - 2
+        assert screen_text(app)[-2].rstrip().endswith("…")
+        table.styles.max_height = 8
+        await pilot.pause()
+        first, end, n = table.shown
+        assert end < 13 and f"rows {first}-{end} of {n}" in bar.plain_lines()[0]
 
 
 async def test_no_color_draws_without_colour(monkeypatch):

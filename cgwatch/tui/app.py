@@ -83,7 +83,7 @@ HELP = [
     (("toggle_ranks",), "the per-GPU view (tensor parallel) or the charts again"),
 ]
 
-MIN_SIZE = (80, 24)     # the smallest screen laid out; below it, one line says so
+MIN_SIZE = (80, 24)     # the smallest screen laid out; below it, a message says so
 FULL_SIZE = (120, 36)   # from here every part shows at once; below it the compact layout with panes
 
 
@@ -182,9 +182,7 @@ class CgwatchApp(App):
         self.set_class(self.compact, "-compact")
         for pane in PANES:
             self.set_class(self.compact and pane == self.pane, f"-pane-{pane}")
-        self.query_one(TooSmall).update(
-            f"cgwatch needs a terminal of at least {MIN_SIZE[0]}x{MIN_SIZE[1]}; this one is {width}x{height} "
-            f"(q quits)")
+        self.query_one(TooSmall).say(width, height, MIN_SIZE)
         self.query_one(Charts).compact = self.compact and self.pane != "charts"
         table = self.query_one(BucketTable)
         table.part = (0 if self.pane == "buckets" else 1) if self.compact else None
@@ -238,6 +236,11 @@ class CgwatchApp(App):
         if connected != self._connected_seen:   # a lost / regained connection shows at once; the
             self._connected_seen = connected      # rest (replay position, ...) at the next tick
             self.post_message(StatusChanged())
+
+    @on(BucketTable.RowsShown)
+    def _rows_shown(self) -> None:   # whatever moved them (a key, new rows, a resize): the pane bar follows
+        if self.compact:
+            self.query_one(PaneBar).show_pane(self.pane, self.query_one(BucketTable))
 
     @on(StatusChanged)
     def _status_changed(self) -> None:

@@ -8,6 +8,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.geometry import Region
+from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import RichLog, Static
@@ -328,6 +329,9 @@ class BucketTable(TextLines):
     # the columns of each part (by header, second line: "s" is capture s and compile s), the bucket column in both
     PARTS = (("bucket", "steps", "hits", "full/pw", "mixed", "%", "waste %", "p50/p99"),
              ("bucket", "µs g/e", "MiB", "s", "status"))
+    class RowsShown(Message):
+        """The rows shown changed (a scroll, new rows, a new height): the pane bar says which."""
+
     _rows: list[tuple[str, ...]] = []
     part: int | None = None
     offset = 0          # first row shown
@@ -378,7 +382,9 @@ class BucketTable(TextLines):
                               (cells[-1].ljust(widths[-1]), status_style)])
             else:
                 lines.append([(self._line(cells, widths, status), shade)])
-        self.shown = (first + 1 if n else 0, last, n)
+        shown, self.shown = self.shown, (first + 1 if n else 0, last, n)
+        if shown != self.shown:
+            self.post_message(self.RowsShown())
         if last - first < n:
             lines.append([(f"rows {first + 1}-{last} of {n} · ↑ ↓ PgUp PgDn scroll", "italic")])
         self.set_lines(lines)
@@ -538,8 +544,14 @@ class LastEvent(TextLines):
     DEFAULT_CSS = """
     LastEvent { height: 1; padding: 0 1; }
     """
+    _state: ViewState | None = None
+
+    def on_resize(self) -> None:   # cut to the new width (hidden, as on a too-small screen, it had none)
+        if self._state is not None:
+            self.show(self._state)
 
     def show(self, state: ViewState) -> None:
+        self._state = state
         if not state.log:
             self.set_lines([[("no events yet", "dim")]])
             return
@@ -552,8 +564,15 @@ class LastEvent(TextLines):
 
 
 class TooSmall(Static):
-    """Shown alone below the smallest size the screen is laid out for."""
+    """Shown alone below the smallest size the screen is laid out for: one line where it fits, else a
+    shorter form, wrapped (whole down to about 20 columns)."""
 
     DEFAULT_CSS = """
-    TooSmall { display: none; height: 1; padding: 0 1; text-style: bold; }
+    TooSmall { display: none; height: auto; padding: 0 1; text-style: bold; }
     """
+
+    def say(self, width: int, height: int, least: tuple[int, int]) -> None:
+        text = f"cgwatch needs a terminal of at least {least[0]}x{least[1]}; this one is {width}x{height} (q quits)"
+        if len(text) + 2 > width:   # the padding
+            text = f"cgwatch needs {least[0]}x{least[1]} or more; this is {width}x{height}. q quits"
+        self.update(text)
