@@ -1,4 +1,4 @@
-"""A real terminal: `cgwatch run --model tiny` in tmux, keys g, r (edit sizes), q, read off the pane."""
+"""A real terminal: `cgwatch run --model tiny` in tmux, keys g, r (edit sizes), +, q, read off the pane."""
 
 import os
 import shutil
@@ -48,15 +48,17 @@ def test_run_toggle_recapture_quit_in_tmux(tmp_path):
     tmux("resize-window", "-t", session, "-x", "140", "-y", "45")
     try:
         wait_for(session, lambda t: "tiny" in t and "no CUDA" in t and "sizes [1, 2, 4, 8, 16]" in t)
-        tmux("send-keys", "-t", session, "g")
-        wait_for(session, lambda t: "mode → eager" in t)
+        tmux("send-keys", "-t", session, "g")   # no CUDA: the engine refuses, and says why
+        wait_for(session, lambda t: "mode refused: graphs need CUDA (none here): nothing changed" in t)
         tmux("send-keys", "-t", session, "r")
         wait_for(session, lambda t: "1,2,4,8,16" in t, what="the recapture dialog")   # prefilled with the sizes
         for keys in (["C-u"], ["-l", "3,12"], ["Enter"]):         # a person types, not a burst
             time.sleep(1.0)
             tmux("send-keys", "-t", session, *keys)
-        wait_for(session, lambda t: "sizes [3, 12]" in t)
-        wait_for(session, lambda t: any(l.split()[:1] == ["12"] for l in t.splitlines()))  # the new bucket's row
+        text = wait_for(session, lambda t: "recapture refused: graphs need CUDA (none here): nothing changed" in t)
+        assert "sizes [1, 2, 4, 8, 16]" in text and " hit n/a of graph mode" in text   # no graph was possible
+        tmux("send-keys", "-t", session, "+")
+        wait_for(session, lambda t: "rate ok → " in t)
         tmux("send-keys", "-t", session, "q")
         wait_for(session, lambda t: "trace" in t and "cgwatch report" in t, timeout=90)
     finally:
@@ -66,7 +68,7 @@ def test_run_toggle_recapture_quit_in_tmux(tmp_path):
     t = read_trace(trace)
     assert t.end is not None and t.truncated_at is None
     kinds = [r.get("kind") for r in t.records if r["type"] == "event"]
-    assert "mode" in kinds and "recapture" in kinds
+    assert "rate" in kinds and "mode" not in kinds and "recapture" not in kinds
 
 
 def test_replay_sample_at_80x24_in_tmux():

@@ -222,6 +222,29 @@ def test_state_no_cuda_and_over_max():
     assert rows[">64"]["steps"] == 1 and rows[">64"]["status"] == "-"
 
 
+def test_without_cuda_the_hit_rate_is_na_live_and_replayed():
+    """No graph was possible: hit % is n/a (not 0.0) in the table and the totals, whether the view started
+    from the daemon's aggregate (a live run) or folded every record (a replay), as in the report."""
+    from cgwatch.aggregate import VIEW_WINDOW, RunStats
+    from cgwatch.protocol import AGGREGATE, AGGREGATE_ROW, SNAPSHOT_END
+    recs = [dict(HEADER)] + [R.step(i, 0.1 * i, 1 + i % 4, dispatch(1 + i % 4, SIZES).target, None,
+                                    R.REASON_NO_CUDA, 900.0, None, 1 + i % 4) for i in range(40)]
+    stats = RunStats(window=VIEW_WINDOW)
+    for rec in recs:
+        stats.add(rec)
+    run, rows = stats.state()
+    live, replayed = ViewState(), ViewState()
+    for rec in [recs[0], {"type": AGGREGATE, "window": VIEW_WINDOW, "rows": len(rows), "run": run},
+                *({"type": AGGREGATE_ROW, "row": row} for row in rows), *recs[1:], {"type": SNAPSHOT_END}]:
+        live.fold(rec)
+    for rec in recs:
+        replayed.fold(rec)
+    for state in (live, replayed):
+        assert state.steps == 40 and state.totals()["hit_pct"] is None and state.totals()["graph_share_pct"] == 0
+        assert [r["hit_pct"] for r in state.bucket_rows()] == [None] * 3
+    assert stats.totals()["hit_pct"] is None   # the report's accumulator (tests/test_report.py reads a trace)
+
+
 def test_state_kernels_from_the_header_then_the_latest_state():
     state = ViewState()
     state.fold(dict(HEADER))

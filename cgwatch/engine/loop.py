@@ -375,7 +375,14 @@ class Engine(EngineBase):
             return
         super()._run_command(cmd)
 
+    def _need_cuda(self) -> None:
+        """Graph mode and capture sizes mean nothing without CUDA (every step runs eager): refuse, so the
+        sender is not told that something changed."""
+        if not self.cuda:
+            raise CgwatchError("graphs need CUDA (none here): nothing changed")
+
     def _cmd_mode(self, mode: str, t: float) -> None:
+        self._need_cuda()
         want = mode == "graph"
         if want == self.graph_mode:
             return
@@ -385,6 +392,7 @@ class Engine(EngineBase):
             self._capture(self.sizes)
 
     def _cmd_recapture(self, value: list[int], t: float) -> None:
+        self._need_cuda()
         sizes, dropped = effective_sizes(value, self.cfg.max_capture_size, self.max_batch)
         if not sizes:
             raise CgwatchError(f"no capture size is <= --max-cudagraph-capture-size {self.cfg.max_capture_size}")
