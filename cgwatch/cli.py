@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from cgwatch.errors import CgwatchError
+from cgwatch.errors import CgwatchError, exit_text
 
 EXIT_USAGE = 2
 
@@ -403,7 +403,10 @@ def _run_with_tui(a) -> int:
             last = (open(log_path).read().strip().splitlines() or ["the daemon exited"])[-1]
             raise CgwatchError(last.removeprefix("cgwatch: "))
         threading.Thread(target=child.stdout.read, daemon=True).start()   # keep its pipe drained
-        rc = run_tui(LiveSource(f"unix:{sock}", token=None), exit_on=(signal.SIGTERM, signal.SIGHUP))
+
+        def gone() -> str | None:   # the TUI's source stops reconnecting once the child is gone, and says why
+            return None if child.poll() is None else f"the daemon {exit_text(child.returncode)}"
+        rc = run_tui(LiveSource(f"unix:{sock}", token=None, gone=gone), exit_on=(signal.SIGTERM, signal.SIGHUP))
     finally:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -413,10 +416,15 @@ def _run_with_tui(a) -> int:
                 child.kill()
                 child.wait()
         os.close(alive_w)
+        if os.path.exists(sock):   # a daemon that was killed could not remove its socket file
+            try:
+                os.unlink(sock)
+            except OSError:
+                pass
     if child.returncode == 0:
         os.unlink(log_path)                             # keep the daemon's log only when it failed
     else:
-        print(f"cgwatch: the daemon exited with code {child.returncode}; its log: {log_path}", file=sys.stderr)
+        print(f"cgwatch: the daemon {exit_text(child.returncode)}; its log: {log_path}", file=sys.stderr)
     if a.record:
         print(f"trace {a.record} (cgwatch report {a.record})")
     return rc or (0 if child.returncode == 0 else 1)

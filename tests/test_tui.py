@@ -464,6 +464,30 @@ async def test_disconnect_banner_keeps_the_data_and_a_header_resets():
         assert "mode → eager" not in "\n".join(app.query_one(EventLog).texts())
 
 
+async def test_80x24_a_lost_daemon_is_said_whole_and_one_gone_for_good_is_logged():
+    """The banner wraps the source's reason (a long 'cannot connect' was cut at 80 columns); the header just says
+    disconnected; a final status (cgwatch run's daemon child died) goes to the log too."""
+    src = FakeSource(synthetic_run())
+    app = CgwatchApp(src)
+    lost = {"connected": False, "dropped": None, "position_s": None, "duration_s": None, "speed": None,
+            "paused": False}
+    retrying = "cannot connect to unix:/tmp/cgwatch-0/daemon-12345.sock: ConnectionRefusedError: Connection refused; retrying"
+    async with app.run_test(size=SMALL) as pilot:
+        await _live(pilot, src)
+        src.on_status(dict(lost, text=retrying))
+        await pilot.pause()
+        screen = screen_text(app)
+        assert f"⚠ {retrying} · showing the last data" in " ".join(line.strip() for line in screen)
+        assert max(map(len, screen)) <= SMALL[0] and app.query_one(HeaderBar).conn_text == "disconnected"
+        src.on_status(dict(lost, text="the daemon was killed by signal 9 (SIGKILL)", final=True))
+        app.flush()
+        await pilot.pause()
+        assert "⚠ the daemon was killed by signal 9 (SIGKILL) · showing the last data" in "\n".join(screen_text(app))
+        assert [text for _, _, text in app.state.log][-2:] == [f"connection lost: {retrying}",
+                                                              "the daemon was killed by signal 9 (SIGKILL)"]
+        assert _rows(app) and app.state.steps == 300   # what was recorded stays
+
+
 async def test_a_flood_from_a_thread_is_drawn_in_batches(monkeypatch):
     import threading
     import time

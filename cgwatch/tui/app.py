@@ -247,14 +247,16 @@ class CgwatchApp(App):
         self.flush()
 
     def _fold_status(self, status: dict) -> None:
-        was = self.state.connected
+        was, was_final = self.state.connected, self.state.status.get("final")
         self.state.status = dict(status)
+        text = self.state.status.get("text") or ""
         if self.state.connected != was:
-            text = self.state.status.get("text") or ""
             if self.state.connected:
                 self.state.add_log("green", f"connected: {text}")
             else:
                 self.state.add_log("bold red", f"connection lost: {text}")
+        elif status.get("final") and not was_final:   # lost before, and now for good: say why once more
+            self.state.add_log("bold red", text)
 
     def flush(self) -> None:
         """Fold what arrived since the last tick, in order, then redraw once (if anything changed)."""

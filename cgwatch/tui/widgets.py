@@ -168,6 +168,8 @@ class HeaderBar(TextLines):
         dropped = state.status.get("dropped")
         text = state.status.get("text") or ""
         read_only = " · read-only" if state.read_only and "read-only" not in text else ""
+        if not state.connected:   # the banner below has the whole reason, wrapped
+            text = "disconnected"
         self.conn_text = printable(text) + read_only + (f" · dropped {dropped:,}" if dropped else "")
         mode_style = "bold green" if self.mode_text.startswith("graph") else "bold yellow"
         rate_style = "bold" if ended else None
@@ -178,19 +180,23 @@ class HeaderBar(TextLines):
 
 
 class Banner(Static):
-    """Shown while the source is disconnected; the last data stays on screen below it."""
+    """Shown while the source is disconnected; the last data stays on screen below it. Its text wraps:
+    the reason is never cut."""
 
     DEFAULT_CSS = """
-    Banner { height: 1; display: none; background: $error; color: $text; text-style: bold; padding: 0 1; }
+    Banner { height: auto; display: none; background: $error; color: $text; text-style: bold; padding: 0 1; }
     Banner.-shown { display: block; }
     """
+    _text = ""
 
     def show(self, state: ViewState) -> None:
         lost = not state.connected
         self.set_class(lost, "-shown")
         if lost:   # the source says why (and whether it retries); the data below is the last seen
             text = printable(state.status.get("text") or "daemon lost … reconnecting")
-            self.update(f"⚠ {text} · showing the last data", layout=False)
+            if text != self._text:
+                self._text = text
+                self.update(f"⚠ {text} · showing the last data")   # its height follows the wrapped text
 
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
