@@ -56,7 +56,7 @@ class LiveSource(Source):
 
     ``gone``, for a daemon this process started (``cgwatch run``'s child): why it is gone, in words, or
     None while it runs. Once it says, the source stops reconnecting and its last status (``final``) says
-    why, e.g. "the daemon was killed by signal 9 (SIGKILL)"."""
+    why, e.g. "the daemon was killed by SIGKILL"."""
 
     def __init__(self, addr: str, token: str | None = None, reconnect: bool = True,
                  gone: Callable[[], str | None] | None = None):

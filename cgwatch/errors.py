@@ -12,6 +12,6 @@ def exit_text(code: int) -> str:
     if code >= 0:
         return f"exited with code {code}"
     try:
-        return f"was killed by signal {-code} ({signal.Signals(-code).name})"
+        return f"was killed by {signal.Signals(-code).name}"
     except ValueError:
         return f"was killed by signal {-code}"

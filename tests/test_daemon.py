@@ -304,22 +304,22 @@ def test_commands_round_trip_through_a_real_tiny_engine(addr):
         def cmd(name, value=None):
             return c.wait_ack(c.send(name, value), timeout=30)
 
-        a = cmd("mode", "eager")   # graphs need CUDA: refused by the engine, which says so
-        assert a["ok"] is False and a["cmd"] == "mode" and a["error"] == "graphs need CUDA (none here): nothing changed"
+        a = cmd("mode", "eager")
+        assert a["ok"] and a["cmd"] == "mode" and a["state"]["mode"] == "eager"
         assert cmd("rate", 2.0)["state"]["rate"] == 2.0
         assert cmd("pause")["state"]["paused"] is True
         assert cmd("resume")["state"]["paused"] is False
-        assert "graphs need CUDA" in cmd("recapture", [1, 2])["error"]
-        assert cmd("mark", "hello")["state"]["sizes"] == [1, 2, 4]
+        assert cmd("recapture", [1, 2])["state"]["sizes"] == [1, 2]
+        assert cmd("mark", "hello")["ok"]
         bad = cmd("padding", 1.5)
         assert bad["ok"] is False and "padding" in bad["error"]
-        assert cmd("padding", 0.25)["state"]["mode"] == "graph"
+        assert cmd("mode", "graph")["state"]["mode"] == "graph"
         seen = list(c._backlog)
         last = max([m["i"] for m in seen if m["type"] == "step"], default=-1)
         while (m := c.recv(30))["type"] != "step" or m["i"] <= last + 1:
             pass   # the engine keeps stepping after all that
         kinds = [m.get("kind") for m in seen if m["type"] == "event"]
-        assert {"rate", "pause", "mark", "state"} <= set(kinds) and not {"mode", "recapture"} & set(kinds)
+        assert {"mode", "rate", "pause", "recapture", "mark", "state"} <= set(kinds)
         c.close()
     finally:
         stop.set()
@@ -342,7 +342,7 @@ def test_a_source_whose_daemon_is_gone_says_how_it_ended_and_stops(addr):
     """cgwatch run's TUI watches its daemon child (``gone``): once the child is gone (reaped a moment after
     its socket closed) the last status says how it ended, is final, and no reconnect is tried."""
     from cgwatch.errors import exit_text
-    assert exit_text(-signal.SIGKILL) == "was killed by signal 9 (SIGKILL)" and exit_text(3) == "exited with code 3"
+    assert exit_text(-signal.SIGKILL) == "was killed by SIGKILL" and exit_text(3) == "exited with code 3"
     why: list[str] = []
     d = Daemon(addr).start({}, None)
     statuses: list[dict] = []
@@ -353,7 +353,7 @@ def test_a_source_whose_daemon_is_gone_says_how_it_ended_and_stops(addr):
         d.close()
         threading.Timer(0.3, lambda: why.append(f"the daemon {exit_text(-signal.SIGKILL)}")).start()
         wait_until(lambda: not src._thread.is_alive(), 30, "the source to stop")
-        assert [s["text"] for s in statuses[1:]] == ["the daemon was killed by signal 9 (SIGKILL)"]
+        assert [s["text"] for s in statuses[1:]] == ["the daemon was killed by SIGKILL"]
         assert statuses[-1]["final"] is True and statuses[-1]["connected"] is False
     finally:
         src.close()

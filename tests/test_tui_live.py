@@ -61,22 +61,16 @@ async def test_every_control_key_round_trips_through_a_real_daemon(daemon, monke
                                        for t in log.texts()), "the kernels refusal")
         assert st.kernels == "plain" and "plain kernels" in header.mode_text
 
-        await pilot.press("g")              # graphs need CUDA: the engine says so, and nothing changes
-        await until(pilot, lambda: any(t.endswith("mode refused: graphs need CUDA (none here): nothing changed")
-                                       for t in log.texts()), "the mode refusal")
-        assert st.engine.get("mode") == "graph" and header.mode_text.startswith("eager only: no CUDA")
+        await pilot.press("g")
+        await until(pilot, lambda: st.engine.get("mode") == "eager", "mode eager")
+        assert any("mode ok" in t or "mode → eager" in t for t in log.texts())
 
         await pilot.press("r")
         await pilot.pause(0.2)
         inp = app.screen.query_one("Input")
         inp.value = "1,3,8"
         await pilot.press("enter")
-        await until(pilot, lambda: any(t.endswith("recapture refused: graphs need CUDA (none here): nothing changed")
-                                       for t in log.texts()), "the recapture refusal")
-        assert st.sizes == [1, 2, 4, 8]
-        t = st.totals()   # no graph was possible: no hit rate (n/a), as a replay of the same run shows
-        assert t["hit_pct"] is None and t["graph_share_pct"] == 0
-        assert all(r["hit_pct"] is None for r in st.bucket_rows())
+        await until(pilot, lambda: st.sizes == [1, 3, 8], "sizes [1, 3, 8]")
 
         rate = st.engine["rate"]
         await pilot.press("+")

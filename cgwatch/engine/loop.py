@@ -375,29 +375,29 @@ class Engine(EngineBase):
             return
         super()._run_command(cmd)
 
-    def _need_cuda(self) -> None:
-        """Graph mode and capture sizes mean nothing without CUDA (every step runs eager): refuse, so the
-        sender is not told that something changed."""
+    def _note_no_cuda(self, t: float, what: str) -> None:
+        """Without CUDA a mode or recapture command still applies (the dispatch follows it, as it would on a
+        GPU), but nothing is captured and every step runs eager: the run says so, next to the command."""
         if not self.cuda:
-            raise CgwatchError("graphs need CUDA (none here): nothing changed")
+            self.emit(R.alert(t, f"no CUDA: nothing is captured and every step runs eager; {what}", level="info"))
 
     def _cmd_mode(self, mode: str, t: float) -> None:
-        self._need_cuda()
         want = mode == "graph"
         if want == self.graph_mode:
             return
         self.graph_mode = want
         self.emit(R.event(R.EV_MODE, t, mode=mode))
+        self._note_no_cuda(t, "graph mode only counts them as no_cuda, not eager_mode")
         if want and self.cuda and not (self.graphs and self.graphs.graphs):
             self._capture(self.sizes)
 
     def _cmd_recapture(self, value: list[int], t: float) -> None:
-        self._need_cuda()
         sizes, dropped = effective_sizes(value, self.cfg.max_capture_size, self.max_batch)
         if not sizes:
             raise CgwatchError(f"no capture size is <= --max-cudagraph-capture-size {self.cfg.max_capture_size}")
         self.emit(R.event(R.EV_RECAPTURE, t, sizes=sizes, old=self.sizes, dropped=dropped))
         self.sizes = sizes
+        self._note_no_cuda(t, "the sizes only set the bucket each step is counted under")
         if self.cuda and (self.graph_mode or self.graphs.graphs):
             self._release()
             self._capture(sizes)
