@@ -53,9 +53,10 @@ in the totals:
                      a record where it does not is skipped by the screen)
   graph_rows         sum of ``bucket`` over graph forwards: rows the graphs computed, padding included
   misses             eager forwards by ``reason`` ("unknown" if none)
-  graph_mode         forwards that ran in graph mode: forwards - misses["eager_mode"] (the user's
-                     choice of eager is not a miss)
-  hit_pct            100 * graph_steps / graph_mode: the share of graph-mode forwards a graph served
+  graph_mode         forwards that could run on a graph: forwards - misses["eager_mode"] - misses["no_cuda"]
+                     (neither is a miss: the user chose eager; a run without CUDA has no graphs)
+  hit_pct            100 * graph_steps / graph_mode: the share of graph-mode forwards a graph served (None,
+                     n/a, where no forward could: eager mode, no CUDA)
   graph_share_pct    100 * graph_steps / forwards: the share of all forwards a graph served
   full_pct           100 * full / forwards;  piecewise_pct  100 * piecewise / forwards
                      (full_pct + piecewise_pct = graph_share_pct)
@@ -215,7 +216,7 @@ class Row:
 
     @property
     def graph_mode(self) -> int:
-        return self.forwards - self.misses.get(R.REASON_EAGER_MODE, 0)
+        return graph_mode_forwards(self.forwards, self.misses)
 
     _COUNTS = ("forwards", "graph_steps", "full", "piecewise", "eager", "requests", "rows", "prompt_tokens",
                "tokens", "padded", "graph_rows")
@@ -353,17 +354,25 @@ class Row:
                 self.eager_gap.append(gap)
 
 
+NOT_MISSES = (R.REASON_EAGER_MODE, R.REASON_NO_CUDA)   # eager forwards outside the hit rate
+
+
+def graph_mode_forwards(forwards: int, misses: dict) -> int:
+    """Forwards that could run on a graph: all but the NOT_MISSES ones (the hit rate's denominator)."""
+    return forwards - sum(misses.get(reason, 0) for reason in NOT_MISSES)
+
+
 def counts(forwards, graph, full, piecewise, eager, phases, requests, rows, prompt_tokens, tokens, padded,
            graph_rows, misses) -> dict:
     """The count fields and their ratios, for a row or for the totals (one definition for both)."""
-    graph_mode = forwards - misses.get(R.REASON_EAGER_MODE, 0)
+    could = graph_mode_forwards(forwards, misses)
     return {
         "steps": forwards, "forwards": forwards, "graph_steps": graph, "full": full, "piecewise": piecewise,
         "eager": eager, "decode": phases[R.PHASE_DECODE], "mixed": phases[R.PHASE_MIXED],
         "prefill": phases[R.PHASE_PREFILL], "non_decode": forwards - phases[R.PHASE_DECODE],
-        "graph_mode": graph_mode, "requests": requests, "rows": rows, "prompt_tokens": prompt_tokens,
+        "graph_mode": could, "requests": requests, "rows": rows, "prompt_tokens": prompt_tokens,
         "tokens": tokens, "padded": padded, "graph_rows": graph_rows,
-        "hit_pct": pct(graph, graph_mode), "graph_share_pct": pct(graph, forwards),
+        "hit_pct": pct(graph, could), "graph_share_pct": pct(graph, forwards),
         "full_pct": pct(full, forwards), "piecewise_pct": pct(piecewise, forwards),
         "padding_waste_pct": pct(padded, graph_rows),
         "misses": dict(sorted(misses.items())),

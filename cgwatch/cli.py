@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from cgwatch.errors import CgwatchError
+from cgwatch.errors import CgwatchError, exit_text
 
 EXIT_USAGE = 2
 
@@ -192,7 +192,7 @@ def _engine_config(a):
     if a.backend == "vllm":
         return _vllm_config(a)
     from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, parse_sizes
-    from cgwatch.engine.control import Limits, parse_scheduled, parse_step_range
+    from cgwatch.engine.control import KV_SLOTS, Limits, parse_scheduled, parse_step_range
     from cgwatch.engine.loop import EngineConfig
     from cgwatch.workload import Workload, WorkloadSpec, clamp_note
 
@@ -209,7 +209,7 @@ def _engine_config(a):
                                f"--max-concurrency {a.max_concurrency})")
     if a.threads is not None and a.threads < 1:
         raise CgwatchError(f"--threads must be >= 1, got {a.threads}")
-    limits = Limits(a.max_concurrency, "--max-concurrency (KV slots)")   # the engine's own (Engine.command_limits)
+    limits = Limits(a.max_concurrency, KV_SLOTS)   # the engine's own (Engine.command_limits)
     workload = WorkloadSpec(arrival=a.arrival, prompt_len=a.prompt_len, output_len=a.output_len,
                             max_concurrency=a.max_concurrency, max_seq=a.max_seq, seed=a.seed)
     Workload(workload)                       # its checks, before the model loads
@@ -358,8 +358,14 @@ def _need_terminal(what: str) -> None:
     if os.environ.get("TERM") == "dumb":
         raise CgwatchError(f"{what} needs a terminal that can draw a full-screen TUI, and TERM=dumb cannot; "
                            f"use {_PLAIN[what]}")
-    if not (sys.stdin.isatty() and sys.__stderr__.isatty()):   # Textual draws on stderr
-        raise CgwatchError(f"{what} needs a terminal for the TUI; use {_PLAIN[what]} or a terminal")
+    if not sys.__stderr__.isatty():   # Textual draws on stderr: 2>file or 2>/dev/null takes the screen away
+        why = (f"{what} needs a terminal: it draws its TUI on stderr, which is redirected here; "
+               f"use {_PLAIN[what]}, or leave stderr on the terminal")
+        if sys.stdout.isatty():   # 2>/dev/null would swallow the error: the terminal gets it too
+            print(f"cgwatch: {why}", flush=True)
+        raise CgwatchError(why)
+    if not sys.stdin.isatty():
+        raise CgwatchError(f"{what} needs a terminal for the TUI (stdin is not one); use {_PLAIN[what]} or a terminal")
 
 
 def _run_with_tui(a) -> int:
@@ -397,7 +403,10 @@ def _run_with_tui(a) -> int:
             last = (open(log_path).read().strip().splitlines() or ["the daemon exited"])[-1]
             raise CgwatchError(last.removeprefix("cgwatch: "))
         threading.Thread(target=child.stdout.read, daemon=True).start()   # keep its pipe drained
-        rc = run_tui(LiveSource(f"unix:{sock}", token=None), exit_on=(signal.SIGTERM, signal.SIGHUP))
+
+        def gone() -> str | None:   # the TUI's source stops reconnecting once the child is gone, and says why
+            return None if child.poll() is None else f"the daemon {exit_text(child.returncode)}"
+        rc = run_tui(LiveSource(f"unix:{sock}", token=None, gone=gone), exit_on=(signal.SIGTERM, signal.SIGHUP))
     finally:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -407,10 +416,15 @@ def _run_with_tui(a) -> int:
                 child.kill()
                 child.wait()
         os.close(alive_w)
+        if os.path.exists(sock):   # a daemon that was killed could not remove its socket file
+            try:
+                os.unlink(sock)
+            except OSError:
+                pass
     if child.returncode == 0:
         os.unlink(log_path)                             # keep the daemon's log only when it failed
     else:
-        print(f"cgwatch: the daemon exited with code {child.returncode}; its log: {log_path}", file=sys.stderr)
+        print(f"cgwatch: the daemon {exit_text(child.returncode)}; its log: {log_path}", file=sys.stderr)
     if a.record:
         print(f"trace {a.record} (cgwatch report {a.record})")
     return rc or (0 if child.returncode == 0 else 1)

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections import deque
+from typing import Callable
 
 from cgwatch import records as R
 from cgwatch.errors import CgwatchError
@@ -22,6 +23,7 @@ from cgwatch.source import ACK, PLAYBACK_COMMANDS, RecordCallback, Source, Statu
 
 CONNECT_TIMEOUT_S = 2.0
 RETRY_S = (0.5, 0.5, 0.5, 1.0)   # waits between connection attempts; the last repeats
+GONE_WAIT_S = 2.0   # after a lost connection, how long ``gone`` may take to say the daemon died (reaped)
 
 
 def _reason(e: BaseException) -> str:
@@ -50,10 +52,15 @@ class LiveSource(Source):
     header resets the view), except after a protocol mismatch.
 
     The status says whether this session may control the run (``read_only``: None, or why not: the
-    daemon takes no commands, wants a token, or refused the token, which is checked on connecting)."""
+    daemon takes no commands, wants a token, or refused the token, which is checked on connecting).
 
-    def __init__(self, addr: str, token: str | None = None, reconnect: bool = True):
-        self.addr, self.token, self.reconnect = addr, token, reconnect
+    ``gone``, for a daemon this process started (``cgwatch run``'s child): why it is gone, in words, or
+    None while it runs. Once it says, the source stops reconnecting and its last status (``final``) says
+    why, e.g. "the daemon was killed by SIGKILL"."""
+
+    def __init__(self, addr: str, token: str | None = None, reconnect: bool = True,
+                 gone: Callable[[], str | None] | None = None):
+        self.addr, self.token, self.reconnect, self.gone = addr, token, reconnect, gone
         self.title = f"live {addr}"
         self.connected = False
         self._ids = itertools.count(1)
@@ -119,27 +126,47 @@ class LiveSource(Source):
         # callbacks there (Textual's call_from_thread refuses its own thread)
         threading.Thread(target=self._deliver, args=(msg,), name="cgwatch-ack", daemon=True).start()
 
-    def _status(self, connected: bool, text: str) -> None:
+    def _status(self, connected: bool, text: str, final: bool = False) -> None:
         self.connected = connected
         if self._on_status is not None and not self._stop.is_set():
             with self._cb_lock:
-                self._on_status({"connected": connected, "text": text,
+                self._on_status({"connected": connected, "text": text, "final": final,
                                  "dropped": self._dropped_before + self._dropped_now,
                                  "position_s": None, "duration_s": None, "speed": None, "paused": self._paused,
                                  "control": self._control, "read_only": self._read_only})
 
     # -- the connection thread ---------------------------------------------------------------
+    def _gone(self, wait_s: float = 0.0) -> str | None:
+        """``gone()``'s answer, asked again for up to ``wait_s`` (a dying process closes its socket a
+        moment before its parent can reap it); None without ``gone``."""
+        if self.gone is None:
+            return None
+        deadline = time.monotonic() + wait_s
+        while (why := self.gone()) is None and time.monotonic() < deadline and not self._stop.wait(0.05):
+            pass
+        return why
+
+    def _ended(self, why: str) -> None:
+        """The daemon is gone for good: the last status, then no more attempts."""
+        run = f"run ended ({self._end.get('outcome', 'no outcome')}); " if self._end is not None else ""
+        self._status(False, run + why, final=True)
+
     def _run(self) -> None:
         attempt, last_text, ended = 0, None, None
         while not self._stop.is_set():
+            why = self._gone()
+            if why is not None:
+                self._ended(why)
+                return
             try:
                 sock = open_connection(self.addr, CONNECT_TIMEOUT_S)
             except (OSError, CgwatchError) as e:
-                text = ended or (f"cannot connect to {self.addr}: {_reason(e)}" + ("; retrying" if self.reconnect else ""))
+                final = not self.reconnect or isinstance(e, CgwatchError)
+                text = ended or (f"cannot connect to {self.addr}: {_reason(e)}" + ("" if final else "; retrying"))
                 if text != last_text:   # one status per kind of failure, not one per attempt
-                    self._status(False, text)
+                    self._status(False, text, final)
                     last_text = text
-                if not self.reconnect or isinstance(e, CgwatchError):
+                if final:
                     return
                 self._stop.wait(RETRY_S[min(attempt, len(RETRY_S) - 1)])
                 attempt += 1
@@ -149,18 +176,22 @@ class LiveSource(Source):
             if self._stop.is_set():
                 return
             if final:
-                self._status(False, reason)
+                self._status(False, reason, final=True)
+                return
+            why = self._gone(GONE_WAIT_S)
+            if why is not None:
+                self._ended(why)
                 return
             if self._end is not None:   # the run ended and its daemon closed: wait for the next one
                 if not self.reconnect:
-                    self._status(False, reason)
+                    self._status(False, reason, final=True)
                     return
                 ended = last_text = f"{reason}; waiting for a daemon on {self.addr}"
                 self._status(False, ended)
                 self._stop.wait(RETRY_S[0])
                 continue
             if not self.reconnect:
-                self._status(False, f"daemon lost: {reason}")
+                self._status(False, f"daemon lost: {reason}", final=True)
                 return
             self._status(False, f"daemon lost: {reason}; reconnecting")
             last_text = None

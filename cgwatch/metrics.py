@@ -10,7 +10,7 @@ The counters are read from ``cgwatch.aggregate.RunStats`` (the report's and the 
 whose docstring defines them), labelled by the bucket row (``bucket`` = the target capture size,
 ``over_max`` above the largest): every row seen has every per-bucket counter, 0 included. From them:
 hit % = sum(cgwatch_bucket_steps_total) / (sum(cgwatch_bucket_forwards_total) -
-sum(cgwatch_bucket_misses_total{reason="eager_mode"})), graph share = sum(cgwatch_bucket_steps_total)
+sum(cgwatch_bucket_misses_total{reason=~"eager_mode|no_cuda"})), graph share = sum(cgwatch_bucket_steps_total)
 / sum(cgwatch_bucket_forwards_total), padding waste = cgwatch_padding_rows_total /
 cgwatch_graph_rows_total.
 
@@ -222,8 +222,8 @@ class Metrics:
             misses = [((b, reason), n) for b, r in rows for reason, n in sorted(r.misses.copy().items())]
             if misses:
                 yield _counter("cgwatch_bucket_misses_total", "Eager steps, by the bucket that should have served "
-                               "them (over_max above the largest) and reason (eager_mode: the user's choice, not a "
-                               "graph-mode miss)", ("bucket", "reason"), misses)
+                               "them (over_max above the largest) and reason (eager_mode: the user's choice, and no_cuda: "
+                               "no graphs possible, are not graph-mode misses)", ("bucket", "reason"), misses)
         if self.info is not None:
             info = GaugeMetricFamily("cgwatch_info", "The run: backend, model, GPU, dtype, versions (value 1)",
                                      labels=list(INFO_LABELS))

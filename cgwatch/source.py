@@ -24,7 +24,8 @@ PLAYBACK_COMMANDS = ("speed", "seek", "next")
 RecordCallback = Callable[[dict], None]
 # status: {"connected": bool, "text": str, "dropped": int | None,
 #          "position_s": float | None, "duration_s": float | None, "speed": float | None, "paused": bool,
-#          "ended": bool (optional: a replay at the end of its trace)}
+#          "ended": bool (optional: a replay at the end of its trace),
+#          "final": bool (optional: the source stopped for good, e.g. its daemon died; text says why)}
 StatusCallback = Callable[[dict], None]
 
 

@@ -175,6 +175,31 @@ def test_term_dumb_gets_one_line_and_the_plain_command(args, plain):
     assert_one_line_error(out, "TERM=dumb", plain)
 
 
+def test_stderr_redirected_says_the_tui_draws_there(tmp_path):
+    """A terminal on stdin and stdout, stderr to a file (2>file): the one line says why and what to use."""
+    import os
+    import pty
+    master, slave = pty.openpty()
+    err = tmp_path / "err"
+    try:
+        with open(err, "w") as f:
+            rc = subprocess.run([sys.executable, "-m", "cgwatch", "run", "--steps", "2", *SMALL], stdin=slave,
+                                stdout=slave, stderr=f, timeout=120, env={**os.environ, "TERM": "xterm"}).returncode
+        screen = os.read(master, 65536).decode()   # 2>/dev/null would swallow it: the terminal shows it too
+    finally:
+        os.close(slave)
+        os.close(master)
+    out = subprocess.CompletedProcess([], rc, "", err.read_text())
+    assert_one_line_error(out, "draws its TUI on stderr", "redirected", "cgwatch run --headless")
+    assert screen.strip() == out.stderr.strip()
+
+
+def test_the_kv_slot_limit_reads_without_nested_brackets():
+    out = cgwatch("run", "--headless", "--at", "1:recapture=1,99", *SMALL)
+    assert_one_line_error(out, "at most 4 (--max-concurrency, the KV slots)")
+    assert "))" not in out.stderr
+
+
 def test_headless_lines_never_read_as_a_stalled_run():
     """The status line keeps the last step and batch across lines, and the closing line is printed only for
     steps since the last one (it used to print 'step 0 | 0.0 steps/s | ... batch 0' after a quiet second)."""

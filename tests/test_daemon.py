@@ -338,6 +338,27 @@ def readline(f, timeout: float) -> str:
     return f.readline() if ready else ""
 
 
+def test_a_source_whose_daemon_is_gone_says_how_it_ended_and_stops(addr):
+    """cgwatch run's TUI watches its daemon child (``gone``): once the child is gone (reaped a moment after
+    its socket closed) the last status says how it ended, is final, and no reconnect is tried."""
+    from cgwatch.errors import exit_text
+    assert exit_text(-signal.SIGKILL) == "was killed by SIGKILL" and exit_text(3) == "exited with code 3"
+    why: list[str] = []
+    d = Daemon(addr).start({}, None)
+    statuses: list[dict] = []
+    src = LiveSource(addr, gone=lambda: why[0] if why else None)
+    src.start(lambda rec: None, statuses.append)
+    try:
+        wait_until(lambda: statuses and statuses[-1]["connected"], 30, "connected")
+        d.close()
+        threading.Timer(0.3, lambda: why.append(f"the daemon {exit_text(-signal.SIGKILL)}")).start()
+        wait_until(lambda: not src._thread.is_alive(), 30, "the source to stop")
+        assert [s["text"] for s in statuses[1:]] == ["the daemon was killed by SIGKILL"]
+        assert statuses[-1]["final"] is True and statuses[-1]["connected"] is False
+    finally:
+        src.close()
+
+
 DAEMON_SCRIPT = """
 import sys, threading
 from cgwatch.daemon import run_daemon

@@ -155,6 +155,9 @@ def test_schedule_applies_commands_between_steps():
     steps = {r["i"]: r for r in recs if r["type"] == R.STEP}
     assert all(steps[i]["target"] in (1, 4, None) for i in range(10, 15))
     assert eng.max_padding_ratio == 0.25
+    # no CUDA: the mode and the sizes apply (the dispatch follows them), and the run says nothing is captured
+    notes = [r["message"] for r in recs if r.get("kind") == R.EV_ALERT and r["message"].startswith("no CUDA: ")]
+    assert len(notes) == 2 and "no_cuda" in notes[0] and "the sizes only set the bucket" in notes[1]
 
 
 def test_commands_are_acknowledged_with_the_new_state_or_an_error():

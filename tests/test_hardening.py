@@ -210,7 +210,7 @@ def test_scheduled_rate_zero_idles_a_headless_run_until_stopped():
 @pytest.mark.anyio
 async def test_recapture_dialog_checks_against_the_engine_limit_and_quotes_briefly():
     header = dict(HEADER, workload={"rate": 0.25, "max_concurrency": 64},
-                  command_limits={"max_size": 64, "max_size_by": "--max-concurrency (KV slots)"})
+                  command_limits={"max_size": 64, "max_size_by": "--max-concurrency, the KV slots"})
     src = FakeSource([header] + synthetic_run()[1:])
     app = CgwatchApp(src)
     async with app.run_test(size=SIZE) as pilot:
@@ -419,7 +419,7 @@ def test_the_cpu_engine_sets_its_threads_and_records_them():
         eng = Engine(tiny_config(threads=1), lambda rec: None)
         h = eng.header()
         assert torch.get_num_threads() == 1 and h["cpu_threads"] == 1 and h["cpu_threads_by"] == "--threads"
-        assert h["command_limits"] == {"max_size": 4, "max_size_by": "--max-concurrency (KV slots)"}
+        assert h["command_limits"] == {"max_size": 4, "max_size_by": "--max-concurrency, the KV slots"}
         with pytest.raises(CgwatchError, match="--threads"):
             Engine(tiny_config(threads=0), lambda rec: None)
     finally:

@@ -278,9 +278,9 @@ def test_cpu_run_has_no_gpu_busy(tmp_path):
     assert t["gpu_busy_pct"] is None and t["nvml_util_pct"] is None
     assert t["duration_s"] == pytest.approx(0.99 + 9.099 / 1000)
     (row,) = rep["buckets"]
-    assert row["label"] == "2" and row["misses"] == {"no_cuda": 100} and row["hit_pct"] == 0
+    assert row["label"] == "2" and row["misses"] == {"no_cuda": 100} and row["hit_pct"] is None
     assert row["eager_p50_ms"] == pytest.approx(9.0495)  # host time: p50 of 9000..9099 us, interpolated
-    assert t["hit_pct"] == 0 and t["graph_share_pct"] == 0   # no CUDA is a miss: the run was in graph mode
+    assert t["hit_pct"] is None and t["graph_share_pct"] == 0   # no CUDA is not a miss: no graph was possible
     text = format_report(rep)
     assert "gpu busy         n/a" in text
 

@@ -1,9 +1,12 @@
 """A real terminal: `cgwatch run --model tiny` in tmux, keys g, r (edit sizes), q, read off the pane."""
 
+import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -67,6 +70,40 @@ def test_run_toggle_recapture_quit_in_tmux(tmp_path):
     assert t.end is not None and t.truncated_at is None
     kinds = [r.get("kind") for r in t.records if r["type"] == "event"]
     assert "mode" in kinds and "recapture" in kinds
+
+
+def test_run_says_its_daemon_was_killed_and_exits_with_why_in_tmux(tmp_path):
+    """kill -9 of cgwatch run's daemon child: one readable line says so, no reconnecting, the data stays;
+    q exits non-zero with the same reason, and the socket file the daemon left is gone."""
+    session = f"cgwatch-kill-{os.getpid()}"
+    trace = tmp_path / "kill.jsonl"
+    xdg = tempfile.mkdtemp(prefix="cgx", dir="/tmp")   # where the private socket goes (short path)
+    cmd = (f"XDG_RUNTIME_DIR={xdg} {sys.executable} -m cgwatch run --model tiny --max-seq 64 --max-concurrency 4 "
+           f"--prompt-len uniform:4:8 --output-len uniform:4:8 --record {trace}; echo EXIT=$?; sleep 30")
+    tmux("kill-session", "-t", session)
+    assert tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd).returncode == 0
+    tmux("resize-window", "-t", session, "-x", "80", "-y", "24")
+    try:
+        wait_for(session, lambda t: "tiny" in t and "connected to" in t, what="the TUI")
+        wait_for(session, lambda t: trace.exists() and b'"type":"step"' in trace.read_bytes(), what="steps")
+        def rows(text):
+            return [line.split()[:3] for line in text.splitlines() if line.split()[:1] in (["1"], ["2"], ["4"])]
+        wait_for(session, lambda t: "bucket  steps" in t and rows(t), what="the bucket rows")
+        assert len(glob.glob(f"{xdg}/cgwatch/*.sock")) == 1
+        os.kill(read_trace(trace).header["pid"], signal.SIGKILL)
+        text = wait_for(session, lambda t: "⚠ the daemon was killed by SIGKILL · showing the last data" in t,
+                        what="the reason")
+        assert "bucket  steps" in text and rows(text)   # what was recorded stays
+        time.sleep(2.0)   # no reconnecting: the line stays as it is
+        assert "cannot connect" not in pane(session) and "reconnecting" not in pane(session)
+        tmux("send-keys", "-t", session, "q")
+        wait_for(session, lambda t: "EXIT=" in t, timeout=60, what="cgwatch run to exit")
+        out = tmux("capture-pane", "-p", "-J", "-t", session).stdout   # -J: the wrapped line joined
+        assert "cgwatch: the daemon was killed by SIGKILL; its log: " in out and "EXIT=1" in out, out
+        assert glob.glob(f"{xdg}/cgwatch/*.sock") == []
+    finally:
+        tmux("kill-server")
+        shutil.rmtree(xdg, ignore_errors=True)
 
 
 def test_replay_sample_at_80x24_in_tmux():

@@ -15,7 +15,7 @@ from cgwatch.trace import TraceWriter, read_trace
 from cgwatch.tui import CgwatchApp
 from cgwatch.tui.dialogs import HelpScreen, RecaptureDialog
 from cgwatch.tui.state import ViewState
-from cgwatch.tui.widgets import Banner, BucketTable, EventLog, HeaderBar, Totals
+from cgwatch.tui.widgets import Banner, BucketTable, EventLog, HeaderBar, LastEvent, PaneBar, Totals
 from textual.widgets import Input, Static
 
 pytestmark = pytest.mark.anyio   # async tests run on anyio's pytest plugin (asyncio only, below)
@@ -220,6 +220,29 @@ def test_state_no_cuda_and_over_max():
     rows = {r["label"]: r for r in state.bucket_rows()}
     assert rows["4"]["status"] == "disabled: no CUDA" and rows["4"]["eager_p50_ms"] == 0.9
     assert rows[">64"]["steps"] == 1 and rows[">64"]["status"] == "-"
+
+
+def test_without_cuda_the_hit_rate_is_na_live_and_replayed():
+    """No graph was possible: hit % is n/a (not 0.0) in the table and the totals, whether the view started
+    from the daemon's aggregate (a live run) or folded every record (a replay), as in the report."""
+    from cgwatch.aggregate import VIEW_WINDOW, RunStats
+    from cgwatch.protocol import AGGREGATE, AGGREGATE_ROW, SNAPSHOT_END
+    recs = [dict(HEADER)] + [R.step(i, 0.1 * i, 1 + i % 4, dispatch(1 + i % 4, SIZES).target, None,
+                                    R.REASON_NO_CUDA, 900.0, None, 1 + i % 4) for i in range(40)]
+    stats = RunStats(window=VIEW_WINDOW)
+    for rec in recs:
+        stats.add(rec)
+    run, rows = stats.state()
+    live, replayed = ViewState(), ViewState()
+    for rec in [recs[0], {"type": AGGREGATE, "window": VIEW_WINDOW, "rows": len(rows), "run": run},
+                *({"type": AGGREGATE_ROW, "row": row} for row in rows), *recs[1:], {"type": SNAPSHOT_END}]:
+        live.fold(rec)
+    for rec in recs:
+        replayed.fold(rec)
+    for state in (live, replayed):
+        assert state.steps == 40 and state.totals()["hit_pct"] is None and state.totals()["graph_share_pct"] == 0
+        assert [r["hit_pct"] for r in state.bucket_rows()] == [None] * 3
+    assert stats.totals()["hit_pct"] is None   # the report's accumulator (tests/test_report.py reads a trace)
 
 
 def test_state_kernels_from_the_header_then_the_latest_state():
@@ -441,6 +464,30 @@ async def test_disconnect_banner_keeps_the_data_and_a_header_resets():
         assert "mode → eager" not in "\n".join(app.query_one(EventLog).texts())
 
 
+async def test_80x24_a_lost_daemon_is_said_whole_and_one_gone_for_good_is_logged():
+    """The banner wraps the source's reason (a long 'cannot connect' was cut at 80 columns); the header just says
+    disconnected; a final status (cgwatch run's daemon child died) goes to the log too."""
+    src = FakeSource(synthetic_run())
+    app = CgwatchApp(src)
+    lost = {"connected": False, "dropped": None, "position_s": None, "duration_s": None, "speed": None,
+            "paused": False}
+    retrying = "cannot connect to unix:/tmp/cgwatch-0/daemon-12345.sock: ConnectionRefusedError: Connection refused; retrying"
+    async with app.run_test(size=SMALL) as pilot:
+        await _live(pilot, src)
+        src.on_status(dict(lost, text=retrying))
+        await pilot.pause()
+        screen = screen_text(app)
+        assert f"⚠ {retrying} · showing the last data" in " ".join(line.strip() for line in screen)
+        assert max(map(len, screen)) <= SMALL[0] and app.query_one(HeaderBar).conn_text == "disconnected"
+        src.on_status(dict(lost, text="the daemon was killed by SIGKILL", final=True))
+        app.flush()
+        await pilot.pause()
+        assert "⚠ the daemon was killed by SIGKILL · showing the last data" in "\n".join(screen_text(app))
+        assert [text for _, _, text in app.state.log][-2:] == [f"connection lost: {retrying}",
+                                                              "the daemon was killed by SIGKILL"]
+        assert _rows(app) and app.state.steps == 300   # what was recorded stays
+
+
 async def test_a_flood_from_a_thread_is_drawn_in_batches(monkeypatch):
     import threading
     import time
@@ -462,6 +509,21 @@ async def test_a_flood_from_a_thread_is_drawn_in_batches(monkeypatch):
         assert _rows(app)["16"][1] == "20,000"
 
 
+async def test_the_help_lists_every_key_the_app_binds():
+    """The help's keys are read off the bindings (Textual's own ctrl+q too): shift+tab, Home and End included."""
+    app = CgwatchApp(FakeSource(synthetic_run()))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("?")
+        assert isinstance(app.screen, HelpScreen)
+        shown = {key for line in app.screen.lines for key in line.strip().split("  ", 1)[0].split()}
+        for _, binding in app._bindings:
+            if not binding.system:
+                assert app.get_key_display(binding) in shown, binding
+        assert {"shift+tab", "Home", "End", "PgUp", "PgDn", "G"} <= shown
+        from cgwatch.tui.app import HELP
+        assert len(app.help_lines()) == len(HELP)   # every binding is on one of HELP's lines
+
+
 async def test_help_screen():
     src = FakeSource(synthetic_run())
     app = CgwatchApp(src)
@@ -469,7 +531,8 @@ async def test_help_screen():
         await pilot.press("?")
         assert isinstance(app.screen, HelpScreen)
         assert "recapture" in "\n".join(app.screen.lines)
-        assert "    k  kernels fused / plain (every bucket is captured again)" in app.screen.lines
+        assert any(line.split() == "k kernels fused / plain (every bucket is captured again)".split()
+                   for line in app.screen.lines)
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
         assert src.sent == []
@@ -786,18 +849,46 @@ async def test_80x24_a_long_table_scrolls_and_says_which_rows_show():
         assert table.shown[0] == 2
 
 
-@pytest.mark.parametrize("size", [(79, 24), (80, 23), (40, 10)])
-async def test_below_80x24_one_line_says_the_terminal_is_too_small(size):
+@pytest.mark.parametrize("size", [(79, 24), (80, 23), (72, 10), (40, 10), (20, 8)])
+async def test_below_80x24_the_whole_message_says_the_terminal_is_too_small(size):
+    """One line where it fits; narrower, a short form wrapped over a few lines: never cut."""
     app, src, clock = _replay(SAMPLE, start_paused=True)
     async with app.run_test(size=size) as pilot:
         await pilot.pause()
-        lines = [line for line in screen_text(app) if line.strip()]
+        lines = [line.strip() for line in screen_text(app) if line.strip()]
         w, h = size
-        assert len(lines) == 1, lines
-        assert f"at least 80x24; this one is {w}x{h}" in lines[0] or w < 60   # cut at 40 columns, still one line
+        text = " ".join(lines)
+        assert max(map(len, screen_text(app))) <= w and len(lines) <= 4, lines
+        assert text in (f"cgwatch needs a terminal of at least 80x24; this one is {w}x{h} (q quits)",
+                        f"cgwatch needs 80x24 or more; this is {w}x{h}. q quits"), lines
+        assert len(lines) == 1 or w < 60
         await pilot.resize_terminal(80, 24)
         await pilot.pause()
-        assert "needs a terminal" not in "\n".join(screen_text(app)) and "tok/s" in screen_text(app)[1]
+        assert "cgwatch needs" not in "\n".join(screen_text(app)) and "tok/s" in screen_text(app)[1]
+
+
+async def test_back_from_too_small_the_pane_bar_and_the_last_line_are_drawn_again():
+    """Nothing new arrives: the last log line is cut to the width again and the pane bar follows the table's
+    rows whatever changed them (here its height, with no key and no record)."""
+    recs = [dict(HEADER, config={"capture_sizes": list(range(1, 41)), "mode": "graph"})]
+    recs += [R.step(i, 0.01 * i, 1 + i % 40, 1 + i % 40, 1 + i % 40, None, 80.0, 3.0, 1) for i in range(400)]
+    recs.append(R.event(R.EV_MARK, 4.5, text="a long mark that is cut at 80 columns, " * 3))
+    src = FakeSource(recs)
+    app = CgwatchApp(src)
+    async with app.run_test(size=SMALL) as pilot:
+        await _live(pilot, src)
+        table, bar, last = app.query_one(BucketTable), app.query_one(PaneBar), app.query_one(LastEvent)
+        assert "rows 1-13 of 40" in bar.plain_lines()[0] and last.plain_lines()[0].endswith("…")
+        await pilot.resize_terminal(40, 10)
+        await pilot.pause()
+        await pilot.resize_terminal(*SMALL)
+        await pilot.pause()
+        assert last.plain_lines()[0].endswith("…") and len(last.plain_lines()[0]) <= SMALL[0] - 2
+        assert screen_text(app)[-2].rstrip().endswith("…")
+        table.styles.max_height = 8
+        await pilot.pause()
+        first, end, n = table.shown
+        assert end < 13 and f"rows {first}-{end} of {n}" in bar.plain_lines()[0]
 
 
 async def test_no_color_draws_without_colour(monkeypatch):
@@ -842,6 +933,62 @@ def test_snapshot_live_80x24_events_pane(snap_compare):
         await pilot.press("]")   # a refusal: in the log, wrapped, not cut
 
     assert snap_compare(CgwatchApp(src), terminal_size=SMALL, run_before=run_before)
+
+
+def long_alerts(n: int) -> list[dict]:
+    return [R.alert(5.0 + k, f"alert {k}: running eager on the CPU because graphs need CUDA, and this line is long",
+                    level="info") for k in range(n)]
+
+
+def log_box_text(app) -> str:
+    """The text inside the events box, its lines joined (the border and the scrollbar stripped)."""
+    rows = screen_text(app)
+    top = next(i for i, row in enumerate(rows) if "events (trace time)" in row)
+    inside = [row[1:-1] for row in rows[top + 1:] if row.startswith("│")]
+    return " ".join(" ".join(row.strip(" ▁▂▃▄▅▆▇█▏▕").split()) for row in inside)
+
+
+async def test_80x24_the_log_wraps_left_of_its_scrollbar_and_shows_the_end():
+    src = FakeSource(synthetic_run() + long_alerts(12))
+    app = CgwatchApp(src)
+    async with app.run_test(size=SMALL) as pilot:
+        await _live(pilot, src)
+        await pilot.press("tab", "tab")   # the events pane: more lines than it has rows
+        await pilot.pause()
+        log = app.query_one(EventLog)
+        assert log.max_scroll_y > 0 and log.scroll_y == log.max_scroll_y and not log.show_horizontal_scrollbar
+        text = log_box_text(app)
+        for k in (10, 11):   # every character of the last lines, none under the scrollbar
+            assert f"alert {k}: running eager on the CPU because graphs need CUDA, and this line is long" in text
+
+
+async def test_home_and_end_move_the_log_shown_and_the_end_follows():
+    """Home on the 80x24 events pane, then the full layout: End brings the log back to its end, and it follows
+    new lines from there; scrolled back, new lines leave it where it is."""
+    src = FakeSource(synthetic_run() + long_alerts(12))
+    app = CgwatchApp(src)
+    async with app.run_test(size=SMALL) as pilot:
+        await _live(pilot, src)
+        log = app.query_one(EventLog)
+        await pilot.press("tab", "tab", "home")
+        await pilot.pause()
+        assert log.scroll_y == 0 and log.max_scroll_y > 0 and "End follows" in str(log.border_subtitle)
+        src.records, src.i = long_alerts(3), 0
+        await _live(pilot, src)
+        assert log.scroll_y == 0   # scrolled back: it stays
+        await pilot.resize_terminal(*SIZE)
+        await pilot.pause()
+        assert not app.compact and log.scroll_y == 0
+        await pilot.press("end")
+        await pilot.pause()
+        assert log.max_scroll_y > 0 and log.scroll_y == log.max_scroll_y and not log.border_subtitle
+        src.records, src.i = [R.event(R.EV_MARK, 30.0, text="after End")], 0
+        await _live(pilot, src)
+        await pilot.pause()
+        assert log.scroll_y == log.max_scroll_y and "mark: after End" in log_box_text(app)
+        await pilot.press("home")
+        await pilot.pause()
+        assert log.scroll_y == 0 and app.query_one(BucketTable).offset == 0
 
 
 async def test_80x24_kernels_and_compile_seconds_fit():

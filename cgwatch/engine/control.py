@@ -26,13 +26,16 @@ class Command:
     # called once the command ran: {"ok": True, "state": {...}} or {"ok": False, "error": "..."}
 
 
+KV_SLOTS = "--max-concurrency, the KV slots"   # cgwatch's engine's limit (a message puts it in brackets)
+
+
 @dataclass(frozen=True)
 class Limits:
     """What an engine can serve, for checking commands before they reach it. ``max_size``: the largest
     capture size (cgwatch's engine: --max-concurrency, its KV slots; vLLM: the most tokens one forward
     may carry); None: unknown, not checked."""
     max_size: int | None = None
-    max_size_by: str = "--max-concurrency (KV slots)"
+    max_size_by: str = KV_SLOTS
 
     def describe(self) -> dict:
         return {"max_size": self.max_size, "max_size_by": self.max_size_by}

@@ -29,7 +29,7 @@ from cgwatch.engine import kernels as K
 from cgwatch.engine import ranks as RK
 from cgwatch.engine.base import EngineBase
 from cgwatch.engine.buckets import DEFAULT_CAPTURE_SIZES, Dispatch, DispatchTable, check_ratio, effective_sizes
-from cgwatch.engine.control import Command, CommandTaker, Limits
+from cgwatch.engine.control import KV_SLOTS, Command, CommandTaker, Limits
 from cgwatch.engine.graphs import BucketGraph, GraphManager
 from cgwatch.engine.load import check_window, load_model, model_args
 from cgwatch.engine.rank_merge import RankMerge
@@ -357,7 +357,7 @@ class Engine(EngineBase):
                 "arrival": self.workload.kind, "paused": self.paused}
 
     def command_limits(self) -> Limits:
-        return Limits(self.max_batch, "--max-concurrency (KV slots)")
+        return Limits(self.max_batch, KV_SLOTS)
 
     def _commands_changed(self) -> None:
         self.table = self._table()
@@ -376,12 +376,19 @@ class Engine(EngineBase):
             return
         super()._run_command(cmd)
 
+    def _note_no_cuda(self, t: float, what: str) -> None:
+        """Without CUDA a mode or recapture command still applies (the dispatch follows it, as it would on a
+        GPU), but nothing is captured and every step runs eager: the run says so, next to the command."""
+        if not self.cuda:
+            self.emit(R.alert(t, f"no CUDA: nothing is captured and every step runs eager; {what}", level="info"))
+
     def _cmd_mode(self, mode: str, t: float) -> None:
         want = mode == "graph"
         if want == self.graph_mode:
             return
         self.graph_mode = want
         self.emit(R.event(R.EV_MODE, t, mode=mode))
+        self._note_no_cuda(t, "graph mode only counts them as no_cuda, not eager_mode")
         if want and self.cuda and not (self.graphs and self.graphs.graphs):
             self._capture(self.sizes)
 
@@ -391,6 +398,7 @@ class Engine(EngineBase):
             raise CgwatchError(f"no capture size is <= --max-cudagraph-capture-size {self.cfg.max_capture_size}")
         self.emit(R.event(R.EV_RECAPTURE, t, sizes=sizes, old=self.sizes, dropped=dropped))
         self.sizes = sizes
+        self._note_no_cuda(t, "the sizes only set the bucket each step is counted under")
         if self.cuda and (self.graph_mode or self.graphs.graphs):
             self._release()
             self._capture(sizes)

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from cgwatch.errors import exit_text
+
 OP_STEP, OP_CMD, OP_NOOP, OP_STOP, OP_CALL, OP_START = 1.0, 2.0, 3.0, 4.0, 5.0, 6.0
 HEAD = 5                  # op, step, bucket (-1: eager), active count, admitted count
 MEASURES = 16             # (step, ms) pairs a follower sends per exchange at most
@@ -309,14 +311,7 @@ def _quiet(fn) -> None:
 
 
 def _exit_text(code: int) -> str:
-    if code == EXIT_PEER_LOST:
-        return "lost the other ranks"
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
+    return "lost the other ranks" if code == EXIT_PEER_LOST else exit_text(code)
 
 
 def rank_env() -> dict:

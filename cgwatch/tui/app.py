@@ -34,37 +34,56 @@ REFRESH_S = 0.1        # at most 10 redraws a second
 SLOW_REFRESH_S = 0.5   # the bucket table and totals: at most 2 a second, unless something was logged
 RATE_STEP = 1.25  # + / - multiply / divide the workload rate by this
 
-# key, action, footer label, key shown, help text; the footer shows them in this order (help and the
-# pane key first: at 80 columns the footer has room for the first eight or so)
+# Every key: (key, action, footer label (None: not in the footer), key shown). The footer shows the labelled
+# ones in this order (help and the pane key first: at 80 columns it has room for the first eight or so).
 KEYS = [
-    ("question_mark", "help", "help", "?", "this help"),
-    ("tab", "pane(1)", "pane", "tab", "the next pane below 120x36 (buckets, graphs, events, charts)"),
-    ("q", "quit", "quit", "q", "quit"),
-    ("g", "toggle_mode", "mode", "g", "toggle graph / eager mode (from the engine's last state)"),
-    ("k", "toggle_kernels", "kernels", "k", "kernels fused / plain (every bucket is captured again)"),
-    ("r", "recapture", "recapture", "r", "recapture the graphs with new batch sizes (a dialog)"),
-    ("p", "pause", "pause", "p", "pause / resume (the engine's loop, or the replay)"),
-    ("plus", f"rate({RATE_STEP})", "rate", "+", f"workload arrival rate ×{RATE_STEP}"),
-    ("minus", f"rate({1 / RATE_STEP})", "rate", "-", f"workload arrival rate ÷{RATE_STEP}"),
-    ("m", "mark", "mark", "m", "put a mark on the timeline"),
-    ("left_square_bracket", "speed(0.5)", "slower", "[", "replay speed ×0.5"),
-    ("right_square_bracket", "speed(2.0)", "faster", "]", "replay speed ×2"),
-    ("left", "seek(-10)", "-10s", "←", "replay: seek back 10 s (the view rebuilds)"),
-    ("right", "seek(10)", "+10s", "→", "replay: seek forward 10 s"),
-    ("n", "next('alert')", "alert", "n", "replay: jump just past the next alert"),
-    ("N", "next('mark')", "mark", "N", "replay: jump just past the next mark"),
+    ("question_mark", "help", "help", "?"),
+    ("tab", "pane(1)", "pane", "tab"),
+    ("shift+tab", "pane(-1)", None, "shift+tab"),
+    ("q", "quit", "quit", "q"),
+    ("g", "toggle_mode", "mode", "g"),
+    ("k", "toggle_kernels", "kernels", "k"),
+    ("r", "recapture", "recapture", "r"),
+    ("p", "pause", "pause", "p"),
+    ("plus", f"rate({RATE_STEP})", "rate", "+"),
+    ("minus", f"rate({1 / RATE_STEP})", "rate", "-"),
+    ("m", "mark", "mark", "m"),
+    ("left_square_bracket", "speed(0.5)", "slower", "["),
+    ("right_square_bracket", "speed(2.0)", "faster", "]"),
+    ("left", "seek(-10)", "-10s", "←"),
+    ("right", "seek(10)", "+10s", "→"),
+    ("n", "next('alert')", "alert", "n"),
+    ("N", "next('mark')", "mark", "N"),
+    ("up", "scroll(-1)", None, "↑"),
+    ("down", "scroll(1)", None, "↓"),
+    ("pageup", "scroll(-10)", None, "PgUp"),
+    ("pagedown", "scroll(10)", None, "PgDn"),
+    ("home", "scroll_to('home')", None, "Home"),
+    ("end", "scroll_to('end')", None, "End"),
+    ("G", "toggle_ranks", None, "G"),
 ]
-# not in the footer: shift+tab, and scrolling the bucket table (the log on the events pane)
-HIDDEN_KEYS = [
-    ("shift+tab", "pane(-1)"), ("up", "scroll(-1)"), ("down", "scroll(1)"), ("pageup", "scroll(-10)"),
-    ("pagedown", "scroll(10)"), ("home", "scroll(-100000)"), ("end", "scroll(100000)"),
+# The help: a line per group of actions; its keys are read off the app's bindings (Textual's ctrl+q too), so
+# the help lists every key there is. Each line fits the 80x24 dialog (72 characters): 24 rows hold it all.
+HELP = [
+    (("help",), "this help"),
+    (("pane(1)", "pane(-1)"), "the next / previous pane below 120x36"),
+    (("quit",), "quit"),
+    (("toggle_mode",), "toggle graph / eager mode (from the engine's last state)"),
+    (("toggle_kernels",), "kernels fused / plain (every bucket is captured again)"),
+    (("recapture",), "recapture the graphs with new batch sizes (a dialog)"),
+    (("pause",), "pause / resume (the engine's loop, or the replay)"),
+    ((f"rate({RATE_STEP})", f"rate({1 / RATE_STEP})"), f"workload arrival rate ×{RATE_STEP} / ÷{RATE_STEP}"),
+    (("mark",), "put a mark on the timeline"),
+    (("speed(0.5)", "speed(2.0)"), "replay speed ×0.5 / ×2"),
+    (("seek(-10)", "seek(10)"), "replay: seek 10 s back / forward (the view rebuilds)"),
+    (("next('alert')", "next('mark')"), "replay: jump just past the next alert / mark"),
+    (("scroll(-1)", "scroll(1)"), "scroll the table (the log on the events pane)"),
+    (("scroll(-10)", "scroll(10)"), "the same by 10 rows"),
+    (("scroll_to('home')", "scroll_to('end')"), "the table's and the log's start / end (the end follows)"),
+    (("toggle_ranks",), "the per-GPU view (tensor parallel) or the charts again"),
 ]
-SCROLL_HELP = ("↑ ↓", "scroll the table (the log on the events pane); PgUp PgDn by 10")
-# in the help but not in the footer (which must fit 80 columns): key, action, help text. Every help line
-# fits the 80x24 dialog's one line (about 65 characters): the whole help then fits 24 rows
-MORE_KEYS = [("G", "toggle_ranks", "per-GPU view (tensor parallel) in place of the charts, and back")]
 
-MIN_SIZE = (80, 24)     # the smallest screen laid out; below it, one line says so
+MIN_SIZE = (80, 24)     # the smallest screen laid out; below it, a message says so
 FULL_SIZE = (120, 36)   # from here every part shows at once; below it the compact layout with panes
 
 
@@ -82,10 +101,9 @@ class CgwatchApp(App):
 
     TITLE = "cgwatch"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = ([Binding(key, action, label, key_display=shown, priority=key == "tab")
-                 for key, action, label, shown, _ in KEYS]
-                + [Binding(key, action, show=False, priority=key == "shift+tab") for key, action in HIDDEN_KEYS]
-                + [Binding(key, action, show=False) for key, action, _ in MORE_KEYS])
+    BINDINGS = [Binding(key, action, label or "", key_display=shown, show=label is not None,
+                        priority=key in ("tab", "shift+tab"))   # tab would move the focus
+                for key, action, label, shown in KEYS]
     CSS = """
     PaneBar, LastEvent { display: none; }
     CgwatchApp.-compact PaneBar, CgwatchApp.-compact LastEvent { display: block; }
@@ -164,9 +182,7 @@ class CgwatchApp(App):
         self.set_class(self.compact, "-compact")
         for pane in PANES:
             self.set_class(self.compact and pane == self.pane, f"-pane-{pane}")
-        self.query_one(TooSmall).update(
-            f"cgwatch needs a terminal of at least {MIN_SIZE[0]}x{MIN_SIZE[1]}; this one is {width}x{height} "
-            f"(q quits)")
+        self.query_one(TooSmall).say(width, height, MIN_SIZE)
         self.query_one(Charts).compact = self.compact and self.pane != "charts"
         table = self.query_one(BucketTable)
         table.part = (0 if self.pane == "buckets" else 1) if self.compact else None
@@ -187,11 +203,23 @@ class CgwatchApp(App):
         self._lay_out(self.size.width, self.size.height)
 
     def action_scroll(self, rows: int) -> None:
+        """↑ ↓ PgUp PgDn: the bucket table, or the log on the events pane."""
         if len(self.screen_stack) > 1:
             return
         if self.compact and self.pane == "events":
             self.query_one(EventLog).scroll_relative(y=rows, animate=False)
             return
+        self._scroll_table(rows)
+
+    def action_scroll_to(self, where: str) -> None:
+        """Home / End: the table's first / last rows and the log's top / end, whichever shows (the log at
+        its end follows new lines again), so the other layout finds them where these keys left them."""
+        if len(self.screen_stack) > 1:
+            return
+        self.query_one(EventLog).to_edge(end=where == "end")
+        self._scroll_table((1 if where == "end" else -1) << 30)
+
+    def _scroll_table(self, rows: int) -> None:
         table = self.query_one(BucketTable)
         table.scroll(rows)
         self.query_one(PaneBar).show_pane(self.pane, table)
@@ -209,19 +237,26 @@ class CgwatchApp(App):
             self._connected_seen = connected      # rest (replay position, ...) at the next tick
             self.post_message(StatusChanged())
 
+    @on(BucketTable.RowsShown)
+    def _rows_shown(self) -> None:   # whatever moved them (a key, new rows, a resize): the pane bar follows
+        if self.compact:
+            self.query_one(PaneBar).show_pane(self.pane, self.query_one(BucketTable))
+
     @on(StatusChanged)
     def _status_changed(self) -> None:
         self.flush()
 
     def _fold_status(self, status: dict) -> None:
-        was = self.state.connected
+        was, was_final = self.state.connected, self.state.status.get("final")
         self.state.status = dict(status)
+        text = self.state.status.get("text") or ""
         if self.state.connected != was:
-            text = self.state.status.get("text") or ""
             if self.state.connected:
                 self.state.add_log("green", f"connected: {text}")
             else:
                 self.state.add_log("bold red", f"connection lost: {text}")
+        elif status.get("final") and not was_final:   # lost before, and now for good: say why once more
+            self.state.add_log("bold red", text)
 
     def flush(self) -> None:
         """Fold what arrived since the last tick, in order, then redraw once (if anything changed)."""
@@ -303,9 +338,19 @@ class CgwatchApp(App):
         self.set_class(not self.has_class("-ranks"), "-ranks")
         self._redraw_all()
 
+    def help_lines(self) -> list[tuple[str, str]]:
+        """(keys shown, what they do) for HELP's lines, the keys read off the bindings; a binding HELP does
+        not name gets a line of its own (its action), so none goes unlisted."""
+        keys: dict[str, list[str]] = {}
+        own = {key for key, *_ in KEYS}
+        for _, binding in sorted(self._bindings, key=lambda kb: kb[0] not in own):   # q before Textual's ^q
+            if not binding.system:
+                keys.setdefault(binding.action, []).append(self.get_key_display(binding))
+        lines = [(" ".join(k for a in actions for k in keys.pop(a, ())), text) for actions, text in HELP]
+        return lines + [(" ".join(k), action) for action, k in keys.items()]
+
     def action_help(self) -> None:
-        self.push_screen(HelpScreen([(shown, text) for _, _, _, shown, text in KEYS] + [SCROLL_HELP]
-                                    + [(key, text) for key, _, text in MORE_KEYS]))
+        self.push_screen(HelpScreen(self.help_lines()))
 
 
 def run_tui(source: Source, exit_on: tuple[int, ...] = ()) -> int:

@@ -63,13 +63,14 @@ class HelpScreen(ModalScreen[None]):
 
     def __init__(self, keys: list[tuple[str, str]]) -> None:
         super().__init__()
-        self.lines = [f"{key:>5}  {text}" for key, text in keys]
+        width = max((len(key) for key, _ in keys), default=0)
+        self.lines = [f"{key:>{width}}  {text}" for key, text in keys]
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("[b]cgwatch keys[/b]")
             yield Static("\n".join(self.lines))
-            yield Label("Esc or ? closes. Commands a source cannot do are refused in the log "
+            yield Label("Esc, ? or q closes. Commands a source cannot do are refused in the log "
                         "(a replay is read-only; a live run cannot seek).", classes="hint")
 
     def action_close(self) -> None:

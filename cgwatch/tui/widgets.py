@@ -8,6 +8,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.geometry import Region
+from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import RichLog, Static
@@ -167,6 +168,8 @@ class HeaderBar(TextLines):
         dropped = state.status.get("dropped")
         text = state.status.get("text") or ""
         read_only = " · read-only" if state.read_only and "read-only" not in text else ""
+        if not state.connected:   # the banner below has the whole reason, wrapped
+            text = "disconnected"
         self.conn_text = printable(text) + read_only + (f" · dropped {dropped:,}" if dropped else "")
         mode_style = "bold green" if self.mode_text.startswith("graph") else "bold yellow"
         rate_style = "bold" if ended else None
@@ -177,19 +180,23 @@ class HeaderBar(TextLines):
 
 
 class Banner(Static):
-    """Shown while the source is disconnected; the last data stays on screen below it."""
+    """Shown while the source is disconnected; the last data stays on screen below it. Its text wraps:
+    the reason is never cut."""
 
     DEFAULT_CSS = """
-    Banner { height: 1; display: none; background: $error; color: $text; text-style: bold; padding: 0 1; }
+    Banner { height: auto; display: none; background: $error; color: $text; text-style: bold; padding: 0 1; }
     Banner.-shown { display: block; }
     """
+    _text = ""
 
     def show(self, state: ViewState) -> None:
         lost = not state.connected
         self.set_class(lost, "-shown")
         if lost:   # the source says why (and whether it retries); the data below is the last seen
             text = printable(state.status.get("text") or "daemon lost … reconnecting")
-            self.update(f"⚠ {text} · showing the last data", layout=False)
+            if text != self._text:
+                self._text = text
+                self.update(f"⚠ {text} · showing the last data")   # its height follows the wrapped text
 
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
@@ -328,6 +335,9 @@ class BucketTable(TextLines):
     # the columns of each part (by header, second line: "s" is capture s and compile s), the bucket column in both
     PARTS = (("bucket", "steps", "hits", "full/pw", "mixed", "%", "waste %", "p50/p99"),
              ("bucket", "µs g/e", "MiB", "s", "status"))
+    class RowsShown(Message):
+        """The rows shown changed (a scroll, new rows, a new height): the pane bar says which."""
+
     _rows: list[tuple[str, ...]] = []
     part: int | None = None
     offset = 0          # first row shown
@@ -378,7 +388,9 @@ class BucketTable(TextLines):
                               (cells[-1].ljust(widths[-1]), status_style)])
             else:
                 lines.append([(self._line(cells, widths, status), shade)])
-        self.shown = (first + 1 if n else 0, last, n)
+        shown, self.shown = self.shown, (first + 1 if n else 0, last, n)
+        if shown != self.shown:
+            self.post_message(self.RowsShown())
         if last - first < n:
             lines.append([(f"rows {first + 1}-{last} of {n} · ↑ ↓ PgUp PgDn scroll", "italic")])
         self.set_lines(lines)
@@ -438,10 +450,12 @@ class Totals(Static):
 
 class EventLog(RichLog):
     """Alerts, mode switches, recaptures, captures, marks, acks and connection changes. Long lines wrap
-    (at the width when they arrive), so a refusal's reason is never cut."""
+    (at the width when they arrive), so a refusal's reason is never cut. At its end it follows new lines;
+    scrolled back, it stays put (the border says so) until it is at the end again (End)."""
 
     DEFAULT_CSS = """
-    EventLog { height: 1fr; min-height: 4; border: round $primary 50%; padding: 0 1; overflow-y: auto; }
+    EventLog { height: 1fr; min-height: 4; border: round $primary 50%; padding: 0 1; overflow-y: auto;
+               overflow-x: hidden; scrollbar-gutter: stable; }   /* lines wrap at the width left of the scrollbar */
     """
     can_focus = False
 
@@ -451,6 +465,23 @@ class EventLog(RichLog):
 
     def on_mount(self) -> None:
         self.border_title = "events (trace time)"
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        self._follow(new >= self.max_scroll_y)
+
+    def _follow(self, on: bool) -> None:
+        self.auto_scroll = on
+        self.border_subtitle = "" if on else "scrolled back · End follows"
+
+    def to_edge(self, end: bool) -> None:
+        """Home / End: to the top, or to the end and follow new lines again; hidden too (force: a hidden
+        widget's scrollbars are off, and Textual would not scroll it)."""
+        if end:
+            self.scroll_end(animate=False, immediate=True, force=True)
+        else:
+            self.scroll_home(animate=False, immediate=True, force=True)
+        self._follow(end or self.max_scroll_y == 0)
 
     _state: ViewState | None = None
     _width = 0
@@ -477,8 +508,11 @@ class EventLog(RichLog):
         new = min(state.log_seq - self._seq, len(state.log))
         self._width = self.scrollable_content_region.width or self._width   # hidden (a pane): the last width
         for t, style, text in list(state.log)[len(state.log) - new:] if new > 0 else ():
-            self.write(Text.assemble((f"{t:8.2f}s  ", "dim"), (text, style)), width=self._width or None)
+            self.write(Text.assemble((f"{t:8.2f}s  ", "dim"), (text, style)), width=self._width or None,
+                       scroll_end=False)
         self._seq = state.log_seq
+        if new > 0 and self.auto_scroll:   # forced: RichLog's own scroll is lost on a pane just shown
+            self.scroll_end(animate=False, immediate=False, force=True)
 
     def texts(self) -> list[str]:
         """The logged lines as plain text (for tests)."""
@@ -516,8 +550,14 @@ class LastEvent(TextLines):
     DEFAULT_CSS = """
     LastEvent { height: 1; padding: 0 1; }
     """
+    _state: ViewState | None = None
+
+    def on_resize(self) -> None:   # cut to the new width (hidden, as on a too-small screen, it had none)
+        if self._state is not None:
+            self.show(self._state)
 
     def show(self, state: ViewState) -> None:
+        self._state = state
         if not state.log:
             self.set_lines([[("no events yet", "dim")]])
             return
@@ -530,8 +570,15 @@ class LastEvent(TextLines):
 
 
 class TooSmall(Static):
-    """Shown alone below the smallest size the screen is laid out for."""
+    """Shown alone below the smallest size the screen is laid out for: one line where it fits, else a
+    shorter form, wrapped (whole down to about 20 columns)."""
 
     DEFAULT_CSS = """
-    TooSmall { display: none; height: 1; padding: 0 1; text-style: bold; }
+    TooSmall { display: none; height: auto; padding: 0 1; text-style: bold; }
     """
+
+    def say(self, width: int, height: int, least: tuple[int, int]) -> None:
+        text = f"cgwatch needs a terminal of at least {least[0]}x{least[1]}; this one is {width}x{height} (q quits)"
+        if len(text) + 2 > width:   # the padding
+            text = f"cgwatch needs {least[0]}x{least[1]} or more; this is {width}x{height}. q quits"
+        self.update(text)
