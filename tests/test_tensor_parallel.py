@@ -694,3 +694,18 @@ def test_fail_capture_bucket_outside_the_sizes_is_noted():
     e.cfg = _cfg(2, fail_capture=(4,))
     e._note_fail_capture()
     assert out == []
+
+
+def test_a_load_error_on_every_rank_is_one_line(tmp_path):
+    """A checkpoint every rank fails to load (here: no weights) is rank 0's one line, not one a rank: a
+    follower's reason goes to rank 0 through the store, and it prints its own only if that failed."""
+    import json
+    cfg = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 101}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    p = _cgwatch("run", "--headless", "--tp", "2", "--model", str(tmp_path), "--max-concurrency", "2",
+                 "--max-seq", "64", "--steps", "2")
+    out, err = p.communicate(timeout=180)
+    assert p.returncode != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cgwatch: ") and "no *.safetensors files" in lines[0], err

@@ -393,12 +393,14 @@ def _follower_main(argv: list[str]) -> None:
             if os.environ.get("CGWATCH_DEBUG"):
                 print(f"cgwatch rank {rank}: {one_line(e)}", file=sys.stderr, flush=True)
         else:
-            reason = one_line(e)
+            reason, told = one_line(e), False
             try:
-                store.set(ERROR_KEY.format(rank), reason)
+                store.set(ERROR_KEY.format(rank), reason)   # rank 0 names it in its one line (Ranks._dead_rank)
+                told = True
             except Exception:
                 pass
-            print(f"cgwatch rank {rank}: {reason}", file=sys.stderr, flush=True)
+            if not told or os.environ.get("CGWATCH_DEBUG"):   # else a second line, often the same as rank 0's
+                print(f"cgwatch rank {rank}: {reason}", file=sys.stderr, flush=True)
             code = 1
     sys.stdout.flush()
     sys.stderr.flush()
