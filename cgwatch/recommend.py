@@ -462,8 +462,11 @@ def run(a) -> int:
     if window is not None:   # the window's steps, under the captures before it
         trace = windowed(trace, window)
     cost_trace = read_trace(a.costs) if a.costs else trace
-    for t in (trace,) if cost_trace is trace else (trace, cost_trace):
-        v = view(t)   # first: its pass finds the end record, so warnings() needs no pass of its own
+    views = [(t, view(t)) for t in ((trace,) if cost_trace is trace else (trace, cost_trace))]
+    # (the views first: their pass finds the end record, so warnings() needs no pass of its own)
+    if trace.window_past_end():   # nothing of the run to recommend for: the one line says why
+        raise CgwatchError(f"{trace.path}: {trace.window_past_end()}: no batch sizes to recommend for")
+    for t, v in views:
         for w in t.warnings() + ([v.warning] if v.warning else []):
             print(f"cgwatch: {t.path}: {w}", file=sys.stderr)
     for what in ("model", "gpu", "dtype"):   # costs of another model or card answer another question

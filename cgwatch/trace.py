@@ -374,13 +374,17 @@ class Trace:
         return [f"{r.path}: {r.damage}; read up to the last whole batch ({r.rows:,} records)"
                 for r in self.compact or () if r.damage]
 
+    def window_past_end(self) -> str | None:
+        """A window with nothing of the run in it: the phrase that says so, else None."""
+        if self.past_end is None or self.end is not None:
+            return None
+        return f"the window ({self.window.label()}) lies past the trace's end: its records end at {self.past_end:.3f} s"
+
     def warnings(self) -> list[str]:
         out = list(self.notes)
-        hurt = self.damage()
-        past = self.past_end is not None and self.end is None   # a window with nothing of the run in it
+        hurt, past = self.damage(), self.window_past_end()
         if past:
-            out.append(f"the window ({self.window.label()}) lies past the trace's end: its records end at "
-                       f"{self.past_end:.3f} s")
+            out.append(past)
         if self.truncated_at is not None:
             n = len(self.records) if self.file_records is None else self.file_records
             out.append(f"trace truncated at byte {self.truncated_at} after {n} "
