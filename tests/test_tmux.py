@@ -1,4 +1,5 @@
-"""A real terminal: `cgwatch run --model tiny` in tmux, keys g, r (edit sizes), q, read off the pane."""
+"""A real terminal: `cgwatch run --model tiny` in tmux (keys g, r (edit sizes), q; its daemon killed), a replay
+at 80x24, read off the pane."""
 
 import glob
 import os
@@ -30,6 +31,13 @@ def pane(session):
     return tmux("capture-pane", "-p", "-t", session).stdout
 
 
+def start(session, cmd, width, height):
+    """``cmd`` in a new tmux session of width x height (the private server starts if it must)."""
+    tmux("kill-session", "-t", session)
+    assert tmux("new-session", "-d", "-s", session, "-x", str(width), "-y", str(height), cmd).returncode == 0
+    tmux("resize-window", "-t", session, "-x", str(width), "-y", str(height))
+
+
 def wait_for(session, pred, timeout=120, what=""):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -46,9 +54,7 @@ def test_run_toggle_recapture_quit_in_tmux(tmp_path):
     trace = tmp_path / "tmux.jsonl"
     cmd = (f"{sys.executable} -m cgwatch run --model tiny --max-seq 64 --max-concurrency 16 "
            f"--prompt-len uniform:4:8 --output-len uniform:8:32 --record {trace}; sleep 30")
-    tmux("kill-session", "-t", session)
-    assert tmux("new-session", "-d", "-s", session, "-x", "140", "-y", "45", cmd).returncode == 0
-    tmux("resize-window", "-t", session, "-x", "140", "-y", "45")
+    start(session, cmd, 140, 45)
     try:
         wait_for(session, lambda t: "tiny" in t and "no CUDA" in t and "sizes [1, 2, 4, 8, 16]" in t)
         tmux("send-keys", "-t", session, "g")
@@ -80,9 +86,7 @@ def test_run_says_its_daemon_was_killed_and_exits_with_why_in_tmux(tmp_path):
     xdg = tempfile.mkdtemp(prefix="cgx", dir="/tmp")   # where the private socket goes (short path)
     cmd = (f"XDG_RUNTIME_DIR={xdg} {sys.executable} -m cgwatch run --model tiny --max-seq 64 --max-concurrency 4 "
            f"--prompt-len uniform:4:8 --output-len uniform:4:8 --record {trace}; echo EXIT=$?; sleep 30")
-    tmux("kill-session", "-t", session)
-    assert tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd).returncode == 0
-    tmux("resize-window", "-t", session, "-x", "80", "-y", "24")
+    start(session, cmd, 80, 24)
     try:
         wait_for(session, lambda t: "tiny" in t and "connected to" in t, what="the TUI")
         wait_for(session, lambda t: trace.exists() and b'"type":"step"' in trace.read_bytes(), what="steps")
@@ -111,9 +115,7 @@ def test_replay_sample_at_80x24_in_tmux():
     tab shows the table's other half (status) and then the totals and the log; q quits."""
     session = f"cgwatch-small-{os.getpid()}"
     cmd = f"{sys.executable} -m cgwatch replay --sample --speed 16; sleep 30"
-    tmux("kill-session", "-t", session)
-    assert tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd).returncode == 0
-    tmux("resize-window", "-t", session, "-x", "80", "-y", "24")
+    start(session, cmd, 80, 24)
     try:
         text = wait_for(session, lambda t: "42.4/42.4 s end of trace" in t, timeout=60, what="the end of the replay")
         assert "run ended (completed)" in text and "waste %" in text and "status" not in text
