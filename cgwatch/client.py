@@ -77,6 +77,8 @@ class LiveSource(Source):
         self._control: str | None = None
         self._read_only: str | None = None
         self._end: dict | None = None
+        self._busy: str | None = None       # the last connection's hello said all places are taken: why
+        self._busy_said: str | None = None  # that status, shown once until a connection gets in
 
     # -- Source ------------------------------------------------------------------------------
     def start(self, on_record: RecordCallback, on_status: StatusCallback) -> None:
@@ -190,9 +192,16 @@ class LiveSource(Source):
                 self._status(False, ended)
                 self._stop.wait(RETRY_S[0])
                 continue
+            busy, self._busy = self._busy, None
             if not self.reconnect:
-                self._status(False, f"daemon lost: {reason}", final=True)
+                self._status(False, reason if busy else f"daemon lost: {reason}", final=True)
                 return
+            if busy:
+                if busy != self._busy_said:
+                    self._status(False, f"{busy}; retrying")
+                    self._busy_said = busy
+                self._stop.wait(RETRY_S[-1])
+                continue
             self._status(False, f"daemon lost: {reason}; reconnecting")
             last_text = None
             self._stop.wait(RETRY_S[0])
@@ -216,7 +225,11 @@ class LiveSource(Source):
             wrong = _check_hello(hello)
             if wrong:
                 return True, wrong
+            if hello.get("busy"):   # all its client places are taken: not lost, try again
+                self._busy = str(hello["busy"])
+                return False, self._busy
             sock.settimeout(None)
+            self._busy_said = None
             self._control, self._dropped_now, self._end = hello.get("control"), 0, None
             self._read_only = {"none": "the daemon takes no commands",
                                "token": None if self.token else "the daemon wants a token"}.get(self._control)
@@ -357,7 +370,7 @@ def connect(addr: str, token: str | None = None, timeout: float = 5.0) -> Connec
             hello = conn.recv(timeout)   # None: closed or silent
         except ProtocolError as e:       # another service on the port (SSH, ...): its first line is no message
             raise CgwatchError(f"{addr}: not a cgwatch daemon (its first line is no protocol message: {e})") from None
-        wrong = _check_hello(hello)
+        wrong = _check_hello(hello) or hello.get("busy")
         if wrong:
             raise CgwatchError(f"{addr}: {wrong}")
     except BaseException:

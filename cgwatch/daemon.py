@@ -48,6 +48,7 @@ MAX_ID = 100              # characters of a string id; 32 of a command name echo
 MAX_INFLIGHT_COMMANDS = 64  # per client: commands sent to the engine and not answered yet
 SEND_BATCH = 512          # messages per sendall
 DRAIN_S = 1.0             # close(): how long clients get to receive what is queued
+MAX_CLIENTS = 32          # at once: each holds two threads and up to QUEUE_MAX records; one more is told so
 
 Submit = Callable[[Command], None]
 
@@ -277,10 +278,12 @@ class Daemon:
         run, rows = self._stats.state()
         agg = [{"type": AGGREGATE, "window": VIEW_WINDOW, "rows": len(rows), "run": run},
                *({"type": AGGREGATE_ROW, "row": row} for row in rows)]
-        control = "none" if self._submit is None else "token" if self.token else "open"
-        hello = {"type": HELLO, "protocol": PROTOCOL_VERSION, "cgwatch": cgwatch.__version__, "control": control}
-        return [hello, {"type": SNAPSHOT_BEGIN, "records": len(kept) + len(agg) + 1}, self._header, *agg, *kept,
+        return [self._hello(), {"type": SNAPSHOT_BEGIN, "records": len(kept) + len(agg) + 1}, self._header, *agg, *kept,
                 {"type": SNAPSHOT_END}]
+
+    def _hello(self) -> dict:
+        control = "none" if self._submit is None else "token" if self.token else "open"
+        return {"type": HELLO, "protocol": PROTOCOL_VERSION, "cgwatch": cgwatch.__version__, "control": control}
 
     # -- accepting ---------------------------------------------------------------------------
     def _accept_loop(self) -> None:
@@ -306,11 +309,17 @@ class Daemon:
         n = next(self._client_ids)
         c = _Client(sock, format_address("tcp", *peer[:2]) if isinstance(peer, tuple) else f"unix-{n}")
         with self._lock:   # snapshot and registration together: no gap, no duplicate
-            if self._closing:
+            busy = len(self._clients) >= MAX_CLIENTS
+            if not self._closing and not busy:
+                c.queue.extend(self._snapshot())
+                self._clients.append(c)
+        if self._closing or busy:
+            if busy:   # a hello that says why (a client retries later); then closed
+                _say_and_close(sock, {**self._hello(), "busy": f"the daemon serves {MAX_CLIENTS} clients at once, "
+                                                              "all taken; try again when one leaves"})
+            else:
                 sock.close()
-                return
-            c.queue.extend(self._snapshot())
-            self._clients.append(c)
+            return
         c.wake.set()
         c.threads = [threading.Thread(target=self._send_loop, args=(c,), name=f"cgwatch-send-{c.name}", daemon=True),
                      threading.Thread(target=self._read_loop, args=(c,), name=f"cgwatch-read-{c.name}", daemon=True)]
@@ -468,3 +477,13 @@ def run_daemon(cfg, listen: str | None, token: str | None, record: str | None, p
             stop.wait()
             raise failure
         return summary
+
+
+def _say_and_close(sock: socket.socket, msg: dict) -> None:
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(encode(msg))
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

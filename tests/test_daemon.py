@@ -423,6 +423,28 @@ def test_live_source_refuses_what_a_live_run_cannot_do(daemon):
     src.close()
 
 
+def test_clients_past_the_cap_are_told_and_a_live_source_gets_in_once_a_place_frees(daemon, monkeypatch):
+    """Each client holds two threads and a queue: past MAX_CLIENTS the daemon says so in its hello and closes;
+    connect() is one line, a LiveSource says it once and retries until a place frees."""
+    import cgwatch.daemon as D
+    monkeypatch.setattr(D, "MAX_CLIENTS", 2)
+    first, second = connect(daemon.address), connect(daemon.address)
+    wait_until(lambda: daemon.client_count == 2, what="two clients")
+    with pytest.raises(CgwatchError, match="serves 2 clients at once, all taken"):
+        connect(daemon.address)
+    got, statuses = [], []
+    src = LiveSource(daemon.address)
+    src.start(got.append, statuses.append)
+    wait_until(lambda: any("all taken" in s["text"] and s["text"].endswith("retrying") for s in statuses),
+               what="the busy status")
+    assert not any(s["connected"] for s in statuses) and not any(s.get("final") for s in statuses)
+    first.close()
+    wait_until(lambda: statuses[-1]["connected"], timeout=30, what="the source to get in")
+    assert sum("all taken" in s["text"] for s in statuses) == 1   # said once, not once a retry
+    src.close()
+    second.close()
+
+
 def fake_daemon(path: str, hello: dict) -> socket.socket:
     """A listener that greets every connection with ``hello``."""
     server = socket.socket(socket.AF_UNIX)
