@@ -23,7 +23,8 @@ Epochs: an epoch is a stretch of the run under one capture size list. The first 
 to the epoch in force at its t (not at its place in the file: a step still in flight when the recapture
 came is written after the event but ran under the old list); a capture event, to the epoch at its t.
 An epoch whose list is not known yet (no capture_done, no recapture) takes the first one that comes
-without a new epoch, and so does an epoch that has no forwards yet.
+without a new epoch, and so does an epoch that has no forwards yet; that one's rows of buckets the new list
+does not have leave with the old list (no row shows a capture of a list no forward ran under).
 
 Rows: in each epoch, forwards are grouped by ``target`` (the smallest capture size >= rows in that
 epoch's list); target None is the "over max" row. So a bucket of two size lists is two rows (after a
@@ -98,7 +99,8 @@ A window of the run (``cgwatch report`` / ``recommend`` with ``--from``, ``--to`
 records whose t lies in it (window.py), screened on their own, under the state it opens with: the size
 list in force, the buckets' captures and graph memory, the padding ratio (the capture, capture_done,
 recapture and padding events before it; ``RunStats.open_window``). Its epochs are those with forwards in the window and the one in
-force; ``duration_s`` runs from the window's start (the run's, if that is later) to its latest record;
+force, numbered from 1 within the window (the list in force at its start is its list 1, "from the start" of
+the window: the steps before it are not read, so the run's numbering is not known); ``duration_s`` runs from the window's start (the run's, if that is later) to its latest record;
 mode_switches, recaptures and alerts are those in the window.
 
 Per rank (tensor parallelism: ``RunStats.ranks``, a ``RankStats``; empty for a one-GPU run). From
@@ -733,6 +735,12 @@ class RunStats:
         if cur.sizes == sizes:
             return
         if cur.sizes is None or cur.forwards == 0:
+            if cur.sizes is not None:
+                # a list replaced before any forward ran under it (a recapture before the first step; a window
+                # opening after recaptures): its buckets that the new list drops leave with it, so that no row
+                # shows an old list's capture and the over-max label is the new list's largest size
+                cur.rows = {k: r for k, r in cur.rows.items() if k in sizes or r.forwards}
+                cur.sizes_seen = set(sizes) | {k for k in cur.rows if k is not None}
             cur.sizes = sizes
         else:
             self.epochs.append(Epoch(cur.n + 1, t if _finite(t) else None, sizes))

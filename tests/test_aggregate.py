@@ -329,6 +329,25 @@ def test_the_same_list_again_is_the_same_epoch_and_a_list_without_steps_is_repla
     assert [(e.n, e.sizes, e.forwards) for e in s.epochs] == [(1, [4, 8, 16], 2)]
 
 
+def test_a_list_replaced_before_any_step_drops_the_buckets_it_no_longer_has():
+    """A recapture from 4,8,16 to 4 before the first step (or a window of the run that opens after it: its
+    opening events fold into one epoch without forwards): the list in force is 4, so no row of 8 or 16 (with
+    the old round's capture, status ok) and the over-max row is ">4", as the whole run's epoch says."""
+    cap = lambda t, b: R.event(R.EV_CAPTURE, t, bucket=b, ok=True, capture_s=0.1, pool_bytes=b, nvml_bytes=None,  # noqa: E731
+                                kernels=9, check=None, cause=None, hint=None, error=None)
+    recs = [cap(0.1, 16), cap(0.11, 8), cap(0.12, 4),
+            R.event(R.EV_CAPTURE_DONE, 0.2, sizes=[4, 8, 16], failed=[], pool_bytes=1, seconds=1.0),
+            R.event(R.EV_RECAPTURE, 0.3, sizes=[4], old=[4, 8, 16], dropped=[]), cap(0.31, 4),
+            R.event(R.EV_CAPTURE_DONE, 0.32, sizes=[4], failed=[], pool_bytes=1, seconds=1.0),
+            R.step(0, 1.0, 3, 4, 4, None, 10.0, 1.0, 3), R.step(1, 1.1, 6, None, None, R.REASON_OVER_MAX, 10.0, 1.0, 6)]
+    s = _stats(recs)
+    assert [(e.n, e.sizes, e.forwards) for e in s.epochs] == [(1, [4], 2)]
+    assert [k for _, k, _ in s.epoch_rows()] == [4, None] and s.epoch.largest_size() == 4
+    assert s.epochs[0].rows[4].capture["t"] == 0.31
+    rep = build_report(_trace(recs))
+    assert [(b["label"], b["steps"], b["status"]) for b in rep["buckets"]] == [("4", 1, "ok"), (">4", 1, "-")]
+
+
 # ---- what the views show ----------------------------------------------------------------------------------
 
 def test_report_text_shows_the_vllm_columns_only_when_they_carry_information():

@@ -223,3 +223,26 @@ def test_recommend_names_whole_run_costs_apart_from_the_windows(capsys):
     assert main(argv) == 2                         # the last 5 s alone have no eager step to price
     err = capsys.readouterr().err
     assert "no eager steps" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".parquet"])
+def test_a_window_after_a_recapture_that_dropped_sizes_shows_only_the_list_in_force(ext, tmp_path, monkeypatch):
+    """Opened after a recapture from 4,8,16 to 4, a window's rows are those of the list in force: no row 8 or 16
+    with the old round's capture, and steps above 4 are ">4" (as in the whole run's report), not ">16"."""
+    cap = lambda t, b: R.event(R.EV_CAPTURE, t, bucket=b, ok=True, capture_s=0.1, pool_bytes=b, nvml_bytes=None,  # noqa: E731
+                                kernels=9, check=None, cause=None, hint=None, error=None)
+    recs = [{"type": "header", "format": "cgwatch-trace", "version": 1},
+            cap(0.1, 16), cap(0.11, 8), cap(0.12, 4),
+            R.event(R.EV_CAPTURE_DONE, 0.2, sizes=[4, 8, 16], failed=[], pool_bytes=1, seconds=1.0),
+            R.step(0, 1.0, 7, 8, 8, None, 10.0, 1.0, 7),
+            R.event(R.EV_RECAPTURE, 2.0, sizes=[4], old=[4, 8, 16], dropped=[]), cap(2.01, 4),
+            R.event(R.EV_CAPTURE_DONE, 2.02, sizes=[4], failed=[], pool_bytes=1, seconds=1.0),
+            *(R.step(i, 3.0 + i / 10, b, t, k, r, 10.0, 1.0, b) for i, (b, t, k, r) in
+              enumerate([(3, 4, 4, None), (6, None, None, R.REASON_OVER_MAX), (12, None, None, R.REASON_OVER_MAX)], 1)),
+            {"type": "end", "t": 4.0, "steps": 4, "tokens": 28, "duration_s": 4.0, "outcome": "completed"}]
+    path = _trace(tmp_path, monkeypatch, recs, ext)
+    whole = build_report(read_trace(path))
+    assert [(b["epoch"], b["label"], b["steps"]) for b in whole["buckets"]][-2:] == [(2, "4", 1), (2, ">4", 2)]
+    rep = build_report(windowed(read_trace(path), Window(2.5, math.inf)))
+    assert [(b["label"], b["steps"], b["status"]) for b in rep["buckets"]] == [("4", 1, "ok"), (">4", 2, "-")]
+    assert rep["epochs"][-1]["sizes"] == [4]
