@@ -115,3 +115,15 @@ def test_bench_writes_no_file_unless_asked(capsys, tmp_path, monkeypatch):
     assert "no trace written (--record PATH keeps one" in out
     assert main(["bench", *SMALL, "--batch-sizes", "1", "--device", "cpu", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trace"] is None and list(tmp_path.iterdir()) == []
+
+
+def test_bench_percentiles_are_the_reports_linear_ones():
+    """The bench's p50 / p99 are linearly interpolated, as every other percentile of cgwatch (aggregate.percentile,
+    numpy's default): of 0..9 ms the p99 is 8.91 ms, not the nearest value 9 (a bench and a report of the same
+    steps give one p99)."""
+    import numpy as np
+    from cgwatch.engine.bench_base import latency_stats
+    v = [float(x) for x in (7, 0, 3, 9, 1, 8, 2, 6, 4, 5)]
+    s = latency_stats(v)
+    assert s["p99_ms"] == pytest.approx(8.91) == pytest.approx(float(np.percentile(v, 99)))
+    assert s["p50_ms"] == pytest.approx(4.5) and s["n"] == 10 and s["mean_ms"] == pytest.approx(4.5)

@@ -8,13 +8,14 @@ import statistics
 from typing import Callable
 
 from cgwatch import records as R
+from cgwatch.aggregate import percentile
 
 
 def latency_stats(values: list[float]) -> dict:
-    """mean / p50 / p99 (nearest rank) of step times in ms, and how many."""
+    """mean / p50 / p99 of step times in ms, and how many: the percentiles linearly interpolated, as the report's
+    (aggregate.percentile), so a bench's p99 and a report's p99 of the same steps are one number."""
     v = sorted(values)
-    return {"mean_ms": statistics.fmean(v), "p50_ms": statistics.median(v),
-            "p99_ms": v[min(len(v) - 1, round(0.99 * (len(v) - 1)))], "n": len(v)}
+    return {"mean_ms": statistics.fmean(v), "p50_ms": percentile(v, 50), "p99_ms": percentile(v, 99), "n": len(v)}
 
 
 class BenchBase:
