@@ -98,9 +98,10 @@ Any value that cannot be computed is None ("n/a" on screen).
 A window of the run (``cgwatch report`` / ``recommend`` with ``--from``, ``--to`` or ``--last``) counts the
 records whose t lies in it (window.py), screened on their own, under the state it opens with: the size
 list in force, the buckets' captures and graph memory, the padding ratio (the capture, capture_done,
-recapture and padding events before it; ``RunStats.open_window``). Its epochs are those with forwards in the window and the one in
-force, numbered from 1 within the window (the list in force at its start is its list 1, "from the start" of
-the window: the steps before it are not read, so the run's numbering is not known); ``duration_s`` runs from the window's start (the run's, if that is later) to its latest record;
+recapture and padding events before it; ``RunStats.open_window``). Its epochs are those with forwards in
+the window and the one in force, numbered from 1 within the window (the list in force at its start is its
+list 1, "from the start" of the window: the steps before it are not read, so the run's numbering is not
+known); ``duration_s`` runs from the window's start (the run's, if that is later) to its latest record;
 mode_switches, recaptures and alerts are those in the window.
 
 Per rank (tensor parallelism: ``RunStats.ranks``, a ``RankStats``; empty for a one-GPU run). From
