@@ -157,7 +157,8 @@ def test_schedule_applies_commands_between_steps():
     assert eng.max_padding_ratio == 0.25
     # no CUDA: the mode and the sizes apply (the dispatch follows them), and the run says nothing is captured
     notes = [r["message"] for r in recs if r.get("kind") == R.EV_ALERT and r["message"].startswith("no CUDA: ")]
-    assert len(notes) == 2 and "no_cuda" in notes[0] and "the sizes only set the bucket" in notes[1]
+    assert len(notes) == 2 and all("(no_cuda)" in n for n in notes)
+    assert notes[0].endswith("the mode is the run's state only") and "the sizes only set the bucket" in notes[1]
 
 
 def test_commands_are_acknowledged_with_the_new_state_or_an_error():

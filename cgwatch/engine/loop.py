@@ -380,7 +380,8 @@ class Engine(EngineBase):
         """Without CUDA a mode or recapture command still applies (the dispatch follows it, as it would on a
         GPU), but nothing is captured and every step runs eager: the run says so, next to the command."""
         if not self.cuda:
-            self.emit(R.alert(t, f"no CUDA: nothing is captured and every step runs eager; {what}", level="info"))
+            self.emit(R.alert(t, f"no CUDA: nothing is captured and every step runs eager (no_cuda); {what}",
+                              level="info"))
 
     def _cmd_mode(self, mode: str, t: float) -> None:
         want = mode == "graph"
@@ -388,7 +389,7 @@ class Engine(EngineBase):
             return
         self.graph_mode = want
         self.emit(R.event(R.EV_MODE, t, mode=mode))
-        self._note_no_cuda(t, "graph mode only counts them as no_cuda, not eager_mode")
+        self._note_no_cuda(t, "the mode is the run's state only")
         if want and self.cuda and not (self.graphs and self.graphs.graphs):
             self._capture(self.sizes)
 
