@@ -77,8 +77,7 @@ class LiveSource(Source):
         self._control: str | None = None
         self._read_only: str | None = None
         self._end: dict | None = None
-        self._busy: str | None = None       # the last connection's hello said all places are taken: why
-        self._busy_said: str | None = None  # that status, shown once until a connection gets in
+        self._busy_said: str | None = None  # the daemon's "no place" status, shown once until a connection gets in
 
     # -- Source ------------------------------------------------------------------------------
     def start(self, on_record: RecordCallback, on_status: StatusCallback) -> None:
@@ -174,7 +173,7 @@ class LiveSource(Source):
                 attempt += 1
                 continue
             attempt, last_text, ended = 0, None, None
-            final, reason = self._session(sock)
+            final, reason, busy = self._session(sock)
             if self._stop.is_set():
                 return
             if final:
@@ -192,29 +191,29 @@ class LiveSource(Source):
                 self._status(False, ended)
                 self._stop.wait(RETRY_S[0])
                 continue
-            busy, self._busy = self._busy, None
             if not self.reconnect:
                 self._status(False, reason if busy else f"daemon lost: {reason}", final=True)
                 return
             if busy:
-                if busy != self._busy_said:
-                    self._status(False, f"{busy}; retrying")
-                    self._busy_said = busy
+                if reason != self._busy_said:
+                    self._status(False, f"{reason}; retrying")
+                    self._busy_said = reason
                 self._stop.wait(RETRY_S[-1])
                 continue
             self._status(False, f"daemon lost: {reason}; reconnecting")
             last_text = None
             self._stop.wait(RETRY_S[0])
 
-    def _session(self, sock: socket.socket) -> tuple[bool, str]:
-        """Read one connection to its end. Returns (final: do not reconnect, reason)."""
+    def _session(self, sock: socket.socket) -> tuple[bool, str, bool]:
+        """Read one connection to its end. Returns (final: do not reconnect, reason, busy: the daemon had no
+        place for another client)."""
         reader = LineReader(sock.recv)
         self._end = None
         with self._send_lock:
             self._sock = sock
         if self._stop.is_set():   # close() ran while we connected
             sock.close()
-            return True, "closed"
+            return True, "closed", False
         try:
             sock.settimeout(CONNECT_TIMEOUT_S)
             try:
@@ -224,10 +223,9 @@ class LiveSource(Source):
                 hello = None
             wrong = _check_hello(hello)
             if wrong:
-                return True, wrong
+                return True, wrong, False
             if hello.get("busy"):   # all its client places are taken: not lost, try again
-                self._busy = str(hello["busy"])
-                return False, self._busy
+                return False, str(hello["busy"]), True
             sock.settimeout(None)
             self._busy_said = None
             self._control, self._dropped_now, self._end = hello.get("control"), 0, None
@@ -257,10 +255,10 @@ class LiveSource(Source):
                 if msg.get("type") == DROPPED:
                     self._status(True, f"connected to {self.addr}; view fell behind, records dropped")
             if self._end is not None:
-                return False, f"run ended ({self._end.get('outcome', 'no outcome')}); daemon closed"
-            return False, "connection closed by the daemon"
+                return False, f"run ended ({self._end.get('outcome', 'no outcome')}); daemon closed", False
+            return False, "connection closed by the daemon", False
         except OSError as e:
-            return False, _reason(e)
+            return False, _reason(e), False
         finally:
             with self._send_lock:
                 self._sock = None

@@ -222,8 +222,8 @@ class Metrics:
             misses = [((b, reason), n) for b, r in rows for reason, n in sorted(r.misses.copy().items())]
             if misses:
                 yield _counter("cgwatch_bucket_misses_total", "Eager steps, by the bucket that should have served "
-                               "them (over_max above the largest) and reason (eager_mode: the user's choice, and no_cuda: "
-                               "no graphs possible, are not graph-mode misses)", ("bucket", "reason"), misses)
+                               "them (over_max above the largest) and reason (eager_mode: the user's choice, and "
+                               "no_cuda: no graphs possible, are not graph-mode misses)", ("bucket", "reason"), misses)
         if self.info is not None:
             info = GaugeMetricFamily("cgwatch_info", "The run: backend, model, GPU, dtype, versions (value 1)",
                                      labels=list(INFO_LABELS))

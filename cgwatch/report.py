@@ -252,7 +252,8 @@ def format_report(rep: dict) -> str:
             lines.append(line)
         shown = set(head)
         notes = [*(["size list: the capture sizes in force; a recapture starts the next, and its rows count "
-                    "apart"] if several else []),"hit %: graph-served share of the graph-mode steps (all but eager_mode and no_cuda)",
+                    "apart"] if several else []),
+                 "hit %: graph-served share of the graph-mode steps (all but eager_mode and no_cuda)",
                  "pad %: padded share of the rows graphs computed", "n: steps in the percentiles",
                  "launch µs: host p50, graph/eager" + (   # no CUDA: ops run synchronously, nothing is queued
                      " (no CUDA here: the host waits for every op, so it is the whole step)"

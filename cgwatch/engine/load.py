@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 
+from cgwatch import records as R
 from cgwatch.engine.model import PRESETS, ModelArgs, Transformer, build_random, empty_model
 from cgwatch.errors import CgwatchError
 
@@ -54,12 +54,14 @@ def _read_config(path: Path) -> dict:
     return cfg
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _positive(where: str, key: str, v, whole: bool = False) -> None:
+    """A config field must be a finite number above 0 (an integer >= 1 if ``whole``): records.bad_number's
+    rule, one line; a null, a string or 0 would fail later as an internal error."""
+    why = R.bad_number(key, v, whole=whole, minimum=1 if whole else 0.0)
+    if why is None and v == 0:
+        why = f"{key} is 0, not above 0"
+    if why:
+        raise CgwatchError(f"{where}: {why}")
 
 
 def _check_supported(cfg: dict, arch: str, where: str) -> None:
@@ -81,11 +83,8 @@ def _check_supported(cfg: dict, arch: str, where: str) -> None:
 
 
 def _check_llama3(rope: dict, where: str) -> None:
-    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-    bad = [k for k in keys if not _is_number(rope.get(k)) or rope[k] <= 0]
-    if bad:
-        raise CgwatchError(f"{where}: llama3 rope scaling needs {', '.join(keys)} (numbers > 0); "
-                           f"{bad[0]} is {rope.get(bad[0])!r}")
+    for key in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+        _positive(f"{where}: llama3 rope scaling", key, rope.get(key))
     if rope["high_freq_factor"] <= rope["low_freq_factor"]:
         raise CgwatchError(f"{where}: llama3 rope scaling needs high_freq_factor > low_freq_factor, got "
                            f"{rope['high_freq_factor']} and {rope['low_freq_factor']}")
@@ -104,8 +103,7 @@ def args_from_hf_config(cfg: dict, where: str = "config.json") -> ModelArgs:
         raise CgwatchError(f"{where}: rope_scaling / rope_parameters must be an object, got {rope!r:.60}")
     rope = dict(rope)
     theta = cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0
-    if not _is_number(theta) or theta <= 0:
-        raise CgwatchError(f"{where}: rope_theta must be a number > 0, got {theta!r:.60}")
+    _positive(where, "rope_theta", theta)
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind not in ("llama3", "default"):
         raise CgwatchError(f"{where}: rope scaling {kind!r} is not supported (llama3 or none)")
@@ -121,15 +119,13 @@ def args_from_hf_config(cfg: dict, where: str = "config.json") -> ModelArgs:
     fields["num_key_value_heads"] = cfg.get("num_key_value_heads") or fields["num_attention_heads"]
     if cfg.get("head_dim") is not None:
         fields["head_dim"] = cfg["head_dim"]
-    for name, v in fields.items():   # a null, a string or 0 would fail later as an internal error
-        if not _is_int(v) or v < 1:
-            raise CgwatchError(f"{where}: {name} must be an integer >= 1, got {v!r:.60}")
+    for name, v in fields.items():
+        _positive(where, name, v, whole=True)
     n_heads, n_kv = fields["num_attention_heads"], fields["num_key_value_heads"]
     if n_heads % n_kv:
         raise CgwatchError(f"{where}: num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}")
     eps = cfg.get("rms_norm_eps", 1e-5)
-    if not _is_number(eps) or eps <= 0:
-        raise CgwatchError(f"{where}: rms_norm_eps must be a number > 0, got {eps!r:.60}")
+    _positive(where, "rms_norm_eps", eps)
     window = _sliding_window(cfg, arch, where)
     return ModelArgs(
         dim=fields["hidden_size"], n_layers=fields["num_hidden_layers"], n_heads=n_heads, n_kv_heads=n_kv,
@@ -145,8 +141,7 @@ def _sliding_window(cfg: dict, arch: str, where: str) -> int | None:
     window = cfg.get("sliding_window")
     if window is None or (arch == "Qwen2ForCausalLM" and not cfg.get("use_sliding_window")):
         return None
-    if not _is_int(window) or window < 1:
-        raise CgwatchError(f"{where}: sliding_window must be an integer >= 1 or null, got {window!r:.60}")
+    _positive(where, "sliding_window", window, whole=True)
     return window
 
 

@@ -172,9 +172,10 @@ class Engine(EngineBase):
             raise CgwatchError(f"max_inflight must be 1..{STAGING_BUFFERS - 2}")
         if cfg.max_seq < 8:
             raise CgwatchError(f"--max-seq must be >= 8, got {cfg.max_seq}")
-        check_window(model_args(cfg.model), cfg.max_seq, cfg.model)
+        args = model_args(cfg.model)   # a checkpoint's config read once, before anything loads
+        check_window(args, cfg.max_seq, cfg.model)
         if self.tp > 1:
-            check_shapes(model_args(cfg.model), self.tp, cfg.model)
+            check_shapes(args, self.tp, cfg.model)
             bad = [r for _, r in cfg.fail_capture_on if not 0 <= r < self.tp]
             if bad:
                 raise CgwatchError(f"--fail-capture-bucket: rank {bad[0]} is not a rank of "
